@@ -1,0 +1,1269 @@
+//! [`Router`]: the mesh state machine. See the module doc of [`crate::mesh`].
+//!
+//! Connection life cycle (per TCP connection):
+//! `Dialing` (outbound only) → `Header` (both sides send `weft`+versions) → `Hello` (identities)
+//! → `Ready` (registered; gossip flows; UDP heartbeats start) → *established* once the peer
+//! acknowledges one of our UDP heartbeats over TCP. Only connections that both ends report
+//! established carry data.
+//!
+//! Invariants:
+//! - at most one `Ready` connection per remote peer name (`by_peer`); duplicates are resolved by
+//!   keeping the lower connection UID, which both ends compute identically;
+//! - our own topology entry always lists exactly the `Ready` connections;
+//! - every timer is derived from state, so `poll_timeout` is exact and nothing fires twice.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tracing::{debug, info, warn};
+use weft_proto::PeerName;
+use weft_proto::control::{
+    self, Channel, ConnectionSummary, ControlMsg, FrameReader, Hello, OverlayMsg, PeerSummary,
+    TopologyUpdate,
+};
+use weft_proto::sleeve::{self, Datagram};
+
+use super::ConnId;
+use super::maker::{Backoff, Target, TargetKey};
+use super::routes::{Graph, Variant};
+use super::status::{
+    ConnectionState, ConnectionStatus, PeerConnectionStatus, PeerStatus, RouterStatus,
+};
+use super::topology::{MAX_NICKNAME_LEN, Topology};
+use crate::rng::Rng;
+
+/// Largest message accepted before the peer has said who it is.
+const MAX_PRE_HELLO_FRAME: usize = 64 * 1024;
+
+#[derive(Clone, Debug)]
+pub struct Timing {
+    /// Header and hello must complete within this.
+    pub handshake_timeout: Duration,
+    /// A TCP heartbeat is sent this often on every connection.
+    pub heartbeat_interval: Duration,
+    /// A connection that receives nothing for this long is dead.
+    pub read_timeout: Duration,
+    /// UDP heartbeats until the peer acknowledges one...
+    pub udp_fast_heartbeat: Duration,
+    /// ...and after.
+    pub udp_slow_heartbeat: Duration,
+    /// No UDP heartbeat from the peer for this long closes the connection.
+    pub udp_heartbeat_timeout: Duration,
+    /// Full topology to random neighbours this often, healing anything a broadcast missed.
+    pub gossip_interval: Duration,
+    /// Changes to our own connections are coalesced for this long before broadcasting.
+    pub broadcast_delay: Duration,
+    /// Data-plane routes are recomputed at most this often.
+    pub route_delay: Duration,
+    /// We ask one neighbour for its full topology at most this often.
+    pub gossip_request_interval: Duration,
+    pub backoff: Backoff,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Timing {
+            handshake_timeout: Duration::from_secs(10),
+            heartbeat_interval: Duration::from_secs(10),
+            read_timeout: Duration::from_secs(35),
+            udp_fast_heartbeat: Duration::from_millis(500),
+            udp_slow_heartbeat: Duration::from_secs(5),
+            udp_heartbeat_timeout: Duration::from_secs(30),
+            gossip_interval: Duration::from_secs(30),
+            broadcast_delay: Duration::from_millis(200),
+            route_delay: Duration::from_millis(50),
+            gossip_request_interval: Duration::from_secs(1),
+            backoff: Backoff::default(),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct RouterConfig {
+    pub name: PeerName,
+    pub nickname: String,
+    /// Our control port, advertised so peers can dial us at addresses they learn.
+    pub tcp_port: u16,
+    /// Our sleeve UDP port.
+    pub udp_port: u16,
+    /// Maximum number of connections, 0 for unlimited.
+    pub conn_limit: usize,
+    /// Dial peers learned from gossip.
+    pub discovery: bool,
+    /// The overlay MTU, shown in connection attributes.
+    pub mtu: u32,
+    pub timing: Timing,
+}
+
+/// Something the shell must do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Open a TCP connection and report with [`Router::handle_dialed`].
+    Dial { conn: ConnId, addr: SocketAddr },
+    /// Write these bytes to the connection, in order.
+    Send { conn: ConnId, bytes: Vec<u8> },
+    /// Close the connection; the router has already forgotten it.
+    Close { conn: ConnId },
+    /// Send one UDP datagram from the sleeve socket.
+    SendUdp { to: SocketAddr, bytes: Vec<u8> },
+}
+
+/// Something the shell may want to know.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// The data plane's routes or neighbour addresses changed.
+    DataPlane(Arc<DataPlaneTable>),
+    /// The direct targets changed; persist them for `--resume`.
+    TargetsChanged(Vec<String>),
+    /// A peer is no longer reachable and was forgotten (drop its MACs, DNS entries...).
+    PeerRemoved(PeerName),
+}
+
+/// What the data plane needs to forward frames: computed from the established-and-symmetric
+/// graph, restricted to neighbours whose UDP address we know.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct DataPlaneTable {
+    pub local: PeerName,
+    /// Destination peer → next hop.
+    pub unicast: BTreeMap<PeerName, PeerName>,
+    /// Source peer → our children in its broadcast tree.
+    pub broadcast: BTreeMap<PeerName, Vec<PeerName>>,
+    /// Next hop → its sleeve UDP address.
+    pub neighbours: BTreeMap<PeerName, SocketAddr>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    Dialing,
+    Header,
+    Hello,
+    Ready,
+}
+
+#[derive(Debug)]
+struct Remote {
+    name: PeerName,
+    nickname: String,
+    conn_uid: u64,
+}
+
+#[derive(Debug)]
+struct Conn {
+    outbound: bool,
+    addr: SocketAddr,
+    phase: Phase,
+    /// Negotiated protocol version, once headers are exchanged.
+    version: u8,
+    reader: FrameReader,
+    our_conn_id: u64,
+    started: Instant,
+    last_rx: Instant,
+    next_heartbeat: Instant,
+    remote: Option<Remote>,
+    target: Option<TargetKey>,
+    ready_at: Instant,
+    /// Where the peer's sleeve is: known at once when we dialled, learned from its first
+    /// heartbeat when it dialled us (which also follows NAT rebinding).
+    udp_addr: Option<SocketAddr>,
+    /// The peer acknowledged one of our UDP heartbeats.
+    established: bool,
+    /// We acknowledged one of the peer's.
+    acked_remote: bool,
+    last_udp_rx: Option<Instant>,
+    next_udp_heartbeat: Instant,
+    last_gossip_request: Option<Instant>,
+}
+
+impl Conn {
+    fn new(outbound: bool, addr: SocketAddr, phase: Phase, now: Instant, conn_id: u64) -> Self {
+        Conn {
+            outbound,
+            addr,
+            phase,
+            version: 0,
+            reader: FrameReader::default(),
+            our_conn_id: conn_id,
+            started: now,
+            last_rx: now,
+            next_heartbeat: now,
+            remote: None,
+            target: None,
+            ready_at: now,
+            udp_addr: None,
+            established: false,
+            acked_remote: false,
+            last_udp_rx: None,
+            next_udp_heartbeat: now,
+            last_gossip_request: None,
+        }
+    }
+
+    fn deadline(&self, t: &Timing) -> Instant {
+        if self.phase != Phase::Ready {
+            return self.started + t.handshake_timeout;
+        }
+        let mut d = self
+            .next_heartbeat
+            .min(self.last_rx + t.read_timeout)
+            .min(self.last_udp_rx.unwrap_or(self.ready_at) + t.udp_heartbeat_timeout);
+        if self.udp_addr.is_some() {
+            d = d.min(self.next_udp_heartbeat);
+        }
+        d
+    }
+}
+
+/// Why a connection is being closed, which decides what happens to its target.
+enum Close {
+    /// Retry later with backoff.
+    Failure(String),
+    /// Another connection to the same peer won the tie-break; nothing to retry.
+    Duplicate(String),
+    /// Never retry this target.
+    Suspend(String),
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Stats {
+    terminations: u64,
+    /// Connections closed for breaking the protocol (bad header, undecodable message...).
+    protocol_errors: u64,
+    /// Invalid entries in topology updates, ignored.
+    invalid_entries: u64,
+    /// UDP control datagrams that matched no connection or did not decode.
+    udp_unexpected: u64,
+}
+
+pub struct Router {
+    cfg: RouterConfig,
+    uid: u64,
+    rng: Rng,
+    topology: Topology,
+    conns: BTreeMap<ConnId, Conn>,
+    next_conn: u64,
+    by_peer: BTreeMap<PeerName, ConnId>,
+    targets: BTreeMap<TargetKey, Target>,
+    actions: VecDeque<Action>,
+    events: VecDeque<Event>,
+    broadcast_at: Option<Instant>,
+    next_gossip: Instant,
+    dataplane_at: Option<Instant>,
+    last_dataplane: Option<Arc<DataPlaneTable>>,
+    maker_dirty: bool,
+    maker_wake: Option<Instant>,
+    discovered_gen: Option<u64>,
+    graph_all: Option<(u64, Graph)>,
+    stats: Stats,
+}
+
+impl Router {
+    /// `seed` drives every random choice (UIDs, jitter, gossip fan-out).
+    pub fn new(cfg: RouterConfig, now: Instant, seed: u64) -> Self {
+        let mut rng = Rng::new(seed);
+        let uid = rng.nonzero_u64();
+        let local = PeerSummary {
+            name: cfg.name,
+            nickname: cfg.nickname.clone(),
+            uid,
+            version: 1,
+            tcp_port: cfg.tcp_port,
+            connections: Vec::new(),
+        };
+        let next_gossip = now + rng.jitter(cfg.timing.gossip_interval);
+        Router {
+            cfg,
+            uid,
+            rng,
+            topology: Topology::new(local),
+            conns: BTreeMap::new(),
+            next_conn: 1,
+            by_peer: BTreeMap::new(),
+            targets: BTreeMap::new(),
+            actions: VecDeque::new(),
+            events: VecDeque::new(),
+            broadcast_at: None,
+            next_gossip,
+            dataplane_at: Some(now),
+            last_dataplane: None,
+            maker_dirty: false,
+            maker_wake: None,
+            discovered_gen: None,
+            graph_all: None,
+            stats: Stats::default(),
+        }
+    }
+
+    pub fn name(&self) -> PeerName {
+        self.cfg.name
+    }
+
+    pub fn uid(&self) -> u64 {
+        self.uid
+    }
+
+    pub fn topology(&self) -> &Topology {
+        &self.topology
+    }
+
+    /// Peers we hold a `Ready` connection to.
+    pub fn connected_peers(&self) -> impl Iterator<Item = &PeerName> {
+        self.by_peer.keys()
+    }
+
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// When [`Router::handle_timeout`] must next be called.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let t = &self.cfg.timing;
+        let conns = self.conns.values().map(|c| c.deadline(t));
+        [
+            self.broadcast_at,
+            Some(self.next_gossip),
+            self.dataplane_at,
+            self.maker_wake,
+        ]
+        .into_iter()
+        .flatten()
+        .chain(conns)
+        .min()
+    }
+
+    // ---- inputs -------------------------------------------------------------------------
+
+    /// Adds targets. Each is `(text as given, resolved address, whether a port was given)`.
+    /// With `replace`, direct targets not in the list are dropped first.
+    pub fn connect(
+        &mut self,
+        now: Instant,
+        targets: Vec<(String, SocketAddr, bool)>,
+        replace: bool,
+    ) {
+        if replace {
+            let keep: BTreeSet<&String> = targets.iter().map(|t| &t.0).collect();
+            self.targets
+                .retain(|k, _| !matches!(k, TargetKey::Direct(s) if !keep.contains(s)));
+        }
+        for (spec, addr, port_given) in targets {
+            let key = TargetKey::Direct(spec);
+            let backoff = &self.cfg.timing.backoff;
+            let t = self
+                .targets
+                .entry(key)
+                .or_insert_with(|| Target::new(addr, port_given, now, backoff));
+            // Re-adding a failed target is a request to try it now.
+            if t.conn.is_none() {
+                t.retry_at = now;
+                t.suspended = false;
+                t.addr = addr;
+            }
+        }
+        self.targets_changed();
+        self.after(now);
+    }
+
+    /// Removes direct targets; their connections stay up but will not be redialled.
+    pub fn forget(&mut self, now: Instant, specs: &[String]) {
+        for s in specs {
+            self.targets.remove(&TargetKey::Direct(s.clone()));
+        }
+        self.targets_changed();
+        self.after(now);
+    }
+
+    /// Direct targets as given, in order.
+    pub fn direct_targets(&self) -> Vec<String> {
+        self.targets
+            .keys()
+            .filter_map(|k| match k {
+                TargetKey::Direct(s) => Some(s.clone()),
+                TargetKey::Discovered(_) => None,
+            })
+            .collect()
+    }
+
+    /// A TCP connection arrived. `None` means refuse it (connection limit).
+    pub fn handle_accept(&mut self, now: Instant, remote: SocketAddr) -> Option<ConnId> {
+        if self.at_conn_limit() {
+            warn!(%remote, limit = self.cfg.conn_limit, "connection limit reached; refusing connection");
+            return None;
+        }
+        let id = self.alloc_conn();
+        let conn_id = self.rng.nonzero_u64();
+        self.conns
+            .insert(id, Conn::new(false, remote, Phase::Header, now, conn_id));
+        self.send_raw(
+            id,
+            control::encode_header(control::PROTOCOL_MIN, control::PROTOCOL_MAX).to_vec(),
+        );
+        self.after(now);
+        Some(id)
+    }
+
+    /// The dial for `conn` finished.
+    pub fn handle_dialed(&mut self, now: Instant, conn: ConnId, result: Result<(), String>) {
+        match result {
+            Ok(()) => {
+                if let Some(c) = self.conns.get_mut(&conn) {
+                    c.phase = Phase::Header;
+                    c.started = now;
+                    c.last_rx = now;
+                    self.send_raw(
+                        conn,
+                        control::encode_header(control::PROTOCOL_MIN, control::PROTOCOL_MAX)
+                            .to_vec(),
+                    );
+                }
+            }
+            Err(e) => self.close(now, conn, Close::Failure(e), false),
+        }
+        self.after(now);
+    }
+
+    /// Bytes arrived on `conn`.
+    pub fn handle_conn_data(&mut self, now: Instant, conn: ConnId, bytes: &[u8]) {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        c.last_rx = now;
+        c.reader.push(bytes);
+        if let Err(close) = self.process_conn(now, conn) {
+            if let Close::Failure(_) = &close {
+                self.stats.protocol_errors += 1;
+            }
+            self.close(now, conn, close, true);
+        }
+        self.after(now);
+    }
+
+    /// The socket for `conn` closed (EOF or error) by itself.
+    pub fn handle_conn_closed(&mut self, now: Instant, conn: ConnId, reason: String) {
+        self.close(now, conn, Close::Failure(reason), false);
+        self.after(now);
+    }
+
+    /// A control datagram (heartbeat) arrived on the sleeve socket.
+    pub fn handle_udp(&mut self, now: Instant, from: SocketAddr, datagram: &[u8]) {
+        match Datagram::decode(datagram) {
+            Ok(Datagram::Heartbeat { sender, conn_uid }) => {
+                self.on_udp_heartbeat(now, from, sender, conn_uid)
+            }
+            Ok(Datagram::Frame { .. }) | Err(_) => self.stats.udp_unexpected += 1,
+        }
+        self.after(now);
+    }
+
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let t = self.cfg.timing.clone();
+        let due: Vec<ConnId> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.deadline(&t) <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in due {
+            self.conn_timers(now, id, &t);
+        }
+        if self.broadcast_at.is_some_and(|at| at <= now) {
+            self.broadcast_at = None;
+            let payload = self.topology.local_update().encode();
+            let src = self.cfg.name;
+            self.relay_broadcast(Channel::TOPOLOGY, src, payload, None);
+        }
+        if self.next_gossip <= now {
+            self.next_gossip = now + self.rng.jitter(t.gossip_interval);
+            let payload = self.topology.full_update().encode();
+            for id in self.random_neighbours(None) {
+                self.send_msg(
+                    id,
+                    &ControlMsg::Gossip {
+                        channel: Channel::TOPOLOGY,
+                        payload: payload.clone(),
+                    },
+                );
+            }
+        }
+        if self.maker_wake.is_some_and(|at| at <= now) {
+            self.maker_dirty = true;
+        }
+        self.after(now);
+        if self.dataplane_at.is_some_and(|at| at <= now) {
+            self.dataplane_at = None;
+            let table = Arc::new(self.compute_dataplane());
+            if self.last_dataplane.as_deref() != Some(&table) {
+                self.last_dataplane = Some(table.clone());
+                self.events.push_back(Event::DataPlane(table));
+            }
+        }
+    }
+
+    // ---- connection processing -----------------------------------------------------------
+
+    fn process_conn(&mut self, now: Instant, id: ConnId) -> Result<(), Close> {
+        loop {
+            let Some(c) = self.conns.get_mut(&id) else {
+                return Ok(());
+            };
+            match c.phase {
+                Phase::Dialing => return Ok(()),
+                Phase::Header => {
+                    let Some(h) = c.reader.take_raw(control::HEADER_LEN) else {
+                        return Ok(());
+                    };
+                    let header: [u8; control::HEADER_LEN] = h
+                        .try_into()
+                        .expect("take_raw returns exactly HEADER_LEN bytes");
+                    let version =
+                        control::negotiate(&header, control::PROTOCOL_MIN, control::PROTOCOL_MAX)
+                            .map_err(|e| Close::Failure(e.to_string()))?;
+                    c.phase = Phase::Hello;
+                    c.version = version;
+                    let hello = ControlMsg::Hello(Hello {
+                        name: self.cfg.name,
+                        nickname: self.cfg.nickname.clone(),
+                        uid: self.uid,
+                        conn_id: c.our_conn_id,
+                        tcp_port: self.cfg.tcp_port,
+                        udp_port: self.cfg.udp_port,
+                    });
+                    self.send_msg(id, &hello);
+                }
+                Phase::Hello => {
+                    let Some(body) = c
+                        .reader
+                        .next_frame(MAX_PRE_HELLO_FRAME)
+                        .map_err(|e| Close::Failure(e.to_string()))?
+                    else {
+                        return Ok(());
+                    };
+                    match ControlMsg::decode(&body).map_err(|e| Close::Failure(e.to_string()))? {
+                        ControlMsg::Hello(h) => self.on_hello(now, id, h)?,
+                        other => {
+                            return Err(Close::Failure(format!(
+                                "expected hello, got {}",
+                                msg_name(&other)
+                            )));
+                        }
+                    }
+                }
+                Phase::Ready => {
+                    let Some(body) = c
+                        .reader
+                        .next_frame(control::MAX_FRAME_LEN)
+                        .map_err(|e| Close::Failure(e.to_string()))?
+                    else {
+                        return Ok(());
+                    };
+                    let msg =
+                        ControlMsg::decode(&body).map_err(|e| Close::Failure(e.to_string()))?;
+                    self.on_message(now, id, msg)?;
+                }
+            }
+        }
+    }
+
+    fn on_hello(&mut self, now: Instant, id: ConnId, hello: Hello) -> Result<(), Close> {
+        if hello.name == self.cfg.name {
+            return Err(Close::Suspend(if hello.uid == self.uid {
+                "cannot connect to ourself".to_string()
+            } else {
+                format!(
+                    "local {} and remote {} peer names collision",
+                    self.cfg.name, hello.name
+                )
+            }));
+        }
+        if hello.name == weft_proto::BROADCAST_PEER || hello.nickname.len() > MAX_NICKNAME_LEN {
+            return Err(Close::Failure("invalid peer identity in hello".into()));
+        }
+        if self.at_conn_limit_excluding(id) {
+            return Err(Close::Failure(format!(
+                "connection limit reached ({})",
+                self.cfg.conn_limit
+            )));
+        }
+        let c = self.conns.get(&id).expect("caller holds a live connection");
+        let conn_uid = c.our_conn_id ^ hello.conn_id;
+        if let Some(&existing) = self.by_peer.get(&hello.name) {
+            let existing_uid = self.conns[&existing]
+                .remote
+                .as_ref()
+                .map_or(0, |r| r.conn_uid);
+            let msg = format!(
+                "multiple connections to {}({}) added to {}",
+                hello.name, hello.nickname, self.cfg.name
+            );
+            if existing_uid < conn_uid {
+                self.note_target_peer(id, hello.name);
+                return Err(Close::Duplicate(msg));
+            }
+            if existing_uid == conn_uid {
+                self.close(now, existing, Close::Duplicate(msg.clone()), true);
+                return Err(Close::Duplicate(msg));
+            }
+            self.close(now, existing, Close::Duplicate(msg), true);
+        }
+        let t = &self.cfg.timing;
+        let c = self
+            .conns
+            .get_mut(&id)
+            .expect("caller holds a live connection");
+        let version = c.version;
+        c.remote = Some(Remote {
+            name: hello.name,
+            nickname: hello.nickname.clone(),
+            conn_uid,
+        });
+        c.phase = Phase::Ready;
+        c.ready_at = now;
+        c.next_heartbeat = now + t.heartbeat_interval;
+        c.next_udp_heartbeat = now;
+        if c.outbound {
+            c.udp_addr = Some(SocketAddr::new(c.addr.ip(), hello.udp_port));
+        }
+        let dir = if c.outbound { "->" } else { "<-" };
+        info!(
+            "{dir}[{}|{}({})]: connection ready; using protocol version {version}",
+            c.addr, hello.name, hello.nickname
+        );
+        self.by_peer.insert(hello.name, id);
+        self.note_target_peer(id, hello.name);
+        self.local_connections_changed(now);
+        let full = self.topology.full_update().encode();
+        self.send_msg(
+            id,
+            &ControlMsg::Gossip {
+                channel: Channel::TOPOLOGY,
+                payload: full,
+            },
+        );
+        Ok(())
+    }
+
+    fn on_message(&mut self, now: Instant, id: ConnId, msg: ControlMsg) -> Result<(), Close> {
+        match msg {
+            ControlMsg::Hello(_) => return Err(Close::Failure("unexpected second hello".into())),
+            ControlMsg::Heartbeat => {}
+            ControlMsg::Gossip { channel, payload } if channel == Channel::TOPOLOGY => {
+                let update =
+                    TopologyUpdate::decode(&payload).map_err(|e| Close::Failure(e.to_string()))?;
+                let improved = self.apply_topology(now, id, update);
+                if !improved.peers.is_empty() {
+                    let payload = improved.encode();
+                    for n in self.random_neighbours(Some(id)) {
+                        self.send_msg(
+                            n,
+                            &ControlMsg::Gossip {
+                                channel: Channel::TOPOLOGY,
+                                payload: payload.clone(),
+                            },
+                        );
+                    }
+                }
+            }
+            ControlMsg::GossipBroadcast {
+                channel,
+                src,
+                payload,
+            } if channel == Channel::TOPOLOGY => {
+                let update =
+                    TopologyUpdate::decode(&payload).map_err(|e| Close::Failure(e.to_string()))?;
+                let improved = self.apply_topology(now, id, update);
+                if !improved.peers.is_empty() {
+                    self.relay_broadcast(channel, src, improved.encode(), Some(id));
+                }
+            }
+            ControlMsg::GossipRequest { channel } if channel == Channel::TOPOLOGY => {
+                let payload = self.topology.full_update().encode();
+                self.send_msg(id, &ControlMsg::Gossip { channel, payload });
+            }
+            ControlMsg::Gossip { channel, .. }
+            | ControlMsg::GossipBroadcast { channel, .. }
+            | ControlMsg::GossipUnicast { channel, .. }
+            | ControlMsg::GossipRequest { channel } => {
+                debug!(
+                    ?channel,
+                    "gossip on a channel this router does not serve; dropped"
+                );
+            }
+            ControlMsg::Overlay(OverlayMsg::HeartbeatAck { conn_uid }) => {
+                let c = self
+                    .conns
+                    .get_mut(&id)
+                    .expect("caller holds a live connection");
+                let ours = c.remote.as_ref().is_some_and(|r| r.conn_uid == conn_uid);
+                if ours && !c.established {
+                    c.established = true;
+                    c.next_udp_heartbeat = now + self.cfg.timing.udp_slow_heartbeat;
+                    let r = c.remote.as_ref().expect("ready connections have a remote");
+                    info!(
+                        "{}[{}|{}({})]: connection fully established",
+                        if c.outbound { "->" } else { "<-" },
+                        c.addr,
+                        r.name,
+                        r.nickname
+                    );
+                    self.local_connections_changed(now);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Merges a topology update from connection `from`; returns the part that was new.
+    fn apply_topology(
+        &mut self,
+        now: Instant,
+        from: ConnId,
+        update: TopologyUpdate,
+    ) -> TopologyUpdate {
+        let applied = self.topology.apply(update);
+        if applied.invalid > 0 {
+            self.stats.invalid_entries += applied.invalid as u64;
+            warn!(
+                count = applied.invalid,
+                "ignored invalid peer entries in topology update"
+            );
+        }
+        if applied.overrode_stale_self {
+            self.schedule_broadcast(now);
+        }
+        if applied.unknown_referenced {
+            let interval = self.cfg.timing.gossip_request_interval;
+            if let Some(c) = self.conns.get_mut(&from) {
+                if c.last_gossip_request.is_none_or(|t| now >= t + interval) {
+                    c.last_gossip_request = Some(now);
+                    self.send_msg(
+                        from,
+                        &ControlMsg::GossipRequest {
+                            channel: Channel::TOPOLOGY,
+                        },
+                    );
+                }
+            }
+        }
+        if !applied.improved.is_empty() || applied.overrode_stale_self {
+            self.topology_changed(now);
+        }
+        TopologyUpdate {
+            peers: applied.improved,
+        }
+    }
+
+    fn on_udp_heartbeat(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        sender: PeerName,
+        conn_uid: u64,
+    ) {
+        let Some(&id) = self.by_peer.get(&sender) else {
+            self.stats.udp_unexpected += 1;
+            return;
+        };
+        let c = self
+            .conns
+            .get_mut(&id)
+            .expect("by_peer points at live connections");
+        if c.remote.as_ref().is_none_or(|r| r.conn_uid != conn_uid) {
+            self.stats.udp_unexpected += 1;
+            return;
+        }
+        c.last_udp_rx = Some(now);
+        let addr_changed = c.udp_addr != Some(from);
+        if addr_changed {
+            c.udp_addr = Some(from);
+            c.next_udp_heartbeat = now;
+        }
+        let ack = !c.acked_remote;
+        c.acked_remote = true;
+        if ack {
+            self.send_msg(
+                id,
+                &ControlMsg::Overlay(OverlayMsg::HeartbeatAck { conn_uid }),
+            );
+        }
+        if addr_changed {
+            self.dataplane_changed(now);
+        }
+    }
+
+    fn conn_timers(&mut self, now: Instant, id: ConnId, t: &Timing) {
+        let Some(c) = self.conns.get_mut(&id) else {
+            return;
+        };
+        if c.phase != Phase::Ready {
+            if now >= c.started + t.handshake_timeout {
+                self.close(now, id, Close::Failure("handshake timed out".into()), true);
+            }
+            return;
+        }
+        if now >= c.last_rx + t.read_timeout {
+            let secs = t.read_timeout.as_secs();
+            self.close(
+                now,
+                id,
+                Close::Failure(format!("no message received for {secs}s; connection dead")),
+                true,
+            );
+            return;
+        }
+        if now >= c.last_udp_rx.unwrap_or(c.ready_at) + t.udp_heartbeat_timeout {
+            self.close(
+                now,
+                id,
+                Close::Failure("timed out waiting for UDP heartbeat".into()),
+                true,
+            );
+            return;
+        }
+        if now >= c.next_heartbeat {
+            c.next_heartbeat = now + t.heartbeat_interval;
+            self.send_msg(id, &ControlMsg::Heartbeat);
+        }
+        let c = self.conns.get_mut(&id).expect("still live");
+        if let Some(to) = c.udp_addr {
+            if now >= c.next_udp_heartbeat {
+                c.next_udp_heartbeat = now
+                    + if c.established {
+                        t.udp_slow_heartbeat
+                    } else {
+                        t.udp_fast_heartbeat
+                    };
+                let conn_uid = c.remote.as_ref().map_or(0, |r| r.conn_uid);
+                let bytes = sleeve::encode_heartbeat(self.cfg.name, conn_uid).to_vec();
+                self.actions.push_back(Action::SendUdp { to, bytes });
+            }
+        }
+    }
+
+    /// Forgets a connection. `tell_shell`: the socket is still open and must be closed.
+    fn close(&mut self, now: Instant, id: ConnId, why: Close, tell_shell: bool) {
+        let Some(c) = self.conns.remove(&id) else {
+            return;
+        };
+        if tell_shell {
+            self.actions.push_back(Action::Close { conn: id });
+        }
+        let reason = match &why {
+            Close::Failure(r) | Close::Duplicate(r) | Close::Suspend(r) => r.clone(),
+        };
+        let dir = if c.outbound { "->" } else { "<-" };
+        let who = match &c.remote {
+            Some(r) if c.phase == Phase::Ready => format!("{}|{}({})", c.addr, r.name, r.nickname),
+            _ => c.addr.to_string(),
+        };
+        match &why {
+            Close::Duplicate(_) => debug!("{dir}[{who}]: connection deleted: {reason}"),
+            _ => info!("{dir}[{who}]: connection shutting down due to error: {reason}"),
+        }
+        if c.phase == Phase::Ready {
+            self.stats.terminations += 1;
+            if let Some(r) = &c.remote {
+                if self.by_peer.get(&r.name) == Some(&id) {
+                    self.by_peer.remove(&r.name);
+                }
+            }
+            self.local_connections_changed(now);
+        }
+        if let Some(key) = &c.target {
+            let backoff = self.cfg.timing.backoff.clone();
+            if let Some(t) = self.targets.get_mut(key) {
+                if t.conn == Some(id) {
+                    match why {
+                        Close::Duplicate(_) => t.conn = None,
+                        Close::Suspend(r) => t.suspend(r),
+                        Close::Failure(r) if c.phase == Phase::Ready => {
+                            t.disconnected(now, c.ready_at, r, &backoff, &mut self.rng)
+                        }
+                        Close::Failure(r) => t.failed(now, r, &backoff, &mut self.rng),
+                    }
+                }
+            }
+        }
+        self.maker_dirty = true;
+    }
+
+    // ---- topology, gossip, routes ----------------------------------------------------------
+
+    fn local_connections_changed(&mut self, now: Instant) {
+        let conns: Vec<ConnectionSummary> = self
+            .by_peer
+            .iter()
+            .map(|(name, id)| {
+                let c = &self.conns[id];
+                ConnectionSummary {
+                    peer: *name,
+                    addr: c.addr,
+                    outbound: c.outbound,
+                    established: c.established,
+                }
+            })
+            .collect();
+        if self.topology.set_local_connections(conns) {
+            self.schedule_broadcast(now);
+            self.topology_changed(now);
+        }
+    }
+
+    fn topology_changed(&mut self, now: Instant) {
+        for gone in self.topology.garbage_collect() {
+            info!("Removed unreachable peer {gone}");
+            self.events.push_back(Event::PeerRemoved(gone));
+        }
+        self.maker_dirty = true;
+        self.dataplane_changed(now);
+    }
+
+    fn dataplane_changed(&mut self, now: Instant) {
+        if self.dataplane_at.is_none() {
+            self.dataplane_at = Some(now + self.cfg.timing.route_delay);
+        }
+    }
+
+    fn schedule_broadcast(&mut self, now: Instant) {
+        if self.broadcast_at.is_none() {
+            self.broadcast_at = Some(now + self.cfg.timing.broadcast_delay);
+        }
+    }
+
+    fn graph_all(&mut self) -> &Graph {
+        let generation = self.topology.generation();
+        if self
+            .graph_all
+            .as_ref()
+            .is_none_or(|(g, _)| *g != generation)
+        {
+            self.graph_all = Some((
+                generation,
+                Graph::from_topology(&self.topology, Variant::All),
+            ));
+        }
+        &self.graph_all.as_ref().expect("just computed").1
+    }
+
+    /// Sends a broadcast on to our children in `src`'s tree (gossip variant).
+    fn relay_broadcast(
+        &mut self,
+        channel: Channel,
+        src: PeerName,
+        payload: Vec<u8>,
+        from: Option<ConnId>,
+    ) {
+        let local = self.cfg.name;
+        let children = self.graph_all().broadcast_children(src, local);
+        let msg = ControlMsg::GossipBroadcast {
+            channel,
+            src,
+            payload,
+        };
+        let bytes = msg.encode_framed();
+        for child in children {
+            if let Some(&id) = self.by_peer.get(&child) {
+                if Some(id) != from {
+                    self.send_raw(id, bytes.clone());
+                }
+            }
+        }
+    }
+
+    /// A random subset of connected neighbours for gossip: about 2·log2(peers) of them.
+    fn random_neighbours(&mut self, exclude: Option<ConnId>) -> Vec<ConnId> {
+        let mut ids: Vec<ConnId> = self
+            .by_peer
+            .values()
+            .copied()
+            .filter(|id| Some(*id) != exclude)
+            .collect();
+        let n = self.topology.len().max(2) as f64;
+        let k = ((2.0 * n.log2()).ceil() as usize).max(2);
+        self.rng.shuffle(&mut ids);
+        ids.truncate(k);
+        ids
+    }
+
+    fn compute_dataplane(&self) -> DataPlaneTable {
+        let local = self.cfg.name;
+        let neighbours: BTreeMap<PeerName, SocketAddr> = self
+            .by_peer
+            .iter()
+            .filter_map(|(name, id)| {
+                let c = &self.conns[id];
+                c.udp_addr.filter(|_| c.established).map(|a| (*name, a))
+            })
+            .collect();
+        let g = Graph::from_topology(&self.topology, Variant::Established);
+        let unicast = g
+            .unicast_from(local)
+            .into_iter()
+            .filter(|(_, hop)| neighbours.contains_key(hop))
+            .collect();
+        let broadcast = g
+            .all_broadcast_children(local)
+            .into_iter()
+            .map(|(src, kids)| {
+                let kids = kids
+                    .into_iter()
+                    .filter(|k| neighbours.contains_key(k))
+                    .collect();
+                (src, kids)
+            })
+            .collect();
+        DataPlaneTable {
+            local,
+            unicast,
+            broadcast,
+            neighbours,
+        }
+    }
+
+    // ---- connection maker ---------------------------------------------------------------
+
+    fn targets_changed(&mut self) {
+        self.events
+            .push_back(Event::TargetsChanged(self.direct_targets()));
+        self.maker_dirty = true;
+    }
+
+    fn note_target_peer(&mut self, id: ConnId, peer: PeerName) {
+        if let Some(key) = self.conns.get(&id).and_then(|c| c.target.clone()) {
+            if let Some(t) = self.targets.get_mut(&key) {
+                t.peer = Some(peer);
+            }
+        }
+    }
+
+    fn at_conn_limit(&self) -> bool {
+        self.cfg.conn_limit > 0 && self.conns.len() >= self.cfg.conn_limit
+    }
+
+    fn at_conn_limit_excluding(&self, id: ConnId) -> bool {
+        let others = self.conns.keys().filter(|k| **k != id).count();
+        self.cfg.conn_limit > 0 && others >= self.cfg.conn_limit
+    }
+
+    fn alloc_conn(&mut self) -> ConnId {
+        let id = ConnId(self.next_conn);
+        self.next_conn += 1;
+        id
+    }
+
+    /// Runs pending bookkeeping at the end of every input.
+    fn after(&mut self, now: Instant) {
+        if self.maker_dirty {
+            self.maker_dirty = false;
+            self.run_maker(now);
+        }
+    }
+
+    fn update_discovered(&mut self, now: Instant) {
+        let generation = self.topology.generation();
+        if self.discovered_gen == Some(generation) {
+            return;
+        }
+        self.discovered_gen = Some(generation);
+        let direct_addrs: BTreeSet<SocketAddr> = self
+            .targets
+            .iter()
+            .filter(|(k, _)| matches!(k, TargetKey::Direct(_)))
+            .map(|(_, t)| t.addr)
+            .collect();
+        let mut candidates: BTreeMap<SocketAddr, PeerName> = BTreeMap::new();
+        for reporter in self.topology.peers() {
+            for c in &reporter.connections {
+                if c.peer == self.cfg.name || self.by_peer.contains_key(&c.peer) {
+                    continue;
+                }
+                let addr = if c.outbound {
+                    c.addr
+                } else {
+                    // The reporter sees the peer's ephemeral port; dial its listening port.
+                    let port = self
+                        .topology
+                        .get(&c.peer)
+                        .map_or(self.cfg.tcp_port, |p| p.tcp_port);
+                    SocketAddr::new(c.addr.ip(), port)
+                };
+                if !direct_addrs.contains(&addr) {
+                    candidates.insert(addr, c.peer);
+                }
+            }
+        }
+        self.targets.retain(|k, t| match k {
+            TargetKey::Discovered(a) => t.conn.is_some() || candidates.contains_key(a),
+            TargetKey::Direct(_) => true,
+        });
+        let backoff = &self.cfg.timing.backoff;
+        for (addr, peer) in candidates {
+            self.targets
+                .entry(TargetKey::Discovered(addr))
+                .or_insert_with(|| Target::new(addr, true, now, backoff))
+                .peer
+                .get_or_insert(peer);
+        }
+    }
+
+    fn target_satisfied(&self, t: &Target) -> bool {
+        if t.peer.is_some_and(|p| self.by_peer.contains_key(&p)) {
+            return true;
+        }
+        self.conns.values().any(|c| {
+            c.addr == t.addr
+                || (!t.port_given
+                    && !c.outbound
+                    && c.phase == Phase::Ready
+                    && c.addr.ip() == t.addr.ip())
+        })
+    }
+
+    fn run_maker(&mut self, now: Instant) {
+        if self.cfg.discovery {
+            self.update_discovered(now);
+        }
+        let mut wake: Option<Instant> = None;
+        let keys: Vec<TargetKey> = self.targets.keys().cloned().collect();
+        for key in keys {
+            let t = &self.targets[&key];
+            if t.suspended || t.conn.is_some() {
+                continue;
+            }
+            if t.retry_at > now {
+                wake = Some(wake.map_or(t.retry_at, |w| w.min(t.retry_at)));
+                continue;
+            }
+            if self.target_satisfied(t) || self.at_conn_limit() {
+                continue;
+            }
+            let addr = t.addr;
+            let id = self.alloc_conn();
+            let conn_id = self.rng.nonzero_u64();
+            let mut c = Conn::new(true, addr, Phase::Dialing, now, conn_id);
+            c.target = Some(key.clone());
+            self.conns.insert(id, c);
+            self.targets.get_mut(&key).expect("key from map").conn = Some(id);
+            debug!(%addr, "dialling");
+            self.actions.push_back(Action::Dial { conn: id, addr });
+        }
+        self.maker_wake = wake;
+    }
+
+    // ---- output helpers -----------------------------------------------------------------
+
+    fn send_raw(&mut self, conn: ConnId, bytes: Vec<u8>) {
+        self.actions.push_back(Action::Send { conn, bytes });
+    }
+
+    fn send_msg(&mut self, conn: ConnId, msg: &ControlMsg) {
+        self.send_raw(conn, msg.encode_framed());
+    }
+
+    // ---- status -------------------------------------------------------------------------
+
+    pub fn status(&mut self, now: Instant) -> RouterStatus {
+        let nick =
+            |t: &Topology, n: &PeerName| t.get(n).map(|p| p.nickname.clone()).unwrap_or_default();
+        let peers = self
+            .topology
+            .peers()
+            .map(|p| PeerStatus {
+                name: p.name,
+                nickname: p.nickname.clone(),
+                uid: p.uid,
+                version: p.version,
+                connections: p
+                    .connections
+                    .iter()
+                    .map(|c| PeerConnectionStatus {
+                        name: c.peer,
+                        nickname: nick(&self.topology, &c.peer),
+                        addr: c.addr,
+                        outbound: c.outbound,
+                        established: c.established,
+                    })
+                    .collect(),
+            })
+            .collect();
+        let mut connections = Vec::new();
+        for c in self.conns.values() {
+            if c.phase != Phase::Ready {
+                continue;
+            }
+            let r = c.remote.as_ref().expect("ready connections have a remote");
+            connections.push(ConnectionStatus {
+                outbound: c.outbound,
+                addr: c.addr,
+                state: if c.established {
+                    ConnectionState::Established
+                } else {
+                    ConnectionState::Pending
+                },
+                peer: Some((r.name, r.nickname.clone())),
+                overlay: Some("sleeve"),
+                mtu: Some(self.cfg.mtu),
+                error: None,
+                retry_in: None,
+            });
+        }
+        for t in self.targets.values() {
+            let ready = t
+                .conn
+                .and_then(|id| self.conns.get(&id))
+                .is_some_and(|c| c.phase == Phase::Ready);
+            if ready || (t.conn.is_none() && self.target_satisfied(t)) {
+                continue;
+            }
+            let state = ConnectionState::from_target(t.state(false));
+            connections.push(ConnectionStatus {
+                outbound: true,
+                addr: t.addr,
+                state,
+                peer: None,
+                overlay: None,
+                mtu: None,
+                error: t.last_error.clone(),
+                retry_in: (state == ConnectionState::Failed && !t.suspended)
+                    .then(|| t.retry_at.saturating_duration_since(now)),
+            });
+        }
+        let local = self.cfg.name;
+        let g = Graph::from_topology(&self.topology, Variant::Established);
+        RouterStatus {
+            name: local,
+            nickname: self.cfg.nickname.clone(),
+            uid: self.uid,
+            port: self.cfg.tcp_port,
+            protocol_min: control::PROTOCOL_MIN,
+            protocol_max: control::PROTOCOL_MAX,
+            discovery: self.cfg.discovery,
+            conn_limit: self.cfg.conn_limit,
+            peers,
+            connections,
+            targets: self.direct_targets(),
+            unicast_routes: g.unicast_from(local).into_iter().collect(),
+            broadcast_routes: g.all_broadcast_children(local).into_iter().collect(),
+            termination_count: self.stats.terminations,
+            protocol_errors: self.stats.protocol_errors,
+            invalid_entries: self.stats.invalid_entries,
+            udp_unexpected: self.stats.udp_unexpected,
+        }
+    }
+}
+
+fn msg_name(m: &ControlMsg) -> &'static str {
+    match m {
+        ControlMsg::Hello(_) => "hello",
+        ControlMsg::Heartbeat => "heartbeat",
+        ControlMsg::Gossip { .. } => "gossip",
+        ControlMsg::GossipBroadcast { .. } => "gossip broadcast",
+        ControlMsg::GossipUnicast { .. } => "gossip unicast",
+        ControlMsg::GossipRequest { .. } => "gossip request",
+        ControlMsg::Overlay(_) => "overlay message",
+    }
+}

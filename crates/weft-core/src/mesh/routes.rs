@@ -1,0 +1,224 @@
+//! Unicast and broadcast routes computed from the topology.
+//!
+//! Two graphs are derived from the peers' connection lists:
+//! - [`Variant::Established`]: an edge only where both ends report the connection and both
+//!   report it established. The data plane uses this, so a frame never goes down a link whose
+//!   overlay has not been proven in both directions.
+//! - [`Variant::All`]: an edge where either end reports the connection. Gossip uses this, so
+//!   topology spreads even before the overlay is up.
+//!
+//! Unicast: breadth-first search from us, neighbours visited in peer-name order; the next hop to
+//! a destination is the first hop on its BFS path (shortest in hops, ties broken by name).
+//!
+//! Broadcast from source S: the BFS tree rooted at S (same ordering), where each peer's parent
+//! is the first peer to reach it. Our next hops for S are our children in that tree. Every peer
+//! that shares our view of the topology computes the same tree, so each peer receives a flooded
+//! frame exactly once, from its parent.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use weft_proto::PeerName;
+
+use super::topology::Topology;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Variant {
+    Established,
+    All,
+}
+
+/// An undirected graph over peer names with sorted adjacency lists.
+#[derive(Debug, Default, Clone)]
+pub struct Graph {
+    adj: BTreeMap<PeerName, BTreeSet<PeerName>>,
+}
+
+impl Graph {
+    pub fn from_topology(topology: &Topology, variant: Variant) -> Self {
+        let mut adj: BTreeMap<PeerName, BTreeSet<PeerName>> = BTreeMap::new();
+        for p in topology.peers() {
+            adj.entry(p.name).or_default();
+            for c in &p.connections {
+                let Some(remote) = topology.get(&c.peer) else {
+                    continue;
+                };
+                let keep = match variant {
+                    Variant::All => true,
+                    Variant::Established => {
+                        c.established
+                            && remote
+                                .connections
+                                .iter()
+                                .any(|rc| rc.peer == p.name && rc.established)
+                    }
+                };
+                if keep {
+                    adj.entry(p.name).or_default().insert(c.peer);
+                    adj.entry(c.peer).or_default().insert(p.name);
+                }
+            }
+        }
+        Graph { adj }
+    }
+
+    pub fn neighbours(&self, p: &PeerName) -> impl Iterator<Item = &PeerName> {
+        self.adj.get(p).into_iter().flatten()
+    }
+
+    /// BFS parents from `root`: `parent[x]` is the peer that first reached `x`.
+    fn bfs_parents(&self, root: PeerName) -> BTreeMap<PeerName, PeerName> {
+        let mut parent = BTreeMap::new();
+        if !self.adj.contains_key(&root) {
+            return parent;
+        }
+        let mut seen = BTreeSet::from([root]);
+        let mut queue = VecDeque::from([root]);
+        while let Some(p) = queue.pop_front() {
+            for &n in self.neighbours(&p) {
+                if seen.insert(n) {
+                    parent.insert(n, p);
+                    queue.push_back(n);
+                }
+            }
+        }
+        parent
+    }
+
+    /// Next hop from `local` to every reachable peer.
+    pub fn unicast_from(&self, local: PeerName) -> BTreeMap<PeerName, PeerName> {
+        let parent = self.bfs_parents(local);
+        let mut hops = BTreeMap::new();
+        for &dst in parent.keys() {
+            // Walk up to the peer whose parent is us; paths are short (hops), so this is cheap.
+            let mut hop = dst;
+            while let Some(&p) = parent.get(&hop) {
+                if p == local {
+                    break;
+                }
+                hop = p;
+            }
+            hops.insert(dst, hop);
+        }
+        hops
+    }
+
+    /// Our children in `src`'s broadcast tree.
+    pub fn broadcast_children(&self, src: PeerName, local: PeerName) -> Vec<PeerName> {
+        self.bfs_parents(src)
+            .into_iter()
+            .filter(|&(_, p)| p == local)
+            .map(|(c, _)| c)
+            .collect()
+    }
+
+    /// Our children in every source's tree, computed in one pass per source.
+    pub fn all_broadcast_children(&self, local: PeerName) -> BTreeMap<PeerName, Vec<PeerName>> {
+        self.adj
+            .keys()
+            .map(|&src| (src, self.broadcast_children(src, local)))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use weft_proto::control::{ConnectionSummary, PeerSummary, TopologyUpdate};
+
+    fn pn(n: u64) -> PeerName {
+        PeerName::from_u64(n)
+    }
+
+    fn topo(local: u64, edges: &[(u64, u64)], established: bool) -> Topology {
+        let mut peers: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
+        for &(a, b) in edges {
+            peers.entry(a).or_default().push(b);
+            peers.entry(b).or_default().push(a);
+        }
+        let mk = |n: u64, conns: &[u64]| PeerSummary {
+            name: pn(n),
+            nickname: String::new(),
+            uid: n,
+            version: 1,
+            tcp_port: 6783,
+            connections: conns
+                .iter()
+                .map(|&c| ConnectionSummary {
+                    peer: pn(c),
+                    addr: "10.0.0.1:6783".parse().unwrap(),
+                    outbound: n < c,
+                    established,
+                })
+                .collect(),
+        };
+        let mut t = Topology::new(mk(local, peers.get(&local).map_or(&[][..], |v| v)));
+        t.apply(TopologyUpdate {
+            peers: peers
+                .iter()
+                .filter(|(n, _)| **n != local)
+                .map(|(n, c)| mk(*n, c))
+                .collect(),
+        });
+        t
+    }
+
+    #[test]
+    fn unicast_on_a_line() {
+        let t = topo(1, &[(1, 2), (2, 3), (3, 4)], true);
+        let g = Graph::from_topology(&t, Variant::Established);
+        let hops = g.unicast_from(pn(1));
+        assert_eq!(hops[&pn(2)], pn(2));
+        assert_eq!(hops[&pn(3)], pn(2));
+        assert_eq!(hops[&pn(4)], pn(2));
+    }
+
+    #[test]
+    fn established_requires_both_ends() {
+        let t = topo(1, &[(1, 2)], false);
+        let g = Graph::from_topology(&t, Variant::Established);
+        assert!(g.unicast_from(pn(1)).is_empty());
+        let g = Graph::from_topology(&t, Variant::All);
+        assert_eq!(g.unicast_from(pn(1)).len(), 1);
+    }
+
+    /// In a full mesh of 5 plus a tail, every peer is reached exactly once from any source
+    /// when everyone forwards to its children.
+    #[test]
+    fn broadcast_tree_reaches_everyone_once() {
+        let mut edges = vec![];
+        for a in 1..=5 {
+            for b in (a + 1)..=5 {
+                edges.push((a, b));
+            }
+        }
+        edges.push((5, 6));
+        edges.push((6, 7));
+        let views: BTreeMap<u64, Graph> = (1..=7)
+            .map(|l| {
+                (
+                    l,
+                    Graph::from_topology(&topo(l, &edges, true), Variant::Established),
+                )
+            })
+            .collect();
+        for src in 1..=7u64 {
+            let mut received: BTreeMap<u64, usize> = BTreeMap::new();
+            let mut queue = VecDeque::from([src]);
+            while let Some(at) = queue.pop_front() {
+                for c in views[&at].broadcast_children(pn(src), pn(at)) {
+                    let c = c.as_u64();
+                    *received.entry(c).or_default() += 1;
+                    queue.push_back(c);
+                }
+            }
+            for p in 1..=7u64 {
+                let want = usize::from(p != src);
+                assert_eq!(
+                    received.get(&p).copied().unwrap_or(0),
+                    want,
+                    "src {src} peer {p}"
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,273 @@
+//! The mesh's view of who exists and who is connected to whom.
+//!
+//! Each peer owns its own [`PeerSummary`] and bumps its version whenever its connection list
+//! changes; everyone else only ever replaces an entry with a newer one (higher version, or equal
+//! version and higher UID). That makes merging commutative and idempotent, so gossip in any
+//! order converges. Two refinements:
+//! - an update about *us* that we did not write (a previous incarnation's, or one with a higher
+//!   version) makes us jump our version above it, so our current entry wins everywhere;
+//! - peers that can no longer be reached from us through reported connections are garbage
+//!   collected, so departed peers vanish instead of lingering.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use weft_proto::PeerName;
+use weft_proto::control::{ConnectionSummary, PeerSummary, TopologyUpdate};
+
+/// Limits on what a peer may claim, so one bad update cannot bloat every peer's memory.
+pub const MAX_NICKNAME_LEN: usize = 255;
+pub const MAX_CONNECTIONS_PER_PEER: usize = 10_000;
+
+#[derive(Debug)]
+pub struct Topology {
+    local: PeerName,
+    peers: BTreeMap<PeerName, PeerSummary>,
+    /// Bumped on every change so that derived data (routes) knows when to recompute.
+    generation: u64,
+}
+
+/// What applying an update did.
+#[derive(Debug, Default)]
+pub struct Applied {
+    /// Entries that were new or newer than ours: the part worth relaying.
+    pub improved: Vec<PeerSummary>,
+    /// Some accepted entry lists a connection to a peer we know nothing about.
+    pub unknown_referenced: bool,
+    /// Entries refused as invalid (bad name, oversize fields).
+    pub invalid: usize,
+    /// Someone holds a version of our own entry we did not write; we bumped past it.
+    pub overrode_stale_self: bool,
+}
+
+impl Topology {
+    pub fn new(local: PeerSummary) -> Self {
+        let name = local.name;
+        let mut peers = BTreeMap::new();
+        peers.insert(name, local);
+        Topology {
+            local: name,
+            peers,
+            generation: 0,
+        }
+    }
+
+    pub fn local_name(&self) -> PeerName {
+        self.local
+    }
+
+    pub fn local(&self) -> &PeerSummary {
+        self.peers
+            .get(&self.local)
+            .expect("local peer is never removed")
+    }
+
+    fn local_mut(&mut self) -> &mut PeerSummary {
+        self.peers
+            .get_mut(&self.local)
+            .expect("local peer is never removed")
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    pub fn get(&self, name: &PeerName) -> Option<&PeerSummary> {
+        self.peers.get(name)
+    }
+
+    pub fn peers(&self) -> impl Iterator<Item = &PeerSummary> {
+        self.peers.values()
+    }
+
+    pub fn len(&self) -> usize {
+        self.peers.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.peers.is_empty()
+    }
+
+    /// Replaces our connection list if it changed; returns whether it did.
+    pub fn set_local_connections(&mut self, mut connections: Vec<ConnectionSummary>) -> bool {
+        connections.sort_by_key(|c| (c.peer, c.addr));
+        if self.local().connections == connections {
+            return false;
+        }
+        let local = self.local_mut();
+        local.connections = connections;
+        local.version += 1;
+        self.generation += 1;
+        true
+    }
+
+    /// Merges a received update; see the module doc for the rule.
+    pub fn apply(&mut self, update: TopologyUpdate) -> Applied {
+        let mut applied = Applied::default();
+        for summary in update.peers {
+            if !valid(&summary) {
+                applied.invalid += 1;
+                continue;
+            }
+            if summary.name == self.local {
+                let local = self.local();
+                if summary.uid != local.uid || summary.version > local.version {
+                    let v = summary.version.max(local.version) + 1;
+                    self.local_mut().version = v;
+                    self.generation += 1;
+                    applied.overrode_stale_self = true;
+                }
+                continue;
+            }
+            let newer = match self.peers.get(&summary.name) {
+                None => true,
+                Some(existing) => {
+                    summary.version > existing.version
+                        || (summary.version == existing.version && summary.uid > existing.uid)
+                }
+            };
+            if newer {
+                self.peers.insert(summary.name, summary.clone());
+                applied.improved.push(summary);
+                self.generation += 1;
+            }
+        }
+        applied.unknown_referenced = applied.improved.iter().any(|s| {
+            s.connections
+                .iter()
+                .any(|c| !self.peers.contains_key(&c.peer))
+        });
+        applied
+    }
+
+    /// Everything we know, for a neighbour that needs it all.
+    pub fn full_update(&self) -> TopologyUpdate {
+        TopologyUpdate {
+            peers: self.peers.values().cloned().collect(),
+        }
+    }
+
+    /// Just our own entry: what we broadcast after our connections change.
+    pub fn local_update(&self) -> TopologyUpdate {
+        TopologyUpdate {
+            peers: vec![self.local().clone()],
+        }
+    }
+
+    /// Removes peers that no chain of reported connections links to us. Returns them.
+    pub fn garbage_collect(&mut self) -> Vec<PeerName> {
+        let mut reached = BTreeSet::new();
+        let mut queue = VecDeque::from([self.local]);
+        reached.insert(self.local);
+        while let Some(p) = queue.pop_front() {
+            if let Some(s) = self.peers.get(&p) {
+                for c in &s.connections {
+                    if self.peers.contains_key(&c.peer) && reached.insert(c.peer) {
+                        queue.push_back(c.peer);
+                    }
+                }
+            }
+        }
+        let gone: Vec<PeerName> = self
+            .peers
+            .keys()
+            .filter(|n| !reached.contains(n))
+            .copied()
+            .collect();
+        for n in &gone {
+            self.peers.remove(n);
+        }
+        if !gone.is_empty() {
+            self.generation += 1;
+        }
+        gone
+    }
+}
+
+fn valid(s: &PeerSummary) -> bool {
+    s.name != weft_proto::BROADCAST_PEER
+        && s.name.as_u64() <= PeerName::MASK
+        && s.nickname.len() <= MAX_NICKNAME_LEN
+        && s.connections.len() <= MAX_CONNECTIONS_PER_PEER
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pn(n: u64) -> PeerName {
+        PeerName::from_u64(n)
+    }
+
+    fn summary(name: u64, uid: u64, version: u64, conns: &[u64]) -> PeerSummary {
+        PeerSummary {
+            name: pn(name),
+            nickname: format!("h{name}"),
+            uid,
+            version,
+            tcp_port: 6783,
+            connections: conns
+                .iter()
+                .map(|&c| ConnectionSummary {
+                    peer: pn(c),
+                    addr: format!("10.0.0.{c}:6783").parse().unwrap(),
+                    outbound: true,
+                    established: true,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn newer_version_wins_and_merge_is_idempotent() {
+        let mut t = Topology::new(summary(1, 11, 1, &[2]));
+        let a = t.apply(TopologyUpdate {
+            peers: vec![summary(2, 22, 3, &[1])],
+        });
+        assert_eq!(a.improved.len(), 1);
+        let a = t.apply(TopologyUpdate {
+            peers: vec![summary(2, 22, 3, &[1])],
+        });
+        assert!(a.improved.is_empty(), "same entry twice changes nothing");
+        let a = t.apply(TopologyUpdate {
+            peers: vec![summary(2, 22, 2, &[])],
+        });
+        assert!(a.improved.is_empty(), "older entry ignored");
+        assert_eq!(t.get(&pn(2)).unwrap().version, 3);
+    }
+
+    #[test]
+    fn stale_entry_about_us_makes_us_bump() {
+        let mut t = Topology::new(summary(1, 11, 1, &[]));
+        let a = t.apply(TopologyUpdate {
+            peers: vec![summary(1, 99, 7, &[])],
+        });
+        assert!(a.overrode_stale_self);
+        assert_eq!(t.local().version, 8);
+        assert_eq!(t.local().uid, 11);
+    }
+
+    #[test]
+    fn unknown_references_are_reported() {
+        let mut t = Topology::new(summary(1, 11, 1, &[2]));
+        let a = t.apply(TopologyUpdate {
+            peers: vec![summary(2, 22, 1, &[1, 3])],
+        });
+        assert!(a.unknown_referenced);
+    }
+
+    #[test]
+    fn gc_removes_unreachable() {
+        let mut t = Topology::new(summary(1, 11, 1, &[2]));
+        t.apply(TopologyUpdate {
+            peers: vec![
+                summary(2, 22, 1, &[1]),
+                summary(3, 33, 1, &[4]),
+                summary(4, 44, 1, &[3]),
+            ],
+        });
+        let mut gone = t.garbage_collect();
+        gone.sort();
+        assert_eq!(gone, vec![pn(3), pn(4)]);
+        assert_eq!(t.len(), 2);
+    }
+}

@@ -1,0 +1,212 @@
+//! Sleeve datagrams: the userspace overlay's UDP payloads.
+//!
+//! ```text
+//!  0        1        2                 8
+//! +--------+--------+-----------------+
+//! |ver|kind| flags  |  sender (6)     |   common header, 8 bytes
+//! +--------+--------+-----------------+
+//! kind Frame:     | src peer (6) | dst peer (6) | Ethernet frame ... |
+//! kind Heartbeat: | connection uid (8, BE) |
+//! ```
+//!
+//! `sender` is the hop that sent this datagram; `src`/`dst` are the frame's origin peer and
+//! destination peer (all-zero `dst` means "flooded: deliver everywhere along src's broadcast
+//! tree"). A frame crosses several hops unchanged except for `sender`.
+//!
+//! Overhead on the underlay: IPv4 20 + UDP 8 + header 8 + src/dst 12 = 48 bytes, plus the inner
+//! Ethernet header (14) that the container's MTU does not count: [`FRAME_OVERHEAD`] = 62.
+
+use crate::{DecodeError, PeerName};
+
+pub const VERSION: u8 = 1;
+pub const HEADER_LEN: usize = 8;
+pub const FRAME_HEADER_LEN: usize = HEADER_LEN + 12;
+pub const HEARTBEAT_LEN: usize = HEADER_LEN + 8;
+/// Bytes between the container's IP MTU and the underlay's IP MTU on the sleeve path.
+pub const FRAME_OVERHEAD: usize = 20 + 8 + FRAME_HEADER_LEN + crate::ether::ETHER_HEADER_LEN;
+/// The largest UDP payload an IPv4 datagram can carry.
+pub const MAX_DATAGRAM: usize = 65535 - 20 - 8;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Frame = 0,
+    Heartbeat = 1,
+}
+
+/// A decoded sleeve datagram, borrowing the frame bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Datagram<'a> {
+    Frame {
+        sender: PeerName,
+        src: PeerName,
+        dst: PeerName,
+        frame: &'a [u8],
+    },
+    Heartbeat {
+        sender: PeerName,
+        conn_uid: u64,
+    },
+}
+
+fn peer_at(b: &[u8], at: usize) -> PeerName {
+    PeerName::from_bytes(b[at..at + 6].try_into().expect("caller checked length"))
+}
+
+impl<'a> Datagram<'a> {
+    pub fn decode(b: &'a [u8]) -> Result<Self, DecodeError> {
+        if b.len() < HEADER_LEN {
+            return Err(DecodeError::Truncated {
+                what: "sleeve header",
+                need: HEADER_LEN,
+                have: b.len(),
+            });
+        }
+        let version = b[0] >> 4;
+        if version != VERSION {
+            return Err(DecodeError::Malformed {
+                what: "sleeve header",
+                detail: format!("unsupported version {version}"),
+            });
+        }
+        let sender = peer_at(b, 2);
+        match b[0] & 0x0f {
+            0 => {
+                if b.len() < FRAME_HEADER_LEN + crate::ether::ETHER_HEADER_LEN {
+                    return Err(DecodeError::Truncated {
+                        what: "sleeve frame",
+                        need: FRAME_HEADER_LEN + crate::ether::ETHER_HEADER_LEN,
+                        have: b.len(),
+                    });
+                }
+                Ok(Datagram::Frame {
+                    sender,
+                    src: peer_at(b, 8),
+                    dst: peer_at(b, 14),
+                    frame: &b[FRAME_HEADER_LEN..],
+                })
+            }
+            1 => {
+                if b.len() != HEARTBEAT_LEN {
+                    return Err(DecodeError::Malformed {
+                        what: "sleeve heartbeat",
+                        detail: format!("length {} (want {HEARTBEAT_LEN})", b.len()),
+                    });
+                }
+                Ok(Datagram::Heartbeat {
+                    sender,
+                    conn_uid: u64::from_be_bytes(b[8..16].try_into().expect("length checked")),
+                })
+            }
+            k => Err(DecodeError::Malformed {
+                what: "sleeve header",
+                detail: format!("unknown kind {k}"),
+            }),
+        }
+    }
+
+    /// Cheap peek used to route a datagram to the data plane or the control plane without a
+    /// full decode.
+    pub fn kind(b: &[u8]) -> Option<Kind> {
+        match b.first()? {
+            x if x >> 4 != VERSION => None,
+            x if x & 0x0f == 0 => Some(Kind::Frame),
+            x if x & 0x0f == 1 => Some(Kind::Heartbeat),
+            _ => None,
+        }
+    }
+}
+
+fn common_header(kind: Kind, sender: PeerName) -> [u8; HEADER_LEN] {
+    let s = sender.to_bytes();
+    [
+        (VERSION << 4) | kind as u8,
+        0,
+        s[0],
+        s[1],
+        s[2],
+        s[3],
+        s[4],
+        s[5],
+    ]
+}
+
+/// The header to put in front of an Ethernet frame.
+pub fn frame_header(sender: PeerName, src: PeerName, dst: PeerName) -> [u8; FRAME_HEADER_LEN] {
+    let mut h = [0u8; FRAME_HEADER_LEN];
+    h[..HEADER_LEN].copy_from_slice(&common_header(Kind::Frame, sender));
+    h[8..14].copy_from_slice(&src.to_bytes());
+    h[14..20].copy_from_slice(&dst.to_bytes());
+    h
+}
+
+/// Rewrites the sender field of an encoded datagram in place (relaying).
+pub fn set_sender(datagram: &mut [u8], sender: PeerName) {
+    datagram[2..8].copy_from_slice(&sender.to_bytes());
+}
+
+pub fn encode_heartbeat(sender: PeerName, conn_uid: u64) -> [u8; HEARTBEAT_LEN] {
+    let mut h = [0u8; HEARTBEAT_LEN];
+    h[..HEADER_LEN].copy_from_slice(&common_header(Kind::Heartbeat, sender));
+    h[8..16].copy_from_slice(&conn_uid.to_be_bytes());
+    h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn frame_round_trip() {
+        let (a, b, c) = (
+            PeerName::from_u64(1),
+            PeerName::from_u64(2),
+            PeerName::from_u64(3),
+        );
+        let mut pkt = frame_header(a, b, c).to_vec();
+        pkt.extend_from_slice(&[0xee; 60]);
+        assert_eq!(Datagram::kind(&pkt), Some(Kind::Frame));
+        match Datagram::decode(&pkt).unwrap() {
+            Datagram::Frame {
+                sender,
+                src,
+                dst,
+                frame,
+            } => {
+                assert_eq!((sender, src, dst), (a, b, c));
+                assert_eq!(frame.len(), 60);
+            }
+            other => panic!("{other:?}"),
+        }
+        set_sender(&mut pkt, c);
+        assert!(
+            matches!(Datagram::decode(&pkt).unwrap(), Datagram::Frame { sender, .. } if sender == c)
+        );
+    }
+
+    #[test]
+    fn heartbeat_round_trip() {
+        let hb = encode_heartbeat(PeerName::from_u64(9), 0xdead_beef);
+        assert_eq!(Datagram::kind(&hb), Some(Kind::Heartbeat));
+        assert_eq!(
+            Datagram::decode(&hb).unwrap(),
+            Datagram::Heartbeat {
+                sender: PeerName::from_u64(9),
+                conn_uid: 0xdead_beef
+            }
+        );
+    }
+
+    #[test]
+    fn overhead_matches_layout() {
+        assert_eq!(FRAME_OVERHEAD, 62);
+    }
+
+    proptest! {
+        #[test]
+        fn decode_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..128)) {
+            let _ = Datagram::decode(&bytes);
+            let _ = Datagram::kind(&bytes);
+        }
+    }
+}
