@@ -1,1 +1,745 @@
+//! A deterministic discrete-event simulator of a weft mesh.
+//!
+//! Each simulated host runs the real sans-IO [`Router`] and [`Forwarder`] from `weft-core`; the
+//! simulator plays the kernel: TCP connections are reliable ordered pipes with latency, UDP
+//! datagrams are delivered after a latency or lost, and links can be cut (partitions). Time is
+//! virtual and jumps straight to the next event or router timer, so an hour of mesh life takes
+//! milliseconds, and everything random comes from one seed, so a failing run replays exactly.
+//!
+//! Partitions behave like real networks, not like resets: bytes sent across a cut link wait
+//! (TCP retransmits) and arrive when it heals, unless a router gives up on the connection
+//! first, which it only learns by its own timers. Dials across a cut time out.
 #![forbid(unsafe_code)]
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use weft_core::mesh::{Action, ConnId, DataPlaneTable, Event, Router, RouterConfig, Timing};
+use weft_core::overlay::{Forwarder, Output};
+use weft_core::rng::Rng;
+use weft_proto::PeerName;
+use weft_proto::sleeve::{Datagram, Kind};
+
+pub const PORT: u16 = 6783;
+
+/// Link behaviour.
+#[derive(Clone, Debug)]
+pub struct LinkModel {
+    pub latency_min: Duration,
+    pub latency_max: Duration,
+    /// Probability that a UDP datagram is lost.
+    pub udp_loss: f64,
+    /// How long a dial across a cut link takes to fail.
+    pub dial_timeout: Duration,
+}
+
+impl Default for LinkModel {
+    fn default() -> Self {
+        LinkModel {
+            latency_min: Duration::from_micros(200),
+            latency_max: Duration::from_millis(5),
+            udp_loss: 0.0,
+            dial_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+#[derive(Debug)]
+enum Ev {
+    DialDone {
+        node: usize,
+        inc: u64,
+        conn: ConnId,
+        peer: Option<usize>,
+        error: &'static str,
+    },
+    Tcp {
+        node: usize,
+        inc: u64,
+        conn: ConnId,
+        /// The sending end, to answer with a reset if the receiver has restarted since.
+        from: (usize, ConnId),
+        from_inc: u64,
+        item: PipeItem,
+    },
+    Udp {
+        node: usize,
+        from: SocketAddr,
+        bytes: Vec<u8>,
+    },
+}
+
+#[derive(Debug, Clone)]
+enum PipeItem {
+    Data(Vec<u8>),
+    Fin,
+}
+
+/// One direction of a TCP connection.
+#[derive(Debug)]
+struct Pipe {
+    from_inc: u64,
+    to_node: usize,
+    to_inc: u64,
+    to_conn: ConnId,
+    latency: Duration,
+    /// Bytes sent while the link was cut, delivered in order when it heals.
+    backlog: VecDeque<PipeItem>,
+    /// The last scheduled delivery, to keep the stream in order across latency changes.
+    last_delivery: Instant,
+}
+
+pub struct Node {
+    pub router: Router,
+    pub forwarder: Forwarder,
+    pub ip: IpAddr,
+    pub alive: bool,
+    /// Frames injected into this host's bridge, in order.
+    pub injected: Vec<Vec<u8>>,
+    pub table: Arc<DataPlaneTable>,
+    targets: Vec<usize>,
+    discovery: bool,
+    nickname: String,
+    name: PeerName,
+    /// Incarnation counter, so a restarted router gets a new seed (and UID).
+    incarnation: u64,
+}
+
+pub struct Sim {
+    pub seed: u64,
+    start: Instant,
+    now: Instant,
+    rng: Rng,
+    pub link: LinkModel,
+    pub timing: Timing,
+    pub nodes: Vec<Node>,
+    queue: BTreeMap<(Instant, u64), Ev>,
+    seq: u64,
+    timers: BTreeSet<(Instant, usize)>,
+    timer_of: Vec<Option<Instant>>,
+    pipes: BTreeMap<(usize, ConnId), Pipe>,
+    cut: BTreeSet<(usize, usize)>,
+    /// Every event handled, hashed, to check determinism.
+    pub trace_hash: u64,
+    pub steps: u64,
+}
+
+impl Sim {
+    pub fn new(seed: u64) -> Self {
+        let now = Instant::now();
+        Sim {
+            seed,
+            start: now,
+            now,
+            rng: Rng::new(seed),
+            link: LinkModel::default(),
+            timing: Timing::default(),
+            nodes: Vec::new(),
+            queue: BTreeMap::new(),
+            seq: 0,
+            timers: BTreeSet::new(),
+            timer_of: Vec::new(),
+            pipes: BTreeMap::new(),
+            cut: BTreeSet::new(),
+            trace_hash: 0xcbf2_9ce4_8422_2325,
+            steps: 0,
+        }
+    }
+
+    /// Virtual time since the start.
+    pub fn elapsed(&self) -> Duration {
+        self.now - self.start
+    }
+
+    pub fn now(&self) -> Instant {
+        self.now
+    }
+
+    fn ip_of(i: usize) -> IpAddr {
+        IpAddr::V4(Ipv4Addr::new(10, 0, (i / 250) as u8, (i % 250 + 1) as u8))
+    }
+
+    fn node_at(&self, ip: IpAddr) -> Option<usize> {
+        match ip {
+            IpAddr::V4(v4) => {
+                let o = v4.octets();
+                let i = o[2] as usize * 250 + o[3] as usize - 1;
+                (i < self.nodes.len()).then_some(i)
+            }
+            IpAddr::V6(_) => None,
+        }
+    }
+
+    pub fn addr(i: usize) -> SocketAddr {
+        SocketAddr::new(Self::ip_of(i), PORT)
+    }
+
+    /// Adds a host whose router dials `targets` (indexes of other hosts).
+    pub fn add_node(&mut self, targets: &[usize], discovery: bool) -> usize {
+        let i = self.nodes.len();
+        let name = PeerName::from_u64(0x0200_0000_0000 + i as u64 + 1);
+        let nickname = format!("h{i}");
+        self.nodes.push(Node {
+            router: self.make_router(name, &nickname, discovery, 0),
+            forwarder: Forwarder::new(name),
+            ip: Self::ip_of(i),
+            alive: true,
+            injected: Vec::new(),
+            table: Arc::new(DataPlaneTable::default()),
+            targets: targets.to_vec(),
+            discovery,
+            nickname,
+            name,
+            incarnation: 0,
+        });
+        self.timer_of.push(None);
+        self.start_node(i);
+        i
+    }
+
+    fn make_router(&self, name: PeerName, nickname: &str, discovery: bool, inc: u64) -> Router {
+        let cfg = RouterConfig {
+            name,
+            nickname: nickname.to_string(),
+            tcp_port: PORT,
+            udp_port: PORT,
+            conn_limit: 0,
+            discovery,
+            mtu: 1438,
+            timing: self.timing.clone(),
+        };
+        let seed = self.seed ^ name.as_u64().wrapping_mul(0x9e37_79b9) ^ (inc << 48);
+        Router::new(cfg, self.now, seed)
+    }
+
+    fn start_node(&mut self, i: usize) {
+        let targets: Vec<(String, SocketAddr, bool)> = self.nodes[i]
+            .targets
+            .iter()
+            .map(|&t| (Self::addr(t).ip().to_string(), Self::addr(t), false))
+            .collect();
+        let now = self.now;
+        self.nodes[i].router.connect(now, targets, false);
+        self.drain(i);
+    }
+
+    /// Makes host `i` dial host `j` (as `weft connect`).
+    pub fn connect(&mut self, i: usize, j: usize) {
+        self.nodes[i].targets.push(j);
+        let now = self.now;
+        let t = (Self::addr(j).ip().to_string(), Self::addr(j), false);
+        self.nodes[i].router.connect(now, vec![t], false);
+        self.drain(i);
+    }
+
+    /// Kills host `i`: its sockets vanish; peers see resets where the link is up.
+    pub fn crash(&mut self, i: usize) {
+        self.nodes[i].alive = false;
+        let ends: Vec<(usize, ConnId)> = self
+            .pipes
+            .keys()
+            .filter(|(n, _)| *n == i)
+            .copied()
+            .collect();
+        for (n, c) in ends {
+            self.close_pipe(n, c);
+        }
+        self.set_timer(i, None);
+    }
+
+    /// Restarts host `i` with a fresh router (new UID, same name and targets).
+    pub fn restart(&mut self, i: usize) {
+        let n = &self.nodes[i];
+        let (name, nick, disc, inc) = (n.name, n.nickname.clone(), n.discovery, n.incarnation + 1);
+        let router = self.make_router(name, &nick, disc, inc);
+        let n = &mut self.nodes[i];
+        n.router = router;
+        n.forwarder = Forwarder::new(name);
+        n.incarnation = inc;
+        n.alive = true;
+        n.injected.clear();
+        self.start_node(i);
+    }
+
+    /// Cuts every link between a host in `a` and a host in `b`.
+    pub fn partition(&mut self, a: &[usize], b: &[usize]) {
+        for &x in a {
+            for &y in b {
+                self.cut.insert((x.min(y), x.max(y)));
+            }
+        }
+    }
+
+    /// Restores all links and delivers what waited on them.
+    pub fn heal(&mut self) {
+        self.cut.clear();
+        let keys: Vec<(usize, ConnId)> = self.pipes.keys().copied().collect();
+        for k in keys {
+            self.flush_pipe(k);
+        }
+    }
+
+    fn is_cut(&self, a: usize, b: usize) -> bool {
+        self.cut.contains(&(a.min(b), a.max(b)))
+    }
+
+    fn schedule(&mut self, at: Instant, ev: Ev) {
+        self.seq += 1;
+        self.queue.insert((at, self.seq), ev);
+    }
+
+    fn latency(&mut self) -> Duration {
+        let span = self.link.latency_max.saturating_sub(self.link.latency_min);
+        self.link.latency_min + span.mul_f64(self.rng.unit())
+    }
+
+    fn set_timer(&mut self, i: usize, t: Option<Instant>) {
+        if let Some(old) = self.timer_of[i].take() {
+            self.timers.remove(&(old, i));
+        }
+        if let Some(t) = t {
+            self.timers.insert((t, i));
+            self.timer_of[i] = Some(t);
+        }
+    }
+
+    /// Carries out everything host `i`'s router and forwarder asked for.
+    fn drain(&mut self, i: usize) {
+        loop {
+            let mut progressed = false;
+            while let Some(a) = self.nodes[i].router.poll_action() {
+                progressed = true;
+                self.do_action(i, a);
+            }
+            while let Some(e) = self.nodes[i].router.poll_event() {
+                progressed = true;
+                match e {
+                    Event::DataPlane(t) => {
+                        self.nodes[i].table = t.clone();
+                        self.nodes[i].forwarder.set_table(t);
+                    }
+                    Event::PeerRemoved(p) => self.nodes[i].forwarder.forget_peer(p),
+                    Event::TargetsChanged(_) => {}
+                }
+            }
+            if !progressed {
+                break;
+            }
+        }
+        let t = if self.nodes[i].alive {
+            self.nodes[i].router.poll_timeout()
+        } else {
+            None
+        };
+        self.set_timer(i, t);
+    }
+
+    fn do_action(&mut self, i: usize, a: Action) {
+        match a {
+            Action::Dial { conn, addr } => {
+                let target = self.node_at(addr.ip()).filter(|_| addr.port() == PORT);
+                let lat = self.latency();
+                let (at, peer, error) = match target {
+                    Some(t) if t != i && self.is_cut(i, t) => (
+                        self.now + self.link.dial_timeout,
+                        None,
+                        "connection timed out",
+                    ),
+                    Some(t) if self.nodes[t].alive => (self.now + lat * 2, Some(t), ""),
+                    _ => (self.now + lat * 2, None, "connection refused"),
+                };
+                let inc = self.nodes[i].incarnation;
+                self.schedule(
+                    at,
+                    Ev::DialDone {
+                        node: i,
+                        inc,
+                        conn,
+                        peer,
+                        error,
+                    },
+                );
+            }
+            Action::Send { conn, bytes } => self.pipe_send((i, conn), PipeItem::Data(bytes)),
+            Action::Close { conn } => self.close_pipe(i, conn),
+            Action::SendUdp { to, bytes } => self.udp_send(i, to, bytes),
+        }
+    }
+
+    fn pipe_send(&mut self, key: (usize, ConnId), item: PipeItem) {
+        let Some(p) = self.pipes.get_mut(&key) else {
+            return;
+        };
+        p.backlog.push_back(item);
+        self.flush_pipe(key);
+    }
+
+    fn flush_pipe(&mut self, key: (usize, ConnId)) {
+        let Some(p) = self.pipes.get(&key) else {
+            return;
+        };
+        if self.is_cut(key.0, p.to_node) {
+            return;
+        }
+        let p = self.pipes.get_mut(&key).expect("checked above");
+        let mut deliveries = Vec::new();
+        while let Some(item) = p.backlog.pop_front() {
+            let at = (self.now + p.latency).max(p.last_delivery);
+            p.last_delivery = at;
+            deliveries.push((
+                at,
+                Ev::Tcp {
+                    node: p.to_node,
+                    inc: p.to_inc,
+                    conn: p.to_conn,
+                    from: key,
+                    from_inc: p.from_inc,
+                    item,
+                },
+            ));
+        }
+        for (at, ev) in deliveries {
+            self.schedule(at, ev);
+        }
+    }
+
+    fn close_pipe(&mut self, i: usize, conn: ConnId) {
+        self.pipe_send((i, conn), PipeItem::Fin);
+        self.pipes.remove(&(i, conn));
+    }
+
+    fn udp_send(&mut self, i: usize, to: SocketAddr, bytes: Vec<u8>) {
+        let Some(t) = self.node_at(to.ip()).filter(|_| to.port() == PORT) else {
+            return;
+        };
+        if self.is_cut(i, t) || self.rng.unit() < self.link.udp_loss {
+            return;
+        }
+        let at = self.now + self.latency();
+        let from = SocketAddr::new(self.nodes[i].ip, PORT);
+        self.schedule(
+            at,
+            Ev::Udp {
+                node: t,
+                from,
+                bytes,
+            },
+        );
+    }
+
+    fn mix(&mut self, v: u64) {
+        self.trace_hash = (self.trace_hash ^ v).wrapping_mul(0x0100_0000_01b3);
+    }
+
+    /// Handles the next event or timer. Returns false when nothing is left to do.
+    pub fn step(&mut self) -> bool {
+        let next_ev = self.queue.keys().next().copied();
+        let next_timer = self.timers.iter().next().copied();
+        self.steps += 1;
+        match (next_ev, next_timer) {
+            (None, None) => false,
+            (Some((t, _)), Some((tt, i))) if tt < t => self.fire_timer(tt, i),
+            (None, Some((tt, i))) => self.fire_timer(tt, i),
+            (Some(key), _) => {
+                let ev = self.queue.remove(&key).expect("key just read");
+                self.now = self.now.max(key.0);
+                self.handle(ev);
+                true
+            }
+        }
+    }
+
+    fn fire_timer(&mut self, t: Instant, i: usize) -> bool {
+        self.now = self.now.max(t);
+        self.mix(i as u64 ^ 0x7000);
+        self.set_timer(i, None);
+        if self.nodes[i].alive {
+            let now = self.now;
+            self.nodes[i].router.handle_timeout(now);
+            self.drain(i);
+        }
+        true
+    }
+
+    fn handle(&mut self, ev: Ev) {
+        let now = self.now;
+        match ev {
+            Ev::DialDone {
+                node,
+                inc,
+                conn,
+                peer,
+                error,
+            } => {
+                self.mix(node as u64 ^ conn.0 << 16 ^ 0x1000);
+                if !self.nodes[node].alive || self.nodes[node].incarnation != inc {
+                    return;
+                }
+                let accepted = peer.filter(|&p| self.nodes[p].alive && !self.is_cut(node, p));
+                let result = match accepted {
+                    Some(p) => {
+                        let from = SocketAddr::new(self.nodes[node].ip, 40000 + conn.0 as u16);
+                        match self.nodes[p].router.handle_accept(now, from) {
+                            Some(pc) => {
+                                let lat = self.latency();
+                                let (ni, pi) = (inc, self.nodes[p].incarnation);
+                                for (a, ai, b, bi) in [
+                                    ((node, conn), ni, (p, pc), pi),
+                                    ((p, pc), pi, (node, conn), ni),
+                                ] {
+                                    self.pipes.insert(
+                                        a,
+                                        Pipe {
+                                            from_inc: ai,
+                                            to_node: b.0,
+                                            to_inc: bi,
+                                            to_conn: b.1,
+                                            latency: lat,
+                                            backlog: VecDeque::new(),
+                                            last_delivery: now,
+                                        },
+                                    );
+                                }
+                                self.drain(p);
+                                Ok(())
+                            }
+                            None => Err("connection reset by peer".to_string()),
+                        }
+                    }
+                    None if error.is_empty() => Err("connection refused".to_string()),
+                    None => Err(error.to_string()),
+                };
+                self.nodes[node].router.handle_dialed(now, conn, result);
+                self.drain(node);
+            }
+            Ev::Tcp {
+                node,
+                inc,
+                conn,
+                from,
+                from_inc,
+                item,
+            } => {
+                self.mix(node as u64 ^ conn.0 << 16 ^ 0x2000);
+                if !self.nodes[node].alive {
+                    return;
+                }
+                if self.nodes[node].incarnation != inc {
+                    // The connection died with the previous incarnation: answer with a reset,
+                    // as a real host does for segments of connections it does not know.
+                    if matches!(item, PipeItem::Data(_)) && !self.is_cut(node, from.0) {
+                        let at = self.now + self.latency();
+                        self.schedule(
+                            at,
+                            Ev::Tcp {
+                                node: from.0,
+                                inc: from_inc,
+                                conn: from.1,
+                                from: (node, conn),
+                                from_inc: inc,
+                                item: PipeItem::Fin,
+                            },
+                        );
+                    }
+                    return;
+                }
+                match item {
+                    PipeItem::Data(bytes) => {
+                        self.mix(bytes.len() as u64);
+                        self.nodes[node].router.handle_conn_data(now, conn, &bytes)
+                    }
+                    PipeItem::Fin => {
+                        self.pipes.remove(&(node, conn));
+                        self.nodes[node].router.handle_conn_closed(
+                            now,
+                            conn,
+                            "connection reset by peer".into(),
+                        )
+                    }
+                }
+                self.drain(node);
+            }
+            Ev::Udp {
+                node,
+                from,
+                mut bytes,
+            } => {
+                self.mix(node as u64 ^ 0x3000 ^ bytes.len() as u64);
+                if !self.nodes[node].alive {
+                    return;
+                }
+                match Datagram::kind(&bytes) {
+                    Some(Kind::Heartbeat) => {
+                        self.nodes[node].router.handle_udp(now, from, &bytes);
+                        self.drain(node);
+                    }
+                    _ => {
+                        let mut out = SimOutput::default();
+                        self.nodes[node]
+                            .forwarder
+                            .handle_datagram(now, &mut bytes, &mut out);
+                        self.apply_output(node, out);
+                    }
+                }
+            }
+        }
+    }
+
+    fn apply_output(&mut self, node: usize, out: SimOutput) {
+        self.nodes[node].injected.extend(out.injected);
+        for (to, bytes) in out.sent {
+            self.udp_send(node, to, bytes);
+        }
+    }
+
+    /// A local container on host `i` sends `frame`.
+    pub fn send_frame(&mut self, i: usize, frame: &[u8]) {
+        let mut out = SimOutput::default();
+        let now = self.now;
+        self.nodes[i]
+            .forwarder
+            .handle_local_frame(now, frame, &mut out);
+        self.apply_output(i, out);
+    }
+
+    /// Runs for `d` of virtual time.
+    pub fn run_for(&mut self, d: Duration) {
+        let end = self.now + d;
+        while self.next_time().is_some_and(|t| t <= end) {
+            self.step();
+        }
+        self.now = self.now.max(end);
+    }
+
+    /// What the next step will handle (for debugging a stuck run).
+    pub fn debug_next(&self) -> String {
+        let ev = self
+            .queue
+            .iter()
+            .next()
+            .map(|(k, e)| (k.0 - self.start, format!("{e:?}")));
+        let tm = self
+            .timers
+            .iter()
+            .next()
+            .map(|(t, i)| (*t - self.start, *i));
+        format!(
+            "now={:?} ev={:?} timer={:?}",
+            self.elapsed(),
+            ev.map(|(t, e)| (t, e.chars().take(200).collect::<String>())),
+            tm
+        )
+    }
+
+    fn next_time(&self) -> Option<Instant> {
+        let a = self.queue.keys().next().map(|k| k.0);
+        let b = self.timers.iter().next().map(|k| k.0);
+        a.into_iter().chain(b).min()
+    }
+
+    /// Runs until `pred` holds (checked every `check` of virtual time) or `limit` passes.
+    /// Fails instead of hanging, naming the seed.
+    pub fn run_until(
+        &mut self,
+        limit: Duration,
+        check: Duration,
+        mut pred: impl FnMut(&Sim) -> Result<(), String>,
+    ) -> Result<Duration, String> {
+        let start = self.now;
+        loop {
+            match pred(self) {
+                Ok(()) => return Ok(self.now - start),
+                Err(e) if self.now - start >= limit => {
+                    return Err(format!(
+                        "not reached after {:?} of virtual time (seed {}): {e}",
+                        limit, self.seed
+                    ));
+                }
+                Err(_) => self.run_for(check),
+            }
+        }
+    }
+
+    /// Every live host in `group` knows exactly the live hosts of `group`, with identical
+    /// entries, and has a data-plane route to each of them.
+    pub fn converged(&self, group: &[usize]) -> Result<(), String> {
+        let live: Vec<usize> = group
+            .iter()
+            .copied()
+            .filter(|&i| self.nodes[i].alive)
+            .collect();
+        let Some(&first) = live.first() else {
+            return Ok(());
+        };
+        let want: BTreeSet<PeerName> = live.iter().map(|&i| self.nodes[i].name).collect();
+        let view = |i: usize| -> BTreeMap<PeerName, (u64, u64)> {
+            self.nodes[i]
+                .router
+                .topology()
+                .peers()
+                .map(|p| (p.name, (p.uid, p.version)))
+                .collect()
+        };
+        let reference = view(first);
+        for &i in &live {
+            let v = view(i);
+            let names: BTreeSet<PeerName> = v.keys().copied().collect();
+            if names != want {
+                return Err(format!(
+                    "h{i} knows {} peers, want {}",
+                    names.len(),
+                    want.len()
+                ));
+            }
+            if v != reference {
+                return Err(format!("h{i}'s view differs from h{first}'s"));
+            }
+            // Each peer's entry must be its own current one.
+            for &j in &live {
+                let n = &self.nodes[j];
+                if v[&n.name].0 != n.router.uid() {
+                    return Err(format!("h{i} holds a stale UID for h{j}"));
+                }
+            }
+            let t = &self.nodes[i].table;
+            for &j in &live {
+                if j != i && !t.unicast.contains_key(&self.nodes[j].name) {
+                    return Err(format!("h{i} has no data route to h{j}"));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn all(&self) -> Vec<usize> {
+        (0..self.nodes.len()).collect()
+    }
+}
+
+#[derive(Default)]
+struct SimOutput {
+    sent: Vec<(SocketAddr, Vec<u8>)>,
+    injected: Vec<Vec<u8>>,
+}
+
+impl Output for SimOutput {
+    fn send(&mut self, to: SocketAddr, parts: &[&[u8]]) {
+        self.sent.push((to, parts.concat()));
+    }
+    fn inject(&mut self, frame: &[u8]) {
+        self.injected.push(frame.to_vec());
+    }
+}
+
+/// The seed for a test: `WEFT_SIM_SEED` if set (to replay a failure), else `default`.
+/// Printed so that a failing run names it.
+pub fn test_seed(default: u64) -> u64 {
+    let seed = std::env::var("WEFT_SIM_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default);
+    eprintln!("weft-sim seed: {seed} (replay with WEFT_SIM_SEED={seed})");
+    seed
+}

@@ -59,6 +59,11 @@ pub struct Timing {
     pub route_delay: Duration,
     /// We ask one neighbour for its full topology at most this often.
     pub gossip_request_interval: Duration,
+    /// Relayed topology entries wait this long per neighbour so that a burst of changes goes
+    /// out as one message (newer entries replace older ones while waiting).
+    pub gossip_coalesce: Duration,
+    /// Addresses for discovery are recomputed at most this often.
+    pub discovery_interval: Duration,
     pub backoff: Backoff,
 }
 
@@ -75,6 +80,8 @@ impl Default for Timing {
             broadcast_delay: Duration::from_millis(200),
             route_delay: Duration::from_millis(50),
             gossip_request_interval: Duration::from_secs(1),
+            gossip_coalesce: Duration::from_millis(20),
+            discovery_interval: Duration::from_millis(200),
             backoff: Backoff::default(),
         }
     }
@@ -236,6 +243,26 @@ struct Stats {
     udp_unexpected: u64,
 }
 
+/// Topology entries waiting to be sent to one neighbour.
+#[derive(Debug, Default)]
+struct Outbox {
+    gossip: BTreeMap<PeerName, PeerSummary>,
+    /// Per broadcast source.
+    broadcast: BTreeMap<PeerName, BTreeMap<PeerName, PeerSummary>>,
+}
+
+/// Adds `entries` to `pending`, keeping the newer of two entries for one peer.
+fn merge_entries(pending: &mut BTreeMap<PeerName, PeerSummary>, entries: &[PeerSummary]) {
+    for e in entries {
+        match pending.get(&e.name) {
+            Some(p) if (p.version, p.uid) >= (e.version, e.uid) => {}
+            _ => {
+                pending.insert(e.name, e.clone());
+            }
+        }
+    }
+}
+
 pub struct Router {
     cfg: RouterConfig,
     uid: u64,
@@ -254,7 +281,11 @@ pub struct Router {
     maker_dirty: bool,
     maker_wake: Option<Instant>,
     discovered_gen: Option<u64>,
-    graph_all: Option<(u64, Graph)>,
+    discovery_at: Option<Instant>,
+    outbox: BTreeMap<ConnId, Outbox>,
+    outbox_at: Option<Instant>,
+    /// Gossip broadcast trees by source, valid for one topology generation.
+    trees: (u64, BTreeMap<PeerName, Vec<PeerName>>),
     stats: Stats,
 }
 
@@ -290,7 +321,10 @@ impl Router {
             maker_dirty: false,
             maker_wake: None,
             discovered_gen: None,
-            graph_all: None,
+            discovery_at: None,
+            outbox: BTreeMap::new(),
+            outbox_at: None,
+            trees: (u64::MAX, BTreeMap::new()),
             stats: Stats::default(),
         }
     }
@@ -329,6 +363,8 @@ impl Router {
             Some(self.next_gossip),
             self.dataplane_at,
             self.maker_wake,
+            self.discovery_at,
+            self.outbox_at,
         ]
         .into_iter()
         .flatten()
@@ -473,9 +509,17 @@ impl Router {
         }
         if self.broadcast_at.is_some_and(|at| at <= now) {
             self.broadcast_at = None;
-            let payload = self.topology.local_update().encode();
-            let src = self.cfg.name;
-            self.relay_broadcast(Channel::TOPOLOGY, src, payload, None);
+            let local = self.topology.local().clone();
+            self.relay_broadcast(now, self.cfg.name, &[local], None);
+        }
+        if self.outbox_at.is_some_and(|at| at <= now) {
+            self.outbox_at = None;
+            self.flush_outbox();
+        }
+        if self.discovery_at.is_some_and(|at| at <= now) {
+            self.discovery_at = None;
+            self.update_discovered(now);
+            self.maker_dirty = true;
         }
         if self.next_gossip <= now {
             self.next_gossip = now + self.rng.jitter(t.gossip_interval);
@@ -656,16 +700,13 @@ impl Router {
                     TopologyUpdate::decode(&payload).map_err(|e| Close::Failure(e.to_string()))?;
                 let improved = self.apply_topology(now, id, update);
                 if !improved.peers.is_empty() {
-                    let payload = improved.encode();
                     for n in self.random_neighbours(Some(id)) {
-                        self.send_msg(
-                            n,
-                            &ControlMsg::Gossip {
-                                channel: Channel::TOPOLOGY,
-                                payload: payload.clone(),
-                            },
+                        merge_entries(
+                            &mut self.outbox.entry(n).or_default().gossip,
+                            &improved.peers,
                         );
                     }
+                    self.outbox_due(now);
                 }
             }
             ControlMsg::GossipBroadcast {
@@ -677,7 +718,7 @@ impl Router {
                     TopologyUpdate::decode(&payload).map_err(|e| Close::Failure(e.to_string()))?;
                 let improved = self.apply_topology(now, id, update);
                 if !improved.peers.is_empty() {
-                    self.relay_broadcast(channel, src, improved.encode(), Some(id));
+                    self.relay_broadcast(now, src, &improved.peers, Some(id));
                 }
             }
             ControlMsg::GossipRequest { channel } if channel == Channel::TOPOLOGY => {
@@ -737,24 +778,30 @@ impl Router {
         }
         if applied.unknown_referenced {
             let interval = self.cfg.timing.gossip_request_interval;
-            if let Some(c) = self.conns.get_mut(&from) {
-                if c.last_gossip_request.is_none_or(|t| now >= t + interval) {
-                    c.last_gossip_request = Some(now);
-                    self.send_msg(
-                        from,
-                        &ControlMsg::GossipRequest {
-                            channel: Channel::TOPOLOGY,
-                        },
-                    );
-                }
+            if let Some(c) = self.conns.get_mut(&from)
+                && c.last_gossip_request.is_none_or(|t| now >= t + interval)
+            {
+                c.last_gossip_request = Some(now);
+                self.send_msg(
+                    from,
+                    &ControlMsg::GossipRequest {
+                        channel: Channel::TOPOLOGY,
+                    },
+                );
             }
         }
         if !applied.improved.is_empty() || applied.overrode_stale_self {
             self.topology_changed(now);
         }
-        TopologyUpdate {
-            peers: applied.improved,
-        }
+        // Entries that garbage collection dropped at once describe peers nobody reaches any
+        // more; relaying them would only make every other peer add and drop them in turn.
+        let mut improved = applied.improved;
+        improved.retain(|p| {
+            self.topology
+                .get(&p.name)
+                .is_some_and(|q| q.uid == p.uid && q.version == p.version)
+        });
+        TopologyUpdate { peers: improved }
     }
 
     fn on_udp_heartbeat(
@@ -829,18 +876,18 @@ impl Router {
             self.send_msg(id, &ControlMsg::Heartbeat);
         }
         let c = self.conns.get_mut(&id).expect("still live");
-        if let Some(to) = c.udp_addr {
-            if now >= c.next_udp_heartbeat {
-                c.next_udp_heartbeat = now
-                    + if c.established {
-                        t.udp_slow_heartbeat
-                    } else {
-                        t.udp_fast_heartbeat
-                    };
-                let conn_uid = c.remote.as_ref().map_or(0, |r| r.conn_uid);
-                let bytes = sleeve::encode_heartbeat(self.cfg.name, conn_uid).to_vec();
-                self.actions.push_back(Action::SendUdp { to, bytes });
-            }
+        if let Some(to) = c.udp_addr
+            && now >= c.next_udp_heartbeat
+        {
+            c.next_udp_heartbeat = now
+                + if c.established {
+                    t.udp_slow_heartbeat
+                } else {
+                    t.udp_fast_heartbeat
+                };
+            let conn_uid = c.remote.as_ref().map_or(0, |r| r.conn_uid);
+            let bytes = sleeve::encode_heartbeat(self.cfg.name, conn_uid).to_vec();
+            self.actions.push_back(Action::SendUdp { to, bytes });
         }
     }
 
@@ -866,25 +913,25 @@ impl Router {
         }
         if c.phase == Phase::Ready {
             self.stats.terminations += 1;
-            if let Some(r) = &c.remote {
-                if self.by_peer.get(&r.name) == Some(&id) {
-                    self.by_peer.remove(&r.name);
-                }
+            if let Some(r) = &c.remote
+                && self.by_peer.get(&r.name) == Some(&id)
+            {
+                self.by_peer.remove(&r.name);
             }
             self.local_connections_changed(now);
         }
         if let Some(key) = &c.target {
             let backoff = self.cfg.timing.backoff.clone();
-            if let Some(t) = self.targets.get_mut(key) {
-                if t.conn == Some(id) {
-                    match why {
-                        Close::Duplicate(_) => t.conn = None,
-                        Close::Suspend(r) => t.suspend(r),
-                        Close::Failure(r) if c.phase == Phase::Ready => {
-                            t.disconnected(now, c.ready_at, r, &backoff, &mut self.rng)
-                        }
-                        Close::Failure(r) => t.failed(now, r, &backoff, &mut self.rng),
+            if let Some(t) = self.targets.get_mut(key)
+                && t.conn == Some(id)
+            {
+                match why {
+                    Close::Duplicate(_) => t.conn = None,
+                    Close::Suspend(r) => t.suspend(r),
+                    Close::Failure(r) if c.phase == Phase::Ready => {
+                        t.disconnected(now, c.ready_at, r, &backoff, &mut self.rng)
                     }
+                    Close::Failure(r) => t.failed(now, r, &backoff, &mut self.rng),
                 }
             }
         }
@@ -918,7 +965,9 @@ impl Router {
             info!("Removed unreachable peer {gone}");
             self.events.push_back(Event::PeerRemoved(gone));
         }
-        self.maker_dirty = true;
+        if self.cfg.discovery && self.discovery_at.is_none() {
+            self.discovery_at = Some(now + self.cfg.timing.discovery_interval);
+        }
         self.dataplane_changed(now);
     }
 
@@ -934,42 +983,95 @@ impl Router {
         }
     }
 
-    fn graph_all(&mut self) -> &Graph {
+    /// Our children in `src`'s gossip broadcast tree: BFS from `src` over the connections
+    /// each peer reports (any state), neighbours in name order.
+    fn gossip_children(&mut self, src: PeerName) -> Vec<PeerName> {
         let generation = self.topology.generation();
-        if self
-            .graph_all
-            .as_ref()
-            .is_none_or(|(g, _)| *g != generation)
-        {
-            self.graph_all = Some((
-                generation,
-                Graph::from_topology(&self.topology, Variant::All),
-            ));
+        if self.trees.0 != generation {
+            self.trees = (generation, BTreeMap::new());
         }
-        &self.graph_all.as_ref().expect("just computed").1
+        if let Some(c) = self.trees.1.get(&src) {
+            return c.clone();
+        }
+        let local = self.cfg.name;
+        let mut children = Vec::new();
+        if self.topology.get(&src).is_some() {
+            let mut seen = BTreeSet::from([src]);
+            let mut queue = VecDeque::from([src]);
+            while let Some(p) = queue.pop_front() {
+                let Some(summary) = self.topology.get(&p) else {
+                    continue;
+                };
+                for c in &summary.connections {
+                    if seen.insert(c.peer) {
+                        if p == local {
+                            children.push(c.peer);
+                        }
+                        queue.push_back(c.peer);
+                    }
+                }
+            }
+        }
+        self.trees.1.insert(src, children.clone());
+        children
     }
 
-    /// Sends a broadcast on to our children in `src`'s tree (gossip variant).
+    /// Queues topology entries for our children in `src`'s broadcast tree.
     fn relay_broadcast(
         &mut self,
-        channel: Channel,
+        now: Instant,
         src: PeerName,
-        payload: Vec<u8>,
+        entries: &[PeerSummary],
         from: Option<ConnId>,
     ) {
-        let local = self.cfg.name;
-        let children = self.graph_all().broadcast_children(src, local);
-        let msg = ControlMsg::GossipBroadcast {
-            channel,
-            src,
-            payload,
-        };
-        let bytes = msg.encode_framed();
-        for child in children {
-            if let Some(&id) = self.by_peer.get(&child) {
-                if Some(id) != from {
-                    self.send_raw(id, bytes.clone());
+        for child in self.gossip_children(src) {
+            if let Some(&id) = self.by_peer.get(&child)
+                && Some(id) != from
+            {
+                let ob = self.outbox.entry(id).or_default();
+                merge_entries(ob.broadcast.entry(src).or_default(), entries);
+            }
+        }
+        self.outbox_due(now);
+    }
+
+    fn outbox_due(&mut self, now: Instant) {
+        if !self.outbox.is_empty() && self.outbox_at.is_none() {
+            self.outbox_at = Some(now + self.cfg.timing.gossip_coalesce);
+        }
+    }
+
+    fn flush_outbox(&mut self) {
+        for (id, ob) in std::mem::take(&mut self.outbox) {
+            if !self.conns.get(&id).is_some_and(|c| c.phase == Phase::Ready) {
+                continue;
+            }
+            for (src, entries) in ob.broadcast {
+                let payload = TopologyUpdate {
+                    peers: entries.into_values().collect(),
                 }
+                .encode();
+                self.send_msg(
+                    id,
+                    &ControlMsg::GossipBroadcast {
+                        channel: Channel::TOPOLOGY,
+                        src,
+                        payload,
+                    },
+                );
+            }
+            if !ob.gossip.is_empty() {
+                let payload = TopologyUpdate {
+                    peers: ob.gossip.into_values().collect(),
+                }
+                .encode();
+                self.send_msg(
+                    id,
+                    &ControlMsg::Gossip {
+                        channel: Channel::TOPOLOGY,
+                        payload,
+                    },
+                );
             }
         }
     }
@@ -1033,10 +1135,10 @@ impl Router {
     }
 
     fn note_target_peer(&mut self, id: ConnId, peer: PeerName) {
-        if let Some(key) = self.conns.get(&id).and_then(|c| c.target.clone()) {
-            if let Some(t) = self.targets.get_mut(&key) {
-                t.peer = Some(peer);
-            }
+        if let Some(key) = self.conns.get(&id).and_then(|c| c.target.clone())
+            && let Some(t) = self.targets.get_mut(&key)
+        {
+            t.peer = Some(peer);
         }
     }
 
@@ -1124,9 +1226,6 @@ impl Router {
     }
 
     fn run_maker(&mut self, now: Instant) {
-        if self.cfg.discovery {
-            self.update_discovered(now);
-        }
         let mut wake: Option<Instant> = None;
         let keys: Vec<TargetKey> = self.targets.keys().cloned().collect();
         for key in keys {

@@ -110,7 +110,10 @@ impl Topology {
             }
             if summary.name == self.local {
                 let local = self.local();
-                if summary.uid != local.uid || summary.version > local.version {
+                // Only an entry at least as new as ours can displace it elsewhere; older ones
+                // lose to ours everywhere already.
+                let foreign = summary.uid != local.uid || summary.version > local.version;
+                if foreign && summary.version >= local.version {
                     let v = summary.version.max(local.version) + 1;
                     self.local_mut().version = v;
                     self.generation += 1;
@@ -244,6 +247,12 @@ mod tests {
         assert!(a.overrode_stale_self);
         assert_eq!(t.local().version, 8);
         assert_eq!(t.local().uid, 11);
+        // Seeing the same stale entry again changes nothing: ours is newer now.
+        let a = t.apply(TopologyUpdate {
+            peers: vec![summary(1, 99, 7, &[])],
+        });
+        assert!(!a.overrode_stale_self);
+        assert_eq!(t.local().version, 8);
     }
 
     #[test]
