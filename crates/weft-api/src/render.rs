@@ -1,0 +1,260 @@
+//! The text layouts of `weft status`, following Weave's so that habits and scripts carry over:
+//! labels right-aligned to end in column 16, the same line formats for connections and peers.
+
+use std::fmt::Write;
+
+use crate::types::{ConnectionReport, ContainerEntry, Report};
+
+/// `Label: value` with the label right-aligned to column 15.
+fn line(out: &mut String, label: &str, value: impl std::fmt::Display) {
+    let _ = writeln!(out, "{label:>15}: {value}");
+}
+
+/// The router section of `weft status`.
+pub fn status(r: &Report) -> String {
+    let rt = &r.router;
+    let mut out = String::new();
+    line(
+        &mut out,
+        "Version",
+        format!("{} (version check update disabled)", r.version),
+    );
+    out.push('\n');
+    line(&mut out, "Service", "router");
+    let protocol = if rt.protocol_min_version == rt.protocol_max_version {
+        format!("{} {}", rt.protocol, rt.protocol_max_version)
+    } else {
+        format!(
+            "{} {}..{}",
+            rt.protocol, rt.protocol_min_version, rt.protocol_max_version
+        )
+    };
+    line(&mut out, "Protocol", protocol);
+    line(&mut out, "Name", format!("{}({})", rt.name, rt.nick_name));
+    line(&mut out, "Encryption", enabled(rt.encryption));
+    line(&mut out, "PeerDiscovery", enabled(rt.peer_discovery));
+    line(&mut out, "Targets", rt.targets.len());
+    line(&mut out, "Connections", connection_counts(&rt.connections));
+    let (mut est, mut pend) = (0, 0);
+    for p in &rt.peers {
+        for c in &p.connections {
+            if c.established {
+                est += 1;
+            } else {
+                pend += 1;
+            }
+        }
+    }
+    let peers = match (est, pend) {
+        (0, 0) => format!("{}", rt.peers.len()),
+        (e, 0) => format!("{} (with {e} established connections)", rt.peers.len()),
+        (e, p) => format!(
+            "{} (with {e} established, {p} pending connections)",
+            rt.peers.len()
+        ),
+    };
+    line(&mut out, "Peers", peers);
+    let trusted = if rt.trusted_subnets.is_empty() {
+        "none".to_string()
+    } else {
+        rt.trusted_subnets.join(", ")
+    };
+    line(&mut out, "TrustedSubnets", trusted);
+    out
+}
+
+fn enabled(b: bool) -> &'static str {
+    if b { "enabled" } else { "disabled" }
+}
+
+/// `N (a established, b pending, ...)`: every entry counts toward N; the breakdown lists the
+/// non-zero states in a fixed order and never lists `waiting`.
+fn connection_counts(conns: &[ConnectionReport]) -> String {
+    let order = ["established", "pending", "retrying", "failed", "connecting"];
+    let parts: Vec<String> = order
+        .iter()
+        .filter_map(|s| {
+            let n = conns.iter().filter(|c| c.state == *s).count();
+            (n > 0).then(|| format!("{n} {s}"))
+        })
+        .collect();
+    if parts.is_empty() {
+        format!("{}", conns.len())
+    } else {
+        format!("{} ({})", conns.len(), parts.join(", "))
+    }
+}
+
+/// `weft status connections`: `<dir> <address> <state> <info> <attrs>`.
+pub fn connections(r: &Report) -> String {
+    let mut out = String::new();
+    for c in &r.router.connections {
+        let dir = if c.outbound { "->" } else { "<-" };
+        let attrs: Vec<String> = c.attrs.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let mut l = format!("{dir} {:<21} {:<11} {}", c.address, c.state, c.info);
+        if !attrs.is_empty() {
+            l.push(' ');
+            l.push_str(&attrs.join(" "));
+        }
+        let _ = writeln!(out, "{}", l.trim_end());
+    }
+    out
+}
+
+/// `weft status peers`: each peer, then its connections as it reports them.
+pub fn peers(r: &Report) -> String {
+    let mut out = String::new();
+    for p in &r.router.peers {
+        let _ = writeln!(out, "{}({})", p.name, p.nick_name);
+        for c in &p.connections {
+            let dir = if c.outbound { "->" } else { "<-" };
+            let who = format!("{}({})", c.name, c.nick_name);
+            let state = if c.established {
+                "established"
+            } else {
+                "pending"
+            };
+            let _ = writeln!(out, "   {dir} {:<21} {who:<37} {state}", c.address);
+        }
+    }
+    out
+}
+
+/// `weft status targets`: one per line, as given.
+pub fn targets(r: &Report) -> String {
+    r.router.targets.iter().map(|t| format!("{t}\n")).collect()
+}
+
+/// `weft ps`: `<id> <mac> <cidr>...`.
+pub fn ps(entries: &[ContainerEntry]) -> String {
+    let mut out = String::new();
+    for e in entries {
+        let mut l = format!("{} {}", e.id, e.mac);
+        for c in &e.cidrs {
+            let _ = write!(l, " {c}");
+        }
+        let _ = writeln!(out, "{l}");
+    }
+    out
+}
+
+/// A UTC timestamp as `2006-01-02 15:04:05`, without a time-zone database.
+pub fn utc_timestamp(unix_secs: u64) -> String {
+    let days = (unix_secs / 86_400) as i64;
+    let secs = unix_secs % 86_400;
+    // Civil-from-days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
+        secs / 3600,
+        (secs / 60) % 60,
+        secs % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::*;
+
+    fn report() -> Report {
+        let conn = |peer: &str, nick: &str, est: bool| PeerConnectionReport {
+            name: peer.into(),
+            nick_name: nick.into(),
+            address: "198.18.0.2:6783".into(),
+            outbound: true,
+            established: est,
+        };
+        Report {
+            ready: true,
+            version: "0.1.0".into(),
+            router: RouterReport {
+                protocol: "weft".into(),
+                protocol_min_version: 1,
+                protocol_max_version: 1,
+                name: "6e:b2:81:6c:ac:b3".into(),
+                nick_name: "host1".into(),
+                peer_discovery: true,
+                targets: vec!["198.18.0.2".into()],
+                peers: vec![
+                    PeerReport {
+                        name: "6e:b2:81:6c:ac:b3".into(),
+                        nick_name: "host1".into(),
+                        connections: vec![conn("aa:00:00:00:00:02", "host2", true)],
+                        ..Default::default()
+                    },
+                    PeerReport {
+                        name: "aa:00:00:00:00:02".into(),
+                        nick_name: "host2".into(),
+                        connections: vec![conn("6e:b2:81:6c:ac:b3", "host1", true)],
+                        ..Default::default()
+                    },
+                ],
+                connections: vec![
+                    ConnectionReport {
+                        address: "198.18.0.2:6783".into(),
+                        outbound: true,
+                        state: "established".into(),
+                        info: "sleeve aa:00:00:00:00:02(host2)".into(),
+                        attrs: [("mtu".to_string(), "1438".to_string())].into(),
+                    },
+                    ConnectionReport {
+                        address: "198.18.0.3:6783".into(),
+                        outbound: true,
+                        state: "failed".into(),
+                        info: "connect: connection refused, retry: 2026-11-24 10:00:00".into(),
+                        attrs: Default::default(),
+                    },
+                ],
+                ..Default::default()
+            },
+        }
+    }
+
+    #[test]
+    fn status_layout_matches_weave() {
+        let s = status(&report());
+        let want = "        Version: 0.1.0 (version check update disabled)
+
+        Service: router
+       Protocol: weft 1
+           Name: 6e:b2:81:6c:ac:b3(host1)
+     Encryption: disabled
+  PeerDiscovery: enabled
+        Targets: 1
+    Connections: 2 (1 established, 1 failed)
+          Peers: 2 (with 2 established connections)
+ TrustedSubnets: none
+";
+        assert_eq!(s, want);
+    }
+
+    #[test]
+    fn connection_and_peer_lines() {
+        let r = report();
+        let c = connections(&r);
+        assert_eq!(
+            c.lines().next().unwrap(),
+            "-> 198.18.0.2:6783       established sleeve aa:00:00:00:00:02(host2) mtu=1438"
+        );
+        let p = peers(&r);
+        assert_eq!(
+            p.lines().nth(1).unwrap(),
+            "   -> 198.18.0.2:6783       aa:00:00:00:00:02(host2)              established"
+        );
+    }
+
+    #[test]
+    fn timestamps() {
+        assert_eq!(utc_timestamp(0), "1970-01-01 00:00:00");
+        assert_eq!(utc_timestamp(1_795_000_000), "2026-11-18 11:06:40");
+    }
+}

@@ -1,0 +1,460 @@
+//! The HTTP API (default `127.0.0.1:6784`): status text in Weave's layouts, the JSON report,
+//! and the control endpoints the CLI uses.
+//!
+//! Errors come back as a status code with a one-line plain-text reason that the CLI prints as
+//! is, so every message here must say what went wrong and, where it can, what to do.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::Router as Http;
+use axum::body::Bytes;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use tokio::sync::{mpsc, oneshot};
+use weft_api::render;
+use weft_api::types::*;
+use weft_core::mesh::{ConnectionState, RouterStatus};
+use weft_core::overlay::MacOwner;
+
+use crate::attach::{AttachError, Attacher};
+use crate::control::ControlInput;
+use crate::dataplane::{DataPlaneMsg, DataPlaneSnapshot};
+
+pub struct App {
+    pub version: String,
+    pub control: mpsc::Sender<ControlInput>,
+    pub dataplane: mpsc::Sender<DataPlaneMsg>,
+    pub attacher: Arc<Attacher>,
+    pub interface: String,
+    pub mtu: u32,
+    pub default_port: u16,
+}
+
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            message: message.into(),
+        }
+    }
+
+    fn unavailable() -> Self {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the router is shutting down",
+        )
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut body = self.message;
+        body.push('\n');
+        (self.status, body).into_response()
+    }
+}
+
+impl From<AttachError> for ApiError {
+    fn from(e: AttachError) -> Self {
+        let status = match &e {
+            AttachError::NotFound(_) => StatusCode::NOT_FOUND,
+            AttachError::Invalid(_) => StatusCode::BAD_REQUEST,
+            AttachError::Conflict(_) => StatusCode::CONFLICT,
+            AttachError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError::new(status, e.to_string())
+    }
+}
+
+type AppState = State<Arc<App>>;
+
+pub fn router(app: Arc<App>) -> Http {
+    Http::new()
+        .route("/status", get(status))
+        .route("/status/{sub}", get(status_sub))
+        .route("/report", get(report))
+        .route("/connect", post(connect))
+        .route("/forget", post(forget))
+        .route("/attach", post(attach))
+        .route("/detach", post(detach))
+        .route("/ps", get(ps))
+        .route("/peer", delete(leave))
+        .with_state(app)
+}
+
+async fn query_router(app: &App) -> Result<RouterStatus, ApiError> {
+    let (tx, rx) = oneshot::channel();
+    app.control
+        .send(ControlInput::Status(tx))
+        .await
+        .map_err(|_| ApiError::unavailable())?;
+    rx.await.map_err(|_| ApiError::unavailable())
+}
+
+async fn query_dataplane(app: &App) -> DataPlaneSnapshot {
+    let (tx, rx) = oneshot::channel();
+    if app
+        .dataplane
+        .send(DataPlaneMsg::Snapshot(tx))
+        .await
+        .is_err()
+    {
+        return DataPlaneSnapshot::default();
+    }
+    tokio::time::timeout(Duration::from_secs(2), rx)
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .unwrap_or_default()
+}
+
+fn wall_clock(after: Duration) -> String {
+    let t = SystemTime::now() + after;
+    render::utc_timestamp(t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()))
+}
+
+pub async fn build_report(app: &App) -> Result<Report, ApiError> {
+    let st = query_router(app).await?;
+    let dp = query_dataplane(app).await;
+    let nick_of = |name: &weft_proto::PeerName| {
+        st.peers
+            .iter()
+            .find(|p| p.name == *name)
+            .map(|p| p.nickname.clone())
+            .unwrap_or_default()
+    };
+    let connections = st
+        .connections
+        .iter()
+        .map(|c| {
+            let info = match (&c.peer, c.state) {
+                (Some((name, nick)), _) => {
+                    format!("{:<6} {name}({nick})", c.overlay.unwrap_or("none"))
+                }
+                (None, ConnectionState::Failed) => match c.retry_in {
+                    Some(d) => format!(
+                        "{}, retry: {}",
+                        c.error.as_deref().unwrap_or("failed"),
+                        wall_clock(d)
+                    ),
+                    None => format!("{}, retry: never", c.error.as_deref().unwrap_or("failed")),
+                },
+                (None, ConnectionState::Retrying) => c.error.clone().unwrap_or_default(),
+                (None, ConnectionState::Waiting) => "until: never".to_string(),
+                (None, _) => String::new(),
+            };
+            let mut attrs = BTreeMap::new();
+            if let Some(mtu) = c.mtu {
+                attrs.insert("mtu".to_string(), mtu.to_string());
+            }
+            ConnectionReport {
+                address: c.addr.to_string(),
+                outbound: c.outbound,
+                state: c.state.as_str().to_string(),
+                info,
+                attrs,
+            }
+        })
+        .collect();
+    let peers = st
+        .peers
+        .iter()
+        .map(|p| PeerReport {
+            name: p.name.to_string(),
+            nick_name: p.nickname.clone(),
+            uid: p.uid,
+            version: p.version,
+            connections: p
+                .connections
+                .iter()
+                .map(|c| PeerConnectionReport {
+                    name: c.name.to_string(),
+                    nick_name: c.nickname.clone(),
+                    address: c.addr.to_string(),
+                    outbound: c.outbound,
+                    established: c.established,
+                })
+                .collect(),
+        })
+        .collect();
+    let macs = dp
+        .macs
+        .iter()
+        .map(|(mac, owner, age)| {
+            let (name, nick) = match owner {
+                MacOwner::Local => (st.name, st.nickname.clone()),
+                MacOwner::Peer(p) => (*p, nick_of(p)),
+            };
+            MacReport {
+                mac: mac.to_string(),
+                name: name.to_string(),
+                nick_name: nick,
+                last_seen_secs: age.as_secs(),
+            }
+        })
+        .collect();
+    let s = dp.stats;
+    let stats: BTreeMap<String, u64> = [
+        ("frames_from_containers", s.local_frames),
+        ("frames_from_peers", s.remote_frames),
+        ("frames_relayed", s.relayed),
+        ("frames_injected", s.injected),
+        ("datagrams_sent", s.sent_datagrams),
+        ("dropped_malformed", s.dropped_malformed),
+        ("dropped_unknown_sender", s.dropped_unknown_sender),
+        ("dropped_no_route", s.dropped_no_route),
+        ("dropped_loop", s.dropped_loop),
+        ("dropped_stp", s.dropped_stp),
+        ("dropped_too_big", s.dropped_too_big),
+        ("udp_send_errors", dp.io.udp_send_errors),
+        ("tap_write_errors", dp.io.tap_write_errors),
+        ("udp_heartbeats_received", dp.io.heartbeats_in),
+        ("control_protocol_errors", st.protocol_errors),
+        ("control_invalid_topology_entries", st.invalid_entries),
+        ("control_udp_unexpected", st.udp_unexpected),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    Ok(Report {
+        ready: true,
+        version: app.version.clone(),
+        router: RouterReport {
+            protocol: "weft".into(),
+            protocol_min_version: st.protocol_min,
+            protocol_max_version: st.protocol_max,
+            encryption: false,
+            peer_discovery: st.discovery,
+            name: st.name.to_string(),
+            nick_name: st.nickname.clone(),
+            port: st.port,
+            peers,
+            unicast_routes: st
+                .unicast_routes
+                .iter()
+                .map(|(d, v)| UnicastRoute {
+                    dest: d.to_string(),
+                    via: v.to_string(),
+                })
+                .collect(),
+            broadcast_routes: st
+                .broadcast_routes
+                .iter()
+                .map(|(s, v)| BroadcastRoute {
+                    source: s.to_string(),
+                    via: v.iter().map(|p| p.to_string()).collect(),
+                })
+                .collect(),
+            connections,
+            termination_count: st.termination_count,
+            targets: st.targets.clone(),
+            trusted_subnets: Vec::new(),
+            interface: app.interface.clone(),
+            macs,
+            mtu: app.mtu,
+            stats,
+        },
+    })
+}
+
+fn text(body: String) -> Response {
+    ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response()
+}
+
+async fn status(State(app): AppState) -> Result<Response, ApiError> {
+    let r = build_report(&app).await?;
+    Ok(text(render::status(&r)))
+}
+
+async fn status_sub(State(app): AppState, Path(sub): Path<String>) -> Result<Response, ApiError> {
+    let r = build_report(&app).await?;
+    let body = match sub.as_str() {
+        "connections" => render::connections(&r),
+        "peers" => render::peers(&r),
+        "targets" => render::targets(&r),
+        other => {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!(
+                    "Invalid 'weft status' sub-command: {other} (use targets, connections or peers)"
+                ),
+            ));
+        }
+    };
+    Ok(text(body))
+}
+
+async fn report(State(app): AppState) -> Result<Response, ApiError> {
+    let r = build_report(&app).await?;
+    let body = serde_json::to_string_pretty(&r).expect("report serializes");
+    Ok(([(header::CONTENT_TYPE, "application/json")], body + "\n").into_response())
+}
+
+/// Reads a peers request as JSON, or as a form/query with repeated `peer=` keys (as Weave's
+/// API takes it).
+fn peers_request(
+    headers: &HeaderMap,
+    query: Option<String>,
+    body: &Bytes,
+) -> Result<PeersRequest, ApiError> {
+    let is_json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if is_json {
+        return serde_json::from_slice(body)
+            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("bad request body: {e}")));
+    }
+    let mut req = PeersRequest::default();
+    let form = [
+        query.unwrap_or_default(),
+        String::from_utf8_lossy(body).into_owned(),
+    ];
+    for part in form {
+        let pairs: Vec<(String, String)> = serde_urlencoded::from_str(&part)
+            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("bad form: {e}")))?;
+        for (k, v) in pairs {
+            match k.as_str() {
+                "peer" => req.peers.push(v),
+                "replace" => req.replace = v == "true",
+                _ => {}
+            }
+        }
+    }
+    Ok(req)
+}
+
+/// Splits `host[:port]` and resolves it (once, as Weave does).
+async fn resolve_peer(spec: &str, default_port: u16) -> Result<(SocketAddr, bool), String> {
+    if let Ok(sa) = spec.parse::<SocketAddr>() {
+        return Ok((sa, true));
+    }
+    if let Ok(ip) = spec.parse::<std::net::IpAddr>() {
+        return Ok((SocketAddr::new(ip, default_port), false));
+    }
+    let (host, port, given) = match spec.rsplit_once(':') {
+        Some((h, p)) => {
+            let port = p
+                .parse::<u16>()
+                .map_err(|_| format!("invalid peer {spec:?}: bad port {p:?}"))?;
+            (h.to_string(), port, true)
+        }
+        None => (spec.to_string(), default_port, false),
+    };
+    if host.is_empty() {
+        return Err(format!("invalid peer {spec:?}: empty host"));
+    }
+    let mut addrs = tokio::net::lookup_host((host.as_str(), port))
+        .await
+        .map_err(|e| format!("cannot resolve peer {host:?}: {e}"))?;
+    let first = addrs
+        .find(SocketAddr::is_ipv4)
+        .ok_or_else(|| format!("cannot resolve peer {host:?}: no IPv4 address"))?;
+    Ok((first, given))
+}
+
+pub async fn resolve_peers(
+    specs: &[String],
+    default_port: u16,
+) -> Result<Vec<(String, SocketAddr, bool)>, Vec<String>> {
+    let mut ok = Vec::new();
+    let mut errors = Vec::new();
+    for s in specs {
+        match resolve_peer(s, default_port).await {
+            Ok((addr, given)) => ok.push((s.clone(), addr, given)),
+            Err(e) => errors.push(e),
+        }
+    }
+    if errors.is_empty() {
+        Ok(ok)
+    } else {
+        Err(errors)
+    }
+}
+
+async fn connect(
+    State(app): AppState,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let req = peers_request(&headers, q, &body)?;
+    let targets = resolve_peers(&req.peers, app.default_port)
+        .await
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.join("\n")))?;
+    let (tx, rx) = oneshot::channel();
+    app.control
+        .send(ControlInput::Connect {
+            targets,
+            replace: req.replace,
+            reply: tx,
+        })
+        .await
+        .map_err(|_| ApiError::unavailable())?;
+    rx.await.map_err(|_| ApiError::unavailable())?;
+    Ok(StatusCode::OK.into_response())
+}
+
+async fn forget(
+    State(app): AppState,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let req = peers_request(&headers, q, &body)?;
+    let (tx, rx) = oneshot::channel();
+    app.control
+        .send(ControlInput::Forget {
+            targets: req.peers,
+            reply: tx,
+        })
+        .await
+        .map_err(|_| ApiError::unavailable())?;
+    rx.await.map_err(|_| ApiError::unavailable())?;
+    Ok(StatusCode::OK.into_response())
+}
+
+fn json_body<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("bad request body: {e}")))
+}
+
+async fn attach(State(app): AppState, body: Bytes) -> Result<Response, ApiError> {
+    let req: AttachRequest = json_body(&body)?;
+    let entry = app.attacher.attach(req).await?;
+    Ok(axum::Json(entry).into_response())
+}
+
+async fn detach(State(app): AppState, body: Bytes) -> Result<Response, ApiError> {
+    let req: DetachRequest = json_body(&body)?;
+    let removed = app.attacher.detach(req).await?;
+    Ok(axum::Json(removed).into_response())
+}
+
+async fn ps(State(app): AppState, RawQuery(q): RawQuery) -> Result<Response, ApiError> {
+    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(&q.unwrap_or_default())
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("bad query: {e}")))?;
+    let only: Vec<String> = pairs
+        .into_iter()
+        .filter(|(k, _)| k == "container")
+        .map(|(_, v)| v)
+        .collect();
+    let list = app.attacher.list(&only).await?;
+    Ok(axum::Json(list).into_response())
+}
+
+/// `DELETE /peer`: this peer is leaving the mesh for good (`weft reset`). Nothing to hand
+/// over yet; IP address ranges will be handed to a live peer here.
+async fn leave() -> StatusCode {
+    StatusCode::NO_CONTENT
+}

@@ -1,0 +1,453 @@
+//! Plugging containers into the overlay (`weft attach`, `detach`, `ps`).
+//!
+//! A container is anything with a network namespace: an `ip netns` name, a namespace file, or
+//! a PID. Attaching creates a veth pair, plugs the host end (`vethwl…`) into the weft bridge and
+//! moves the other end into the container as `ethwe` with the requested addresses, the overlay
+//! MTU and (unless disabled) a multicast route. Any failure undoes what was done: a container
+//! is either fully attached or untouched.
+//!
+//! Containers are recognised by their namespace's inode, so attaching by PID and detaching by
+//! name finds the same one. Attachments are persisted; ones whose namespace has gone are
+//! dropped the next time the registry is looked at.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+
+use ipnet::{IpNet, Ipv4Net};
+use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
+use weft_api::types::{AttachRequest, ContainerEntry, DetachRequest};
+use weft_linux::netlink::{LinkConfig, Netlink};
+use weft_linux::netns::{self, Netns};
+use weft_linux::sysctl;
+use weft_proto::Mac;
+
+use crate::state::StateDir;
+
+pub const CONTAINER_IFNAME: &str = "ethwe";
+const FILE: &str = "containers.json";
+
+#[derive(Debug, thiserror::Error)]
+pub enum AttachError {
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl From<weft_linux::Error> for AttachError {
+    fn from(e: weft_linux::Error) -> Self {
+        AttachError::Internal(e.to_string())
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Attachment {
+    pub id: String,
+    pub netns: PathBuf,
+    /// Device and inode of the namespace when attached.
+    pub ns_id: (u64, u64),
+    pub host_if: String,
+    pub mac: String,
+    pub cidrs: Vec<Ipv4Net>,
+}
+
+pub struct Attacher {
+    nl: Netlink,
+    bridge_index: u32,
+    mtu: u32,
+    host_ns: (u64, u64),
+    state: StateDir,
+    entries: tokio::sync::Mutex<BTreeMap<String, Attachment>>,
+}
+
+/// A container reference resolved to an open namespace.
+struct Target {
+    id: String,
+    ns: Netns,
+    ns_id: (u64, u64),
+}
+
+fn open_target(spec: &str) -> Result<Target, AttachError> {
+    let path = netns::resolve(spec).map_err(|e| AttachError::NotFound(e.to_string()))?;
+    let ns = Netns::open(&path).map_err(|e| AttachError::NotFound(e.to_string()))?;
+    let ns_id = ns.id()?;
+    Ok(Target {
+        id: spec.to_string(),
+        ns,
+        ns_id,
+    })
+}
+
+fn namespace_alive(a: &Attachment) -> bool {
+    Netns::open(&a.netns)
+        .and_then(|ns| ns.id())
+        .is_ok_and(|id| id == a.ns_id)
+}
+
+/// Rejects addresses that cannot name a host: the network and broadcast addresses of their
+/// subnet (unless the subnet is a /31 or /32).
+fn check_cidr(c: &Ipv4Net) -> Result<(), AttachError> {
+    if c.prefix_len() < 31 && (c.addr() == c.network() || c.addr() == c.broadcast()) {
+        return Err(AttachError::Invalid(format!(
+            "{c}: {} is the {} address of its subnet; choose a host address",
+            c.addr(),
+            if c.addr() == c.network() {
+                "network"
+            } else {
+                "broadcast"
+            }
+        )));
+    }
+    if c.addr().is_unspecified() || c.addr().is_loopback() || c.addr().is_multicast() {
+        return Err(AttachError::Invalid(format!(
+            "{c} is not a usable host address"
+        )));
+    }
+    Ok(())
+}
+
+fn host_ifname(id: &str) -> (String, String) {
+    // FNV-1a: stable across runs, and 8 hex digits keep names within IFNAMSIZ.
+    let mut h: u32 = 0x811c_9dc5;
+    for b in id.bytes() {
+        h = (h ^ u32::from(b)).wrapping_mul(0x0100_0193);
+    }
+    (format!("vethwl{h:08x}"), format!("vethwg{h:08x}"))
+}
+
+impl Attacher {
+    pub fn new(
+        nl: Netlink,
+        bridge_index: u32,
+        mtu: u32,
+        state: StateDir,
+    ) -> Result<Self, AttachError> {
+        let host_ns = Netns::current()?.id()?;
+        let entries: Vec<Attachment> = state
+            .load_json(FILE)
+            .map_err(|e| AttachError::Internal(e.to_string()))?;
+        Ok(Attacher {
+            nl,
+            bridge_index,
+            mtu,
+            host_ns,
+            state,
+            entries: tokio::sync::Mutex::new(
+                entries.into_iter().map(|a| (a.id.clone(), a)).collect(),
+            ),
+        })
+    }
+
+    fn save(&self, entries: &BTreeMap<String, Attachment>) {
+        let list: Vec<&Attachment> = entries.values().collect();
+        if let Err(e) = self.state.save_json(FILE, &list) {
+            warn!("could not persist attached containers: {e}");
+        }
+    }
+
+    /// Drops entries whose namespace is gone; returns them.
+    fn prune(entries: &mut BTreeMap<String, Attachment>) -> Vec<Attachment> {
+        let gone: Vec<String> = entries
+            .values()
+            .filter(|a| !namespace_alive(a))
+            .map(|a| a.id.clone())
+            .collect();
+        gone.iter().filter_map(|id| entries.remove(id)).collect()
+    }
+
+    /// Forgets containers whose namespace disappeared (and removes their host-side link if
+    /// the kernel left it).
+    pub async fn reap(&self) -> Vec<Attachment> {
+        let mut entries = self.entries.lock().await;
+        let gone = Self::prune(&mut entries);
+        if !gone.is_empty() {
+            self.save(&entries);
+            for a in &gone {
+                info!(container = %a.id, "container gone; detached");
+                if let Ok(Some(l)) = self.nl.link_by_name(&a.host_if).await {
+                    let _ = self.nl.delete_link(l.index).await;
+                }
+            }
+        }
+        gone
+    }
+
+    pub async fn attach(&self, req: AttachRequest) -> Result<ContainerEntry, AttachError> {
+        if req.cidrs.is_empty() {
+            return Err(AttachError::Invalid(
+                "no address given: weft attach needs at least one CIDR (e.g. 10.32.0.1/12)".into(),
+            ));
+        }
+        for c in &req.cidrs {
+            check_cidr(c)?;
+        }
+        let t = open_target(&req.container)?;
+        if t.ns_id == self.host_ns {
+            return Err(AttachError::Invalid(format!(
+                "container {} is running in the host network namespace; weft cannot attach it",
+                req.container
+            )));
+        }
+        let mut entries = self.entries.lock().await;
+        Self::prune(&mut entries);
+        let existing = entries.values().find(|a| a.ns_id == t.ns_id).cloned();
+        for c in &req.cidrs {
+            let owner = entries
+                .values()
+                .find(|a| a.ns_id != t.ns_id && a.cidrs.iter().any(|o| o.addr() == c.addr()));
+            if let Some(o) = owner {
+                return Err(AttachError::Conflict(format!(
+                    "address {} is already in use by container {}",
+                    c.addr(),
+                    o.id
+                )));
+            }
+        }
+        let entry = match existing {
+            Some(mut a) => {
+                let new: Vec<Ipv4Net> = req
+                    .cidrs
+                    .iter()
+                    .filter(|c| !a.cidrs.contains(c))
+                    .copied()
+                    .collect();
+                add_addresses(&t.ns, new.clone()).await?;
+                a.cidrs.extend(new);
+                a
+            }
+            None => self.plug(&t, &req).await?,
+        };
+        let out = ContainerEntry {
+            id: entry.id.clone(),
+            mac: entry.mac.clone(),
+            cidrs: entry.cidrs.clone(),
+        };
+        info!(container = %entry.id, cidrs = ?entry.cidrs, "attached");
+        entries.insert(entry.id.clone(), entry);
+        self.save(&entries);
+        Ok(out)
+    }
+
+    /// Creates the veth pair and configures both ends; undoes everything on failure.
+    async fn plug(&self, t: &Target, req: &AttachRequest) -> Result<Attachment, AttachError> {
+        let (host_if, temp_if) = host_ifname(&t.id);
+        // A leftover from an earlier attach of a container with this id that has since gone.
+        if let Some(l) = self.nl.link_by_name(&host_if).await? {
+            self.nl.delete_link(l.index).await?;
+        }
+        let (host, peer) = self.nl.create_veth(&host_if, &temp_if, self.mtu).await?;
+        let result = async {
+            let _ = sysctl::disable_ipv6(&host_if);
+            self.nl
+                .configure(
+                    host.index,
+                    LinkConfig {
+                        master: Some(self.bridge_index),
+                        up: true,
+                        ..Default::default()
+                    },
+                )
+                .await?;
+            self.nl
+                .move_to_netns(peer.index, std::os::fd::AsRawFd::as_raw_fd(t.ns.file()))
+                .await?;
+            let mac = Mac::from_random(crate::random_u64());
+            let cidrs = req.cidrs.clone();
+            let (mtu, mcast) = (self.mtu, req.multicast_route);
+            netns::run_in(&t.ns, move || {
+                configure_inside(temp_if, mac, mtu, cidrs, mcast)
+            })
+            .await??;
+            Ok::<Mac, AttachError>(mac)
+        }
+        .await;
+        match result {
+            Ok(mac) => Ok(Attachment {
+                id: t.id.clone(),
+                netns: t.ns.path().to_path_buf(),
+                ns_id: t.ns_id,
+                host_if,
+                mac: mac.to_string(),
+                cidrs: req.cidrs.clone(),
+            }),
+            Err(e) => {
+                // Deleting one end of a veth pair deletes both, wherever the other end is.
+                if let Err(de) = self.nl.delete_link(host.index).await {
+                    warn!("cleaning up {host_if} after a failed attach: {de}");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    pub async fn detach(&self, req: DetachRequest) -> Result<Vec<Ipv4Net>, AttachError> {
+        let t = open_target(&req.container)?;
+        let mut entries = self.entries.lock().await;
+        let Some(a) = entries.values().find(|a| a.ns_id == t.ns_id).cloned() else {
+            return Err(AttachError::NotFound(format!(
+                "container {} is not attached to weft",
+                req.container
+            )));
+        };
+        let remove: Vec<Ipv4Net> = if req.cidrs.is_empty() {
+            a.cidrs.clone()
+        } else {
+            for c in &req.cidrs {
+                if !a.cidrs.contains(c) {
+                    return Err(AttachError::Invalid(format!(
+                        "container {} does not have address {c}",
+                        req.container
+                    )));
+                }
+            }
+            req.cidrs.clone()
+        };
+        let keep: Vec<Ipv4Net> = a
+            .cidrs
+            .iter()
+            .filter(|c| !remove.contains(c))
+            .copied()
+            .collect();
+        let (rm, delete) = (remove.clone(), keep.is_empty());
+        netns::run_in(&t.ns, move || unconfigure_inside(rm, delete)).await??;
+        if keep.is_empty() {
+            entries.remove(&a.id);
+        } else if let Some(e) = entries.get_mut(&a.id) {
+            e.cidrs = keep;
+        }
+        self.save(&entries);
+        info!(container = %a.id, cidrs = ?remove, "detached");
+        Ok(remove)
+    }
+
+    /// Attached containers, optionally only those named.
+    pub async fn list(&self, only: &[String]) -> Result<Vec<ContainerEntry>, AttachError> {
+        let mut entries = self.entries.lock().await;
+        if !Self::prune(&mut entries).is_empty() {
+            self.save(&entries);
+        }
+        let wanted: Option<Vec<(u64, u64)>> = if only.is_empty() {
+            None
+        } else {
+            Some(
+                only.iter()
+                    .map(|s| open_target(s).map(|t| t.ns_id))
+                    .collect::<Result<_, _>>()?,
+            )
+        };
+        Ok(entries
+            .values()
+            .filter(|a| wanted.as_ref().is_none_or(|w| w.contains(&a.ns_id)))
+            .map(|a| ContainerEntry {
+                id: a.id.clone(),
+                mac: a.mac.clone(),
+                cidrs: a.cidrs.clone(),
+            })
+            .collect())
+    }
+}
+
+async fn configure_inside(
+    temp: String,
+    mac: Mac,
+    mtu: u32,
+    cidrs: Vec<Ipv4Net>,
+    multicast_route: bool,
+) -> Result<(), AttachError> {
+    let nl = Netlink::new()?;
+    if nl.link_by_name(CONTAINER_IFNAME).await?.is_some() {
+        return Err(AttachError::Conflict(format!(
+            "the container already has an interface named {CONTAINER_IFNAME} that weft did not create"
+        )));
+    }
+    let l = nl.require_link(&temp).await?;
+    // Rename needs the link down, which a freshly moved veth is.
+    nl.configure(
+        l.index,
+        LinkConfig {
+            name: Some(CONTAINER_IFNAME),
+            mac: Some(mac.0),
+            mtu: Some(mtu),
+            ..Default::default()
+        },
+    )
+    .await?;
+    let _ = sysctl::disable_ipv6(CONTAINER_IFNAME);
+    let _ = sysctl::fast_arp(CONTAINER_IFNAME);
+    nl.configure(
+        l.index,
+        LinkConfig {
+            up: true,
+            ..Default::default()
+        },
+    )
+    .await?;
+    for c in cidrs {
+        nl.add_address(l.index, IpNet::V4(c)).await?;
+    }
+    if multicast_route {
+        let mcast = Ipv4Net::new(Ipv4Addr::new(224, 0, 0, 0), 4).expect("valid prefix");
+        match nl.add_link_route(l.index, mcast).await {
+            Err(e) if !e.is_exists() => return Err(e.into()),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+async fn add_addresses(ns: &Netns, cidrs: Vec<Ipv4Net>) -> Result<(), AttachError> {
+    netns::run_in(ns, move || async move {
+        let nl = Netlink::new()?;
+        let l = nl.require_link(CONTAINER_IFNAME).await?;
+        for c in cidrs {
+            match nl.add_address(l.index, IpNet::V4(c)).await {
+                Err(e) if !e.is_exists() => return Err(AttachError::from(e)),
+                _ => {}
+            }
+        }
+        Ok(())
+    })
+    .await?
+}
+
+async fn unconfigure_inside(cidrs: Vec<Ipv4Net>, delete: bool) -> Result<(), AttachError> {
+    let nl = Netlink::new()?;
+    let Some(l) = nl.link_by_name(CONTAINER_IFNAME).await? else {
+        return Ok(());
+    };
+    if delete {
+        nl.delete_link(l.index).await?;
+        return Ok(());
+    }
+    for c in cidrs {
+        nl.del_address(l.index, IpNet::V4(c)).await?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cidr_checks() {
+        assert!(check_cidr(&"10.32.0.1/12".parse().unwrap()).is_ok());
+        assert!(check_cidr(&"10.32.0.0/12".parse().unwrap()).is_err());
+        assert!(check_cidr(&"10.47.255.255/12".parse().unwrap()).is_err());
+        assert!(check_cidr(&"10.0.0.0/31".parse().unwrap()).is_ok());
+        assert!(check_cidr(&"127.0.0.2/8".parse().unwrap()).is_err());
+    }
+
+    #[test]
+    fn host_ifnames_fit_ifnamsiz() {
+        let (a, b) = host_ifname("a-very-long-container-name-indeed");
+        assert!(a.len() <= 15 && b.len() <= 15);
+        assert_ne!(host_ifname("x").0, host_ifname("y").0);
+    }
+}

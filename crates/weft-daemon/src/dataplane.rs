@@ -1,0 +1,132 @@
+//! The sleeve data plane: one task moving frames between the bridge's TAP port and the sleeve
+//! UDP socket, with every decision made by `weft_core::overlay::Forwarder`.
+//!
+//! UDP heartbeats share the socket; they are handed to the control task. Sends never wait:
+//! a full socket or TAP queue drops the packet and counts it, as a switch would.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::{debug, warn};
+use tun_rs::AsyncDevice;
+use weft_core::mesh::DataPlaneTable;
+use weft_core::overlay::{Forwarder, ForwarderStats, MacOwner, Output};
+use weft_proto::sleeve::{Datagram, Kind};
+use weft_proto::{Mac, PeerName};
+
+use crate::control::ControlInput;
+
+/// Requests to the data plane.
+pub enum DataPlaneMsg {
+    Table(Arc<DataPlaneTable>),
+    ForgetPeer(PeerName),
+    Snapshot(oneshot::Sender<DataPlaneSnapshot>),
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct DataPlaneSnapshot {
+    pub stats: ForwarderStats,
+    pub io: IoStats,
+    pub macs: Vec<(Mac, MacOwner, Duration)>,
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct IoStats {
+    pub udp_send_errors: u64,
+    pub tap_write_errors: u64,
+    pub heartbeats_in: u64,
+}
+
+struct Out<'a> {
+    udp: &'a UdpSocket,
+    tap: &'a AsyncDevice,
+    buf: Vec<u8>,
+    io: &'a mut IoStats,
+}
+
+impl Output for Out<'_> {
+    fn send(&mut self, to: SocketAddr, parts: &[&[u8]]) {
+        let bytes: &[u8] = if let [one] = parts {
+            one
+        } else {
+            self.buf.clear();
+            for p in parts {
+                self.buf.extend_from_slice(p);
+            }
+            &self.buf
+        };
+        if let Err(e) = self.udp.try_send_to(bytes, to) {
+            self.io.udp_send_errors += 1;
+            debug!(%to, "sleeve send failed: {e}");
+        }
+    }
+
+    fn inject(&mut self, frame: &[u8]) {
+        if let Err(e) = self.tap.try_send(frame) {
+            self.io.tap_write_errors += 1;
+            debug!("TAP write failed: {e}");
+        }
+    }
+}
+
+pub async fn run(
+    local: PeerName,
+    tap: AsyncDevice,
+    udp: Arc<UdpSocket>,
+    mut rx: mpsc::Receiver<DataPlaneMsg>,
+    control: mpsc::Sender<ControlInput>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut fwd = Forwarder::new(local);
+    let mut io = IoStats::default();
+    let mut tap_buf = vec![0u8; 65536];
+    let mut udp_buf = vec![0u8; 65536];
+    let mut out_buf = Vec::with_capacity(65536);
+    let mut expire = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        tokio::select! {
+            r = tap.recv(&mut tap_buf) => match r {
+                Ok(n) => {
+                    let mut out = Out { udp: &udp, tap: &tap, buf: std::mem::take(&mut out_buf), io: &mut io };
+                    fwd.handle_local_frame(Instant::now(), &tap_buf[..n], &mut out);
+                    out_buf = out.buf;
+                }
+                Err(e) => {
+                    warn!("reading the TAP device failed: {e}; data plane stopping");
+                    return;
+                }
+            },
+            r = udp.recv_from(&mut udp_buf) => match r {
+                Ok((n, from)) => match Datagram::kind(&udp_buf[..n]) {
+                    Some(Kind::Heartbeat) => {
+                        io.heartbeats_in += 1;
+                        let _ = control.try_send(ControlInput::Udp { from, bytes: udp_buf[..n].to_vec() });
+                    }
+                    _ => {
+                        let mut out = Out { udp: &udp, tap: &tap, buf: std::mem::take(&mut out_buf), io: &mut io };
+                        fwd.handle_datagram(Instant::now(), &mut udp_buf[..n], &mut out);
+                        out_buf = out.buf;
+                    }
+                },
+                // ICMP errors for earlier sends surface here (e.g. port unreachable); they
+                // concern one datagram, not the socket.
+                Err(e) => debug!("sleeve receive error: {e}"),
+            },
+            m = rx.recv() => match m {
+                Some(DataPlaneMsg::Table(t)) => fwd.set_table(t),
+                Some(DataPlaneMsg::ForgetPeer(p)) => fwd.forget_peer(p),
+                Some(DataPlaneMsg::Snapshot(reply)) => {
+                    let now = Instant::now();
+                    let macs = fwd.macs().entries().map(|(m, o, seen)| (m, o, now.saturating_duration_since(seen))).collect();
+                    let _ = reply.send(DataPlaneSnapshot { stats: fwd.stats(), io, macs });
+                }
+                None => return,
+            },
+            _ = expire.tick() => { fwd.expire(Instant::now()); }
+            _ = shutdown.changed() => return,
+        }
+    }
+}

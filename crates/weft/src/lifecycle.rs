@@ -1,0 +1,228 @@
+//! Starting, stopping and resetting the router.
+
+use std::io::{BufRead, Seek};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use tracing_subscriber::EnvFilter;
+use weft_api::{Client, ClientError};
+use weft_daemon::{Config, LOG_FILE, PID_FILE};
+use weft_linux::process;
+
+use crate::{Cli, RouterArgs};
+
+fn read_pid(run_dir: &Path) -> Option<u32> {
+    std::fs::read_to_string(run_dir.join(PID_FILE))
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+}
+
+/// The running router's PID, if any.
+fn running_pid(run_dir: &Path) -> Option<u32> {
+    read_pid(run_dir).filter(|&p| process::is_alive(p))
+}
+
+/// `weft router`: the daemon in the foreground until SIGTERM or SIGINT.
+pub fn router(cli: &Cli, args: &RouterArgs) -> Result<()> {
+    let level = match args.log_level.as_str() {
+        "warning" => "warn",
+        other => other,
+    };
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(level))
+        .with_context(|| {
+            format!(
+                "--log-level {:?} is not one of debug, info, warning, error",
+                args.log_level
+            )
+        })?;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(false)
+        .with_target(false)
+        .init();
+    let nickname = match &args.nickname {
+        Some(n) => n.clone(),
+        None => std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|s| s.trim().to_string())
+            .unwrap_or_else(|_| "weft".into()),
+    };
+    let cfg = Config {
+        name: args.name,
+        nickname,
+        host: args.host,
+        port: args.port,
+        http_addr: cli.http_addr,
+        conn_limit: args.conn_limit,
+        discovery: !args.no_discovery,
+        resume: args.resume,
+        peers: args.peers.clone(),
+        mtu: args.mtu()?,
+        bridge: args.bridge.clone(),
+        state_dir: cli.state_dir.clone(),
+        run_dir: cli.run_dir.clone(),
+        timing: Default::default(),
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(async {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            use tokio::signal::unix::{SignalKind, signal};
+            let mut term = signal(SignalKind::terminate()).expect("installing SIGTERM handler");
+            let mut int = signal(SignalKind::interrupt()).expect("installing SIGINT handler");
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+            let _ = tx.send(true);
+        });
+        weft_daemon::run(cfg, rx).await
+    })?;
+    Ok(())
+}
+
+/// `weft launch`: start `weft router` detached, wait until its API answers.
+pub fn launch(cli: &Cli, args: &RouterArgs) -> Result<()> {
+    if let Some(pid) = running_pid(&cli.run_dir) {
+        bail!("weft is already running (pid {pid}); you can stop it with 'weft stop'");
+    }
+    if args.resume && !args.peers.is_empty() {
+        bail!(
+            "--resume cannot be combined with peer arguments: it reconnects to the peers of the previous run"
+        );
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let client = Client::new(cli.http_addr);
+    if rt.block_on(client.get("/status")).is_ok() {
+        bail!(
+            "a weft router already answers on {}; you can stop it with 'weft stop'",
+            cli.http_addr
+        );
+    }
+    std::fs::create_dir_all(&cli.run_dir)
+        .with_context(|| format!("creating {}", cli.run_dir.display()))?;
+    let log_path = cli.run_dir.join(LOG_FILE);
+    let mut log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .with_context(|| format!("opening {}", log_path.display()))?;
+    let log_start = log.seek(std::io::SeekFrom::End(0)).unwrap_or(0);
+    let exe = std::env::current_exe().context("finding the weft executable")?;
+    let mut cmd = Command::new(exe);
+    cmd.arg("router")
+        .args(args.to_argv())
+        .env("WEFT_STATE_DIR", &cli.state_dir)
+        .env("WEFT_RUN_DIR", &cli.run_dir)
+        .env("WEFT_HTTP_ADDR", cli.http_addr.to_string())
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log);
+    let pid = process::spawn_detached(&mut cmd)?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if !process::is_alive(pid) {
+            let tail = log_tail(&log_path, log_start, 15);
+            bail!(
+                "the weft router exited during start-up. Its log ({}) says:\n{tail}",
+                log_path.display()
+            );
+        }
+        match rt.block_on(client.get("/status")) {
+            Ok(_) => break,
+            Err(ClientError::NotRunning { .. }) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Err(ClientError::NotRunning { .. }) => {
+                bail!(
+                    "the weft router (pid {pid}) did not answer on {} within 30 s; see {}",
+                    cli.http_addr,
+                    log_path.display()
+                )
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let name = std::fs::read_to_string(cli.state_dir.join("peer-name")).unwrap_or_default();
+    println!("{}", name.trim());
+    Ok(())
+}
+
+fn log_tail(path: &Path, from: u64, lines: usize) -> String {
+    let Ok(mut f) = std::fs::File::open(path) else {
+        return String::new();
+    };
+    let _ = f.seek(std::io::SeekFrom::Start(from));
+    let all: Vec<String> = std::io::BufReader::new(f)
+        .lines()
+        .map_while(Result::ok)
+        .collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// `weft stop`: SIGTERM the router, wait for it, SIGKILL if it will not go.
+pub fn stop(cli: &Cli) -> Result<()> {
+    let Some(pid) = running_pid(&cli.run_dir) else {
+        println!("weft is not running.");
+        return Ok(());
+    };
+    stop_pid(pid)?;
+    let _ = std::fs::remove_file(cli.run_dir.join(PID_FILE));
+    Ok(())
+}
+
+fn stop_pid(pid: u32) -> Result<()> {
+    process::signal(pid, false)?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while process::is_alive(pid) {
+        if Instant::now() > deadline {
+            eprintln!("weft: the router (pid {pid}) did not stop within 10 s; killing it");
+            process::signal(pid, true)?;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
+/// `weft reset`: leave the mesh, stop, and remove the bridge, container links and state.
+pub fn reset(cli: &Cli, force: bool, bridge: &str) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    match running_pid(&cli.run_dir) {
+        Some(pid) => {
+            // Tell the mesh we are leaving for good before going.
+            let _ = rt.block_on(Client::new(cli.http_addr).delete("/peer"));
+            stop_pid(pid)?;
+        }
+        None if !force && cli.state_dir.join("peer-name").exists() => {
+            // Nothing to hand over yet, so a reset without a running router loses nothing.
+        }
+        None => {}
+    }
+    let removed = rt.block_on(async {
+        let nl = weft_linux::netlink::Netlink::new()?;
+        weft_daemon::hostnet::teardown(&nl, bridge).await
+    })?;
+    for f in ["peer-name", "targets.json", "containers.json"] {
+        let p = cli.state_dir.join(f);
+        match std::fs::remove_file(&p) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("removing {}", p.display())),
+        }
+    }
+    let _ = std::fs::remove_file(cli.run_dir.join(PID_FILE));
+    if !removed.is_empty() {
+        eprintln!("removed {}", removed.join(", "));
+    }
+    Ok(())
+}
