@@ -212,7 +212,7 @@ fn real_main(cli: Cli) -> Result<()> {
                     print!("{}", client().get(&format!("/status/{sub}")).await?);
                 }
                 Some(other) => bail!(
-                    "Invalid 'weft status' sub-command: {other}\nusage: weft status [targets | connections | peers]"
+                    "Invalid 'weft status' sub-command: {other} (use: weft status [targets | connections | peers])"
                 ),
             }
             Ok(())

@@ -1,1 +1,371 @@
+//! A test bed of simulated hosts on one machine, built from network namespaces.
+//!
+//! ```text
+//!   <p>-h1 (eth0 198.18.0.1/24) --veth--+
+//!   <p>-h2 (eth0 198.18.0.2/24) --veth--+-- br0 in <p>-u (the underlay)
+//!   <p>-hN (eth0 198.18.0.N/24) --veth--+
+//! ```
+//! Containers are further namespaces (`<p>-cNAME`). No namespace has a default route, so no
+//! traffic can leave the machine, and nothing touches the root namespace. Every name starts with
+//! a prefix unique to this process and test bed, so test beds run in parallel; everything is
+//! removed on drop (also when a test panics), and only processes this test bed started are
+//! killed, by PID.
 #![forbid(unsafe_code)]
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+/// Whether namespace tests can run here (root, `ip` present). Tests call [`require`].
+pub fn available() -> bool {
+    nix_geteuid() == 0 && Command::new("ip").arg("-V").output().is_ok()
+}
+
+fn nix_geteuid() -> u32 {
+    // /proc/self/status avoids a libc dependency for one number.
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(2).and_then(|u| u.parse().ok()))
+        })
+        .unwrap_or(u32::MAX)
+}
+
+/// Returns false (and says why) when a namespace test must be skipped; panics when it should
+/// run but cannot, so CI never passes by skipping.
+pub fn require() -> bool {
+    if available() {
+        return true;
+    }
+    if std::env::var("WEFT_SKIP_NETNS_TESTS").is_ok_and(|v| v == "1") {
+        eprintln!("skipping: needs root and iproute2 (WEFT_SKIP_NETNS_TESTS=1)");
+        return false;
+    }
+    panic!(
+        "network namespace tests need root and iproute2; run as root, or set WEFT_SKIP_NETNS_TESTS=1 to skip them"
+    );
+}
+
+pub struct Host {
+    pub index: usize,
+    pub netns: String,
+    pub ip: Ipv4Addr,
+    pub state_dir: PathBuf,
+    pub run_dir: PathBuf,
+}
+
+pub struct Testbed {
+    pub prefix: String,
+    pub weft: PathBuf,
+    pub hosts: Vec<Host>,
+    underlay: String,
+    containers: Vec<String>,
+    dir: PathBuf,
+    children: Vec<Child>,
+}
+
+/// Runs a command, failing with its output if it fails.
+pub fn run(cmd: &mut Command) -> Result<Output> {
+    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed ({}): {}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(out)
+}
+
+fn ip(args: &[&str]) -> Result<()> {
+    run(Command::new("ip").args(args)).map(|_| ())
+}
+
+impl Testbed {
+    /// Builds `n` hosts on an underlay. `tag` names the test (keep it short).
+    pub fn new(tag: &str, n: usize, weft: &Path) -> Result<Self> {
+        let k = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let prefix = format!("wt{}-{}-{k}", tag, std::process::id() % 100_000);
+        let dir = std::env::temp_dir().join(&prefix);
+        std::fs::create_dir_all(&dir)?;
+        let mut tb = Testbed {
+            underlay: format!("{prefix}-u"),
+            prefix,
+            weft: weft.to_path_buf(),
+            hosts: Vec::new(),
+            containers: Vec::new(),
+            dir,
+            children: Vec::new(),
+        };
+        // From here on, Drop cleans up whatever was made even if a later step fails.
+        ip(&["netns", "add", &tb.underlay])?;
+        ip(&["-n", &tb.underlay, "link", "set", "lo", "up"])?;
+        ip(&["-n", &tb.underlay, "link", "add", "br0", "type", "bridge"])?;
+        ip(&["-n", &tb.underlay, "link", "set", "br0", "up"])?;
+        for i in 1..=n {
+            tb.add_host(i)?;
+        }
+        Ok(tb)
+    }
+
+    fn add_host(&mut self, i: usize) -> Result<()> {
+        let ns = format!("{}-h{i}", self.prefix);
+        let hostip = Ipv4Addr::new(198, 18, 0, i as u8);
+        ip(&["netns", "add", &ns])?;
+        let host = Host {
+            index: i,
+            netns: ns.clone(),
+            ip: hostip,
+            state_dir: self.dir.join(format!("h{i}/state")),
+            run_dir: self.dir.join(format!("h{i}/run")),
+        };
+        self.hosts.push(host);
+        let port = format!("h{i}");
+        ip(&[
+            "-n",
+            &ns,
+            "link",
+            "add",
+            "eth0",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &port,
+            "netns",
+            &self.underlay,
+        ])?;
+        ip(&[
+            "-n",
+            &self.underlay,
+            "link",
+            "set",
+            &port,
+            "master",
+            "br0",
+            "up",
+        ])?;
+        ip(&[
+            "-n",
+            &ns,
+            "addr",
+            "add",
+            &format!("{hostip}/24"),
+            "dev",
+            "eth0",
+        ])?;
+        ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
+        ip(&["-n", &ns, "link", "set", "lo", "up"])?;
+        Ok(())
+    }
+
+    pub fn host(&self, i: usize) -> &Host {
+        &self.hosts[i - 1]
+    }
+
+    /// A command to run inside namespace `ns`.
+    pub fn cmd_in(&self, ns: &str, program: &str) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", ns, program]);
+        c
+    }
+
+    /// `weft ARGS` on host `i`, with that host's state and run directories.
+    pub fn weft_cmd(&self, i: usize, args: &[&str]) -> Command {
+        let h = self.host(i);
+        let mut c = self.cmd_in(&h.netns, self.weft.to_str().expect("utf-8 path"));
+        c.args(args)
+            .env("WEFT_STATE_DIR", &h.state_dir)
+            .env("WEFT_RUN_DIR", &h.run_dir)
+            .env_remove("WEFT_HTTP_ADDR");
+        c
+    }
+
+    /// Runs `weft ARGS` on host `i` and returns its output whatever the exit status.
+    pub fn weft(&self, i: usize, args: &[&str]) -> Output {
+        self.weft_cmd(i, args)
+            .output()
+            .expect("running the weft binary")
+    }
+
+    /// Runs `weft ARGS` on host `i`; fails unless it exits 0. Returns stdout.
+    pub fn weft_ok(&self, i: usize, args: &[&str]) -> Result<String> {
+        let out = run(&mut self.weft_cmd(i, args))?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// `weft launch` on host `i` with a nickname `host<i>` and the given extra arguments.
+    pub fn launch(&self, i: usize, extra: &[&str]) -> Result<String> {
+        let nick = format!("--nickname=host{i}");
+        let mut args = vec!["launch", nick.as_str()];
+        args.extend_from_slice(extra);
+        self.weft_ok(i, &args)
+    }
+
+    /// The router PID on host `i`, from its pid file.
+    pub fn router_pid(&self, i: usize) -> Option<u32> {
+        std::fs::read_to_string(self.host(i).run_dir.join("weft.pid"))
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+    }
+
+    /// The router log of host `i`.
+    pub fn router_log(&self, i: usize) -> String {
+        std::fs::read_to_string(self.host(i).run_dir.join("weft.log")).unwrap_or_default()
+    }
+
+    /// A new container namespace; returns its name (for `weft attach`).
+    pub fn container(&mut self, name: &str) -> Result<String> {
+        let ns = format!("{}-c{name}", self.prefix);
+        ip(&["netns", "add", &ns])?;
+        self.containers.push(ns.clone());
+        ip(&["-n", &ns, "link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    /// Runs a program in a namespace and waits for it.
+    pub fn exec(&self, ns: &str, program: &str, args: &[&str]) -> Output {
+        self.cmd_in(ns, program)
+            .args(args)
+            .output()
+            .expect("running a command in a namespace")
+    }
+
+    /// Starts a program in a namespace in the background; it is killed on drop.
+    pub fn spawn(&mut self, ns: &str, program: &str, args: &[&str]) -> Result<u32> {
+        let child = self
+            .cmd_in(ns, program)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
+        let pid = child.id();
+        self.children.push(child);
+        Ok(pid)
+    }
+
+    /// Pings `dst` from namespace `ns` until one reply arrives or `timeout` passes.
+    pub fn wait_ping(&self, ns: &str, dst: &str, timeout: Duration) -> Result<Duration> {
+        let start = Instant::now();
+        loop {
+            let out = self.exec(ns, "ping", &["-c", "1", "-W", "1", dst]);
+            if out.status.success() {
+                return Ok(start.elapsed());
+            }
+            if start.elapsed() > timeout {
+                bail!(
+                    "no ping reply from {dst} in {ns} after {timeout:?}: {}",
+                    String::from_utf8_lossy(&out.stdout)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Drops all traffic between hosts `a` and `b` (both directions, in host `a`'s firewall).
+    pub fn block(&self, a: usize, b: usize) -> Result<()> {
+        let other = self.host(b).ip;
+        let rules = format!(
+            "table inet weftblock {{
+               chain input {{ type filter hook input priority 0; ip saddr {other} drop; }}
+               chain output {{ type filter hook output priority 0; ip daddr {other} drop; }}
+             }}"
+        );
+        let mut c = self.cmd_in(&self.host(a).netns, "nft");
+        c.args(["-f", "-"]).stdin(Stdio::piped());
+        let mut child = c.spawn().context("running nft (is nftables installed?)")?;
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .expect("piped stdin")
+            .write_all(rules.as_bytes())?;
+        let st = child.wait()?;
+        if !st.success() {
+            bail!("nft failed to install the block rules");
+        }
+        Ok(())
+    }
+
+    pub fn unblock(&self, a: usize) -> Result<()> {
+        run(self
+            .cmd_in(&self.host(a).netns, "nft")
+            .args(["delete", "table", "inet", "weftblock"]))
+        .map(|_| ())
+    }
+
+    /// Polls `f` until it returns Ok or `timeout` passes; returns the last error.
+    pub fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Result<T>) -> Result<T> {
+        let start = Instant::now();
+        loop {
+            match f() {
+                Ok(v) => return Ok(v),
+                Err(e) if start.elapsed() > timeout => {
+                    return Err(e.context(format!("still failing after {timeout:?}")));
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(200)),
+            }
+        }
+    }
+
+    /// The router PID on host `i`, only if that process is alive and is ours (its environment
+    /// names this host's run directory), so a recycled PID is never signalled.
+    pub fn our_router_pid(&self, i: usize) -> Option<u32> {
+        let pid = self.router_pid(i)?;
+        let env = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+        let want = format!("WEFT_RUN_DIR={}", self.host(i).run_dir.display());
+        env.split(|b| *b == 0)
+            .any(|kv| kv == want.as_bytes())
+            .then_some(pid)
+    }
+
+    /// Kills the router on host `i` with SIGKILL, as a crash would.
+    pub fn kill_router(&self, i: usize) -> Result<()> {
+        let pid = self
+            .our_router_pid(i)
+            .context("no running router of ours")?;
+        run(Command::new("kill").args(["-9", &pid.to_string()]))?;
+        let start = Instant::now();
+        while std::path::Path::new(&format!("/proc/{pid}")).exists()
+            && start.elapsed() < Duration::from_secs(5)
+        {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Testbed {
+    fn drop(&mut self) {
+        for i in 1..=self.hosts.len() {
+            if let Some(pid) = self.our_router_pid(i) {
+                let _ = Command::new("kill").args(["-9", &pid.to_string()]).output();
+            }
+        }
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        // Give killed routers a moment to exit so their namespaces can go.
+        std::thread::sleep(Duration::from_millis(50));
+        for ns in self
+            .containers
+            .iter()
+            .chain(self.hosts.iter().map(|h| &h.netns))
+            .chain(std::iter::once(&self.underlay))
+        {
+            let _ = Command::new("ip").args(["netns", "del", ns]).output();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

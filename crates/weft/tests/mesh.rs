@@ -1,0 +1,348 @@
+//! End-to-end: the real `weft` binary on hosts made of network namespaces.
+//!
+//! Needs root (CI runs as root); set WEFT_SKIP_NETNS_TESTS=1 to skip elsewhere.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Result, bail};
+use weft_testbed::Testbed;
+
+const WEFT: &str = env!("CARGO_BIN_EXE_weft");
+const CONVERGE: Duration = Duration::from_secs(30);
+
+fn testbed(tag: &str, n: usize) -> Option<Testbed> {
+    if !weft_testbed::require() {
+        return None;
+    }
+    Some(Testbed::new(tag, n, Path::new(WEFT)).expect("building the test bed"))
+}
+
+fn status(tb: &Testbed, i: usize, sub: &[&str]) -> Result<String> {
+    let mut args = vec!["status"];
+    args.extend_from_slice(sub);
+    tb.weft_ok(i, &args)
+}
+
+/// The tutorial's three hosts: h2 given h1, h3 given h1 and h2.
+fn launch_tutorial(tb: &Testbed) -> Result<()> {
+    let h1 = tb.host(1).ip.to_string();
+    let h2 = tb.host(2).ip.to_string();
+    tb.launch(1, &[])?;
+    tb.launch(2, &[&h1])?;
+    tb.launch(3, &[&h1, &h2])?;
+    Ok(())
+}
+
+fn wait_full_mesh(tb: &Testbed, n: usize) -> Result<()> {
+    let want = format!("Peers: {n} (with {} established connections)", n * (n - 1));
+    for i in 1..=n {
+        Testbed::wait_for(CONVERGE, || {
+            let s = status(tb, i, &[])?;
+            if s.contains(&want) {
+                Ok(())
+            } else {
+                bail!("h{i} status:\n{s}\nlog:\n{}", tb.router_log(i))
+            }
+        })?;
+    }
+    Ok(())
+}
+
+#[test]
+fn tutorial_three_hosts_mesh_and_ping() -> Result<()> {
+    let Some(mut tb) = testbed("tut", 3) else {
+        return Ok(());
+    };
+    launch_tutorial(&tb)?;
+    wait_full_mesh(&tb, 3)?;
+
+    let s = status(&tb, 1, &[])?;
+    for line in [
+        "        Service: router",
+        "       Protocol: weft 1",
+        "     Encryption: disabled",
+        "  PeerDiscovery: enabled",
+        "        Targets: 0",
+        "    Connections: 2 (2 established)",
+        " TrustedSubnets: none",
+    ] {
+        assert!(s.contains(line), "missing {line:?} in\n{s}");
+    }
+    assert!(s.contains("(host1)"), "{s}");
+    let s3 = status(&tb, 3, &[])?;
+    assert!(s3.contains("        Targets: 2"), "{s3}");
+    let targets = status(&tb, 3, &["targets"])?;
+    assert_eq!(targets, "198.18.0.1\n198.18.0.2\n");
+    let conns = status(&tb, 1, &["connections"])?;
+    assert_eq!(conns.lines().count(), 2, "{conns}");
+    for l in conns.lines() {
+        assert!(l.starts_with("<- 198.18.0."), "{l}");
+        assert!(l.contains(" established sleeve "), "{l}");
+        assert!(l.ends_with("mtu=1438"), "{l}");
+    }
+    let peers = status(&tb, 2, &["peers"])?;
+    for nick in ["(host1)", "(host2)", "(host3)"] {
+        assert!(peers.contains(nick), "{peers}");
+    }
+    assert_eq!(peers.matches("established").count(), 6, "{peers}");
+
+    let c1 = tb.container("c1")?;
+    let c3 = tb.container("c3")?;
+    assert_eq!(
+        tb.weft_ok(1, &["attach", "10.32.0.1/12", &c1])?.trim(),
+        "10.32.0.1"
+    );
+    assert_eq!(
+        tb.weft_ok(3, &["attach", "10.32.0.3/12", &c3])?.trim(),
+        "10.32.0.3"
+    );
+    let ps = tb.weft_ok(1, &["ps"])?;
+    let fields: Vec<&str> = ps.split_whitespace().collect();
+    assert_eq!(fields.len(), 3, "{ps}");
+    assert_eq!(fields[0], c1);
+    assert_eq!(fields[2], "10.32.0.1/12");
+    tb.wait_ping(&c1, "10.32.0.3", CONVERGE)?;
+    let out = tb.exec(&c3, "ping", &["-c", "3", "-i", "0.2", "10.32.0.1"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    // The container got the overlay MTU.
+    let link = tb.exec(&c1, "ip", &["link", "show", "ethwe"]);
+    assert!(String::from_utf8_lossy(&link.stdout).contains("mtu 1438"));
+
+    // connect / forget change the targets (and what status shows).
+    tb.weft_ok(1, &["connect", "198.18.0.9"])?;
+    assert_eq!(status(&tb, 1, &["targets"])?, "198.18.0.9\n");
+    let conns = Testbed::wait_for(CONVERGE, || {
+        let c = status(&tb, 1, &["connections"])?;
+        if c.contains("-> 198.18.0.9:6783") {
+            Ok(c)
+        } else {
+            bail!("{c}")
+        }
+    })?;
+    assert!(
+        conns.contains("connecting") || conns.contains("failed") || conns.contains("retrying"),
+        "{conns}"
+    );
+    tb.weft_ok(1, &["forget", "198.18.0.9"])?;
+    assert_eq!(status(&tb, 1, &["targets"])?, "");
+    tb.weft_ok(
+        1,
+        &["connect", "--replace", "198.18.0.2", "198.18.0.3:6783"],
+    )?;
+    assert_eq!(
+        status(&tb, 1, &["targets"])?,
+        "198.18.0.2\n198.18.0.3:6783\n"
+    );
+
+    // Detach: the address goes, and the interface with it.
+    assert_eq!(tb.weft_ok(3, &["detach", &c3])?.trim(), "10.32.0.3");
+    let link = tb.exec(&c3, "ip", &["link", "show", "ethwe"]);
+    assert!(!link.status.success());
+    assert_eq!(tb.weft_ok(3, &["ps"])?, "");
+    Ok(())
+}
+
+#[test]
+fn relays_through_a_third_host_when_the_direct_path_is_blocked() -> Result<()> {
+    let Some(mut tb) = testbed("rly", 3) else {
+        return Ok(());
+    };
+    tb.block(1, 3)?;
+    launch_tutorial(&tb)?;
+    // h1 and h3 each know all three peers, through h2.
+    for i in [1, 3] {
+        Testbed::wait_for(CONVERGE, || {
+            let s = status(&tb, i, &[])?;
+            if s.contains("Peers: 3 (with 4 established connections)") {
+                Ok(())
+            } else {
+                bail!("{s}")
+            }
+        })?;
+    }
+    let c1 = tb.container("c1")?;
+    let c3 = tb.container("c3")?;
+    tb.weft_ok(1, &["attach", "10.32.0.1/12", &c1])?;
+    tb.weft_ok(3, &["attach", "10.32.0.3/12", &c3])?;
+    tb.wait_ping(&c1, "10.32.0.3", CONVERGE)?;
+    let out = tb.exec(&c1, "ping", &["-c", "3", "-i", "0.2", "10.32.0.3"]);
+    assert!(out.status.success());
+    // The frames went through h2.
+    let report: serde_json::Value = serde_json::from_str(&tb.weft_ok(2, &["report"])?)?;
+    let relayed = report["Router"]["Stats"]["frames_relayed"]
+        .as_u64()
+        .unwrap();
+    assert!(relayed >= 6, "h2 relayed {relayed} frames");
+    // h3 dialled h1 and keeps failing; status says so.
+    let conns = Testbed::wait_for(CONVERGE, || {
+        let c = status(&tb, 3, &["connections"])?;
+        let l = c
+            .lines()
+            .find(|l| l.starts_with("-> 198.18.0.1:6783"))
+            .unwrap_or_default()
+            .to_string();
+        if l.contains("failed") || l.contains("retrying") {
+            Ok(c)
+        } else {
+            bail!("{c}")
+        }
+    })?;
+    assert!(
+        conns.contains("-> 198.18.0.2:6783       established"),
+        "{conns}"
+    );
+    assert!(status(&tb, 3, &[])?.contains("Connections: 2 (1 established, 1 "));
+    Ok(())
+}
+
+#[test]
+fn killed_router_resumes_its_peers_and_traffic() -> Result<()> {
+    let Some(mut tb) = testbed("res", 2) else {
+        return Ok(());
+    };
+    let h1 = tb.host(1).ip.to_string();
+    tb.launch(1, &[])?;
+    tb.launch(2, &[&h1])?;
+    wait_full_mesh(&tb, 2)?;
+    let c1 = tb.container("c1")?;
+    let c2 = tb.container("c2")?;
+    tb.weft_ok(1, &["attach", "10.32.0.1/12", &c1])?;
+    tb.weft_ok(2, &["attach", "10.32.0.2/12", &c2])?;
+    tb.wait_ping(&c1, "10.32.0.2", CONVERGE)?;
+    let name_before = std::fs::read_to_string(tb.host(2).state_dir.join("peer-name"))?;
+
+    tb.kill_router(2)?;
+    // Launching again refuses peer arguments with --resume...
+    let out = tb.weft(2, &["launch", "--resume", &h1]);
+    assert!(!out.status.success());
+    // ...and with --resume alone reconnects to h1.
+    tb.launch(2, &["--resume"])?;
+    assert_eq!(status(&tb, 2, &["targets"])?, format!("{h1}\n"));
+    wait_full_mesh(&tb, 2)?;
+    let name_after = std::fs::read_to_string(tb.host(2).state_dir.join("peer-name"))?;
+    assert_eq!(name_before, name_after, "the peer name survives restarts");
+    // The bridge and the container's link survived; traffic flows again.
+    tb.wait_ping(&c1, "10.32.0.2", CONVERGE)?;
+    assert!(tb.weft_ok(2, &["ps"])?.contains("10.32.0.2/12"));
+
+    // stop leaves the network in place; reset removes it.
+    tb.weft_ok(2, &["stop"])?;
+    assert!(
+        tb.exec(&tb.host(2).netns, "ip", &["link", "show", "weft"])
+            .status
+            .success()
+    );
+    tb.weft_ok(2, &["reset"])?;
+    assert!(
+        !tb.exec(&tb.host(2).netns, "ip", &["link", "show", "weft"])
+            .status
+            .success()
+    );
+    assert!(
+        !tb.exec(&c2, "ip", &["link", "show", "ethwe"])
+            .status
+            .success()
+    );
+    Ok(())
+}
+
+#[test]
+fn bad_input_gets_clear_errors_and_leaves_nothing_behind() -> Result<()> {
+    let Some(mut tb) = testbed("bad", 2) else {
+        return Ok(());
+    };
+    // Not running yet.
+    let out = tb.weft(1, &["status"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not running"));
+
+    tb.launch(1, &[])?;
+    let out = tb.weft(1, &["launch"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already running"));
+
+    let c = tb.container("c")?;
+    let c2 = tb.container("c2")?;
+    // The router itself lives in the host's namespace: attaching it must be refused.
+    let router_pid = tb.our_router_pid(1).expect("router running").to_string();
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec!["attach", "10.32.0.1/12", "no-such-container"],
+            "not found",
+        ),
+        (vec!["attach", "10.32.0.1/33", &c], "not an IPv4 address"),
+        (vec!["attach", "banana", &c], "not an IPv4 address"),
+        (vec!["attach", &c], "no address given"),
+        (vec!["attach", "10.32.0.0/12", &c], "network address"),
+        (vec!["detach", &c], "not attached"),
+        (vec!["status", "bogus"], "Invalid 'weft status' sub-command"),
+        (vec!["connect", "no-such-host.invalid"], "cannot resolve"),
+        (
+            vec!["attach", "10.32.0.1/12", &router_pid],
+            "host network namespace",
+        ),
+    ];
+    for (args, want) in cases {
+        let out = tb.weft(1, &args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} should fail");
+        assert!(err.contains(want), "{args:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "{args:?}: one-line error: {err}");
+    }
+    tb.weft_ok(1, &["attach", "10.32.0.1/12", &c])?;
+    let out = tb.weft(1, &["attach", "10.32.0.1/12", &c2]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already in use"));
+    // The failed attaches left no links on the host and no ethwe in c2.
+    let links = String::from_utf8_lossy(&tb.exec(&tb.host(1).netns, "ip", &["-o", "link"]).stdout)
+        .into_owned();
+    assert_eq!(links.matches("vethwl").count(), 1, "{links}");
+    assert!(
+        !tb.exec(&c2, "ip", &["link", "show", "ethwe"])
+            .status
+            .success()
+    );
+    Ok(())
+}
+
+#[test]
+fn garbage_on_the_wire_is_dropped_and_counted() -> Result<()> {
+    let Some(tb) = testbed("junk", 2) else {
+        return Ok(());
+    };
+    let h1 = tb.host(1).ip.to_string();
+    tb.launch(1, &[])?;
+    tb.launch(2, &[&h1])?;
+    wait_full_mesh(&tb, 2)?;
+    let h2ns = tb.host(2).netns.clone();
+    // Junk datagrams on the sleeve port and junk bytes on the control port.
+    let script = format!(
+        "for i in $(seq 1 50); do printf 'garbage-%d' $i > /dev/udp/{h1}/6783; done; \
+         printf '\\x10\\x00\\x01\\x02' > /dev/udp/{h1}/6783; \
+         printf 'GET / HTTP/1.0\\r\\n\\r\\n' > /dev/tcp/{h1}/6783; \
+         head -c 100000 /dev/urandom > /dev/tcp/{h1}/6783; true"
+    );
+    let out = tb.exec(&h2ns, "bash", &["-c", &script]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let report: serde_json::Value = serde_json::from_str(&tb.weft_ok(1, &["report"])?)?;
+    let stats = &report["Router"]["Stats"];
+    let dropped = stats["dropped_malformed"].as_u64().unwrap()
+        + stats["control_udp_unexpected"].as_u64().unwrap();
+    assert!(dropped >= 50, "{stats}");
+    assert!(
+        stats["control_protocol_errors"].as_u64().unwrap() >= 2,
+        "{stats}"
+    );
+    // The mesh is unharmed.
+    wait_full_mesh(&tb, 2)?;
+    Ok(())
+}
