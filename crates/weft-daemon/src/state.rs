@@ -109,15 +109,14 @@ mod tests {
     use super::*;
 
     fn tmpdir() -> PathBuf {
-        let p = std::env::temp_dir().join(format!(
+        std::env::temp_dir().join(format!(
             "weft-state-test-{}-{}",
             std::process::id(),
             std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .unwrap()
                 .as_nanos()
-        ));
-        p
+        ))
     }
 
     #[test]

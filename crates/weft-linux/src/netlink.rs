@@ -214,10 +214,10 @@ impl Netlink {
         {
             let plen = m.header.prefix_len;
             for a in &m.attributes {
-                if let AddressAttribute::Address(ip) = a {
-                    if let Ok(net) = IpNet::new(*ip, plen) {
-                        out.push((m.header.index, net));
-                    }
+                if let AddressAttribute::Address(ip) = a
+                    && let Ok(net) = IpNet::new(*ip, plen)
+                {
+                    out.push((m.header.index, net));
                 }
             }
         }

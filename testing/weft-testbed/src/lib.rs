@@ -240,18 +240,26 @@ impl Testbed {
             .expect("running a command in a namespace")
     }
 
-    /// Starts a program in a namespace in the background; it is killed on drop.
+    /// Starts a program in a namespace in the background; it is killed on drop. Its output
+    /// goes to `<testbed dir>/<program>-<n>.log` (see [`Testbed::spawn_log`]).
     pub fn spawn(&mut self, ns: &str, program: &str, args: &[&str]) -> Result<u32> {
+        let log = self.spawn_log(program, self.children.len());
+        let out = std::fs::File::create(&log)?;
         let child = self
             .cmd_in(ns, program)
             .args(args)
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
             .spawn()?;
         let pid = child.id();
         self.children.push(child);
         Ok(pid)
+    }
+
+    /// Where the output of the `n`th spawned program goes.
+    pub fn spawn_log(&self, program: &str, n: usize) -> PathBuf {
+        self.dir.join(format!("{program}-{n}.log"))
     }
 
     /// Pings `dst` from namespace `ns` until one reply arrives or `timeout` passes.
@@ -368,4 +376,113 @@ impl Drop for Testbed {
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// Measurements between namespaces with real tools (iperf3, ping), for benchmarks and demos.
+pub mod measure {
+    use super::*;
+
+    /// TCP throughput from `client_ns` to an iperf3 server started in `server_ns` at `dst`,
+    /// in Gbit/s (receiver side), over `secs` seconds with `streams` parallel streams.
+    pub fn iperf3(
+        tb: &mut Testbed,
+        server_ns: &str,
+        client_ns: &str,
+        dst: &str,
+        secs: u32,
+        streams: u32,
+    ) -> Result<f64> {
+        let port = 5201 + (COUNTER.fetch_add(1, Ordering::SeqCst) % 500) as u16;
+        let port_s = port.to_string();
+        let n = tb.children.len();
+        let pid = tb.spawn(server_ns, "iperf3", &["-s", "-1", "-p", &port_s])?;
+        // Start the client only once the server listens: a failed first attempt would use up
+        // the one-off server.
+        let filter = format!("sport = :{port}");
+        Testbed::wait_for(Duration::from_secs(5), || {
+            let o = tb.exec(server_ns, "ss", &["-Hltn", &filter]);
+            if String::from_utf8_lossy(&o.stdout).trim().is_empty() {
+                bail!("iperf3 server on port {port} not listening")
+            }
+            Ok(())
+        })?;
+        let out = tb.exec(
+            client_ns,
+            "iperf3",
+            &[
+                "-c",
+                dst,
+                "-p",
+                &port_s,
+                "-t",
+                &secs.to_string(),
+                "-P",
+                &streams.to_string(),
+                "-J",
+            ],
+        );
+        let _ = pid;
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        if !out.status.success() || v["error"].is_string() {
+            let server = std::fs::read_to_string(tb.spawn_log("iperf3", n)).unwrap_or_default();
+            bail!(
+                "iperf3 to {dst} failed: {}; server said: {server}",
+                v["error"].as_str().unwrap_or("no JSON output")
+            );
+        }
+        let bps = v["end"]["sum_received"]["bits_per_second"]
+            .as_f64()
+            .context("iperf3 JSON without end.sum_received")?;
+        Ok(bps / 1e9)
+    }
+
+    /// Average ping RTT in milliseconds over `count` pings at 50 ms intervals.
+    pub fn ping_rtt(tb: &Testbed, ns: &str, dst: &str, count: u32) -> Result<f64> {
+        let out = tb.exec(
+            ns,
+            "ping",
+            &["-q", "-c", &count.to_string(), "-i", "0.05", dst],
+        );
+        let text = String::from_utf8_lossy(&out.stdout);
+        // rtt min/avg/max/mdev = 0.041/0.052/0.080/0.010 ms
+        let line = text
+            .lines()
+            .find(|l| l.contains("min/avg/max"))
+            .with_context(|| format!("no RTT summary from ping {dst}: {text}"))?;
+        let nums = line.split('=').nth(1).context("malformed ping summary")?;
+        let avg = nums
+            .trim()
+            .split('/')
+            .nth(1)
+            .context("malformed ping summary")?;
+        Ok(avg.parse()?)
+    }
+
+    /// CPU time (user+system, seconds) used so far by process `pid`.
+    pub fn cpu_seconds(pid: u32) -> Option<f64> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let rest = stat.rsplit_once(") ")?.1;
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+        Some(ticks / 100.0)
+    }
+}
+
+/// Finds the `weft` binary: `$WEFT_BIN`, else next to the running executable.
+pub fn weft_binary() -> Result<PathBuf> {
+    if let Ok(p) = std::env::var("WEFT_BIN") {
+        return Ok(PathBuf::from(p));
+    }
+    let exe = std::env::current_exe()?;
+    let p = exe
+        .parent()
+        .context("executable without a directory")?
+        .join("weft");
+    if !p.exists() {
+        bail!(
+            "cannot find the weft binary next to {} (build it, or set WEFT_BIN)",
+            exe.display()
+        );
+    }
+    Ok(p)
 }

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# The tests: formatting, lints, the layering rule, then every unit, simulator and
+# network-namespace test. Installs what it needs; run as root (the namespace tests need it).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/lib.sh
+need_root
+install_packages "${RUNTIME_PACKAGES[@]}"
+
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --quiet -- -D warnings
+
+# weft-core is the sans-IO core: it must not depend on the runtime or the kernel.
+forbidden=$(cargo tree -p weft-core -e normal --prefix none --format '{p}' \
+    | grep -E '^(tokio|nix|rtnetlink|socket2|libc|tun-rs|mio) ' || true)
+if [ -n "$forbidden" ]; then
+    echo "weft-core must stay free of I/O, but depends on:" >&2
+    echo "$forbidden" >&2
+    exit 1
+fi
+
+cargo test --workspace

@@ -1,0 +1,84 @@
+//! The tutorial on one machine: three hosts (network namespaces on an isolated underlay),
+//! `weft launch` on each as a user would type it, a container on host1 and one on host3, their
+//! status, and a ping across the overlay. Everything is removed at the end.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, bail};
+use weft_testbed::Testbed;
+
+fn say(host: usize, cmd: &str) {
+    println!("host{host}$ {cmd}");
+}
+
+fn main() -> Result<()> {
+    if !weft_testbed::available() {
+        bail!("the demo builds network namespaces and needs root (try: sudo scripts/demo.sh)");
+    }
+    let weft = weft_testbed::weft_binary()?;
+    println!("Building 3 hosts as network namespaces on an isolated underlay (198.18.0.0/24)...");
+    let mut tb = Testbed::new("demo", 3, &weft)?;
+    for h in &tb.hosts {
+        println!(
+            "  host{} = namespace {} with eth0 {}",
+            h.index, h.netns, h.ip
+        );
+    }
+    println!();
+
+    let (h1, h2) = (tb.host(1).ip.to_string(), tb.host(2).ip.to_string());
+    say(1, "weft launch");
+    tb.launch(1, &[])?;
+    say(2, &format!("weft launch {h1}"));
+    tb.launch(2, &[&h1])?;
+    say(3, &format!("weft launch {h1} {h2}"));
+    tb.launch(3, &[&h1, &h2])?;
+
+    let start = Instant::now();
+    let want = "Peers: 3 (with 6 established connections)";
+    for i in 1..=3 {
+        Testbed::wait_for(Duration::from_secs(30), || {
+            let s = tb.weft_ok(i, &["status"])?;
+            if s.contains(want) {
+                Ok(())
+            } else {
+                bail!("host{i} not meshed yet:\n{s}")
+            }
+        })?;
+    }
+    println!(
+        "\n(all three hosts meshed in {:.1}s)\n",
+        start.elapsed().as_secs_f64()
+    );
+
+    say(1, "weft status");
+    print!(
+        "\n{}\n",
+        tb.weft_ok(1, &["status"])?.trim_start_matches('\n')
+    );
+    say(1, "weft status peers");
+    print!("{}", tb.weft_ok(1, &["status", "peers"])?);
+    say(1, "weft status connections");
+    println!("{}", tb.weft_ok(1, &["status", "connections"])?);
+
+    let c1 = tb.container("service1")?;
+    let c3 = tb.container("service2")?;
+    say(1, &format!("weft attach 10.32.0.1/12 {c1}"));
+    print!("{}", tb.weft_ok(1, &["attach", "10.32.0.1/12", &c1])?);
+    say(3, &format!("weft attach 10.32.0.3/12 {c3}"));
+    print!("{}", tb.weft_ok(3, &["attach", "10.32.0.3/12", &c3])?);
+    say(1, "weft ps");
+    println!("{}", tb.weft_ok(1, &["ps"])?);
+
+    tb.wait_ping(&c1, "10.32.0.3", Duration::from_secs(20))?;
+    println!("service1# ping -c 4 10.32.0.3        (host1's container -> host3's container)");
+    let out = tb.exec(&c1, "ping", &["-c", "4", "-i", "0.2", "10.32.0.3"]);
+    print!("{}", String::from_utf8_lossy(&out.stdout));
+    if !out.status.success() {
+        bail!("the ping across the overlay failed");
+    }
+    println!("\nTearing down the hosts...");
+    drop(tb);
+    println!("Done.");
+    Ok(())
+}
