@@ -197,6 +197,91 @@ fn relays_through_a_third_host_when_the_direct_path_is_blocked() -> Result<()> {
         "{conns}"
     );
     assert!(status(&tb, 3, &[])?.contains("Connections: 2 (1 established, 1 "));
+    // h1 learned h3's address from h2 (discovery) and shows its own failing attempts.
+    Testbed::wait_for(CONVERGE, || {
+        let c = status(&tb, 1, &["connections"])?;
+        let l = c
+            .lines()
+            .find(|l| l.starts_with("-> 198.18.0.3:6783"))
+            .unwrap_or_default();
+        if l.contains("failed") || l.contains("retrying") || l.contains("connecting") {
+            Ok(())
+        } else {
+            bail!("{c}")
+        }
+    })?;
+    Ok(())
+}
+
+#[test]
+fn frames_bigger_than_the_underlay_mtu_are_fragmented_not_dropped() -> Result<()> {
+    let Some(mut tb) = testbed("frag", 2) else {
+        return Ok(());
+    };
+    let h1 = tb.host(1).ip.to_string();
+    tb.launch(1, &["--mtu=8000"])?;
+    tb.launch(2, &["--mtu=8000", &h1])?;
+    wait_full_mesh(&tb, 2)?;
+    let c1 = tb.container("c1")?;
+    let c2 = tb.container("c2")?;
+    tb.weft_ok(1, &["attach", "10.32.0.1/12", &c1])?;
+    tb.weft_ok(2, &["attach", "10.32.0.2/12", &c2])?;
+    tb.wait_ping(&c1, "10.32.0.2", CONVERGE)?;
+    // 7000-byte pings with DF set inside the overlay: each frame needs several underlay
+    // packets (MTU 1500), which the sleeve socket lets the kernel fragment.
+    let out = tb.exec(
+        &c1,
+        "ping",
+        &[
+            "-c",
+            "3",
+            "-i",
+            "0.2",
+            "-s",
+            "7000",
+            "-M",
+            "do",
+            "10.32.0.2",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    Ok(())
+}
+
+#[test]
+fn containers_by_pid_and_by_namespace_path() -> Result<()> {
+    let Some(mut tb) = testbed("pid", 1) else {
+        return Ok(());
+    };
+    tb.launch(1, &[])?;
+    let c = tb.container("c")?;
+    let pid = tb.spawn(&c, "sleep", &["600"])?.to_string();
+    let ips = tb.weft_ok(1, &["attach", "--no-multicast-route", "10.32.0.5/12", &pid])?;
+    assert_eq!(ips.trim(), "10.32.0.5");
+    let ps = tb.weft_ok(1, &["ps", &pid])?;
+    assert!(
+        ps.starts_with(&format!("{pid} ")) && ps.trim_end().ends_with("10.32.0.5/12"),
+        "{ps}"
+    );
+    let routes = tb.exec(&c, "ip", &["route"]);
+    assert!(!String::from_utf8_lossy(&routes.stdout).contains("224.0.0.0/4"));
+    // A second address on the same container, named by its namespace path this time.
+    let path = format!("/run/netns/{c}");
+    tb.weft_ok(1, &["attach", "ip:10.40.0.5/16", &path])?;
+    assert!(
+        tb.weft_ok(1, &["ps"])?
+            .contains("10.32.0.5/12 10.40.0.5/16")
+    );
+    assert_eq!(
+        tb.weft_ok(1, &["detach", "10.40.0.5/16", &c])?.trim(),
+        "10.40.0.5"
+    );
+    assert_eq!(tb.weft_ok(1, &["detach", &path])?.trim(), "10.32.0.5");
+    assert_eq!(tb.weft_ok(1, &["ps"])?, "");
     Ok(())
 }
 
@@ -256,6 +341,11 @@ fn bad_input_gets_clear_errors_and_leaves_nothing_behind() -> Result<()> {
     let Some(mut tb) = testbed("bad", 2) else {
         return Ok(());
     };
+    // A router that cannot start says why, from its log.
+    let out = tb.weft(2, &["launch", "--mtu=10"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--mtu 10 is out of range"), "{err}");
     // Not running yet.
     let out = tb.weft(1, &["status"]);
     assert!(!out.status.success());

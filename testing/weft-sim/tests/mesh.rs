@@ -344,3 +344,34 @@ fn random_fault_schedules_converge() {
             .unwrap_or_else(|e| panic!("run {run}: {e}"));
     }
 }
+
+#[test]
+fn connection_limit_is_respected() {
+    let mut sim = Sim::new(test_seed(12));
+    sim.conn_limit = 3;
+    sim.add_node(&[], false);
+    for _ in 0..6 {
+        sim.add_node(&[0], false);
+    }
+    sim.run_for(Duration::from_secs(60));
+    assert_eq!(sim.nodes[0].router.connected_peers().count(), 3);
+    let connected = sim.nodes[1..]
+        .iter()
+        .filter(|n| n.router.connected_peers().count() == 1)
+        .count();
+    assert_eq!(connected, 3);
+    // The refused ones keep trying and say so.
+    let now = sim.now();
+    let refused = sim.nodes[1..]
+        .iter_mut()
+        .find(|n| n.router.connected_peers().count() == 0)
+        .unwrap();
+    let st = refused.router.status(now);
+    assert!(
+        st.connections
+            .iter()
+            .any(|c| c.error.is_some() && c.state != weft_core::mesh::ConnectionState::Established),
+        "{:?}",
+        st.connections
+    );
+}
