@@ -92,13 +92,21 @@ pub fn router(app: Arc<App>) -> Http {
         .with_state(app)
 }
 
-async fn query_router(app: &App) -> Result<RouterStatus, ApiError> {
+/// Sends a request to the control task and waits for its answer.
+async fn ask_control<T>(
+    app: &App,
+    make: impl FnOnce(oneshot::Sender<T>) -> ControlInput,
+) -> Result<T, ApiError> {
     let (tx, rx) = oneshot::channel();
     app.control
-        .send(ControlInput::Status(tx))
+        .send(make(tx))
         .await
         .map_err(|_| ApiError::unavailable())?;
     rx.await.map_err(|_| ApiError::unavailable())
+}
+
+async fn query_router(app: &App) -> Result<RouterStatus, ApiError> {
+    ask_control(app, ControlInput::Status).await
 }
 
 async fn query_dataplane(app: &App) -> DataPlaneSnapshot {
@@ -392,16 +400,12 @@ async fn connect(
     let targets = resolve_peers(&req.peers, app.default_port)
         .await
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.join("\n")))?;
-    let (tx, rx) = oneshot::channel();
-    app.control
-        .send(ControlInput::Connect {
-            targets,
-            replace: req.replace,
-            reply: tx,
-        })
-        .await
-        .map_err(|_| ApiError::unavailable())?;
-    rx.await.map_err(|_| ApiError::unavailable())?;
+    ask_control(&app, |reply| ControlInput::Connect {
+        targets,
+        replace: req.replace,
+        reply,
+    })
+    .await?;
     Ok(StatusCode::OK.into_response())
 }
 
@@ -412,15 +416,11 @@ async fn forget(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let req = peers_request(&headers, q, &body)?;
-    let (tx, rx) = oneshot::channel();
-    app.control
-        .send(ControlInput::Forget {
-            targets: req.peers,
-            reply: tx,
-        })
-        .await
-        .map_err(|_| ApiError::unavailable())?;
-    rx.await.map_err(|_| ApiError::unavailable())?;
+    ask_control(&app, |reply| ControlInput::Forget {
+        targets: req.peers,
+        reply,
+    })
+    .await?;
     Ok(StatusCode::OK.into_response())
 }
 

@@ -19,9 +19,22 @@ fn read_pid(run_dir: &Path) -> Option<u32> {
         .and_then(|s| s.trim().parse().ok())
 }
 
-/// The running router's PID, if any.
+/// The running router's PID, if any: the pid file names a live process that is a
+/// `weft router` (so a stale file whose PID was reused is never mistaken for, or signalled as,
+/// our router).
 fn running_pid(run_dir: &Path) -> Option<u32> {
-    read_pid(run_dir).filter(|&p| process::is_alive(p))
+    read_pid(run_dir).filter(|&p| process::is_alive(p) && is_weft_router(p))
+}
+
+fn is_weft_router(pid: u32) -> bool {
+    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+        return false;
+    };
+    let mut args = cmdline.split(|b| *b == 0);
+    let exe_is_weft = args
+        .next()
+        .is_some_and(|a| a.ends_with(b"weft") || a.ends_with(b"weft (deleted)"));
+    exe_is_weft && args.next() == Some(b"router".as_slice())
 }
 
 /// `weft router`: the daemon in the foreground until SIGTERM or SIGINT.
@@ -197,16 +210,13 @@ pub fn reset(cli: &Cli, force: bool, bridge: &str) -> Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    match running_pid(&cli.run_dir) {
-        Some(pid) => {
-            // Tell the mesh we are leaving for good before going.
-            let _ = rt.block_on(Client::new(cli.http_addr).delete("/peer"));
-            stop_pid(pid)?;
-        }
-        None if !force && cli.state_dir.join("peer-name").exists() => {
-            // Nothing to hand over yet, so a reset without a running router loses nothing.
-        }
-        None => {}
+    // `--force` is accepted for Weave compatibility: a router that is not running has nothing to
+    // hand over to the mesh yet, so resetting without it loses nothing.
+    let _ = force;
+    if let Some(pid) = running_pid(&cli.run_dir) {
+        // Tell the mesh we are leaving for good before going.
+        let _ = rt.block_on(Client::new(cli.http_addr).delete("/peer"));
+        stop_pid(pid)?;
     }
     let removed = rt.block_on(async {
         let nl = weft_linux::netlink::Netlink::new()?;

@@ -34,6 +34,27 @@ fn launch_tutorial(tb: &Testbed) -> Result<()> {
     Ok(())
 }
 
+/// Two hosts: h2 launched with h1 as its peer, both with `extra` flags, meshed.
+fn launch_pair(tb: &Testbed, extra: &[&str]) -> Result<()> {
+    let h1 = tb.host(1).ip.to_string();
+    let mut with_peer = extra.to_vec();
+    with_peer.push(&h1);
+    tb.launch(1, extra)?;
+    tb.launch(2, &with_peer)?;
+    wait_full_mesh(tb, 2)
+}
+
+/// Attaches a fresh container `c<i>` with 10.32.0.<i>/12 on host `i`.
+fn attached_container(tb: &mut Testbed, i: usize) -> Result<String> {
+    let c = tb.container(&format!("c{i}"))?;
+    tb.weft_ok(i, &["attach", &format!("10.32.0.{i}/12"), &c])?;
+    Ok(c)
+}
+
+fn has_link(tb: &Testbed, ns: &str, link: &str) -> bool {
+    tb.exec(ns, "ip", &["link", "show", link]).status.success()
+}
+
 fn wait_full_mesh(tb: &Testbed, n: usize) -> Result<()> {
     let want = format!("Peers: {n} (with {} established connections)", n * (n - 1));
     for i in 1..=n {
@@ -141,8 +162,7 @@ fn tutorial_three_hosts_mesh_and_ping() -> Result<()> {
 
     // Detach: the address goes, and the interface with it.
     assert_eq!(tb.weft_ok(3, &["detach", &c3])?.trim(), "10.32.0.3");
-    let link = tb.exec(&c3, "ip", &["link", "show", "ethwe"]);
-    assert!(!link.status.success());
+    assert!(!has_link(&tb, &c3, "ethwe"));
     assert_eq!(tb.weft_ok(3, &["ps"])?, "");
     Ok(())
 }
@@ -218,14 +238,9 @@ fn frames_bigger_than_the_underlay_mtu_are_fragmented_not_dropped() -> Result<()
     let Some(mut tb) = testbed("frag", 2) else {
         return Ok(());
     };
-    let h1 = tb.host(1).ip.to_string();
-    tb.launch(1, &["--mtu=8000"])?;
-    tb.launch(2, &["--mtu=8000", &h1])?;
-    wait_full_mesh(&tb, 2)?;
-    let c1 = tb.container("c1")?;
-    let c2 = tb.container("c2")?;
-    tb.weft_ok(1, &["attach", "10.32.0.1/12", &c1])?;
-    tb.weft_ok(2, &["attach", "10.32.0.2/12", &c2])?;
+    launch_pair(&tb, &["--mtu=8000"])?;
+    let c1 = attached_container(&mut tb, 1)?;
+    attached_container(&mut tb, 2)?;
     tb.wait_ping(&c1, "10.32.0.2", CONVERGE)?;
     // 7000-byte pings with DF set inside the overlay: each frame needs several underlay
     // packets (MTU 1500), which the sleeve socket lets the kernel fragment.
@@ -291,13 +306,9 @@ fn killed_router_resumes_its_peers_and_traffic() -> Result<()> {
         return Ok(());
     };
     let h1 = tb.host(1).ip.to_string();
-    tb.launch(1, &[])?;
-    tb.launch(2, &[&h1])?;
-    wait_full_mesh(&tb, 2)?;
-    let c1 = tb.container("c1")?;
-    let c2 = tb.container("c2")?;
-    tb.weft_ok(1, &["attach", "10.32.0.1/12", &c1])?;
-    tb.weft_ok(2, &["attach", "10.32.0.2/12", &c2])?;
+    launch_pair(&tb, &[])?;
+    let c1 = attached_container(&mut tb, 1)?;
+    let c2 = attached_container(&mut tb, 2)?;
     tb.wait_ping(&c1, "10.32.0.2", CONVERGE)?;
     let name_before = std::fs::read_to_string(tb.host(2).state_dir.join("peer-name"))?;
 
@@ -316,23 +327,12 @@ fn killed_router_resumes_its_peers_and_traffic() -> Result<()> {
     assert!(tb.weft_ok(2, &["ps"])?.contains("10.32.0.2/12"));
 
     // stop leaves the network in place; reset removes it.
+    let h2ns = tb.host(2).netns.clone();
     tb.weft_ok(2, &["stop"])?;
-    assert!(
-        tb.exec(&tb.host(2).netns, "ip", &["link", "show", "weft"])
-            .status
-            .success()
-    );
+    assert!(has_link(&tb, &h2ns, "weft"));
     tb.weft_ok(2, &["reset"])?;
-    assert!(
-        !tb.exec(&tb.host(2).netns, "ip", &["link", "show", "weft"])
-            .status
-            .success()
-    );
-    assert!(
-        !tb.exec(&c2, "ip", &["link", "show", "ethwe"])
-            .status
-            .success()
-    );
+    assert!(!has_link(&tb, &h2ns, "weft"));
+    assert!(!has_link(&tb, &c2, "ethwe"));
     Ok(())
 }
 
@@ -391,11 +391,7 @@ fn bad_input_gets_clear_errors_and_leaves_nothing_behind() -> Result<()> {
     let links = String::from_utf8_lossy(&tb.exec(&tb.host(1).netns, "ip", &["-o", "link"]).stdout)
         .into_owned();
     assert_eq!(links.matches("vethwl").count(), 1, "{links}");
-    assert!(
-        !tb.exec(&c2, "ip", &["link", "show", "ethwe"])
-            .status
-            .success()
-    );
+    assert!(!has_link(&tb, &c2, "ethwe"));
     Ok(())
 }
 
@@ -405,9 +401,7 @@ fn garbage_on_the_wire_is_dropped_and_counted() -> Result<()> {
         return Ok(());
     };
     let h1 = tb.host(1).ip.to_string();
-    tb.launch(1, &[])?;
-    tb.launch(2, &[&h1])?;
-    wait_full_mesh(&tb, 2)?;
+    launch_pair(&tb, &[])?;
     let h2ns = tb.host(2).netns.clone();
     // Junk datagrams on the sleeve port and junk bytes on the control port.
     let script = format!(
