@@ -6,6 +6,8 @@
 //! or the kernel (CI checks `cargo tree -p weft-core`).
 #![forbid(unsafe_code)]
 
+pub mod ipam;
 pub mod mesh;
+pub mod node;
 pub mod overlay;
 pub mod rng;

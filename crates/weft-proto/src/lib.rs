@@ -7,6 +7,7 @@
 
 pub mod control;
 pub mod ether;
+pub mod ipam;
 pub mod peer;
 pub mod sleeve;
 

@@ -16,10 +16,14 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use weft_core::mesh::{Action, ConnId, DataPlaneTable, Event, Router, RouterConfig, Timing};
+use ipnet::Ipv4Net;
+use weft_core::ipam::{IpamConfig, IpamError, OpId};
+use weft_core::mesh::{Action, ConnId, DataPlaneTable, Router, RouterConfig, Timing};
+use weft_core::node::{Node as CoreNode, NodeEvent};
 use weft_core::overlay::{Forwarder, Output};
 use weft_core::rng::Rng;
 use weft_proto::PeerName;
+use weft_proto::ipam::Persisted;
 use weft_proto::sleeve::{Datagram, Kind};
 
 pub const PORT: u16 = 6783;
@@ -92,7 +96,7 @@ struct Pipe {
 }
 
 pub struct Node {
-    pub router: Router,
+    pub node: CoreNode,
     pub forwarder: Forwarder,
     pub ip: IpAddr,
     pub alive: bool,
@@ -105,6 +109,18 @@ pub struct Node {
     name: PeerName,
     /// Incarnation counter, so a restarted router gets a new seed (and UID).
     incarnation: u64,
+    /// The IPAM state as last persisted (what survives a crash).
+    pub persisted: Option<Persisted>,
+    /// Answers to IPAM requests.
+    pub results: BTreeMap<OpId, Result<Ipv4Net, IpamError>>,
+    /// Crashed for good (its containers are gone; candidates for rmpeer).
+    pub dead: bool,
+}
+
+impl Node {
+    pub fn router(&self) -> &Router {
+        self.node.router()
+    }
 }
 
 pub struct Sim {
@@ -116,6 +132,9 @@ pub struct Sim {
     pub timing: Timing,
     /// `--conn-limit` of routers added from now on (0: unlimited).
     pub conn_limit: usize,
+    /// IPAM configuration for routers added from now on (`None`: no IPAM).
+    pub ipam: Option<IpamConfig>,
+    next_op: OpId,
     pub nodes: Vec<Node>,
     queue: BTreeMap<(Instant, u64), Ev>,
     seq: u64,
@@ -139,6 +158,8 @@ impl Sim {
             link: LinkModel::default(),
             timing: Timing::default(),
             conn_limit: 0,
+            ipam: None,
+            next_op: 1,
             nodes: Vec::new(),
             queue: BTreeMap::new(),
             seq: 0,
@@ -185,7 +206,7 @@ impl Sim {
         let name = PeerName::from_u64(0x0200_0000_0000 + i as u64 + 1);
         let nickname = format!("h{i}");
         self.nodes.push(Node {
-            router: self.make_router(name, &nickname, discovery, 0),
+            node: self.make_node(name, &nickname, discovery, 0, None),
             forwarder: Forwarder::new(name),
             ip: Self::ip_of(i),
             alive: true,
@@ -196,13 +217,23 @@ impl Sim {
             nickname,
             name,
             incarnation: 0,
+            persisted: None,
+            results: BTreeMap::new(),
+            dead: false,
         });
         self.timer_of.push(None);
         self.start_node(i);
         i
     }
 
-    fn make_router(&self, name: PeerName, nickname: &str, discovery: bool, inc: u64) -> Router {
+    fn make_node(
+        &self,
+        name: PeerName,
+        nickname: &str,
+        discovery: bool,
+        inc: u64,
+        persisted: Option<Persisted>,
+    ) -> CoreNode {
         let cfg = RouterConfig {
             name,
             nickname: nickname.to_string(),
@@ -214,7 +245,8 @@ impl Sim {
             timing: self.timing.clone(),
         };
         let seed = self.seed ^ name.as_u64().wrapping_mul(0x9e37_79b9) ^ (inc << 48);
-        Router::new(cfg, self.now, seed)
+        let ipam = self.ipam.clone().map(|c| (c, persisted));
+        CoreNode::new(cfg, ipam, self.now, seed).expect("node starts")
     }
 
     fn start_node(&mut self, i: usize) {
@@ -224,7 +256,7 @@ impl Sim {
             .map(|&t| (Self::addr(t).ip().to_string(), Self::addr(t), false))
             .collect();
         let now = self.now;
-        self.nodes[i].router.connect(now, targets, false);
+        self.nodes[i].node.connect(now, targets, false);
         self.drain(i);
     }
 
@@ -233,7 +265,7 @@ impl Sim {
         self.nodes[i].targets.push(j);
         let now = self.now;
         let t = (Self::addr(j).ip().to_string(), Self::addr(j), false);
-        self.nodes[i].router.connect(now, vec![t], false);
+        self.nodes[i].node.connect(now, vec![t], false);
         self.drain(i);
     }
 
@@ -256,9 +288,10 @@ impl Sim {
     pub fn restart(&mut self, i: usize) {
         let n = &self.nodes[i];
         let (name, nick, disc, inc) = (n.name, n.nickname.clone(), n.discovery, n.incarnation + 1);
-        let router = self.make_router(name, &nick, disc, inc);
+        let node = self.make_node(name, &nick, disc, inc, n.persisted.clone());
         let n = &mut self.nodes[i];
-        n.router = router;
+        n.node = node;
+        n.results.clear();
         n.forwarder = Forwarder::new(name);
         n.incarnation = inc;
         n.alive = true;
@@ -312,27 +345,33 @@ impl Sim {
     fn drain(&mut self, i: usize) {
         loop {
             let mut progressed = false;
-            while let Some(a) = self.nodes[i].router.poll_action() {
+            // Events first: persisted state must be "on disk" before gossip leaves.
+            while let Some(e) = self.nodes[i].node.poll_event() {
+                progressed = true;
+                let n = &mut self.nodes[i];
+                match e {
+                    NodeEvent::DataPlane(t) => {
+                        n.table = t.clone();
+                        n.forwarder.set_table(t);
+                    }
+                    NodeEvent::PeerRemoved(p) => n.forwarder.forget_peer(p),
+                    NodeEvent::TargetsChanged(_) => {}
+                    NodeEvent::IpamPersist(p) => n.persisted = Some(p),
+                    NodeEvent::IpamDone { op, result } => {
+                        n.results.insert(op, result);
+                    }
+                }
+            }
+            while let Some(a) = self.nodes[i].node.poll_action() {
                 progressed = true;
                 self.do_action(i, a);
-            }
-            while let Some(e) = self.nodes[i].router.poll_event() {
-                progressed = true;
-                match e {
-                    Event::DataPlane(t) => {
-                        self.nodes[i].table = t.clone();
-                        self.nodes[i].forwarder.set_table(t);
-                    }
-                    Event::PeerRemoved(p) => self.nodes[i].forwarder.forget_peer(p),
-                    Event::TargetsChanged(_) => {}
-                }
             }
             if !progressed {
                 break;
             }
         }
         let t = if self.nodes[i].alive {
-            self.nodes[i].router.poll_timeout()
+            self.nodes[i].node.poll_timeout()
         } else {
             None
         };
@@ -460,7 +499,7 @@ impl Sim {
         self.set_timer(i, None);
         if self.nodes[i].alive {
             let now = self.now;
-            self.nodes[i].router.handle_timeout(now);
+            self.nodes[i].node.handle_timeout(now);
             self.drain(i);
         }
         true
@@ -484,7 +523,7 @@ impl Sim {
                 let result = match accepted {
                     Some(p) => {
                         let from = SocketAddr::new(self.nodes[node].ip, 40000 + conn.0 as u16);
-                        match self.nodes[p].router.handle_accept(now, from) {
+                        match self.nodes[p].node.handle_accept(now, from) {
                             Some(pc) => {
                                 let lat = self.latency();
                                 let (ni, pi) = (inc, self.nodes[p].incarnation);
@@ -514,7 +553,7 @@ impl Sim {
                     None if error.is_empty() => Err("connection refused".to_string()),
                     None => Err(error.to_string()),
                 };
-                self.nodes[node].router.handle_dialed(now, conn, result);
+                self.nodes[node].node.handle_dialed(now, conn, result);
                 self.drain(node);
             }
             Ev::Tcp {
@@ -551,11 +590,11 @@ impl Sim {
                 match item {
                     PipeItem::Data(bytes) => {
                         self.mix(bytes.len() as u64);
-                        self.nodes[node].router.handle_conn_data(now, conn, &bytes)
+                        self.nodes[node].node.handle_conn_data(now, conn, &bytes)
                     }
                     PipeItem::Fin => {
                         self.pipes.remove(&(node, conn));
-                        self.nodes[node].router.handle_conn_closed(
+                        self.nodes[node].node.handle_conn_closed(
                             now,
                             conn,
                             "connection reset by peer".into(),
@@ -575,7 +614,7 @@ impl Sim {
                 }
                 match Datagram::kind(&bytes) {
                     Some(Kind::Heartbeat) => {
-                        self.nodes[node].router.handle_udp(now, from, &bytes);
+                        self.nodes[node].node.handle_udp(now, from, &bytes);
                         self.drain(node);
                     }
                     _ => {
@@ -679,7 +718,7 @@ impl Sim {
         let want: BTreeSet<PeerName> = live.iter().map(|&i| self.nodes[i].name).collect();
         let view = |i: usize| -> BTreeMap<PeerName, (u64, u64)> {
             self.nodes[i]
-                .router
+                .router()
                 .topology()
                 .peers()
                 .map(|p| (p.name, (p.uid, p.version)))
@@ -702,7 +741,7 @@ impl Sim {
             // Each peer's entry must be its own current one.
             for &j in &live {
                 let n = &self.nodes[j];
-                if v[&n.name].0 != n.router.uid() {
+                if v[&n.name].0 != n.router().uid() {
                     return Err(format!("h{i} holds a stale UID for h{j}"));
                 }
             }
@@ -714,6 +753,129 @@ impl Sim {
             }
         }
         Ok(())
+    }
+
+    // ---- IPAM ----------------------------------------------------------------------------
+
+    fn op(&mut self) -> OpId {
+        self.next_op += 1;
+        self.next_op
+    }
+
+    /// Asks host `i` for an address for `ident`; the answer lands in `nodes[i].results`.
+    pub fn allocate(&mut self, i: usize, ident: &str, subnet: Option<Ipv4Net>) -> OpId {
+        let op = self.op();
+        let now = self.now;
+        self.nodes[i].node.ipam_allocate(now, op, ident, subnet);
+        self.drain(i);
+        op
+    }
+
+    pub fn claim(&mut self, i: usize, ident: &str, net: Ipv4Net) -> OpId {
+        let op = self.op();
+        let now = self.now;
+        self.nodes[i].node.ipam_claim(now, op, ident, net);
+        self.drain(i);
+        op
+    }
+
+    pub fn release(&mut self, i: usize, ident: &str) -> Vec<Ipv4Net> {
+        let now = self.now;
+        let r = self.nodes[i].node.ipam_release(now, ident, None);
+        self.drain(i);
+        r
+    }
+
+    pub fn rmpeer(&mut self, i: usize, who: &str) -> Result<u64, String> {
+        let now = self.now;
+        let r = self.nodes[i].node.ipam_rmpeer(now, who);
+        self.drain(i);
+        r
+    }
+
+    /// Host `i` leaves for good (`weft reset`): hands its ranges over, then is gone.
+    pub fn reset(&mut self, i: usize) -> Option<PeerName> {
+        let now = self.now;
+        let heir = self.nodes[i].node.ipam_shutdown(now);
+        self.drain(i);
+        // Let the hand-over reach the neighbours before the host vanishes.
+        self.run_for(Duration::from_millis(100));
+        self.crash(i);
+        self.nodes[i].dead = true;
+        heir
+    }
+
+    /// Every address held by a container, with where it is held: live hosts' allocations and
+    /// the persisted ones of crashed hosts that will come back.
+    pub fn held_addresses(&self) -> Vec<(std::net::Ipv4Addr, usize, String)> {
+        let mut out = Vec::new();
+        for (i, n) in self.nodes.iter().enumerate() {
+            if n.dead {
+                continue;
+            }
+            if n.alive {
+                if let Some(ipam) = n.node.ipam() {
+                    for (ident, nets) in ipam.space().owned() {
+                        for net in nets {
+                            out.push((net.addr(), i, ident.clone()));
+                        }
+                    }
+                }
+            } else if let Some(p) = &n.persisted {
+                for (ident, addrs) in &p.owned {
+                    for (a, _) in addrs {
+                        out.push((std::net::Ipv4Addr::from(*a), i, ident.clone()));
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// No address is held by two containers.
+    pub fn addresses_unique(&self) -> Result<(), String> {
+        let mut seen: BTreeMap<std::net::Ipv4Addr, (usize, String)> = BTreeMap::new();
+        for (a, i, ident) in self.held_addresses() {
+            if let Some((j, other)) = seen.get(&a) {
+                return Err(format!(
+                    "{a} held twice: h{j}/{other} and h{i}/{ident} (seed {})",
+                    self.seed
+                ));
+            }
+            seen.insert(a, (i, ident));
+        }
+        Ok(())
+    }
+
+    /// All live hosts in `group` have the same ring, and it is owned by live hosts only.
+    pub fn rings_converged(&self, group: &[usize]) -> Result<(), String> {
+        let live: Vec<usize> = group
+            .iter()
+            .copied()
+            .filter(|&i| self.nodes[i].alive)
+            .collect();
+        let ring = |i: usize| self.nodes[i].node.ipam().and_then(|p| p.ring()).cloned();
+        let Some(&first) = live.first() else {
+            return Ok(());
+        };
+        let r0 = ring(first).ok_or_else(|| format!("h{first} has no ring"))?;
+        for &i in &live {
+            if ring(i).as_ref() != Some(&r0) {
+                return Err(format!("h{i}'s ring differs from h{first}'s"));
+            }
+        }
+        let live_names: std::collections::BTreeSet<PeerName> =
+            live.iter().map(|&i| self.nodes[i].name).collect();
+        for (p, size) in r0.sizes() {
+            if !live_names.contains(&p) {
+                return Err(format!("{size} addresses still owned by gone peer {p}"));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn name_of(&self, i: usize) -> PeerName {
+        self.nodes[i].name
     }
 
     pub fn all(&self) -> Vec<usize> {

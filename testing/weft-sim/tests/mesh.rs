@@ -32,7 +32,7 @@ fn line_of_100_converges_without_discovery() {
     // Without discovery the graph stays a line: the ends are 99 hops apart.
     let t = &sim.nodes[0].table;
     assert_eq!(t.neighbours.len(), 1);
-    assert_eq!(sim.nodes[0].router.connected_peers().count(), 1);
+    assert_eq!(sim.nodes[0].router().connected_peers().count(), 1);
 }
 
 #[test]
@@ -48,7 +48,7 @@ fn ring_of_100_converges() {
     sim.run_until(Duration::from_secs(120), CHECK, |s| s.converged(&all))
         .unwrap();
     for n in &sim.nodes {
-        assert_eq!(n.router.connected_peers().count(), 2);
+        assert_eq!(n.router().connected_peers().count(), 2);
     }
 }
 
@@ -80,7 +80,7 @@ fn discovery_turns_a_line_into_a_full_mesh() {
     sim.run_until(Duration::from_secs(300), CHECK, |s| {
         s.converged(&all)?;
         for (i, n) in s.nodes.iter().enumerate() {
-            let c = n.router.connected_peers().count();
+            let c = n.router().connected_peers().count();
             if c != 19 {
                 return Err(format!("h{i} has {c} connections"));
             }
@@ -101,10 +101,10 @@ fn simultaneous_dials_leave_one_connection() {
             .unwrap();
         sim.run_for(Duration::from_secs(30));
         for n in &sim.nodes {
-            assert_eq!(n.router.connected_peers().count(), 1);
+            assert_eq!(n.router().connected_peers().count(), 1);
         }
         let now = sim.now();
-        let st = sim.nodes[0].router.status(now);
+        let st = sim.nodes[0].node.status(now);
         assert_eq!(st.connections.len(), 1, "{:?}", st.connections);
     }
 }
@@ -149,13 +149,13 @@ fn restarted_peer_with_new_uid_replaces_old() {
     let all = sim.all();
     sim.run_until(Duration::from_secs(120), CHECK, |s| s.converged(&all))
         .unwrap();
-    let old_uid = sim.nodes[5].router.uid();
+    let old_uid = sim.nodes[5].router().uid();
     // Let h5's version climb so that its old entry is "newer" than the new router's first one.
     sim.run_for(Duration::from_secs(60));
     sim.crash(5);
     sim.run_for(Duration::from_secs(1));
     sim.restart(5);
-    assert_ne!(sim.nodes[5].router.uid(), old_uid);
+    assert_ne!(sim.nodes[5].router().uid(), old_uid);
     sim.run_until(Duration::from_secs(300), CHECK, |s| s.converged(&all))
         .unwrap();
 }
@@ -278,7 +278,7 @@ fn frames_relay_around_a_cut_link() {
     sim.run_for(Duration::from_millis(100));
     assert_eq!(sim.nodes[0].injected.len(), 1);
     let now = sim.now();
-    let st = sim.nodes[0].router.status(now);
+    let st = sim.nodes[0].node.status(now);
     assert!(
         st.connections
             .iter()
@@ -354,19 +354,19 @@ fn connection_limit_is_respected() {
         sim.add_node(&[0], false);
     }
     sim.run_for(Duration::from_secs(60));
-    assert_eq!(sim.nodes[0].router.connected_peers().count(), 3);
+    assert_eq!(sim.nodes[0].router().connected_peers().count(), 3);
     let connected = sim.nodes[1..]
         .iter()
-        .filter(|n| n.router.connected_peers().count() == 1)
+        .filter(|n| n.router().connected_peers().count() == 1)
         .count();
     assert_eq!(connected, 3);
     // The refused ones keep trying and say so.
     let now = sim.now();
     let refused = sim.nodes[1..]
         .iter_mut()
-        .find(|n| n.router.connected_peers().count() == 0)
+        .find(|n| n.router().connected_peers().count() == 0)
         .unwrap();
-    let st = refused.router.status(now);
+    let st = refused.node.status(now);
     assert!(
         st.connections
             .iter()

@@ -126,6 +126,30 @@ pub enum Event {
     TargetsChanged(Vec<String>),
     /// A peer is no longer reachable and was forgotten (drop its MACs, DNS entries...).
     PeerRemoved(PeerName),
+    /// A new neighbour: send it the full state of every other gossip channel.
+    NeighbourUp(PeerName),
+    /// Time for periodic gossip: send each channel's full state with [`Router::gossip_random`].
+    GossipTick,
+    /// Channel gossip from neighbour `from`.
+    Gossip {
+        channel: Channel,
+        from: PeerName,
+        payload: Vec<u8>,
+    },
+    /// A broadcast by `src`, received from neighbour `from`. If it told us something new, pass
+    /// it on with [`Router::relay_broadcast`].
+    Broadcast {
+        channel: Channel,
+        src: PeerName,
+        from: PeerName,
+        payload: Vec<u8>,
+    },
+    /// A message for us from `src`.
+    Unicast {
+        channel: Channel,
+        src: PeerName,
+        payload: Vec<u8>,
+    },
 }
 
 /// What the data plane needs to forward frames: computed from the established-and-symmetric
@@ -286,6 +310,8 @@ pub struct Router {
     outbox_at: Option<Instant>,
     /// Gossip broadcast trees by source, valid for one topology generation.
     trees: (u64, BTreeMap<PeerName, Vec<PeerName>>),
+    /// Next hops for gossip unicasts, valid for one topology generation.
+    unicast_all: (u64, BTreeMap<PeerName, PeerName>),
     stats: Stats,
 }
 
@@ -325,6 +351,7 @@ impl Router {
             outbox: BTreeMap::new(),
             outbox_at: None,
             trees: (u64::MAX, BTreeMap::new()),
+            unicast_all: (u64::MAX, BTreeMap::new()),
             stats: Stats::default(),
         }
     }
@@ -510,7 +537,7 @@ impl Router {
         if self.broadcast_at.is_some_and(|at| at <= now) {
             self.broadcast_at = None;
             let local = self.topology.local().clone();
-            self.relay_broadcast(now, self.cfg.name, &[local], None);
+            self.relay_topology(now, self.cfg.name, &[local], None);
         }
         if self.outbox_at.is_some_and(|at| at <= now) {
             self.outbox_at = None;
@@ -523,6 +550,7 @@ impl Router {
         }
         if self.next_gossip <= now {
             self.next_gossip = now + self.rng.jitter(t.gossip_interval);
+            self.events.push_back(Event::GossipTick);
             let payload = self.topology.full_update().encode();
             for id in self.random_neighbours(None) {
                 self.send_msg(
@@ -680,6 +708,7 @@ impl Router {
         self.by_peer.insert(hello.name, id);
         self.note_target_peer(id, hello.name);
         self.local_connections_changed(now);
+        self.events.push_back(Event::NeighbourUp(hello.name));
         let full = self.topology.full_update().encode();
         self.send_msg(
             id,
@@ -718,20 +747,59 @@ impl Router {
                     TopologyUpdate::decode(&payload).map_err(|e| Close::Failure(e.to_string()))?;
                 let improved = self.apply_topology(now, id, update);
                 if !improved.peers.is_empty() {
-                    self.relay_broadcast(now, src, &improved.peers, Some(id));
+                    self.relay_topology(now, src, &improved.peers, Some(id));
                 }
             }
             ControlMsg::GossipRequest { channel } if channel == Channel::TOPOLOGY => {
                 let payload = self.topology.full_update().encode();
                 self.send_msg(id, &ControlMsg::Gossip { channel, payload });
             }
-            ControlMsg::Gossip { channel, .. }
-            | ControlMsg::GossipBroadcast { channel, .. }
-            | ControlMsg::GossipUnicast { channel, .. }
-            | ControlMsg::GossipRequest { channel } => {
+            ControlMsg::Gossip { channel, payload } => {
+                let from = self.remote_name(id);
+                self.events.push_back(Event::Gossip {
+                    channel,
+                    from,
+                    payload,
+                });
+            }
+            ControlMsg::GossipBroadcast {
+                channel,
+                src,
+                payload,
+            } => {
+                let from = self.remote_name(id);
+                self.events.push_back(Event::Broadcast {
+                    channel,
+                    src,
+                    from,
+                    payload,
+                });
+            }
+            ControlMsg::GossipUnicast {
+                channel,
+                src,
+                dst,
+                payload,
+            } => {
+                if dst == self.cfg.name {
+                    self.events.push_back(Event::Unicast {
+                        channel,
+                        src,
+                        payload,
+                    });
+                } else {
+                    self.send_unicast(ControlMsg::GossipUnicast {
+                        channel,
+                        src,
+                        dst,
+                        payload,
+                    });
+                }
+            }
+            ControlMsg::GossipRequest { channel } => {
                 debug!(
                     ?channel,
-                    "gossip on a channel this router does not serve; dropped"
+                    "full-state request for a channel other than topology; ignored"
                 );
             }
             ControlMsg::Overlay(OverlayMsg::HeartbeatAck { conn_uid }) => {
@@ -1017,7 +1085,7 @@ impl Router {
     }
 
     /// Queues topology entries for our children in `src`'s broadcast tree.
-    fn relay_broadcast(
+    fn relay_topology(
         &mut self,
         now: Instant,
         src: PeerName,
@@ -1251,6 +1319,108 @@ impl Router {
             self.actions.push_back(Action::Dial { conn: id, addr });
         }
         self.maker_wake = wake;
+    }
+
+    // ---- gossip channels other than topology ---------------------------------------------
+
+    fn remote_name(&self, id: ConnId) -> PeerName {
+        self.conns
+            .get(&id)
+            .and_then(|c| c.remote.as_ref())
+            .map_or(weft_proto::BROADCAST_PEER, |r| r.name)
+    }
+
+    /// Broadcasts `payload` from us to every peer (along our tree).
+    pub fn broadcast(&mut self, channel: Channel, payload: Vec<u8>) {
+        let src = self.cfg.name;
+        self.relay_broadcast(channel, src, payload, None);
+    }
+
+    /// Passes a broadcast from `src` on to our children in its tree (not back to `from`).
+    pub fn relay_broadcast(
+        &mut self,
+        channel: Channel,
+        src: PeerName,
+        payload: Vec<u8>,
+        from: Option<PeerName>,
+    ) {
+        let bytes = ControlMsg::GossipBroadcast {
+            channel,
+            src,
+            payload,
+        }
+        .encode_framed();
+        for child in self.gossip_children(src) {
+            if Some(child) == from {
+                continue;
+            }
+            if let Some(&id) = self.by_peer.get(&child) {
+                self.send_raw(id, bytes.clone());
+            }
+        }
+    }
+
+    /// Sends `payload` to `dst`, hop by hop. Returns false if there is no route.
+    pub fn unicast(&mut self, channel: Channel, dst: PeerName, payload: Vec<u8>) -> bool {
+        let src = self.cfg.name;
+        self.send_unicast(ControlMsg::GossipUnicast {
+            channel,
+            src,
+            dst,
+            payload,
+        })
+    }
+
+    fn send_unicast(&mut self, msg: ControlMsg) -> bool {
+        let ControlMsg::GossipUnicast { dst, .. } = &msg else {
+            return false;
+        };
+        let dst = *dst;
+        let hop = if self.by_peer.contains_key(&dst) {
+            Some(dst)
+        } else {
+            let generation = self.topology.generation();
+            if self.unicast_all.0 != generation {
+                let g = Graph::from_topology(&self.topology, Variant::All);
+                self.unicast_all = (generation, g.unicast_from(self.cfg.name));
+            }
+            self.unicast_all.1.get(&dst).copied()
+        };
+        match hop.and_then(|h| self.by_peer.get(&h)).copied() {
+            Some(id) => {
+                self.send_msg(id, &msg);
+                true
+            }
+            None => {
+                debug!(%dst, "no route for a gossip unicast; dropped");
+                false
+            }
+        }
+    }
+
+    /// Sends `payload` on `channel` to one neighbour.
+    pub fn gossip_to(&mut self, peer: PeerName, channel: Channel, payload: Vec<u8>) {
+        if let Some(&id) = self.by_peer.get(&peer) {
+            self.send_msg(id, &ControlMsg::Gossip { channel, payload });
+        }
+    }
+
+    /// Sends `payload` on `channel` to a few random neighbours (periodic gossip).
+    pub fn gossip_random(&mut self, channel: Channel, payload: Vec<u8>) {
+        let bytes = ControlMsg::Gossip { channel, payload }.encode_framed();
+        for id in self.random_neighbours(None) {
+            self.send_raw(id, bytes.clone());
+        }
+    }
+
+    /// Closes the connection to `peer` because a higher layer refuses it (e.g. its IP
+    /// allocation ring conflicts with ours). The reason shows in status and is retried with
+    /// backoff.
+    pub fn reject_peer(&mut self, now: Instant, peer: PeerName, reason: String) {
+        if let Some(&id) = self.by_peer.get(&peer) {
+            self.close(now, id, Close::Failure(reason), true);
+            self.after(now);
+        }
     }
 
     // ---- output helpers -----------------------------------------------------------------

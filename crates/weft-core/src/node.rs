@@ -1,0 +1,316 @@
+//! A whole weft peer as one sans-IO state machine: the mesh [`Router`] plus the services that
+//! gossip over it (today [`Ipam`]). The shell drives a `Node` exactly like a router — the same
+//! `handle_*` inputs and `poll_action` outputs — and additionally gets [`NodeEvent`]s.
+//!
+//! Ordering contract: drain [`Node::poll_event`] before [`Node::poll_action`]. Events carry
+//! state to persist ([`NodeEvent::IpamPersist`]) that must be on disk before the gossip in the
+//! actions leaves, and before the answers in later events are given.
+
+use std::collections::{BTreeSet, VecDeque};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Instant;
+
+use ipnet::Ipv4Net;
+use tracing::warn;
+use weft_proto::PeerName;
+use weft_proto::control::Channel;
+use weft_proto::ipam::{NodeId, Persisted};
+
+use crate::ipam::{Ipam, IpamConfig, IpamError, IpamOutput, IpamStatus, OpId};
+use crate::mesh::{Action, ConnId, DataPlaneTable, Event, Router, RouterConfig, RouterStatus};
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum NodeEvent {
+    DataPlane(Arc<DataPlaneTable>),
+    TargetsChanged(Vec<String>),
+    PeerRemoved(PeerName),
+    /// Persist this IPAM state durably now, before acting on later outputs.
+    IpamPersist(Persisted),
+    /// An IPAM request finished.
+    IpamDone {
+        op: OpId,
+        result: Result<Ipv4Net, IpamError>,
+    },
+}
+
+pub struct Node {
+    router: Router,
+    ipam: Option<Ipam>,
+    events: VecDeque<NodeEvent>,
+    reachable_gen: Option<u64>,
+}
+
+impl Node {
+    /// `ipam`: its configuration and persisted state, or `None` to run without IPAM.
+    pub fn new(
+        cfg: RouterConfig,
+        ipam: Option<(IpamConfig, Option<Persisted>)>,
+        now: Instant,
+        seed: u64,
+    ) -> Result<Node, String> {
+        let nickname = cfg.nickname.clone();
+        let router = Router::new(cfg, now, seed);
+        let me = NodeId {
+            name: router.name(),
+            uid: router.uid(),
+        };
+        let ipam = match ipam {
+            Some((icfg, persisted)) => Some(Ipam::new(
+                icfg,
+                me,
+                &nickname,
+                persisted,
+                now,
+                seed.rotate_left(17) ^ 0x1234_5678,
+            )?),
+            None => None,
+        };
+        let mut n = Node {
+            router,
+            ipam,
+            events: VecDeque::new(),
+            reachable_gen: None,
+        };
+        n.pump(now);
+        Ok(n)
+    }
+
+    pub fn router(&self) -> &Router {
+        &self.router
+    }
+
+    pub fn ipam(&self) -> Option<&Ipam> {
+        self.ipam.as_ref()
+    }
+
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.router.poll_action()
+    }
+
+    pub fn poll_event(&mut self) -> Option<NodeEvent> {
+        self.events.pop_front()
+    }
+
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let i = self.ipam.as_ref().and_then(Ipam::poll_timeout);
+        [self.router.poll_timeout(), i].into_iter().flatten().min()
+    }
+
+    // ---- mesh inputs, passed to the router --------------------------------------------
+
+    pub fn handle_accept(&mut self, now: Instant, remote: SocketAddr) -> Option<ConnId> {
+        let r = self.router.handle_accept(now, remote);
+        self.pump(now);
+        r
+    }
+
+    pub fn handle_dialed(&mut self, now: Instant, conn: ConnId, result: Result<(), String>) {
+        self.router.handle_dialed(now, conn, result);
+        self.pump(now);
+    }
+
+    pub fn handle_conn_data(&mut self, now: Instant, conn: ConnId, bytes: &[u8]) {
+        self.router.handle_conn_data(now, conn, bytes);
+        self.pump(now);
+    }
+
+    pub fn handle_conn_closed(&mut self, now: Instant, conn: ConnId, reason: String) {
+        self.router.handle_conn_closed(now, conn, reason);
+        self.pump(now);
+    }
+
+    pub fn handle_udp(&mut self, now: Instant, from: SocketAddr, datagram: &[u8]) {
+        self.router.handle_udp(now, from, datagram);
+        self.pump(now);
+    }
+
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.router.handle_timeout(now);
+        if let Some(i) = &mut self.ipam {
+            i.handle_timeout(now);
+        }
+        self.pump(now);
+    }
+
+    pub fn connect(
+        &mut self,
+        now: Instant,
+        targets: Vec<(String, SocketAddr, bool)>,
+        replace: bool,
+    ) {
+        self.router.connect(now, targets, replace);
+        self.pump(now);
+    }
+
+    pub fn forget(&mut self, now: Instant, specs: &[String]) {
+        self.router.forget(now, specs);
+        self.pump(now);
+    }
+
+    pub fn status(&mut self, now: Instant) -> RouterStatus {
+        self.router.status(now)
+    }
+
+    // ---- IPAM -------------------------------------------------------------------------
+
+    fn with_ipam<T>(&mut self, now: Instant, f: impl FnOnce(&mut Ipam) -> T) -> Option<T> {
+        let r = self.ipam.as_mut().map(f);
+        self.pump(now);
+        r
+    }
+
+    pub fn ipam_allocate(
+        &mut self,
+        now: Instant,
+        op: OpId,
+        ident: &str,
+        subnet: Option<Ipv4Net>,
+    ) -> bool {
+        self.with_ipam(now, |i| i.allocate(now, op, ident, subnet))
+            .is_some()
+    }
+
+    pub fn ipam_claim(&mut self, now: Instant, op: OpId, ident: &str, net: Ipv4Net) -> bool {
+        self.with_ipam(now, |i| i.claim(now, op, ident, net))
+            .is_some()
+    }
+
+    pub fn ipam_prime(&mut self, now: Instant, op: OpId) -> bool {
+        self.with_ipam(now, |i| i.prime(now, op)).is_some()
+    }
+
+    pub fn ipam_release(
+        &mut self,
+        now: Instant,
+        ident: &str,
+        addr: Option<Ipv4Addr>,
+    ) -> Vec<Ipv4Net> {
+        self.with_ipam(now, |i| {
+            i.cancel(ident);
+            i.release(now, ident, addr)
+        })
+        .unwrap_or_default()
+    }
+
+    pub fn ipam_lookup(&self, ident: &str, subnet: Option<Ipv4Net>) -> Vec<Ipv4Net> {
+        self.ipam
+            .as_ref()
+            .map(|i| i.lookup(ident, subnet))
+            .unwrap_or_default()
+    }
+
+    pub fn ipam_rmpeer(&mut self, now: Instant, who: &str) -> Result<u64, String> {
+        self.with_ipam(now, |i| i.rmpeer(now, who))
+            .unwrap_or_else(|| Err("IP address allocation is disabled".into()))
+    }
+
+    pub fn ipam_shutdown(&mut self, now: Instant) -> Option<PeerName> {
+        self.with_ipam(now, |i| i.shutdown(now)).flatten()
+    }
+
+    pub fn ipam_status(&self) -> Option<IpamStatus> {
+        self.ipam.as_ref().map(Ipam::status)
+    }
+
+    // ---- wiring ------------------------------------------------------------------------
+
+    /// Routes router events to the services and service output to the router, until quiet.
+    fn pump(&mut self, now: Instant) {
+        loop {
+            let mut progressed = false;
+            while let Some(e) = self.router.poll_event() {
+                progressed = true;
+                self.on_router_event(now, e);
+            }
+            let generation = self.router.topology().generation();
+            if let Some(ipam) = &mut self.ipam
+                && self.reachable_gen != Some(generation)
+            {
+                self.reachable_gen = Some(generation);
+                let me = self.router.name();
+                let peers: BTreeSet<PeerName> = self
+                    .router
+                    .topology()
+                    .peers()
+                    .map(|p| p.name)
+                    .filter(|p| *p != me)
+                    .collect();
+                ipam.set_reachable(peers);
+            }
+            while let Some(o) = self.ipam.as_mut().and_then(Ipam::poll_output) {
+                progressed = true;
+                match o {
+                    IpamOutput::Persist(p) => self.events.push_back(NodeEvent::IpamPersist(p)),
+                    IpamOutput::Broadcast(payload) => self.router.broadcast(Channel::IPAM, payload),
+                    IpamOutput::Unicast { dst, payload } => {
+                        self.router.unicast(Channel::IPAM, dst, payload);
+                    }
+                    IpamOutput::Done { op, result } => {
+                        self.events.push_back(NodeEvent::IpamDone { op, result })
+                    }
+                }
+            }
+            if !progressed {
+                return;
+            }
+        }
+    }
+
+    fn on_router_event(&mut self, now: Instant, e: Event) {
+        match e {
+            Event::DataPlane(t) => self.events.push_back(NodeEvent::DataPlane(t)),
+            Event::TargetsChanged(t) => self.events.push_back(NodeEvent::TargetsChanged(t)),
+            Event::PeerRemoved(p) => self.events.push_back(NodeEvent::PeerRemoved(p)),
+            Event::NeighbourUp(p) => {
+                if let Some(i) = &self.ipam {
+                    self.router.gossip_to(p, Channel::IPAM, i.full_state());
+                }
+            }
+            Event::GossipTick => {
+                if let Some(i) = &self.ipam {
+                    self.router.gossip_random(Channel::IPAM, i.full_state());
+                }
+            }
+            Event::Gossip {
+                channel,
+                from,
+                payload,
+            } if channel == Channel::IPAM => {
+                if let Some(i) = &mut self.ipam
+                    && let Err(reason) = i.handle_message(now, from, &payload)
+                {
+                    self.router.reject_peer(now, from, reason);
+                }
+            }
+            Event::Broadcast {
+                channel,
+                src,
+                from,
+                payload,
+            } if channel == Channel::IPAM => {
+                if let Some(i) = &mut self.ipam {
+                    match i.handle_message(now, src, &payload) {
+                        Ok(true) => self
+                            .router
+                            .relay_broadcast(channel, src, payload, Some(from)),
+                        Ok(false) => {}
+                        Err(reason) => self.router.reject_peer(now, from, reason),
+                    }
+                }
+            }
+            Event::Unicast {
+                channel,
+                src,
+                payload,
+            } if channel == Channel::IPAM => {
+                if let Some(i) = &mut self.ipam
+                    && let Err(reason) = i.handle_message(now, src, &payload)
+                {
+                    warn!("IP allocation message from {src} refused: {reason}");
+                }
+            }
+            Event::Gossip { .. } | Event::Broadcast { .. } | Event::Unicast { .. } => {}
+        }
+    }
+}
