@@ -60,6 +60,62 @@ pub fn status(r: &Report) -> String {
         rt.trusted_subnets.join(", ")
     };
     line(&mut out, "TrustedSubnets", trusted);
+    if let Some(i) = &r.ipam {
+        out.push('\n');
+        line(&mut out, "Service", "ipam");
+        line(&mut out, "Status", &i.status);
+        line(&mut out, "Range", &i.range);
+        line(&mut out, "DefaultSubnet", &i.default_subnet);
+        if !i.conflicts.is_empty() {
+            line(
+                &mut out,
+                "Conflicts",
+                format!("{} (see 'weft status ipam')", i.conflicts.len()),
+            );
+        }
+    }
+    out
+}
+
+/// `weft status ipam`: space per peer (ours first), what is unreachable, what was refused.
+pub fn ipam(r: &Report) -> String {
+    let mut out = String::new();
+    let Some(i) = &r.ipam else {
+        return "IP address allocation is disabled\n".into();
+    };
+    if i.owners.is_empty() {
+        let _ = writeln!(out, "no IP allocation ring yet: {}", i.status);
+    }
+    let total = i.range_num_ips.max(1) as f64;
+    let mut owners: Vec<&crate::types::IpamOwnerReport> = i.owners.iter().collect();
+    owners.sort_by_key(|o| !o.local);
+    for o in owners {
+        let info = if o.local {
+            format!("({} active)", o.active)
+        } else if !o.reachable {
+            "- unreachable!".to_string()
+        } else {
+            String::new()
+        };
+        let who = format!("{}({})", o.name, o.nick_name);
+        let pct = o.ips as f64 * 100.0 / total;
+        let _ = writeln!(
+            out,
+            "{who:<37} {:>8} IPs ({pct:04.1}% of total) {info}",
+            o.ips
+        );
+    }
+    if i.unreachable_ips > 0 {
+        let pct = i.unreachable_ips as f64 * 100.0 / total;
+        let _ = writeln!(
+            out,
+            "\n{} IPs ({pct:.1}% of total) are owned by unreachable peers; if those peers are gone for good, run 'weft rmpeer PEER' on one host.",
+            i.unreachable_ips
+        );
+    }
+    for c in &i.conflicts {
+        let _ = writeln!(out, "\nrefused IP allocation data from {c}");
+    }
     out
 }
 
@@ -216,6 +272,7 @@ mod tests {
                 ],
                 ..Default::default()
             },
+            ipam: None,
         }
     }
 
@@ -250,6 +307,52 @@ mod tests {
             p.lines().nth(1).unwrap(),
             "   -> 198.18.0.2:6783       aa:00:00:00:00:02(host2)              established"
         );
+    }
+
+    #[test]
+    fn ipam_layouts() {
+        let mut r = report();
+        r.ipam = Some(IpamReport {
+            status: "ready".into(),
+            range: "10.32.0.0/12".into(),
+            range_num_ips: 1 << 20,
+            default_subnet: "10.32.0.0/12".into(),
+            owners: vec![
+                IpamOwnerReport {
+                    name: "aa:00:00:00:00:02".into(),
+                    nick_name: "host2".into(),
+                    ips: 1 << 18,
+                    reachable: false,
+                    local: false,
+                    active: 0,
+                },
+                IpamOwnerReport {
+                    name: "6e:b2:81:6c:ac:b3".into(),
+                    nick_name: "host1".into(),
+                    ips: 3 << 18,
+                    reachable: true,
+                    local: true,
+                    active: 2,
+                },
+            ],
+            unreachable_ips: 1 << 18,
+            ..Default::default()
+        });
+        let s = status(&r);
+        assert!(s.ends_with(
+            "\n        Service: ipam\n         Status: ready\n          Range: 10.32.0.0/12\n  DefaultSubnet: 10.32.0.0/12\n"
+        ), "{s}");
+        let i = ipam(&r);
+        let lines: Vec<&str> = i.lines().collect();
+        assert_eq!(
+            lines[0],
+            "6e:b2:81:6c:ac:b3(host1)                786432 IPs (75.0% of total) (2 active)"
+        );
+        assert_eq!(
+            lines[1],
+            "aa:00:00:00:00:02(host2)                262144 IPs (25.0% of total) - unreachable!"
+        );
+        assert!(i.contains("262144 IPs (25.0% of total) are owned by unreachable peers"));
     }
 
     #[test]

@@ -12,6 +12,58 @@ pub struct Report {
     pub ready: bool,
     pub version: String,
     pub router: RouterReport,
+    #[serde(rename = "IPAM", default, skip_serializing_if = "Option::is_none")]
+    pub ipam: Option<IpamReport>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct IpamReport {
+    /// As `Status:` in `weft status`.
+    pub status: String,
+    pub range: String,
+    #[serde(rename = "RangeNumIPs")]
+    pub range_num_ips: u64,
+    #[serde(rename = "ActiveIPs")]
+    pub active_ips: usize,
+    pub default_subnet: String,
+    pub entries: Vec<IpamEntryReport>,
+    pub pending_claims: usize,
+    pub pending_allocates: usize,
+    /// weft's own: the ring's identity (hash of range and seeds), and its seeds.
+    pub ring: Option<String>,
+    pub seeds: Vec<String>,
+    /// weft's own: peers whose IP allocation data was refused, and why.
+    pub conflicts: Vec<String>,
+    /// weft's own: space per owning peer.
+    pub owners: Vec<IpamOwnerReport>,
+    #[serde(rename = "UnreachableIPs")]
+    pub unreachable_ips: u64,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct IpamEntryReport {
+    pub token: String,
+    pub size: u64,
+    pub peer: String,
+    pub nickname: String,
+    pub is_known_peer: bool,
+    pub version: u32,
+    pub free: u32,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct IpamOwnerReport {
+    pub name: String,
+    pub nick_name: String,
+    #[serde(rename = "IPs")]
+    pub ips: u64,
+    pub reachable: bool,
+    pub local: bool,
+    /// Addresses in use, for the local peer.
+    pub active: usize,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -104,21 +156,68 @@ pub struct MacReport {
 pub struct AttachRequest {
     /// A PID, a namespace path, or an `ip netns` name.
     pub container: String,
-    pub cidrs: Vec<Ipv4Net>,
+    /// Weave's address arguments (see [`AddrSpec`]); none means `net:default`.
+    #[serde(default)]
+    pub addrs: Vec<String>,
     #[serde(default = "yes")]
     pub multicast_route: bool,
+}
+
+/// What `POST /attach` did.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AttachResponse {
+    pub container: ContainerEntry,
+    /// The addresses this request asked for, in order.
+    pub addresses: Vec<Ipv4Net>,
+}
+
+/// One address argument of attach/detach, in Weave's grammar.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AddrSpec {
+    /// `CIDR` or `ip:CIDR`: exactly this address.
+    Exact(Ipv4Net),
+    /// `net:CIDR`: any free address in this subnet.
+    Subnet(Ipv4Net),
+    /// `net:default`: any free address in the default subnet.
+    DefaultSubnet,
+}
+
+impl std::str::FromStr for AddrSpec {
+    type Err = String;
+    fn from_str(a: &str) -> Result<Self, String> {
+        if a == "net:default" {
+            return Ok(AddrSpec::DefaultSubnet);
+        }
+        if let Some(n) = a.strip_prefix("net:") {
+            let net: Ipv4Net = n
+                .parse()
+                .map_err(|_| format!("{a:?} is not a subnet like net:10.32.0.0/12"))?;
+            if net != net.trunc() {
+                return Err(format!(
+                    "{a:?}: a subnet must have all host bits zero (did you mean net:{}?)",
+                    net.trunc()
+                ));
+            }
+            return Ok(AddrSpec::Subnet(net));
+        }
+        let s = a.strip_prefix("ip:").unwrap_or(a);
+        s.parse().map(AddrSpec::Exact).map_err(|_| {
+            format!("{a:?} is not an IPv4 address with a prefix length, like 10.32.0.1/12 (or net:CIDR, net:default)")
+        })
+    }
 }
 
 fn yes() -> bool {
     true
 }
 
-/// `POST /detach`: no CIDRs means all of the container's weft addresses.
+/// `POST /detach`: no addresses means all of the container's weft addresses.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct DetachRequest {
     pub container: String,
+    /// As for attach: exact addresses, or `net:` subnets meaning "my addresses in there".
     #[serde(default)]
-    pub cidrs: Vec<Ipv4Net>,
+    pub addrs: Vec<String>,
 }
 
 /// One container on the overlay, as `weft ps` shows it.

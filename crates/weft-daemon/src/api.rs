@@ -15,15 +15,18 @@ use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
+use ipnet::Ipv4Net;
 use tokio::sync::{mpsc, oneshot};
 use weft_api::render;
 use weft_api::types::*;
+use weft_core::ipam::IpamStatus;
 use weft_core::mesh::{ConnectionState, RouterStatus};
 use weft_core::overlay::MacOwner;
 
 use crate::attach::{AttachError, Attacher};
-use crate::control::ControlInput;
+use crate::control::{ControlInput, IpamCmd};
 use crate::dataplane::{DataPlaneMsg, DataPlaneSnapshot};
+use crate::ipam_api::{ipam, ipam_error};
 
 pub struct App {
     pub version: String,
@@ -33,6 +36,9 @@ pub struct App {
     pub interface: String,
     pub mtu: u32,
     pub default_port: u16,
+    /// The IPAM default subnet (for `PUT /ip/{id}/{ip}`, `GET /ip/{id}`).
+    pub default_subnet: Ipv4Net,
+    pub ipam_enabled: bool,
 }
 
 pub struct ApiError {
@@ -41,7 +47,7 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
         ApiError {
             status,
             message: message.into(),
@@ -89,11 +95,12 @@ pub fn router(app: Arc<App>) -> Http {
         .route("/detach", post(detach))
         .route("/ps", get(ps))
         .route("/peer", delete(leave))
+        .merge(crate::ipam_api::routes())
         .with_state(app)
 }
 
 /// Sends a request to the control task and waits for its answer.
-async fn ask_control<T>(
+pub async fn ask_control<T>(
     app: &App,
     make: impl FnOnce(oneshot::Sender<T>) -> ControlInput,
 ) -> Result<T, ApiError> {
@@ -105,7 +112,7 @@ async fn ask_control<T>(
     rx.await.map_err(|_| ApiError::unavailable())
 }
 
-async fn query_router(app: &App) -> Result<RouterStatus, ApiError> {
+async fn query_router(app: &App) -> Result<(RouterStatus, Option<IpamStatus>), ApiError> {
     ask_control(app, ControlInput::Status).await
 }
 
@@ -132,7 +139,7 @@ fn wall_clock(after: Duration) -> String {
 }
 
 pub async fn build_report(app: &App) -> Result<Report, ApiError> {
-    let st = query_router(app).await?;
+    let (st, ipam_st) = query_router(app).await?;
     let dp = query_dataplane(app).await;
     let nick_of = |name: &weft_proto::PeerName| {
         st.peers
@@ -272,7 +279,57 @@ pub async fn build_report(app: &App) -> Result<Report, ApiError> {
             mtu: app.mtu,
             stats,
         },
+        ipam: ipam_st.map(|i| ipam_report(&st, i)),
     })
+}
+
+fn ipam_report(st: &RouterStatus, i: IpamStatus) -> IpamReport {
+    let known = |p: &weft_proto::PeerName| st.peers.iter().any(|x| x.name == *p);
+    let nick = |p: &weft_proto::PeerName| {
+        st.peers
+            .iter()
+            .find(|x| x.name == *p)
+            .map(|x| x.nickname.clone())
+            .unwrap_or_default()
+    };
+    IpamReport {
+        status: i.status,
+        range: i.range.to_string(),
+        range_num_ips: i.total,
+        active_ips: i.active,
+        default_subnet: i.default_subnet.to_string(),
+        entries: i
+            .entries
+            .iter()
+            .map(|(token, size, peer, version, free)| IpamEntryReport {
+                token: std::net::Ipv4Addr::from(*token).to_string(),
+                size: *size,
+                peer: peer.to_string(),
+                nickname: nick(peer),
+                is_known_peer: known(peer),
+                version: *version,
+                free: *free,
+            })
+            .collect(),
+        pending_claims: i.pending_claims,
+        pending_allocates: i.pending_allocates,
+        ring: i.ring,
+        seeds: i.seeds.iter().map(ToString::to_string).collect(),
+        conflicts: i.conflicts,
+        owners: i
+            .owners
+            .iter()
+            .map(|(p, n, ips, reachable)| IpamOwnerReport {
+                name: p.to_string(),
+                nick_name: if n.is_empty() { nick(p) } else { n.clone() },
+                ips: *ips,
+                reachable: *reachable,
+                local: *p == st.name,
+                active: if *p == st.name { i.active } else { 0 },
+            })
+            .collect(),
+        unreachable_ips: i.unreachable_ips,
+    }
 }
 
 fn text(body: String) -> Response {
@@ -290,11 +347,12 @@ async fn status_sub(State(app): AppState, Path(sub): Path<String>) -> Result<Res
         "connections" => render::connections(&r),
         "peers" => render::peers(&r),
         "targets" => render::targets(&r),
+        "ipam" => render::ipam(&r),
         other => {
             return Err(ApiError::new(
                 StatusCode::NOT_FOUND,
                 format!(
-                    "Invalid 'weft status' sub-command: {other} (use targets, connections or peers)"
+                    "Invalid 'weft status' sub-command: {other} (use targets, connections, peers or ipam)"
                 ),
             ));
         }
@@ -429,15 +487,162 @@ fn json_body<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, ApiError
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("bad request body: {e}")))
 }
 
-async fn attach(State(app): AppState, body: Bytes) -> Result<Response, ApiError> {
-    let req: AttachRequest = json_body(&body)?;
-    let entry = app.attacher.attach(req).await?;
-    Ok(axum::Json(entry).into_response())
+fn parse_specs(addrs: &[String]) -> Result<Vec<AddrSpec>, ApiError> {
+    addrs
+        .iter()
+        .map(|a| {
+            a.parse()
+                .map_err(|e: String| ApiError::new(StatusCode::BAD_REQUEST, e))
+        })
+        .collect()
 }
 
+/// Attach: address arguments become addresses (allocated, claimed, or taken as given when IP
+/// allocation is off), then the container is plugged in. If plugging in fails, addresses this
+/// request obtained are released again.
+async fn attach(State(app): AppState, body: Bytes) -> Result<Response, ApiError> {
+    let req: AttachRequest = json_body(&body)?;
+    let mut specs = parse_specs(&req.addrs)?;
+    if specs.is_empty() {
+        specs.push(AddrSpec::DefaultSubnet);
+    }
+    for spec in &specs {
+        if let AddrSpec::Exact(net) = spec {
+            crate::attach::check_cidr(net)?;
+        }
+    }
+    let ident = app.attacher.identify(&req.container).await?;
+    let before: Vec<Ipv4Net> = if app.ipam_enabled {
+        ipam(&app, |reply| IpamCmd::Lookup {
+            ident: ident.clone(),
+            subnet: None,
+            reply,
+        })
+        .await?
+    } else {
+        Vec::new()
+    };
+    let mut nets = Vec::new();
+    let mut obtained = Vec::new();
+    let mut failure = None;
+    for spec in specs {
+        let r = match spec {
+            AddrSpec::Exact(net) if !app.ipam_enabled => Ok(net),
+            _ if !app.ipam_enabled => Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "IP address allocation is disabled (--ipalloc-range \"\"): give explicit addresses like 10.32.0.1/12",
+            )),
+            AddrSpec::Exact(net) => {
+                let id = ident.clone();
+                ipam(&app, |reply| IpamCmd::Claim {
+                    ident: id,
+                    net,
+                    reply,
+                })
+                .await
+                .and_then(|r| r.map_err(ipam_error))
+            }
+            AddrSpec::Subnet(_) | AddrSpec::DefaultSubnet => {
+                let subnet = match spec {
+                    AddrSpec::Subnet(s) => Some(s),
+                    _ => None,
+                };
+                let id = ident.clone();
+                ipam(&app, |reply| IpamCmd::Allocate {
+                    ident: id,
+                    subnet,
+                    reply,
+                })
+                .await
+                .and_then(|r| r.map_err(ipam_error))
+            }
+        };
+        match r {
+            Ok(net) => {
+                if !before.contains(&net) && app.ipam_enabled {
+                    obtained.push(net);
+                }
+                nets.push(net);
+            }
+            Err(e) => {
+                failure = Some(e);
+                break;
+            }
+        }
+    }
+    let result = match failure {
+        Some(e) => Err(e),
+        None => app
+            .attacher
+            .attach(&req.container, &ident, nets.clone(), req.multicast_route)
+            .await
+            .map_err(ApiError::from),
+    };
+    match result {
+        Ok(entry) => Ok(axum::Json(AttachResponse {
+            container: entry,
+            addresses: nets,
+        })
+        .into_response()),
+        Err(e) => {
+            for n in obtained {
+                let id = ident.clone();
+                let _ = ipam(&app, |reply| IpamCmd::Release {
+                    ident: id,
+                    addr: Some(n.addr()),
+                    reply,
+                })
+                .await;
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Detach: `net:` arguments mean "the container's addresses in that subnet". The addresses go
+/// back to IP allocation.
 async fn detach(State(app): AppState, body: Bytes) -> Result<Response, ApiError> {
     let req: DetachRequest = json_body(&body)?;
-    let removed = app.attacher.detach(req).await?;
+    let specs = parse_specs(&req.addrs)?;
+    let remove = if specs.is_empty() {
+        None
+    } else {
+        let Some(entry) = app.attacher.lookup(&req.container).await? else {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("container {} is not attached to weft", req.container),
+            ));
+        };
+        let mut list = Vec::new();
+        for spec in specs {
+            match spec {
+                AddrSpec::Exact(n) => list.push(n),
+                AddrSpec::Subnet(s) => {
+                    list.extend(entry.cidrs.iter().filter(|c| s.contains(&c.addr())))
+                }
+                AddrSpec::DefaultSubnet => list.extend(
+                    entry
+                        .cidrs
+                        .iter()
+                        .filter(|c| app.default_subnet.contains(&c.addr())),
+                ),
+            }
+        }
+        list.dedup();
+        Some(list)
+    };
+    let (ident, removed) = app.attacher.detach(&req.container, remove).await?;
+    if app.ipam_enabled {
+        for n in &removed {
+            let id = ident.clone();
+            let _ = ipam(&app, |reply| IpamCmd::Release {
+                ident: id,
+                addr: Some(n.addr()),
+                reply,
+            })
+            .await;
+        }
+    }
     Ok(axum::Json(removed).into_response())
 }
 
@@ -453,8 +658,32 @@ async fn ps(State(app): AppState, RawQuery(q): RawQuery) -> Result<Response, Api
     Ok(axum::Json(list).into_response())
 }
 
-/// `DELETE /peer`: this peer is leaving the mesh for good (`weft reset`). Nothing to hand
-/// over yet; IP address ranges will be handed to a live peer here.
-async fn leave() -> StatusCode {
-    StatusCode::NO_CONTENT
+/// `DELETE /peer`: this peer is leaving the mesh for good (`weft reset`): its address ranges
+/// go to a live peer. Answers once the hand-over has been sent.
+async fn leave(State(app): AppState) -> Result<Response, ApiError> {
+    if !app.ipam_enabled {
+        return Ok(StatusCode::NO_CONTENT.into_response());
+    }
+    let heir = ipam(&app, |reply| IpamCmd::Shutdown { reply }).await?;
+    // The hand-over is queued on the connections; give the writers a moment to send it.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    Ok(match heir {
+        Some(h) => format!("address ranges handed over to {h}\n").into_response(),
+        None => StatusCode::NO_CONTENT.into_response(),
+    })
+}
+
+/// Releases the addresses of containers that went away.
+pub async fn release_gone(app: &App, gone: Vec<crate::attach::Attachment>) {
+    if !app.ipam_enabled {
+        return;
+    }
+    for a in gone {
+        let _ = ipam(app, |reply| IpamCmd::Release {
+            ident: a.id.clone(),
+            addr: None,
+            reply,
+        })
+        .await;
+    }
 }

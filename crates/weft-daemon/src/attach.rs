@@ -17,7 +17,7 @@ use std::path::PathBuf;
 use ipnet::{IpNet, Ipv4Net};
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
-use weft_api::types::{AttachRequest, ContainerEntry, DetachRequest};
+use weft_api::types::ContainerEntry;
 use weft_linux::netlink::{LinkConfig, Netlink};
 use weft_linux::netns::{self, Netns};
 use weft_linux::sysctl;
@@ -92,7 +92,7 @@ fn namespace_alive(a: &Attachment) -> bool {
 
 /// Rejects addresses that cannot name a host: the network and broadcast addresses of their
 /// subnet (unless the subnet is a /31 or /32).
-fn check_cidr(c: &Ipv4Net) -> Result<(), AttachError> {
+pub fn check_cidr(c: &Ipv4Net) -> Result<(), AttachError> {
     if c.prefix_len() < 31 && (c.addr() == c.network() || c.addr() == c.broadcast()) {
         return Err(AttachError::Invalid(format!(
             "{c}: {} is the {} address of its subnet; choose a host address",
@@ -178,29 +178,66 @@ impl Attacher {
         gone
     }
 
-    pub async fn attach(&self, req: AttachRequest) -> Result<ContainerEntry, AttachError> {
-        if req.cidrs.is_empty() {
+    /// Opens a container reference and refuses the host's own namespace.
+    fn target(&self, container: &str) -> Result<Target, AttachError> {
+        let t = open_target(container)?;
+        if t.ns_id == self.host_ns {
+            return Err(AttachError::Invalid(format!(
+                "container {container} is running in the host network namespace; weft cannot attach it"
+            )));
+        }
+        Ok(t)
+    }
+
+    /// The name weft files a container under (for IP allocation): the name it was first
+    /// attached by, or the reference given if it is not attached yet.
+    pub async fn identify(&self, container: &str) -> Result<String, AttachError> {
+        let t = self.target(container)?;
+        let entries = self.entries.lock().await;
+        Ok(entries
+            .values()
+            .find(|a| a.ns_id == t.ns_id && namespace_alive(a))
+            .map_or(t.id, |a| a.id.clone()))
+    }
+
+    /// The attachment of a container, if it is attached.
+    pub async fn lookup(&self, container: &str) -> Result<Option<Attachment>, AttachError> {
+        let t = open_target(container)?;
+        let entries = self.entries.lock().await;
+        Ok(entries.values().find(|a| a.ns_id == t.ns_id).cloned())
+    }
+
+    /// Plugs `container` in with `cidrs` (adding addresses if it is plugged in already).
+    pub async fn attach(
+        &self,
+        container: &str,
+        ident: &str,
+        cidrs: Vec<Ipv4Net>,
+        multicast_route: bool,
+    ) -> Result<ContainerEntry, AttachError> {
+        if cidrs.is_empty() {
             return Err(AttachError::Invalid(
                 "no address given: weft attach needs at least one CIDR (e.g. 10.32.0.1/12)".into(),
             ));
         }
-        for c in &req.cidrs {
+        for c in &cidrs {
             check_cidr(c)?;
         }
-        let t = open_target(&req.container)?;
-        if t.ns_id == self.host_ns {
-            return Err(AttachError::Invalid(format!(
-                "container {} is running in the host network namespace; weft cannot attach it",
-                req.container
-            )));
-        }
+        let mut t = self.target(container)?;
+        t.id = ident.to_string();
         let mut entries = self.entries.lock().await;
-        Self::prune(&mut entries);
-        let existing = entries.values().find(|a| a.ns_id == t.ns_id).cloned();
-        for c in &req.cidrs {
-            let owner = entries
-                .values()
-                .find(|a| a.ns_id != t.ns_id && a.cidrs.iter().any(|o| o.addr() == c.addr()));
+        // Entries of vanished containers are left for the reaper, which also releases their
+        // addresses; here they simply do not count.
+        let existing = entries
+            .values()
+            .find(|a| a.ns_id == t.ns_id && namespace_alive(a))
+            .cloned();
+        for c in &cidrs {
+            let owner = entries.values().find(|a| {
+                a.ns_id != t.ns_id
+                    && a.cidrs.iter().any(|o| o.addr() == c.addr())
+                    && namespace_alive(a)
+            });
             if let Some(o) = owner {
                 return Err(AttachError::Conflict(format!(
                     "address {} is already in use by container {}",
@@ -211,8 +248,7 @@ impl Attacher {
         }
         let entry = match existing {
             Some(mut a) => {
-                let new: Vec<Ipv4Net> = req
-                    .cidrs
+                let new: Vec<Ipv4Net> = cidrs
                     .iter()
                     .filter(|c| !a.cidrs.contains(c))
                     .copied()
@@ -221,7 +257,7 @@ impl Attacher {
                 a.cidrs.extend(new);
                 a
             }
-            None => self.plug(&t, &req).await?,
+            None => self.plug(&t, &cidrs, multicast_route).await?,
         };
         let out = ContainerEntry {
             id: entry.id.clone(),
@@ -235,7 +271,12 @@ impl Attacher {
     }
 
     /// Creates the veth pair and configures both ends; undoes everything on failure.
-    async fn plug(&self, t: &Target, req: &AttachRequest) -> Result<Attachment, AttachError> {
+    async fn plug(
+        &self,
+        t: &Target,
+        cidrs: &[Ipv4Net],
+        multicast_route: bool,
+    ) -> Result<Attachment, AttachError> {
         let (host_if, temp_if) = host_ifname(&t.id);
         // A leftover from an earlier attach of a container with this id that has since gone.
         if let Some(l) = self.nl.link_by_name(&host_if).await? {
@@ -258,8 +299,8 @@ impl Attacher {
                 .move_to_netns(peer.index, std::os::fd::AsRawFd::as_raw_fd(t.ns.file()))
                 .await?;
             let mac = Mac::from_random(crate::random_u64());
-            let cidrs = req.cidrs.clone();
-            let (mtu, mcast) = (self.mtu, req.multicast_route);
+            let cidrs = cidrs.to_vec();
+            let (mtu, mcast) = (self.mtu, multicast_route);
             netns::run_in(&t.ns, move || {
                 configure_inside(temp_if, mac, mtu, cidrs, mcast)
             })
@@ -274,7 +315,7 @@ impl Attacher {
                 ns_id: t.ns_id,
                 host_if,
                 mac: mac.to_string(),
-                cidrs: req.cidrs.clone(),
+                cidrs: cidrs.to_vec(),
             }),
             Err(e) => {
                 // Deleting one end of a veth pair deletes both, wherever the other end is.
@@ -286,27 +327,32 @@ impl Attacher {
         }
     }
 
-    pub async fn detach(&self, req: DetachRequest) -> Result<Vec<Ipv4Net>, AttachError> {
-        let t = open_target(&req.container)?;
+    /// Removes `remove` (all of the container's addresses if `None`); returns what was
+    /// removed, under the container's ident.
+    pub async fn detach(
+        &self,
+        container: &str,
+        remove: Option<Vec<Ipv4Net>>,
+    ) -> Result<(String, Vec<Ipv4Net>), AttachError> {
+        let t = open_target(container)?;
         let mut entries = self.entries.lock().await;
         let Some(a) = entries.values().find(|a| a.ns_id == t.ns_id).cloned() else {
             return Err(AttachError::NotFound(format!(
-                "container {} is not attached to weft",
-                req.container
+                "container {container} is not attached to weft"
             )));
         };
-        let remove: Vec<Ipv4Net> = if req.cidrs.is_empty() {
-            a.cidrs.clone()
-        } else {
-            for c in &req.cidrs {
-                if !a.cidrs.contains(c) {
-                    return Err(AttachError::Invalid(format!(
-                        "container {} does not have address {c}",
-                        req.container
-                    )));
+        let remove: Vec<Ipv4Net> = match remove {
+            None => a.cidrs.clone(),
+            Some(list) => {
+                for c in &list {
+                    if !a.cidrs.contains(c) {
+                        return Err(AttachError::Invalid(format!(
+                            "container {container} does not have address {c}"
+                        )));
+                    }
                 }
+                list
             }
-            req.cidrs.clone()
         };
         let keep: Vec<Ipv4Net> = a
             .cidrs
@@ -323,15 +369,12 @@ impl Attacher {
         }
         self.save(&entries);
         info!(container = %a.id, cidrs = ?remove, "detached");
-        Ok(remove)
+        Ok((a.id, remove))
     }
 
     /// Attached containers, optionally only those named.
     pub async fn list(&self, only: &[String]) -> Result<Vec<ContainerEntry>, AttachError> {
-        let mut entries = self.entries.lock().await;
-        if !Self::prune(&mut entries).is_empty() {
-            self.save(&entries);
-        }
+        let entries = self.entries.lock().await;
         let wanted: Option<Vec<(u64, u64)>> = if only.is_empty() {
             None
         } else {
@@ -344,6 +387,7 @@ impl Attacher {
         Ok(entries
             .values()
             .filter(|a| wanted.as_ref().is_none_or(|w| w.contains(&a.ns_id)))
+            .filter(|a| namespace_alive(a))
             .map(|a| ContainerEntry {
                 id: a.id.clone(),
                 mac: a.mac.clone(),

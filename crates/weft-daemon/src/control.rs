@@ -7,16 +7,20 @@
 //! data plane, persists targets, and sleeps until the router's next timer.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use ipnet::Ipv4Net;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream, UdpSocket};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
-use tracing::{debug, info, warn};
-use weft_core::mesh::{Action, ConnId, Event, Router, RouterStatus};
+use tracing::{debug, error, info, warn};
+use weft_core::ipam::{IpamError, IpamStatus, OpId};
+use weft_core::mesh::{Action, ConnId, RouterStatus};
+use weft_core::node::{Node, NodeEvent};
+use weft_proto::PeerName;
 
 use crate::dataplane::DataPlaneMsg;
 use crate::state::StateDir;
@@ -47,7 +51,8 @@ pub enum ControlInput {
         from: SocketAddr,
         bytes: Vec<u8>,
     },
-    Status(oneshot::Sender<RouterStatus>),
+    Status(oneshot::Sender<(RouterStatus, Option<IpamStatus>)>),
+    Ipam(IpamCmd),
     /// Targets already resolved: `(as given, address, port given)`.
     Connect {
         targets: Vec<(String, SocketAddr, bool)>,
@@ -60,13 +65,58 @@ pub enum ControlInput {
     },
 }
 
+/// IP address management requests (answered once any state change is on disk).
+pub enum IpamCmd {
+    Allocate {
+        ident: String,
+        subnet: Option<Ipv4Net>,
+        reply: oneshot::Sender<Result<Ipv4Net, IpamError>>,
+    },
+    Claim {
+        ident: String,
+        net: Ipv4Net,
+        reply: oneshot::Sender<Result<Ipv4Net, IpamError>>,
+    },
+    Prime {
+        reply: oneshot::Sender<Result<Ipv4Net, IpamError>>,
+    },
+    Release {
+        ident: String,
+        addr: Option<Ipv4Addr>,
+        reply: oneshot::Sender<Vec<Ipv4Net>>,
+    },
+    Lookup {
+        ident: String,
+        subnet: Option<Ipv4Net>,
+        reply: oneshot::Sender<Vec<Ipv4Net>>,
+    },
+    RmPeer {
+        who: String,
+        reply: oneshot::Sender<Result<u64, String>>,
+    },
+    /// This peer leaves for good: hand our ranges to a live peer.
+    Shutdown {
+        reply: oneshot::Sender<Option<PeerName>>,
+    },
+}
+
+/// An answer to give once the state it depends on is persisted.
+enum Deferred {
+    Nets(oneshot::Sender<Vec<Ipv4Net>>, Vec<Ipv4Net>),
+    Count(oneshot::Sender<Result<u64, String>>, Result<u64, String>),
+    Heir(oneshot::Sender<Option<PeerName>>, Option<PeerName>),
+}
+
 struct ConnIo {
     tx: mpsc::Sender<Vec<u8>>,
     reader: JoinHandle<()>,
 }
 
 pub struct Control {
-    router: Router,
+    node: Node,
+    next_op: OpId,
+    pending: HashMap<OpId, oneshot::Sender<Result<Ipv4Net, IpamError>>>,
+    deferred: Vec<Deferred>,
     rx: mpsc::Receiver<ControlInput>,
     tx: mpsc::Sender<ControlInput>,
     conns: HashMap<ConnId, ConnIo>,
@@ -79,7 +129,7 @@ pub struct Control {
 impl Control {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
-        router: Router,
+        node: Node,
         rx: mpsc::Receiver<ControlInput>,
         tx: mpsc::Sender<ControlInput>,
         udp: Arc<UdpSocket>,
@@ -88,7 +138,10 @@ impl Control {
         bind_ip: Option<IpAddr>,
     ) -> Self {
         Control {
-            router,
+            node,
+            next_op: 1,
+            pending: HashMap::new(),
+            deferred: Vec::new(),
             rx,
             tx,
             conns: HashMap::new(),
@@ -102,7 +155,7 @@ impl Control {
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
         loop {
             self.carry_out().await;
-            let deadline = self.router.poll_timeout();
+            let deadline = self.node.poll_timeout();
             let sleep = async {
                 match deadline {
                     Some(d) => tokio::time::sleep_until(tokio::time::Instant::from_std(d)).await,
@@ -111,10 +164,20 @@ impl Control {
             };
             tokio::select! {
                 m = self.rx.recv() => match m {
-                    Some(m) => self.handle(m),
+                    Some(m) => {
+                        self.handle(m);
+                        // Take whatever else is already waiting before carrying out, so that
+                        // concurrent requests share one write of the IPAM state.
+                        for _ in 0..64 {
+                            match self.rx.try_recv() {
+                                Ok(m) => self.handle(m),
+                                Err(_) => break,
+                            }
+                        }
+                    }
                     None => break,
                 },
-                _ = sleep => self.router.handle_timeout(Instant::now()),
+                _ = sleep => self.node.handle_timeout(Instant::now()),
                 _ = shutdown.changed() => break,
             }
         }
@@ -127,67 +190,163 @@ impl Control {
         let now = Instant::now();
         match m {
             ControlInput::Accepted { stream, remote } => {
-                if let Some(conn) = self.router.handle_accept(now, remote) {
+                if let Some(conn) = self.node.handle_accept(now, remote) {
                     self.start_io(conn, stream);
                 }
             }
             ControlInput::Dialed { conn, result } => match result {
                 Ok(stream) => {
                     self.start_io(conn, stream);
-                    self.router.handle_dialed(now, conn, Ok(()));
+                    self.node.handle_dialed(now, conn, Ok(()));
                 }
-                Err(e) => self.router.handle_dialed(now, conn, Err(e)),
+                Err(e) => self.node.handle_dialed(now, conn, Err(e)),
             },
-            ControlInput::Data { conn, bytes } => self.router.handle_conn_data(now, conn, &bytes),
+            ControlInput::Data { conn, bytes } => self.node.handle_conn_data(now, conn, &bytes),
             ControlInput::Closed { conn, reason } => {
                 if let Some(io) = self.conns.remove(&conn) {
                     io.reader.abort();
                 }
-                self.router.handle_conn_closed(now, conn, reason);
+                self.node.handle_conn_closed(now, conn, reason);
             }
-            ControlInput::Udp { from, bytes } => self.router.handle_udp(now, from, &bytes),
+            ControlInput::Udp { from, bytes } => self.node.handle_udp(now, from, &bytes),
             ControlInput::Status(reply) => {
-                let _ = reply.send(self.router.status(now));
+                let ipam = self.node.ipam_status();
+                let _ = reply.send((self.node.status(now), ipam));
             }
+            ControlInput::Ipam(cmd) => self.ipam(now, cmd),
             ControlInput::Connect {
                 targets,
                 replace,
                 reply,
             } => {
-                self.router.connect(now, targets, replace);
+                self.node.connect(now, targets, replace);
                 let _ = reply.send(());
             }
             ControlInput::Forget { targets, reply } => {
-                self.router.forget(now, &targets);
+                self.node.forget(now, &targets);
                 let _ = reply.send(());
             }
         }
     }
 
+    fn ipam(&mut self, now: Instant, cmd: IpamCmd) {
+        let disabled = || {
+            IpamError::Refused(
+                "IP address allocation is disabled (launched with --ipalloc-range \"\")".into(),
+            )
+        };
+        match cmd {
+            IpamCmd::Allocate {
+                ident,
+                subnet,
+                reply,
+            } => {
+                let op = self.op();
+                if self.node.ipam_allocate(now, op, &ident, subnet) {
+                    self.pending.insert(op, reply);
+                } else {
+                    let _ = reply.send(Err(disabled()));
+                }
+            }
+            IpamCmd::Claim { ident, net, reply } => {
+                let op = self.op();
+                if self.node.ipam_claim(now, op, &ident, net) {
+                    self.pending.insert(op, reply);
+                } else {
+                    let _ = reply.send(Err(disabled()));
+                }
+            }
+            IpamCmd::Prime { reply } => {
+                let op = self.op();
+                if self.node.ipam_prime(now, op) {
+                    self.pending.insert(op, reply);
+                } else {
+                    let _ = reply.send(Err(disabled()));
+                }
+            }
+            IpamCmd::Release { ident, addr, reply } => {
+                let freed = self.node.ipam_release(now, &ident, addr);
+                self.deferred.push(Deferred::Nets(reply, freed));
+            }
+            IpamCmd::Lookup {
+                ident,
+                subnet,
+                reply,
+            } => {
+                let _ = reply.send(self.node.ipam_lookup(&ident, subnet));
+            }
+            IpamCmd::RmPeer { who, reply } => {
+                let r = self.node.ipam_rmpeer(now, &who);
+                self.deferred.push(Deferred::Count(reply, r));
+            }
+            IpamCmd::Shutdown { reply } => {
+                let heir = self.node.ipam_shutdown(now);
+                self.deferred.push(Deferred::Heir(reply, heir));
+            }
+        }
+    }
+
+    fn op(&mut self) -> OpId {
+        self.next_op += 1;
+        self.next_op
+    }
+
+    /// Carries out what the node asked for. Events come first, and the newest IPAM state in
+    /// them is written to disk (once per batch) before any answer is given or any gossip sent.
     async fn carry_out(&mut self) {
         loop {
-            let mut progressed = false;
-            while let Some(a) = self.router.poll_action() {
-                progressed = true;
-                self.act(a);
+            let events: Vec<NodeEvent> = std::iter::from_fn(|| self.node.poll_event()).collect();
+            let progressed = !events.is_empty() || !self.deferred.is_empty();
+            if let Some(p) = events.iter().rev().find_map(|e| match e {
+                NodeEvent::IpamPersist(p) => Some(p),
+                _ => None,
+            }) && let Err(e) = self.state.save_json_compact(crate::IPAM_FILE, p)
+            {
+                // Answering now could hand out an address twice after a crash: better to
+                // stop than to continue without durable state.
+                error!("cannot persist IP allocation state: {e}; stopping");
+                std::process::exit(1);
             }
-            while let Some(e) = self.router.poll_event() {
-                progressed = true;
+            for e in events {
                 match e {
-                    Event::DataPlane(t) => {
+                    NodeEvent::DataPlane(t) => {
                         let _ = self.dataplane.send(DataPlaneMsg::Table(t)).await;
                     }
-                    Event::PeerRemoved(p) => {
+                    NodeEvent::PeerRemoved(p) => {
                         let _ = self.dataplane.send(DataPlaneMsg::ForgetPeer(p)).await;
                     }
-                    Event::TargetsChanged(t) => {
+                    NodeEvent::TargetsChanged(t) => {
                         if let Err(e) = self.state.save_json(crate::TARGETS_FILE, &t) {
                             warn!("could not persist targets: {e}");
                         }
                     }
+                    NodeEvent::IpamPersist(_) => {}
+                    NodeEvent::IpamDone { op, result } => {
+                        if let Some(reply) = self.pending.remove(&op) {
+                            let _ = reply.send(result);
+                        }
+                    }
                 }
             }
-            if !progressed {
+            for d in self.deferred.drain(..) {
+                match d {
+                    Deferred::Nets(r, v) => {
+                        let _ = r.send(v);
+                    }
+                    Deferred::Count(r, v) => {
+                        let _ = r.send(v);
+                    }
+                    Deferred::Heir(r, v) => {
+                        let _ = r.send(v);
+                    }
+                }
+            }
+            let mut acted = false;
+            while let Some(a) = self.node.poll_action() {
+                acted = true;
+                self.act(a);
+            }
+            if !progressed && !acted {
                 return;
             }
         }
@@ -212,7 +371,7 @@ impl Control {
                     if let Some(io) = self.conns.remove(&conn) {
                         io.reader.abort();
                     }
-                    self.router.handle_conn_closed(
+                    self.node.handle_conn_closed(
                         Instant::now(),
                         conn,
                         "peer is not reading its messages (send queue full)".into(),

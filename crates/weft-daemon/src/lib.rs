@@ -14,6 +14,7 @@ pub mod attach;
 pub mod control;
 pub mod dataplane;
 pub mod hostnet;
+pub mod ipam_api;
 pub mod state;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -21,16 +22,20 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use ipnet::Ipv4Net;
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
-use weft_core::mesh::{Router, RouterConfig, Timing};
+use weft_core::ipam::{InitMode, IpamConfig, default_quorum};
+use weft_core::mesh::{RouterConfig, Timing};
+use weft_core::node::Node;
 use weft_linux::netlink::Netlink;
 use weft_proto::PeerName;
 
 use crate::state::{StateDir, StateError};
 
 pub const TARGETS_FILE: &str = "targets.json";
+pub const IPAM_FILE: &str = "ipam.json";
 pub const PID_FILE: &str = "weft.pid";
 pub const LOG_FILE: &str = "weft.log";
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -52,6 +57,67 @@ pub struct Config {
     pub state_dir: PathBuf,
     pub run_dir: PathBuf,
     pub timing: Timing,
+    /// IP address management; `None` disables it (`--ipalloc-range ""`).
+    pub ipam: Option<IpamSettings>,
+}
+
+#[derive(Clone, Debug)]
+pub struct IpamSettings {
+    pub range: Ipv4Net,
+    pub default_subnet: Option<Ipv4Net>,
+    /// `consensus[=N]`, `seed=NAME,...` or `observer` (Weave's `--ipalloc-init`).
+    pub init: Option<String>,
+    pub timeout: Duration,
+}
+
+impl Default for IpamSettings {
+    fn default() -> Self {
+        IpamSettings {
+            range: "10.32.0.0/12".parse().expect("valid CIDR"),
+            default_subnet: None,
+            init: None,
+            timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Parses `--ipalloc-init`; the default quorum counts the initial peers, as Weave does.
+pub fn parse_ipalloc_init(spec: Option<&str>, initial_peers: usize) -> Result<InitMode, String> {
+    let bad = |s: &str| {
+        format!(
+            "invalid --ipalloc-init {s:?}: use consensus, consensus=N, seed=PEERNAME,... or observer"
+        )
+    };
+    match spec {
+        None | Some("consensus") => Ok(InitMode::Consensus {
+            quorum: default_quorum(initial_peers),
+        }),
+        Some("observer") => Ok(InitMode::Observer),
+        Some(s) => {
+            if let Some(n) = s.strip_prefix("consensus=") {
+                let n: usize = n.parse().map_err(|_| bad(s))?;
+                if n == 0 {
+                    return Err(bad(s));
+                }
+                Ok(InitMode::Consensus { quorum: n / 2 + 1 })
+            } else if let Some(list) = s.strip_prefix("seed=") {
+                let seeds = list
+                    .split(',')
+                    .map(|p| {
+                        p.trim()
+                            .parse::<PeerName>()
+                            .map_err(|e| format!("--ipalloc-init seed: {e}"))
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                if seeds.is_empty() {
+                    return Err(bad(s));
+                }
+                Ok(InitMode::Seed(seeds))
+            } else {
+                Err(bad(s))
+            }
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -167,8 +233,35 @@ pub async fn run(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Result<(),
         mtu,
         timing: cfg.timing.clone(),
     };
-    let mut router = Router::new(router_cfg, Instant::now(), random_u64());
-    router.connect(Instant::now(), resolved, false);
+    let ipam = match &cfg.ipam {
+        None => None,
+        Some(s) => {
+            let init = parse_ipalloc_init(s.init.as_deref(), targets.len())
+                .map_err(DaemonError::Config)?;
+            if s.range.prefix_len() > 30 {
+                return Err(DaemonError::Config(format!(
+                    "--ipalloc-range {} is too small: it needs at least 4 addresses",
+                    s.range
+                )));
+            }
+            let mut icfg = IpamConfig::new(s.range, init);
+            if let Some(d) = s.default_subnet {
+                if !s.range.contains(&d.network()) && !d.contains(&s.range.network()) {
+                    return Err(DaemonError::Config(format!(
+                        "--ipalloc-default-subnet {d} does not overlap --ipalloc-range {}",
+                        s.range
+                    )));
+                }
+                icfg.default_subnet = d.trunc();
+            }
+            icfg.request_timeout = s.timeout;
+            let persisted = state.load_json::<Option<weft_proto::ipam::Persisted>>(IPAM_FILE)?;
+            Some((icfg, persisted))
+        }
+    };
+    let mut node =
+        Node::new(router_cfg, ipam, Instant::now(), random_u64()).map_err(DaemonError::Config)?;
+    node.connect(Instant::now(), resolved, false);
     info!(
         "weft router {VERSION} starting: peer {name}({}), port {}, overlay MTU {mtu}",
         cfg.nickname, cfg.port
@@ -177,7 +270,7 @@ pub async fn run(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Result<(),
     let (ctl_tx, ctl_rx) = mpsc::channel(4096);
     let (dp_tx, dp_rx) = mpsc::channel(256);
     let control = control::Control::new(
-        router,
+        node,
         ctl_rx,
         ctl_tx.clone(),
         udp.clone(),
@@ -199,6 +292,12 @@ pub async fn run(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Result<(),
         interface: format!("{} (via TAP)", host.tap_name),
         mtu,
         default_port: cfg.port,
+        default_subnet: cfg
+            .ipam
+            .as_ref()
+            .map(|i| i.default_subnet.unwrap_or(i.range).trunc())
+            .unwrap_or_else(|| "10.32.0.0/12".parse().expect("valid CIDR")),
+        ipam_enabled: cfg.ipam.is_some(),
     });
 
     let mut tasks = tokio::task::JoinSet::new();
@@ -214,7 +313,7 @@ pub async fn run(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Result<(),
     tasks.spawn(control::accept_loop(listener, ctl_tx, shutdown.clone()));
     {
         let mut sd = shutdown.clone();
-        let app_router = api::router(app);
+        let app_router = api::router(app.clone());
         tasks.spawn(async move {
             let serve = axum::serve(http, app_router).with_graceful_shutdown(async move {
                 let _ = sd.changed().await;
@@ -226,11 +325,15 @@ pub async fn run(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Result<(),
     }
     {
         let mut sd = shutdown.clone();
+        let app = app.clone();
         tasks.spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(2));
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
             loop {
                 tokio::select! {
-                    _ = tick.tick() => { attacher.reap().await; }
+                    _ = tick.tick() => {
+                        let gone = attacher.reap().await;
+                        api::release_gone(&app, gone).await;
+                    }
                     _ = sd.changed() => return,
                 }
             }

@@ -85,6 +85,12 @@ impl StateDir {
         self.write_atomic(file, &bytes)
     }
 
+    /// As [`StateDir::save_json`] without pretty-printing, for files that grow large.
+    pub fn save_json_compact<T: Serialize>(&self, file: &str, value: &T) -> Result<(), StateError> {
+        let bytes = serde_json::to_vec(value).expect("state types serialize to JSON");
+        self.write_atomic(file, &bytes)
+    }
+
     fn write_atomic(&self, file: &str, bytes: &[u8]) -> Result<(), StateError> {
         let path = self.path(file);
         let tmp = self.path(&format!(".{file}.tmp"));

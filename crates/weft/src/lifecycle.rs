@@ -77,6 +77,28 @@ pub fn router(cli: &Cli, args: &RouterArgs) -> Result<()> {
         state_dir: cli.state_dir.clone(),
         run_dir: cli.run_dir.clone(),
         timing: Default::default(),
+        ipam: if args.ipalloc_range.is_empty() {
+            None
+        } else {
+            let range: ipnet::Ipv4Net = args.ipalloc_range.parse().with_context(|| {
+                format!(
+                    "--ipalloc-range {:?} is not a CIDR like 10.32.0.0/12",
+                    args.ipalloc_range
+                )
+            })?;
+            if range != range.trunc() {
+                anyhow::bail!(
+                    "--ipalloc-range {range} has host bits set; did you mean {}?",
+                    range.trunc()
+                );
+            }
+            Some(weft_daemon::IpamSettings {
+                range,
+                default_subnet: args.ipalloc_default_subnet,
+                init: args.ipalloc_init.clone(),
+                timeout: Duration::from_secs(args.ipalloc_timeout),
+            })
+        },
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -10,7 +10,9 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use ipnet::Ipv4Net;
-use weft_api::types::{AttachRequest, ContainerEntry, DetachRequest, PeersRequest, Report};
+use weft_api::types::{
+    AddrSpec, AttachRequest, AttachResponse, ContainerEntry, DetachRequest, PeersRequest, Report,
+};
 use weft_api::{Client, ClientError, render};
 use weft_proto::PeerName;
 
@@ -59,7 +61,7 @@ enum Cmd {
     },
     /// Show the router's status, or one part of it.
     Status {
-        /// targets | connections | peers
+        /// targets | connections | peers | ipam
         sub: Option<String>,
     },
     /// Everything the router knows, as JSON.
@@ -76,19 +78,27 @@ enum Cmd {
         #[arg(required = true)]
         peers: Vec<String>,
     },
-    /// Attach a container to the overlay: `weft attach CIDR... CONTAINER`.
+    /// Attach a container to the overlay. Addresses: CIDR or ip:CIDR (exactly that),
+    /// net:CIDR (any free one in that subnet), net:default; none means net:default.
     Attach {
         /// Do not add the 224.0.0.0/4 route through ethwe.
         #[arg(long)]
         no_multicast_route: bool,
-        #[arg(required = true, value_name = "CIDR... CONTAINER")]
+        #[arg(required = true, value_name = "[ADDR...] CONTAINER")]
         args: Vec<String>,
     },
-    /// Detach a container (all of its addresses, or the ones given).
+    /// Detach a container (all of its addresses, or the ones given) and release its addresses.
     Detach {
-        #[arg(required = true, value_name = "[CIDR...] CONTAINER")]
+        #[arg(required = true, value_name = "[ADDR...] CONTAINER")]
         args: Vec<String>,
     },
+    /// Take over the address ranges of peers that are gone for good (run on one host only).
+    Rmpeer {
+        #[arg(required = true, value_name = "PEER-NAME-OR-NICKNAME")]
+        peers: Vec<String>,
+    },
+    /// Wait until IP address allocation is initialised.
+    Prime,
     /// List attached containers: id, MAC, addresses.
     Ps { containers: Vec<String> },
     /// Print the version of the CLI and of the running router.
@@ -124,6 +134,18 @@ pub struct RouterArgs {
     /// Name of the bridge containers are plugged into.
     #[arg(long, default_value = "weft")]
     bridge: String,
+    /// Range containers get addresses from ("" turns IP allocation off).
+    #[arg(long, alias = "iprange", default_value = "10.32.0.0/12")]
+    ipalloc_range: String,
+    /// Subnet used when no subnet is asked for (default: the whole range).
+    #[arg(long)]
+    ipalloc_default_subnet: Option<Ipv4Net>,
+    /// How the allocation ring starts: consensus[=N] | seed=PEERNAME,... | observer.
+    #[arg(long)]
+    ipalloc_init: Option<String>,
+    /// Seconds an allocation may wait (for consensus or free space) before failing.
+    #[arg(long, default_value_t = 30)]
+    ipalloc_timeout: u64,
     /// debug | info | warning | error
     #[arg(long, default_value = "info")]
     log_level: String,
@@ -147,6 +169,13 @@ impl RouterArgs {
         opt("conn-limit", Some(self.conn_limit.to_string()));
         opt("mtu", self.mtu.map(|m| m.to_string()));
         opt("bridge", Some(self.bridge.clone()));
+        opt("ipalloc-range", Some(self.ipalloc_range.clone()));
+        opt(
+            "ipalloc-default-subnet",
+            self.ipalloc_default_subnet.map(|s| s.to_string()),
+        );
+        opt("ipalloc-init", self.ipalloc_init.clone());
+        opt("ipalloc-timeout", Some(self.ipalloc_timeout.to_string()));
         opt("log-level", Some(self.log_level.clone()));
         if self.no_discovery {
             v.push("--no-discovery".into());
@@ -208,11 +237,11 @@ fn real_main(cli: Cli) -> Result<()> {
                     let s = client().get("/status").await?;
                     print!("\n{s}\n");
                 }
-                Some(sub @ ("targets" | "connections" | "peers")) => {
+                Some(sub @ ("targets" | "connections" | "peers" | "ipam")) => {
                     print!("{}", client().get(&format!("/status/{sub}")).await?);
                 }
                 Some(other) => bail!(
-                    "Invalid 'weft status' sub-command: {other} (use: weft status [targets | connections | peers])"
+                    "Invalid 'weft status' sub-command: {other} (use: weft status [targets | connections | peers | ipam])"
                 ),
             }
             Ok(())
@@ -242,30 +271,50 @@ fn real_main(cli: Cli) -> Result<()> {
             no_multicast_route,
             args,
         } => {
-            let (cidrs, container) = split_container(args, true)?;
+            let (addrs, container) = split_container(args)?;
             runtime()?.block_on(async {
                 let req = AttachRequest {
                     container,
-                    cidrs,
+                    addrs,
                     multicast_route: !no_multicast_route,
                 };
                 let body = client().post_json("/attach", &req).await?;
-                let e: ContainerEntry = serde_json::from_str(&body)?;
-                println!("{}", ips(&req.cidrs.iter().filter(|c| e.cidrs.contains(c)).copied().collect::<Vec<_>>()));
+                let r: AttachResponse = serde_json::from_str(&body)?;
+                println!("{}", ips(&r.addresses));
                 Ok(())
             })
         }
         Cmd::Detach { args } => {
-            let (cidrs, container) = split_container(args, false)?;
+            let (addrs, container) = split_container(args)?;
             runtime()?.block_on(async {
                 let body = client()
-                    .post_json("/detach", &DetachRequest { container, cidrs })
+                    .post_json("/detach", &DetachRequest { container, addrs })
                     .await?;
                 let removed: Vec<Ipv4Net> = serde_json::from_str(&body)?;
                 println!("{}", ips(&removed));
                 Ok(())
             })
         }
+        Cmd::Rmpeer { peers } => runtime()?.block_on(async {
+            let mut failed = false;
+            for p in peers {
+                match client().delete(&format!("/peer/{}", urlencode(p))).await {
+                    Ok(msg) => print!("{msg}"),
+                    Err(e) => {
+                        eprintln!("weft: {e}");
+                        failed = true;
+                    }
+                }
+            }
+            if failed {
+                std::process::exit(1);
+            }
+            Ok(())
+        }),
+        Cmd::Prime => runtime()?.block_on(async {
+            client().get("/ring").await?;
+            Ok(())
+        }),
         Cmd::Ps { containers } => runtime()?.block_on(async {
             let q: String = containers
                 .iter()
@@ -294,32 +343,18 @@ fn real_main(cli: Cli) -> Result<()> {
     }
 }
 
-/// `CIDR... CONTAINER` → the addresses and the container. Addresses may carry Weave's `ip:`
-/// prefix; `net:` needs IP allocation.
-fn split_container(args: &[String], need_cidr: bool) -> Result<(Vec<Ipv4Net>, String)> {
+/// `[ADDR...] CONTAINER` → the address arguments (checked here for an early, clear error)
+/// and the container.
+fn split_container(args: &[String]) -> Result<(Vec<String>, String)> {
     let (container, rest) = args.split_last().context("no container given")?;
-    if container.contains('/') && container.parse::<Ipv4Net>().is_ok() {
+    if container.parse::<AddrSpec>().is_ok() && (container.contains('/') || container.contains(':'))
+    {
         bail!("the last argument must be the container, not an address ({container})");
     }
-    let mut cidrs = Vec::new();
     for a in rest {
-        if a.starts_with("net:") {
-            bail!(
-                "{a}: allocating addresses from a subnet needs IP address management, which this weft does not have yet; give an explicit CIDR like 10.32.0.1/12"
-            );
-        }
-        let s = a.strip_prefix("ip:").unwrap_or(a);
-        let net: Ipv4Net = s.parse().with_context(|| {
-            format!("{a:?} is not an IPv4 address with a prefix length, like 10.32.0.1/12")
-        })?;
-        cidrs.push(net);
+        a.parse::<AddrSpec>().map_err(anyhow::Error::msg)?;
     }
-    if need_cidr && cidrs.is_empty() {
-        bail!(
-            "no address given: use 'weft attach CIDR... CONTAINER', e.g. 'weft attach 10.32.0.1/12 mycontainer'"
-        );
-    }
-    Ok((cidrs, container.clone()))
+    Ok((rest.to_vec(), container.clone()))
 }
 
 fn ips(cidrs: &[Ipv4Net]) -> String {

@@ -143,6 +143,8 @@ pub struct IpamStatus {
     pub conflicts: Vec<String>,
     pub unreachable_ips: u64,
     pub total: u64,
+    /// The ring: (first address, size, owner, version, free).
+    pub entries: Vec<(u32, u64, PeerName, u32, u32)>,
 }
 
 pub struct Ipam {
@@ -990,7 +992,7 @@ impl Ipam {
             None => match &self.cfg.init {
                 InitMode::Observer => "priming".into(),
                 InitMode::Consensus { .. }
-                    if self.paxos.is_proposing() || self.paxos.known() > 1 =>
+                    if self.paxos.is_proposing() || self.paxos.in_progress() =>
                 {
                     format!(
                         "awaiting consensus (quorum: {}, known: {})",
@@ -1041,6 +1043,23 @@ impl Ipam {
             conflicts: self.conflicts.iter().cloned().collect(),
             unreachable_ips,
             total,
+            entries: self
+                .ring
+                .as_ref()
+                .map(|r| {
+                    r.spans()
+                        .map(|s| {
+                            (
+                                s.entry.token,
+                                s.size(),
+                                s.entry.peer,
+                                s.entry.version,
+                                s.entry.free,
+                            )
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
         }
     }
 

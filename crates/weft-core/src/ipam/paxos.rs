@@ -65,6 +65,11 @@ impl Paxos {
         self.proposing
     }
 
+    /// Someone has made a proposal (consensus is under way).
+    pub fn in_progress(&self) -> bool {
+        self.knows.values().any(|c| c.promise.is_some())
+    }
+
     pub fn state(&self) -> Vec<(NodeId, Claims)> {
         self.knows.iter().map(|(k, v)| (*k, v.clone())).collect()
     }

@@ -3,6 +3,9 @@
 //! weft figure as a ratio of the underlay's and the routers' CPU cost per Gbit/s.
 //!
 //! Usage: weft-bench [SECONDS] (default 10). Needs root, iperf3 and ping.
+//!
+//! `weft-bench ipam [N]`: IP allocations per second through the HTTP API of one router
+//! (N allocations then N releases, from 1 and from 8 concurrent clients).
 
 use anyhow::{Result, bail};
 use weft_testbed::{Testbed, measure};
@@ -23,6 +26,14 @@ fn routers_cpu(tb: &Testbed) -> f64 {
 }
 
 fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    match args.get(1).map(String::as_str) {
+        Some("ipam-client") => return ipam_client(&args[2..]),
+        Some("ipam") => {
+            return ipam_bench(args.get(2).map(|s| s.parse()).transpose()?.unwrap_or(2000));
+        }
+        _ => {}
+    }
     if !weft_testbed::available() {
         bail!("the benchmark builds network namespaces and needs root");
     }
@@ -89,5 +100,122 @@ fn main() -> Result<()> {
     let stats = tb.weft_ok(2, &["report"])?;
     let v: serde_json::Value = serde_json::from_str(&stats)?;
     println!("\nreceiving router counters: {}", v["Router"]["Stats"]);
+    Ok(())
+}
+
+/// One HTTP/1.1 keep-alive connection to the API; returns (status, body).
+struct Http {
+    stream: std::io::BufReader<std::net::TcpStream>,
+}
+
+impl Http {
+    fn connect() -> Result<Http> {
+        let s = std::net::TcpStream::connect("127.0.0.1:6784")?;
+        s.set_nodelay(true)?;
+        Ok(Http {
+            stream: std::io::BufReader::new(s),
+        })
+    }
+
+    fn request(&mut self, method: &str, path: &str) -> Result<(u16, String)> {
+        use std::io::{BufRead, Read, Write};
+        let req = format!("{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n");
+        self.stream.get_mut().write_all(req.as_bytes())?;
+        let mut status = 0;
+        let mut len = 0usize;
+        let mut line = String::new();
+        loop {
+            line.clear();
+            self.stream.read_line(&mut line)?;
+            if status == 0 {
+                status = line.split_whitespace().nth(1).unwrap_or("0").parse()?;
+            } else if line == "\r\n" {
+                break;
+            } else if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                len = v.trim().parse()?;
+            }
+        }
+        let mut body = vec![0u8; len];
+        self.stream.read_exact(&mut body)?;
+        Ok((status, String::from_utf8_lossy(&body).into_owned()))
+    }
+}
+
+/// Runs inside the host's namespace: `ipam-client N CLIENTS TAG`; prints allocs/s, releases/s
+/// and allocation latency percentiles.
+fn ipam_client(args: &[String]) -> Result<()> {
+    let n: usize = args.first().map(|s| s.parse()).transpose()?.unwrap_or(1000);
+    let clients: usize = args.get(1).map(|s| s.parse()).transpose()?.unwrap_or(1);
+    let tag = args.get(2).cloned().unwrap_or_else(|| "b".into());
+    let per = n / clients;
+    let run = |phase: &'static str| -> Result<(f64, Vec<f64>)> {
+        let start = std::time::Instant::now();
+        let handles: Vec<_> = (0..clients)
+            .map(|c| {
+                let tag = tag.clone();
+                std::thread::spawn(move || -> Result<Vec<f64>> {
+                    let mut h = Http::connect()?;
+                    let mut lat = Vec::with_capacity(per);
+                    for k in 0..per {
+                        let t = std::time::Instant::now();
+                        let (method, want) = if phase == "alloc" {
+                            ("POST", 200)
+                        } else {
+                            ("DELETE", 204)
+                        };
+                        let (st, body) = h.request(method, &format!("/ip/{tag}{c}x{k}"))?;
+                        if st != want {
+                            bail!("{method} answered {st}: {body}");
+                        }
+                        lat.push(t.elapsed().as_secs_f64() * 1000.0);
+                    }
+                    Ok(lat)
+                })
+            })
+            .collect();
+        let mut lat = Vec::new();
+        for h in handles {
+            lat.extend(
+                h.join()
+                    .map_err(|_| anyhow::anyhow!("client thread panicked"))??,
+            );
+        }
+        Ok(((per * clients) as f64 / start.elapsed().as_secs_f64(), lat))
+    };
+    let (alloc_rate, mut lat) = run("alloc")?;
+    let (release_rate, _) = run("release")?;
+    lat.sort_by(|a, b| a.total_cmp(b));
+    let pct = |p: f64| lat[((lat.len() as f64 - 1.0) * p) as usize];
+    println!(
+        "{clients} client(s), {} allocations: {alloc_rate:.0} allocations/s (p50 {:.2} ms, p99 {:.2} ms), {release_rate:.0} releases/s",
+        per * clients,
+        pct(0.5),
+        pct(0.99)
+    );
+    Ok(())
+}
+
+fn ipam_bench(n: usize) -> Result<()> {
+    if !weft_testbed::available() {
+        bail!("the benchmark builds network namespaces and needs root");
+    }
+    let weft = weft_testbed::weft_binary()?;
+    let tb = Testbed::new("ipbench", 1, &weft)?;
+    tb.launch(1, &[])?;
+    let me = std::env::current_exe()?;
+    let me = me.to_str().expect("utf-8 path");
+    println!(
+        "IP allocation through the HTTP API of one router (each allocation is persisted with fsync before it is answered):"
+    );
+    for (clients, tag) in [(1, "a"), (8, "b")] {
+        let out = tb
+            .cmd_in(&tb.host(1).netns, me)
+            .args(["ipam-client", &n.to_string(), &clients.to_string(), tag])
+            .output()?;
+        if !out.status.success() {
+            bail!("client failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        print!("{}", String::from_utf8_lossy(&out.stdout));
+    }
     Ok(())
 }

@@ -63,16 +63,23 @@ fn main() -> Result<()> {
 
     let c1 = tb.container("service1")?;
     let c3 = tb.container("service2")?;
-    say(1, &format!("weft attach 10.32.0.1/12 {c1}"));
-    print!("{}", tb.weft_ok(1, &["attach", "10.32.0.1/12", &c1])?);
-    say(3, &format!("weft attach 10.32.0.3/12 {c3}"));
-    print!("{}", tb.weft_ok(3, &["attach", "10.32.0.3/12", &c3])?);
+    say(
+        1,
+        &format!("weft attach {c1}          # no address given: weft allocates one"),
+    );
+    let a1 = tb.weft_ok(1, &["attach", &c1])?.trim().to_string();
+    println!("{a1}");
+    say(3, &format!("weft attach {c3}"));
+    let a3 = tb.weft_ok(3, &["attach", &c3])?.trim().to_string();
+    println!("{a3}");
     say(1, "weft ps");
-    println!("{}", tb.weft_ok(1, &["ps"])?);
+    print!("{}", tb.weft_ok(1, &["ps"])?);
+    say(1, "weft status ipam");
+    println!("{}", tb.weft_ok(1, &["status", "ipam"])?);
 
-    tb.wait_ping(&c1, "10.32.0.3", Duration::from_secs(20))?;
-    println!("service1# ping -c 4 10.32.0.3        (host1's container -> host3's container)");
-    let out = tb.exec(&c1, "ping", &["-c", "4", "-i", "0.2", "10.32.0.3"]);
+    tb.wait_ping(&c1, &a3, Duration::from_secs(20))?;
+    println!("service1# ping -c 4 {a3}        (host1's container -> host3's container)");
+    let out = tb.exec(&c1, "ping", &["-c", "4", "-i", "0.2", &a3]);
     print!("{}", String::from_utf8_lossy(&out.stdout));
     if !out.status.success() {
         bail!("the ping across the overlay failed");

@@ -1,0 +1,426 @@
+//! IP address management end to end: the real `weft` binary on namespace hosts.
+//!
+//! Needs root (CI runs as root); set WEFT_SKIP_NETNS_TESTS=1 to skip elsewhere.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, bail};
+use weft_testbed::Testbed;
+
+const WEFT: &str = env!("CARGO_BIN_EXE_weft");
+const CONVERGE: Duration = Duration::from_secs(30);
+
+fn testbed(tag: &str, n: usize) -> Option<Testbed> {
+    if !weft_testbed::require() {
+        return None;
+    }
+    Some(Testbed::new(tag, n, Path::new(WEFT)).expect("building the test bed"))
+}
+
+fn launch_tutorial(tb: &Testbed, extra: &[&str]) -> Result<()> {
+    let h1 = tb.host(1).ip.to_string();
+    let h2 = tb.host(2).ip.to_string();
+    tb.launch(1, extra)?;
+    let mut a = extra.to_vec();
+    a.push(&h1);
+    tb.launch(2, &a)?;
+    a.push(&h2);
+    tb.launch(3, &a)?;
+    wait_peers(tb, &[1, 2, 3], "Peers: 3 (with 6 established connections)")
+}
+
+fn wait_peers(tb: &Testbed, hosts: &[usize], want: &str) -> Result<()> {
+    for &i in hosts {
+        Testbed::wait_for(CONVERGE, || {
+            let s = tb.weft_ok(i, &["status"])?;
+            if s.contains(want) {
+                Ok(())
+            } else {
+                bail!("h{i}: {s}")
+            }
+        })?;
+    }
+    Ok(())
+}
+
+/// `weft attach [args] CONTAINER` on host `i`; returns the address printed.
+fn attach(tb: &Testbed, i: usize, args: &[&str], container: &str) -> Result<String> {
+    let mut a = vec!["attach"];
+    a.extend_from_slice(args);
+    a.push(container);
+    Ok(tb.weft_ok(i, &a)?.trim().to_string())
+}
+
+/// An HTTP request to host `i`'s API from inside its namespace; returns (status, body).
+fn http(tb: &Testbed, i: usize, method: &str, path: &str) -> (u16, String) {
+    let script = format!(
+        "exec 3<>/dev/tcp/127.0.0.1/6784; printf '{method} {path} HTTP/1.0\\r\\nContent-Length: 0\\r\\n\\r\\n' >&3; cat <&3"
+    );
+    let out = tb.exec(&tb.host(i).netns, "bash", &["-c", &script]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split("\r\n\r\n")
+        .nth(1)
+        .unwrap_or_default()
+        .to_string();
+    (status, body)
+}
+
+#[test]
+fn containers_without_addresses_get_distinct_ones_and_ping() -> Result<()> {
+    let Some(mut tb) = testbed("ipa", 3) else {
+        return Ok(());
+    };
+    launch_tutorial(&tb, &[])?;
+    let mut addrs = Vec::new();
+    let mut containers = Vec::new();
+    for i in 1..=3 {
+        for k in 0..2 {
+            let c = tb.container(&format!("h{i}k{k}"))?;
+            let a = attach(&tb, i, &[], &c)?;
+            addrs.push(a.parse::<std::net::Ipv4Addr>()?);
+            containers.push((i, c));
+        }
+    }
+    let distinct: BTreeSet<_> = addrs.iter().collect();
+    assert_eq!(distinct.len(), addrs.len(), "{addrs:?}");
+    let range: ipnet::Ipv4Net = "10.32.0.0/12".parse()?;
+    assert!(addrs.iter().all(|a| range.contains(a)), "{addrs:?}");
+    // Everyone reaches everyone.
+    for (_, c) in &containers {
+        for a in &addrs {
+            tb.wait_ping(c, &a.to_string(), CONVERGE)?;
+        }
+    }
+    let s = tb.weft_ok(1, &["status"])?;
+    for line in [
+        "        Service: ipam",
+        "         Status: ready",
+        "          Range: 10.32.0.0/12",
+        "  DefaultSubnet: 10.32.0.0/12",
+    ] {
+        assert!(s.contains(line), "missing {line:?} in\n{s}");
+    }
+    let ipam = tb.weft_ok(1, &["status", "ipam"])?;
+    let first = ipam.lines().next().unwrap_or_default().to_string();
+    assert!(
+        first.contains("(host1)") && first.ends_with("(2 active)"),
+        "{ipam}"
+    );
+    assert!(
+        first.contains("IPs (") && first.contains("% of total)"),
+        "{ipam}"
+    );
+    // ps shows the allocated address with the range's prefix.
+    let ps = tb.weft_ok(1, &["ps"])?;
+    assert!(ps.contains(&format!("{}/12", addrs[0])), "{ps}");
+    // net:CIDR gives an address in that subnet; a second one on the same container adds to
+    // ethwe.
+    let (_, c) = &containers[0];
+    let a = attach(&tb, 1, &["net:10.40.0.0/16"], c)?;
+    assert!(a.starts_with("10.40."), "{a}");
+    let out = tb.weft_ok(1, &["ps", c])?;
+    assert_eq!(out.split_whitespace().count(), 4, "{out}");
+    Ok(())
+}
+
+#[test]
+fn ip_api_has_weaves_shapes() -> Result<()> {
+    let Some(tb) = testbed("api", 1) else {
+        return Ok(());
+    };
+    tb.launch(1, &[])?;
+    assert_eq!(
+        http(&tb, 1, "POST", "/ip/abc"),
+        (200, "10.32.0.1/12\n".into())
+    );
+    assert_eq!(
+        http(&tb, 1, "POST", "/ip/abc"),
+        (200, "10.32.0.1/12\n".into()),
+        "idempotent"
+    );
+    assert_eq!(
+        http(&tb, 1, "GET", "/ip/abc"),
+        (200, "10.32.0.1/12\n".into())
+    );
+    let (st, body) = http(&tb, 1, "POST", "/ip/def/10.40.0.0/24");
+    assert_eq!((st, body.as_str()), (200, "10.40.0.1/24\n"));
+    assert_eq!(http(&tb, 1, "PUT", "/ip/ghi/10.32.9.9/12").0, 204);
+    let (st, body) = http(&tb, 1, "PUT", "/ip/jkl/10.32.9.9/12");
+    assert_eq!(st, 409, "{body}");
+    assert!(body.contains("already in use by ghi"), "{body}");
+    assert_eq!(http(&tb, 1, "DELETE", "/ip/abc").0, 204);
+    assert_eq!(http(&tb, 1, "GET", "/ip/abc"), (200, "\n".into()));
+    let (st, body) = http(&tb, 1, "DELETE", "/ip/abc");
+    assert_eq!(st, 400, "{body}");
+    assert_eq!(http(&tb, 1, "GET", "/ring").0, 200);
+    assert_eq!(
+        http(&tb, 1, "GET", "/ipinfo/defaultsubnet"),
+        (200, "10.32.0.0/12\n".into())
+    );
+    let (st, body) = http(&tb, 1, "POST", "/ip/x/192.168.0.0/24");
+    assert_eq!(st, 400, "{body}");
+    assert!(body.contains("outside the allocation range"), "{body}");
+    Ok(())
+}
+
+#[test]
+fn a_restarted_router_keeps_its_containers_addresses() -> Result<()> {
+    let Some(mut tb) = testbed("ipr", 2) else {
+        return Ok(());
+    };
+    let h1 = tb.host(1).ip.to_string();
+    tb.launch(1, &[])?;
+    tb.launch(2, &[&h1])?;
+    wait_peers(&tb, &[1, 2], "Peers: 2 (with 2 established connections)")?;
+    let c1 = tb.container("a")?;
+    let c2 = tb.container("b")?;
+    let a1 = attach(&tb, 2, &[], &c1)?;
+    let a2 = attach(&tb, 2, &[], &c2)?;
+    tb.kill_router(2)?;
+    tb.launch(2, &["--resume"])?;
+    wait_peers(&tb, &[1, 2], "Peers: 2 (with 2 established connections)")?;
+    let ps = tb.weft_ok(2, &["ps"])?;
+    assert!(
+        ps.contains(&format!("{a1}/12")) && ps.contains(&format!("{a2}/12")),
+        "{ps}"
+    );
+    let c3 = tb.container("c")?;
+    let c4 = tb.container("d")?;
+    let a3 = attach(&tb, 2, &[], &c3)?;
+    let a4 = attach(&tb, 1, &[], &c4)?;
+    let all: BTreeSet<&String> = [&a1, &a2, &a3, &a4].into_iter().collect();
+    assert_eq!(all.len(), 4, "{a1} {a2} {a3} {a4}");
+    tb.wait_ping(&c1, &a4, CONVERGE)?;
+    Ok(())
+}
+
+#[test]
+fn separately_started_clusters_refuse_to_join_and_keep_working() -> Result<()> {
+    let Some(mut tb) = testbed("spl", 2) else {
+        return Ok(());
+    };
+    tb.launch(1, &[])?;
+    tb.launch(2, &[])?;
+    let c1 = tb.container("a")?;
+    let c2 = tb.container("b")?;
+    let a1 = attach(&tb, 1, &[], &c1)?;
+    let a2 = attach(&tb, 2, &[], &c2)?;
+    assert_eq!(a1, a2, "both seeded their own ring");
+    tb.weft_ok(2, &["connect", &tb.host(1).ip.to_string()])?;
+    let conns = Testbed::wait_for(CONVERGE, || {
+        let c = tb.weft_ok(2, &["status", "connections"])?;
+        if c.contains("seeded by different peers") {
+            Ok(c)
+        } else {
+            bail!("{c}")
+        }
+    })?;
+    assert!(conns.contains("failed"), "{conns}");
+    assert!(conns.contains("weft reset"), "says what to do: {conns}");
+    for i in [1, 2] {
+        let ipam = tb.weft_ok(i, &["status", "ipam"])?;
+        assert!(ipam.contains("seeded by different peers"), "h{i}: {ipam}");
+        let s = tb.weft_ok(i, &["status"])?;
+        assert!(
+            s.contains("Status: ready") && s.contains("Conflicts: "),
+            "h{i}: {s}"
+        );
+        assert!(
+            tb.router_log(i).contains("seeded by different peers"),
+            "h{i} logs it"
+        );
+    }
+    // Both keep working on their own.
+    let c3 = tb.container("c")?;
+    let c4 = tb.container("d")?;
+    attach(&tb, 1, &[], &c3)?;
+    attach(&tb, 2, &[], &c4)?;
+    tb.wait_ping(&c3, &a1, CONVERGE)?;
+    Ok(())
+}
+
+#[test]
+fn rmpeer_frees_a_dead_hosts_space_and_reset_hands_over() -> Result<()> {
+    let Some(mut tb) = testbed("rmp", 3) else {
+        return Ok(());
+    };
+    launch_tutorial(&tb, &[])?;
+    for i in 1..=3 {
+        let c = tb.container(&format!("c{i}"))?;
+        attach(&tb, i, &[], &c)?;
+    }
+    // rmpeer of a live peer is refused.
+    let out = tb.weft(1, &["rmpeer", "host2"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("still reachable"));
+    // host3 dies for good.
+    tb.kill_router(3)?;
+    let ipam = Testbed::wait_for(Duration::from_secs(60), || {
+        let s = tb.weft_ok(1, &["status", "ipam"])?;
+        if s.contains("- unreachable!") {
+            Ok(s)
+        } else {
+            bail!("{s}")
+        }
+    })?;
+    assert!(ipam.contains("owned by unreachable peers"), "{ipam}");
+    let out = tb.weft_ok(1, &["rmpeer", "host3"])?;
+    assert!(out.contains("IPs taken over from host3"), "{out}");
+    let n: u64 = out.split_whitespace().next().unwrap_or("0").parse()?;
+    assert!(n > 0, "{out}");
+    Testbed::wait_for(CONVERGE, || {
+        let s = tb.weft_ok(2, &["status", "ipam"])?;
+        if s.contains("unreachable") {
+            bail!("{s}")
+        } else {
+            Ok(())
+        }
+    })?;
+    // reset on host2 hands its space to host1, which then owns everything.
+    tb.weft_ok(2, &["reset"])?;
+    let ipam = Testbed::wait_for(Duration::from_secs(60), || {
+        let s = tb.weft_ok(1, &["status", "ipam"])?;
+        if s.lines().filter(|l| l.contains(" IPs (")).count() == 1 {
+            Ok(s)
+        } else {
+            bail!("{s}")
+        }
+    })?;
+    assert!(
+        ipam.contains("(100.0% of total)") || ipam.contains("1048576 IPs"),
+        "{ipam}"
+    );
+    Ok(())
+}
+
+#[test]
+fn detach_and_vanished_containers_release_addresses() -> Result<()> {
+    let Some(mut tb) = testbed("rel", 1) else {
+        return Ok(());
+    };
+    tb.launch(1, &[])?;
+    let c1 = tb.container("a")?;
+    assert_eq!(attach(&tb, 1, &[], &c1)?, "10.32.0.1");
+    assert_eq!(tb.weft_ok(1, &["detach", &c1])?.trim(), "10.32.0.1");
+    let c2 = tb.container("b")?;
+    assert_eq!(
+        attach(&tb, 1, &[], &c2)?,
+        "10.32.0.1",
+        "the released address is reused"
+    );
+    // A container that disappears gives its address back within seconds.
+    let out = std::process::Command::new("ip")
+        .args(["netns", "del", &c2])
+        .output()?;
+    assert!(out.status.success());
+    let start = Instant::now();
+    let c3 = tb.container("c")?;
+    Testbed::wait_for(Duration::from_secs(10), || {
+        let (_, body) = http(&tb, 1, "GET", &format!("/ip/{c2}"));
+        if body.trim().is_empty() {
+            Ok(())
+        } else {
+            bail!("still allocated: {body}")
+        }
+    })?;
+    assert_eq!(tb.weft_ok(1, &["ps"])?, "");
+    eprintln!("released {:?} after the namespace went", start.elapsed());
+    assert_eq!(attach(&tb, 1, &[], &c3)?, "10.32.0.1");
+    Ok(())
+}
+
+#[test]
+fn waiting_for_consensus_fails_clearly_and_bad_ranges_are_reported() -> Result<()> {
+    let Some(mut tb) = testbed("tmo", 2) else {
+        return Ok(());
+    };
+    // host2 expects host1 (quorum 2) but host1 is not up: the attach fails, bounded, saying why.
+    let h1 = tb.host(1).ip.to_string();
+    tb.launch(2, &["--ipalloc-timeout=3", &h1])?;
+    let c = tb.container("c")?;
+    let start = Instant::now();
+    let out = tb.weft(2, &["attach", &c]);
+    let took = start.elapsed();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("timed out after 3s"), "{err}");
+    assert!(
+        err.contains("awaiting consensus (quorum: 2, known: 1)"),
+        "{err}"
+    );
+    assert!(took < Duration::from_secs(10), "{took:?}");
+    // Nothing half-done: the container has no interface.
+    assert!(
+        !tb.exec(&c, "ip", &["link", "show", "ethwe"])
+            .status
+            .success()
+    );
+    tb.weft_ok(2, &["status", "ipam"])?;
+    tb.weft_ok(2, &["stop"])?;
+
+    // A changed --ipalloc-range against saved allocations is refused with what to do.
+    tb.launch(1, &[])?;
+    attach(&tb, 1, &[], &c)?;
+    tb.weft_ok(1, &["stop"])?;
+    let out = tb.weft(1, &["launch", "--ipalloc-range=10.99.0.0/16"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("saved IP allocation state is for range 10.32.0.0/12"),
+        "{err}"
+    );
+    assert!(err.contains("weft reset"), "{err}");
+    // Launching with the old range works and keeps the address.
+    tb.launch(1, &[])?;
+    assert!(tb.weft_ok(1, &["ps"])?.contains("10.32.0.1/12"));
+    Ok(())
+}
+
+/// A router killed with SIGKILL at arbitrary moments while allocating never loses an
+/// allocation it had answered: after a restart every answered address is still there.
+#[test]
+fn kill_9_during_allocations_loses_no_answered_allocation() -> Result<()> {
+    let Some(tb) = testbed("k9", 1) else {
+        return Ok(());
+    };
+    tb.launch(1, &[])?;
+    let ns = tb.host(1).netns.clone();
+    let log = std::env::temp_dir().join(format!("{}-answers", tb.prefix));
+    for round in 0..4 {
+        // Allocate as fast as possible, writing down each answer as it arrives.
+        let script = format!(
+            "i=0; while true; do i=$((i+1)); \
+             r=$( (exec 3<>/dev/tcp/127.0.0.1/6784 && printf 'POST /ip/r{round}k%d HTTP/1.0\\r\\nContent-Length: 0\\r\\n\\r\\n' $i >&3 && cat <&3) 2>/dev/null | tail -n 1); \
+             case \"$r\" in 10.*) echo \"r{round}k$i $r\" >> {log};; *) exit 0;; esac; done",
+            log = log.display()
+        );
+        let mut child = tb.cmd_in(&ns, "bash").args(["-c", &script]).spawn()?;
+        std::thread::sleep(Duration::from_millis(300 + 150 * round));
+        tb.kill_router(1)?;
+        let _ = child.wait();
+        tb.launch(1, &["--resume"])?;
+        let answers = std::fs::read_to_string(&log).unwrap_or_default();
+        let mut checked = 0;
+        for line in answers.lines() {
+            let mut f = line.split_whitespace();
+            let (Some(id), Some(addr)) = (f.next(), f.next()) else {
+                continue;
+            };
+            let (_, body) = http(&tb, 1, "GET", &format!("/ip/{id}"));
+            assert_eq!(body.trim(), addr, "round {round}: {id} lost its address");
+            checked += 1;
+        }
+        assert!(checked > 0, "round {round}: no allocation was answered");
+        eprintln!("round {round}: {checked} answered allocations all survived");
+    }
+    let _ = std::fs::remove_file(&log);
+    Ok(())
+}
