@@ -220,6 +220,13 @@ pub struct DetachRequest {
     pub addrs: Vec<String>,
 }
 
+/// `POST /expose` and `POST /hide`: address arguments as for attach.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct ExposeRequest {
+    #[serde(default)]
+    pub addrs: Vec<String>,
+}
+
 /// One container on the overlay, as `weft ps` shows it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ContainerEntry {

@@ -94,6 +94,8 @@ pub fn router(app: Arc<App>) -> Http {
         .route("/attach", post(attach))
         .route("/detach", post(detach))
         .route("/ps", get(ps))
+        .route("/expose", post(expose))
+        .route("/hide", post(hide))
         .route("/peer", delete(leave))
         .merge(crate::ipam_api::routes())
         .with_state(app)
@@ -512,89 +514,20 @@ async fn attach(State(app): AppState, body: Bytes) -> Result<Response, ApiError>
         }
     }
     let ident = app.attacher.identify(&req.container).await?;
-    let before: Vec<Ipv4Net> = if app.ipam_enabled {
-        ipam(&app, |reply| IpamCmd::Lookup {
-            ident: ident.clone(),
-            subnet: None,
-            reply,
-        })
-        .await?
-    } else {
-        Vec::new()
-    };
-    let mut nets = Vec::new();
-    let mut obtained = Vec::new();
-    let mut failure = None;
-    for spec in specs {
-        let r = match spec {
-            AddrSpec::Exact(net) if !app.ipam_enabled => Ok(net),
-            _ if !app.ipam_enabled => Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "IP address allocation is disabled (--ipalloc-range \"\"): give explicit addresses like 10.32.0.1/12",
-            )),
-            AddrSpec::Exact(net) => {
-                let id = ident.clone();
-                ipam(&app, |reply| IpamCmd::Claim {
-                    ident: id,
-                    net,
-                    reply,
-                })
-                .await
-                .and_then(|r| r.map_err(ipam_error))
-            }
-            AddrSpec::Subnet(_) | AddrSpec::DefaultSubnet => {
-                let subnet = match spec {
-                    AddrSpec::Subnet(s) => Some(s),
-                    _ => None,
-                };
-                let id = ident.clone();
-                ipam(&app, |reply| IpamCmd::Allocate {
-                    ident: id,
-                    subnet,
-                    reply,
-                })
-                .await
-                .and_then(|r| r.map_err(ipam_error))
-            }
-        };
-        match r {
-            Ok(net) => {
-                if !before.contains(&net) && app.ipam_enabled {
-                    obtained.push(net);
-                }
-                nets.push(net);
-            }
-            Err(e) => {
-                failure = Some(e);
-                break;
-            }
-        }
-    }
-    let result = match failure {
-        Some(e) => Err(e),
-        None => app
-            .attacher
-            .attach(&req.container, &ident, nets.clone(), req.multicast_route)
-            .await
-            .map_err(ApiError::from),
-    };
-    match result {
+    let (nets, obtained) = obtain(&app, &ident, specs).await?;
+    match app
+        .attacher
+        .attach(&req.container, &ident, nets.clone(), req.multicast_route)
+        .await
+    {
         Ok(entry) => Ok(axum::Json(AttachResponse {
             container: entry,
             addresses: nets,
         })
         .into_response()),
         Err(e) => {
-            for n in obtained {
-                let id = ident.clone();
-                let _ = ipam(&app, |reply| IpamCmd::Release {
-                    ident: id,
-                    addr: Some(n.addr()),
-                    reply,
-                })
-                .await;
-            }
-            Err(e)
+            release_addrs(&app, &ident, &obtained).await;
+            Err(e.into())
         }
     }
 }
@@ -632,18 +565,131 @@ async fn detach(State(app): AppState, body: Bytes) -> Result<Response, ApiError>
         Some(list)
     };
     let (ident, removed) = app.attacher.detach(&req.container, remove).await?;
-    if app.ipam_enabled {
-        for n in &removed {
-            let id = ident.clone();
-            let _ = ipam(&app, |reply| IpamCmd::Release {
-                ident: id,
-                addr: Some(n.addr()),
+    release_addrs(&app, &ident, &removed).await;
+    Ok(axum::Json(removed).into_response())
+}
+
+/// The IPAM ident of the host's own addresses on the bridge (Weave's).
+pub const EXPOSE_IDENT: &str = "weave:expose";
+
+/// Resolves address arguments for `ident` through IPAM (or takes exact ones as given when
+/// allocation is off). On failure, releases what this call obtained.
+async fn obtain(
+    app: &App,
+    ident: &str,
+    specs: Vec<AddrSpec>,
+) -> Result<(Vec<Ipv4Net>, Vec<Ipv4Net>), ApiError> {
+    let before: Vec<Ipv4Net> = if app.ipam_enabled {
+        ipam(app, |reply| IpamCmd::Lookup {
+            ident: ident.to_string(),
+            subnet: None,
+            reply,
+        })
+        .await?
+    } else {
+        Vec::new()
+    };
+    let mut nets = Vec::new();
+    let mut obtained = Vec::new();
+    for spec in specs {
+        let r = match spec {
+            AddrSpec::Exact(net) if !app.ipam_enabled => Ok(net),
+            _ if !app.ipam_enabled => Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "IP address allocation is disabled (--ipalloc-range \"\"): give explicit addresses like 10.32.0.1/12",
+            )),
+            AddrSpec::Exact(net) => ipam(app, |reply| IpamCmd::Claim {
+                ident: ident.to_string(),
+                net,
                 reply,
             })
-            .await;
+            .await
+            .and_then(|r| r.map_err(ipam_error)),
+            AddrSpec::Subnet(_) | AddrSpec::DefaultSubnet => {
+                let subnet = match spec {
+                    AddrSpec::Subnet(s) => Some(s),
+                    _ => None,
+                };
+                ipam(app, |reply| IpamCmd::Allocate {
+                    ident: ident.to_string(),
+                    subnet,
+                    reply,
+                })
+                .await
+                .and_then(|r| r.map_err(ipam_error))
+            }
+        };
+        match r {
+            Ok(net) => {
+                if app.ipam_enabled && !before.contains(&net) {
+                    obtained.push(net);
+                }
+                nets.push(net);
+            }
+            Err(e) => {
+                release_addrs(app, ident, &obtained).await;
+                return Err(e);
+            }
         }
     }
-    Ok(axum::Json(removed).into_response())
+    Ok((nets, obtained))
+}
+
+async fn release_addrs(app: &App, ident: &str, nets: &[Ipv4Net]) {
+    if !app.ipam_enabled {
+        return;
+    }
+    for n in nets {
+        let _ = ipam(app, |reply| IpamCmd::Release {
+            ident: ident.to_string(),
+            addr: Some(n.addr()),
+            reply,
+        })
+        .await;
+    }
+}
+
+/// `weft expose`: addresses for the host itself on the bridge (allocated like a container's).
+async fn expose(State(app): AppState, body: Bytes) -> Result<Response, ApiError> {
+    let req: ExposeRequest = json_body(&body)?;
+    let mut specs = parse_specs(&req.addrs)?;
+    if specs.is_empty() {
+        specs.push(AddrSpec::DefaultSubnet);
+    }
+    for spec in &specs {
+        if let AddrSpec::Exact(net) = spec {
+            crate::attach::check_cidr(net)?;
+        }
+    }
+    let (nets, obtained) = obtain(&app, EXPOSE_IDENT, specs).await?;
+    if let Err(e) = app.attacher.expose(&nets).await {
+        release_addrs(&app, EXPOSE_IDENT, &obtained).await;
+        return Err(e.into());
+    }
+    Ok(axum::Json(nets).into_response())
+}
+
+/// `weft hide`: removes the host's addresses from the bridge (all, or those given).
+async fn hide(State(app): AppState, body: Bytes) -> Result<Response, ApiError> {
+    let req: ExposeRequest = json_body(&body)?;
+    let specs = parse_specs(&req.addrs)?;
+    let (_, have) = app.attacher.exposed().await?;
+    let remove: Vec<Ipv4Net> = if specs.is_empty() {
+        have
+    } else {
+        have.into_iter()
+            .filter(|h| {
+                specs.iter().any(|s| match s {
+                    AddrSpec::Exact(n) => n == h,
+                    AddrSpec::Subnet(sn) => sn.contains(&h.addr()),
+                    AddrSpec::DefaultSubnet => app.default_subnet.contains(&h.addr()),
+                })
+            })
+            .collect()
+    };
+    app.attacher.hide(&remove).await?;
+    release_addrs(&app, EXPOSE_IDENT, &remove).await;
+    Ok(axum::Json(remove).into_response())
 }
 
 async fn ps(State(app): AppState, RawQuery(q): RawQuery) -> Result<Response, ApiError> {
@@ -654,7 +700,22 @@ async fn ps(State(app): AppState, RawQuery(q): RawQuery) -> Result<Response, Api
         .filter(|(k, _)| k == "container")
         .map(|(_, v)| v)
         .collect();
-    let list = app.attacher.list(&only).await?;
+    let mut list = Vec::new();
+    let everything = only.is_empty();
+    if everything || only.iter().any(|o| o == EXPOSE_IDENT) {
+        let (mac, nets) = app.attacher.exposed().await?;
+        if !nets.is_empty() {
+            list.push(ContainerEntry {
+                id: EXPOSE_IDENT.to_string(),
+                mac,
+                cidrs: nets,
+            });
+        }
+    }
+    let containers: Vec<String> = only.into_iter().filter(|o| o != EXPOSE_IDENT).collect();
+    if everything || !containers.is_empty() {
+        list.extend(app.attacher.list(&containers).await?);
+    }
     Ok(axum::Json(list).into_response())
 }
 

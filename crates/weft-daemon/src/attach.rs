@@ -395,6 +395,53 @@ impl Attacher {
             })
             .collect())
     }
+
+    /// The host's own addresses on the weft bridge (`weft expose`), and the bridge's MAC.
+    pub async fn exposed(&self) -> Result<(String, Vec<Ipv4Net>), AttachError> {
+        let addrs = self.nl.addresses(Some(self.bridge_index)).await?;
+        let mac = self
+            .nl
+            .links()
+            .await?
+            .into_iter()
+            .find(|l| l.index == self.bridge_index)
+            .and_then(|l| l.mac)
+            .map(|m| Mac(m).to_string())
+            .unwrap_or_default();
+        let nets = addrs
+            .into_iter()
+            .filter_map(|(_, n)| match n {
+                IpNet::V4(v4) => Some(v4),
+                IpNet::V6(_) => None,
+            })
+            .collect();
+        Ok((mac, nets))
+    }
+
+    /// Gives the host these addresses on the bridge, so it can reach the containers.
+    pub async fn expose(&self, cidrs: &[Ipv4Net]) -> Result<(), AttachError> {
+        let (_, have) = self.exposed().await?;
+        for c in cidrs {
+            check_cidr(c)?;
+            if !have.contains(c) {
+                self.nl
+                    .add_address(self.bridge_index, IpNet::V4(*c))
+                    .await?;
+            }
+        }
+        info!(cidrs = ?cidrs, "exposed the host on the overlay");
+        Ok(())
+    }
+
+    /// Removes the host's addresses from the bridge.
+    pub async fn hide(&self, cidrs: &[Ipv4Net]) -> Result<(), AttachError> {
+        for c in cidrs {
+            self.nl
+                .del_address(self.bridge_index, IpNet::V4(*c))
+                .await?;
+        }
+        Ok(())
+    }
 }
 
 async fn configure_inside(

@@ -92,6 +92,16 @@ enum Cmd {
         #[arg(required = true, value_name = "[ADDR...] CONTAINER")]
         args: Vec<String>,
     },
+    /// Give the host addresses on the overlay so it can reach containers (ADDR as for attach).
+    Expose {
+        #[arg(value_name = "ADDR")]
+        addrs: Vec<String>,
+    },
+    /// Remove the host's overlay addresses (all, or those given).
+    Hide {
+        #[arg(value_name = "ADDR")]
+        addrs: Vec<String>,
+    },
     /// Take over the address ranges of peers that are gone for good (run on one host only).
     Rmpeer {
         #[arg(required = true, value_name = "PEER-NAME-OR-NICKNAME")]
@@ -292,6 +302,25 @@ fn real_main(cli: Cli) -> Result<()> {
                     .await?;
                 let removed: Vec<Ipv4Net> = serde_json::from_str(&body)?;
                 println!("{}", ips(&removed));
+                Ok(())
+            })
+        }
+        Cmd::Expose { addrs } | Cmd::Hide { addrs } => {
+            for a in addrs {
+                a.parse::<AddrSpec>().map_err(anyhow::Error::msg)?;
+            }
+            let path = if matches!(cli.cmd, Cmd::Expose { .. }) {
+                "/expose"
+            } else {
+                "/hide"
+            };
+            runtime()?.block_on(async {
+                let req = weft_api::types::ExposeRequest {
+                    addrs: addrs.clone(),
+                };
+                let body = client().post_json(path, &req).await?;
+                let nets: Vec<Ipv4Net> = serde_json::from_str(&body)?;
+                println!("{}", ips(&nets));
                 Ok(())
             })
         }

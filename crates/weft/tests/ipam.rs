@@ -424,3 +424,34 @@ fn kill_9_during_allocations_loses_no_answered_allocation() -> Result<()> {
     let _ = std::fs::remove_file(&log);
     Ok(())
 }
+
+#[test]
+fn expose_gives_the_host_an_overlay_address() -> Result<()> {
+    let Some(mut tb) = testbed("exp", 2) else {
+        return Ok(());
+    };
+    let h1 = tb.host(1).ip.to_string();
+    tb.launch(1, &[])?;
+    tb.launch(2, &[&h1])?;
+    wait_peers(&tb, &[1, 2], "Peers: 2 (with 2 established connections)")?;
+    let c = tb.container("c")?;
+    let a = attach(&tb, 2, &[], &c)?;
+    let e = tb.weft_ok(1, &["expose"])?.trim().to_string();
+    assert!(e.starts_with("10."), "{e}");
+    // The host itself now reaches a container on the other host, and back.
+    let h1ns = tb.host(1).netns.clone();
+    tb.wait_ping(&h1ns, &a, CONVERGE)?;
+    tb.wait_ping(&c, &e, CONVERGE)?;
+    let ps = tb.weft_ok(1, &["ps"])?;
+    assert!(
+        ps.starts_with("weave:expose ") && ps.contains(&format!("{e}/12")),
+        "{ps}"
+    );
+    let (_, body) = http(&tb, 1, "GET", "/ip/weave:expose");
+    assert_eq!(body.trim(), format!("{e}/12"));
+    assert_eq!(tb.weft_ok(1, &["hide"])?.trim(), e);
+    assert_eq!(tb.weft_ok(1, &["ps"])?, "");
+    let (_, body) = http(&tb, 1, "GET", "/ip/weave:expose");
+    assert_eq!(body.trim(), "", "hide released the address");
+    Ok(())
+}
