@@ -21,5 +21,6 @@ install_packages() {
     fi
 }
 
-# What the tests, demo and benchmark run: ip, ping, iperf3, nft, ss.
-RUNTIME_PACKAGES=(iproute2 iputils-ping iperf3 nftables procps)
+# What the tests, demo and benchmark run: ip, ping, iperf3, nft, ss, dig, dnsmasq (the
+# upstream resolver in the DNS tests), taskset.
+RUNTIME_PACKAGES=(iproute2 iputils-ping iperf3 nftables procps dnsutils dnsmasq-base util-linux)

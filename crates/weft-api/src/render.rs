@@ -74,6 +74,46 @@ pub fn status(r: &Report) -> String {
             );
         }
     }
+    if let Some(d) = &r.dns {
+        out.push('\n');
+        line(&mut out, "Service", "dns");
+        line(&mut out, "Domain", &d.domain);
+        let up = if d.upstream.is_empty() {
+            "none".to_string()
+        } else {
+            d.upstream.join(", ")
+        };
+        line(&mut out, "Upstream", up);
+        line(&mut out, "TTL", d.ttl);
+        line(
+            &mut out,
+            "Entries",
+            d.entries.iter().filter(|e| !e.tombstone).count(),
+        );
+    }
+    out
+}
+
+/// `weft status dns`: `<name> <address> <container> <origin peer>` per live entry, the name
+/// without the domain.
+pub fn dns(r: &Report) -> String {
+    let Some(d) = &r.dns else {
+        return "weftDNS is disabled\n".into();
+    };
+    let suffix = format!(".{}", d.domain.trim_start_matches('.'));
+    let mut out = String::new();
+    for e in d.entries.iter().filter(|e| !e.tombstone) {
+        let name = e
+            .hostname
+            .strip_suffix(&suffix)
+            .or_else(|| e.hostname.strip_suffix(suffix.trim_end_matches('.')))
+            .unwrap_or(&e.hostname);
+        let _ = writeln!(
+            out,
+            "{name:<12} {:<15} {:>12.12} {}",
+            e.address, e.container_id, e.origin
+        );
+    }
     out
 }
 
@@ -273,6 +313,7 @@ mod tests {
                 ..Default::default()
             },
             ipam: None,
+            dns: None,
         }
     }
 

@@ -14,6 +14,33 @@ pub struct Report {
     pub router: RouterReport,
     #[serde(rename = "IPAM", default, skip_serializing_if = "Option::is_none")]
     pub ipam: Option<IpamReport>,
+    #[serde(rename = "DNS", default, skip_serializing_if = "Option::is_none")]
+    pub dns: Option<DnsReport>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct DnsReport {
+    pub domain: String,
+    pub upstream: Vec<String>,
+    pub address: String,
+    #[serde(rename = "TTL")]
+    pub ttl: u32,
+    pub entries: Vec<DnsEntryReport>,
+    /// weft's own: query counters.
+    pub stats: BTreeMap<String, u64>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct DnsEntryReport {
+    pub hostname: String,
+    pub origin: String,
+    #[serde(rename = "ContainerID")]
+    pub container_id: String,
+    pub address: String,
+    pub version: u64,
+    pub tombstone: bool,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -161,6 +188,13 @@ pub struct AttachRequest {
     pub addrs: Vec<String>,
     #[serde(default = "yes")]
     pub multicast_route: bool,
+    /// The name to register in weftDNS (default: the netns name, or the container's own
+    /// hostname if it is in the domain).
+    #[serde(default)]
+    pub hostname: Option<String>,
+    /// Do not register any name.
+    #[serde(default)]
+    pub without_dns: bool,
 }
 
 /// What `POST /attach` did.
@@ -225,6 +259,9 @@ pub struct DetachRequest {
 pub struct ExposeRequest {
     #[serde(default)]
     pub addrs: Vec<String>,
+    /// A name for the host's overlay addresses in weftDNS.
+    #[serde(default)]
+    pub hostname: Option<String>,
 }
 
 /// One container on the overlay, as `weft ps` shows it.

@@ -17,6 +17,7 @@ use weft_proto::PeerName;
 use weft_proto::control::Channel;
 use weft_proto::ipam::{NodeId, Persisted};
 
+use crate::dns::{Dns, DnsError, DnsOutput, Records};
 use crate::ipam::{Ipam, IpamConfig, IpamError, IpamOutput, IpamStatus, OpId};
 use crate::mesh::{Action, ConnId, DataPlaneTable, Event, Router, RouterConfig, RouterStatus};
 
@@ -37,15 +38,18 @@ pub enum NodeEvent {
 pub struct Node {
     router: Router,
     ipam: Option<Ipam>,
+    dns: Option<Dns>,
     events: VecDeque<NodeEvent>,
     reachable_gen: Option<u64>,
 }
 
 impl Node {
     /// `ipam`: its configuration and persisted state, or `None` to run without IPAM.
+    /// `dns_domain`: the DNS domain to serve, or `None` to run without DNS.
     pub fn new(
         cfg: RouterConfig,
         ipam: Option<(IpamConfig, Option<Persisted>)>,
+        dns_domain: Option<&str>,
         now: Instant,
         seed: u64,
     ) -> Result<Node, String> {
@@ -66,9 +70,11 @@ impl Node {
             )?),
             None => None,
         };
+        let dns = dns_domain.map(|d| Dns::new(router.name(), d, now));
         let mut n = Node {
             router,
             ipam,
+            dns,
             events: VecDeque::new(),
             reachable_gen: None,
         };
@@ -94,7 +100,11 @@ impl Node {
 
     pub fn poll_timeout(&self) -> Option<Instant> {
         let i = self.ipam.as_ref().and_then(Ipam::poll_timeout);
-        [self.router.poll_timeout(), i].into_iter().flatten().min()
+        let d = self.dns.as_ref().and_then(Dns::poll_timeout);
+        [self.router.poll_timeout(), i, d]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     // ---- mesh inputs, passed to the router --------------------------------------------
@@ -129,6 +139,9 @@ impl Node {
         self.router.handle_timeout(now);
         if let Some(i) = &mut self.ipam {
             i.handle_timeout(now);
+        }
+        if let Some(d) = &mut self.dns {
+            d.handle_timeout(now);
         }
         self.pump(now);
     }
@@ -213,6 +226,49 @@ impl Node {
         self.ipam.as_ref().map(Ipam::status)
     }
 
+    // ---- DNS ---------------------------------------------------------------------------
+
+    pub fn dns(&self) -> Option<&Records> {
+        self.dns.as_ref().map(Dns::records)
+    }
+
+    /// Changes whenever the DNS records change.
+    pub fn dns_generation(&self) -> u64 {
+        self.dns.as_ref().map_or(0, Dns::generation)
+    }
+
+    /// Registers a name for a container's address; `Ok(false)` if it was there already.
+    pub fn dns_add(
+        &mut self,
+        now: Instant,
+        hostname: &str,
+        container: &str,
+        addr: Ipv4Addr,
+    ) -> Result<bool, DnsError> {
+        let r = match &mut self.dns {
+            Some(d) => d.add(hostname, container, addr),
+            None => Ok(false),
+        };
+        self.pump(now);
+        r
+    }
+
+    /// Removes our names for a container (narrowed by address and hostname); returns how many.
+    pub fn dns_remove(
+        &mut self,
+        now: Instant,
+        container: &str,
+        addr: Option<Ipv4Addr>,
+        hostname: Option<&str>,
+    ) -> usize {
+        let n = self
+            .dns
+            .as_mut()
+            .map_or(0, |d| d.remove(now, container, addr, hostname));
+        self.pump(now);
+        n
+    }
+
     // ---- wiring ------------------------------------------------------------------------
 
     /// Routes router events to the services and service output to the router, until quiet.
@@ -238,6 +294,12 @@ impl Node {
                     .collect();
                 ipam.set_reachable(peers);
             }
+            while let Some(DnsOutput::Broadcast(payload)) =
+                self.dns.as_mut().and_then(Dns::poll_output)
+            {
+                progressed = true;
+                self.router.broadcast(Channel::DNS, payload);
+            }
             while let Some(o) = self.ipam.as_mut().and_then(Ipam::poll_output) {
                 progressed = true;
                 match o {
@@ -261,15 +323,55 @@ impl Node {
         match e {
             Event::DataPlane(t) => self.events.push_back(NodeEvent::DataPlane(t)),
             Event::TargetsChanged(t) => self.events.push_back(NodeEvent::TargetsChanged(t)),
-            Event::PeerRemoved(p) => self.events.push_back(NodeEvent::PeerRemoved(p)),
+            Event::PeerRemoved(p) => {
+                if let Some(d) = &mut self.dns {
+                    d.peer_removed(p);
+                }
+                self.events.push_back(NodeEvent::PeerRemoved(p))
+            }
             Event::NeighbourUp(p) => {
                 if let Some(i) = &self.ipam {
                     self.router.gossip_to(p, Channel::IPAM, i.full_state());
+                }
+                if let Some(d) = &self.dns {
+                    self.router.gossip_to(p, Channel::DNS, d.full_state());
                 }
             }
             Event::GossipTick => {
                 if let Some(i) = &self.ipam {
                     self.router.gossip_random(Channel::IPAM, i.full_state());
+                }
+                if let Some(d) = &self.dns {
+                    self.router.gossip_random(Channel::DNS, d.full_state());
+                }
+            }
+            Event::Gossip {
+                channel,
+                from,
+                payload,
+            } if channel == Channel::DNS => {
+                let topology = self.router.topology();
+                if let Some(d) = &mut self.dns
+                    && let Err(e) = d.handle_message(now, &payload, |p| topology.get(&p).is_some())
+                {
+                    warn!("DNS gossip from {from} refused: {e}");
+                }
+            }
+            Event::Broadcast {
+                channel,
+                src,
+                from,
+                payload,
+            } if channel == Channel::DNS => {
+                let topology = self.router.topology();
+                if let Some(d) = &mut self.dns {
+                    match d.handle_message(now, &payload, |p| topology.get(&p).is_some()) {
+                        Ok(true) => self
+                            .router
+                            .relay_broadcast(channel, src, payload, Some(from)),
+                        Ok(false) => {}
+                        Err(e) => warn!("DNS broadcast from {src} refused: {e}"),
+                    }
                 }
             }
             Event::Gossip {

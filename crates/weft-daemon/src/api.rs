@@ -39,6 +39,7 @@ pub struct App {
     /// The IPAM default subnet (for `PUT /ip/{id}/{ip}`, `GET /ip/{id}`).
     pub default_subnet: Ipv4Net,
     pub ipam_enabled: bool,
+    pub dns: Option<Arc<crate::dns::DnsShared>>,
 }
 
 pub struct ApiError {
@@ -47,6 +48,10 @@ pub struct ApiError {
 }
 
 impl ApiError {
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
     pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
         ApiError {
             status,
@@ -98,6 +103,7 @@ pub fn router(app: Arc<App>) -> Http {
         .route("/hide", post(hide))
         .route("/peer", delete(leave))
         .merge(crate::ipam_api::routes())
+        .merge(crate::dns_api::routes())
         .with_state(app)
 }
 
@@ -282,6 +288,33 @@ pub async fn build_report(app: &App) -> Result<Report, ApiError> {
             stats,
         },
         ipam: ipam_st.map(|i| ipam_report(&st, i)),
+        dns: match &app.dns {
+            None => None,
+            Some(d) => Some(DnsReport {
+                domain: d.config.domain.clone(),
+                upstream: d
+                    .upstream_servers()
+                    .iter()
+                    .map(|s| s.ip().to_string())
+                    .collect(),
+                address: crate::dns_api::container_facing(app)
+                    .await
+                    .unwrap_or(d.config.listen)
+                    .to_string(),
+                ttl: d.config.ttl,
+                entries: crate::dns_api::entry_reports(app),
+                stats: [
+                    ("queries", &d.stats.queries),
+                    ("local_answers", &d.stats.local_answers),
+                    ("nxdomain", &d.stats.nxdomain),
+                    ("forwarded", &d.stats.forwarded),
+                    ("upstream_failures", &d.stats.upstream_failures),
+                ]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.load(std::sync::atomic::Ordering::Relaxed)))
+                .collect(),
+            }),
+        },
     })
 }
 
@@ -350,11 +383,12 @@ async fn status_sub(State(app): AppState, Path(sub): Path<String>) -> Result<Res
         "peers" => render::peers(&r),
         "targets" => render::targets(&r),
         "ipam" => render::ipam(&r),
+        "dns" => render::dns(&r),
         other => {
             return Err(ApiError::new(
                 StatusCode::NOT_FOUND,
                 format!(
-                    "Invalid 'weft status' sub-command: {other} (use targets, connections, peers or ipam)"
+                    "Invalid 'weft status' sub-command: {other} (use targets, connections, peers, ipam or dns)"
                 ),
             ));
         }
@@ -489,6 +523,60 @@ fn json_body<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, ApiError
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("bad request body: {e}")))
 }
 
+/// A name in our domain: `web` → `web.weave.local.`; a name with dots is taken as given.
+fn qualify(app: &App, h: &str) -> String {
+    let domain = app
+        .dns
+        .as_ref()
+        .map_or("weave.local.", |d| d.config.domain.as_str());
+    if h.contains('.') {
+        h.to_string()
+    } else {
+        format!("{h}.{domain}")
+    }
+}
+
+/// The name a container gets when none is asked for: an `ip netns` name becomes
+/// `<name>.<domain>`; a process's own hostname counts if it is in the domain.
+async fn default_hostname(app: &App, container: &str) -> Option<String> {
+    let domain = &app.dns.as_ref()?.config.domain;
+    if container.bytes().all(|b| b.is_ascii_digit()) {
+        let pid: u32 = container.parse().ok()?;
+        let h = weft_linux::netns::uts_hostname(pid).await?;
+        let n = weft_core::dns::normalize(&h);
+        return n.ends_with(&format!(".{domain}")).then_some(h);
+    }
+    if container.starts_with('/') {
+        return None;
+    }
+    let label: String = container
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    Some(format!("{label}.{domain}"))
+}
+
+/// Puts the names of attached containers back after a router restart.
+pub async fn reregister(app: &App) {
+    if app.dns.is_none() {
+        return;
+    }
+    for a in app.attacher.attachments().await {
+        if let Some(h) = &a.hostname {
+            let addrs: Vec<_> = a.cidrs.iter().map(|n| n.addr()).collect();
+            if let Err(e) = crate::dns_api::register(app, h, &a.id, &addrs).await {
+                tracing::warn!(container = %a.id, "cannot re-register {h}: {}", e.message());
+            }
+        }
+    }
+}
+
 fn parse_specs(addrs: &[String]) -> Result<Vec<AddrSpec>, ApiError> {
     addrs
         .iter()
@@ -514,17 +602,37 @@ async fn attach(State(app): AppState, body: Bytes) -> Result<Response, ApiError>
         }
     }
     let ident = app.attacher.identify(&req.container).await?;
+    let hostname = if req.without_dns || app.dns.is_none() {
+        None
+    } else {
+        match &req.hostname {
+            Some(h) => Some(qualify(&app, h)),
+            None => default_hostname(&app, &req.container).await,
+        }
+    };
     let (nets, obtained) = obtain(&app, &ident, specs).await?;
     match app
         .attacher
-        .attach(&req.container, &ident, nets.clone(), req.multicast_route)
+        .attach(
+            &req.container,
+            &ident,
+            nets.clone(),
+            req.multicast_route,
+            hostname.clone(),
+        )
         .await
     {
-        Ok(entry) => Ok(axum::Json(AttachResponse {
-            container: entry,
-            addresses: nets,
-        })
-        .into_response()),
+        Ok(entry) => {
+            if let Some(h) = &hostname {
+                let addrs: Vec<_> = nets.iter().map(|n| n.addr()).collect();
+                crate::dns_api::register(&app, h, &ident, &addrs).await?;
+            }
+            Ok(axum::Json(AttachResponse {
+                container: entry,
+                addresses: nets,
+            })
+            .into_response())
+        }
         Err(e) => {
             release_addrs(&app, &ident, &obtained).await;
             Err(e.into())
@@ -565,6 +673,9 @@ async fn detach(State(app): AppState, body: Bytes) -> Result<Response, ApiError>
         Some(list)
     };
     let (ident, removed) = app.attacher.detach(&req.container, remove).await?;
+    for n in &removed {
+        crate::dns_api::unregister(&app, &ident, Some(n.addr())).await;
+    }
     release_addrs(&app, &ident, &removed).await;
     Ok(axum::Json(removed).into_response())
 }
@@ -666,6 +777,10 @@ async fn expose(State(app): AppState, body: Bytes) -> Result<Response, ApiError>
         release_addrs(&app, EXPOSE_IDENT, &obtained).await;
         return Err(e.into());
     }
+    if let (Some(h), Some(_)) = (&req.hostname, &app.dns) {
+        let addrs: Vec<_> = nets.iter().map(|n| n.addr()).collect();
+        crate::dns_api::register(&app, &qualify(&app, h), EXPOSE_IDENT, &addrs).await?;
+    }
     Ok(axum::Json(nets).into_response())
 }
 
@@ -688,6 +803,9 @@ async fn hide(State(app): AppState, body: Bytes) -> Result<Response, ApiError> {
             .collect()
     };
     app.attacher.hide(&remove).await?;
+    for n in &remove {
+        crate::dns_api::unregister(&app, EXPOSE_IDENT, Some(n.addr())).await;
+    }
     release_addrs(&app, EXPOSE_IDENT, &remove).await;
     Ok(axum::Json(remove).into_response())
 }
@@ -734,8 +852,11 @@ async fn leave(State(app): AppState) -> Result<Response, ApiError> {
     })
 }
 
-/// Releases the addresses of containers that went away.
+/// Releases the addresses and names of containers that went away.
 pub async fn release_gone(app: &App, gone: Vec<crate::attach::Attachment>) {
+    for a in &gone {
+        crate::dns_api::unregister(app, &a.id, None).await;
+    }
     if !app.ipam_enabled {
         return;
     }

@@ -55,6 +55,9 @@ pub struct Attachment {
     pub host_if: String,
     pub mac: String,
     pub cidrs: Vec<Ipv4Net>,
+    /// The name registered in weftDNS for the container's addresses.
+    #[serde(default)]
+    pub hostname: Option<String>,
 }
 
 pub struct Attacher {
@@ -214,6 +217,7 @@ impl Attacher {
         ident: &str,
         cidrs: Vec<Ipv4Net>,
         multicast_route: bool,
+        hostname: Option<String>,
     ) -> Result<ContainerEntry, AttachError> {
         if cidrs.is_empty() {
             return Err(AttachError::Invalid(
@@ -255,9 +259,16 @@ impl Attacher {
                     .collect();
                 add_addresses(&t.ns, new.clone()).await?;
                 a.cidrs.extend(new);
+                if hostname.is_some() {
+                    a.hostname = hostname;
+                }
                 a
             }
-            None => self.plug(&t, &cidrs, multicast_route).await?,
+            None => {
+                let mut a = self.plug(&t, &cidrs, multicast_route).await?;
+                a.hostname = hostname;
+                a
+            }
         };
         let out = ContainerEntry {
             id: entry.id.clone(),
@@ -316,6 +327,7 @@ impl Attacher {
                 host_if,
                 mac: mac.to_string(),
                 cidrs: cidrs.to_vec(),
+                hostname: None,
             }),
             Err(e) => {
                 // Deleting one end of a veth pair deletes both, wherever the other end is.
@@ -394,6 +406,16 @@ impl Attacher {
                 cidrs: a.cidrs.clone(),
             })
             .collect())
+    }
+
+    /// Every live attachment.
+    pub async fn attachments(&self) -> Vec<Attachment> {
+        let entries = self.entries.lock().await;
+        entries
+            .values()
+            .filter(|a| namespace_alive(a))
+            .cloned()
+            .collect()
     }
 
     /// The host's own addresses on the weft bridge (`weft expose`), and the bridge's MAC.

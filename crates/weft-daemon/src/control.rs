@@ -53,6 +53,7 @@ pub enum ControlInput {
     },
     Status(oneshot::Sender<(RouterStatus, Option<IpamStatus>)>),
     Ipam(IpamCmd),
+    Dns(DnsCmd),
     /// Targets already resolved: `(as given, address, port given)`.
     Connect {
         targets: Vec<(String, SocketAddr, bool)>,
@@ -100,6 +101,22 @@ pub enum IpamCmd {
     },
 }
 
+/// Changes to our DNS names.
+pub enum DnsCmd {
+    Add {
+        hostname: String,
+        container: String,
+        addr: Ipv4Addr,
+        reply: oneshot::Sender<Result<bool, String>>,
+    },
+    Remove {
+        container: String,
+        addr: Option<Ipv4Addr>,
+        hostname: Option<String>,
+        reply: oneshot::Sender<usize>,
+    },
+}
+
 /// An answer to give once the state it depends on is persisted.
 enum Deferred {
     Nets(oneshot::Sender<Vec<Ipv4Net>>, Vec<Ipv4Net>),
@@ -124,6 +141,8 @@ pub struct Control {
     dataplane: mpsc::Sender<DataPlaneMsg>,
     state: StateDir,
     bind_ip: Option<IpAddr>,
+    dns: Option<Arc<crate::dns::DnsShared>>,
+    dns_published: u64,
 }
 
 impl Control {
@@ -136,6 +155,7 @@ impl Control {
         dataplane: mpsc::Sender<DataPlaneMsg>,
         state: StateDir,
         bind_ip: Option<IpAddr>,
+        dns: Option<Arc<crate::dns::DnsShared>>,
     ) -> Self {
         Control {
             node,
@@ -149,6 +169,8 @@ impl Control {
             dataplane,
             state,
             bind_ip,
+            dns,
+            dns_published: u64::MAX,
         }
     }
 
@@ -214,6 +236,29 @@ impl Control {
                 let _ = reply.send((self.node.status(now), ipam));
             }
             ControlInput::Ipam(cmd) => self.ipam(now, cmd),
+            ControlInput::Dns(DnsCmd::Add {
+                hostname,
+                container,
+                addr,
+                reply,
+            }) => {
+                let r = self
+                    .node
+                    .dns_add(now, &hostname, &container, addr)
+                    .map_err(|e| e.to_string());
+                let _ = reply.send(r);
+            }
+            ControlInput::Dns(DnsCmd::Remove {
+                container,
+                addr,
+                hostname,
+                reply,
+            }) => {
+                let n = self
+                    .node
+                    .dns_remove(now, &container, addr, hostname.as_deref());
+                let _ = reply.send(n);
+            }
             ControlInput::Connect {
                 targets,
                 replace,
@@ -338,6 +383,15 @@ impl Control {
                     }
                     Deferred::Heir(r, v) => {
                         let _ = r.send(v);
+                    }
+                }
+            }
+            if let Some(shared) = &self.dns {
+                let generation = self.node.dns_generation();
+                if generation != self.dns_published {
+                    self.dns_published = generation;
+                    if let Some(r) = self.node.dns() {
+                        shared.publish(r.clone());
                     }
                 }
             }

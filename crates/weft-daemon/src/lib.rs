@@ -13,6 +13,8 @@ pub mod api;
 pub mod attach;
 pub mod control;
 pub mod dataplane;
+pub mod dns;
+pub mod dns_api;
 pub mod hostnet;
 pub mod ipam_api;
 pub mod state;
@@ -59,6 +61,42 @@ pub struct Config {
     pub timing: Timing,
     /// IP address management; `None` disables it (`--ipalloc-range ""`).
     pub ipam: Option<IpamSettings>,
+    /// weftDNS; `None` disables it (`--no-dns`).
+    pub dns: Option<DnsSettings>,
+}
+
+#[derive(Clone, Debug)]
+pub struct DnsSettings {
+    pub domain: String,
+    /// Default: the docker0 bridge's address, else all addresses, port 53.
+    pub listen: Option<SocketAddr>,
+    pub ttl: u32,
+    pub resolv_conf: PathBuf,
+    pub fallback_timeout: Duration,
+}
+
+impl Default for DnsSettings {
+    fn default() -> Self {
+        DnsSettings {
+            domain: "weave.local.".into(),
+            listen: None,
+            ttl: 1,
+            resolv_conf: "/etc/resolv.conf".into(),
+            fallback_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Where the DNS server listens by default: docker0's address if there is one (containers
+/// started by Docker reach it there), else every address.
+async fn default_dns_listen(nl: &Netlink) -> SocketAddr {
+    if let Ok(Some(l)) = nl.link_by_name("docker0").await
+        && let Ok(addrs) = nl.addresses(Some(l.index)).await
+        && let Some((_, n)) = addrs.iter().find(|(_, n)| n.addr().is_ipv4())
+    {
+        return SocketAddr::new(n.addr(), 53);
+    }
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 53)
 }
 
 #[derive(Clone, Debug)]
@@ -259,13 +297,47 @@ pub async fn run(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Result<(),
             Some((icfg, persisted))
         }
     };
-    let mut node =
-        Node::new(router_cfg, ipam, Instant::now(), random_u64()).map_err(DaemonError::Config)?;
+    let dns_domain = cfg
+        .dns
+        .as_ref()
+        .map(|d| weft_core::dns::normalize(&d.domain));
+    let mut node = Node::new(
+        router_cfg,
+        ipam,
+        dns_domain.as_deref(),
+        Instant::now(),
+        random_u64(),
+    )
+    .map_err(DaemonError::Config)?;
     node.connect(Instant::now(), resolved, false);
     info!(
         "weft router {VERSION} starting: peer {name}({}), port {}, overlay MTU {mtu}",
         cfg.nickname, cfg.port
     );
+
+    let dns = match (&cfg.dns, node.dns()) {
+        (Some(d), Some(records)) => {
+            let listen = match d.listen {
+                Some(a) => a,
+                None => default_dns_listen(&nl).await,
+            };
+            let shared = Arc::new(dns::DnsShared::new(
+                dns::DnsConfig {
+                    domain: records.domain().to_string(),
+                    listen,
+                    ttl: d.ttl,
+                    resolv_conf: d.resolv_conf.clone(),
+                    fallback_timeout: d.fallback_timeout,
+                },
+                records.clone(),
+                random_u64(),
+            ));
+            let server = dns::start(shared.clone()).await?;
+            Some((shared, server))
+        }
+        _ => None,
+    };
+    let dns_shared = dns.as_ref().map(|(s, _)| s.clone());
 
     let (ctl_tx, ctl_rx) = mpsc::channel(4096);
     let (dp_tx, dp_rx) = mpsc::channel(256);
@@ -277,6 +349,7 @@ pub async fn run(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Result<(),
         dp_tx.clone(),
         state.clone(),
         cfg.host,
+        dns_shared.clone(),
     );
     let attacher = Arc::new(attach::Attacher::new(
         host.netlink.clone(),
@@ -298,9 +371,22 @@ pub async fn run(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Result<(),
             .map(|i| i.default_subnet.unwrap_or(i.range).trunc())
             .unwrap_or_else(|| "10.32.0.0/12".parse().expect("valid CIDR")),
         ipam_enabled: cfg.ipam.is_some(),
+        dns: dns_shared,
     });
 
     let mut tasks = tokio::task::JoinSet::new();
+    {
+        // Names of containers attached before a restart come back once the router runs.
+        let app = app.clone();
+        tasks.spawn(async move { api::reregister(&app).await });
+    }
+    if let Some((_, mut server)) = dns {
+        let mut sd = shutdown.clone();
+        tasks.spawn(async move {
+            let _ = sd.changed().await;
+            let _ = server.shutdown_gracefully().await;
+        });
+    }
     tasks.spawn(control.run(shutdown.clone()));
     tasks.spawn(dataplane::run(
         name,

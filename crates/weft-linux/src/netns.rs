@@ -117,3 +117,20 @@ where
     rx.await
         .map_err(|_| Error::Other("namespace worker thread panicked".into()))?
 }
+
+/// The hostname in the UTS namespace of process `pid` (its container's hostname).
+pub async fn uts_hostname(pid: u32) -> Option<String> {
+    let file = File::open(format!("/proc/{pid}/ns/uts")).ok()?;
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("weft-uts".into())
+        .spawn(move || {
+            let r = setns(file.as_fd(), CloneFlags::CLONE_NEWUTS)
+                .ok()
+                .and_then(|_| nix::unistd::gethostname().ok())
+                .and_then(|h| h.into_string().ok());
+            let _ = tx.send(r);
+        })
+        .ok()?;
+    rx.await.ok().flatten()
+}

@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 pub mod control;
+pub mod dns;
 pub mod ether;
 pub mod ipam;
 pub mod peer;

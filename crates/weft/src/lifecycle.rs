@@ -99,6 +99,13 @@ pub fn router(cli: &Cli, args: &RouterArgs) -> Result<()> {
                 timeout: Duration::from_secs(args.ipalloc_timeout),
             })
         },
+        dns: (!args.no_dns).then(|| weft_daemon::DnsSettings {
+            domain: args.dns_domain.clone(),
+            listen: args.dns_listen_address,
+            ttl: args.dns_ttl,
+            resolv_conf: args.resolv_conf.clone(),
+            fallback_timeout: Duration::from_secs(args.dns_fallback_timeout),
+        }),
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -80,10 +80,20 @@ enum Cmd {
     },
     /// Attach a container to the overlay. Addresses: CIDR or ip:CIDR (exactly that),
     /// net:CIDR (any free one in that subnet), net:default; none means net:default.
+    #[command(disable_help_flag = true)]
     Attach {
         /// Do not add the 224.0.0.0/4 route through ethwe.
         #[arg(long)]
         no_multicast_route: bool,
+        /// Name to register in weftDNS (default: the netns name, or the container's own
+        /// hostname if it is in the domain).
+        #[arg(short = 'h', long)]
+        hostname: Option<String>,
+        /// Do not register a name in weftDNS.
+        #[arg(long)]
+        without_dns: bool,
+        #[arg(long, action = clap::ArgAction::Help)]
+        help: Option<bool>,
         #[arg(required = true, value_name = "[ADDR...] CONTAINER")]
         args: Vec<String>,
     },
@@ -93,7 +103,13 @@ enum Cmd {
         args: Vec<String>,
     },
     /// Give the host addresses on the overlay so it can reach containers (ADDR as for attach).
+    #[command(disable_help_flag = true)]
     Expose {
+        /// A name for the host in weftDNS.
+        #[arg(short = 'h', long)]
+        hostname: Option<String>,
+        #[arg(long, action = clap::ArgAction::Help)]
+        help: Option<bool>,
         #[arg(value_name = "ADDR")]
         addrs: Vec<String>,
     },
@@ -102,6 +118,33 @@ enum Cmd {
         #[arg(value_name = "ADDR")]
         addrs: Vec<String>,
     },
+    /// Register a name in weftDNS: `dns-add [IP...] [CONTAINER] -h FQDN` (no container: an
+    /// external address; no IPs: all of the container's).
+    #[command(name = "dns-add", disable_help_flag = true)]
+    DnsAdd {
+        #[arg(short = 'h', long, required = true)]
+        hostname: String,
+        #[arg(long, action = clap::ArgAction::Help)]
+        help: Option<bool>,
+        #[arg(value_name = "[IP...] [CONTAINER]")]
+        args: Vec<String>,
+    },
+    /// Remove names from weftDNS: `dns-remove [IP...] [CONTAINER] [-h FQDN]`.
+    #[command(name = "dns-remove", disable_help_flag = true)]
+    DnsRemove {
+        #[arg(short = 'h', long)]
+        hostname: Option<String>,
+        #[arg(long, action = clap::ArgAction::Help)]
+        help: Option<bool>,
+        #[arg(value_name = "[IP...] [CONTAINER]")]
+        args: Vec<String>,
+    },
+    /// Look a name up through weftDNS.
+    #[command(name = "dns-lookup")]
+    DnsLookup { name: String },
+    /// Print the `docker run` arguments that make a container use weftDNS.
+    #[command(name = "dns-args")]
+    DnsArgs,
     /// Take over the address ranges of peers that are gone for good (run on one host only).
     Rmpeer {
         #[arg(required = true, value_name = "PEER-NAME-OR-NICKNAME")]
@@ -156,6 +199,24 @@ pub struct RouterArgs {
     /// Seconds an allocation may wait (for consensus or free space) before failing.
     #[arg(long, default_value_t = 30)]
     ipalloc_timeout: u64,
+    /// Do not run the DNS server.
+    #[arg(long)]
+    no_dns: bool,
+    /// The DNS domain containers' names live in.
+    #[arg(long, default_value = "weave.local.")]
+    dns_domain: String,
+    /// Where the DNS server listens (default: docker0's address, else all addresses, port 53).
+    #[arg(long)]
+    dns_listen_address: Option<SocketAddr>,
+    /// TTL of the DNS answers for local names, in seconds.
+    #[arg(long, default_value_t = 1)]
+    dns_ttl: u32,
+    /// The resolv.conf listing upstream servers for names outside the domain.
+    #[arg(long, default_value = "/etc/resolv.conf")]
+    resolv_conf: PathBuf,
+    /// Seconds to wait for each upstream DNS server.
+    #[arg(long, default_value_t = 5)]
+    dns_fallback_timeout: u64,
     /// debug | info | warning | error
     #[arg(long, default_value = "info")]
     log_level: String,
@@ -186,12 +247,26 @@ impl RouterArgs {
         );
         opt("ipalloc-init", self.ipalloc_init.clone());
         opt("ipalloc-timeout", Some(self.ipalloc_timeout.to_string()));
+        opt("dns-domain", Some(self.dns_domain.clone()));
+        opt(
+            "dns-listen-address",
+            self.dns_listen_address.map(|a| a.to_string()),
+        );
+        opt("dns-ttl", Some(self.dns_ttl.to_string()));
+        opt("resolv-conf", Some(self.resolv_conf.display().to_string()));
+        opt(
+            "dns-fallback-timeout",
+            Some(self.dns_fallback_timeout.to_string()),
+        );
         opt("log-level", Some(self.log_level.clone()));
-        if self.no_discovery {
-            v.push("--no-discovery".into());
-        }
-        if self.resume {
-            v.push("--resume".into());
+        for (set, flag) in [
+            (self.no_discovery, "--no-discovery"),
+            (self.resume, "--resume"),
+            (self.no_dns, "--no-dns"),
+        ] {
+            if set {
+                v.push(flag.to_string());
+            }
         }
         if !self.peers.is_empty() {
             v.push("--".into());
@@ -247,11 +322,11 @@ fn real_main(cli: Cli) -> Result<()> {
                     let s = client().get("/status").await?;
                     print!("\n{s}\n");
                 }
-                Some(sub @ ("targets" | "connections" | "peers" | "ipam")) => {
+                Some(sub @ ("targets" | "connections" | "peers" | "ipam" | "dns")) => {
                     print!("{}", client().get(&format!("/status/{sub}")).await?);
                 }
                 Some(other) => bail!(
-                    "Invalid 'weft status' sub-command: {other} (use: weft status [targets | connections | peers | ipam])"
+                    "Invalid 'weft status' sub-command: {other} (use: weft status [targets | connections | peers | ipam | dns])"
                 ),
             }
             Ok(())
@@ -279,7 +354,10 @@ fn real_main(cli: Cli) -> Result<()> {
         }),
         Cmd::Attach {
             no_multicast_route,
+            hostname,
+            without_dns,
             args,
+            ..
         } => {
             let (addrs, container) = split_container(args)?;
             runtime()?.block_on(async {
@@ -287,6 +365,8 @@ fn real_main(cli: Cli) -> Result<()> {
                     container,
                     addrs,
                     multicast_route: !no_multicast_route,
+                    hostname: hostname.clone(),
+                    without_dns: *without_dns,
                 };
                 let body = client().post_json("/attach", &req).await?;
                 let r: AttachResponse = serde_json::from_str(&body)?;
@@ -305,7 +385,7 @@ fn real_main(cli: Cli) -> Result<()> {
                 Ok(())
             })
         }
-        Cmd::Expose { addrs } | Cmd::Hide { addrs } => {
+        Cmd::Expose { addrs, .. } | Cmd::Hide { addrs } => {
             for a in addrs {
                 a.parse::<AddrSpec>().map_err(anyhow::Error::msg)?;
             }
@@ -315,8 +395,13 @@ fn real_main(cli: Cli) -> Result<()> {
                 "/hide"
             };
             runtime()?.block_on(async {
+                let hostname = match &cli.cmd {
+                    Cmd::Expose { hostname, .. } => hostname.clone(),
+                    _ => None,
+                };
                 let req = weft_api::types::ExposeRequest {
                     addrs: addrs.clone(),
+                    hostname,
                 };
                 let body = client().post_json(path, &req).await?;
                 let nets: Vec<Ipv4Net> = serde_json::from_str(&body)?;
@@ -324,6 +409,67 @@ fn real_main(cli: Cli) -> Result<()> {
                 Ok(())
             })
         }
+        Cmd::DnsAdd { hostname, args, .. } => {
+            let (ips, container) = split_ips(args)?;
+            runtime()?.block_on(async {
+                let c = client();
+                let (ident, ips) = match container {
+                    Some(ct) if ips.is_empty() => {
+                        let ips = container_ips(&c, &ct).await?;
+                        (ct, ips)
+                    }
+                    Some(ct) => (ct, ips),
+                    None if ips.is_empty() => bail!("dns-add needs an IP address or a container"),
+                    None => ("weave:extern".to_string(), ips),
+                };
+                for ip in ips {
+                    let path = format!("/name/{}/{ip}?fqdn={}", urlencode(&ident), urlencode(hostname));
+                    c.request(hyper::Method::PUT, &path, None, Vec::new()).await?;
+                }
+                Ok(())
+            })
+        }
+        Cmd::DnsRemove { hostname, args, .. } => {
+            let (ips, container) = split_ips(args)?;
+            let ident = container.unwrap_or_else(|| "weave:extern".to_string());
+            runtime()?.block_on(async {
+                let c = client();
+                let q = hostname
+                    .as_ref()
+                    .map(|h| format!("?fqdn={}", urlencode(h)))
+                    .unwrap_or_default();
+                if ips.is_empty() {
+                    c.delete(&format!("/name/{}", urlencode(&ident))).await?;
+                }
+                for ip in ips {
+                    c.delete(&format!("/name/{}/{ip}{q}", urlencode(&ident))).await?;
+                }
+                Ok(())
+            })
+        }
+        Cmd::DnsLookup { name } => runtime()?.block_on(async {
+            let r: Report = client().get_json("/report").await?;
+            let Some(d) = r.dns else {
+                bail!("weftDNS is disabled (the router was launched with --no-dns)");
+            };
+            let mut server: SocketAddr = d.address.parse()?;
+            if server.ip().is_unspecified() {
+                server.set_ip(IpAddr::from([127, 0, 0, 1]));
+            }
+            for a in dns_lookup(server, name).await? {
+                println!("{a}");
+            }
+            Ok(())
+        }),
+        Cmd::DnsArgs => runtime()?.block_on(async {
+            let c = client();
+            match (c.get("/dns-address").await, c.get("/domain").await) {
+                (Ok(ip), Ok(domain)) => println!("--dns={} --dns-search={}", ip.trim(), domain.trim()),
+                (Err(ClientError::Status { status: 404, body }), _) if body.contains("disabled") => {}
+                (Err(e), _) | (_, Err(e)) => return Err(e.into()),
+            }
+            Ok(())
+        }),
         Cmd::Rmpeer { peers } => runtime()?.block_on(async {
             let mut failed = false;
             for p in peers {
@@ -384,6 +530,61 @@ fn split_container(args: &[String]) -> Result<(Vec<String>, String)> {
         a.parse::<AddrSpec>().map_err(anyhow::Error::msg)?;
     }
     Ok((rest.to_vec(), container.clone()))
+}
+
+/// `[IP...] [CONTAINER]`: addresses, and the one argument that is not an address.
+fn split_ips(args: &[String]) -> Result<(Vec<std::net::Ipv4Addr>, Option<String>)> {
+    let mut ips = Vec::new();
+    let mut container = None;
+    for a in args {
+        match a.parse::<std::net::Ipv4Addr>() {
+            Ok(ip) => ips.push(ip),
+            Err(_) if container.is_none() => container = Some(a.clone()),
+            Err(_) => {
+                bail!("{a:?}: more than one container given (IP addresses look like 10.32.0.1)")
+            }
+        }
+    }
+    Ok((ips, container))
+}
+
+/// The weft addresses of an attached container.
+async fn container_ips(c: &Client, container: &str) -> Result<Vec<std::net::Ipv4Addr>> {
+    let list: Vec<ContainerEntry> = c
+        .get_json(&format!("/ps?container={}", urlencode(container)))
+        .await?;
+    let ips: Vec<_> = list
+        .iter()
+        .flat_map(|e| e.cidrs.iter().map(|n| n.addr()))
+        .collect();
+    if ips.is_empty() {
+        bail!("container {container} has no weft addresses; give the IP addresses");
+    }
+    Ok(ips)
+}
+
+/// Asks a DNS server for the A records of `name` (as `dig +short` would).
+async fn dns_lookup(server: SocketAddr, name: &str) -> Result<Vec<std::net::Ipv4Addr>> {
+    use hickory_proto::op::{Message, Query};
+    use hickory_proto::rr::{Name, RData, RecordType};
+    let mut q = Message::query();
+    q.metadata.id = std::process::id() as u16;
+    q.metadata.recursion_desired = true;
+    q.add_query(Query::query(Name::from_ascii(name)?, RecordType::A));
+    let sock = tokio::net::UdpSocket::bind("0.0.0.0:0").await?;
+    sock.send_to(&q.to_vec()?, server).await?;
+    let mut buf = vec![0u8; 4096];
+    let (n, _) = tokio::time::timeout(std::time::Duration::from_secs(5), sock.recv_from(&mut buf))
+        .await
+        .map_err(|_| anyhow::anyhow!("no answer from the DNS server at {server}"))??;
+    let m = Message::from_vec(&buf[..n])?;
+    Ok(m.answers
+        .iter()
+        .filter_map(|r| match &r.data {
+            RData::A(a) => Some(a.0),
+            _ => None,
+        })
+        .collect())
 }
 
 fn ips(cidrs: &[Ipv4Net]) -> String {

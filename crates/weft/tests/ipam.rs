@@ -226,8 +226,15 @@ fn separately_started_clusters_refuse_to_join_and_keep_working() -> Result<()> {
     assert!(conns.contains("failed"), "{conns}");
     assert!(conns.contains("weft reset"), "says what to do: {conns}");
     for i in [1, 2] {
-        let ipam = tb.weft_ok(i, &["status", "ipam"])?;
-        assert!(ipam.contains("seeded by different peers"), "h{i}: {ipam}");
+        // Each side notices when it gets the other's ring (on this or a retried connection).
+        Testbed::wait_for(CONVERGE, || {
+            let ipam = tb.weft_ok(i, &["status", "ipam"])?;
+            if ipam.contains("seeded by different peers") {
+                Ok(())
+            } else {
+                bail!("h{i}: {ipam}")
+            }
+        })?;
         let s = tb.weft_ok(i, &["status"])?;
         assert!(
             s.contains("Status: ready") && s.contains("Conflicts: "),

@@ -134,6 +134,8 @@ pub struct Sim {
     pub conn_limit: usize,
     /// IPAM configuration for routers added from now on (`None`: no IPAM).
     pub ipam: Option<IpamConfig>,
+    /// DNS domain for routers added from now on (`None`: no DNS).
+    pub dns_domain: Option<String>,
     next_op: OpId,
     pub nodes: Vec<Node>,
     queue: BTreeMap<(Instant, u64), Ev>,
@@ -159,6 +161,7 @@ impl Sim {
             timing: Timing::default(),
             conn_limit: 0,
             ipam: None,
+            dns_domain: None,
             next_op: 1,
             nodes: Vec::new(),
             queue: BTreeMap::new(),
@@ -246,7 +249,7 @@ impl Sim {
         };
         let seed = self.seed ^ name.as_u64().wrapping_mul(0x9e37_79b9) ^ (inc << 48);
         let ipam = self.ipam.clone().map(|c| (c, persisted));
-        CoreNode::new(cfg, ipam, self.now, seed).expect("node starts")
+        CoreNode::new(cfg, ipam, self.dns_domain.as_deref(), self.now, seed).expect("node starts")
     }
 
     fn start_node(&mut self, i: usize) {
@@ -869,6 +872,71 @@ impl Sim {
         for (p, size) in r0.sizes() {
             if !live_names.contains(&p) {
                 return Err(format!("{size} addresses still owned by gone peer {p}"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Host `i` registers `hostname` → `addr` for `container`.
+    pub fn dns_add(&mut self, i: usize, hostname: &str, container: &str, addr: std::net::Ipv4Addr) {
+        let now = self.now;
+        self.nodes[i]
+            .node
+            .dns_add(now, hostname, container, addr)
+            .expect("valid name");
+        self.drain(i);
+    }
+
+    pub fn dns_remove(&mut self, i: usize, container: &str) -> usize {
+        let now = self.now;
+        let n = self.nodes[i].node.dns_remove(now, container, None, None);
+        self.drain(i);
+        n
+    }
+
+    /// The live DNS entries host `i` knows, as (hostname, origin, container, address).
+    pub fn dns_view(
+        &self,
+        i: usize,
+    ) -> std::collections::BTreeSet<(String, PeerName, String, u32)> {
+        self.nodes[i]
+            .node
+            .dns()
+            .map(|r| {
+                r.live()
+                    .map(|e| {
+                        (
+                            e.hostname.to_ascii_lowercase(),
+                            e.origin,
+                            e.container.clone(),
+                            e.addr,
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// All live hosts in `group` know exactly the live entries their origins hold.
+    pub fn dns_converged(&self, group: &[usize]) -> Result<(), String> {
+        let live: Vec<usize> = group
+            .iter()
+            .copied()
+            .filter(|&i| self.nodes[i].alive)
+            .collect();
+        let mut want = std::collections::BTreeSet::new();
+        for &i in &live {
+            let me = self.nodes[i].name;
+            want.extend(self.dns_view(i).into_iter().filter(|e| e.1 == me));
+        }
+        for &i in &live {
+            let v = self.dns_view(i);
+            if v != want {
+                return Err(format!(
+                    "h{i} knows {} live names, want {}",
+                    v.len(),
+                    want.len()
+                ));
             }
         }
         Ok(())

@@ -70,6 +70,8 @@ pub struct Testbed {
     containers: Vec<String>,
     dir: PathBuf,
     children: Vec<Child>,
+    /// `/etc/netns/<ns>` directories we made (per-namespace resolv.conf).
+    etc_dirs: Vec<PathBuf>,
 }
 
 /// Runs a command, failing with its output if it fails.
@@ -105,6 +107,7 @@ impl Testbed {
             containers: Vec::new(),
             dir,
             children: Vec::new(),
+            etc_dirs: Vec::new(),
         };
         // From here on, Drop cleans up whatever was made even if a later step fails.
         ip(&["netns", "add", &tb.underlay])?;
@@ -240,6 +243,20 @@ impl Testbed {
             .expect("running a command in a namespace")
     }
 
+    /// Gives namespace `ns` its own resolv.conf: `ip netns exec` bind-mounts
+    /// `/etc/netns/<ns>/resolv.conf` over `/etc/resolv.conf` for programs run in it, so its
+    /// name lookups (ping NAME) go to `nameserver` with `search` domains. Removed on drop.
+    pub fn set_resolv_conf(&mut self, ns: &str, nameserver: &str, search: &str) -> Result<()> {
+        let dir = Path::new("/etc/netns").join(ns);
+        std::fs::create_dir_all(&dir)?;
+        self.etc_dirs.push(dir.clone());
+        std::fs::write(
+            dir.join("resolv.conf"),
+            format!("nameserver {nameserver}\nsearch {search}\noptions timeout:1 attempts:2\n"),
+        )?;
+        Ok(())
+    }
+
     /// Starts a program in a namespace in the background; it is killed on drop. Its output
     /// goes to `<testbed dir>/<program>-<n>.log` (see [`Testbed::spawn_log`]).
     pub fn spawn(&mut self, ns: &str, program: &str, args: &[&str]) -> Result<u32> {
@@ -373,6 +390,9 @@ impl Drop for Testbed {
             .chain(std::iter::once(&self.underlay))
         {
             let _ = Command::new("ip").args(["netns", "del", ns]).output();
+        }
+        for d in &self.etc_dirs {
+            let _ = std::fs::remove_dir_all(d);
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }

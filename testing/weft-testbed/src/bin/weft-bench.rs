@@ -6,8 +6,11 @@
 //!
 //! `weft-bench ipam [N]`: IP allocations per second through the HTTP API of one router
 //! (N allocations then N releases, from 1 and from 8 concurrent clients).
+//!
+//! `weft-bench dns [SECONDS]`: weftDNS queries per second with the router pinned to one core
+//! and the load generator on the other.
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use weft_testbed::{Testbed, measure};
 
 struct Row {
@@ -31,6 +34,10 @@ fn main() -> Result<()> {
         Some("ipam-client") => return ipam_client(&args[2..]),
         Some("ipam") => {
             return ipam_bench(args.get(2).map(|s| s.parse()).transpose()?.unwrap_or(2000));
+        }
+        Some("dns-client") => return dns_client(&args[2..]),
+        Some("dns") => {
+            return dns_bench(args.get(2).map(|s| s.parse()).transpose()?.unwrap_or(5));
         }
         _ => {}
     }
@@ -212,6 +219,121 @@ fn ipam_bench(n: usize) -> Result<()> {
             .cmd_in(&tb.host(1).netns, me)
             .args(["ipam-client", &n.to_string(), &clients.to_string(), tag])
             .output()?;
+        if !out.status.success() {
+            bail!("client failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        print!("{}", String::from_utf8_lossy(&out.stdout));
+    }
+    Ok(())
+}
+
+/// A minimal A query for `name` with id `id`.
+fn dns_query(id: u16, name: &str) -> Vec<u8> {
+    let mut q = Vec::with_capacity(64);
+    q.extend_from_slice(&id.to_be_bytes());
+    q.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]);
+    for label in name.trim_end_matches('.').split('.') {
+        q.push(label.len() as u8);
+        q.extend_from_slice(label.as_bytes());
+    }
+    q.extend_from_slice(&[0, 0, 1, 0, 1]);
+    q
+}
+
+/// Runs inside the host's namespace: `dns-client SECONDS THREADS NAME`; closed-loop queries.
+fn dns_client(args: &[String]) -> Result<()> {
+    let secs: u64 = args.first().map(|s| s.parse()).transpose()?.unwrap_or(5);
+    let threads: usize = args.get(1).map(|s| s.parse()).transpose()?.unwrap_or(4);
+    let name = args
+        .get(2)
+        .cloned()
+        .unwrap_or_else(|| "bench.weave.local".into());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    let handles: Vec<_> = (0..threads)
+        .map(|t| {
+            let name = name.clone();
+            std::thread::spawn(move || -> Result<(u64, u64)> {
+                let sock = std::net::UdpSocket::bind("127.0.0.1:0")?;
+                sock.connect("127.0.0.1:53")?;
+                sock.set_read_timeout(Some(std::time::Duration::from_millis(500)))?;
+                let (mut ok, mut lost) = (0u64, 0u64);
+                let mut buf = [0u8; 1500];
+                let mut id = (t as u16) << 12;
+                while std::time::Instant::now() < deadline {
+                    id = id.wrapping_add(1);
+                    sock.send(&dns_query(id, &name))?;
+                    match sock.recv(&mut buf) {
+                        Ok(n) if n >= 12 && buf[0..2] == id.to_be_bytes() && buf[3] & 0x0f == 0 => {
+                            ok += 1
+                        }
+                        _ => lost += 1,
+                    }
+                }
+                Ok((ok, lost))
+            })
+        })
+        .collect();
+    let (mut ok, mut lost) = (0, 0);
+    for h in handles {
+        let (o, l) = h
+            .join()
+            .map_err(|_| anyhow::anyhow!("client thread panicked"))??;
+        ok += o;
+        lost += l;
+    }
+    println!(
+        "{threads} closed-loop clients, {secs} s: {:.0} answered queries/s ({lost} unanswered)",
+        ok as f64 / secs as f64
+    );
+    Ok(())
+}
+
+fn dns_bench(secs: u64) -> Result<()> {
+    if !weft_testbed::available() {
+        bail!("the benchmark builds network namespaces and needs root");
+    }
+    let weft = weft_testbed::weft_binary()?;
+    let tb = Testbed::new("dnsbench", 1, &weft)?;
+    tb.launch(1, &["--log-level=warning"])?;
+    tb.weft_ok(
+        1,
+        &[
+            "dns-add",
+            "10.32.0.9",
+            "10.32.0.10",
+            "-h",
+            "bench.weave.local",
+        ],
+    )?;
+    let pid = tb.our_router_pid(1).context("router pid")?;
+    // The router gets core 0 only (all its threads); the load generator core 1.
+    let out = std::process::Command::new("taskset")
+        .args(["-a", "-p", "-c", "0", &pid.to_string()])
+        .output()?;
+    if !out.status.success() {
+        bail!("taskset failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let me = std::env::current_exe()?;
+    let me = me.to_str().expect("utf-8 path");
+    println!("weftDNS, local name with 2 addresses, router pinned to one core:");
+    for threads in [1, 4, 16] {
+        let mut cmd = std::process::Command::new("taskset");
+        cmd.args([
+            "-c",
+            "1",
+            "ip",
+            "netns",
+            "exec",
+            &tb.host(1).netns,
+            me,
+            "dns-client",
+        ])
+        .args([
+            secs.to_string(),
+            threads.to_string(),
+            "bench.weave.local".into(),
+        ]);
+        let out = cmd.output()?;
         if !out.status.success() {
             bail!("client failed: {}", String::from_utf8_lossy(&out.stderr));
         }

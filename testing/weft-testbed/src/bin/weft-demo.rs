@@ -63,23 +63,55 @@ fn main() -> Result<()> {
 
     let c1 = tb.container("service1")?;
     let c3 = tb.container("service2")?;
+    for i in [1, 3] {
+        // The host's own overlay address, where its containers reach weftDNS.
+        say(i, "weft expose");
+        println!("{}", tb.weft_ok(i, &["expose"])?.trim());
+    }
     say(
         1,
-        &format!("weft attach {c1}          # no address given: weft allocates one"),
+        &format!("weft attach -h service1 {c1}      # no address given: weft allocates one"),
     );
-    let a1 = tb.weft_ok(1, &["attach", &c1])?.trim().to_string();
+    let a1 = tb
+        .weft_ok(1, &["attach", "-h", "service1", &c1])?
+        .trim()
+        .to_string();
     println!("{a1}");
-    say(3, &format!("weft attach {c3}"));
-    let a3 = tb.weft_ok(3, &["attach", &c3])?.trim().to_string();
+    say(3, &format!("weft attach -h service2 {c3}"));
+    let a3 = tb
+        .weft_ok(3, &["attach", "-h", "service2", &c3])?
+        .trim()
+        .to_string();
     println!("{a3}");
+    say(1, "weft dns-args");
+    let args = tb.weft_ok(1, &["dns-args"])?;
+    print!("{args}");
+    let dns_ip = args
+        .split_whitespace()
+        .find_map(|a| a.strip_prefix("--dns="))
+        .unwrap_or_default()
+        .to_string();
+    tb.set_resolv_conf(&c1, &dns_ip, "weave.local")?;
     say(1, "weft ps");
     print!("{}", tb.weft_ok(1, &["ps"])?);
     say(1, "weft status ipam");
-    println!("{}", tb.weft_ok(1, &["status", "ipam"])?);
+    print!("{}", tb.weft_ok(1, &["status", "ipam"])?);
+    say(1, "weft status dns");
+    println!("{}", tb.weft_ok(1, &["status", "dns"])?);
 
     tb.wait_ping(&c1, &a3, Duration::from_secs(20))?;
-    println!("service1# ping -c 4 {a3}        (host1's container -> host3's container)");
-    let out = tb.exec(&c1, "ping", &["-c", "4", "-i", "0.2", &a3]);
+    Testbed::wait_for(Duration::from_secs(20), || {
+        let out = tb.exec(&c1, "ping", &["-c", "1", "-W", "1", "service2"]);
+        if out.status.success() {
+            Ok(())
+        } else {
+            bail!("service2 does not resolve yet")
+        }
+    })?;
+    println!(
+        "service1# ping -c 4 service2        (host1's container -> host3's container, by name)"
+    );
+    let out = tb.exec(&c1, "ping", &["-c", "4", "-i", "0.2", "service2"]);
     print!("{}", String::from_utf8_lossy(&out.stdout));
     if !out.status.success() {
         bail!("the ping across the overlay failed");
