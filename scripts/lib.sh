@@ -23,4 +23,4 @@ install_packages() {
 
 # What the tests, demo and benchmark run: ip, ping, iperf3, nft, ss, dig, dnsmasq (the
 # upstream resolver in the DNS tests), taskset.
-RUNTIME_PACKAGES=(iproute2 iputils-ping iperf3 nftables procps dnsutils dnsmasq-base util-linux)
+RUNTIME_PACKAGES=(iproute2 iputils-ping iperf3 nftables procps dnsutils dnsmasq-base util-linux tcpdump)

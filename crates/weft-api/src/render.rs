@@ -301,6 +301,7 @@ mod tests {
                         state: "established".into(),
                         info: "sleeve aa:00:00:00:00:02(host2)".into(),
                         attrs: [("mtu".to_string(), "1438".to_string())].into(),
+                        key_epoch: None,
                     },
                     ConnectionReport {
                         address: "198.18.0.3:6783".into(),
@@ -308,6 +309,7 @@ mod tests {
                         state: "failed".into(),
                         info: "connect: connection refused, retry: 2026-11-24 10:00:00".into(),
                         attrs: Default::default(),
+                        key_epoch: None,
                     },
                 ],
                 ..Default::default()
@@ -315,6 +317,23 @@ mod tests {
             ipam: None,
             dns: None,
         }
+    }
+
+    #[test]
+    fn encrypted_connection_layout() {
+        let mut r = report();
+        r.router.encryption = true;
+        r.router.connections[0].info =
+            format!("{:<11} {}", "encrypted", r.router.connections[0].info);
+        r.router.connections[0]
+            .attrs
+            .insert("encrypted".into(), "true".into());
+        let s = connections(&r);
+        assert_eq!(
+            s.lines().next().unwrap(),
+            "-> 198.18.0.2:6783       established encrypted   sleeve aa:00:00:00:00:02(host2) encrypted=true mtu=1438"
+        );
+        assert!(status(&r).contains("     Encryption: enabled\n"));
     }
 
     #[test]

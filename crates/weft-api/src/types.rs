@@ -93,6 +93,28 @@ pub struct IpamOwnerReport {
     pub active: usize,
 }
 
+/// `POST /password`: one step of a password roll.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct PasswordRequest {
+    /// add | use | drop
+    pub action: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for PasswordRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PasswordRequest")
+            .field("action", &self.action)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PasswordResponse {
+    /// Passwords now accepted, the one in use included.
+    pub accepted: usize,
+}
+
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct RouterReport {
@@ -100,6 +122,9 @@ pub struct RouterReport {
     pub protocol_min_version: u8,
     pub protocol_max_version: u8,
     pub encryption: bool,
+    /// Passwords accepted (more than one during a password roll).
+    #[serde(default)]
+    pub passwords_accepted: usize,
     pub peer_discovery: bool,
     pub name: String,
     pub nick_name: String,
@@ -166,6 +191,9 @@ pub struct ConnectionReport {
     /// As `weft status connections` prints it after the state.
     pub info: String,
     pub attrs: BTreeMap<String, String>,
+    /// With encrypted data: the key epoch in use (it advances with every rekey, mod 256).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_epoch: Option<u8>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]

@@ -6,6 +6,7 @@
 //! or the kernel (CI checks `cargo tree -p weft-core`).
 #![forbid(unsafe_code)]
 
+pub mod crypto;
 pub mod dns;
 pub mod ipam;
 pub mod mesh;

@@ -33,6 +33,11 @@ pub enum NodeEvent {
         op: OpId,
         result: Result<Ipv4Net, IpamError>,
     },
+    /// The data plane's keys for a peer (empty: forget the peer's keys).
+    DataKeys {
+        peer: PeerName,
+        keys: crate::crypto::PeerKeys,
+    },
 }
 
 pub struct Node {
@@ -163,6 +168,15 @@ impl Node {
 
     pub fn status(&mut self, now: Instant) -> RouterStatus {
         self.router.status(now)
+    }
+
+    pub fn psks(&self) -> &[crate::crypto::Secret] {
+        self.router.psks()
+    }
+
+    /// Replaces the accepted passwords' keys (the first is used to dial).
+    pub fn set_psks(&mut self, now: Instant, psks: Vec<crate::crypto::Secret>) {
+        self.router.set_psks(now, psks);
     }
 
     // ---- IPAM -------------------------------------------------------------------------
@@ -322,6 +336,9 @@ impl Node {
     fn on_router_event(&mut self, now: Instant, e: Event) {
         match e {
             Event::DataPlane(t) => self.events.push_back(NodeEvent::DataPlane(t)),
+            Event::DataKeys { peer, keys } => {
+                self.events.push_back(NodeEvent::DataKeys { peer, keys })
+            }
             Event::TargetsChanged(t) => self.events.push_back(NodeEvent::TargetsChanged(t)),
             Event::PeerRemoved(p) => {
                 if let Some(d) = &mut self.dns {

@@ -102,6 +102,7 @@ pub fn router(app: Arc<App>) -> Http {
         .route("/expose", post(expose))
         .route("/hide", post(hide))
         .route("/peer", delete(leave))
+        .route("/password", post(password))
         .merge(crate::ipam_api::routes())
         .merge(crate::dns_api::routes())
         .with_state(app)
@@ -162,7 +163,13 @@ pub async fn build_report(app: &App) -> Result<Report, ApiError> {
         .map(|c| {
             let info = match (&c.peer, c.state) {
                 (Some((name, nick)), _) => {
-                    format!("{:<6} {name}({nick})", c.overlay.unwrap_or("none"))
+                    let overlay = format!("{:<6} {name}({nick})", c.overlay.unwrap_or("none"));
+                    match c.encrypted {
+                        // Weave's layout: with a password, say which connections encrypt data.
+                        Some(true) => format!("{:<11} {overlay}", "encrypted"),
+                        Some(false) => format!("{:<11} {overlay}", "unencrypted"),
+                        None => overlay,
+                    }
                 }
                 (None, ConnectionState::Failed) => match c.retry_in {
                     Some(d) => format!(
@@ -180,12 +187,17 @@ pub async fn build_report(app: &App) -> Result<Report, ApiError> {
             if let Some(mtu) = c.mtu {
                 attrs.insert("mtu".to_string(), mtu.to_string());
             }
+            if c.encrypted == Some(true) {
+                attrs.insert("encrypted".to_string(), "true".to_string());
+            }
+
             ConnectionReport {
                 address: c.addr.to_string(),
                 outbound: c.outbound,
                 state: c.state.as_str().to_string(),
                 info,
                 attrs,
+                key_epoch: c.key_epoch,
             }
         })
         .collect();
@@ -239,9 +251,16 @@ pub async fn build_report(app: &App) -> Result<Report, ApiError> {
         ("dropped_loop", s.dropped_loop),
         ("dropped_stp", s.dropped_stp),
         ("dropped_too_big", s.dropped_too_big),
+        ("datagrams_encrypted", s.encrypted),
+        ("datagrams_decrypted", s.decrypted),
+        ("dropped_no_key", s.dropped_no_key),
+        ("dropped_auth_failed", s.dropped_auth),
+        ("dropped_replay", s.dropped_replay),
+        ("dropped_plaintext", s.dropped_plaintext),
         ("udp_send_errors", dp.io.udp_send_errors),
         ("tap_write_errors", dp.io.tap_write_errors),
-        ("udp_heartbeats_received", dp.io.heartbeats_in),
+        ("udp_heartbeats_received", s.heartbeats_in),
+        ("udp_heartbeats_dropped", dp.io.heartbeats_dropped),
         ("control_protocol_errors", st.protocol_errors),
         ("control_invalid_topology_entries", st.invalid_entries),
         ("control_udp_unexpected", st.udp_unexpected),
@@ -256,7 +275,8 @@ pub async fn build_report(app: &App) -> Result<Report, ApiError> {
             protocol: "weft".into(),
             protocol_min_version: st.protocol_min,
             protocol_max_version: st.protocol_max,
-            encryption: false,
+            encryption: st.encryption,
+            passwords_accepted: st.passwords,
             peer_discovery: st.discovery,
             name: st.name.to_string(),
             nick_name: st.nickname.clone(),
@@ -281,7 +301,7 @@ pub async fn build_report(app: &App) -> Result<Report, ApiError> {
             connections,
             termination_count: st.termination_count,
             targets: st.targets.clone(),
-            trusted_subnets: Vec::new(),
+            trusted_subnets: st.trusted_subnets.clone(),
             interface: app.interface.clone(),
             macs,
             mtu: app.mtu,
@@ -590,6 +610,34 @@ fn parse_specs(addrs: &[String]) -> Result<Vec<AddrSpec>, ApiError> {
 /// Attach: address arguments become addresses (allocated, claimed, or taken as given when IP
 /// allocation is off), then the container is plugged in. If plugging in fails, addresses this
 /// request obtained are released again.
+/// `POST /password`: add, use or drop a password at run time (see `weft password`).
+async fn password(State(app): AppState, body: Bytes) -> Result<Response, ApiError> {
+    use weft_core::crypto::PasswordChange;
+    let req: PasswordRequest = json_body(&body)?;
+    let change = match req.action.as_str() {
+        "add" => PasswordChange::Add,
+        "use" => PasswordChange::Use,
+        "drop" => PasswordChange::Drop,
+        other => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("unknown password action {other:?}: use add, use or drop"),
+            ));
+        }
+    };
+    let Some(pw) = crate::secrets::Password::new(req.password.as_bytes()) else {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "the password is empty",
+        ));
+    };
+    let psk = pw.derive().await;
+    let accepted = ask_control(&app, |reply| ControlInput::Password { change, psk, reply })
+        .await?
+        .map_err(|e| ApiError::new(StatusCode::CONFLICT, e))?;
+    Ok(axum::Json(PasswordResponse { accepted }).into_response())
+}
+
 async fn attach(State(app): AppState, body: Bytes) -> Result<Response, ApiError> {
     let req: AttachRequest = json_body(&body)?;
     let mut specs = parse_specs(&req.addrs)?;

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use ipnet::Ipv4Net;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpSocket, TcpStream, UdpSocket};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tracing::{debug, error, info, warn};
@@ -54,6 +54,12 @@ pub enum ControlInput {
     Status(oneshot::Sender<(RouterStatus, Option<IpamStatus>)>),
     Ipam(IpamCmd),
     Dns(DnsCmd),
+    /// One step of a password roll; answers how many passwords are accepted now.
+    Password {
+        change: weft_core::crypto::PasswordChange,
+        psk: weft_core::crypto::Secret,
+        reply: oneshot::Sender<Result<usize, String>>,
+    },
     /// Targets already resolved: `(as given, address, port given)`.
     Connect {
         targets: Vec<(String, SocketAddr, bool)>,
@@ -137,7 +143,6 @@ pub struct Control {
     rx: mpsc::Receiver<ControlInput>,
     tx: mpsc::Sender<ControlInput>,
     conns: HashMap<ConnId, ConnIo>,
-    udp: Arc<UdpSocket>,
     dataplane: mpsc::Sender<DataPlaneMsg>,
     state: StateDir,
     bind_ip: Option<IpAddr>,
@@ -151,7 +156,6 @@ impl Control {
         node: Node,
         rx: mpsc::Receiver<ControlInput>,
         tx: mpsc::Sender<ControlInput>,
-        udp: Arc<UdpSocket>,
         dataplane: mpsc::Sender<DataPlaneMsg>,
         state: StateDir,
         bind_ip: Option<IpAddr>,
@@ -165,7 +169,6 @@ impl Control {
             rx,
             tx,
             conns: HashMap::new(),
-            udp,
             dataplane,
             state,
             bind_ip,
@@ -267,6 +270,21 @@ impl Control {
                 self.node.connect(now, targets, replace);
                 let _ = reply.send(());
             }
+            ControlInput::Password { change, psk, reply } => {
+                let r = if self.node.psks().is_empty() {
+                    Err("encryption is off: a router launched without --password cannot take one at run time; relaunch it with --password".to_string())
+                } else {
+                    weft_core::crypto::change_psks(self.node.psks(), change, psk)
+                        .map(|next| {
+                            let n = next.len();
+                            self.node.set_psks(now, next);
+                            info!(?change, accepted = n, "passwords changed");
+                            n
+                        })
+                        .map_err(|e| e.to_string())
+                };
+                let _ = reply.send(r);
+            }
             ControlInput::Forget { targets, reply } => {
                 self.node.forget(now, &targets);
                 let _ = reply.send(());
@@ -360,6 +378,10 @@ impl Control {
                     NodeEvent::PeerRemoved(p) => {
                         let _ = self.dataplane.send(DataPlaneMsg::ForgetPeer(p)).await;
                     }
+                    NodeEvent::DataKeys { peer, keys } => {
+                        // Before any heartbeat that needs them: same channel, sent first.
+                        let _ = self.dataplane.send(DataPlaneMsg::Keys(peer, keys)).await;
+                    }
                     NodeEvent::TargetsChanged(t) => {
                         if let Err(e) = self.state.save_json(crate::TARGETS_FILE, &t) {
                             warn!("could not persist targets: {e}");
@@ -438,9 +460,15 @@ impl Control {
                     io.reader.abort();
                 }
             }
-            Action::SendUdp { to, bytes } => {
-                if let Err(e) = self.udp.try_send_to(&bytes, to) {
-                    debug!(%to, "UDP heartbeat send failed: {e}");
+            Action::SendUdp { to, peer, bytes } => {
+                // Through the data plane, which encrypts it for a peer with keys. A full queue
+                // loses one heartbeat; the next one follows within a second.
+                if self
+                    .dataplane
+                    .try_send(DataPlaneMsg::SendControl { to, peer, bytes })
+                    .is_err()
+                {
+                    debug!(%to, "data plane busy; UDP heartbeat dropped");
                 }
             }
         }

@@ -1,8 +1,10 @@
 //! The sleeve data plane: one task moving frames between the bridge's TAP port and the sleeve
 //! UDP socket, with every decision made by `weft_core::overlay::Forwarder`.
 //!
-//! UDP heartbeats share the socket; they are handed to the control task. Sends never wait:
-//! a full socket or TAP queue drops the packet and counts it, as a switch would.
+//! UDP heartbeats share the socket: the forwarder decrypts them like frames and they are handed
+//! to the control task; the control task's heartbeats go out through here to be encrypted.
+//! Sends never wait: a full socket or TAP queue drops the packet and counts it, as a switch
+//! would.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -12,9 +14,9 @@ use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, warn};
 use tun_rs::AsyncDevice;
+use weft_core::crypto::PeerKeys;
 use weft_core::mesh::DataPlaneTable;
 use weft_core::overlay::{Forwarder, ForwarderStats, MacOwner, Output};
-use weft_proto::sleeve::{Datagram, Kind};
 use weft_proto::{Mac, PeerName};
 
 use crate::control::ControlInput;
@@ -23,6 +25,14 @@ use crate::control::ControlInput;
 pub enum DataPlaneMsg {
     Table(Arc<DataPlaneTable>),
     ForgetPeer(PeerName),
+    /// A neighbour's data keys changed (empty: plaintext with this peer).
+    Keys(PeerName, PeerKeys),
+    /// A heartbeat from the control task for neighbour `peer` at `to`.
+    SendControl {
+        to: SocketAddr,
+        peer: PeerName,
+        bytes: Vec<u8>,
+    },
     Snapshot(oneshot::Sender<DataPlaneSnapshot>),
 }
 
@@ -31,18 +41,22 @@ pub struct DataPlaneSnapshot {
     pub stats: ForwarderStats,
     pub io: IoStats,
     pub macs: Vec<(Mac, MacOwner, Duration)>,
+    /// Neighbours whose data is encrypted.
+    pub encrypted_peers: Vec<PeerName>,
 }
 
 #[derive(Clone, Copy, Debug, Default)]
 pub struct IoStats {
     pub udp_send_errors: u64,
     pub tap_write_errors: u64,
-    pub heartbeats_in: u64,
+    /// Heartbeats the control task was too busy to take.
+    pub heartbeats_dropped: u64,
 }
 
 struct Out<'a> {
     udp: &'a UdpSocket,
     tap: &'a AsyncDevice,
+    control: &'a mpsc::Sender<ControlInput>,
     buf: Vec<u8>,
     io: &'a mut IoStats,
 }
@@ -70,6 +84,16 @@ impl Output for Out<'_> {
             debug!("TAP write failed: {e}");
         }
     }
+
+    fn to_control(&mut self, from: SocketAddr, datagram: &[u8]) {
+        let msg = ControlInput::Udp {
+            from,
+            bytes: datagram.to_vec(),
+        };
+        if self.control.try_send(msg).is_err() {
+            self.io.heartbeats_dropped += 1;
+        }
+    }
 }
 
 pub async fn run(
@@ -90,7 +114,7 @@ pub async fn run(
         tokio::select! {
             r = tap.recv(&mut tap_buf) => match r {
                 Ok(n) => {
-                    let mut out = Out { udp: &udp, tap: &tap, buf: std::mem::take(&mut out_buf), io: &mut io };
+                    let mut out = Out { udp: &udp, tap: &tap, control: &control, buf: std::mem::take(&mut out_buf), io: &mut io };
                     fwd.handle_local_frame(Instant::now(), &tap_buf[..n], &mut out);
                     out_buf = out.buf;
                 }
@@ -100,17 +124,11 @@ pub async fn run(
                 }
             },
             r = udp.recv_from(&mut udp_buf) => match r {
-                Ok((n, from)) => match Datagram::kind(&udp_buf[..n]) {
-                    Some(Kind::Heartbeat) => {
-                        io.heartbeats_in += 1;
-                        let _ = control.try_send(ControlInput::Udp { from, bytes: udp_buf[..n].to_vec() });
-                    }
-                    _ => {
-                        let mut out = Out { udp: &udp, tap: &tap, buf: std::mem::take(&mut out_buf), io: &mut io };
-                        fwd.handle_datagram(Instant::now(), &mut udp_buf[..n], &mut out);
-                        out_buf = out.buf;
-                    }
-                },
+                Ok((n, from)) => {
+                    let mut out = Out { udp: &udp, tap: &tap, control: &control, buf: std::mem::take(&mut out_buf), io: &mut io };
+                    fwd.handle_datagram(Instant::now(), from, &mut udp_buf[..n], &mut out);
+                    out_buf = out.buf;
+                }
                 // ICMP errors for earlier sends surface here (e.g. port unreachable); they
                 // concern one datagram, not the socket.
                 Err(e) => debug!("sleeve receive error: {e}"),
@@ -118,10 +136,17 @@ pub async fn run(
             m = rx.recv() => match m {
                 Some(DataPlaneMsg::Table(t)) => fwd.set_table(t),
                 Some(DataPlaneMsg::ForgetPeer(p)) => fwd.forget_peer(p),
+                Some(DataPlaneMsg::Keys(p, k)) => fwd.set_keys(p, &k),
+                Some(DataPlaneMsg::SendControl { to, peer, bytes }) => {
+                    let mut out = Out { udp: &udp, tap: &tap, control: &control, buf: std::mem::take(&mut out_buf), io: &mut io };
+                    fwd.send_control(to, peer, &bytes, &mut out);
+                    out_buf = out.buf;
+                }
                 Some(DataPlaneMsg::Snapshot(reply)) => {
                     let now = Instant::now();
                     let macs = fwd.macs().entries().map(|(m, o, seen)| (m, o, now.saturating_duration_since(seen))).collect();
-                    let _ = reply.send(DataPlaneSnapshot { stats: fwd.stats(), io, macs });
+                    let encrypted_peers = fwd.encrypted_peers();
+                    let _ = reply.send(DataPlaneSnapshot { stats: fwd.stats(), io, macs, encrypted_peers });
                 }
                 None => return,
             },

@@ -16,7 +16,9 @@ use crate::DaemonError;
 
 /// Largest overlay MTU: an Ethernet frame of this size plus the sleeve header must fit one
 /// (possibly fragmented) UDP datagram.
-pub const MAX_MTU: u32 = (weft_proto::sleeve::MAX_DATAGRAM - FRAME_OVERHEAD + 28) as u32;
+/// The largest frame an (encrypted or not) sleeve datagram carries, as an IP MTU.
+pub const MAX_MTU: u32 =
+    (weft_proto::sleeve::MAX_DATAGRAM - weft_proto::sleeve::ENCRYPTED_FRAME_OVERHEAD + 28) as u32;
 pub const MIN_MTU: u32 = 576;
 
 pub struct HostNet {
@@ -62,9 +64,18 @@ pub async fn underlay(
     }
 }
 
-/// The overlay MTU for an underlay MTU: what is left after the sleeve's encapsulation.
-pub fn overlay_mtu(underlay_mtu: u32) -> u32 {
-    underlay_mtu.saturating_sub(FRAME_OVERHEAD as u32)
+/// The overlay MTU for an underlay MTU: what is left after the sleeve's encapsulation
+/// (larger when encrypted: counter, tag, inner header).
+pub fn overlay_mtu(underlay_mtu: u32, encrypted: bool) -> u32 {
+    underlay_mtu.saturating_sub(overhead(encrypted) as u32)
+}
+
+pub fn overhead(encrypted: bool) -> usize {
+    if encrypted {
+        weft_proto::sleeve::ENCRYPTED_FRAME_OVERHEAD
+    } else {
+        FRAME_OVERHEAD
+    }
 }
 
 /// Creates or adopts the bridge and plugs a fresh TAP into it.

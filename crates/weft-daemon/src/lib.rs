@@ -17,6 +17,7 @@ pub mod dns;
 pub mod dns_api;
 pub mod hostnet;
 pub mod ipam_api;
+pub mod secrets;
 pub mod state;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -29,7 +30,7 @@ use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 use weft_core::ipam::{InitMode, IpamConfig, default_quorum};
-use weft_core::mesh::{RouterConfig, Timing};
+use weft_core::mesh::{CryptoSettings, RouterConfig, Timing};
 use weft_core::node::Node;
 use weft_linux::netlink::Netlink;
 use weft_proto::PeerName;
@@ -63,6 +64,10 @@ pub struct Config {
     pub ipam: Option<IpamSettings>,
     /// weftDNS; `None` disables it (`--no-dns`).
     pub dns: Option<DnsSettings>,
+    /// Accepted passwords, the first used to dial; empty: no encryption.
+    pub passwords: Vec<secrets::Password>,
+    /// Peers in these may exchange data (not control) unencrypted with us, if they trust us.
+    pub trusted_subnets: Vec<Ipv4Net>,
 }
 
 #[derive(Clone, Debug)]
@@ -233,13 +238,15 @@ pub async fn run(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Result<(),
             let (ifname, under) =
                 hostnet::underlay(&nl, cfg.host, &[cfg.bridge.as_str(), bridge_tap.as_str()])
                     .await?;
-            let m = hostnet::overlay_mtu(under);
+            let encrypted = !cfg.passwords.is_empty();
+            let m = hostnet::overlay_mtu(under, encrypted);
             info!(
                 underlay = %ifname,
                 underlay_mtu = under,
                 overlay_mtu = m,
-                "overlay MTU = underlay MTU - {} (sleeve encapsulation)",
-                weft_proto::sleeve::FRAME_OVERHEAD
+                "overlay MTU = underlay MTU - {} (sleeve encapsulation{})",
+                hostnet::overhead(encrypted),
+                if encrypted { ", encrypted" } else { "" }
             );
             m
         }
@@ -261,6 +268,27 @@ pub async fn run(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Result<(),
         .await
         .map_err(io_err(format!("listening on HTTP {}", cfg.http_addr)))?;
 
+    let crypto = if cfg.passwords.is_empty() {
+        if !cfg.trusted_subnets.is_empty() {
+            warn!("--trusted-subnets has no effect without a password: all traffic is unencrypted");
+        }
+        None
+    } else {
+        let entropy =
+            secrets::OsEntropy::open().map_err(io_err("opening /dev/urandom for key material"))?;
+        let static_key = state.static_key(&entropy)?;
+        let mut psks = Vec::new();
+        for p in &cfg.passwords {
+            psks.push(p.clone().derive().await);
+        }
+        Some(CryptoSettings {
+            static_key,
+            psks,
+            trusted: cfg.trusted_subnets.clone(),
+            rekey_interval: weft_core::crypto::REKEY_INTERVAL,
+            entropy,
+        })
+    };
     let router_cfg = RouterConfig {
         name,
         nickname: cfg.nickname.clone(),
@@ -270,6 +298,7 @@ pub async fn run(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Result<(),
         discovery: cfg.discovery,
         mtu,
         timing: cfg.timing.clone(),
+        crypto,
     };
     let ipam = match &cfg.ipam {
         None => None,
@@ -340,12 +369,11 @@ pub async fn run(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Result<(),
     let dns_shared = dns.as_ref().map(|(s, _)| s.clone());
 
     let (ctl_tx, ctl_rx) = mpsc::channel(4096);
-    let (dp_tx, dp_rx) = mpsc::channel(256);
+    let (dp_tx, dp_rx) = mpsc::channel(1024);
     let control = control::Control::new(
         node,
         ctl_rx,
         ctl_tx.clone(),
-        udp.clone(),
         dp_tx.clone(),
         state.clone(),
         cfg.host,

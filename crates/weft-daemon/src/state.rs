@@ -1,5 +1,7 @@
 //! What the router keeps across restarts, in its state directory:
 //! - `peer-name`: this host's peer name, chosen once;
+//! - `static-key`: with a password, this host's long-term Curve25519 key (hex, mode 0600),
+//!   which peers see in every handshake;
 //! - `targets.json`: the direct targets, for `weft launch --resume`;
 //! - `containers.json`: containers attached to the overlay, for `ps`, `detach` and cleanup.
 //!
@@ -7,6 +9,7 @@
 //! crash leaves either the old or the new version, never a torn one.
 
 use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use serde::{Serialize, de::DeserializeOwned};
@@ -68,6 +71,45 @@ impl StateDir {
         }
     }
 
+    /// This host's static key for encrypted connections, created on first use (only this
+    /// user may read it).
+    pub fn static_key(
+        &self,
+        entropy: &weft_core::crypto::SharedEntropy,
+    ) -> Result<weft_core::crypto::Secret, StateError> {
+        const FILE: &str = "static-key";
+        let path = self.path(FILE);
+        match std::fs::read_to_string(&path) {
+            Ok(s) => {
+                let s = zeroize::Zeroizing::new(s);
+                let corrupt = || StateError::Corrupt {
+                    path: path.clone(),
+                    detail: "want 64 hex digits".into(),
+                };
+                let hex = s.trim();
+                if hex.len() != 64 || !hex.is_ascii() {
+                    return Err(corrupt());
+                }
+                let mut key = weft_core::crypto::Secret::new([0u8; 32]);
+                for (i, b) in key.iter_mut().enumerate() {
+                    *b = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).map_err(|_| corrupt())?;
+                }
+                Ok(key)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let (key, _) = weft_core::crypto::generate_static_key(entropy);
+                let mut hex = zeroize::Zeroizing::new(String::with_capacity(65));
+                for b in key.iter() {
+                    hex.push_str(&format!("{b:02x}"));
+                }
+                hex.push('\n');
+                self.write_atomic_mode(FILE, hex.as_bytes(), 0o600)?;
+                Ok(key)
+            }
+            Err(source) => Err(StateError::Io { path, source }),
+        }
+    }
+
     pub fn load_json<T: DeserializeOwned + Default>(&self, file: &str) -> Result<T, StateError> {
         let path = self.path(file);
         match std::fs::read(&path) {
@@ -92,13 +134,23 @@ impl StateDir {
     }
 
     fn write_atomic(&self, file: &str, bytes: &[u8]) -> Result<(), StateError> {
+        self.write_atomic_mode(file, bytes, 0o644)
+    }
+
+    fn write_atomic_mode(&self, file: &str, bytes: &[u8], mode: u32) -> Result<(), StateError> {
         let path = self.path(file);
         let tmp = self.path(&format!(".{file}.tmp"));
         let io = |source| StateError::Io {
             path: path.clone(),
             source,
         };
-        let mut f = std::fs::File::create(&tmp).map_err(io)?;
+        let _ = std::fs::remove_file(&tmp);
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&tmp)
+            .map_err(io)?;
         f.write_all(bytes).map_err(io)?;
         f.sync_all().map_err(io)?;
         std::fs::rename(&tmp, &path).map_err(io)?;
@@ -140,6 +192,24 @@ mod tests {
             s.peer_name(None, 1),
             Err(StateError::Corrupt { .. })
         ));
+        std::fs::remove_dir_all(d).unwrap();
+    }
+
+    #[test]
+    fn static_key_is_created_once_and_private() {
+        let d = tmpdir();
+        let s = StateDir::open(&d).unwrap();
+        let e = weft_core::crypto::SeededEntropy::new(3);
+        let a = s.static_key(&e).unwrap();
+        let b = s.static_key(&e).unwrap();
+        assert_eq!(*a, *b, "read back, not regenerated");
+        let meta = std::fs::metadata(s.path("static-key")).unwrap();
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o777,
+            0o600
+        );
+        std::fs::write(s.path("static-key"), "zz").unwrap();
+        assert!(matches!(s.static_key(&e), Err(StateError::Corrupt { .. })));
         std::fs::remove_dir_all(d).unwrap();
     }
 

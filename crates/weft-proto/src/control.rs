@@ -1,9 +1,12 @@
 //! The TCP control connection's wire format.
 //!
-//! A connection opens with a fixed 6-byte header from each side (`b"weft"`, min version, max
-//! version); the negotiated version is the highest both support. After that every message is a
-//! 4-byte big-endian length followed by that many bytes of postcard-encoded [`ControlMsg`]. The
-//! first message each way is [`ControlMsg::Hello`].
+//! A connection opens with a fixed 7-byte header from each side (`b"weft"`, min version, max
+//! version, flags); the negotiated version is the highest both support, and both must agree on
+//! encryption ([`FLAG_ENCRYPTED`]). After that every message is a 4-byte big-endian length
+//! followed by that many bytes: with encryption, first the Noise handshake messages (a type
+//! byte, [`HANDSHAKE_MSG`] or [`HANDSHAKE_ERROR`], then the payload), then encrypted
+//! postcard-encoded [`ControlMsg`]s; without, the postcard bytes directly. The first message
+//! each way is [`ControlMsg::Hello`].
 //!
 //! postcard is not self-describing: field order is the format. Changes to these types must bump
 //! [`PROTOCOL_MAX`] (and keep decoding the older version) or only append enum variants.
@@ -15,7 +18,12 @@ use serde::{Deserialize, Serialize};
 use crate::{DecodeError, PeerName};
 
 pub const MAGIC: &[u8; 4] = b"weft";
-pub const HEADER_LEN: usize = 6;
+pub const HEADER_LEN: usize = 7;
+/// Header flag: this side requires an encrypted (password) connection.
+pub const FLAG_ENCRYPTED: u8 = 1;
+/// Handshake frame types.
+pub const HANDSHAKE_MSG: u8 = 0;
+pub const HANDSHAKE_ERROR: u8 = 1;
 pub const PROTOCOL_MIN: u8 = 1;
 pub const PROTOCOL_MAX: u8 = 1;
 /// Largest control message accepted. A full topology of 1000 peers with 200 connections each
@@ -23,8 +31,16 @@ pub const PROTOCOL_MAX: u8 = 1;
 pub const MAX_FRAME_LEN: usize = 16 * 1024 * 1024;
 
 /// The protocol header each side sends before anything else.
-pub fn encode_header(min: u8, max: u8) -> [u8; HEADER_LEN] {
-    [MAGIC[0], MAGIC[1], MAGIC[2], MAGIC[3], min, max]
+pub fn encode_header(min: u8, max: u8, flags: u8) -> [u8; HEADER_LEN] {
+    [MAGIC[0], MAGIC[1], MAGIC[2], MAGIC[3], min, max, flags]
+}
+
+/// A length-prefixed frame around `body`.
+pub fn frame(body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(4 + body.len());
+    out.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    out.extend_from_slice(body);
+    out
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -42,8 +58,13 @@ pub enum HeaderError {
     },
 }
 
-/// Checks the remote header and returns the version both sides will speak.
-pub fn negotiate(header: &[u8; HEADER_LEN], our_min: u8, our_max: u8) -> Result<u8, HeaderError> {
+/// Checks the remote header and returns the version both sides will speak and the remote's
+/// flags.
+pub fn negotiate(
+    header: &[u8; HEADER_LEN],
+    our_min: u8,
+    our_max: u8,
+) -> Result<(u8, u8), HeaderError> {
     if &header[0..4] != MAGIC {
         return Err(HeaderError::BadMagic);
     }
@@ -57,7 +78,7 @@ pub fn negotiate(header: &[u8; HEADER_LEN], our_min: u8, our_max: u8) -> Result<
             our_max,
         });
     }
-    Ok(version)
+    Ok((version, header[6]))
 }
 
 /// A gossip channel. Each channel carries its own payload format; unknown channels are relayed
@@ -85,6 +106,9 @@ pub struct Hello {
     pub tcp_port: u16,
     /// The UDP port of this peer's sleeve socket.
     pub udp_port: u16,
+    /// The sender trusts the receiver's address (`--trusted-subnets`): data between them may go
+    /// unencrypted if the receiver trusts the sender too.
+    pub trusts_you: bool,
 }
 
 /// Messages from the overlay (data plane) side of a connection.
@@ -124,18 +148,33 @@ pub enum ControlMsg {
         channel: Channel,
     },
     Overlay(OverlayMsg),
+    /// A new data-key epoch: the initiator's first message (see `weft_core::mesh::secure`).
+    Rekey {
+        epoch: u8,
+        msg: Vec<u8>,
+    },
+    /// The responder's answer.
+    RekeyAck {
+        epoch: u8,
+        msg: Vec<u8>,
+    },
+    /// The initiator sends with the new epoch now.
+    RekeyDone {
+        epoch: u8,
+    },
 }
 
 impl ControlMsg {
     /// Encodes the message with its length prefix, ready for the socket.
     pub fn encode_framed(&self) -> Vec<u8> {
-        let mut out = vec![0u8; 4];
+        frame(&self.encode_body())
+    }
+
+    /// Encodes the message without the length prefix (to encrypt it first).
+    pub fn encode_body(&self) -> Vec<u8> {
         // Serializing into a Vec cannot fail for these types (no maps with non-string keys, no
         // sequences of unknown length).
-        let body = postcard::to_extend(self, Vec::new()).expect("postcard encoding of ControlMsg");
-        out[0..4].copy_from_slice(&(body.len() as u32).to_be_bytes());
-        out.extend_from_slice(&body);
-        out
+        postcard::to_extend(self, Vec::new()).expect("postcard encoding of ControlMsg")
     }
 
     pub fn decode(body: &[u8]) -> Result<Self, DecodeError> {
@@ -262,14 +301,20 @@ mod tests {
 
     #[test]
     fn negotiation() {
-        assert_eq!(negotiate(&encode_header(1, 3), 1, 2), Ok(2));
-        assert_eq!(negotiate(&encode_header(1, 1), 1, 2), Ok(1));
+        assert_eq!(negotiate(&encode_header(1, 3, 0), 1, 2), Ok((2, 0)));
+        assert_eq!(
+            negotiate(&encode_header(1, 1, FLAG_ENCRYPTED), 1, 2),
+            Ok((1, 1))
+        );
         assert!(matches!(
-            negotiate(&encode_header(3, 4), 1, 2),
+            negotiate(&encode_header(3, 4, 0), 1, 2),
             Err(HeaderError::Incompatible { .. })
         ));
-        assert_eq!(negotiate(b"weave\x01", 1, 1), Err(HeaderError::BadMagic));
-        assert!(negotiate(&encode_header(2, 1), 1, 2).is_err());
+        assert_eq!(
+            negotiate(b"weave\x01\x01", 1, 1),
+            Err(HeaderError::BadMagic)
+        );
+        assert!(negotiate(&encode_header(2, 1, 0), 1, 2).is_err());
     }
 
     #[test]
@@ -316,7 +361,7 @@ mod tests {
 
         #[test]
         fn hello_round_trip(name in 0u64..(1<<48), uid: u64, conn_id: u64, nick in "[a-z0-9-]{0,20}") {
-            let m = ControlMsg::Hello(Hello { name: PeerName::from_u64(name), nickname: nick, uid, conn_id, tcp_port: 6783, udp_port: 6783 });
+            let m = ControlMsg::Hello(Hello { name: PeerName::from_u64(name), nickname: nick, uid, conn_id, tcp_port: 6783, udp_port: 6783, trusts_you: false });
             let framed = m.encode_framed();
             prop_assert_eq!(ControlMsg::decode(&framed[4..]).unwrap(), m);
         }

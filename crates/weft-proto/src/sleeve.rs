@@ -7,7 +7,13 @@
 //! +--------+--------+-----------------+
 //! kind Frame:     | src peer (6) | dst peer (6) | Ethernet frame ... |
 //! kind Heartbeat: | connection uid (8, BE) |
+//! kind Encrypted: header byte 1 is the key epoch, then
+//!                 | counter (8, BE) | ChaCha20-Poly1305( inner ) | tag (16) |
+//!                 inner = 0 ‖ src ‖ dst ‖ frame, or 1 ‖ connection uid
 //! ```
+//!
+//! Encrypted datagrams authenticate the 16-byte clear header (kind, epoch, sender, counter) as
+//! associated data; the counter is the AEAD nonce, unique per key.
 //!
 //! `sender` is the hop that sent this datagram; `src`/`dst` are the frame's origin peer and
 //! destination peer (all-zero `dst` means "flooded: deliver everywhere along src's broadcast
@@ -24,6 +30,14 @@ pub const FRAME_HEADER_LEN: usize = HEADER_LEN + 12;
 pub const HEARTBEAT_LEN: usize = HEADER_LEN + 8;
 /// Bytes between the container's IP MTU and the underlay's IP MTU on the sleeve path.
 pub const FRAME_OVERHEAD: usize = 20 + 8 + FRAME_HEADER_LEN + crate::ether::ETHER_HEADER_LEN;
+/// Clear header of an encrypted datagram: common header + counter.
+pub const ENCRYPTED_HEADER_LEN: usize = HEADER_LEN + 8;
+/// Encrypted inner kinds.
+pub const INNER_FRAME: u8 = 0;
+pub const INNER_HEARTBEAT: u8 = 1;
+/// Bytes between the container's IP MTU and the underlay's on the encrypted sleeve path:
+/// IPv4 + UDP 28, clear header 16, inner kind 1, src/dst 12, tag 16, inner Ethernet 14.
+pub const ENCRYPTED_FRAME_OVERHEAD: usize = 20 + 8 + ENCRYPTED_HEADER_LEN + 1 + 12 + 16 + 14;
 /// The largest UDP payload an IPv4 datagram can carry.
 pub const MAX_DATAGRAM: usize = 65535 - 20 - 8;
 
@@ -31,6 +45,7 @@ pub const MAX_DATAGRAM: usize = 65535 - 20 - 8;
 pub enum Kind {
     Frame = 0,
     Heartbeat = 1,
+    Encrypted = 2,
 }
 
 /// A decoded sleeve datagram, borrowing the frame bytes.
@@ -45,6 +60,12 @@ pub enum Datagram<'a> {
     Heartbeat {
         sender: PeerName,
         conn_uid: u64,
+    },
+    /// Still to be decrypted: `body` is ciphertext followed by the tag.
+    Encrypted {
+        sender: PeerName,
+        epoch: u8,
+        counter: u64,
     },
 }
 
@@ -97,6 +118,20 @@ impl<'a> Datagram<'a> {
                     conn_uid: u64::from_be_bytes(b[8..16].try_into().expect("length checked")),
                 })
             }
+            2 => {
+                if b.len() < ENCRYPTED_HEADER_LEN + 16 + 1 {
+                    return Err(DecodeError::Truncated {
+                        what: "encrypted sleeve datagram",
+                        need: ENCRYPTED_HEADER_LEN + 17,
+                        have: b.len(),
+                    });
+                }
+                Ok(Datagram::Encrypted {
+                    sender,
+                    epoch: b[1],
+                    counter: u64::from_be_bytes(b[8..16].try_into().expect("length checked")),
+                })
+            }
             k => Err(DecodeError::Malformed {
                 what: "sleeve header",
                 detail: format!("unknown kind {k}"),
@@ -111,6 +146,7 @@ impl<'a> Datagram<'a> {
             x if x >> 4 != VERSION => None,
             x if x & 0x0f == 0 => Some(Kind::Frame),
             x if x & 0x0f == 1 => Some(Kind::Heartbeat),
+            x if x & 0x0f == 2 => Some(Kind::Encrypted),
             _ => None,
         }
     }
@@ -136,6 +172,15 @@ pub fn frame_header(sender: PeerName, src: PeerName, dst: PeerName) -> [u8; FRAM
     h[..HEADER_LEN].copy_from_slice(&common_header(Kind::Frame, sender));
     h[8..14].copy_from_slice(&src.to_bytes());
     h[14..20].copy_from_slice(&dst.to_bytes());
+    h
+}
+
+/// The clear header of an encrypted datagram.
+pub fn encrypted_header(sender: PeerName, epoch: u8, counter: u64) -> [u8; ENCRYPTED_HEADER_LEN] {
+    let mut h = [0u8; ENCRYPTED_HEADER_LEN];
+    h[..HEADER_LEN].copy_from_slice(&common_header(Kind::Encrypted, sender));
+    h[1] = epoch;
+    h[8..16].copy_from_slice(&counter.to_be_bytes());
     h
 }
 
@@ -200,6 +245,23 @@ mod tests {
     #[test]
     fn overhead_matches_layout() {
         assert_eq!(FRAME_OVERHEAD, 62);
+        assert_eq!(ENCRYPTED_FRAME_OVERHEAD, 87);
+    }
+
+    #[test]
+    fn encrypted_header_round_trip() {
+        let mut d = encrypted_header(PeerName::from_u64(7), 3, 99).to_vec();
+        d.extend_from_slice(&[0u8; 20]);
+        assert_eq!(Datagram::kind(&d), Some(Kind::Encrypted));
+        assert_eq!(
+            Datagram::decode(&d).unwrap(),
+            Datagram::Encrypted {
+                sender: PeerName::from_u64(7),
+                epoch: 3,
+                counter: 99
+            }
+        );
+        assert!(Datagram::decode(&d[..20]).is_err());
     }
 
     proptest! {

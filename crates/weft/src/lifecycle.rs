@@ -1,6 +1,7 @@
 //! Starting, stopping and resetting the router.
 
 use std::io::{BufRead, Seek};
+use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -99,6 +100,8 @@ pub fn router(cli: &Cli, args: &RouterArgs) -> Result<()> {
                 timeout: Duration::from_secs(args.ipalloc_timeout),
             })
         },
+        passwords: args.passwords()?,
+        trusted_subnets: args.trusted_subnets()?,
         dns: (!args.no_dns).then(|| weft_daemon::DnsSettings {
             domain: args.dns_domain.clone(),
             listen: args.dns_listen_address,
@@ -157,8 +160,21 @@ pub fn launch(cli: &Cli, args: &RouterArgs) -> Result<()> {
         .open(&log_path)
         .with_context(|| format!("opening {}", log_path.display()))?;
     let log_start = log.seek(std::io::SeekFrom::End(0)).unwrap_or(0);
+    // Checked here for an early error; handed over in the environment, never in arguments
+    // (which every user of the host can read).
+    let passwords = args.passwords()?;
+    args.trusted_subnets()?;
     let exe = std::env::current_exe().context("finding the weft executable")?;
     let mut cmd = Command::new(exe);
+    cmd.env_remove("WEAVE_PASSWORD")
+        .env_remove("WEFT_PASSWORD")
+        .env_remove("WEFT_PASSWORD_NEXT");
+    for (var, p) in ["WEFT_PASSWORD", "WEFT_PASSWORD_NEXT"]
+        .iter()
+        .zip(&passwords)
+    {
+        cmd.env(var, std::ffi::OsStr::from_bytes(p.as_bytes()));
+    }
     cmd.arg("router")
         .args(args.to_argv())
         .env("WEFT_STATE_DIR", &cli.state_dir)

@@ -156,6 +156,25 @@ enum Cmd {
     Ps { containers: Vec<String> },
     /// Print the version of the CLI and of the running router.
     Version,
+    /// Roll the network to a new password without downtime: on every host 'add NEW', then on
+    /// every host 'use NEW', then on every host 'drop OLD'. Connections stay up throughout.
+    /// Without PASSWORD (or --file), the password is read from standard input.
+    Password {
+        /// add: accept it too | use: dial and rekey with it | drop: stop accepting it
+        #[arg(value_enum)]
+        action: PasswordAction,
+        password: Option<String>,
+        /// Read the password from this file.
+        #[arg(long, value_name = "FILE", conflicts_with = "password")]
+        file: Option<PathBuf>,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum PasswordAction {
+    Add,
+    Use,
+    Drop,
 }
 
 #[derive(Args, Clone, Debug)]
@@ -220,6 +239,22 @@ pub struct RouterArgs {
     /// debug | info | warning | error
     #[arg(long, default_value = "info")]
     log_level: String,
+    /// Encrypt the network with this password; every peer needs it. Also read from
+    /// WEFT_PASSWORD or WEAVE_PASSWORD; prefer those or --password-file, since arguments are
+    /// visible to every user of the host.
+    #[arg(long, env = "WEFT_PASSWORD", hide_env_values = true)]
+    password: Option<String>,
+    /// Read the password from this file (surrounding whitespace is ignored).
+    #[arg(long, value_name = "FILE")]
+    password_file: Option<PathBuf>,
+    /// A second password to accept, for rolling the network to a new one without downtime
+    /// (see 'weft password').
+    #[arg(long, env = "WEFT_PASSWORD_NEXT", hide_env_values = true)]
+    password_next: Option<String>,
+    /// Underlay networks (CIDR,...) whose peers may exchange data unencrypted with us, when
+    /// they trust us too; control traffic stays encrypted.
+    #[arg(long, value_name = "CIDR,...", default_value = "")]
+    trusted_subnets: String,
     /// Peers to connect to: <ip|host>[:port].
     peers: Vec<String>,
 }
@@ -259,6 +294,9 @@ impl RouterArgs {
             Some(self.dns_fallback_timeout.to_string()),
         );
         opt("log-level", Some(self.log_level.clone()));
+        if !self.trusted_subnets.is_empty() {
+            opt("trusted-subnets", Some(self.trusted_subnets.clone()));
+        }
         for (set, flag) in [
             (self.no_discovery, "--no-discovery"),
             (self.resume, "--resume"),
@@ -273,6 +311,55 @@ impl RouterArgs {
             v.extend(self.peers.iter().cloned());
         }
         v
+    }
+
+    /// The passwords to accept, the one to dial with first; empty: no encryption. Sources, in
+    /// order: --password or WEFT_PASSWORD, --password-file, WEAVE_PASSWORD (Weave's variable).
+    fn passwords(&self) -> Result<Vec<weft_daemon::secrets::Password>> {
+        use weft_daemon::secrets::Password;
+        let main = match (&self.password, &self.password_file) {
+            (Some(_), Some(_)) => bail!(
+                "give the password once: --password (or WEFT_PASSWORD) or --password-file, not both"
+            ),
+            (Some(p), None) => Password::new(p.as_bytes()),
+            (None, Some(f)) => {
+                let raw = zeroize::Zeroizing::new(std::fs::read(f).with_context(|| {
+                    format!("reading the password from --password-file {}", f.display())
+                })?);
+                Some(
+                    Password::new(&raw)
+                        .with_context(|| format!("--password-file {} is empty", f.display()))?,
+                )
+            }
+            (None, None) => std::env::var("WEAVE_PASSWORD")
+                .ok()
+                .and_then(|p| Password::new(p.as_bytes())),
+        };
+        let next = self
+            .password_next
+            .as_deref()
+            .and_then(|p| Password::new(p.as_bytes()));
+        match (main, next) {
+            (None, Some(_)) => bail!(
+                "--password-next needs --password: it is a second password to accept, for rolling to a new one"
+            ),
+            (None, None) => Ok(Vec::new()),
+            (Some(m), Some(n)) if m != n => Ok(vec![m, n]),
+            (Some(m), _) => Ok(vec![m]),
+        }
+    }
+
+    fn trusted_subnets(&self) -> Result<Vec<Ipv4Net>> {
+        self.trusted_subnets
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(|s| {
+                s.parse::<Ipv4Net>().map(|n| n.trunc()).with_context(|| {
+                    format!("--trusted-subnets: {s:?} is not a CIDR like 10.0.0.0/8")
+                })
+            })
+            .collect()
     }
 
     fn mtu(&self) -> Result<Option<u32>> {
@@ -505,6 +592,49 @@ fn real_main(cli: Cli) -> Result<()> {
             print!("{}", render::ps(&list));
             Ok(())
         }),
+        Cmd::Password {
+            action,
+            password,
+            file,
+        } => {
+            let raw = zeroize::Zeroizing::new(match (password, file) {
+                (Some(p), _) => p.clone().into_bytes(),
+                (None, Some(f)) => std::fs::read(f)
+                    .with_context(|| format!("reading the password from {}", f.display()))?,
+                (None, None) => {
+                    let mut line = String::new();
+                    std::io::stdin()
+                        .read_line(&mut line)
+                        .context("reading the password from standard input")?;
+                    line.into_bytes()
+                }
+            });
+            let password = std::str::from_utf8(raw.trim_ascii())
+                .context("the password must be UTF-8 text")?
+                .to_string();
+            if password.is_empty() {
+                bail!("the password is empty; give it as an argument, with --file, or on standard input");
+            }
+            let action = match action {
+                PasswordAction::Add => "add",
+                PasswordAction::Use => "use",
+                PasswordAction::Drop => "drop",
+            };
+            let req = weft_api::types::PasswordRequest {
+                action: action.into(),
+                password,
+            };
+            let r: weft_api::types::PasswordResponse = runtime()?.block_on(async {
+                let body = client().post_json("/password", &req).await?;
+                serde_json::from_str(&body).context("the router's answer is not JSON")
+            })?;
+            let n = r.accepted;
+            println!(
+                "{n} password{} accepted",
+                if n == 1 { "" } else { "s" }
+            );
+            Ok(())
+        }
         Cmd::Version => {
             println!("weft {}", env!("CARGO_PKG_VERSION"));
             let r = runtime()?.block_on(client().get_json::<Report>("/report"));

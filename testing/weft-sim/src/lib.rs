@@ -17,14 +17,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ipnet::Ipv4Net;
+use weft_core::crypto::{self, Secret, SeededEntropy};
 use weft_core::ipam::{IpamConfig, IpamError, OpId};
-use weft_core::mesh::{Action, ConnId, DataPlaneTable, Router, RouterConfig, Timing};
+use weft_core::mesh::{
+    Action, ConnId, CryptoSettings, DataPlaneTable, Router, RouterConfig, Timing,
+};
 use weft_core::node::{Node as CoreNode, NodeEvent};
 use weft_core::overlay::{Forwarder, Output};
 use weft_core::rng::Rng;
 use weft_proto::PeerName;
 use weft_proto::ipam::Persisted;
-use weft_proto::sleeve::{Datagram, Kind};
 
 pub const PORT: u16 = 6783;
 
@@ -115,6 +117,10 @@ pub struct Node {
     pub results: BTreeMap<OpId, Result<Ipv4Net, IpamError>>,
     /// Crashed for good (its containers are gone; candidates for rmpeer).
     pub dead: bool,
+    /// Accepted passwords (first used to dial); empty: unencrypted.
+    passwords: Vec<String>,
+    /// The persisted static key (survives restarts, like the daemon's key file).
+    static_key: Option<Secret>,
 }
 
 impl Node {
@@ -136,6 +142,14 @@ pub struct Sim {
     pub ipam: Option<IpamConfig>,
     /// DNS domain for routers added from now on (`None`: no DNS).
     pub dns_domain: Option<String>,
+    /// Password for routers added from now on (`None`: unencrypted).
+    pub password: Option<String>,
+    /// Derived keys by password: the KDF is costly, and hundreds of hosts share one.
+    psk_cache: BTreeMap<String, Secret>,
+    /// Byte string to look for in everything that crosses the wire (see [`Sim::watch_wire`]).
+    wire_needle: Option<Vec<u8>>,
+    /// Datagrams and TCP segments that contained the needle.
+    pub wire_hits: u64,
     next_op: OpId,
     pub nodes: Vec<Node>,
     queue: BTreeMap<(Instant, u64), Ev>,
@@ -162,6 +176,10 @@ impl Sim {
             conn_limit: 0,
             ipam: None,
             dns_domain: None,
+            password: None,
+            psk_cache: BTreeMap::new(),
+            wire_needle: None,
+            wire_hits: 0,
             next_op: 1,
             nodes: Vec::new(),
             queue: BTreeMap::new(),
@@ -208,8 +226,14 @@ impl Sim {
         let i = self.nodes.len();
         let name = PeerName::from_u64(0x0200_0000_0000 + i as u64 + 1);
         let nickname = format!("h{i}");
+        let passwords: Vec<String> = self.password.iter().cloned().collect();
+        let static_key = (!passwords.is_empty()).then(|| {
+            let e = SeededEntropy::new(self.seed ^ name.as_u64() ^ 0x5eed);
+            crypto::generate_static_key(&e).0
+        });
+        let node = self.make_node(name, &nickname, discovery, 0, None, &passwords, &static_key);
         self.nodes.push(Node {
-            node: self.make_node(name, &nickname, discovery, 0, None),
+            node,
             forwarder: Forwarder::new(name),
             ip: Self::ip_of(i),
             alive: true,
@@ -223,20 +247,33 @@ impl Sim {
             persisted: None,
             results: BTreeMap::new(),
             dead: false,
+            passwords,
+            static_key,
         });
         self.timer_of.push(None);
         self.start_node(i);
         i
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn make_node(
-        &self,
+        &mut self,
         name: PeerName,
         nickname: &str,
         discovery: bool,
         inc: u64,
         persisted: Option<Persisted>,
+        passwords: &[String],
+        static_key: &Option<Secret>,
     ) -> CoreNode {
+        let seed = self.seed ^ name.as_u64().wrapping_mul(0x9e37_79b9) ^ (inc << 48);
+        let crypto = static_key.as_ref().map(|k| CryptoSettings {
+            static_key: k.clone(),
+            psks: self.psks(passwords),
+            trusted: Vec::new(),
+            rekey_interval: crypto::REKEY_INTERVAL,
+            entropy: SeededEntropy::new(seed ^ 0xc0ffee),
+        });
         let cfg = RouterConfig {
             name,
             nickname: nickname.to_string(),
@@ -246,8 +283,8 @@ impl Sim {
             discovery,
             mtu: 1438,
             timing: self.timing.clone(),
+            crypto,
         };
-        let seed = self.seed ^ name.as_u64().wrapping_mul(0x9e37_79b9) ^ (inc << 48);
         let ipam = self.ipam.clone().map(|c| (c, persisted));
         CoreNode::new(cfg, ipam, self.dns_domain.as_deref(), self.now, seed).expect("node starts")
     }
@@ -291,7 +328,12 @@ impl Sim {
     pub fn restart(&mut self, i: usize) {
         let n = &self.nodes[i];
         let (name, nick, disc, inc) = (n.name, n.nickname.clone(), n.discovery, n.incarnation + 1);
-        let node = self.make_node(name, &nick, disc, inc, n.persisted.clone());
+        let (persisted, passwords, key) = (
+            n.persisted.clone(),
+            n.passwords.clone(),
+            n.static_key.clone(),
+        );
+        let node = self.make_node(name, &nick, disc, inc, persisted, &passwords, &key);
         let n = &mut self.nodes[i];
         n.node = node;
         n.results.clear();
@@ -358,6 +400,7 @@ impl Sim {
                         n.forwarder.set_table(t);
                     }
                     NodeEvent::PeerRemoved(p) => n.forwarder.forget_peer(p),
+                    NodeEvent::DataKeys { peer, keys } => n.forwarder.set_keys(peer, &keys),
                     NodeEvent::TargetsChanged(_) => {}
                     NodeEvent::IpamPersist(p) => n.persisted = Some(p),
                     NodeEvent::IpamDone { op, result } => {
@@ -409,11 +452,20 @@ impl Sim {
             }
             Action::Send { conn, bytes } => self.pipe_send((i, conn), PipeItem::Data(bytes)),
             Action::Close { conn } => self.close_pipe(i, conn),
-            Action::SendUdp { to, bytes } => self.udp_send(i, to, bytes),
+            Action::SendUdp { to, peer, bytes } => {
+                let mut out = SimOutput::default();
+                self.nodes[i]
+                    .forwarder
+                    .send_control(to, peer, &bytes, &mut out);
+                self.apply_output(i, out);
+            }
         }
     }
 
     fn pipe_send(&mut self, key: (usize, ConnId), item: PipeItem) {
+        if let PipeItem::Data(d) = &item {
+            self.sniff(d);
+        }
         let Some(p) = self.pipes.get_mut(&key) else {
             return;
         };
@@ -459,6 +511,7 @@ impl Sim {
         let Some(t) = self.node_at(to.ip()).filter(|_| to.port() == PORT) else {
             return;
         };
+        self.sniff(&bytes);
         if self.is_cut(i, t) || self.rng.unit() < self.link.udp_loss {
             return;
         }
@@ -615,18 +668,17 @@ impl Sim {
                 if !self.nodes[node].alive {
                     return;
                 }
-                match Datagram::kind(&bytes) {
-                    Some(Kind::Heartbeat) => {
-                        self.nodes[node].node.handle_udp(now, from, &bytes);
-                        self.drain(node);
+                let mut out = SimOutput::default();
+                self.nodes[node]
+                    .forwarder
+                    .handle_datagram(now, from, &mut bytes, &mut out);
+                let control = std::mem::take(&mut out.control);
+                self.apply_output(node, out);
+                if !control.is_empty() {
+                    for (from, d) in control {
+                        self.nodes[node].node.handle_udp(now, from, &d);
                     }
-                    _ => {
-                        let mut out = SimOutput::default();
-                        self.nodes[node]
-                            .forwarder
-                            .handle_datagram(now, &mut bytes, &mut out);
-                        self.apply_output(node, out);
-                    }
+                    self.drain(node);
                 }
             }
         }
@@ -942,6 +994,45 @@ impl Sim {
         Ok(())
     }
 
+    /// Derives (once per password) the keys of `passwords`. The simulator uses a cheap KDF
+    /// cost: the cost is not a protocol property, and debug builds would crawl.
+    fn psks(&mut self, passwords: &[String]) -> Vec<Secret> {
+        passwords
+            .iter()
+            .map(|p| {
+                self.psk_cache
+                    .entry(p.clone())
+                    .or_insert_with(|| crypto::derive_psk_with(p.as_bytes(), 256, 1))
+                    .clone()
+            })
+            .collect()
+    }
+
+    /// Host `i` now accepts `passwords` and dials with the first (runtime rotation).
+    pub fn set_passwords(&mut self, i: usize, passwords: &[&str]) {
+        let pw: Vec<String> = passwords.iter().map(|s| s.to_string()).collect();
+        let psks = self.psks(&pw);
+        self.nodes[i].passwords = pw;
+        let now = self.now;
+        self.nodes[i].node.set_psks(now, psks);
+        self.drain(i);
+    }
+
+    /// Counts every datagram and TCP segment that contains `needle` from now on, in
+    /// [`Sim::wire_hits`].
+    pub fn watch_wire(&mut self, needle: &[u8]) {
+        self.wire_needle = Some(needle.to_vec());
+        self.wire_hits = 0;
+    }
+
+    fn sniff(&mut self, bytes: &[u8]) {
+        if let Some(n) = &self.wire_needle
+            && bytes.windows(n.len()).any(|w| w == n.as_slice())
+        {
+            self.wire_hits += 1;
+        }
+    }
+
     pub fn name_of(&self, i: usize) -> PeerName {
         self.nodes[i].name
     }
@@ -955,6 +1046,7 @@ impl Sim {
 struct SimOutput {
     sent: Vec<(SocketAddr, Vec<u8>)>,
     injected: Vec<Vec<u8>>,
+    control: Vec<(SocketAddr, Vec<u8>)>,
 }
 
 impl Output for SimOutput {
@@ -963,6 +1055,9 @@ impl Output for SimOutput {
     }
     fn inject(&mut self, frame: &[u8]) {
         self.injected.push(frame.to_vec());
+    }
+    fn to_control(&mut self, from: SocketAddr, datagram: &[u8]) {
+        self.control.push((from, datagram.to_vec()));
     }
 }
 

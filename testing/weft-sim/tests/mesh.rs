@@ -303,6 +303,10 @@ fn random_fault_schedules_converge() {
         let mut sim = Sim::new(seed);
         let mut rng = Rng::new(seed);
         sim.link.udp_loss = rng.unit() * 0.1;
+        // Every other run encrypted: handshakes and rekeys under the same faults.
+        if run % 2 == 1 {
+            sim.password = Some("pw".into());
+        }
         let n = 5 + rng.below(20) as usize;
         for i in 0..n {
             let targets: Vec<usize> = if i == 0 {

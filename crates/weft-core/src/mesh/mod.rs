@@ -10,11 +10,12 @@
 mod maker;
 mod router;
 pub mod routes;
+mod secure;
 mod status;
 pub mod topology;
 
 pub use maker::{Backoff, TargetKey, TargetState};
-pub use router::{Action, DataPlaneTable, Event, Router, RouterConfig, Timing};
+pub use router::{Action, CryptoSettings, DataPlaneTable, Event, Router, RouterConfig, Timing};
 pub use status::{
     ConnectionState, ConnectionStatus, PeerConnectionStatus, PeerStatus, RouterStatus,
 };

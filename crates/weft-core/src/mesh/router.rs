@@ -102,6 +102,32 @@ pub struct RouterConfig {
     /// The overlay MTU, shown in connection attributes.
     pub mtu: u32,
     pub timing: Timing,
+    /// Password-based encryption; `None` runs in the clear.
+    pub crypto: Option<CryptoSettings>,
+}
+
+/// What encryption needs: our static key, the accepted passwords' keys, trusted subnets.
+#[derive(Clone)]
+pub struct CryptoSettings {
+    pub static_key: crate::crypto::Secret,
+    /// `psks[0]` is used to dial; all are accepted (password rotation).
+    pub psks: Vec<crate::crypto::Secret>,
+    /// Peers whose address is in one of these may exchange data unencrypted with us, if they
+    /// trust us too (the control channel stays encrypted).
+    pub trusted: Vec<ipnet::Ipv4Net>,
+    pub rekey_interval: Duration,
+    pub entropy: crate::crypto::SharedEntropy,
+}
+
+impl std::fmt::Debug for CryptoSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Keys are never printed.
+        f.debug_struct("CryptoSettings")
+            .field("passwords", &self.psks.len())
+            .field("trusted", &self.trusted)
+            .field("rekey_interval", &self.rekey_interval)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Something the shell must do.
@@ -113,8 +139,13 @@ pub enum Action {
     Send { conn: ConnId, bytes: Vec<u8> },
     /// Close the connection; the router has already forgotten it.
     Close { conn: ConnId },
-    /// Send one UDP datagram from the sleeve socket.
-    SendUdp { to: SocketAddr, bytes: Vec<u8> },
+    /// Send one UDP control datagram (heartbeat) to peer `peer` at `to` from the sleeve
+    /// socket, through the data plane (which encrypts it if the peer's data is encrypted).
+    SendUdp {
+        to: SocketAddr,
+        peer: PeerName,
+        bytes: Vec<u8>,
+    },
 }
 
 /// Something the shell may want to know.
@@ -150,6 +181,11 @@ pub enum Event {
         src: PeerName,
         payload: Vec<u8>,
     },
+    /// The data plane's keys for a peer changed (empty: forget them).
+    DataKeys {
+        peer: PeerName,
+        keys: crate::crypto::PeerKeys,
+    },
 }
 
 /// What the data plane needs to forward frames: computed from the established-and-symmetric
@@ -169,6 +205,8 @@ pub struct DataPlaneTable {
 enum Phase {
     Dialing,
     Header,
+    /// Noise handshake (encrypted connections only).
+    Handshake,
     Hello,
     Ready,
 }
@@ -205,6 +243,15 @@ struct Conn {
     last_udp_rx: Option<Instant>,
     next_udp_heartbeat: Instant,
     last_gossip_request: Option<Instant>,
+    secure: super::secure::Secure,
+}
+
+impl std::fmt::Debug for super::secure::Secure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Secure")
+            .field("data_encrypted", &self.data_encrypted)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Conn {
@@ -228,6 +275,7 @@ impl Conn {
             last_udp_rx: None,
             next_udp_heartbeat: now,
             last_gossip_request: None,
+            secure: Default::default(),
         }
     }
 
@@ -241,6 +289,12 @@ impl Conn {
             .min(self.last_udp_rx.unwrap_or(self.ready_at) + t.udp_heartbeat_timeout);
         if self.udp_addr.is_some() {
             d = d.min(self.next_udp_heartbeat);
+        }
+        for t in [self.secure.next_rekey, self.secure.retire_at]
+            .into_iter()
+            .flatten()
+        {
+            d = d.min(t);
         }
         d
     }
@@ -312,6 +366,8 @@ pub struct Router {
     trees: (u64, BTreeMap<PeerName, Vec<PeerName>>),
     /// Next hops for gossip unicasts, valid for one topology generation.
     unicast_all: (u64, BTreeMap<PeerName, PeerName>),
+    /// Inbound connections that failed recently (shown in status: they have no target).
+    recent_failures: VecDeque<(SocketAddr, String, Instant)>,
     stats: Stats,
 }
 
@@ -352,6 +408,7 @@ impl Router {
             outbox_at: None,
             trees: (u64::MAX, BTreeMap::new()),
             unicast_all: (u64::MAX, BTreeMap::new()),
+            recent_failures: VecDeque::new(),
             stats: Stats::default(),
         }
     }
@@ -462,10 +519,7 @@ impl Router {
         let conn_id = self.rng.nonzero_u64();
         self.conns
             .insert(id, Conn::new(false, remote, Phase::Header, now, conn_id));
-        self.send_raw(
-            id,
-            control::encode_header(control::PROTOCOL_MIN, control::PROTOCOL_MAX).to_vec(),
-        );
+        self.send_header(id);
         self.after(now);
         Some(id)
     }
@@ -478,11 +532,7 @@ impl Router {
                     c.phase = Phase::Header;
                     c.started = now;
                     c.last_rx = now;
-                    self.send_raw(
-                        conn,
-                        control::encode_header(control::PROTOCOL_MIN, control::PROTOCOL_MAX)
-                            .to_vec(),
-                    );
+                    self.send_header(conn);
                 }
             }
             Err(e) => self.close(now, conn, Close::Failure(e), false),
@@ -512,13 +562,17 @@ impl Router {
         self.after(now);
     }
 
-    /// A control datagram (heartbeat) arrived on the sleeve socket.
+    /// A control datagram (heartbeat) arrived on the sleeve socket (decrypted by the data
+    /// plane if the peer's data is encrypted).
     pub fn handle_udp(&mut self, now: Instant, from: SocketAddr, datagram: &[u8]) {
         match Datagram::decode(datagram) {
             Ok(Datagram::Heartbeat { sender, conn_uid }) => {
                 self.on_udp_heartbeat(now, from, sender, conn_uid)
             }
-            Ok(Datagram::Frame { .. }) | Err(_) => self.stats.udp_unexpected += 1,
+            // The data plane decrypts before handing heartbeats over.
+            Ok(Datagram::Frame { .. } | Datagram::Encrypted { .. }) | Err(_) => {
+                self.stats.udp_unexpected += 1
+            }
         }
         self.after(now);
     }
@@ -592,20 +646,61 @@ impl Router {
                     let header: [u8; control::HEADER_LEN] = h
                         .try_into()
                         .expect("take_raw returns exactly HEADER_LEN bytes");
-                    let version =
+                    let (version, flags) =
                         control::negotiate(&header, control::PROTOCOL_MIN, control::PROTOCOL_MAX)
                             .map_err(|e| Close::Failure(e.to_string()))?;
-                    c.phase = Phase::Hello;
                     c.version = version;
-                    let hello = ControlMsg::Hello(Hello {
-                        name: self.cfg.name,
-                        nickname: self.cfg.nickname.clone(),
-                        uid: self.uid,
-                        conn_id: c.our_conn_id,
-                        tcp_port: self.cfg.tcp_port,
-                        udp_port: self.cfg.udp_port,
-                    });
-                    self.send_msg(id, &hello);
+                    let remote_encrypted = flags & control::FLAG_ENCRYPTED != 0;
+                    match (&self.cfg.crypto, remote_encrypted) {
+                        (Some(_), false) => {
+                            return Err(Close::Failure(
+                                "password specified, but the peer requested an unencrypted connection".into(),
+                            ));
+                        }
+                        (None, true) => {
+                            return Err(Close::Failure(
+                                "no password specified, but the peer requested an encrypted connection".into(),
+                            ));
+                        }
+                        (None, false) => {
+                            c.phase = Phase::Hello;
+                            self.send_hello(id);
+                        }
+                        (Some(cr), true) => {
+                            c.phase = Phase::Handshake;
+                            let failed = |e: crate::crypto::CryptoError| {
+                                Close::Failure(format!("handshake: {e}"))
+                            };
+                            if c.outbound {
+                                let (hs, m1) = crate::crypto::Handshake::initiator(
+                                    &cr.static_key,
+                                    &cr.psks[0],
+                                    &cr.entropy,
+                                )
+                                .map_err(failed)?;
+                                c.secure.handshake = Some(hs);
+                                self.send_handshake(id, control::HANDSHAKE_MSG, &m1);
+                            } else {
+                                let hs = crate::crypto::Handshake::responder(
+                                    &cr.static_key,
+                                    &cr.psks,
+                                    &cr.entropy,
+                                )
+                                .map_err(failed)?;
+                                c.secure.handshake = Some(hs);
+                            }
+                        }
+                    }
+                }
+                Phase::Handshake => {
+                    let Some(body) = c
+                        .reader
+                        .next_frame(MAX_PRE_HELLO_FRAME)
+                        .map_err(|e| Close::Failure(e.to_string()))?
+                    else {
+                        return Ok(());
+                    };
+                    self.on_handshake(now, id, &body)?;
                 }
                 Phase::Hello => {
                     let Some(body) = c
@@ -615,6 +710,7 @@ impl Router {
                     else {
                         return Ok(());
                     };
+                    let body = open(c, body)?;
                     match ControlMsg::decode(&body).map_err(|e| Close::Failure(e.to_string()))? {
                         ControlMsg::Hello(h) => self.on_hello(now, id, h)?,
                         other => {
@@ -633,11 +729,113 @@ impl Router {
                     else {
                         return Ok(());
                     };
+                    let body = open(c, body)?;
                     let msg =
                         ControlMsg::decode(&body).map_err(|e| Close::Failure(e.to_string()))?;
                     self.on_message(now, id, msg)?;
                 }
             }
+        }
+    }
+
+    /// One Noise handshake frame from the peer.
+    fn on_handshake(&mut self, now: Instant, id: ConnId, body: &[u8]) -> Result<(), Close> {
+        let (kind, msg) = body
+            .split_first()
+            .ok_or_else(|| Close::Failure("empty handshake message".into()))?;
+        let c = self
+            .conns
+            .get_mut(&id)
+            .expect("caller holds a live connection");
+        let addr = c.addr;
+        if *kind == control::HANDSHAKE_ERROR {
+            return Err(Close::Failure(
+                "authentication failed: the peer refused our password (every peer needs the same --password)".into(),
+            ));
+        }
+        if *kind != control::HANDSHAKE_MSG {
+            return Err(Close::Failure("malformed handshake message".into()));
+        }
+        let hs = c
+            .secure
+            .handshake
+            .as_mut()
+            .ok_or_else(|| Close::Failure("unexpected handshake message".into()))?;
+        match hs.read(msg) {
+            Err(crate::crypto::CryptoError::AuthFailed) => {
+                // Tell the peer, so both sides can say what is wrong; nothing else is revealed.
+                self.send_handshake(id, control::HANDSHAKE_ERROR, b"authentication failed");
+                self.note_inbound_failure(
+                    now,
+                    addr,
+                    "authentication failed: the peer's password differs from ours",
+                );
+                Err(Close::Failure(
+                    "authentication failed: the peer's password differs from ours".into(),
+                ))
+            }
+            Err(e) => Err(Close::Failure(format!("handshake: {e}"))),
+            Ok(reply) => {
+                let finished = hs.is_finished();
+                if let Some(r) = reply {
+                    self.send_handshake(id, control::HANDSHAKE_MSG, &r);
+                }
+                if finished {
+                    let c = self.conns.get_mut(&id).expect("still live");
+                    let hs = c.secure.handshake.take().expect("checked above");
+                    let keys = hs
+                        .finish()
+                        .map_err(|e| Close::Failure(format!("handshake: {e}")))?;
+                    c.secure.cipher = Some(crate::crypto::ControlCipher::new(&keys));
+                    let psk = self
+                        .cfg
+                        .crypto
+                        .as_ref()
+                        .and_then(|cr| cr.psks.get(keys.psk_index).cloned());
+                    c.secure.handshake_done(keys, psk);
+                    c.phase = Phase::Hello;
+                    self.send_hello(id);
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn send_handshake(&mut self, id: ConnId, kind: u8, msg: &[u8]) {
+        let mut body = Vec::with_capacity(1 + msg.len());
+        body.push(kind);
+        body.extend_from_slice(msg);
+        self.send_raw(id, control::frame(&body));
+    }
+
+    fn send_hello(&mut self, id: ConnId) {
+        let c = &self.conns[&id];
+        let trusts_you = self.trusts(c.addr);
+        let hello = ControlMsg::Hello(Hello {
+            name: self.cfg.name,
+            nickname: self.cfg.nickname.clone(),
+            uid: self.uid,
+            conn_id: c.our_conn_id,
+            tcp_port: self.cfg.tcp_port,
+            udp_port: self.cfg.udp_port,
+            trusts_you,
+        });
+        self.send_msg(id, &hello);
+    }
+
+    /// Whether we trust a peer at `addr` with unencrypted data.
+    fn trusts(&self, addr: SocketAddr) -> bool {
+        match (&self.cfg.crypto, addr.ip()) {
+            (Some(cr), std::net::IpAddr::V4(ip)) => cr.trusted.iter().any(|n| n.contains(&ip)),
+            _ => false,
+        }
+    }
+
+    fn note_inbound_failure(&mut self, now: Instant, addr: SocketAddr, why: &str) {
+        warn!("<-[{addr}]: {why}");
+        self.recent_failures.push_back((addr, why.to_string(), now));
+        while self.recent_failures.len() > 10 {
+            self.recent_failures.pop_front();
         }
     }
 
@@ -707,6 +905,26 @@ impl Router {
         );
         self.by_peer.insert(hello.name, id);
         self.note_target_peer(id, hello.name);
+        // Data keys reach the data plane before anything is sent over UDP.
+        if let Some(cr) = &self.cfg.crypto {
+            let c = self
+                .conns
+                .get_mut(&id)
+                .expect("caller holds a live connection");
+            let trusted_pair = cr.trusted.iter().any(|n| match c.addr.ip() {
+                std::net::IpAddr::V4(ip) => n.contains(&ip),
+                std::net::IpAddr::V6(_) => false,
+            }) && hello.trusts_you;
+            if let Some(keys) =
+                c.secure
+                    .start_data(!trusted_pair, c.outbound, now, cr.rekey_interval)
+            {
+                self.events.push_back(Event::DataKeys {
+                    peer: hello.name,
+                    keys,
+                });
+            }
+        }
         self.local_connections_changed(now);
         self.events.push_back(Event::NeighbourUp(hello.name));
         let full = self.topology.full_update().encode();
@@ -822,8 +1040,70 @@ impl Router {
                     self.local_connections_changed(now);
                 }
             }
+            ControlMsg::Rekey { epoch, msg } => {
+                let entropy = self.crypto_entropy()?;
+                let psks = self
+                    .cfg
+                    .crypto
+                    .as_ref()
+                    .map(|c| c.psks.clone())
+                    .unwrap_or_default();
+                let c = self
+                    .conns
+                    .get_mut(&id)
+                    .expect("caller holds a live connection");
+                let (reply, keys) = c
+                    .secure
+                    .on_rekey(epoch, &msg, &psks, &entropy)
+                    .map_err(|e| match e {
+                        crate::crypto::CryptoError::AuthFailed => Close::Failure(
+                            "authentication failed: the peer renewed its keys with a password we no longer accept".into(),
+                        ),
+                        e => Close::Failure(format!("rekey: {e}")),
+                    })?;
+                self.emit_keys(id, keys);
+                self.send_msg(id, &reply);
+            }
+            ControlMsg::RekeyAck { epoch, msg } => {
+                let interval = self
+                    .cfg
+                    .crypto
+                    .as_ref()
+                    .map_or(crate::crypto::REKEY_INTERVAL, |c| c.rekey_interval);
+                let c = self
+                    .conns
+                    .get_mut(&id)
+                    .expect("caller holds a live connection");
+                let (done, keys) = c
+                    .secure
+                    .on_rekey_ack(epoch, &msg, now, interval)
+                    .map_err(|e| Close::Failure(format!("rekey: {e}")))?;
+                debug!(epoch, "data keys renewed");
+                self.emit_keys(id, keys);
+                self.send_msg(id, &done);
+            }
+            ControlMsg::RekeyDone { epoch } => {
+                let c = self
+                    .conns
+                    .get_mut(&id)
+                    .expect("caller holds a live connection");
+                let keys = c
+                    .secure
+                    .on_rekey_done(epoch, now)
+                    .map_err(|e| Close::Failure(format!("rekey: {e}")))?;
+                debug!(epoch, "data keys renewed");
+                self.emit_keys(id, keys);
+            }
         }
         Ok(())
+    }
+
+    fn crypto_entropy(&self) -> Result<crate::crypto::SharedEntropy, Close> {
+        self.cfg
+            .crypto
+            .as_ref()
+            .map(|c| c.entropy.clone())
+            .ok_or_else(|| Close::Failure("rekey on an unencrypted connection".into()))
     }
 
     /// Merges a topology update from connection `from`; returns the part that was new.
@@ -953,9 +1233,42 @@ impl Router {
                 } else {
                     t.udp_fast_heartbeat
                 };
-            let conn_uid = c.remote.as_ref().map_or(0, |r| r.conn_uid);
+            let (conn_uid, peer) = c
+                .remote
+                .as_ref()
+                .map_or((0, weft_proto::BROADCAST_PEER), |r| (r.conn_uid, r.name));
             let bytes = sleeve::encode_heartbeat(self.cfg.name, conn_uid).to_vec();
-            self.actions.push_back(Action::SendUdp { to, bytes });
+            self.actions.push_back(Action::SendUdp { to, peer, bytes });
+        }
+        let c = self.conns.get_mut(&id).expect("still live");
+        if c.secure.next_rekey.is_some_and(|t| now >= t) {
+            let msg = match &self.cfg.crypto {
+                Some(cr) => c.secure.begin_rekey(&cr.psks[0], &cr.entropy),
+                None => Ok(None),
+            };
+            match msg {
+                Ok(Some(m)) => self.send_msg(id, &m),
+                Ok(None) => {}
+                Err(e) => {
+                    self.close(now, id, Close::Failure(format!("rekey: {e}")), true);
+                    return;
+                }
+            }
+        }
+        let c = self.conns.get_mut(&id).expect("still live");
+        if c.secure.retire_at.is_some_and(|t| now >= t) {
+            let keys = c.secure.retire();
+            self.emit_keys(id, keys);
+        }
+    }
+
+    /// Tells the data plane the keys for the peer on connection `id`.
+    fn emit_keys(&mut self, id: ConnId, keys: crate::crypto::PeerKeys) {
+        if let Some(r) = self.conns.get(&id).and_then(|c| c.remote.as_ref())
+            && self.by_peer.get(&r.name) == Some(&id)
+        {
+            self.events
+                .push_back(Event::DataKeys { peer: r.name, keys });
         }
     }
 
@@ -985,8 +1298,28 @@ impl Router {
                 && self.by_peer.get(&r.name) == Some(&id)
             {
                 self.by_peer.remove(&r.name);
+                if !c.secure.keys().recv.is_empty() || c.secure.keys().send.is_some() {
+                    self.events.push_back(Event::DataKeys {
+                        peer: r.name,
+                        keys: Default::default(),
+                    });
+                }
             }
             self.local_connections_changed(now);
+        } else if !c.outbound && c.phase != Phase::Header {
+            // An inbound connection that failed before it was ready has no target to show the
+            // reason: keep it for status.
+            if !self
+                .recent_failures
+                .iter()
+                .any(|(a, _, t)| *a == c.addr && *t == now)
+            {
+                self.recent_failures
+                    .push_back((c.addr, reason.clone(), now));
+                while self.recent_failures.len() > 10 {
+                    self.recent_failures.pop_front();
+                }
+            }
         }
         if let Some(key) = &c.target {
             let backoff = self.cfg.timing.backoff.clone();
@@ -1344,18 +1677,18 @@ impl Router {
         payload: Vec<u8>,
         from: Option<PeerName>,
     ) {
-        let bytes = ControlMsg::GossipBroadcast {
+        let body = ControlMsg::GossipBroadcast {
             channel,
             src,
             payload,
         }
-        .encode_framed();
+        .encode_body();
         for child in self.gossip_children(src) {
             if Some(child) == from {
                 continue;
             }
             if let Some(&id) = self.by_peer.get(&child) {
-                self.send_raw(id, bytes.clone());
+                self.send_body(id, body.clone());
             }
         }
     }
@@ -1407,9 +1740,9 @@ impl Router {
 
     /// Sends `payload` on `channel` to a few random neighbours (periodic gossip).
     pub fn gossip_random(&mut self, channel: Channel, payload: Vec<u8>) {
-        let bytes = ControlMsg::Gossip { channel, payload }.encode_framed();
+        let body = ControlMsg::Gossip { channel, payload }.encode_body();
         for id in self.random_neighbours(None) {
-            self.send_raw(id, bytes.clone());
+            self.send_body(id, body.clone());
         }
     }
 
@@ -1429,8 +1762,60 @@ impl Router {
         self.actions.push_back(Action::Send { conn, bytes });
     }
 
+    fn send_header(&mut self, conn: ConnId) {
+        let flags = if self.cfg.crypto.is_some() {
+            control::FLAG_ENCRYPTED
+        } else {
+            0
+        };
+        let h = control::encode_header(control::PROTOCOL_MIN, control::PROTOCOL_MAX, flags);
+        self.send_raw(conn, h.to_vec());
+    }
+
+    /// Frames a message body, encrypting it first on encrypted connections.
+    fn send_body(&mut self, conn: ConnId, body: Vec<u8>) {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        let body = match &mut c.secure.cipher {
+            Some(cipher) => cipher.seal(body),
+            None => body,
+        };
+        self.send_raw(conn, control::frame(&body));
+    }
+
+    /// Replaces the accepted passwords (`psks[0]` is used to dial and rekey). Existing
+    /// connections keep their keys, so traffic is not interrupted; those we dialled that last
+    /// proved a password no longer accepted rekey at once with the current one, the others
+    /// re-prove theirs at their peer's next rekey, or are closed if they cannot.
+    pub fn set_psks(&mut self, now: Instant, psks: Vec<crate::crypto::Secret>) {
+        let Some(cr) = &mut self.cfg.crypto else {
+            return;
+        };
+        if psks.is_empty() {
+            return;
+        }
+        cr.psks = psks;
+        let accepted = cr.psks.clone();
+        for c in self.conns.values_mut() {
+            let stale = c
+                .secure
+                .auth_psk
+                .as_ref()
+                .is_some_and(|p| !accepted.iter().any(|a| **a == **p));
+            if stale && c.outbound && c.secure.next_rekey.is_some() {
+                c.secure.next_rekey = Some(now);
+            }
+        }
+    }
+
+    /// The accepted passwords' keys, the one in use first (empty without encryption).
+    pub fn psks(&self) -> &[crate::crypto::Secret] {
+        self.cfg.crypto.as_ref().map_or(&[], |c| &c.psks)
+    }
+
     fn send_msg(&mut self, conn: ConnId, msg: &ControlMsg) {
-        self.send_raw(conn, msg.encode_framed());
+        self.send_body(conn, msg.encode_body());
     }
 
     // ---- status -------------------------------------------------------------------------
@@ -1476,9 +1861,27 @@ impl Router {
                 peer: Some((r.name, r.nickname.clone())),
                 overlay: Some("sleeve"),
                 mtu: Some(self.cfg.mtu),
+                encrypted: self.cfg.crypto.as_ref().map(|_| c.secure.data_encrypted),
+                key_epoch: c.secure.data_encrypted.then(|| c.secure.epoch()),
                 error: None,
                 retry_in: None,
             });
+        }
+        for (addr, why, at) in &self.recent_failures {
+            if now.saturating_duration_since(*at) < Duration::from_secs(120) {
+                connections.push(ConnectionStatus {
+                    outbound: false,
+                    addr: *addr,
+                    state: ConnectionState::Failed,
+                    peer: None,
+                    overlay: None,
+                    mtu: None,
+                    encrypted: None,
+                    key_epoch: None,
+                    error: Some(why.clone()),
+                    retry_in: None,
+                });
+            }
         }
         for t in self.targets.values() {
             let ready = t
@@ -1496,6 +1899,8 @@ impl Router {
                 peer: None,
                 overlay: None,
                 mtu: None,
+                encrypted: None,
+                key_epoch: None,
                 error: t.last_error.clone(),
                 retry_in: (state == ConnectionState::Failed && !t.suspended)
                     .then(|| t.retry_at.saturating_duration_since(now)),
@@ -1512,6 +1917,14 @@ impl Router {
             protocol_max: control::PROTOCOL_MAX,
             discovery: self.cfg.discovery,
             conn_limit: self.cfg.conn_limit,
+            encryption: self.cfg.crypto.is_some(),
+            passwords: self.psks().len(),
+            trusted_subnets: self
+                .cfg
+                .crypto
+                .as_ref()
+                .map(|c| c.trusted.iter().map(ToString::to_string).collect())
+                .unwrap_or_default(),
             peers,
             connections,
             targets: self.direct_targets(),
@@ -1525,6 +1938,18 @@ impl Router {
     }
 }
 
+/// Decrypts a frame body on encrypted connections.
+fn open(c: &mut Conn, body: Vec<u8>) -> Result<Vec<u8>, Close> {
+    match &mut c.secure.cipher {
+        Some(cipher) => cipher.open(body).map_err(|_| {
+            Close::Failure(
+                "control message failed to decrypt (tampered with, or out of order)".into(),
+            )
+        }),
+        None => Ok(body),
+    }
+}
+
 fn msg_name(m: &ControlMsg) -> &'static str {
     match m {
         ControlMsg::Hello(_) => "hello",
@@ -1534,5 +1959,8 @@ fn msg_name(m: &ControlMsg) -> &'static str {
         ControlMsg::GossipUnicast { .. } => "gossip unicast",
         ControlMsg::GossipRequest { .. } => "gossip request",
         ControlMsg::Overlay(_) => "overlay message",
+        ControlMsg::Rekey { .. } | ControlMsg::RekeyAck { .. } | ControlMsg::RekeyDone { .. } => {
+            "rekey message"
+        }
     }
 }

@@ -17,6 +17,11 @@ pub struct RouterStatus {
     pub protocol_max: u8,
     pub discovery: bool,
     pub conn_limit: usize,
+    /// A password is set.
+    pub encryption: bool,
+    /// How many passwords are accepted (more than one during a password roll).
+    pub passwords: usize,
+    pub trusted_subnets: Vec<String>,
     pub peers: Vec<PeerStatus>,
     pub connections: Vec<ConnectionStatus>,
     /// Direct targets exactly as given.
@@ -58,6 +63,10 @@ pub struct ConnectionStatus {
     /// The overlay carrying data ("sleeve"), once known.
     pub overlay: Option<&'static str>,
     pub mtu: Option<u32>,
+    /// With a password: whether data on this connection is encrypted (not a trusted pair).
+    pub encrypted: Option<bool>,
+    /// The data-key epoch in use (rekeys so far, modulo 256).
+    pub key_epoch: Option<u8>,
     pub error: Option<String>,
     /// For failed targets: when the next attempt is due, relative to the snapshot.
     pub retry_in: Option<Duration>,

@@ -1,0 +1,178 @@
+//! The encryption side of one control connection: the Noise handshake, the control-channel
+//! cipher, and the data-plane keys with their rekeying (see [`crate::crypto`] for the design).
+//!
+//! Rekey protocol (only the connection's outbound side starts one, every
+//! [`crypto::REKEY_INTERVAL`]):
+//! 1. initiator → `Rekey{epoch, msg1}`;
+//! 2. responder derives the new keys, starts *accepting* the new epoch, keeps *sending* with
+//!    the old one, answers `RekeyAck{epoch, msg2}`;
+//! 3. initiator derives the same keys, sends and accepts the new epoch (still accepting the
+//!    old one for [`crypto::KEY_OVERLAP`]), answers `RekeyDone{epoch}`;
+//! 4. responder switches sending to the new epoch and retires the old one after the overlap.
+//!
+//! At every moment each side accepts whatever the other may be sending, so no packet is lost
+//! to a rekey.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use weft_proto::control::ControlMsg;
+
+use crate::crypto::{
+    self, ControlCipher, CryptoError, Handshake, PeerKeys, Rekey, Secret, SessionKeys,
+    SharedEntropy,
+};
+
+/// Per-connection crypto state.
+#[derive(Default)]
+pub(super) struct Secure {
+    pub handshake: Option<Handshake>,
+    pub cipher: Option<ControlCipher>,
+    pub remote_static: Option<[u8; 32]>,
+    /// Keys from the handshake, until the hello exchange decides whether data is encrypted.
+    session: Option<SessionKeys>,
+    /// Data is encrypted on this connection (not a trusted pair).
+    pub data_encrypted: bool,
+    chaining: Option<Secret>,
+    epoch: u8,
+    keys: PeerKeys,
+    /// Responder: the next epoch's send key, used once the initiator says it is ready.
+    pending_send: Option<(u8, Arc<Secret>)>,
+    /// Initiator: the rekey exchange in flight, and the password it proves.
+    rekey: Option<(u8, Rekey, Secret)>,
+    /// The password this connection last proved (handshake or rekey).
+    pub auth_psk: Option<Secret>,
+    pub next_rekey: Option<Instant>,
+    pub retire_at: Option<Instant>,
+}
+
+impl Secure {
+    pub fn handshake_done(&mut self, keys: SessionKeys, psk: Option<Secret>) {
+        self.auth_psk = psk;
+        self.remote_static = Some(keys.remote_static);
+        self.session = Some(keys);
+    }
+
+    /// After the hello exchange: turn the handshake's keys into the data plane's epoch 0 (or
+    /// forget them for a trusted pair). Returns the keys for the data plane.
+    pub fn start_data(
+        &mut self,
+        encrypt: bool,
+        outbound: bool,
+        now: Instant,
+        interval: std::time::Duration,
+    ) -> Option<PeerKeys> {
+        let s = self.session.take()?;
+        self.data_encrypted = encrypt;
+        if !encrypt {
+            return None;
+        }
+        self.chaining = Some(s.chaining);
+        self.epoch = 0;
+        self.keys = PeerKeys {
+            send: Some((0, Arc::new(s.data_send))),
+            recv: vec![(0, Arc::new(s.data_recv))],
+        };
+        if outbound {
+            self.next_rekey = Some(now + interval);
+        }
+        Some(self.keys.clone())
+    }
+
+    pub fn keys(&self) -> &PeerKeys {
+        &self.keys
+    }
+
+    pub fn epoch(&self) -> u8 {
+        self.epoch
+    }
+
+    /// Initiator: start a rekey proving `psk` (our current password). Returns the message to
+    /// send.
+    pub fn begin_rekey(
+        &mut self,
+        psk: &Secret,
+        entropy: &SharedEntropy,
+    ) -> Result<Option<ControlMsg>, CryptoError> {
+        self.next_rekey = None;
+        let Some(chaining) = &self.chaining else {
+            return Ok(None);
+        };
+        if self.rekey.is_some() {
+            // One exchange at a time; the answer to the one in flight is still due.
+            return Ok(None);
+        }
+        let (rk, msg) = Rekey::start(chaining, psk, entropy)?;
+        let epoch = self.epoch.wrapping_add(1);
+        self.rekey = Some((epoch, rk, psk.clone()));
+        Ok(Some(ControlMsg::Rekey { epoch, msg }))
+    }
+
+    /// Responder: answer a rekey made with any of our accepted `psks`; accept the new epoch
+    /// now, send with it later.
+    pub fn on_rekey(
+        &mut self,
+        epoch: u8,
+        msg: &[u8],
+        psks: &[Secret],
+        entropy: &SharedEntropy,
+    ) -> Result<(ControlMsg, PeerKeys), CryptoError> {
+        let chaining = self.chaining.as_ref().ok_or(CryptoError::Malformed)?;
+        let (reply, k, idx) = Rekey::respond(chaining, psks, msg, entropy)?;
+        self.auth_psk = Some(psks[idx].clone());
+        self.chaining = Some(k.chaining);
+        self.keys.recv.push((epoch, Arc::new(k.recv)));
+        self.pending_send = Some((epoch, Arc::new(k.send)));
+        Ok((
+            ControlMsg::RekeyAck { epoch, msg: reply },
+            self.keys.clone(),
+        ))
+    }
+
+    /// Initiator: complete the rekey; send and accept the new epoch.
+    pub fn on_rekey_ack(
+        &mut self,
+        epoch: u8,
+        msg: &[u8],
+        now: Instant,
+        interval: std::time::Duration,
+    ) -> Result<(ControlMsg, PeerKeys), CryptoError> {
+        let (e, rk, psk) = self.rekey.take().ok_or(CryptoError::Malformed)?;
+        if e != epoch {
+            return Err(CryptoError::Malformed);
+        }
+        let k = rk.finish(msg)?;
+        self.auth_psk = Some(psk);
+        self.chaining = Some(k.chaining);
+        self.epoch = epoch;
+        self.keys.send = Some((epoch, Arc::new(k.send)));
+        self.keys.recv.push((epoch, Arc::new(k.recv)));
+        self.retire_at = Some(now + crypto::KEY_OVERLAP);
+        self.next_rekey = Some(now + interval);
+        Ok((ControlMsg::RekeyDone { epoch }, self.keys.clone()))
+    }
+
+    /// Responder: the initiator uses the new epoch; so do we.
+    pub fn on_rekey_done(&mut self, epoch: u8, now: Instant) -> Result<PeerKeys, CryptoError> {
+        match self.pending_send.take() {
+            Some((e, k)) if e == epoch => {
+                self.epoch = epoch;
+                self.keys.send = Some((e, k));
+                self.retire_at = Some(now + crypto::KEY_OVERLAP);
+                Ok(self.keys.clone())
+            }
+            _ => Err(CryptoError::Malformed),
+        }
+    }
+
+    /// Drops receive keys older than the current epoch (after the overlap).
+    pub fn retire(&mut self) -> PeerKeys {
+        self.retire_at = None;
+        let current = self.epoch;
+        let pending = self.pending_send.as_ref().map(|p| p.0);
+        self.keys
+            .recv
+            .retain(|(e, _)| *e == current || Some(*e) == pending);
+        self.keys.clone()
+    }
+}
