@@ -20,3 +20,6 @@ if [ -n "$forbidden" ]; then
 fi
 
 cargo test --workspace
+
+# Every decoder a stranger can reach, fuzzed briefly: catches panics the unit tests missed.
+scripts/fuzz.sh 20

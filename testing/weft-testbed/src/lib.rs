@@ -279,6 +279,34 @@ impl Testbed {
         self.dir.join(format!("{program}-{n}.log"))
     }
 
+    /// The namespace holding the underlay bridge every host is plugged into.
+    pub fn underlay(&self) -> &str {
+        &self.underlay
+    }
+
+    /// Starts capturing every packet crossing the underlay bridge that matches the tcpdump
+    /// `filter`, whole packets, written as they come; returns the pcap file's path. The
+    /// capture is stopped on drop. Waits until tcpdump is listening.
+    pub fn capture(&mut self, filter: &str) -> Result<PathBuf> {
+        let n = self.children.len();
+        let file = self.dir.join(format!("capture-{n}.pcap"));
+        let file_s = file.to_str().expect("utf-8 path").to_string();
+        let underlay = self.underlay.clone();
+        let mut args = vec!["-i", "br0", "-n", "-s", "0", "-U", "-w", &file_s];
+        args.extend(filter.split_whitespace());
+        self.spawn(&underlay, "tcpdump", &args)?;
+        let log = self.spawn_log("tcpdump", n);
+        Self::wait_for(Duration::from_secs(10), || {
+            let l = std::fs::read_to_string(&log).unwrap_or_default();
+            if l.contains("listening on") {
+                Ok(())
+            } else {
+                bail!("tcpdump did not start: {l}")
+            }
+        })?;
+        Ok(file)
+    }
+
     /// Pings `dst` from namespace `ns` until one reply arrives or `timeout` passes.
     pub fn wait_ping(&self, ns: &str, dst: &str, timeout: Duration) -> Result<Duration> {
         let start = Instant::now();
@@ -505,4 +533,68 @@ pub fn weft_binary() -> Result<PathBuf> {
         );
     }
     Ok(p)
+}
+
+/// Reading what [`Testbed::capture`] recorded.
+pub mod pcap {
+    use std::path::Path;
+
+    use anyhow::{Result, bail};
+
+    /// The packets of a pcap file (Ethernet frames, as tcpdump writes them on a bridge).
+    pub fn packets(path: &Path) -> Result<Vec<Vec<u8>>> {
+        let b = std::fs::read(path)?;
+        if b.len() < 24 {
+            return Ok(Vec::new());
+        }
+        let le = match b[0..4] {
+            [0xd4, 0xc3, 0xb2, 0xa1] | [0x4d, 0x3c, 0xb2, 0xa1] => true,
+            [0xa1, 0xb2, 0xc3, 0xd4] | [0xa1, 0xb2, 0x3c, 0x4d] => false,
+            _ => bail!("{} is not a pcap file", path.display()),
+        };
+        let u32_at = |i: usize| {
+            let w: [u8; 4] = b[i..i + 4].try_into().expect("4 bytes");
+            if le {
+                u32::from_le_bytes(w)
+            } else {
+                u32::from_be_bytes(w)
+            }
+        };
+        let mut out = Vec::new();
+        let mut i = 24;
+        // The last record may be half written while tcpdump runs: stop there.
+        while i + 16 <= b.len() {
+            let len = u32_at(i + 8) as usize;
+            if i + 16 + len > b.len() {
+                break;
+            }
+            out.push(b[i + 16..i + 16 + len].to_vec());
+            i += 16 + len;
+        }
+        Ok(out)
+    }
+
+    /// Whether an Ethernet frame is an IPv4 packet of `proto` (6 TCP, 17 UDP) to or from
+    /// `port`.
+    pub fn is_ip_port(frame: &[u8], proto: u8, port: u16) -> bool {
+        if frame.len() < 14 + 20 || frame[12..14] != [0x08, 0x00] || frame[14 + 9] != proto {
+            return false;
+        }
+        let ihl = usize::from(frame[14] & 0x0f) * 4;
+        let l4 = 14 + ihl;
+        if frame.len() < l4 + 4 {
+            return false;
+        }
+        let sport = u16::from_be_bytes([frame[l4], frame[l4 + 1]]);
+        let dport = u16::from_be_bytes([frame[l4 + 2], frame[l4 + 3]]);
+        sport == port || dport == port
+    }
+
+    /// How many packets contain `needle`.
+    pub fn count_containing(packets: &[Vec<u8>], needle: &[u8]) -> usize {
+        packets
+            .iter()
+            .filter(|p| p.windows(needle.len()).any(|w| w == needle))
+            .count()
+    }
 }

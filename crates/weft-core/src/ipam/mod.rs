@@ -675,7 +675,7 @@ impl Ipam {
                         theirs: format!(
                             "{}-{}",
                             ring::ip(u64::from(theirs.start)),
-                            ring::ip(theirs.end - 1)
+                            ring::ip(theirs.end.saturating_sub(1))
                         ),
                     }
                     .to_string());
@@ -1101,4 +1101,48 @@ fn prefix_of(start: u32, end: u64) -> u8 {
 /// Weave's default quorum: a majority of the initial peers plus ourselves.
 pub fn default_quorum(initial_peers: usize) -> usize {
     initial_peers.div_ceil(2) + 1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use weft_proto::ipam::{Entry, RingState};
+
+    /// Ring states no honest peer sends (found by fuzzing: an empty range used to underflow
+    /// while formatting the refusal) are refused, never a panic.
+    #[test]
+    fn hostile_ring_states_are_refused() {
+        let now = Instant::now();
+        let me = NodeId {
+            name: PeerName::from_u64(1),
+            uid: 1,
+        };
+        let cfg = IpamConfig::new("10.32.0.0/12".parse().unwrap(), InitMode::Observer);
+        let mut ipam = Ipam::new(cfg, me, "me", None, now, 1).unwrap();
+        let peer = PeerName::from_u64(2);
+        let (start, end) = (u32::from(Ipv4Addr::new(10, 32, 0, 0)), 0x0a40_0000u64);
+        let entry = |token| Entry {
+            token,
+            peer,
+            version: 1,
+            free: 1,
+        };
+        for (s, e, entries) in [
+            (0, 0, vec![]),
+            (5, 3, vec![entry(4)]),
+            (0, u64::MAX, vec![entry(1)]),
+            (start, end, vec![entry(1)]),
+            (start, end, vec![entry(start + 9), entry(start + 9)]),
+            (start, end, vec![entry(start + 9), entry(start + 3)]),
+        ] {
+            let msg = IpamMsg::RingUpdate(RingState {
+                start: s,
+                end: e,
+                seeds: vec![peer],
+                entries,
+            })
+            .encode();
+            assert!(ipam.handle_message(now, peer, &msg).is_err(), "{s} {e}");
+        }
+    }
 }

@@ -318,7 +318,7 @@ impl Ring {
 }
 
 fn range_str(s: &RingState) -> String {
-    format!("{}-{}", ip(u64::from(s.start)), ip(s.end - 1))
+    format!("{}-{}", ip(u64::from(s.start)), ip(s.end.saturating_sub(1)))
 }
 
 fn describe(s: &RingState) -> String {

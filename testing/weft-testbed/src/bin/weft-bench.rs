@@ -1,6 +1,7 @@
-//! Data-plane benchmark: in one run, on one test bed of two hosts, TCP throughput (iperf3, 1 and
-//! 4 streams) and ping RTT for the underlay itself and between containers over weft, with each
-//! weft figure as a ratio of the underlay's and the routers' CPU cost per Gbit/s.
+//! Data-plane benchmark: in one run, on one test bed, TCP throughput (iperf3, 1 and 4 streams)
+//! and ping RTT for the underlay itself and between containers over weft, unencrypted (hosts 1
+//! and 2) and encrypted (hosts 3 and 4, with a password), with each weft figure as a ratio of
+//! the underlay's and the routers' CPU cost per Gbit/s.
 //!
 //! Usage: weft-bench [SECONDS] (default 10). Needs root, iperf3 and ping.
 //!
@@ -22,10 +23,47 @@ struct Row {
     cpu_per_gbit: Option<f64>,
 }
 
-fn routers_cpu(tb: &Testbed) -> f64 {
-    (1..=2)
-        .filter_map(|i| tb.our_router_pid(i).and_then(measure::cpu_seconds))
+fn routers_cpu(tb: &Testbed, hosts: [usize; 2]) -> f64 {
+    hosts
+        .iter()
+        .filter_map(|&i| tb.our_router_pid(i).and_then(measure::cpu_seconds))
         .sum()
+}
+
+/// Launches routers on hosts `a` and `b` with `extra` flags, attaches a container to each, and
+/// measures between the containers.
+fn weft_pair(
+    tb: &mut Testbed,
+    name: &'static str,
+    [a, b]: [usize; 2],
+    extra: &[&str],
+    secs: u32,
+) -> Result<Row> {
+    eprintln!("{name}: launching, iperf3 {secs}s x2, ping...");
+    let aip = tb.host(a).ip.to_string();
+    tb.launch(a, extra)?;
+    let mut with_peer = extra.to_vec();
+    with_peer.push(&aip);
+    tb.launch(b, &with_peer)?;
+    let (ca, cb) = (
+        tb.container(&format!("c{a}"))?,
+        tb.container(&format!("c{b}"))?,
+    );
+    let dst = format!("10.32.0.{b}");
+    tb.weft_ok(a, &["attach", &format!("10.32.0.{a}/12"), &ca])?;
+    tb.weft_ok(b, &["attach", &format!("{dst}/12"), &cb])?;
+    tb.wait_ping(&ca, &dst, std::time::Duration::from_secs(30))?;
+    let cpu0 = routers_cpu(tb, [a, b]);
+    let t0 = std::time::Instant::now();
+    let tcp1 = measure::iperf3(tb, &cb, &ca, &dst, secs, 1)?;
+    let cpu = (routers_cpu(tb, [a, b]) - cpu0) / t0.elapsed().as_secs_f64();
+    Ok(Row {
+        name,
+        tcp1,
+        tcp4: measure::iperf3(tb, &cb, &ca, &dst, secs, 4)?,
+        rtt_ms: measure::ping_rtt(tb, &ca, &dst, 50)?,
+        cpu_per_gbit: Some(cpu / tcp1.max(1e-9)),
+    })
 }
 
 fn main() -> Result<()> {
@@ -50,9 +88,8 @@ fn main() -> Result<()> {
         .transpose()?
         .unwrap_or(10);
     let weft = weft_testbed::weft_binary()?;
-    let mut tb = Testbed::new("bench", 2, &weft)?;
+    let mut tb = Testbed::new("bench", 4, &weft)?;
     let (h1, h2) = (tb.host(1).netns.clone(), tb.host(2).netns.clone());
-    let h1ip = tb.host(1).ip.to_string();
     let h2ip = tb.host(2).ip.to_string();
     let mut rows = Vec::new();
 
@@ -65,25 +102,14 @@ fn main() -> Result<()> {
         cpu_per_gbit: None,
     });
 
-    eprintln!("weft sleeve: launching, iperf3 {secs}s x2, ping...");
-    tb.launch(1, &[])?;
-    tb.launch(2, &[&h1ip])?;
-    let c1 = tb.container("c1")?;
-    let c2 = tb.container("c2")?;
-    tb.weft_ok(1, &["attach", "10.32.0.1/12", &c1])?;
-    tb.weft_ok(2, &["attach", "10.32.0.2/12", &c2])?;
-    tb.wait_ping(&c1, "10.32.0.2", std::time::Duration::from_secs(30))?;
-    let cpu0 = routers_cpu(&tb);
-    let t0 = std::time::Instant::now();
-    let tcp1 = measure::iperf3(&mut tb, &c2, &c1, "10.32.0.2", secs, 1)?;
-    let cpu = (routers_cpu(&tb) - cpu0) / t0.elapsed().as_secs_f64();
-    rows.push(Row {
-        name: "weft sleeve",
-        tcp1,
-        tcp4: measure::iperf3(&mut tb, &c2, &c1, "10.32.0.2", secs, 4)?,
-        rtt_ms: measure::ping_rtt(&tb, &c1, "10.32.0.2", 50)?,
-        cpu_per_gbit: Some(cpu / tcp1.max(1e-9)),
-    });
+    rows.push(weft_pair(&mut tb, "weft sleeve", [1, 2], &[], secs)?);
+    rows.push(weft_pair(
+        &mut tb,
+        "weft sleeve, encrypted",
+        [3, 4],
+        &["--password=benchmark"],
+        secs,
+    )?);
 
     let base = &rows[0];
     println!(
@@ -104,9 +130,18 @@ fn main() -> Result<()> {
                 .map_or("-".to_string(), |c| format!("{c:.2}"))
         );
     }
-    let stats = tb.weft_ok(2, &["report"])?;
-    let v: serde_json::Value = serde_json::from_str(&stats)?;
-    println!("\nreceiving router counters: {}", v["Router"]["Stats"]);
+    let (plain, enc) = (&rows[1], &rows[2]);
+    println!(
+        "\nencrypted / unencrypted sleeve: TCP 1 stream {:.2}x, 4 streams {:.2}x, RTT {:.2}x",
+        enc.tcp1 / plain.tcp1,
+        enc.tcp4 / plain.tcp4,
+        enc.rtt_ms / plain.rtt_ms
+    );
+    for i in [2, 4] {
+        let stats = tb.weft_ok(i, &["report"])?;
+        let v: serde_json::Value = serde_json::from_str(&stats)?;
+        println!("\nreceiving router h{i} counters: {}", v["Router"]["Stats"]);
+    }
     Ok(())
 }
 
