@@ -89,11 +89,27 @@ impl From<AttachError> for ApiError {
 
 type AppState = State<Arc<App>>;
 
+/// The read-only part of the API: status, report, metrics (also served on `--status-addr`).
+pub fn read_only_router(app: Arc<App>) -> Http {
+    Http::new()
+        .route("/status", get(status))
+        .route("/status/{sub}", get(status_sub))
+        .route("/report", get(report))
+        .route("/metrics", get(metrics))
+        .with_state(app)
+}
+
+/// Only `/metrics` (for `--metrics-addr`, which may face a scraper on the network).
+pub fn metrics_router(app: Arc<App>) -> Http {
+    Http::new().route("/metrics", get(metrics)).with_state(app)
+}
+
 pub fn router(app: Arc<App>) -> Http {
     Http::new()
         .route("/status", get(status))
         .route("/status/{sub}", get(status_sub))
         .route("/report", get(report))
+        .route("/metrics", get(metrics))
         .route("/connect", post(connect))
         .route("/forget", post(forget))
         .route("/attach", post(attach))
@@ -121,11 +137,13 @@ pub async fn ask_control<T>(
     rx.await.map_err(|_| ApiError::unavailable())
 }
 
-async fn query_router(app: &App) -> Result<(RouterStatus, Option<IpamStatus>), ApiError> {
+pub(crate) async fn query_router(
+    app: &App,
+) -> Result<(RouterStatus, Option<IpamStatus>), ApiError> {
     ask_control(app, ControlInput::Status).await
 }
 
-async fn query_dataplane(app: &App) -> DataPlaneSnapshot {
+pub(crate) async fn query_dataplane(app: &App) -> DataPlaneSnapshot {
     let (tx, rx) = oneshot::channel();
     if app
         .dataplane
@@ -414,6 +432,18 @@ async fn status_sub(State(app): AppState, Path(sub): Path<String>) -> Result<Res
         }
     };
     Ok(text(body))
+}
+
+async fn metrics(State(app): AppState) -> Result<Response, ApiError> {
+    let body = crate::metrics::render(&app).await?;
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response())
 }
 
 async fn report(State(app): AppState) -> Result<Response, ApiError> {

@@ -17,6 +17,7 @@ pub mod dns;
 pub mod dns_api;
 pub mod hostnet;
 pub mod ipam_api;
+pub mod metrics;
 pub mod secrets;
 pub mod state;
 
@@ -51,6 +52,10 @@ pub struct Config {
     pub host: Option<IpAddr>,
     pub port: u16,
     pub http_addr: SocketAddr,
+    /// Read-only status, report and metrics (Weave's `--status-addr`); `None`: off.
+    pub status_addr: Option<SocketAddr>,
+    /// Only `/metrics` (Weave's `--metrics-addr`); `None`: off.
+    pub metrics_addr: Option<SocketAddr>,
     pub conn_limit: usize,
     pub discovery: bool,
     pub resume: bool,
@@ -267,6 +272,18 @@ pub async fn run(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Result<(),
     let http = TcpListener::bind(cfg.http_addr)
         .await
         .map_err(io_err(format!("listening on HTTP {}", cfg.http_addr)))?;
+    let mut extra_http = Vec::new();
+    for (addr, flag, metrics_only) in [
+        (cfg.status_addr, "--status-addr", false),
+        (cfg.metrics_addr, "--metrics-addr", true),
+    ] {
+        if let Some(addr) = addr {
+            let l = TcpListener::bind(addr).await.map_err(io_err(format!(
+                "listening on {flag} {addr} (give another address, or \"\" to turn it off)"
+            )))?;
+            extra_http.push((l, metrics_only));
+        }
+    }
 
     let crypto = if cfg.passwords.is_empty() {
         if !cfg.trusted_subnets.is_empty() {
@@ -425,6 +442,22 @@ pub async fn run(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Result<(),
         shutdown.clone(),
     ));
     tasks.spawn(control::accept_loop(listener, ctl_tx, shutdown.clone()));
+    for (listener, metrics_only) in extra_http {
+        let mut sd = shutdown.clone();
+        let routes = if metrics_only {
+            api::metrics_router(app.clone())
+        } else {
+            api::read_only_router(app.clone())
+        };
+        tasks.spawn(async move {
+            let serve = axum::serve(listener, routes).with_graceful_shutdown(async move {
+                let _ = sd.changed().await;
+            });
+            if let Err(e) = serve.await {
+                warn!("status/metrics listener stopped: {e}");
+            }
+        });
+    }
     {
         let mut sd = shutdown.clone();
         let app_router = api::router(app.clone());

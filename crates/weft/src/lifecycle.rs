@@ -63,8 +63,11 @@ pub fn router(cli: &Cli, args: &RouterArgs) -> Result<()> {
             .map(|s| s.trim().to_string())
             .unwrap_or_else(|_| "weft".into()),
     };
+    let (status_addr, metrics_addr) = args.listen_addrs()?;
     let cfg = Config {
         name: args.name,
+        status_addr,
+        metrics_addr,
         nickname,
         host: args.host,
         port: args.port,
@@ -164,6 +167,7 @@ pub fn launch(cli: &Cli, args: &RouterArgs) -> Result<()> {
     // (which every user of the host can read).
     let passwords = args.passwords()?;
     args.trusted_subnets()?;
+    args.listen_addrs()?;
     let exe = std::env::current_exe().context("finding the weft executable")?;
     let mut cmd = Command::new(exe);
     cmd.env_remove("WEAVE_PASSWORD")

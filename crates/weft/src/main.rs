@@ -255,6 +255,12 @@ pub struct RouterArgs {
     /// they trust us too; control traffic stays encrypted.
     #[arg(long, value_name = "CIDR,...", default_value = "")]
     trusted_subnets: String,
+    /// Read-only status, report and Prometheus metrics ("" turns it off).
+    #[arg(long, env = "WEFT_STATUS_ADDR", default_value = "127.0.0.1:6782")]
+    status_addr: String,
+    /// Prometheus metrics only, e.g. 0.0.0.0:6781 for a scraper elsewhere ("" turns it off).
+    #[arg(long, env = "WEFT_METRICS_ADDR", default_value = "")]
+    metrics_addr: String,
     /// Peers to connect to: <ip|host>[:port].
     peers: Vec<String>,
 }
@@ -297,6 +303,8 @@ impl RouterArgs {
         if !self.trusted_subnets.is_empty() {
             opt("trusted-subnets", Some(self.trusted_subnets.clone()));
         }
+        opt("status-addr", Some(self.status_addr.clone()));
+        opt("metrics-addr", Some(self.metrics_addr.clone()));
         for (set, flag) in [
             (self.no_discovery, "--no-discovery"),
             (self.resume, "--resume"),
@@ -347,6 +355,22 @@ impl RouterArgs {
             (Some(m), Some(n)) if m != n => Ok(vec![m, n]),
             (Some(m), _) => Ok(vec![m]),
         }
+    }
+
+    /// `--status-addr` and `--metrics-addr`; "" is off.
+    fn listen_addrs(&self) -> Result<(Option<SocketAddr>, Option<SocketAddr>)> {
+        let parse = |flag: &str, s: &str| -> Result<Option<SocketAddr>> {
+            if s.trim().is_empty() {
+                return Ok(None);
+            }
+            s.trim().parse().map(Some).with_context(|| {
+                format!("{flag} {s:?} is not an address like 127.0.0.1:6782 (\"\" turns it off)")
+            })
+        };
+        Ok((
+            parse("--status-addr", &self.status_addr)?,
+            parse("--metrics-addr", &self.metrics_addr)?,
+        ))
     }
 
     fn trusted_subnets(&self) -> Result<Vec<Ipv4Net>> {

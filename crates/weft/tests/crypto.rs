@@ -199,6 +199,21 @@ fn same_password_meshes_privately_and_others_are_refused() -> Result<()> {
     std::thread::sleep(Duration::from_millis(500));
     assert!(pcap::count_containing(&pcap::packets(&cap)?, MARKER) >= 2);
 
+    // Metrics label connections by encryption, as Weave's did, on the status address.
+    let m = tb.http_get(&tb.host(1).netns, "127.0.0.1", 6782, "/metrics")?;
+    assert!(
+        m.contains(r#"weave_connections{state="established",type="sleeve",encryption="yes"} 1"#),
+        "{m}"
+    );
+    assert!(m.contains("weft_passwords_accepted 1"), "{m}");
+    assert!(
+        m.contains(r#"weft_sleeve_dropped_total{reason="auth_failed"} 0"#),
+        "{m}"
+    );
+    // The read-only status listener answers the CLI too.
+    let s = tb.weft_ok(1, &["--http-addr", "127.0.0.1:6782", "status"])?;
+    assert!(s.contains("Encryption: enabled"), "{s}");
+
     // The report counts no failed decryption between the two that share a password.
     let r = report(&tb, 2)?;
     assert!(r.router.encryption);

@@ -102,6 +102,11 @@ fn tutorial_three_hosts_mesh_and_ping() -> Result<()> {
         assert!(l.contains(" established sleeve "), "{l}");
         assert!(l.ends_with("mtu=1438"), "{l}");
     }
+    let m = tb.http_get(&tb.host(1).netns, "127.0.0.1", 6782, "/metrics")?;
+    assert!(
+        m.contains(r#"weave_connections{state="established",type="sleeve",encryption=""} 2"#),
+        "{m}"
+    );
     let peers = status(&tb, 2, &["peers"])?;
     for nick in ["(host1)", "(host2)", "(host3)"] {
         assert!(peers.contains(nick), "{peers}");

@@ -279,6 +279,23 @@ impl Testbed {
         self.dir.join(format!("{program}-{n}.log"))
     }
 
+    /// `GET path` from `host:port` inside namespace `ns` (bash's /dev/tcp: no HTTP client
+    /// needs to be installed); returns the body of a 200 answer.
+    pub fn http_get(&self, ns: &str, host: &str, port: u16, path: &str) -> Result<String> {
+        let script = format!(
+            "exec 3<>/dev/tcp/{host}/{port} && printf 'GET {path} HTTP/1.0\\r\\nHost: {host}\\r\\n\\r\\n' >&3 && cat <&3"
+        );
+        let out = run(self.cmd_in(ns, "bash").args(["-c", &script]))?;
+        let resp = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (head, body) = resp
+            .split_once("\r\n\r\n")
+            .with_context(|| format!("no HTTP answer from {host}:{port}{path}: {resp}"))?;
+        if !head.starts_with("HTTP/1.0 200") && !head.starts_with("HTTP/1.1 200") {
+            bail!("GET {host}:{port}{path}: {head}");
+        }
+        Ok(body.to_string())
+    }
+
     /// The namespace holding the underlay bridge every host is plugged into.
     pub fn underlay(&self) -> &str {
         &self.underlay
