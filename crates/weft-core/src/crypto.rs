@@ -749,6 +749,33 @@ mod tests {
         );
     }
 
+    /// What a password guess costs (and what a router pays once per password at start-up):
+    /// `cargo test --release -p weft-core --lib psk_cost -- --ignored --nocapture`.
+    #[test]
+    #[ignore = "a measurement, not a check"]
+    fn psk_cost() {
+        let t = std::time::Instant::now();
+        let _ = derive_psk(b"a password");
+        eprintln!("Argon2id 64 MiB x 3: {:?} per derivation", t.elapsed());
+        let e = SeededEntropy::new(1);
+        let (si, sr) = (keys(&e), keys(&e));
+        let psk = cheap_psk("p");
+        let t = std::time::Instant::now();
+        let n = 200;
+        for _ in 0..n {
+            let (mut i, m1) = Handshake::initiator(&si, &psk, &e).unwrap();
+            let mut r = Handshake::responder(&sr, std::slice::from_ref(&psk), &e).unwrap();
+            let m2 = r.read(&m1).unwrap().unwrap();
+            let m3 = i.read(&m2).unwrap().unwrap();
+            r.read(&m3).unwrap();
+            let _ = (i.finish().unwrap(), r.finish().unwrap());
+        }
+        eprintln!(
+            "Noise XXpsk0 handshake, both sides: {:?} each",
+            t.elapsed() / n
+        );
+    }
+
     #[test]
     fn password_roll_steps() {
         let (a, b) = (Secret::new([1; 32]), Secret::new([2; 32]));

@@ -22,8 +22,8 @@ impl Password {
         &self.0
     }
 
-    /// The pre-shared key: Argon2id, deliberately slow (about a quarter of a second), so run
-    /// it off the async threads.
+    /// The pre-shared key: Argon2id, deliberately slow and memory-hard, so run it off the
+    /// async threads.
     pub async fn derive(self) -> Secret {
         tokio::task::spawn_blocking(move || crypto::derive_psk(self.as_bytes()))
             .await
