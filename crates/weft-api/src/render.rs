@@ -192,6 +192,9 @@ pub fn connections(r: &Report) -> String {
             l.push(' ');
             l.push_str(&attrs.join(" "));
         }
+        if let Some(why) = &c.overlay_reason {
+            l.push_str(&format!(" (fastdp: {why})"));
+        }
         let _ = writeln!(out, "{}", l.trim_end());
     }
     out
@@ -302,6 +305,7 @@ mod tests {
                         info: "sleeve aa:00:00:00:00:02(host2)".into(),
                         attrs: [("mtu".to_string(), "1438".to_string())].into(),
                         key_epoch: None,
+                        overlay_reason: Some("fast path disabled on the peer".into()),
                     },
                     ConnectionReport {
                         address: "198.18.0.3:6783".into(),
@@ -310,6 +314,7 @@ mod tests {
                         info: "connect: connection refused, retry: 2026-11-24 10:00:00".into(),
                         attrs: Default::default(),
                         key_epoch: None,
+                        overlay_reason: None,
                     },
                 ],
                 ..Default::default()
@@ -331,7 +336,7 @@ mod tests {
         let s = connections(&r);
         assert_eq!(
             s.lines().next().unwrap(),
-            "-> 198.18.0.2:6783       established encrypted   sleeve aa:00:00:00:00:02(host2) encrypted=true mtu=1438"
+            "-> 198.18.0.2:6783       established encrypted   sleeve aa:00:00:00:00:02(host2) encrypted=true mtu=1438 (fastdp: fast path disabled on the peer)"
         );
         assert!(status(&r).contains("     Encryption: enabled\n"));
     }
@@ -360,7 +365,7 @@ mod tests {
         let c = connections(&r);
         assert_eq!(
             c.lines().next().unwrap(),
-            "-> 198.18.0.2:6783       established sleeve aa:00:00:00:00:02(host2) mtu=1438"
+            "-> 198.18.0.2:6783       established sleeve aa:00:00:00:00:02(host2) mtu=1438 (fastdp: fast path disabled on the peer)"
         );
         let p = peers(&r);
         assert_eq!(

@@ -8,6 +8,7 @@
 
 pub mod crypto;
 pub mod dns;
+pub mod fastdp;
 pub mod ipam;
 pub mod mesh;
 pub mod node;

@@ -18,6 +18,7 @@ use weft_proto::control::Channel;
 use weft_proto::ipam::{NodeId, Persisted};
 
 use crate::dns::{Dns, DnsError, DnsOutput, Records};
+use crate::fastdp::{FastDp, FastDpConfig, FastDpOutput, FastDpPlan, LinkStatus};
 use crate::ipam::{Ipam, IpamConfig, IpamError, IpamOutput, IpamStatus, OpId};
 use crate::mesh::{Action, ConnId, DataPlaneTable, Event, Router, RouterConfig, RouterStatus};
 
@@ -38,12 +39,15 @@ pub enum NodeEvent {
         peer: PeerName,
         keys: crate::crypto::PeerKeys,
     },
+    /// The fast path's plan changed: heartbeats to send, FDB to program, fast neighbours.
+    FastDp(Arc<FastDpPlan>),
 }
 
 pub struct Node {
     router: Router,
     ipam: Option<Ipam>,
     dns: Option<Dns>,
+    fastdp: FastDp,
     events: VecDeque<NodeEvent>,
     reachable_gen: Option<u64>,
 }
@@ -76,10 +80,21 @@ impl Node {
             None => None,
         };
         let dns = dns_domain.map(|d| Dns::new(router.name(), d, now));
+        // Off until the shell says it has a VXLAN device (`enable_fastdp`); peers still learn
+        // that from our record.
+        let fastdp = FastDp::new(
+            router.name(),
+            router.uid(),
+            FastDpConfig {
+                enabled: false,
+                ..Default::default()
+            },
+        );
         let mut n = Node {
             router,
             ipam,
             dns,
+            fastdp,
             events: VecDeque::new(),
             reachable_gen: None,
         };
@@ -106,7 +121,7 @@ impl Node {
     pub fn poll_timeout(&self) -> Option<Instant> {
         let i = self.ipam.as_ref().and_then(Ipam::poll_timeout);
         let d = self.dns.as_ref().and_then(Dns::poll_timeout);
-        [self.router.poll_timeout(), i, d]
+        [self.router.poll_timeout(), i, d, self.fastdp.poll_timeout()]
             .into_iter()
             .flatten()
             .min()
@@ -148,6 +163,7 @@ impl Node {
         if let Some(d) = &mut self.dns {
             d.handle_timeout(now);
         }
+        self.fastdp.handle_timeout(now);
         self.pump(now);
     }
 
@@ -166,8 +182,50 @@ impl Node {
         self.pump(now);
     }
 
+    /// The router's status, with each connection's overlay (fastdp or sleeve, and why).
     pub fn status(&mut self, now: Instant) -> RouterStatus {
-        self.router.status(now)
+        let mut st = self.router.status(now);
+        for c in &mut st.connections {
+            let link = c
+                .peer
+                .as_ref()
+                .and_then(|(p, _)| self.fastdp.link_status(*p));
+            if let Some(LinkStatus { mode, reason }) = link {
+                c.overlay = Some(mode.as_str());
+                c.overlay_reason = reason.filter(|r| !r.chosen()).map(|r| r.to_string());
+            }
+        }
+        st
+    }
+
+    // ---- fast path ---------------------------------------------------------------------
+
+    /// The shell has a VXLAN device: run the fast path with `cfg` (whose `enabled` may still
+    /// be false for `--no-fastdp`, which peers are told).
+    pub fn enable_fastdp(&mut self, now: Instant, cfg: FastDpConfig) {
+        self.fastdp = FastDp::new(self.router.name(), self.router.uid(), cfg);
+        if let Some(t) = self.router.dataplane() {
+            self.fastdp.set_neighbours(now, &t.neighbours);
+        }
+        self.router
+            .broadcast(Channel::FASTDP, self.fastdp.full_state());
+        self.pump(now);
+    }
+
+    pub fn fastdp(&self) -> &FastDp {
+        &self.fastdp
+    }
+
+    /// A VXLAN heartbeat of `len` bytes from `sender` arrived.
+    pub fn fastdp_heartbeat(&mut self, now: Instant, sender: PeerName, len: usize) {
+        self.fastdp.heartbeat(now, sender, len);
+        self.pump(now);
+    }
+
+    /// The container MACs on our bridge.
+    pub fn fastdp_local_macs(&mut self, now: Instant, macs: Vec<weft_proto::Mac>) {
+        self.fastdp.set_local_macs(now, macs);
+        self.pump(now);
     }
 
     pub fn psks(&self) -> &[crate::crypto::Secret] {
@@ -327,6 +385,19 @@ impl Node {
                     }
                 }
             }
+            while let Some(o) = self.fastdp.poll_output() {
+                progressed = true;
+                match o {
+                    FastDpOutput::Broadcast(payload) => {
+                        self.router.broadcast(Channel::FASTDP, payload)
+                    }
+                    // Lost if the neighbour is unreachable; the report is repeated.
+                    FastDpOutput::Unicast { dst, payload } => {
+                        self.router.unicast(Channel::FASTDP, dst, payload);
+                    }
+                    FastDpOutput::Plan(p) => self.events.push_back(NodeEvent::FastDp(p)),
+                }
+            }
             if !progressed {
                 return;
             }
@@ -335,8 +406,13 @@ impl Node {
 
     fn on_router_event(&mut self, now: Instant, e: Event) {
         match e {
-            Event::DataPlane(t) => self.events.push_back(NodeEvent::DataPlane(t)),
+            Event::DataPlane(t) => {
+                self.fastdp.set_neighbours(now, &t.neighbours);
+                self.events.push_back(NodeEvent::DataPlane(t))
+            }
             Event::DataKeys { peer, keys } => {
+                let encrypted = keys.send.is_some() || !keys.recv.is_empty();
+                self.fastdp.set_encrypted(now, peer, encrypted);
                 self.events.push_back(NodeEvent::DataKeys { peer, keys })
             }
             Event::TargetsChanged(t) => self.events.push_back(NodeEvent::TargetsChanged(t)),
@@ -344,6 +420,7 @@ impl Node {
                 if let Some(d) = &mut self.dns {
                     d.peer_removed(p);
                 }
+                self.fastdp.peer_removed(now, p);
                 self.events.push_back(NodeEvent::PeerRemoved(p))
             }
             Event::NeighbourUp(p) => {
@@ -353,6 +430,9 @@ impl Node {
                 if let Some(d) = &self.dns {
                     self.router.gossip_to(p, Channel::DNS, d.full_state());
                 }
+                self.router
+                    .gossip_to(p, Channel::FASTDP, self.fastdp.full_state());
+                self.fastdp.neighbour_up(now, p);
             }
             Event::GossipTick => {
                 if let Some(i) = &self.ipam {
@@ -361,6 +441,8 @@ impl Node {
                 if let Some(d) = &self.dns {
                     self.router.gossip_random(Channel::DNS, d.full_state());
                 }
+                self.router
+                    .gossip_random(Channel::FASTDP, self.fastdp.full_state());
             }
             Event::Gossip {
                 channel,
@@ -427,6 +509,44 @@ impl Node {
                     && let Err(reason) = i.handle_message(now, src, &payload)
                 {
                     warn!("IP allocation message from {src} refused: {reason}");
+                }
+            }
+            Event::Gossip {
+                channel,
+                from,
+                payload,
+            } if channel == Channel::FASTDP => {
+                let topology = self.router.topology();
+                let uid_of = |p: PeerName| topology.get(&p).map(|s| s.uid);
+                if let Err(e) = self.fastdp.handle_message(now, from, &payload, uid_of) {
+                    warn!("fast-path gossip from {from} refused: {e}");
+                }
+            }
+            Event::Broadcast {
+                channel,
+                src,
+                from,
+                payload,
+            } if channel == Channel::FASTDP => {
+                let topology = self.router.topology();
+                let uid_of = |p: PeerName| topology.get(&p).map(|s| s.uid);
+                match self.fastdp.handle_message(now, src, &payload, uid_of) {
+                    Ok(true) => self
+                        .router
+                        .relay_broadcast(channel, src, payload, Some(from)),
+                    Ok(false) => {}
+                    Err(e) => warn!("fast-path broadcast from {src} refused: {e}"),
+                }
+            }
+            Event::Unicast {
+                channel,
+                src,
+                payload,
+            } if channel == Channel::FASTDP => {
+                let topology = self.router.topology();
+                let uid_of = |p: PeerName| topology.get(&p).map(|s| s.uid);
+                if let Err(e) = self.fastdp.handle_message(now, src, &payload, uid_of) {
+                    warn!("fast-path message from {src} refused: {e}");
                 }
             }
             Event::Gossip { .. } | Event::Broadcast { .. } | Event::Unicast { .. } => {}

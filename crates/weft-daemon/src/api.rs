@@ -216,6 +216,7 @@ pub async fn build_report(app: &App) -> Result<Report, ApiError> {
                 info,
                 attrs,
                 key_epoch: c.key_epoch,
+                overlay_reason: c.overlay_reason.clone(),
             }
         })
         .collect();

@@ -70,6 +70,13 @@ pub enum ControlInput {
         targets: Vec<String>,
         reply: oneshot::Sender<()>,
     },
+    /// A VXLAN heartbeat frame of `len` bytes from `sender`.
+    FastDpHeartbeat {
+        sender: PeerName,
+        len: usize,
+    },
+    /// The container MACs on our bridge.
+    LocalMacs(Vec<weft_proto::Mac>),
 }
 
 /// IP address management requests (answered once any state change is on disk).
@@ -148,6 +155,7 @@ pub struct Control {
     bind_ip: Option<IpAddr>,
     dns: Option<Arc<crate::dns::DnsShared>>,
     dns_published: u64,
+    fastdp_plan: Option<watch::Sender<Arc<weft_core::fastdp::FastDpPlan>>>,
 }
 
 impl Control {
@@ -174,7 +182,14 @@ impl Control {
             bind_ip,
             dns,
             dns_published: u64::MAX,
+            fastdp_plan: None,
         }
+    }
+
+    /// Publish the fast path's plans to its task.
+    pub fn with_fastdp(mut self, plan: watch::Sender<Arc<weft_core::fastdp::FastDpPlan>>) -> Self {
+        self.fastdp_plan = Some(plan);
+        self
     }
 
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
@@ -289,6 +304,10 @@ impl Control {
                 self.node.forget(now, &targets);
                 let _ = reply.send(());
             }
+            ControlInput::FastDpHeartbeat { sender, len } => {
+                self.node.fastdp_heartbeat(now, sender, len)
+            }
+            ControlInput::LocalMacs(macs) => self.node.fastdp_local_macs(now, macs),
         }
     }
 
@@ -388,6 +407,11 @@ impl Control {
                         }
                     }
                     NodeEvent::IpamPersist(_) => {}
+                    NodeEvent::FastDp(plan) => {
+                        if let Some(tx) = &self.fastdp_plan {
+                            tx.send_replace(plan);
+                        }
+                    }
                     NodeEvent::IpamDone { op, result } => {
                         if let Some(reply) = self.pending.remove(&op) {
                             let _ = reply.send(result);

@@ -34,6 +34,8 @@ pub enum DataPlaneMsg {
         bytes: Vec<u8>,
     },
     Snapshot(oneshot::Sender<DataPlaneSnapshot>),
+    /// Neighbours the kernel's VXLAN device now carries our containers' frames to.
+    Fast(std::collections::BTreeSet<PeerName>),
 }
 
 #[derive(Clone, Debug, Default)]
@@ -137,6 +139,7 @@ pub async fn run(
                 Some(DataPlaneMsg::Table(t)) => fwd.set_table(t),
                 Some(DataPlaneMsg::ForgetPeer(p)) => fwd.forget_peer(p),
                 Some(DataPlaneMsg::Keys(p, k)) => fwd.set_keys(p, &k),
+                Some(DataPlaneMsg::Fast(f)) => fwd.set_fast(f),
                 Some(DataPlaneMsg::SendControl { to, peer, bytes }) => {
                     let mut out = Out { udp: &udp, tap: &tap, control: &control, buf: std::mem::take(&mut out_buf), io: &mut io };
                     fwd.send_control(to, peer, &bytes, &mut out);

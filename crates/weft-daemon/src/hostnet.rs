@@ -141,6 +141,8 @@ pub async fn teardown(nl: &Netlink, bridge_name: &str) -> Result<Vec<String>, Da
     for l in nl.links().await? {
         let ours = l.name == bridge_name
             || l.name == format!("{bridge_name}-tap")
+            || l.name == crate::fastdp::vxlan_name(bridge_name)
+            || l.name == crate::fastdp::heartbeat_name(bridge_name)
             || l.name.starts_with("vethwl");
         if ours {
             match nl.delete_link(l.index).await {

@@ -15,6 +15,7 @@ pub mod control;
 pub mod dataplane;
 pub mod dns;
 pub mod dns_api;
+pub mod fastdp;
 pub mod hostnet;
 pub mod ipam_api;
 pub mod metrics;
@@ -73,6 +74,8 @@ pub struct Config {
     pub passwords: Vec<secrets::Password>,
     /// Peers in these may exchange data (not control) unencrypted with us, if they trust us.
     pub trusted_subnets: Vec<Ipv4Net>,
+    /// Use the kernel's VXLAN fast path where it works (`--no-fastdp` turns it off).
+    pub fastdp: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -230,6 +233,9 @@ pub async fn run(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Result<(),
 
     let nl = Netlink::new()?;
     let bridge_tap = format!("{}-tap", cfg.bridge);
+    // With a password only trusted pairs exchange plaintext, which VXLAN can carry.
+    let encrypted = !cfg.passwords.is_empty();
+    let use_fastdp = cfg.fastdp && (!encrypted || !cfg.trusted_subnets.is_empty());
     let mtu = match cfg.mtu {
         Some(m) if !(hostnet::MIN_MTU..=hostnet::MAX_MTU).contains(&m) => {
             return Err(DaemonError::Config(format!(
@@ -240,23 +246,56 @@ pub async fn run(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Result<(),
         }
         Some(m) => m,
         None => {
-            let (ifname, under) =
-                hostnet::underlay(&nl, cfg.host, &[cfg.bridge.as_str(), bridge_tap.as_str()])
-                    .await?;
-            let encrypted = !cfg.passwords.is_empty();
-            let m = hostnet::overlay_mtu(under, encrypted);
+            let (vx, hb) = (
+                fastdp::vxlan_name(&cfg.bridge),
+                fastdp::heartbeat_name(&cfg.bridge),
+            );
+            let ours = [
+                cfg.bridge.as_str(),
+                bridge_tap.as_str(),
+                vx.as_str(),
+                hb.as_str(),
+            ];
+            let (ifname, under) = hostnet::underlay(&nl, cfg.host, &ours).await?;
+            // Sized for the path we expect to carry most data: VXLAN unless every link is
+            // encrypted. The sleeve carries the few bytes more by fragmenting.
+            let (m, why) = if use_fastdp && !encrypted {
+                (
+                    under.saturating_sub(fastdp::VXLAN_OVERHEAD),
+                    "VXLAN encapsulation".to_string(),
+                )
+            } else {
+                (
+                    hostnet::overlay_mtu(under, encrypted),
+                    format!(
+                        "sleeve encapsulation{}",
+                        if encrypted { ", encrypted" } else { "" }
+                    ),
+                )
+            };
             info!(
                 underlay = %ifname,
                 underlay_mtu = under,
                 overlay_mtu = m,
-                "overlay MTU = underlay MTU - {} (sleeve encapsulation{})",
-                hostnet::overhead(encrypted),
-                if encrypted { ", encrypted" } else { "" }
+                "overlay MTU = underlay MTU - {} ({why})",
+                under - m,
             );
             m
         }
     };
     let (host, tap) = hostnet::setup(nl.clone(), &cfg.bridge, name, mtu).await?;
+    let tap_index = nl.require_link(&host.tap_name).await?.index;
+    let fast_devices = if use_fastdp {
+        Some(fastdp::setup(&nl, &host.bridge, tap_index, name, mtu).await?)
+    } else {
+        fastdp::remove(&nl, &cfg.bridge).await?;
+        if cfg.fastdp {
+            info!("fast path off: every connection is encrypted (no --trusted-subnets)");
+        } else {
+            info!("fast path off (--no-fastdp): all data goes by sleeve");
+        }
+        None
+    };
 
     let bind_ip = cfg.host.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
     let control_addr = SocketAddr::new(bind_ip, cfg.port);
@@ -355,6 +394,16 @@ pub async fn run(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Result<(),
         random_u64(),
     )
     .map_err(DaemonError::Config)?;
+    if fast_devices.is_some() {
+        node.enable_fastdp(
+            Instant::now(),
+            weft_core::fastdp::FastDpConfig {
+                enabled: true,
+                mtu,
+                ..Default::default()
+            },
+        );
+    }
     node.connect(Instant::now(), resolved, false);
     info!(
         "weft router {VERSION} starting: peer {name}({}), port {}, overlay MTU {mtu}",
@@ -387,7 +436,7 @@ pub async fn run(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Result<(),
 
     let (ctl_tx, ctl_rx) = mpsc::channel(4096);
     let (dp_tx, dp_rx) = mpsc::channel(1024);
-    let control = control::Control::new(
+    let mut control = control::Control::new(
         node,
         ctl_rx,
         ctl_tx.clone(),
@@ -396,6 +445,24 @@ pub async fn run(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Result<(),
         cfg.host,
         dns_shared.clone(),
     );
+    let fast_task = match fast_devices {
+        Some(devices) => {
+            let (plan_tx, plan_rx) = watch::channel(Arc::default());
+            control = control.with_fastdp(plan_tx);
+            Some(fastdp::FastDpTask {
+                nl: nl.clone(),
+                devices,
+                local: name,
+                bridge_index: host.bridge.index,
+                tap_index,
+                mtu,
+                plan: plan_rx,
+                control: ctl_tx.clone(),
+                dataplane: dp_tx.clone(),
+            })
+        }
+        None => None,
+    };
     let attacher = Arc::new(attach::Attacher::new(
         host.netlink.clone(),
         host.bridge.index,
@@ -433,6 +500,9 @@ pub async fn run(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Result<(),
         });
     }
     tasks.spawn(control.run(shutdown.clone()));
+    if let Some(t) = fast_task {
+        tasks.spawn(t.run(shutdown.clone()));
+    }
     tasks.spawn(dataplane::run(
         name,
         tap,

@@ -20,6 +20,12 @@ struct ConnLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PeerLabels {
+    peer: String,
+    nickname: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StateLabel {
     state: String,
 }
@@ -56,6 +62,21 @@ pub async fn render(app: &App) -> Result<String, ApiError> {
             })
             .inc();
     }
+    let fast = Family::<PeerLabels, Gauge>::default();
+    for c in &st.connections {
+        if let Some((name, nick)) = &c.peer {
+            fast.get_or_create(&PeerLabels {
+                peer: name.to_string(),
+                nickname: nick.clone(),
+            })
+            .set(i64::from(c.overlay == Some("fastdp")));
+        }
+    }
+    reg.register(
+        "weft_connection_fastdp",
+        "1 when the kernel's VXLAN fast path carries data to this peer, 0 when the sleeve does",
+        fast,
+    );
     reg.register(
         "weave_connections",
         "Number of peer-to-peer connections, by state, overlay type and encryption",

@@ -5,6 +5,7 @@
 //! everything else is built on rtnetlink, nix, tun-rs and socket2.
 #![deny(unsafe_code)]
 
+pub mod fdb;
 pub mod netlink;
 pub mod netns;
 pub mod process;

@@ -77,6 +77,10 @@ impl Netlink {
         Ok(Netlink { handle })
     }
 
+    pub(crate) fn handle(&self) -> Handle {
+        self.handle.clone()
+    }
+
     pub async fn link_by_name(&self, name: &str) -> Result<Option<Link>> {
         let mut s = self
             .handle

@@ -90,6 +90,8 @@ impl Channel {
     pub const TOPOLOGY: Channel = Channel(0);
     pub const IPAM: Channel = Channel(1);
     pub const DNS: Channel = Channel(2);
+    /// Fast path: container MACs per peer and VXLAN heartbeat reports.
+    pub const FASTDP: Channel = Channel(3);
 }
 
 /// Who a peer says it is; the first message on every connection.

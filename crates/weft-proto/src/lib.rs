@@ -8,6 +8,7 @@
 pub mod control;
 pub mod dns;
 pub mod ether;
+pub mod fastdp;
 pub mod ipam;
 pub mod peer;
 pub mod sleeve;

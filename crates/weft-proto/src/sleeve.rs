@@ -6,6 +6,8 @@
 //! |ver|kind| flags  |  sender (6)     |   common header, 8 bytes
 //! +--------+--------+-----------------+
 //! kind Frame:     | src peer (6) | dst peer (6) | Ethernet frame ... |
+//!                 flags bit 0 ("relay only"): the receiver got this frame from src's VXLAN
+//!                 fast path already; it only passes it on to its children in src's tree
 //! kind Heartbeat: | connection uid (8, BE) |
 //! kind Encrypted: header byte 1 is the key epoch, then
 //!                 | counter (8, BE) | ChaCha20-Poly1305( inner ) | tag (16) |
@@ -35,6 +37,8 @@ pub const ENCRYPTED_HEADER_LEN: usize = HEADER_LEN + 8;
 /// Encrypted inner kinds.
 pub const INNER_FRAME: u8 = 0;
 pub const INNER_HEARTBEAT: u8 = 1;
+/// Frame flag: do not deliver locally, only relay (see the module docs).
+pub const FLAG_RELAY_ONLY: u8 = 0x01;
 /// Bytes between the container's IP MTU and the underlay's on the encrypted sleeve path:
 /// IPv4 + UDP 28, clear header 16, inner kind 1, src/dst 12, tag 16, inner Ethernet 14.
 pub const ENCRYPTED_FRAME_OVERHEAD: usize = 20 + 8 + ENCRYPTED_HEADER_LEN + 1 + 12 + 16 + 14;
@@ -55,6 +59,8 @@ pub enum Datagram<'a> {
         sender: PeerName,
         src: PeerName,
         dst: PeerName,
+        /// Deliver nowhere locally; relay only.
+        relay_only: bool,
         frame: &'a [u8],
     },
     Heartbeat {
@@ -103,6 +109,7 @@ impl<'a> Datagram<'a> {
                     sender,
                     src: peer_at(b, 8),
                     dst: peer_at(b, 14),
+                    relay_only: b[1] & FLAG_RELAY_ONLY != 0,
                     frame: &b[FRAME_HEADER_LEN..],
                 })
             }
@@ -175,6 +182,13 @@ pub fn frame_header(sender: PeerName, src: PeerName, dst: PeerName) -> [u8; FRAM
     h
 }
 
+/// The header of a frame its receiver must only relay, not deliver.
+pub fn relay_only_header(sender: PeerName, src: PeerName, dst: PeerName) -> [u8; FRAME_HEADER_LEN] {
+    let mut h = frame_header(sender, src, dst);
+    h[1] = FLAG_RELAY_ONLY;
+    h
+}
+
 /// The clear header of an encrypted datagram.
 pub fn encrypted_header(sender: PeerName, epoch: u8, counter: u64) -> [u8; ENCRYPTED_HEADER_LEN] {
     let mut h = [0u8; ENCRYPTED_HEADER_LEN];
@@ -216,13 +230,23 @@ mod tests {
                 sender,
                 src,
                 dst,
+                relay_only,
                 frame,
             } => {
-                assert_eq!((sender, src, dst), (a, b, c));
+                assert_eq!((sender, src, dst, relay_only), (a, b, c, false));
                 assert_eq!(frame.len(), 60);
             }
             other => panic!("{other:?}"),
         }
+        let mut ro = relay_only_header(a, b, c).to_vec();
+        ro.extend_from_slice(&[0xee; 60]);
+        assert!(matches!(
+            Datagram::decode(&ro).unwrap(),
+            Datagram::Frame {
+                relay_only: true,
+                ..
+            }
+        ));
         set_sender(&mut pkt, c);
         assert!(
             matches!(Datagram::decode(&pkt).unwrap(), Datagram::Frame { sender, .. } if sender == c)

@@ -105,6 +105,7 @@ pub fn router(cli: &Cli, args: &RouterArgs) -> Result<()> {
         },
         passwords: args.passwords()?,
         trusted_subnets: args.trusted_subnets()?,
+        fastdp: !args.no_fastdp(),
         dns: (!args.no_dns).then(|| weft_daemon::DnsSettings {
             domain: args.dns_domain.clone(),
             listen: args.dns_listen_address,

@@ -221,6 +221,10 @@ pub struct RouterArgs {
     /// Do not run the DNS server.
     #[arg(long)]
     no_dns: bool,
+    /// Never use the kernel's VXLAN fast path: all data goes by sleeve (also WEFT_NO_FASTDP=1
+    /// or Weave's WEAVE_NO_FASTDP).
+    #[arg(long, env = "WEFT_NO_FASTDP")]
+    no_fastdp: bool,
     /// The DNS domain containers' names live in.
     #[arg(long, default_value = "weave.local.")]
     dns_domain: String,
@@ -309,6 +313,7 @@ impl RouterArgs {
             (self.no_discovery, "--no-discovery"),
             (self.resume, "--resume"),
             (self.no_dns, "--no-dns"),
+            (self.no_fastdp(), "--no-fastdp"),
         ] {
             if set {
                 v.push(flag.to_string());
@@ -384,6 +389,18 @@ impl RouterArgs {
                 })
             })
             .collect()
+    }
+
+    /// `--no-fastdp`, WEFT_NO_FASTDP, or Weave's WEAVE_NO_FASTDP set to anything but a
+    /// false value.
+    fn no_fastdp(&self) -> bool {
+        self.no_fastdp
+            || std::env::var("WEAVE_NO_FASTDP").is_ok_and(|v| {
+                !matches!(
+                    v.trim().to_ascii_lowercase().as_str(),
+                    "" | "0" | "false" | "no" | "off"
+                )
+            })
     }
 
     fn mtu(&self) -> Result<Option<u32>> {

@@ -401,7 +401,7 @@ impl Sim {
                     }
                     NodeEvent::PeerRemoved(p) => n.forwarder.forget_peer(p),
                     NodeEvent::DataKeys { peer, keys } => n.forwarder.set_keys(peer, &keys),
-                    NodeEvent::TargetsChanged(_) => {}
+                    NodeEvent::TargetsChanged(_) | NodeEvent::FastDp(_) => {}
                     NodeEvent::IpamPersist(p) => n.persisted = Some(p),
                     NodeEvent::IpamDone { op, result } => {
                         n.results.insert(op, result);

@@ -367,6 +367,52 @@ impl Testbed {
         Ok(())
     }
 
+    /// Drops UDP to and from `port` in host `a`'s firewall (e.g. VXLAN's 6784), both ways.
+    pub fn block_udp(&self, a: usize, port: u16) -> Result<()> {
+        let rules = format!(
+            "table inet weftblockudp {{
+               chain input {{ type filter hook input priority 0; udp dport {port} drop; udp sport {port} drop; }}
+               chain output {{ type filter hook output priority 0; udp dport {port} drop; udp sport {port} drop; }}
+             }}"
+        );
+        let mut c = self.cmd_in(&self.host(a).netns, "nft");
+        c.args(["-f", "-"]).stdin(Stdio::piped());
+        let mut child = c.spawn().context("running nft (is nftables installed?)")?;
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .expect("piped stdin")
+            .write_all(rules.as_bytes())?;
+        if !child.wait()?.success() {
+            bail!("nft failed to install the UDP block rules");
+        }
+        Ok(())
+    }
+
+    pub fn unblock_udp(&self, a: usize) -> Result<()> {
+        run(self.cmd_in(&self.host(a).netns, "nft").args([
+            "delete",
+            "table",
+            "inet",
+            "weftblockudp",
+        ]))
+        .map(|_| ())
+    }
+
+    /// Packets link `link` in namespace `ns` has received and sent so far.
+    pub fn link_packets(&self, ns: &str, link: &str) -> Result<(u64, u64)> {
+        let out = run(self
+            .cmd_in(ns, "ip")
+            .args(["-s", "-j", "link", "show", link]))?;
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+        let st = &v[0]["stats64"];
+        Ok((
+            st["rx"]["packets"].as_u64().context("no rx packets")?,
+            st["tx"]["packets"].as_u64().context("no tx packets")?,
+        ))
+    }
+
     pub fn unblock(&self, a: usize) -> Result<()> {
         run(self
             .cmd_in(&self.host(a).netns, "nft")

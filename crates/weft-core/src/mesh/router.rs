@@ -199,6 +199,9 @@ pub struct DataPlaneTable {
     pub broadcast: BTreeMap<PeerName, Vec<PeerName>>,
     /// Next hop → its sleeve UDP address.
     pub neighbours: BTreeMap<PeerName, SocketAddr>,
+    /// Our children in our own broadcast tree that have children of their own there: a
+    /// fast-path neighbour among them still needs our broadcasts by sleeve, to relay.
+    pub relay_children: BTreeSet<PeerName>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -419,6 +422,11 @@ impl Router {
 
     pub fn uid(&self) -> u64 {
         self.uid
+    }
+
+    /// The data-plane table last announced.
+    pub fn dataplane(&self) -> Option<&Arc<DataPlaneTable>> {
+        self.last_dataplane.as_ref()
     }
 
     pub fn topology(&self) -> &Topology {
@@ -1519,11 +1527,17 @@ impl Router {
                 (src, kids)
             })
             .collect();
+        let relay_children = neighbours
+            .keys()
+            .filter(|&&n| !g.broadcast_children(local, n).is_empty())
+            .copied()
+            .collect();
         DataPlaneTable {
             local,
             unicast,
             broadcast,
             neighbours,
+            relay_children,
         }
     }
 
@@ -1860,6 +1874,7 @@ impl Router {
                 },
                 peer: Some((r.name, r.nickname.clone())),
                 overlay: Some("sleeve"),
+                overlay_reason: None,
                 mtu: Some(self.cfg.mtu),
                 encrypted: self.cfg.crypto.as_ref().map(|_| c.secure.data_encrypted),
                 key_epoch: c.secure.data_encrypted.then(|| c.secure.epoch()),
@@ -1875,6 +1890,7 @@ impl Router {
                     state: ConnectionState::Failed,
                     peer: None,
                     overlay: None,
+                    overlay_reason: None,
                     mtu: None,
                     encrypted: None,
                     key_epoch: None,
@@ -1898,6 +1914,7 @@ impl Router {
                 state,
                 peer: None,
                 overlay: None,
+                overlay_reason: None,
                 mtu: None,
                 encrypted: None,
                 key_epoch: None,

@@ -62,6 +62,8 @@ pub struct ConnectionStatus {
     pub peer: Option<(PeerName, String)>,
     /// The overlay carrying data ("sleeve"), once known.
     pub overlay: Option<&'static str>,
+    /// Why the overlay is the sleeve when the fast path is not used.
+    pub overlay_reason: Option<String>,
     pub mtu: Option<u32>,
     /// With a password: whether data on this connection is encrypted (not a trusted pair).
     pub encrypted: Option<bool>,

@@ -17,11 +17,18 @@
 //! re-encrypts with its own neighbour's key, so a relay never needs keys it was not given.
 //! UDP heartbeats travel the same way and are handed to the control plane after decryption.
 //!
+//! Fast path (see [`Forwarder::set_fast`]): neighbours in the fast set get our own containers'
+//! frames from the kernel's VXLAN device, which the bridge feeds directly. So a local frame is
+//! never sent to them through the sleeve: a unicast to a MAC behind a fast peer reached us only
+//! because the bridge flooded it (VXLAN carried it too), and a flood skips them — except that a
+//! fast neighbour with children in our broadcast tree gets a "relay only" copy to pass on.
+//! Relayed frames always travel by sleeve: VXLAN only reaches direct neighbours.
+//!
 //! Datagrams from peers we have no established connection with, frames that claim to come
 //! from us, undecodable, unauthentic, replayed and (from a keyed peer) plaintext datagrams
 //! are dropped and counted.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
@@ -68,6 +75,10 @@ pub struct ForwarderStats {
     pub dropped_replay: u64,
     /// Plaintext from a peer that must encrypt.
     pub dropped_plaintext: u64,
+    /// Local frames not sent by sleeve because the fast path carried them.
+    pub fast_path_skipped: u64,
+    /// Frames received only to be relayed (their receiver got them by VXLAN).
+    pub relay_only: u64,
 }
 
 struct SendKey {
@@ -103,6 +114,8 @@ pub struct Forwarder {
     scratch: Scratch,
     /// Largest frame that fits one datagram (encrypted or not).
     max_frame: usize,
+    /// Neighbours reached by the kernel's VXLAN fast path.
+    fast: BTreeSet<PeerName>,
 }
 
 impl std::fmt::Debug for Forwarder {
@@ -133,7 +146,18 @@ impl Forwarder {
                 - sleeve::ENCRYPTED_HEADER_LEN
                 - INNER_FRAME_HEADER
                 - crypto::TAG_LEN,
+            fast: BTreeSet::new(),
         }
+    }
+
+    /// The neighbours our bridge reaches through VXLAN: local frames to them no longer go by
+    /// sleeve.
+    pub fn set_fast(&mut self, fast: BTreeSet<PeerName>) {
+        self.fast = fast;
+    }
+
+    pub fn fast(&self) -> &BTreeSet<PeerName> {
+        &self.fast
     }
 
     pub fn local(&self) -> PeerName {
@@ -235,6 +259,10 @@ impl Forwarder {
         };
         match dst_peer {
             Some(MacOwner::Local) => self.stats.dropped_local_dst += 1,
+            // The bridge only hands us such a frame when flooding (VXLAN got it as well) or
+            // from a stale entry learnt before the peer went fast; a flood covers both without
+            // sending the peer a second copy.
+            Some(MacOwner::Peer(p)) if self.fast.contains(&p) => self.flood(local, frame, out),
             Some(MacOwner::Peer(p)) => self.unicast(local, p, frame, out),
             None => self.flood(local, frame, out),
         }
@@ -250,15 +278,26 @@ impl Forwarder {
         datagram: &mut [u8],
         out: &mut impl Output,
     ) {
-        let (sender, src, dst, frame_at, frame_end) = match Datagram::decode(datagram) {
+        let (sender, src, dst, relay_only, frame_at, frame_end) = match Datagram::decode(datagram) {
             Ok(Datagram::Frame {
-                sender, src, dst, ..
+                sender,
+                src,
+                dst,
+                relay_only,
+                ..
             }) => {
                 if self.crypto.contains_key(&sender) {
                     self.stats.dropped_plaintext += 1;
                     return;
                 }
-                (sender, src, dst, sleeve::FRAME_HEADER_LEN, datagram.len())
+                (
+                    sender,
+                    src,
+                    dst,
+                    relay_only,
+                    sleeve::FRAME_HEADER_LEN,
+                    datagram.len(),
+                )
             }
             Ok(Datagram::Heartbeat { sender, .. }) => {
                 if self.crypto.contains_key(&sender) {
@@ -289,6 +328,7 @@ impl Forwarder {
                             sender,
                             peer_at(datagram, at + 1),
                             peer_at(datagram, at + 7),
+                            false,
                             at + INNER_FRAME_HEADER,
                             end,
                         )
@@ -329,8 +369,12 @@ impl Forwarder {
         }
         let eth = EtherFrame::from_bytes(frame).expect("length checked above");
         self.macs.learn(now, eth.src(), MacOwner::Peer(src));
-        self.stats.injected += 1;
-        out.inject(frame);
+        if relay_only {
+            self.stats.relay_only += 1;
+        } else {
+            self.stats.injected += 1;
+            out.inject(frame);
+        }
         if dst == BROADCAST_PEER {
             self.flood(src, frame, out);
         }
@@ -407,10 +451,21 @@ impl Forwarder {
         let Some(children) = table.broadcast.get(&src) else {
             return;
         };
+        let local = table.local;
         for child in children {
-            if let Some(&to) = table.neighbours.get(child) {
-                self.send_frame(*child, to, src, BROADCAST_PEER, frame, out);
+            let Some(&to) = table.neighbours.get(child) else {
+                continue;
+            };
+            if src == local && self.fast.contains(child) {
+                self.stats.fast_path_skipped += 1;
+                if table.relay_children.contains(child) {
+                    let header = sleeve::relay_only_header(local, src, BROADCAST_PEER);
+                    out.send(to, &[&header, frame]);
+                    self.stats.sent_datagrams += 1;
+                }
+                continue;
             }
+            self.send_frame(*child, to, src, BROADCAST_PEER, frame, out);
         }
     }
 
@@ -542,6 +597,7 @@ mod tests {
             unicast: BTreeMap::from([(pn(2), pn(2)), (pn(3), pn(2))]),
             broadcast: BTreeMap::from([(pn(1), vec![pn(2)]), (pn(2), vec![]), (pn(3), vec![])]),
             neighbours: BTreeMap::from([(pn(2), addr(2))]),
+            ..Default::default()
         })
     }
 
@@ -606,6 +662,7 @@ mod tests {
             unicast: BTreeMap::from([(pn(1), pn(1)), (pn(3), pn(3))]),
             broadcast: BTreeMap::from([(pn(1), vec![pn(3)]), (pn(3), vec![pn(1)])]),
             neighbours: BTreeMap::from([(pn(1), addr(1)), (pn(3), addr(3))]),
+            ..Default::default()
         }));
         let mut out = Rec::default();
         let mut d = sleeve::frame_header(pn(1), pn(1), pn(3)).to_vec();
@@ -654,12 +711,14 @@ mod tests {
             unicast: BTreeMap::from([(pn(2), pn(2))]),
             broadcast: BTreeMap::from([(pn(1), vec![pn(2)]), (pn(2), vec![])]),
             neighbours: BTreeMap::from([(pn(2), addr(2))]),
+            ..Default::default()
         }));
         b.set_table(Arc::new(DataPlaneTable {
             local: pn(2),
             unicast: BTreeMap::from([(pn(1), pn(1))]),
             broadcast: BTreeMap::from([(pn(2), vec![pn(1)]), (pn(1), vec![])]),
             neighbours: BTreeMap::from([(pn(1), addr(1))]),
+            ..Default::default()
         }));
         let (x, y) = keys(7);
         let (ka, kb) = pair(0, &x, &y);
@@ -790,12 +849,14 @@ mod tests {
             unicast: BTreeMap::from([(pn(1), pn(1)), (pn(3), pn(3))]),
             broadcast: BTreeMap::from([(pn(1), vec![pn(3)]), (pn(3), vec![pn(1)])]),
             neighbours: BTreeMap::from([(pn(1), addr(1)), (pn(3), addr(3))]),
+            ..Default::default()
         }));
         f3.set_table(Arc::new(DataPlaneTable {
             local: pn(3),
             unicast: BTreeMap::from([(pn(2), pn(2)), (pn(1), pn(2))]),
             broadcast: BTreeMap::from([(pn(3), vec![pn(2)]), (pn(1), vec![]), (pn(2), vec![])]),
             neighbours: BTreeMap::from([(pn(2), addr(2))]),
+            ..Default::default()
         }));
         let (x, y) = keys(1);
         let (k12, k21) = pair(0, &x, &y);
@@ -851,5 +912,65 @@ mod tests {
             b.handle_datagram(now, addr(1), &mut d, &mut out);
         }
         assert!(out.injected.is_empty());
+    }
+
+    #[test]
+    fn fast_neighbours_get_local_frames_by_vxlan_only() {
+        let now = Instant::now();
+        // Peer 1 with neighbours 2 (fast), 3 (fast, parent of 5 in our tree) and 4 (sleeve).
+        let mut f = Forwarder::new(pn(1));
+        f.set_table(Arc::new(DataPlaneTable {
+            local: pn(1),
+            unicast: BTreeMap::from([
+                (pn(2), pn(2)),
+                (pn(3), pn(3)),
+                (pn(4), pn(4)),
+                (pn(5), pn(3)),
+            ]),
+            broadcast: BTreeMap::from([(pn(1), vec![pn(2), pn(3), pn(4)]), (pn(4), vec![pn(2)])]),
+            neighbours: BTreeMap::from([(pn(2), addr(2)), (pn(3), addr(3)), (pn(4), addr(4))]),
+            relay_children: BTreeSet::from([pn(3)]),
+        }));
+        f.set_fast(BTreeSet::from([pn(2), pn(3)]));
+        let mut out = Rec::default();
+        let a = [2, 0, 0, 0, 0, 0xa];
+        f.handle_local_frame(now, &frame([0xff; 6], a), &mut out);
+        let sent: Vec<(SocketAddr, bool)> = out
+            .sent
+            .iter()
+            .map(|(to, d)| match Datagram::decode(d).unwrap() {
+                Datagram::Frame { relay_only, .. } => (*to, relay_only),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(sent, vec![(addr(3), true), (addr(4), false)]);
+
+        // A MAC learnt behind fast peer 2 (from a frame 4 relayed): a local unicast to it is
+        // flooded like an unknown one, so 2 gets no sleeve copy.
+        let b = [2, 0, 0, 0, 0, 0xb];
+        let mut d = sleeve::frame_header(pn(4), pn(2), pn(1)).to_vec();
+        d.extend(frame(a, b));
+        f.handle_datagram(now, addr(4), &mut d, &mut out);
+        out.sent.clear();
+        f.handle_local_frame(now, &frame(b, a), &mut out);
+        assert!(out.sent.iter().all(|(to, _)| *to != addr(2)));
+
+        // Broadcasts of other peers are relayed by sleeve, fast children included.
+        out.sent.clear();
+        let mut d = sleeve::frame_header(pn(4), pn(4), BROADCAST_PEER).to_vec();
+        d.extend(frame([0xff; 6], [2, 0, 0, 0, 0, 0xc]));
+        f.handle_datagram(now, addr(4), &mut d, &mut out);
+        assert_eq!(out.sent.len(), 1);
+        assert_eq!(out.sent[0].0, addr(2));
+
+        // A relay-only frame is passed on but not delivered here.
+        out.injected.clear();
+        out.sent.clear();
+        let mut d = sleeve::relay_only_header(pn(4), pn(4), BROADCAST_PEER).to_vec();
+        d.extend(frame([0xff; 6], [2, 0, 0, 0, 0, 0xd]));
+        f.handle_datagram(now, addr(4), &mut d, &mut out);
+        assert!(out.injected.is_empty());
+        assert_eq!(out.sent.len(), 1);
+        assert_eq!(f.stats().relay_only, 1);
     }
 }

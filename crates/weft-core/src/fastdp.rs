@@ -1,0 +1,835 @@
+//! The fast path's decisions: which neighbours the kernel's VXLAN device carries our frames to,
+//! and what its forwarding database must hold for that.
+//!
+//! Per neighbour the choice is made from evidence, not configuration alone: both ends run a
+//! fast path, data between them is not encrypted, and VXLAN heartbeats — small and MTU-sized —
+//! arrive in both directions (we see theirs; they report seeing ours). Anything less is sleeve,
+//! with the reason kept for `status connections` and logged when the mode changes. Heartbeats
+//! keep flowing in sleeve mode, so a path that heals moves back by itself.
+//!
+//! The kernel learns nothing by itself (VXLAN learning is off): every peer gossips the container
+//! MACs on its bridge ([`MacRecord`], newest version of the current incarnation wins), and the
+//! [`FastDpPlan`] turns modes and MACs into the exact set of FDB entries the shell installs.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tracing::info;
+use weft_proto::fastdp::{self, FastDpMsg, MacRecord};
+use weft_proto::{DecodeError, Mac, PeerName};
+
+#[derive(Clone, Debug)]
+pub struct FastDpConfig {
+    /// This peer runs a fast path (`--no-fastdp` turns it off).
+    pub enabled: bool,
+    /// A neighbour's heartbeats are lost after this long without one.
+    pub heartbeat_timeout: Duration,
+    /// How often our reception report is repeated when nothing changes.
+    pub report_interval: Duration,
+    /// Size of the large heartbeat, as the overlay MTU (IP packet) it proves.
+    pub mtu: u32,
+}
+
+impl Default for FastDpConfig {
+    fn default() -> Self {
+        FastDpConfig {
+            enabled: true,
+            heartbeat_timeout: Duration::from_millis(3500),
+            report_interval: Duration::from_secs(10),
+            mtu: 1450,
+        }
+    }
+}
+
+/// How often the shell sends each heartbeat pair (small + MTU-sized).
+pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
+/// A fast neighbour whose connection dropped keeps its kernel entries this long: its kernel
+/// goes on forwarding while its router restarts, so the containers' traffic need not stop.
+pub const LINGER: Duration = Duration::from_secs(10);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Mode {
+    Fast,
+    Sleeve,
+}
+
+impl Mode {
+    /// The name Weave used in `status connections`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Fast => "fastdp",
+            Mode::Sleeve => "sleeve",
+        }
+    }
+}
+
+/// One kernel forwarding-database entry the fast path needs on the VXLAN device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum FdbEntry {
+    /// VXLAN's own table (`bridge fdb append MAC dev vx dst IP self`); the zero MAC floods.
+    Vxlan { mac: Mac, dst: Ipv4Addr },
+    /// The bridge's table: MAC is behind the VXLAN port (`... dev vx master static`).
+    Bridge { mac: Mac },
+}
+
+/// What the shell must make true: heartbeats to send and the fast neighbours with their MACs.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FastDpPlan {
+    /// Neighbours to send VXLAN heartbeats to.
+    pub heartbeat: BTreeMap<PeerName, Ipv4Addr>,
+    /// Neighbours the kernel carries our frames to, with their underlay address.
+    pub fast: BTreeMap<PeerName, Ipv4Addr>,
+    /// Container MACs of each fast neighbour.
+    pub macs: BTreeMap<PeerName, Vec<Mac>>,
+}
+
+impl FastDpPlan {
+    pub fn fast_peers(&self) -> BTreeSet<PeerName> {
+        self.fast.keys().copied().collect()
+    }
+
+    /// Every FDB entry this plan needs on the VXLAN device (the heartbeat port's own entry is
+    /// static and not part of it).
+    pub fn fdb(&self) -> BTreeSet<FdbEntry> {
+        let mut s = BTreeSet::new();
+        for (&p, &ip) in &self.heartbeat {
+            let mac = fastdp::heartbeat_mac(p);
+            s.insert(FdbEntry::Vxlan { mac, dst: ip });
+            s.insert(FdbEntry::Bridge { mac });
+        }
+        // A MAC claimed by two fast peers (a container that moved, seen before the old record
+        // is replaced) goes to one of them only, so the kernel never holds two answers.
+        let mut seen = BTreeSet::new();
+        for (&p, &ip) in &self.fast {
+            s.insert(FdbEntry::Vxlan {
+                mac: Mac([0; 6]),
+                dst: ip,
+            });
+            for &mac in self.macs.get(&p).into_iter().flatten() {
+                if seen.insert(mac) {
+                    s.insert(FdbEntry::Vxlan { mac, dst: ip });
+                    s.insert(FdbEntry::Bridge { mac });
+                }
+            }
+        }
+        s
+    }
+}
+
+/// Why a neighbour's traffic goes by sleeve.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SleeveReason {
+    /// `--no-fastdp` here (or no VXLAN device).
+    DisabledHere,
+    DisabledThere,
+    Encrypted,
+    Ipv6,
+    NoAnnouncement,
+    Waiting,
+    NoHeartbeats,
+    TheyGetNoHeartbeats,
+    /// Small heartbeats arrive, MTU-sized ones (this many bytes of IP packet) do not.
+    PathMtu(u32),
+}
+
+impl SleeveReason {
+    /// The user chose this (no fast path here, or encryption): not worth a remark in status.
+    pub fn chosen(self) -> bool {
+        matches!(self, SleeveReason::DisabledHere | SleeveReason::Encrypted)
+    }
+}
+
+impl std::fmt::Display for SleeveReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SleeveReason::DisabledHere => write!(f, "fast path disabled here by --no-fastdp"),
+            SleeveReason::DisabledThere => write!(f, "fast path disabled on the peer"),
+            SleeveReason::Encrypted => {
+                write!(f, "encrypted; the fast path carries plaintext only")
+            }
+            SleeveReason::Ipv6 => write!(f, "IPv6 underlay; the fast path is IPv4 only"),
+            SleeveReason::NoAnnouncement => {
+                write!(f, "waiting for the peer's fast-path announcement")
+            }
+            SleeveReason::Waiting => write!(f, "waiting for VXLAN heartbeats"),
+            SleeveReason::NoHeartbeats => {
+                write!(f, "no VXLAN heartbeats from the peer; is UDP 6784 blocked?")
+            }
+            SleeveReason::TheyGetNoHeartbeats => write!(
+                f,
+                "the peer gets no VXLAN heartbeats from us; is UDP 6784 blocked?"
+            ),
+            SleeveReason::PathMtu(mtu) => write!(
+                f,
+                "VXLAN packets of {mtu} bytes are lost; path MTU below the overlay MTU?"
+            ),
+        }
+    }
+}
+
+/// A neighbour's fast-path state, for status.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LinkStatus {
+    pub mode: Mode,
+    /// Why not fast (`None` when fast).
+    pub reason: Option<SleeveReason>,
+}
+
+#[derive(Debug)]
+struct Link {
+    addr: SocketAddr,
+    since: Instant,
+    last_small: Option<Instant>,
+    last_big: Option<Instant>,
+    /// What the neighbour last told us about our heartbeats.
+    their_report: Option<(bool, bool)>,
+    /// What we last told the neighbour, and when.
+    our_report: Option<((bool, bool), Instant)>,
+    mode: Mode,
+    reason: Option<SleeveReason>,
+    /// No longer a neighbour since then; kept (fast) for [`LINGER`].
+    gone: Option<Instant>,
+}
+
+#[derive(Debug)]
+pub enum FastDpOutput {
+    /// Broadcast on the fast-path channel.
+    Broadcast(Vec<u8>),
+    /// Send to one peer on the fast-path channel.
+    Unicast { dst: PeerName, payload: Vec<u8> },
+    /// The plan changed.
+    Plan(Arc<FastDpPlan>),
+}
+
+#[derive(Debug)]
+pub struct FastDp {
+    local: PeerName,
+    uid: u64,
+    cfg: FastDpConfig,
+    own: MacRecord,
+    records: BTreeMap<PeerName, MacRecord>,
+    links: BTreeMap<PeerName, Link>,
+    encrypted: BTreeSet<PeerName>,
+    /// Removed from the topology while their link lingers: forget their records after.
+    departed: BTreeSet<PeerName>,
+    plan: Arc<FastDpPlan>,
+    out: VecDeque<FastDpOutput>,
+    next_eval: Option<Instant>,
+}
+
+impl FastDp {
+    pub fn new(local: PeerName, uid: u64, cfg: FastDpConfig) -> Self {
+        let own = MacRecord {
+            origin: local,
+            uid,
+            version: 1,
+            fastdp: cfg.enabled,
+            macs: Vec::new(),
+        };
+        FastDp {
+            local,
+            uid,
+            cfg,
+            own,
+            records: BTreeMap::new(),
+            links: BTreeMap::new(),
+            encrypted: BTreeSet::new(),
+            departed: BTreeSet::new(),
+            plan: Arc::default(),
+            out: VecDeque::new(),
+            next_eval: None,
+        }
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.cfg.enabled
+    }
+
+    pub fn plan(&self) -> &Arc<FastDpPlan> {
+        &self.plan
+    }
+
+    pub fn poll_output(&mut self) -> Option<FastDpOutput> {
+        self.out.pop_front()
+    }
+
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.next_eval
+    }
+
+    /// Our records and everyone else's, for periodic gossip and new neighbours.
+    pub fn full_state(&self) -> Vec<u8> {
+        let mut all: Vec<MacRecord> = self.records.values().cloned().collect();
+        all.push(self.own.clone());
+        FastDpMsg::Records(all).encode()
+    }
+
+    pub fn link_status(&self, peer: PeerName) -> Option<LinkStatus> {
+        self.links.get(&peer).map(|l| LinkStatus {
+            mode: l.mode,
+            reason: l.reason,
+        })
+    }
+
+    /// The container MACs on our bridge changed.
+    pub fn set_local_macs(&mut self, now: Instant, mut macs: Vec<Mac>) {
+        macs.retain(|m| !m.is_multicast());
+        macs.sort();
+        macs.dedup();
+        macs.truncate(fastdp::MAX_MACS);
+        if macs != self.own.macs {
+            self.own.macs = macs;
+            self.own.version += 1;
+            self.out.push_back(FastDpOutput::Broadcast(
+                FastDpMsg::Records(vec![self.own.clone()]).encode(),
+            ));
+        }
+        self.evaluate(now);
+    }
+
+    pub fn local_macs(&self) -> &[Mac] {
+        &self.own.macs
+    }
+
+    /// The data plane's neighbours (established, with their sleeve address) changed.
+    pub fn set_neighbours(&mut self, now: Instant, neighbours: &BTreeMap<PeerName, SocketAddr>) {
+        self.links.retain(|p, l| {
+            if neighbours.contains_key(p) {
+                return true;
+            }
+            if l.mode == Mode::Fast {
+                l.gone.get_or_insert(now);
+                return true;
+            }
+            false
+        });
+        for (&p, &addr) in neighbours {
+            let l = self.links.entry(p).or_insert_with(|| Link {
+                addr,
+                since: now,
+                last_small: None,
+                last_big: None,
+                their_report: None,
+                our_report: None,
+                mode: Mode::Sleeve,
+                reason: Some(SleeveReason::Waiting),
+                gone: None,
+            });
+            if l.gone.take().is_some() {
+                // Back (a restarted router): the path worked when it left, so stay fast while
+                // its heartbeats have a fair chance to resume.
+                l.last_small = Some(now);
+                l.last_big = Some(now);
+                l.our_report = None;
+            }
+            l.addr = addr;
+        }
+        self.evaluate(now);
+    }
+
+    /// Whether data with `peer` is encrypted (then it never takes the fast path).
+    pub fn set_encrypted(&mut self, now: Instant, peer: PeerName, encrypted: bool) {
+        let changed = if encrypted {
+            self.encrypted.insert(peer)
+        } else {
+            self.encrypted.remove(&peer)
+        };
+        if changed {
+            self.evaluate(now);
+        }
+    }
+
+    /// A neighbour just connected: tell it what we see of its heartbeats.
+    pub fn neighbour_up(&mut self, now: Instant, peer: PeerName) {
+        if let Some(l) = self.links.get_mut(&peer) {
+            l.our_report = None;
+        }
+        self.evaluate(now);
+    }
+
+    pub fn peer_removed(&mut self, now: Instant, peer: PeerName) {
+        // A lingering link still needs the peer's MACs; they go with the link.
+        match self.links.get_mut(&peer) {
+            // Unreachable means no longer a neighbour, whichever event says so first.
+            Some(l) if l.mode == Mode::Fast || l.gone.is_some() => {
+                l.gone.get_or_insert(now);
+                self.departed.insert(peer);
+            }
+            _ => {
+                self.links.remove(&peer);
+                self.records.remove(&peer);
+            }
+        }
+        self.encrypted.remove(&peer);
+        self.evaluate(now);
+    }
+
+    /// A VXLAN heartbeat frame of `len` bytes from `sender` reached our heartbeat port.
+    pub fn heartbeat(&mut self, now: Instant, sender: PeerName, len: usize) {
+        let big = len >= self.big_len();
+        let Some(l) = self.links.get_mut(&sender) else {
+            return;
+        };
+        l.last_small = Some(now);
+        if big {
+            l.last_big = Some(now);
+        }
+        self.evaluate(now);
+    }
+
+    /// Length of the MTU-sized heartbeat frame (Ethernet header included).
+    pub fn big_len(&self) -> usize {
+        self.cfg.mtu as usize + weft_proto::ether::ETHER_HEADER_LEN
+    }
+
+    /// A message on the fast-path channel from `src` (the origin of a broadcast or unicast,
+    /// the neighbour for gossip). `uid_of` gives a peer's current incarnation from the
+    /// topology. `Ok(true)` if it told us something new (relay a broadcast).
+    pub fn handle_message(
+        &mut self,
+        now: Instant,
+        src: PeerName,
+        payload: &[u8],
+        uid_of: impl Fn(PeerName) -> Option<u64>,
+    ) -> Result<bool, DecodeError> {
+        let mut new = false;
+        match FastDpMsg::decode(payload)? {
+            FastDpMsg::Records(records) => {
+                for r in records {
+                    if r.origin == self.local {
+                        continue;
+                    }
+                    if r.macs.len() > fastdp::MAX_MACS || r.macs.iter().any(Mac::is_multicast) {
+                        return Err(DecodeError::Malformed {
+                            what: "fast-path record",
+                            detail: format!("{} MACs or a multicast one", r.macs.len()),
+                        });
+                    }
+                    // Records of an incarnation the topology does not show are stale (or
+                    // too early: they come again with periodic gossip).
+                    if uid_of(r.origin) != Some(r.uid) {
+                        continue;
+                    }
+                    let newer = self
+                        .records
+                        .get(&r.origin)
+                        .is_none_or(|cur| cur.uid != r.uid || cur.version < r.version);
+                    if newer {
+                        self.departed.remove(&r.origin);
+                        self.records.insert(r.origin, r);
+                        new = true;
+                    }
+                }
+            }
+            FastDpMsg::Rx { uid, small, big } => {
+                if uid == self.uid
+                    && let Some(l) = self.links.get_mut(&src)
+                {
+                    l.their_report = Some((small, big));
+                }
+            }
+        }
+        self.evaluate(now);
+        Ok(new)
+    }
+
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.next_eval.is_some_and(|t| t <= now) {
+            self.evaluate(now);
+        }
+    }
+
+    /// Recomputes every link's mode, sends reports that are due, and publishes the plan.
+    fn evaluate(&mut self, now: Instant) {
+        let timeout = self.cfg.heartbeat_timeout;
+        let fresh =
+            |t: Option<Instant>| t.is_some_and(|t| now.saturating_duration_since(t) < timeout);
+        let mut heartbeat = BTreeMap::new();
+        let mut fast = BTreeMap::new();
+        let mut next: Option<Instant> = None;
+        let mut soonest = |t: Instant| next = Some(next.map_or(t, |n: Instant| n.min(t)));
+        let mut expired = Vec::new();
+        for (&p, l) in &mut self.links {
+            let record = self.records.get(&p);
+            let ip = match l.addr.ip() {
+                IpAddr::V4(ip) => Some(ip),
+                IpAddr::V6(_) => None,
+            };
+            if let Some(gone) = l.gone {
+                match ip {
+                    Some(ip) if now < gone + LINGER => {
+                        fast.insert(p, ip);
+                        soonest(gone + LINGER);
+                    }
+                    _ => {
+                        info!(peer = %p, "fast path to a departed peer removed");
+                        expired.push(p);
+                    }
+                }
+                continue;
+            }
+            let eligible = self.cfg.enabled
+                && record.is_some_and(|r| r.fastdp)
+                && !self.encrypted.contains(&p)
+                && ip.is_some();
+            let rx = (fresh(l.last_small), fresh(l.last_big));
+            let reason = if self.encrypted.contains(&p) {
+                Some(SleeveReason::Encrypted)
+            } else if !self.cfg.enabled {
+                Some(SleeveReason::DisabledHere)
+            } else if record.is_none() {
+                Some(SleeveReason::NoAnnouncement)
+            } else if !record.is_some_and(|r| r.fastdp) {
+                Some(SleeveReason::DisabledThere)
+            } else if ip.is_none() {
+                Some(SleeveReason::Ipv6)
+            } else if !rx.0 {
+                if l.last_small.is_none() && now.saturating_duration_since(l.since) < timeout {
+                    Some(SleeveReason::Waiting)
+                } else {
+                    Some(SleeveReason::NoHeartbeats)
+                }
+            } else if !l.their_report.is_some_and(|r| r.0) {
+                Some(SleeveReason::TheyGetNoHeartbeats)
+            } else if !rx.1 || !l.their_report.is_some_and(|r| r.1) {
+                Some(SleeveReason::PathMtu(self.cfg.mtu))
+            } else {
+                None
+            };
+            let mode = if reason.is_none() {
+                Mode::Fast
+            } else {
+                Mode::Sleeve
+            };
+            if mode != l.mode {
+                match mode {
+                    Mode::Fast => info!(peer = %p, "fast path (VXLAN) in use"),
+                    Mode::Sleeve => {
+                        let why = reason.map(|r| r.to_string()).unwrap_or_default();
+                        info!(peer = %p, "fast path not in use, sleeve instead: {why}")
+                    }
+                }
+            }
+            l.mode = mode;
+            l.reason = reason;
+            if let (true, Some(ip)) = (eligible, ip) {
+                heartbeat.insert(p, ip);
+                if mode == Mode::Fast {
+                    fast.insert(p, ip);
+                }
+                // Tell the neighbour about its heartbeats when that changes, and now and then.
+                let due = match l.our_report {
+                    Some((r, at)) => r != rx || now >= at + self.cfg.report_interval,
+                    None => true,
+                };
+                if due {
+                    l.our_report = Some((rx, now));
+                    let uid = record.map_or(0, |r| r.uid);
+                    self.out.push_back(FastDpOutput::Unicast {
+                        dst: p,
+                        payload: FastDpMsg::Rx {
+                            uid,
+                            small: rx.0,
+                            big: rx.1,
+                        }
+                        .encode(),
+                    });
+                }
+                if let Some((_, at)) = l.our_report {
+                    soonest(at + self.cfg.report_interval);
+                }
+                for t in [l.last_small, l.last_big].into_iter().flatten() {
+                    if t + timeout > now {
+                        soonest(t + timeout);
+                    }
+                }
+                if l.last_small.is_none() && l.since + timeout > now {
+                    soonest(l.since + timeout);
+                }
+            }
+        }
+        for p in expired {
+            self.links.remove(&p);
+            if self.departed.remove(&p) {
+                self.records.remove(&p);
+            }
+        }
+        self.next_eval = next;
+        let macs = fast
+            .keys()
+            .filter_map(|p| Some((*p, self.records.get(p)?.macs.clone())))
+            .collect();
+        let plan = FastDpPlan {
+            heartbeat,
+            fast,
+            macs,
+        };
+        if *self.plan != plan {
+            self.plan = Arc::new(plan);
+            self.out
+                .push_back(FastDpOutput::Plan(Arc::clone(&self.plan)));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pn(n: u64) -> PeerName {
+        PeerName::from_u64(n)
+    }
+
+    fn addr(n: u8) -> SocketAddr {
+        SocketAddr::from(([198, 18, 0, n], 6783))
+    }
+
+    fn record(origin: u64, uid: u64, version: u64, fastdp: bool, macs: &[u8]) -> Vec<u8> {
+        FastDpMsg::Records(vec![MacRecord {
+            origin: pn(origin),
+            uid,
+            version,
+            fastdp,
+            macs: macs.iter().map(|&b| Mac([2, 0, 0, 0, 0, b])).collect(),
+        }])
+        .encode()
+    }
+
+    fn rx(uid: u64, small: bool, big: bool) -> Vec<u8> {
+        FastDpMsg::Rx { uid, small, big }.encode()
+    }
+
+    /// Us (1, uid 100) with neighbour 2 (uid 200) at 198.18.0.2.
+    fn pair(t0: Instant) -> FastDp {
+        let mut f = FastDp::new(pn(1), 100, FastDpConfig::default());
+        f.set_neighbours(t0, &BTreeMap::from([(pn(2), addr(2))]));
+        f.handle_message(t0, pn(2), &record(2, 200, 1, true, &[7]), |_| Some(200))
+            .unwrap();
+        f
+    }
+
+    fn drain(f: &mut FastDp) -> Vec<FastDpOutput> {
+        std::iter::from_fn(|| f.poll_output()).collect()
+    }
+
+    fn mode(f: &FastDp) -> (Mode, String) {
+        let s = f.link_status(pn(2)).unwrap();
+        (s.mode, s.reason.map(|r| r.to_string()).unwrap_or_default())
+    }
+
+    #[test]
+    fn fast_only_with_heartbeats_both_ways_then_falls_back_and_recovers() {
+        let t0 = Instant::now();
+        let mut f = pair(t0);
+        assert_eq!(
+            f.plan().heartbeat.get(&pn(2)),
+            Some(&Ipv4Addr::new(198, 18, 0, 2))
+        );
+        assert!(f.plan().fast.is_empty());
+        assert_eq!(mode(&f).1, "waiting for VXLAN heartbeats");
+        let big = f.big_len();
+        f.heartbeat(t0, pn(2), big);
+        assert!(mode(&f).1.contains("gets no VXLAN heartbeats from us"));
+        // Our report went out, saying we see both sizes.
+        let outs = drain(&mut f);
+        assert!(outs.iter().any(|o| matches!(o, FastDpOutput::Unicast { dst, payload }
+            if *dst == pn(2) && FastDpMsg::decode(payload).unwrap() == FastDpMsg::Rx { uid: 200, small: true, big: true })));
+        // A report about a previous incarnation of ours is ignored.
+        f.handle_message(t0, pn(2), &rx(99, true, true), |_| Some(200))
+            .unwrap();
+        assert_eq!(f.link_status(pn(2)).unwrap().mode, Mode::Sleeve);
+        f.handle_message(t0, pn(2), &rx(100, true, true), |_| Some(200))
+            .unwrap();
+        assert_eq!(mode(&f), (Mode::Fast, String::new()));
+        let plan = f.plan().clone();
+        assert_eq!(plan.fast_peers(), BTreeSet::from([pn(2)]));
+        let fdb = plan.fdb();
+        let ip = Ipv4Addr::new(198, 18, 0, 2);
+        assert!(fdb.contains(&FdbEntry::Vxlan {
+            mac: Mac([0; 6]),
+            dst: ip
+        }));
+        assert!(fdb.contains(&FdbEntry::Vxlan {
+            mac: Mac([2, 0, 0, 0, 0, 7]),
+            dst: ip
+        }));
+        assert!(fdb.contains(&FdbEntry::Bridge {
+            mac: Mac([2, 0, 0, 0, 0, 7])
+        }));
+        assert!(fdb.contains(&FdbEntry::Bridge {
+            mac: fastdp::heartbeat_mac(pn(2))
+        }));
+        assert_eq!(fdb.len(), 5);
+
+        // Heartbeats stop: sleeve once the timeout passes, heartbeats still sent.
+        let t1 = t0 + Duration::from_secs(2);
+        f.handle_timeout(t1);
+        assert_eq!(mode(&f).0, Mode::Fast);
+        let deadline = f.poll_timeout().unwrap();
+        assert!(deadline <= t0 + Duration::from_millis(3500));
+        f.handle_timeout(deadline);
+        assert!(mode(&f).1.contains("no VXLAN heartbeats from the peer"));
+        assert!(f.plan().fast.is_empty());
+        assert!(f.plan().heartbeat.contains_key(&pn(2)));
+        drain(&mut f);
+        // Resumed: back to fast as soon as both ends see heartbeats again.
+        let t2 = deadline + Duration::from_secs(5);
+        f.heartbeat(t2, pn(2), big);
+        assert_eq!(mode(&f).0, Mode::Fast);
+    }
+
+    #[test]
+    fn a_fast_neighbour_that_drops_lingers_and_resumes() {
+        let t0 = Instant::now();
+        let mut f = pair(t0);
+        f.heartbeat(t0, pn(2), f.big_len());
+        f.handle_message(t0, pn(2), &rx(100, true, true), |_| Some(200))
+            .unwrap();
+        assert_eq!(mode(&f).0, Mode::Fast);
+        // Its router restarts: the connection goes, the kernel entries stay for a while.
+        let t1 = t0 + Duration::from_secs(1);
+        // (Either event may come first.)
+        f.peer_removed(t1, pn(2));
+        f.set_neighbours(t1, &BTreeMap::new());
+        assert!(f.plan().fast.contains_key(&pn(2)));
+        assert!(f.plan().heartbeat.is_empty());
+        assert_eq!(f.plan().macs[&pn(2)], vec![Mac([2, 0, 0, 0, 0, 7])]);
+        // Back 5 s later (past the heartbeat timeout): still fast, waiting for heartbeats.
+        let t2 = t1 + Duration::from_secs(5);
+        f.set_neighbours(t2, &BTreeMap::from([(pn(2), addr(2))]));
+        assert_eq!(mode(&f).0, Mode::Fast);
+        f.heartbeat(t2 + Duration::from_secs(1), pn(2), f.big_len());
+        f.handle_timeout(t2 + Duration::from_secs(4));
+        assert_eq!(mode(&f).0, Mode::Fast);
+
+        // Gone for good: removed after the linger time, record and all.
+        let t3 = t2 + Duration::from_secs(5);
+        f.set_neighbours(t3, &BTreeMap::new());
+        f.peer_removed(t3, pn(2));
+        f.handle_timeout(t3 + LINGER);
+        assert!(f.plan().fast.is_empty());
+        assert!(f.link_status(pn(2)).is_none());
+        assert!(f.records.is_empty());
+    }
+
+    #[test]
+    fn small_heartbeats_only_is_a_path_mtu_problem() {
+        let t0 = Instant::now();
+        let mut f = pair(t0);
+        f.handle_message(t0, pn(2), &rx(100, true, true), |_| Some(200))
+            .unwrap();
+        f.heartbeat(t0, pn(2), fastdp::HEARTBEAT_MIN_LEN);
+        let (m, why) = mode(&f);
+        assert_eq!(m, Mode::Sleeve);
+        assert!(why.contains("1450 bytes are lost"), "{why}");
+        f.heartbeat(t0, pn(2), f.big_len());
+        f.handle_message(t0, pn(2), &rx(100, true, false), |_| Some(200))
+            .unwrap();
+        assert!(mode(&f).1.contains("path MTU"));
+    }
+
+    #[test]
+    fn disabled_encrypted_or_disabled_peer_is_sleeve_with_reason() {
+        let t0 = Instant::now();
+        let mut f = pair(t0);
+        f.set_encrypted(t0, pn(2), true);
+        assert!(mode(&f).1.starts_with("encrypted"));
+        assert!(f.plan().heartbeat.is_empty());
+        f.set_encrypted(t0, pn(2), false);
+        f.handle_message(t0, pn(2), &record(2, 200, 2, false, &[]), |_| Some(200))
+            .unwrap();
+        assert_eq!(mode(&f).1, "fast path disabled on the peer");
+        assert!(f.plan().heartbeat.is_empty());
+
+        let mut off = FastDp::new(
+            pn(1),
+            100,
+            FastDpConfig {
+                enabled: false,
+                ..Default::default()
+            },
+        );
+        off.set_neighbours(t0, &BTreeMap::from([(pn(2), addr(2))]));
+        assert!(mode(&off).1.contains("--no-fastdp"));
+        assert!(off.link_status(pn(2)).unwrap().reason.unwrap().chosen());
+        assert!(off.plan().heartbeat.is_empty());
+        // It still announces itself, so peers say why.
+        assert!(FastDpMsg::decode(&off.full_state()).is_ok());
+    }
+
+    #[test]
+    fn records_newest_of_current_incarnation_win() {
+        let t0 = Instant::now();
+        let mut f = pair(t0);
+        let uid = |_| Some(200);
+        assert!(
+            !f.handle_message(t0, pn(2), &record(2, 200, 1, true, &[7]), uid)
+                .unwrap()
+        );
+        assert!(
+            f.handle_message(t0, pn(2), &record(2, 200, 3, true, &[8]), uid)
+                .unwrap()
+        );
+        assert!(
+            !f.handle_message(t0, pn(2), &record(2, 200, 2, true, &[9]), uid)
+                .unwrap()
+        );
+        // A previous incarnation's record never comes back.
+        assert!(
+            !f.handle_message(t0, pn(2), &record(2, 150, 9, true, &[1]), uid)
+                .unwrap()
+        );
+        assert_eq!(f.records[&pn(2)].macs, vec![Mac([2, 0, 0, 0, 0, 8])]);
+        // A restarted peer's first record replaces the old one whatever its version.
+        assert!(
+            f.handle_message(t0, pn(2), &record(2, 201, 1, true, &[5]), |_| Some(201))
+                .unwrap()
+        );
+        // Malformed: multicast MAC.
+        let bad = FastDpMsg::Records(vec![MacRecord {
+            origin: pn(3),
+            uid: 1,
+            version: 1,
+            fastdp: true,
+            macs: vec![Mac::BROADCAST],
+        }])
+        .encode();
+        assert!(f.handle_message(t0, pn(3), &bad, |_| Some(1)).is_err());
+        assert!(
+            f.handle_message(t0, pn(3), &[0xff, 0xff], |_| Some(1))
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn local_macs_change_bumps_version_and_broadcasts() {
+        let t0 = Instant::now();
+        let mut f = FastDp::new(pn(1), 100, FastDpConfig::default());
+        let m = Mac([2, 1, 1, 1, 1, 1]);
+        f.set_local_macs(t0, vec![m, m, Mac::BROADCAST]);
+        let outs = drain(&mut f);
+        assert!(matches!(&outs[..], [FastDpOutput::Broadcast(p)]
+            if FastDpMsg::decode(p).unwrap() == FastDpMsg::Records(vec![MacRecord { origin: pn(1), uid: 100, version: 2, fastdp: true, macs: vec![m] }])));
+        f.set_local_macs(t0, vec![m]);
+        assert!(drain(&mut f).is_empty());
+    }
+
+    #[test]
+    fn a_mac_claimed_twice_is_programmed_once() {
+        let ip = |n| Ipv4Addr::new(198, 18, 0, n);
+        let m = Mac([2, 0, 0, 0, 0, 1]);
+        let plan = FastDpPlan {
+            heartbeat: BTreeMap::new(),
+            fast: BTreeMap::from([(pn(2), ip(2)), (pn(3), ip(3))]),
+            macs: BTreeMap::from([(pn(2), vec![m]), (pn(3), vec![m])]),
+        };
+        let fdb = plan.fdb();
+        let for_m = fdb
+            .iter()
+            .filter(|e| matches!(e, FdbEntry::Vxlan { mac, .. } if *mac == m))
+            .count();
+        assert_eq!(for_m, 1);
+    }
+}

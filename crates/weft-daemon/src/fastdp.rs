@@ -1,0 +1,344 @@
+//! The fast path's shell: the VXLAN device and heartbeat port on the bridge, VXLAN heartbeats,
+//! the kernel forwarding database, and the container MACs the bridge has learnt.
+//!
+//! Bridge ports: containers' veths are ordinary; the sleeve TAP and the VXLAN device are
+//! *isolated*, so the bridge never passes a frame that came by one overlay into the other (each
+//! router floods along its own tree; a bridge copying between them would deliver twice or
+//! loop). The heartbeat TAP is neither flooded nor learning: it only gets frames addressed to
+//! its static MAC, which peers' heartbeats are.
+//!
+//! Everything decided lives in `weft_core::fastdp`; this task installs its plan (adding new
+//! entries before telling the sleeve to stop carrying a peer's frames, and the reverse when a
+//! peer leaves the fast path) and reports what it sees. After a restart it adopts the devices
+//! and leaves the entries it finds alone for a grace period, so containers' traffic keeps
+//! flowing through the kernel while the mesh comes back.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, watch};
+use tracing::{debug, info, warn};
+use tun_rs::AsyncDevice;
+use weft_core::fastdp::{FastDpPlan, FdbEntry, HEARTBEAT_INTERVAL};
+use weft_linux::fdb::{FdbState, PortFlags};
+use weft_linux::netlink::{Link, LinkConfig, Netlink};
+use weft_linux::{sysctl, tap};
+use weft_proto::fastdp::{self, HEARTBEAT_MIN_LEN};
+use weft_proto::{Mac, PeerName};
+
+use crate::DaemonError;
+use crate::control::ControlInput;
+use crate::dataplane::DataPlaneMsg;
+
+/// VXLAN network identifier: one overlay per bridge; peers must agree.
+pub const VNI: u32 = 0x7765; // "we"
+/// Weave's fast-path port.
+pub const VXLAN_PORT: u16 = 6784;
+/// IPv4 20 + UDP 8 + VXLAN 8 + inner Ethernet 14.
+pub const VXLAN_OVERHEAD: u32 = 50;
+/// After a restart, entries found in the kernel are kept this long before stale ones go.
+const RESTART_GRACE: Duration = Duration::from_secs(20);
+const MAC_POLL: Duration = Duration::from_secs(2);
+const RECONCILE: Duration = Duration::from_secs(10);
+
+pub fn vxlan_name(bridge: &str) -> String {
+    format!("{bridge}-vx")
+}
+
+pub fn heartbeat_name(bridge: &str) -> String {
+    format!("{bridge}-hb")
+}
+
+pub struct Devices {
+    pub vx: Link,
+    pub hb_index: u32,
+    pub hb: AsyncDevice,
+    /// The VXLAN device was there already (a restart): keep its entries for a while.
+    pub adopted: bool,
+}
+
+/// Creates (or adopts) the VXLAN device and the heartbeat TAP on `bridge` and sets every
+/// port's flags; `tap_index` is the sleeve's TAP.
+pub async fn setup(
+    nl: &Netlink,
+    bridge: &Link,
+    tap_index: u32,
+    local: PeerName,
+    mtu: u32,
+) -> Result<Devices, DaemonError> {
+    let vx_name = vxlan_name(&bridge.name);
+    let adopted = nl.link_by_name(&vx_name).await?.is_some();
+    let vx = nl.ensure_vxlan(&vx_name, VNI, VXLAN_PORT, mtu).await?;
+    sysctl::disable_ipv6(&vx_name)?;
+    nl.configure(
+        vx.index,
+        LinkConfig {
+            mtu: Some(mtu),
+            master: Some(bridge.index),
+            up: true,
+            ..Default::default()
+        },
+    )
+    .await?;
+    let hb_name = heartbeat_name(&bridge.name);
+    if let Some(old) = nl.link_by_name(&hb_name).await? {
+        nl.delete_link(old.index).await?;
+    }
+    let hb = tap::open(&hb_name, u16::try_from(mtu).unwrap_or(u16::MAX))?;
+    let hb_link = nl.require_link(&hb_name).await?;
+    sysctl::disable_ipv6(&hb_name)?;
+    nl.configure(
+        hb_link.index,
+        LinkConfig {
+            mtu: Some(mtu),
+            master: Some(bridge.index),
+            up: true,
+            ..Default::default()
+        },
+    )
+    .await?;
+    let isolated = PortFlags {
+        isolated: true,
+        learning: true,
+        flood: true,
+    };
+    nl.set_port_flags(tap_index, isolated).await?;
+    // Remote MACs are installed from the control plane, never learnt from VXLAN.
+    nl.set_port_flags(
+        vx.index,
+        PortFlags {
+            learning: false,
+            ..isolated
+        },
+    )
+    .await?;
+    nl.set_port_flags(
+        hb_link.index,
+        PortFlags {
+            isolated: false,
+            learning: false,
+            flood: false,
+        },
+    )
+    .await?;
+    nl.fdb_replace_static(hb_link.index, fastdp::heartbeat_mac(local).0)
+        .await?;
+    info!(
+        vxlan = %vx_name,
+        port = VXLAN_PORT,
+        mtu,
+        "{} VXLAN fast path device",
+        if adopted { "reusing" } else { "created" }
+    );
+    Ok(Devices {
+        vx,
+        hb_index: hb_link.index,
+        hb,
+        adopted,
+    })
+}
+
+/// Removes the fast path's devices (`--no-fastdp` after a run with it, `weft reset`).
+pub async fn remove(nl: &Netlink, bridge: &str) -> Result<(), DaemonError> {
+    for name in [vxlan_name(bridge), heartbeat_name(bridge)] {
+        if let Some(l) = nl.link_by_name(&name).await? {
+            match nl.delete_link(l.index).await {
+                Ok(()) => info!("removed {name}: the fast path is off"),
+                Err(e) if e.is_no_device() => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    Ok(())
+}
+
+pub struct FastDpTask {
+    pub nl: Netlink,
+    pub devices: Devices,
+    pub local: PeerName,
+    pub bridge_index: u32,
+    pub tap_index: u32,
+    pub mtu: u32,
+    pub plan: watch::Receiver<Arc<FastDpPlan>>,
+    pub control: mpsc::Sender<ControlInput>,
+    pub dataplane: mpsc::Sender<DataPlaneMsg>,
+}
+
+impl FastDpTask {
+    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+        let grace_until = self.devices.adopted.then(|| Instant::now() + RESTART_GRACE);
+        let mut hb_tick = tokio::time::interval(HEARTBEAT_INTERVAL);
+        let mut mac_tick = tokio::time::interval(MAC_POLL);
+        let mut fdb_tick = tokio::time::interval(RECONCILE);
+        let mut fast: BTreeSet<PeerName> = BTreeSet::new();
+        // Heartbeats go only to peers whose entries are in: without them the bridge would
+        // flood the heartbeat to every port.
+        let mut hb_ready: BTreeSet<PeerName> = BTreeSet::new();
+        let mut local_macs: Option<Vec<Mac>> = None;
+        let mut seq = 0u64;
+        let mut buf = vec![0u8; 65536];
+        loop {
+            tokio::select! {
+                r = self.plan.changed() => {
+                    if r.is_err() {
+                        return;
+                    }
+                    let plan = self.plan.borrow_and_update().clone();
+                    hb_ready = self.reconcile(&plan, &mut fast, grace_until).await;
+                }
+                _ = fdb_tick.tick() => {
+                    let plan = self.plan.borrow().clone();
+                    hb_ready = self.reconcile(&plan, &mut fast, grace_until).await;
+                }
+                _ = hb_tick.tick() => {
+                    let big = self.mtu as usize + weft_proto::ether::ETHER_HEADER_LEN;
+                    for peer in &hb_ready {
+                        seq += 1;
+                        for len in [HEARTBEAT_MIN_LEN, big] {
+                            let f = fastdp::encode_heartbeat(self.local, *peer, seq, len);
+                            if let Err(e) = self.devices.hb.try_send(&f) {
+                                debug!(%peer, "sending a VXLAN heartbeat failed: {e}");
+                            }
+                        }
+                    }
+                }
+                r = self.devices.hb.recv(&mut buf) => match r {
+                    Ok(n) => match fastdp::decode_heartbeat(&buf[..n]) {
+                        Ok(hb) if hb.sender != self.local => {
+                            let msg = ControlInput::FastDpHeartbeat { sender: hb.sender, len: n };
+                            let _ = self.control.try_send(msg);
+                        }
+                        Ok(_) => {}
+                        Err(e) => debug!("not a heartbeat on the heartbeat port: {e}"),
+                    },
+                    Err(e) => {
+                        warn!("reading the heartbeat port failed: {e}; the fast path stops");
+                        return;
+                    }
+                },
+                _ = mac_tick.tick() => {
+                    match self.container_macs().await {
+                        Ok(macs) if local_macs.as_ref() != Some(&macs) => {
+                            local_macs = Some(macs.clone());
+                            let _ = self.control.send(ControlInput::LocalMacs(macs)).await;
+                        }
+                        Ok(_) => {}
+                        Err(e) => warn!("reading the bridge's forwarding database failed: {e}"),
+                    }
+                }
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+
+    /// The MACs of containers on our bridge (learnt on their ports), and the bridge's own.
+    async fn container_macs(&self) -> Result<Vec<Mac>, weft_linux::Error> {
+        let ours = [self.tap_index, self.devices.vx.index, self.devices.hb_index];
+        let mut macs: Vec<Mac> = self
+            .nl
+            .fdb(None)
+            .await?
+            .into_iter()
+            .filter(|r| {
+                r.master
+                    && r.bridge == Some(self.bridge_index)
+                    && r.state == FdbState::Learned
+                    && !ours.contains(&r.ifindex)
+            })
+            .map(|r| Mac(r.mac))
+            .collect();
+        macs.push(Mac(self.local.to_bytes()));
+        macs.sort();
+        macs.dedup();
+        Ok(macs)
+    }
+
+    /// Makes the kernel match `plan`: new entries first, then the sleeve stops carrying what
+    /// VXLAN now does; peers leaving the fast path go back to the sleeve before their entries
+    /// go, so no frame is lost in between (a few may arrive twice).
+    /// Returns the peers whose heartbeat entries are in place.
+    async fn reconcile(
+        &self,
+        plan: &FastDpPlan,
+        fast: &mut BTreeSet<PeerName>,
+        grace_until: Option<Instant>,
+    ) -> BTreeSet<PeerName> {
+        let now_fast = plan.fast_peers();
+        if *fast != now_fast {
+            let keep: BTreeSet<PeerName> = fast.intersection(&now_fast).copied().collect();
+            let _ = self.dataplane.send(DataPlaneMsg::Fast(keep)).await;
+        }
+        let vx = self.devices.vx.index;
+        let actual: BTreeSet<FdbEntry> = match self.nl.fdb(Some(vx)).await {
+            Ok(records) => records
+                .into_iter()
+                .filter_map(|r| match (r.master, r.dst, r.state) {
+                    (false, Some(dst), _) => Some(FdbEntry::Vxlan {
+                        mac: Mac(r.mac),
+                        dst,
+                    }),
+                    (true, _, FdbState::Static) => Some(FdbEntry::Bridge { mac: Mac(r.mac) }),
+                    _ => None,
+                })
+                .collect(),
+            Err(e) => {
+                warn!("reading the VXLAN forwarding database failed: {e}");
+                return BTreeSet::new();
+            }
+        };
+        let desired = plan.fdb();
+        let mut failed = BTreeSet::new();
+        // The bridge may have learnt a new fast peer's containers on the sleeve's port while
+        // the peer was on sleeve; such an entry would keep sending to the sleeve, which no
+        // longer carries our frames to that peer. Installed entries replace most, the flush
+        // catches the rest (sleeve peers' MACs are relearnt from their next frame).
+        if now_fast.difference(fast).next().is_some()
+            && let Err(e) = self.nl.flush_learned(self.tap_index).await
+        {
+            warn!("flushing the sleeve port's learnt addresses failed: {e}");
+        }
+        for e in desired.difference(&actual) {
+            let r = match *e {
+                FdbEntry::Vxlan { mac, dst } => self.nl.fdb_append_remote(vx, mac.0, dst).await,
+                FdbEntry::Bridge { mac } => self.nl.fdb_replace_static(vx, mac.0).await,
+            };
+            if let Err(err) = r {
+                warn!(entry = ?e, "programming the fast path failed: {err}");
+                failed.insert(*e);
+            }
+        }
+        if grace_until.is_none_or(|t| Instant::now() >= t) {
+            for e in actual.difference(&desired) {
+                let r = match *e {
+                    FdbEntry::Vxlan { mac, dst } => {
+                        self.nl.fdb_del(vx, mac.0, Some(dst), false).await
+                    }
+                    FdbEntry::Bridge { mac } => self.nl.fdb_del(vx, mac.0, None, true).await,
+                };
+                if let Err(err) = r
+                    && !err.is_no_device()
+                {
+                    warn!(entry = ?e, "removing a fast-path entry failed: {err}");
+                }
+            }
+        }
+        if *fast != now_fast {
+            let _ = self
+                .dataplane
+                .send(DataPlaneMsg::Fast(now_fast.clone()))
+                .await;
+            *fast = now_fast;
+        }
+        plan.heartbeat
+            .keys()
+            .filter(|p| {
+                let mac = fastdp::heartbeat_mac(**p);
+                !failed.iter().any(|e| match e {
+                    FdbEntry::Vxlan { mac: m, .. } | FdbEntry::Bridge { mac: m } => *m == mac,
+                })
+            })
+            .copied()
+            .collect()
+    }
+}
