@@ -5,6 +5,7 @@ use libfuzzer_sys::fuzz_target;
 use weft_proto::EtherFrame;
 use weft_proto::control::{self, ControlMsg, FrameReader, TopologyUpdate};
 use weft_proto::dns::DnsUpdate;
+use weft_proto::fastdp::{self, FastDpMsg};
 use weft_proto::ipam::IpamMsg;
 use weft_proto::sleeve::Datagram;
 
@@ -23,6 +24,8 @@ fuzz_target!(|data: &[u8]| {
     let _ = TopologyUpdate::decode(data);
     let _ = IpamMsg::decode(data);
     let _ = DnsUpdate::decode(data);
+    let _ = FastDpMsg::decode(data);
+    let _ = fastdp::decode_heartbeat(data);
     let _ = Datagram::decode(data);
     let _ = Datagram::kind(data);
     let _ = EtherFrame::from_bytes(data);

@@ -6,6 +6,11 @@
 //! virtual and jumps straight to the next event or router timer, so an hour of mesh life takes
 //! milliseconds, and everything random comes from one seed, so a failing run replays exactly.
 //!
+//! With [`Sim::fastdp`] it also plays the kernel's VXLAN fast path: heartbeats between hosts
+//! whose plans ask for them, and a bridge that sends a container's frame by VXLAN to the fast
+//! peers the plan names (to the owner of a known MAC only, else to all of them) before the
+//! forwarder sees it. VXLAN can be blocked between pairs ([`Sim::block_vxlan`]).
+//!
 //! Partitions behave like real networks, not like resets: bytes sent across a cut link wait
 //! (TCP retransmits) and arrive when it heals, unless a router gives up on the connection
 //! first, which it only learns by its own timers. Dials across a cut time out.
@@ -18,6 +23,7 @@ use std::time::{Duration, Instant};
 
 use ipnet::Ipv4Net;
 use weft_core::crypto::{self, Secret, SeededEntropy};
+use weft_core::fastdp::{FastDpConfig, FastDpPlan, HEARTBEAT_INTERVAL, Mode};
 use weft_core::ipam::{IpamConfig, IpamError, OpId};
 use weft_core::mesh::{
     Action, ConnId, CryptoSettings, DataPlaneTable, Router, RouterConfig, Timing,
@@ -25,8 +31,8 @@ use weft_core::mesh::{
 use weft_core::node::{Node as CoreNode, NodeEvent};
 use weft_core::overlay::{Forwarder, Output};
 use weft_core::rng::Rng;
-use weft_proto::PeerName;
 use weft_proto::ipam::Persisted;
+use weft_proto::{Mac, PeerName};
 
 pub const PORT: u16 = 6783;
 
@@ -75,6 +81,16 @@ enum Ev {
         from: SocketAddr,
         bytes: Vec<u8>,
     },
+    /// A VXLAN packet reaching host `node`'s kernel.
+    Vxlan { node: usize, item: VxItem },
+    /// Time for host `node`'s fast path to send heartbeats.
+    VxlanTick { node: usize, inc: u64 },
+}
+
+#[derive(Debug)]
+enum VxItem {
+    Heartbeat { from: PeerName, len: usize },
+    Frame(Vec<u8>),
 }
 
 #[derive(Debug, Clone)]
@@ -121,6 +137,12 @@ pub struct Node {
     passwords: Vec<String>,
     /// The persisted static key (survives restarts, like the daemon's key file).
     static_key: Option<Secret>,
+    /// Runs the VXLAN fast path.
+    pub fastdp: bool,
+    /// The fast path's current plan.
+    pub plan: Arc<FastDpPlan>,
+    /// Container MACs its bridge has seen (what the fast path gossips).
+    local_macs: BTreeSet<Mac>,
 }
 
 impl Node {
@@ -144,6 +166,10 @@ pub struct Sim {
     pub dns_domain: Option<String>,
     /// Password for routers added from now on (`None`: unencrypted).
     pub password: Option<String>,
+    /// Whether routers added from now on run the VXLAN fast path.
+    pub fastdp: bool,
+    /// Host pairs between which VXLAN is blocked.
+    vxlan_cut: BTreeSet<(usize, usize)>,
     /// Derived keys by password: the KDF is costly, and hundreds of hosts share one.
     psk_cache: BTreeMap<String, Secret>,
     /// Byte string to look for in everything that crosses the wire (see [`Sim::watch_wire`]).
@@ -177,6 +203,8 @@ impl Sim {
             ipam: None,
             dns_domain: None,
             password: None,
+            fastdp: false,
+            vxlan_cut: BTreeSet::new(),
             psk_cache: BTreeMap::new(),
             wire_needle: None,
             wire_hits: 0,
@@ -231,7 +259,17 @@ impl Sim {
             let e = SeededEntropy::new(self.seed ^ name.as_u64() ^ 0x5eed);
             crypto::generate_static_key(&e).0
         });
-        let node = self.make_node(name, &nickname, discovery, 0, None, &passwords, &static_key);
+        let fastdp = self.fastdp;
+        let node = self.make_node(
+            name,
+            &nickname,
+            discovery,
+            0,
+            None,
+            &passwords,
+            &static_key,
+            fastdp,
+        );
         self.nodes.push(Node {
             node,
             forwarder: Forwarder::new(name),
@@ -249,6 +287,9 @@ impl Sim {
             dead: false,
             passwords,
             static_key,
+            fastdp,
+            plan: Arc::default(),
+            local_macs: BTreeSet::new(),
         });
         self.timer_of.push(None);
         self.start_node(i);
@@ -265,6 +306,7 @@ impl Sim {
         persisted: Option<Persisted>,
         passwords: &[String],
         static_key: &Option<Secret>,
+        fastdp: bool,
     ) -> CoreNode {
         let seed = self.seed ^ name.as_u64().wrapping_mul(0x9e37_79b9) ^ (inc << 48);
         let crypto = static_key.as_ref().map(|k| CryptoSettings {
@@ -286,7 +328,12 @@ impl Sim {
             crypto,
         };
         let ipam = self.ipam.clone().map(|c| (c, persisted));
-        CoreNode::new(cfg, ipam, self.dns_domain.as_deref(), self.now, seed).expect("node starts")
+        let mut node = CoreNode::new(cfg, ipam, self.dns_domain.as_deref(), self.now, seed)
+            .expect("node starts");
+        if fastdp {
+            node.enable_fastdp(self.now, FastDpConfig::default());
+        }
+        node
     }
 
     fn start_node(&mut self, i: usize) {
@@ -298,6 +345,43 @@ impl Sim {
         let now = self.now;
         self.nodes[i].node.connect(now, targets, false);
         self.drain(i);
+        if self.nodes[i].fastdp {
+            let inc = self.nodes[i].incarnation;
+            self.schedule(now + HEARTBEAT_INTERVAL, Ev::VxlanTick { node: i, inc });
+        }
+    }
+
+    /// Blocks VXLAN (only) between hosts `a` and `b`.
+    pub fn block_vxlan(&mut self, a: usize, b: usize) {
+        self.vxlan_cut.insert((a.min(b), a.max(b)));
+    }
+
+    pub fn unblock_vxlan(&mut self) {
+        self.vxlan_cut.clear();
+    }
+
+    /// How host `i` sends to its neighbour `j`, if `j` is one.
+    pub fn mode(&self, i: usize, j: usize) -> Option<Mode> {
+        let name = self.nodes[j].name;
+        self.nodes[i]
+            .node
+            .fastdp()
+            .link_status(name)
+            .map(|s| s.mode)
+    }
+
+    fn vxlan_send(&mut self, i: usize, to: Ipv4Addr, item: VxItem) {
+        let Some(t) = self.node_at(IpAddr::V4(to)) else {
+            return;
+        };
+        if self.is_cut(i, t)
+            || self.vxlan_cut.contains(&(i.min(t), i.max(t)))
+            || self.rng.unit() < self.link.udp_loss
+        {
+            return;
+        }
+        let at = self.now + self.latency();
+        self.schedule(at, Ev::Vxlan { node: t, item });
     }
 
     /// Makes host `i` dial host `j` (as `weft connect`).
@@ -333,9 +417,11 @@ impl Sim {
             n.passwords.clone(),
             n.static_key.clone(),
         );
-        let node = self.make_node(name, &nick, disc, inc, persisted, &passwords, &key);
+        let fastdp = n.fastdp;
+        let node = self.make_node(name, &nick, disc, inc, persisted, &passwords, &key, fastdp);
         let n = &mut self.nodes[i];
         n.node = node;
+        n.plan = Arc::default();
         n.results.clear();
         n.forwarder = Forwarder::new(name);
         n.incarnation = inc;
@@ -401,7 +487,11 @@ impl Sim {
                     }
                     NodeEvent::PeerRemoved(p) => n.forwarder.forget_peer(p),
                     NodeEvent::DataKeys { peer, keys } => n.forwarder.set_keys(peer, &keys),
-                    NodeEvent::TargetsChanged(_) | NodeEvent::FastDp(_) => {}
+                    NodeEvent::FastDp(p) => {
+                        n.forwarder.set_fast(p.fast_peers());
+                        n.plan = p;
+                    }
+                    NodeEvent::TargetsChanged(_) => {}
                     NodeEvent::IpamPersist(p) => n.persisted = Some(p),
                     NodeEvent::IpamDone { op, result } => {
                         n.results.insert(op, result);
@@ -659,6 +749,7 @@ impl Sim {
                 }
                 self.drain(node);
             }
+            ev @ (Ev::Vxlan { .. } | Ev::VxlanTick { .. }) => self.handle_vxlan(ev),
             Ev::Udp {
                 node,
                 from,
@@ -684,6 +775,43 @@ impl Sim {
         }
     }
 
+    fn handle_vxlan(&mut self, ev: Ev) {
+        let now = self.now;
+        match ev {
+            Ev::Vxlan { node, item } => {
+                self.mix(node as u64 ^ 0x4000);
+                if !self.nodes[node].alive {
+                    return;
+                }
+                match item {
+                    VxItem::Heartbeat { from, len } => {
+                        self.nodes[node].node.fastdp_heartbeat(now, from, len);
+                        self.drain(node);
+                    }
+                    // The kernel bridge delivers it to the containers; never to the sleeve.
+                    VxItem::Frame(f) => self.nodes[node].injected.push(f),
+                }
+            }
+            Ev::VxlanTick { node, inc } => {
+                self.mix(node as u64 ^ 0x5000);
+                let n = &self.nodes[node];
+                if !n.alive || n.incarnation != inc {
+                    return;
+                }
+                let from = n.name;
+                let big = n.node.fastdp().big_len();
+                let targets: Vec<Ipv4Addr> = n.plan.heartbeat.values().copied().collect();
+                for ip in targets {
+                    for len in [weft_proto::fastdp::HEARTBEAT_MIN_LEN, big] {
+                        self.vxlan_send(node, ip, VxItem::Heartbeat { from, len });
+                    }
+                }
+                self.schedule(now + HEARTBEAT_INTERVAL, Ev::VxlanTick { node, inc });
+            }
+            _ => unreachable!("only VXLAN events"),
+        }
+    }
+
     fn apply_output(&mut self, node: usize, out: SimOutput) {
         self.nodes[node].injected.extend(out.injected);
         for (to, bytes) in out.sent {
@@ -693,8 +821,31 @@ impl Sim {
 
     /// A local container on host `i` sends `frame`.
     pub fn send_frame(&mut self, i: usize, frame: &[u8]) {
-        let mut out = SimOutput::default();
         let now = self.now;
+        if self.nodes[i].fastdp && frame.len() >= 14 {
+            let src = Mac(frame[6..12].try_into().expect("length checked"));
+            let dst = Mac(frame[0..6].try_into().expect("length checked"));
+            if self.nodes[i].local_macs.insert(src) {
+                let macs = self.nodes[i].local_macs.iter().copied().collect();
+                self.nodes[i].node.fastdp_local_macs(now, macs);
+                self.drain(i);
+            }
+            // The bridge: a MAC installed behind VXLAN goes there only; anything else
+            // floods to every fast peer and to the sleeve's port.
+            let plan = self.nodes[i].plan.clone();
+            let owner = (!dst.is_multicast())
+                .then(|| plan.macs.iter().find(|(_, ms)| ms.contains(&dst)))
+                .flatten()
+                .and_then(|(p, _)| plan.fast.get(p));
+            if let Some(&ip) = owner {
+                self.vxlan_send(i, ip, VxItem::Frame(frame.to_vec()));
+                return;
+            }
+            for ip in plan.fast.values().copied().collect::<Vec<_>>() {
+                self.vxlan_send(i, ip, VxItem::Frame(frame.to_vec()));
+            }
+        }
+        let mut out = SimOutput::default();
         self.nodes[i]
             .forwarder
             .handle_local_frame(now, frame, &mut out);

@@ -1,7 +1,10 @@
 //! Data-plane benchmark: in one run, on one test bed, TCP throughput (iperf3, 1 and 4 streams)
-//! and ping RTT for the underlay itself and between containers over weft, unencrypted (hosts 1
-//! and 2) and encrypted (hosts 3 and 4, with a password), with each weft figure as a ratio of
-//! the underlay's and the routers' CPU cost per Gbit/s.
+//! and ping RTT for the underlay itself, for raw kernel VXLAN set up by hand (a bridge with an
+//! address on each host, static flood and MAC entries: the limit a fast path can reach), and
+//! between containers over weft: the VXLAN fast path (hosts 1 and 2), the sleeve (hosts 3 and
+//! 4, `--no-fastdp`) and the encrypted sleeve (hosts 5 and 6, with a password). Each figure is
+//! also given as a ratio of the underlay's and of raw VXLAN's, with the routers' CPU cost per
+//! Gbit/s.
 //!
 //! Usage: weft-bench [SECONDS] (default 10). Needs root, iperf3 and ping.
 //!
@@ -66,6 +69,101 @@ fn weft_pair(
     })
 }
 
+/// Kernel VXLAN between the host namespaces of `a` and `b`, as in the shared baseline
+/// (../shared/bench): VNI 4242, port 4789, bridge `bvbr0` holding 10.40.0.<i>/24.
+fn raw_vxlan(tb_mut: &mut Testbed, [a, b]: [usize; 2], secs: u32) -> Result<Row> {
+    eprintln!("raw kernel VXLAN: iperf3 {secs}s x2, ping...");
+    for (i, j) in [(a, b), (b, a)] {
+        let ns = tb_mut.host(i).netns.clone();
+        let (me, peer) = (tb_mut.host(i).ip.to_string(), tb_mut.host(j).ip.to_string());
+        let ip = |args: &[&str]| -> Result<()> {
+            weft_testbed::run(tb_mut.cmd_in(&ns, args[0]).args(&args[1..])).map(|_| ())
+        };
+        ip(&[
+            "ip",
+            "link",
+            "add",
+            "bvx0",
+            "type",
+            "vxlan",
+            "id",
+            "4242",
+            "local",
+            &me,
+            "dev",
+            "eth0",
+            "dstport",
+            "4789",
+            "nolearning",
+        ])?;
+        ip(&["ip", "link", "set", "bvx0", "mtu", "1450"])?;
+        ip(&[
+            "bridge",
+            "fdb",
+            "append",
+            "00:00:00:00:00:00",
+            "dev",
+            "bvx0",
+            "dst",
+            &peer,
+        ])?;
+        ip(&[
+            "ip",
+            "link",
+            "add",
+            "bvbr0",
+            "type",
+            "bridge",
+            "stp_state",
+            "0",
+            "forward_delay",
+            "0",
+        ])?;
+        ip(&["ip", "link", "set", "bvbr0", "mtu", "1450"])?;
+        ip(&["ip", "link", "set", "bvx0", "master", "bvbr0", "up"])?;
+        ip(&["ip", "link", "set", "bvbr0", "up"])?;
+        ip(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("10.40.0.{i}/24"),
+            "dev",
+            "bvbr0",
+        ])?;
+    }
+    for (i, j) in [(a, b), (b, a)] {
+        let mac = weft_testbed::run(
+            tb_mut
+                .cmd_in(&tb_mut.host(j).netns, "cat")
+                .arg("/sys/class/net/bvbr0/address"),
+        )?;
+        let mac = String::from_utf8_lossy(&mac.stdout).trim().to_string();
+        let peer = tb_mut.host(j).ip.to_string();
+        weft_testbed::run(
+            tb_mut
+                .cmd_in(&tb_mut.host(i).netns, "bridge")
+                .args(["fdb", "add", &mac, "dev", "bvx0", "dst", &peer, "static"]),
+        )?;
+    }
+    let (na, nb) = (tb_mut.host(a).netns.clone(), tb_mut.host(b).netns.clone());
+    let dst = format!("10.40.0.{b}");
+    tb_mut.wait_ping(&na, &dst, std::time::Duration::from_secs(10))?;
+    let row = Row {
+        name: "raw kernel VXLAN (bridge, static FDB)",
+        tcp1: measure::iperf3(tb_mut, &nb, &na, &dst, secs, 1)?,
+        tcp4: measure::iperf3(tb_mut, &nb, &na, &dst, secs, 4)?,
+        rtt_ms: measure::ping_rtt(tb_mut, &na, &dst, 50)?,
+        cpu_per_gbit: None,
+    };
+    for i in [a, b] {
+        let ns = tb_mut.host(i).netns.clone();
+        for l in ["bvbr0", "bvx0"] {
+            let _ = tb_mut.exec(&ns, "ip", &["link", "del", l]);
+        }
+    }
+    Ok(row)
+}
+
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
     match args.get(1).map(String::as_str) {
@@ -88,7 +186,7 @@ fn main() -> Result<()> {
         .transpose()?
         .unwrap_or(10);
     let weft = weft_testbed::weft_binary()?;
-    let mut tb = Testbed::new("bench", 4, &weft)?;
+    let mut tb = Testbed::new("bench", 6, &weft)?;
     let (h1, h2) = (tb.host(1).netns.clone(), tb.host(2).netns.clone());
     let h2ip = tb.host(2).ip.to_string();
     let mut rows = Vec::new();
@@ -102,42 +200,62 @@ fn main() -> Result<()> {
         cpu_per_gbit: None,
     });
 
-    rows.push(weft_pair(&mut tb, "weft sleeve", [1, 2], &[], secs)?);
+    rows.push(raw_vxlan(&mut tb, [1, 2], secs)?);
+    rows.push(weft_pair(
+        &mut tb,
+        "weft fast path (VXLAN)",
+        [1, 2],
+        &[],
+        secs,
+    )?);
+    rows.push(weft_pair(
+        &mut tb,
+        "weft sleeve",
+        [3, 4],
+        &["--no-fastdp"],
+        secs,
+    )?);
     rows.push(weft_pair(
         &mut tb,
         "weft sleeve, encrypted",
-        [3, 4],
+        [5, 6],
         &["--password=benchmark"],
         secs,
     )?);
+    let fast = tb.weft_ok(1, &["status", "connections"])?;
+    if !fast.contains(" fastdp ") {
+        bail!("the fast-path row did not use the fast path:\n{fast}");
+    }
 
-    let base = &rows[0];
+    let (base, vx) = (&rows[0], &rows[1]);
     println!(
-        "\n| path | TCP 1 stream Gbit/s | x underlay | TCP 4 streams Gbit/s | x underlay | RTT ms | x underlay | router CPU cores per Gbit/s |"
+        "\n| path | TCP 1 stream Gbit/s | x underlay | x kernel VXLAN | TCP 4 streams Gbit/s | x underlay | x kernel VXLAN | RTT ms | vs underlay | router CPU cores per Gbit/s |"
     );
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     for r in &rows {
         println!(
-            "| {} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:.2} | {} |",
+            "| {} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:+.3} ms | {} |",
             r.name,
             r.tcp1,
             r.tcp1 / base.tcp1,
+            r.tcp1 / vx.tcp1,
             r.tcp4,
             r.tcp4 / base.tcp4,
+            r.tcp4 / vx.tcp4,
             r.rtt_ms,
-            r.rtt_ms / base.rtt_ms,
+            r.rtt_ms - base.rtt_ms,
             r.cpu_per_gbit
                 .map_or("-".to_string(), |c| format!("{c:.2}"))
         );
     }
-    let (plain, enc) = (&rows[1], &rows[2]);
+    let (plain, enc) = (&rows[3], &rows[4]);
     println!(
         "\nencrypted / unencrypted sleeve: TCP 1 stream {:.2}x, 4 streams {:.2}x, RTT {:.2}x",
         enc.tcp1 / plain.tcp1,
         enc.tcp4 / plain.tcp4,
         enc.rtt_ms / plain.rtt_ms
     );
-    for i in [2, 4] {
+    for i in [4, 6] {
         let stats = tb.weft_ok(i, &["report"])?;
         let v: serde_json::Value = serde_json::from_str(&stats)?;
         println!("\nreceiving router h{i} counters: {}", v["Router"]["Stats"]);
