@@ -163,7 +163,7 @@ impl std::fmt::Display for SleeveReason {
             ),
             SleeveReason::PathMtu(mtu) => write!(
                 f,
-                "VXLAN packets of {mtu} bytes are lost; path MTU below the overlay MTU?"
+                "VXLAN packets of {mtu} bytes are lost; path MTU too small? try a smaller --mtu"
             ),
         }
     }
@@ -503,13 +503,18 @@ impl FastDp {
             } else {
                 Mode::Sleeve
             };
-            if mode != l.mode {
-                match mode {
-                    Mode::Fast => info!(peer = %p, "fast path (VXLAN) in use"),
-                    Mode::Sleeve => {
-                        let why = reason.map(|r| r.to_string()).unwrap_or_default();
-                        info!(peer = %p, "fast path not in use, sleeve instead: {why}")
-                    }
+            // Say when the mode changes, and when a sleeve link's reason becomes a problem
+            // worth knowing (not while it is still starting, nor what the user chose).
+            let notable = |r: Option<SleeveReason>| {
+                r.is_some_and(|r| {
+                    !r.chosen()
+                        && !matches!(r, SleeveReason::Waiting | SleeveReason::NoAnnouncement)
+                })
+            };
+            if mode != l.mode || (reason != l.reason && notable(reason)) {
+                match reason {
+                    None => info!(peer = %p, "fast path (VXLAN) in use"),
+                    Some(why) => info!(peer = %p, "fast path not in use, sleeve instead: {why}"),
                 }
             }
             l.mode = mode;

@@ -286,7 +286,18 @@ pub async fn run(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Result<(),
     let (host, tap) = hostnet::setup(nl.clone(), &cfg.bridge, name, mtu).await?;
     let tap_index = nl.require_link(&host.tap_name).await?.index;
     let fast_devices = if use_fastdp {
-        Some(fastdp::setup(&nl, &host.bridge, tap_index, name, mtu).await?)
+        match fastdp::setup(&nl, &host.bridge, tap_index, name, mtu).await {
+            Ok(d) => Some(d),
+            // Like Weave without its datapath: the sleeve carries everything, and peers are
+            // told (our fast-path announcement says it is off).
+            Err(e) => {
+                warn!("the VXLAN fast path is unavailable: {e}; all data goes by sleeve");
+                if let Err(e) = fastdp::remove(&nl, &cfg.bridge).await {
+                    warn!("cleaning up after the failed fast path: {e}");
+                }
+                None
+            }
+        }
     } else {
         fastdp::remove(&nl, &cfg.bridge).await?;
         if cfg.fastdp {

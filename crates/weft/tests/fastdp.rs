@@ -329,3 +329,34 @@ fn router_restart_keeps_container_traffic_flowing() -> Result<()> {
     let _ = c2;
     Ok(())
 }
+
+#[test]
+fn a_path_that_drops_large_vxlan_packets_is_named_and_avoided() -> Result<()> {
+    let Some(mut tb) = testbed("fdmtu", 2) else {
+        return Ok(());
+    };
+    // The underlay switch port of h2 takes only 1400-byte packets, though both hosts' own
+    // interfaces say 1500: large packets between them vanish without an ICMP error.
+    let u = tb.underlay().to_string();
+    weft_testbed::run(
+        tb.cmd_in(&u, "ip")
+            .args(["link", "set", "h2", "mtu", "1400"]),
+    )?;
+    launch(&tb, 2, |_| vec![])?;
+    let l = Testbed::wait_for(CONVERGE, || {
+        let l = line_to(&tb, 1, 2)?;
+        if l.contains("1450 bytes are lost") {
+            Ok(l)
+        } else {
+            bail!("h1 → h2: {l}")
+        }
+    })?;
+    assert!(l.contains(" established sleeve "), "{l}");
+    let log = tb.router_log(1);
+    assert!(log.contains("path MTU too small"), "{}", tail(&log));
+    let c1 = container(&mut tb, 1)?;
+    let _c2 = container(&mut tb, 2)?;
+    // Packets that fit go through.
+    ping_clean(&tb, &c1, "10.32.0.2", 3)?;
+    Ok(())
+}
