@@ -26,6 +26,12 @@ fuzz_target!(|data: &[u8]| {
     let _ = DnsUpdate::decode(data);
     let _ = FastDpMsg::decode(data);
     let _ = fastdp::decode_heartbeat(data);
+    if let Some((h, rest)) = data.split_first_chunk::<10>() {
+        let g = weft_proto::offload::Gso(*h);
+        let _ = g.validate(rest.len());
+        let mut f = rest.to_vec();
+        let _ = weft_proto::offload::finish_checksum(&mut f, g.csum_start().into(), g.csum_offset().into());
+    }
     let _ = Datagram::decode(data);
     let _ = Datagram::kind(data);
     let _ = EtherFrame::from_bytes(data);

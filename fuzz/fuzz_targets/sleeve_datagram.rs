@@ -36,7 +36,9 @@ fn forwarder() -> Forwarder {
         unicast: BTreeMap::from([(pn(2), pn(2)), (pn(3), pn(3))]),
         broadcast: BTreeMap::from([(pn(1), vec![pn(2), pn(3)]), (pn(2), vec![pn(3)])]),
         neighbours: BTreeMap::from([(pn(2), addr), (pn(3), addr)]),
+        relay_children: [pn(2)].into(),
     }));
+    f.set_fast([pn(2)].into());
     // Peer 2 encrypts (epochs 0 and 1), peer 3 is a trusted plaintext neighbour.
     let k = |b| Arc::new(Secret::new([b; 32]));
     f.set_keys(
@@ -56,5 +58,8 @@ fuzz_target!(|data: &[u8]| {
     f.handle_datagram(start(), from, &mut d, &mut Sink);
     // And the same bytes as a local frame, and as a heartbeat to send.
     f.handle_local_frame(start(), data, &mut Sink);
+    if let Some((h, rest)) = data.split_first_chunk::<10>() {
+        f.handle_local_gso(start(), &weft_proto::offload::Gso(*h), rest, &mut Sink);
+    }
     f.send_control(from, PeerName::from_u64(2), data, &mut Sink);
 });

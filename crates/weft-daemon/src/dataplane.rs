@@ -5,7 +5,13 @@
 //! to the control task; the control task's heartbeats go out through here to be encrypted.
 //! Sends never wait: a full socket or TAP queue drops the packet and counts it, as a switch
 //! would.
+//!
+//! The TAP runs with segmentation offload: reads come with a `virtio_net_hdr`, and a TCP
+//! stream arrives as 64 KiB super-frames that cross the sleeve whole (see
+//! `weft_proto::offload`). A small frame whose checksum the kernel left to "hardware" gets it
+//! computed here, so it travels as an ordinary frame.
 
+use std::io::IoSlice;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,6 +23,7 @@ use tun_rs::AsyncDevice;
 use weft_core::crypto::PeerKeys;
 use weft_core::mesh::DataPlaneTable;
 use weft_core::overlay::{Forwarder, ForwarderStats, MacOwner, Output};
+use weft_proto::offload::{self, GSO_LEN, Gso};
 use weft_proto::{Mac, PeerName};
 
 use crate::control::ControlInput;
@@ -53,6 +60,8 @@ pub struct IoStats {
     pub tap_write_errors: u64,
     /// Heartbeats the control task was too busy to take.
     pub heartbeats_dropped: u64,
+    /// Frames from the TAP with an offload header that did not fit them.
+    pub tap_bad_offload: u64,
 }
 
 struct Out<'a> {
@@ -81,7 +90,12 @@ impl Output for Out<'_> {
     }
 
     fn inject(&mut self, frame: &[u8]) {
-        if let Err(e) = self.tap.try_send(frame) {
+        self.inject_gso(&Gso::default(), frame);
+    }
+
+    fn inject_gso(&mut self, gso: &Gso, frame: &[u8]) {
+        let parts = [IoSlice::new(&gso.0), IoSlice::new(frame)];
+        if let Err(e) = self.tap.try_send_vectored(&parts) {
             self.io.tap_write_errors += 1;
             debug!("TAP write failed: {e}");
         }
@@ -108,18 +122,32 @@ pub async fn run(
 ) {
     let mut fwd = Forwarder::new(local);
     let mut io = IoStats::default();
-    let mut tap_buf = vec![0u8; 65536];
+    let mut tap_buf = vec![0u8; GSO_LEN + 65536];
     let mut udp_buf = vec![0u8; 65536];
     let mut out_buf = Vec::with_capacity(65536);
     let mut expire = tokio::time::interval(Duration::from_secs(60));
     loop {
         tokio::select! {
             r = tap.recv(&mut tap_buf) => match r {
-                Ok(n) => {
+                Ok(n) if n >= GSO_LEN => {
+                    let (head, frame) = tap_buf[..n].split_at_mut(GSO_LEN);
+                    let gso = Gso(head.try_into().expect("split at GSO_LEN"));
+                    let complete = gso.is_gso()
+                        || !gso.needs_csum()
+                        || offload::finish_checksum(frame, gso.csum_start().into(), gso.csum_offset().into());
+                    if !complete {
+                        io.tap_bad_offload += 1;
+                        continue;
+                    }
                     let mut out = Out { udp: &udp, tap: &tap, control: &control, buf: std::mem::take(&mut out_buf), io: &mut io };
-                    fwd.handle_local_frame(Instant::now(), &tap_buf[..n], &mut out);
+                    if gso.is_gso() {
+                        fwd.handle_local_gso(Instant::now(), &gso, frame, &mut out);
+                    } else {
+                        fwd.handle_local_frame(Instant::now(), frame, &mut out);
+                    }
                     out_buf = out.buf;
                 }
+                Ok(_) => io.tap_bad_offload += 1,
                 Err(e) => {
                     warn!("reading the TAP device failed: {e}; data plane stopping");
                     return;

@@ -85,7 +85,7 @@ pub async fn setup(
     if let Some(old) = nl.link_by_name(&hb_name).await? {
         nl.delete_link(old.index).await?;
     }
-    let hb = tap::open(&hb_name, u16::try_from(mtu).unwrap_or(u16::MAX))?;
+    let hb = tap::open(&hb_name, u16::try_from(mtu).unwrap_or(u16::MAX), false)?;
     let hb_link = nl.require_link(&hb_name).await?;
     sysctl::disable_ipv6(&hb_name)?;
     nl.configure(

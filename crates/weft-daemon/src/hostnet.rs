@@ -20,6 +20,9 @@ use crate::DaemonError;
 pub const MAX_MTU: u32 =
     (weft_proto::sleeve::MAX_DATAGRAM - weft_proto::sleeve::ENCRYPTED_FRAME_OVERHEAD + 28) as u32;
 pub const MIN_MTU: u32 = 576;
+/// Largest segmentation-offload frame the kernel may hand the router or a container may send:
+/// with every header and a tag it still fits one sleeve datagram (65,507 bytes).
+pub const GSO_MAX_SIZE: u32 = 64_000;
 
 pub struct HostNet {
     pub netlink: Netlink,
@@ -110,8 +113,10 @@ pub async fn setup(
         nl.delete_link(old.index).await?;
     }
     let tap_mtu = u16::try_from(mtu).unwrap_or(u16::MAX);
-    let dev = tap::open(&tap_name, tap_mtu)?;
+    let dev = tap::open(&tap_name, tap_mtu, true)?;
     let tap_link = nl.require_link(&tap_name).await?;
+    // A super-frame must fit one sleeve datagram with its headers (and a tag when sealed).
+    nl.set_gso_max_size(tap_link.index, GSO_MAX_SIZE).await;
     sysctl::disable_ipv6(&tap_name)?;
     nl.configure(
         tap_link.index,

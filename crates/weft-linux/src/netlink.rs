@@ -168,6 +168,18 @@ impl Netlink {
             .map_err(|e| Error::netlink("configuring link", format!("#{index}"), e))
     }
 
+    /// Caps the size of segmentation-offload packets the link sends or takes. Best effort:
+    /// kernels that refuse keep their default (the sleeve then drops what does not fit, and
+    /// counts it).
+    pub async fn set_gso_max_size(&self, index: u32, size: u32) {
+        let msg = LinkUnspec::new_with_index(index)
+            .append_extra_attribute(LinkAttribute::GsoMaxSize(size))
+            .build();
+        if let Err(e) = self.handle.link().set(msg).execute().await {
+            tracing::debug!("setting gso_max_size on #{index}: {e}");
+        }
+    }
+
     /// Creates a veth pair in this namespace.
     pub async fn create_veth(&self, name: &str, peer: &str, mtu: u32) -> Result<(Link, Link)> {
         let msg = LinkVeth::new(name, peer).mtu(mtu).build();

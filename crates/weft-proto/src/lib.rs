@@ -10,6 +10,7 @@ pub mod dns;
 pub mod ether;
 pub mod fastdp;
 pub mod ipam;
+pub mod offload;
 pub mod peer;
 pub mod sleeve;
 

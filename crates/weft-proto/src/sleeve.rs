@@ -8,10 +8,14 @@
 //! kind Frame:     | src peer (6) | dst peer (6) | Ethernet frame ... |
 //!                 flags bit 0 ("relay only"): the receiver got this frame from src's VXLAN
 //!                 fast path already; it only passes it on to its children in src's tree
+//! kind FrameGso:  | src peer (6) | dst peer (6) | offload header (10) | Ethernet super-frame |
+//!                 (a segmentation-offload frame with its virtio_net_hdr, see [`crate::offload`];
+//!                 flags as for Frame)
 //! kind Heartbeat: | connection uid (8, BE) |
 //! kind Encrypted: header byte 1 is the key epoch, then
 //!                 | counter (8, BE) | ChaCha20-Poly1305( inner ) | tag (16) |
-//!                 inner = 0 ‖ src ‖ dst ‖ frame, or 1 ‖ connection uid
+//!                 inner = 0 ‖ src ‖ dst ‖ frame, 1 ‖ connection uid,
+//!                 or 2 ‖ src ‖ dst ‖ offload header ‖ super-frame
 //! ```
 //!
 //! Encrypted datagrams authenticate the 16-byte clear header (kind, epoch, sender, counter) as
@@ -24,6 +28,7 @@
 //! Overhead on the underlay: IPv4 20 + UDP 8 + header 8 + src/dst 12 = 48 bytes, plus the inner
 //! Ethernet header (14) that the container's MTU does not count: [`FRAME_OVERHEAD`] = 62.
 
+use crate::offload::{GSO_LEN, Gso};
 use crate::{DecodeError, PeerName};
 
 pub const VERSION: u8 = 1;
@@ -37,6 +42,9 @@ pub const ENCRYPTED_HEADER_LEN: usize = HEADER_LEN + 8;
 /// Encrypted inner kinds.
 pub const INNER_FRAME: u8 = 0;
 pub const INNER_HEARTBEAT: u8 = 1;
+pub const INNER_FRAME_GSO: u8 = 2;
+/// Header of a FrameGso datagram.
+pub const GSO_FRAME_HEADER_LEN: usize = FRAME_HEADER_LEN + GSO_LEN;
 /// Frame flag: do not deliver locally, only relay (see the module docs).
 pub const FLAG_RELAY_ONLY: u8 = 0x01;
 /// Bytes between the container's IP MTU and the underlay's on the encrypted sleeve path:
@@ -50,6 +58,7 @@ pub enum Kind {
     Frame = 0,
     Heartbeat = 1,
     Encrypted = 2,
+    FrameGso = 3,
 }
 
 /// A decoded sleeve datagram, borrowing the frame bytes.
@@ -61,6 +70,8 @@ pub enum Datagram<'a> {
         dst: PeerName,
         /// Deliver nowhere locally; relay only.
         relay_only: bool,
+        /// A segmentation-offload super-frame's header.
+        gso: Option<Gso>,
         frame: &'a [u8],
     },
     Heartbeat {
@@ -110,7 +121,31 @@ impl<'a> Datagram<'a> {
                     src: peer_at(b, 8),
                     dst: peer_at(b, 14),
                     relay_only: b[1] & FLAG_RELAY_ONLY != 0,
+                    gso: None,
                     frame: &b[FRAME_HEADER_LEN..],
+                })
+            }
+            3 => {
+                let need = GSO_FRAME_HEADER_LEN + crate::ether::ETHER_HEADER_LEN;
+                if b.len() < need {
+                    return Err(DecodeError::Truncated {
+                        what: "sleeve offload frame",
+                        need,
+                        have: b.len(),
+                    });
+                }
+                let gso = Gso(b[FRAME_HEADER_LEN..GSO_FRAME_HEADER_LEN]
+                    .try_into()
+                    .expect("length checked"));
+                let frame = &b[GSO_FRAME_HEADER_LEN..];
+                gso.validate(frame.len())?;
+                Ok(Datagram::Frame {
+                    sender,
+                    src: peer_at(b, 8),
+                    dst: peer_at(b, 14),
+                    relay_only: b[1] & FLAG_RELAY_ONLY != 0,
+                    gso: Some(gso),
+                    frame,
                 })
             }
             1 => {
@@ -154,6 +189,7 @@ impl<'a> Datagram<'a> {
             x if x & 0x0f == 0 => Some(Kind::Frame),
             x if x & 0x0f == 1 => Some(Kind::Heartbeat),
             x if x & 0x0f == 2 => Some(Kind::Encrypted),
+            x if x & 0x0f == 3 => Some(Kind::FrameGso),
             _ => None,
         }
     }
@@ -179,6 +215,24 @@ pub fn frame_header(sender: PeerName, src: PeerName, dst: PeerName) -> [u8; FRAM
     h[..HEADER_LEN].copy_from_slice(&common_header(Kind::Frame, sender));
     h[8..14].copy_from_slice(&src.to_bytes());
     h[14..20].copy_from_slice(&dst.to_bytes());
+    h
+}
+
+/// The header of an offload super-frame (`relay_only` as for [`relay_only_header`]).
+pub fn gso_frame_header(
+    sender: PeerName,
+    src: PeerName,
+    dst: PeerName,
+    relay_only: bool,
+    gso: &Gso,
+) -> [u8; GSO_FRAME_HEADER_LEN] {
+    let mut h = [0u8; GSO_FRAME_HEADER_LEN];
+    h[..FRAME_HEADER_LEN].copy_from_slice(&frame_header(sender, src, dst));
+    h[0] = (VERSION << 4) | Kind::FrameGso as u8;
+    if relay_only {
+        h[1] = FLAG_RELAY_ONLY;
+    }
+    h[FRAME_HEADER_LEN..].copy_from_slice(&gso.0);
     h
 }
 
@@ -231,9 +285,10 @@ mod tests {
                 src,
                 dst,
                 relay_only,
+                gso,
                 frame,
             } => {
-                assert_eq!((sender, src, dst, relay_only), (a, b, c, false));
+                assert_eq!((sender, src, dst, relay_only, gso), (a, b, c, false, None));
                 assert_eq!(frame.len(), 60);
             }
             other => panic!("{other:?}"),
@@ -252,6 +307,36 @@ mod tests {
             matches!(Datagram::decode(&pkt).unwrap(), Datagram::Frame { sender, .. } if sender == c)
         );
     }
+
+    #[test]
+    fn gso_frame_round_trip() {
+        let (a, b) = (PeerName::from_u64(1), PeerName::from_u64(2));
+        let g = Gso([1, 1, 66, 0, 0xa2, 0x05, 34, 0, 16, 0]);
+        let mut pkt = gso_frame_header(a, b, BROADCAST, true, &g).to_vec();
+        pkt.extend_from_slice(&[0xee; 3000]);
+        assert_eq!(Datagram::kind(&pkt), Some(Kind::FrameGso));
+        match Datagram::decode(&pkt).unwrap() {
+            Datagram::Frame {
+                sender,
+                src,
+                relay_only,
+                gso,
+                frame,
+                ..
+            } => {
+                assert_eq!((sender, src, relay_only, gso), (a, b, true, Some(g)));
+                assert_eq!(frame.len(), 3000);
+            }
+            other => panic!("{other:?}"),
+        }
+        // A header that does not fit its frame is refused.
+        let bad = Gso([1, 1, 66, 0, 0xa2, 0x05, 0xff, 0xff, 16, 0]);
+        let mut pkt = gso_frame_header(a, b, BROADCAST, false, &bad).to_vec();
+        pkt.extend_from_slice(&[0xee; 100]);
+        assert!(Datagram::decode(&pkt).is_err());
+    }
+
+    const BROADCAST: PeerName = PeerName::from_u64(0);
 
     #[test]
     fn heartbeat_round_trip() {

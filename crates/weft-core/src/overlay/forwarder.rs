@@ -33,6 +33,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
+use weft_proto::offload::{GSO_LEN, Gso};
 use weft_proto::sleeve::{self, Datagram};
 use weft_proto::{BROADCAST_PEER, EtherFrame, Mac, PeerName};
 
@@ -46,6 +47,12 @@ pub trait Output {
     fn send(&mut self, to: SocketAddr, parts: &[&[u8]]);
     /// Write `frame` into the local bridge.
     fn inject(&mut self, frame: &[u8]);
+    /// Write an offload super-frame with its header into the local bridge (whose kernel cuts
+    /// it up if it must). Without offloads there is nothing to write it to as one frame.
+    fn inject_gso(&mut self, gso: &Gso, frame: &[u8]) {
+        let _ = gso;
+        self.inject(frame);
+    }
     /// A control datagram (a plain heartbeat, decrypted if it came encrypted) for the router.
     fn to_control(&mut self, from: SocketAddr, datagram: &[u8]);
 }
@@ -236,11 +243,33 @@ impl Forwarder {
 
     /// A frame from the local bridge.
     pub fn handle_local_frame(&mut self, now: Instant, frame: &[u8], out: &mut impl Output) {
+        self.handle_local(now, None, frame, out);
+    }
+
+    /// An offload super-frame from the local bridge (a TAP with segmentation offload), with
+    /// the header the kernel gave it; it travels as one unit.
+    pub fn handle_local_gso(
+        &mut self,
+        now: Instant,
+        gso: &Gso,
+        frame: &[u8],
+        out: &mut impl Output,
+    ) {
+        self.handle_local(now, Some(gso), frame, out);
+    }
+
+    fn handle_local(
+        &mut self,
+        now: Instant,
+        gso: Option<&Gso>,
+        frame: &[u8],
+        out: &mut impl Output,
+    ) {
         let Ok(eth) = EtherFrame::from_bytes(frame) else {
             self.stats.dropped_malformed += 1;
             return;
         };
-        if frame.len() > self.max_frame {
+        if frame.len() + gso.map_or(0, |_| GSO_LEN) > self.max_frame {
             self.stats.dropped_too_big += 1;
             return;
         }
@@ -262,9 +291,9 @@ impl Forwarder {
             // The bridge only hands us such a frame when flooding (VXLAN got it as well) or
             // from a stale entry learnt before the peer went fast; a flood covers both without
             // sending the peer a second copy.
-            Some(MacOwner::Peer(p)) if self.fast.contains(&p) => self.flood(local, frame, out),
-            Some(MacOwner::Peer(p)) => self.unicast(local, p, frame, out),
-            None => self.flood(local, frame, out),
+            Some(MacOwner::Peer(p)) if self.fast.contains(&p) => self.flood(local, gso, frame, out),
+            Some(MacOwner::Peer(p)) => self.unicast(local, p, gso, frame, out),
+            None => self.flood(local, gso, frame, out),
         }
     }
 
@@ -278,79 +307,104 @@ impl Forwarder {
         datagram: &mut [u8],
         out: &mut impl Output,
     ) {
-        let (sender, src, dst, relay_only, frame_at, frame_end) = match Datagram::decode(datagram) {
-            Ok(Datagram::Frame {
-                sender,
-                src,
-                dst,
-                relay_only,
-                ..
-            }) => {
-                if self.crypto.contains_key(&sender) {
-                    self.stats.dropped_plaintext += 1;
-                    return;
-                }
-                (
+        let (sender, src, dst, relay_only, gso, frame_at, frame_end) =
+            match Datagram::decode(datagram) {
+                Ok(Datagram::Frame {
                     sender,
                     src,
                     dst,
                     relay_only,
-                    sleeve::FRAME_HEADER_LEN,
-                    datagram.len(),
-                )
-            }
-            Ok(Datagram::Heartbeat { sender, .. }) => {
-                if self.crypto.contains_key(&sender) {
-                    self.stats.dropped_plaintext += 1;
-                    return;
-                }
-                self.stats.heartbeats_in += 1;
-                out.to_control(from, datagram);
-                return;
-            }
-            Ok(Datagram::Encrypted {
-                sender,
-                epoch,
-                counter,
-            }) => {
-                if !self.open(sender, epoch, counter, datagram) {
-                    return;
-                }
-                let end = datagram.len() - crypto::TAG_LEN;
-                let inner = &datagram[sleeve::ENCRYPTED_HEADER_LEN..end];
-                match inner[0] {
-                    sleeve::INNER_FRAME
-                        if inner.len()
-                            >= INNER_FRAME_HEADER + weft_proto::ether::ETHER_HEADER_LEN =>
-                    {
-                        let at = sleeve::ENCRYPTED_HEADER_LEN;
-                        (
-                            sender,
-                            peer_at(datagram, at + 1),
-                            peer_at(datagram, at + 7),
-                            false,
-                            at + INNER_FRAME_HEADER,
-                            end,
-                        )
-                    }
-                    sleeve::INNER_HEARTBEAT if inner.len() == 9 => {
-                        let conn_uid =
-                            u64::from_be_bytes(inner[1..9].try_into().expect("length checked"));
-                        self.stats.heartbeats_in += 1;
-                        out.to_control(from, &sleeve::encode_heartbeat(sender, conn_uid));
+                    gso,
+                    ..
+                }) => {
+                    if self.crypto.contains_key(&sender) {
+                        self.stats.dropped_plaintext += 1;
                         return;
                     }
-                    _ => {
-                        self.stats.dropped_malformed += 1;
+                    let at = if gso.is_some() {
+                        sleeve::GSO_FRAME_HEADER_LEN
+                    } else {
+                        sleeve::FRAME_HEADER_LEN
+                    };
+                    (sender, src, dst, relay_only, gso, at, datagram.len())
+                }
+                Ok(Datagram::Heartbeat { sender, .. }) => {
+                    if self.crypto.contains_key(&sender) {
+                        self.stats.dropped_plaintext += 1;
                         return;
                     }
+                    self.stats.heartbeats_in += 1;
+                    out.to_control(from, datagram);
+                    return;
                 }
-            }
-            Err(_) => {
-                self.stats.dropped_malformed += 1;
-                return;
-            }
-        };
+                Ok(Datagram::Encrypted {
+                    sender,
+                    epoch,
+                    counter,
+                }) => {
+                    if !self.open(sender, epoch, counter, datagram) {
+                        return;
+                    }
+                    let end = datagram.len() - crypto::TAG_LEN;
+                    let inner = &datagram[sleeve::ENCRYPTED_HEADER_LEN..end];
+                    match inner[0] {
+                        sleeve::INNER_FRAME
+                            if inner.len()
+                                >= INNER_FRAME_HEADER + weft_proto::ether::ETHER_HEADER_LEN =>
+                        {
+                            let at = sleeve::ENCRYPTED_HEADER_LEN;
+                            (
+                                sender,
+                                peer_at(datagram, at + 1),
+                                peer_at(datagram, at + 7),
+                                false,
+                                None,
+                                at + INNER_FRAME_HEADER,
+                                end,
+                            )
+                        }
+                        sleeve::INNER_FRAME_GSO
+                            if inner.len()
+                                >= INNER_FRAME_HEADER
+                                    + GSO_LEN
+                                    + weft_proto::ether::ETHER_HEADER_LEN =>
+                        {
+                            let at = sleeve::ENCRYPTED_HEADER_LEN;
+                            let g = at + INNER_FRAME_HEADER;
+                            let gso =
+                                Gso(datagram[g..g + GSO_LEN].try_into().expect("length checked"));
+                            if gso.validate(end - (g + GSO_LEN)).is_err() {
+                                self.stats.dropped_malformed += 1;
+                                return;
+                            }
+                            (
+                                sender,
+                                peer_at(datagram, at + 1),
+                                peer_at(datagram, at + 7),
+                                false,
+                                Some(gso),
+                                g + GSO_LEN,
+                                end,
+                            )
+                        }
+                        sleeve::INNER_HEARTBEAT if inner.len() == 9 => {
+                            let conn_uid =
+                                u64::from_be_bytes(inner[1..9].try_into().expect("length checked"));
+                            self.stats.heartbeats_in += 1;
+                            out.to_control(from, &sleeve::encode_heartbeat(sender, conn_uid));
+                            return;
+                        }
+                        _ => {
+                            self.stats.dropped_malformed += 1;
+                            return;
+                        }
+                    }
+                }
+                Err(_) => {
+                    self.stats.dropped_malformed += 1;
+                    return;
+                }
+            };
         if !self.table.neighbours.contains_key(&sender) {
             self.stats.dropped_unknown_sender += 1;
             return;
@@ -364,7 +418,7 @@ impl Forwarder {
         let frame = &datagram[frame_at..frame_end];
         if dst != local && dst != BROADCAST_PEER {
             self.stats.relayed += 1;
-            self.unicast(src, dst, frame, out);
+            self.unicast(src, dst, gso.as_ref(), frame, out);
             return;
         }
         let eth = EtherFrame::from_bytes(frame).expect("length checked above");
@@ -373,10 +427,13 @@ impl Forwarder {
             self.stats.relay_only += 1;
         } else {
             self.stats.injected += 1;
-            out.inject(frame);
+            match &gso {
+                Some(g) => out.inject_gso(g, frame),
+                None => out.inject(frame),
+            }
         }
         if dst == BROADCAST_PEER {
-            self.flood(src, frame, out);
+            self.flood(src, gso.as_ref(), frame, out);
         }
     }
 
@@ -437,16 +494,23 @@ impl Forwarder {
     }
 
     /// Sends a frame from `src` towards `dst` via its next hop.
-    fn unicast(&mut self, src: PeerName, dst: PeerName, frame: &[u8], out: &mut impl Output) {
+    fn unicast(
+        &mut self,
+        src: PeerName,
+        dst: PeerName,
+        gso: Option<&Gso>,
+        frame: &[u8],
+        out: &mut impl Output,
+    ) {
         let hop = self.table.unicast.get(&dst).copied();
         match hop.and_then(|h| Some((h, *self.table.neighbours.get(&h)?))) {
-            Some((hop, to)) => self.send_frame(hop, to, src, dst, frame, out),
+            Some((hop, to)) => self.send_frame(hop, to, src, dst, gso, frame, out),
             None => self.stats.dropped_no_route += 1,
         }
     }
 
     /// Floods a frame from `src` to our children in `src`'s broadcast tree.
-    fn flood(&mut self, src: PeerName, frame: &[u8], out: &mut impl Output) {
+    fn flood(&mut self, src: PeerName, gso: Option<&Gso>, frame: &[u8], out: &mut impl Output) {
         let table = self.table.clone();
         let Some(children) = table.broadcast.get(&src) else {
             return;
@@ -459,38 +523,54 @@ impl Forwarder {
             if src == local && self.fast.contains(child) {
                 self.stats.fast_path_skipped += 1;
                 if table.relay_children.contains(child) {
-                    let header = sleeve::relay_only_header(local, src, BROADCAST_PEER);
-                    out.send(to, &[&header, frame]);
+                    match gso {
+                        None => {
+                            let header = sleeve::relay_only_header(local, src, BROADCAST_PEER);
+                            out.send(to, &[&header, frame]);
+                        }
+                        Some(g) => {
+                            let header =
+                                sleeve::gso_frame_header(local, src, BROADCAST_PEER, true, g);
+                            out.send(to, &[&header, frame]);
+                        }
+                    }
                     self.stats.sent_datagrams += 1;
                 }
                 continue;
             }
-            self.send_frame(*child, to, src, BROADCAST_PEER, frame, out);
+            self.send_frame(*child, to, src, BROADCAST_PEER, gso, frame, out);
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn send_frame(
         &mut self,
         hop: PeerName,
         to: SocketAddr,
         src: PeerName,
         dst: PeerName,
+        gso: Option<&Gso>,
         frame: &[u8],
         out: &mut impl Output,
     ) {
         let local = self.table.local;
         match self.crypto.get_mut(&hop) {
-            None => {
-                let header = sleeve::frame_header(local, src, dst);
-                out.send(to, &[&header, frame]);
-            }
+            None => match gso {
+                None => {
+                    let header = sleeve::frame_header(local, src, dst);
+                    out.send(to, &[&header, frame]);
+                }
+                Some(g) => {
+                    let header = sleeve::gso_frame_header(local, src, dst, false, g);
+                    out.send(to, &[&header, frame]);
+                }
+            },
             Some(pc) => {
-                let inner = [
-                    &[sleeve::INNER_FRAME][..],
-                    &src.to_bytes(),
-                    &dst.to_bytes(),
-                    frame,
-                ];
+                let (kind, g): (u8, &[u8]) = match gso {
+                    None => (sleeve::INNER_FRAME, &[]),
+                    Some(g) => (sleeve::INNER_FRAME_GSO, &g.0),
+                };
+                let inner = [&[kind][..], &src.to_bytes(), &dst.to_bytes(), g, frame];
                 match seal(local, pc, &mut self.scratch.0, &inner) {
                     Ok(d) => out.send(to, &[d]),
                     Err(reason) => {
@@ -560,6 +640,7 @@ mod tests {
     struct Rec {
         sent: Vec<(SocketAddr, Vec<u8>)>,
         injected: Vec<Vec<u8>>,
+        gso_injected: Vec<(Gso, Vec<u8>)>,
         control: Vec<(SocketAddr, Vec<u8>)>,
     }
 
@@ -569,6 +650,9 @@ mod tests {
         }
         fn inject(&mut self, frame: &[u8]) {
             self.injected.push(frame.to_vec());
+        }
+        fn inject_gso(&mut self, gso: &Gso, frame: &[u8]) {
+            self.gso_injected.push((*gso, frame.to_vec()));
         }
         fn to_control(&mut self, from: SocketAddr, datagram: &[u8]) {
             self.control.push((from, datagram.to_vec()));
@@ -785,6 +869,75 @@ mod tests {
         assert_eq!(b.stats().dropped_auth, 2);
         assert_eq!(got.injected.len(), 2);
         assert_eq!(s.dropped_plaintext, 2);
+    }
+
+    /// A 60 KB TCP super-frame with its offload header.
+    fn super_frame() -> (Gso, Vec<u8>) {
+        let mut f = frame([2, 0, 0, 0, 0, 0xb], [2, 0, 0, 0, 0, 0xa]);
+        f.resize(60_000, 0x5a);
+        (Gso([1, 1, 66, 0, 0xa2, 0x05, 34, 0, 16, 0]), f)
+    }
+
+    #[test]
+    fn offload_super_frames_cross_whole_with_their_header_plain_and_sealed() {
+        let now = Instant::now();
+        let (g, f) = super_frame();
+        for keyed in [false, true] {
+            let (mut a, mut b) = two_peers();
+            if !keyed {
+                a.set_keys(pn(2), &PeerKeys::default());
+                b.set_keys(pn(1), &PeerKeys::default());
+            }
+            // b's MAC is behind peer 2 once a has seen a frame from it.
+            let mut learn = sleeve::frame_header(pn(2), pn(2), pn(1)).to_vec();
+            learn.extend(frame([2, 0, 0, 0, 0, 0xa], [2, 0, 0, 0, 0, 0xb]));
+            let mut sink = Rec::default();
+            if keyed {
+                b.handle_local_frame(now, &learn[sleeve::FRAME_HEADER_LEN..], &mut sink);
+                let (_, mut d) = sink.sent.pop().unwrap();
+                a.handle_datagram(now, addr(2), &mut d, &mut sink);
+            } else {
+                a.handle_datagram(now, addr(2), &mut learn, &mut sink);
+            }
+            let mut out = Rec::default();
+            a.handle_local_gso(now, &g, &f, &mut out);
+            assert_eq!(out.sent.len(), 1, "one datagram for the whole super-frame");
+            let (_, mut d) = out.sent.pop().unwrap();
+            let want = if keyed {
+                sleeve::Kind::Encrypted
+            } else {
+                sleeve::Kind::FrameGso
+            };
+            assert_eq!(Datagram::kind(&d), Some(want));
+            let mut got = Rec::default();
+            b.handle_datagram(now, addr(1), &mut d, &mut got);
+            assert_eq!(got.gso_injected, vec![(g, f.clone())], "keyed: {keyed}");
+            assert!(got.injected.is_empty());
+        }
+        // Too big for one datagram with its headers: dropped and counted, never cut.
+        let (mut a, _) = two_peers();
+        let mut big = f.clone();
+        big.resize(65_500, 0);
+        let mut out = Rec::default();
+        a.handle_local_gso(now, &g, &big, &mut out);
+        assert!(out.sent.is_empty());
+        assert_eq!(a.stats().dropped_too_big, 1);
+        // A header that does not fit its frame never reaches the bridge.
+        let mut bad = sleeve::gso_frame_header(
+            pn(1),
+            pn(1),
+            pn(2),
+            false,
+            &Gso([1, 1, 0, 0, 1, 0, 0xff, 0xff, 0, 0]),
+        )
+        .to_vec();
+        bad.extend(frame([2; 6], [4; 6]));
+        let (_, mut b) = two_peers();
+        b.set_keys(pn(1), &PeerKeys::default());
+        let mut got = Rec::default();
+        b.handle_datagram(now, addr(1), &mut bad, &mut got);
+        assert!(got.gso_injected.is_empty() && got.injected.is_empty());
+        assert_eq!(b.stats().dropped_malformed, 1);
     }
 
     #[test]
