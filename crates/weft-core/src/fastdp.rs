@@ -418,6 +418,11 @@ impl FastDp {
                         .is_none_or(|cur| cur.uid != r.uid || cur.version < r.version);
                     if newer {
                         self.departed.remove(&r.origin);
+                        // A new incarnation: our reports so far named the old one.
+                        let restarted = self.records.get(&r.origin).is_some_and(|c| c.uid != r.uid);
+                        if restarted && let Some(l) = self.links.get_mut(&r.origin) {
+                            l.our_report = None;
+                        }
                         self.records.insert(r.origin, r);
                         new = true;
                     }

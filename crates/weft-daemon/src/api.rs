@@ -281,6 +281,18 @@ pub async fn build_report(app: &App) -> Result<Report, ApiError> {
         ("tap_bad_offload", dp.io.tap_bad_offload),
         ("frames_fast_path_skipped", s.fast_path_skipped),
         ("frames_relay_only", s.relay_only),
+        ("datagrams_fragmented", s.fragmented),
+        ("fragments_sent", s.fragments_sent),
+        ("fragments_received", s.fragments_received),
+        ("datagrams_reassembled", s.reassembled),
+        (
+            "dropped_fragments_incomplete",
+            s.dropped_fragments_incomplete,
+        ),
+        (
+            "dropped_fragments_inconsistent",
+            s.dropped_fragments_inconsistent,
+        ),
         ("udp_heartbeats_received", s.heartbeats_in),
         ("udp_heartbeats_dropped", dp.io.heartbeats_dropped),
         ("control_protocol_errors", st.protocol_errors),

@@ -65,7 +65,7 @@ pub struct IoStats {
 }
 
 struct Out<'a> {
-    udp: &'a UdpSocket,
+    udp: &'a Arc<UdpSocket>,
     tap: &'a AsyncDevice,
     control: &'a mpsc::Sender<ControlInput>,
     buf: Vec<u8>,
@@ -101,6 +101,28 @@ impl Output for Out<'_> {
         }
     }
 
+    fn send_train(&mut self, to: SocketAddr, train: &[u8], stride: usize) {
+        // One segmentation-offload send carries at most one IP packet's worth.
+        let per_send = (weft_proto::sleeve::MAX_DATAGRAM / stride).max(1) * stride;
+        for part in train.chunks(per_send) {
+            match weft_linux::udp::send_train(&**self.udp, to, part, stride) {
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    self.io.udp_send_errors += 1;
+                }
+                // No segmentation offload here: one send per fragment.
+                Err(e) => {
+                    debug!(%to, "segmentation-offload send failed ({e}); sending one by one");
+                    for d in part.chunks(stride) {
+                        if self.udp.try_send_to(d, to).is_err() {
+                            self.io.udp_send_errors += 1;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     fn to_control(&mut self, from: SocketAddr, datagram: &[u8]) {
         let msg = ControlInput::Udp {
             from,
@@ -112,18 +134,27 @@ impl Output for Out<'_> {
     }
 }
 
+/// `path_payload`: the largest UDP payload one underlay packet carries; larger datagrams go
+/// as weft fragments (`None`: left to the kernel's IP fragmentation).
 pub async fn run(
     local: PeerName,
     tap: AsyncDevice,
     udp: Arc<UdpSocket>,
+    path_payload: Option<usize>,
     mut rx: mpsc::Receiver<DataPlaneMsg>,
     control: mpsc::Sender<ControlInput>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut fwd = Forwarder::new(local);
+    if let Some(p) = path_payload {
+        fwd.set_path_payload(p);
+    }
+    if !weft_linux::udp::enable_gro(&*udp) {
+        debug!("UDP receive offload unavailable: fragments arrive one by one");
+    }
     let mut io = IoStats::default();
     let mut tap_buf = vec![0u8; GSO_LEN + 65536];
-    let mut udp_buf = vec![0u8; 65536];
+    let mut udp_buf = vec![0u8; 65536 + 4096];
     let mut out_buf = Vec::with_capacity(65536);
     let mut expire = tokio::time::interval(Duration::from_secs(60));
     loop {
@@ -153,15 +184,33 @@ pub async fn run(
                     return;
                 }
             },
-            r = udp.recv_from(&mut udp_buf) => match r {
-                Ok((n, from)) => {
-                    let mut out = Out { udp: &udp, tap: &tap, control: &control, buf: std::mem::take(&mut out_buf), io: &mut io };
-                    fwd.handle_datagram(Instant::now(), from, &mut udp_buf[..n], &mut out);
-                    out_buf = out.buf;
+            r = udp.readable() => {
+                if let Err(e) = r {
+                    warn!("sleeve socket failed: {e}; data plane stopping");
+                    return;
                 }
-                // ICMP errors for earlier sends surface here (e.g. port unreachable); they
-                // concern one datagram, not the socket.
-                Err(e) => debug!("sleeve receive error: {e}"),
+                // Drain what is queued, a bounded amount at a time so the TAP gets its turn.
+                for _ in 0..64 {
+                    let r = udp.try_io(tokio::io::Interest::READABLE, || {
+                        weft_linux::udp::recv(&*udp, &mut udp_buf)
+                    });
+                    match r {
+                        Ok((n, from, stride)) => {
+                            let mut out = Out { udp: &udp, tap: &tap, control: &control, buf: std::mem::take(&mut out_buf), io: &mut io };
+                            let now = Instant::now();
+                            // Coalesced datagrams sit back to back, `stride` bytes each.
+                            let stride = stride.unwrap_or(n).max(1);
+                            for d in udp_buf[..n].chunks_mut(stride) {
+                                fwd.handle_datagram(now, from, d, &mut out);
+                            }
+                            out_buf = out.buf;
+                        }
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                        // ICMP errors for earlier sends surface here (e.g. port unreachable);
+                        // they concern one datagram, not the socket.
+                        Err(e) => debug!("sleeve receive error: {e}"),
+                    }
+                }
             },
             m = rx.recv() => match m {
                 Some(DataPlaneMsg::Table(t)) => fwd.set_table(t),

@@ -236,6 +236,19 @@ pub async fn run(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Result<(),
     // With a password only trusted pairs exchange plaintext, which VXLAN can carry.
     let encrypted = !cfg.passwords.is_empty();
     let use_fastdp = cfg.fastdp && (!encrypted || !cfg.trusted_subnets.is_empty());
+    let (vx, hb) = (
+        fastdp::vxlan_name(&cfg.bridge),
+        fastdp::heartbeat_name(&cfg.bridge),
+    );
+    let ours = [
+        cfg.bridge.as_str(),
+        bridge_tap.as_str(),
+        vx.as_str(),
+        hb.as_str(),
+    ];
+    let underlay = hostnet::underlay(&nl, cfg.host, &ours).await;
+    // Sleeve datagrams larger than one underlay packet are cut by weft (IPv4 20 + UDP 8).
+    let path_payload = underlay.as_ref().ok().map(|(_, u)| *u as usize - 28);
     let mtu = match cfg.mtu {
         Some(m) if !(hostnet::MIN_MTU..=hostnet::MAX_MTU).contains(&m) => {
             return Err(DaemonError::Config(format!(
@@ -246,17 +259,7 @@ pub async fn run(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Result<(),
         }
         Some(m) => m,
         None => {
-            let (vx, hb) = (
-                fastdp::vxlan_name(&cfg.bridge),
-                fastdp::heartbeat_name(&cfg.bridge),
-            );
-            let ours = [
-                cfg.bridge.as_str(),
-                bridge_tap.as_str(),
-                vx.as_str(),
-                hb.as_str(),
-            ];
-            let (ifname, under) = hostnet::underlay(&nl, cfg.host, &ours).await?;
+            let (ifname, under) = underlay?;
             // Sized for the path we expect to carry most data: VXLAN unless every link is
             // encrypted. The sleeve carries the few bytes more by fragmenting.
             let (m, why) = if use_fastdp && !encrypted {
@@ -518,6 +521,7 @@ pub async fn run(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Result<(),
         name,
         tap,
         udp,
+        path_payload,
         dp_rx,
         ctl_tx.clone(),
         shutdown.clone(),

@@ -12,6 +12,9 @@
 //!                 (a segmentation-offload frame with its virtio_net_hdr, see [`crate::offload`];
 //!                 flags as for Frame)
 //! kind Heartbeat: | connection uid (8, BE) |
+//! kind Fragment:  | id (4, BE) | offset (2, BE) | total (2, BE) | bytes offset.. of a datagram |
+//!                 (a sleeve datagram larger than one underlay packet, cut by its sender; the
+//!                 receiver puts `total` bytes back together and handles them as one datagram)
 //! kind Encrypted: header byte 1 is the key epoch, then
 //!                 | counter (8, BE) | ChaCha20-Poly1305( inner ) | tag (16) |
 //!                 inner = 0 ‖ src ‖ dst ‖ frame, 1 ‖ connection uid,
@@ -45,6 +48,8 @@ pub const INNER_HEARTBEAT: u8 = 1;
 pub const INNER_FRAME_GSO: u8 = 2;
 /// Header of a FrameGso datagram.
 pub const GSO_FRAME_HEADER_LEN: usize = FRAME_HEADER_LEN + GSO_LEN;
+/// Header of a Fragment.
+pub const FRAGMENT_HEADER_LEN: usize = HEADER_LEN + 8;
 /// Frame flag: do not deliver locally, only relay (see the module docs).
 pub const FLAG_RELAY_ONLY: u8 = 0x01;
 /// Bytes between the container's IP MTU and the underlay's on the encrypted sleeve path:
@@ -59,6 +64,7 @@ pub enum Kind {
     Heartbeat = 1,
     Encrypted = 2,
     FrameGso = 3,
+    Fragment = 4,
 }
 
 /// A decoded sleeve datagram, borrowing the frame bytes.
@@ -77,6 +83,14 @@ pub enum Datagram<'a> {
     Heartbeat {
         sender: PeerName,
         conn_uid: u64,
+    },
+    /// A piece of a larger datagram.
+    Fragment {
+        sender: PeerName,
+        id: u32,
+        offset: u16,
+        total: u16,
+        payload: &'a [u8],
     },
     /// Still to be decrypted: `body` is ciphertext followed by the tag.
     Encrypted {
@@ -174,6 +188,35 @@ impl<'a> Datagram<'a> {
                     counter: u64::from_be_bytes(b[8..16].try_into().expect("length checked")),
                 })
             }
+            4 => {
+                if b.len() <= FRAGMENT_HEADER_LEN {
+                    return Err(DecodeError::Truncated {
+                        what: "sleeve fragment",
+                        need: FRAGMENT_HEADER_LEN + 1,
+                        have: b.len(),
+                    });
+                }
+                let id = u32::from_be_bytes(b[8..12].try_into().expect("length checked"));
+                let offset = u16::from_be_bytes([b[12], b[13]]);
+                let total = u16::from_be_bytes([b[14], b[15]]);
+                let payload = &b[FRAGMENT_HEADER_LEN..];
+                if usize::from(offset) + payload.len() > usize::from(total) {
+                    return Err(DecodeError::Malformed {
+                        what: "sleeve fragment",
+                        detail: format!(
+                            "{} bytes at {offset} overrun a {total}-byte datagram",
+                            payload.len()
+                        ),
+                    });
+                }
+                Ok(Datagram::Fragment {
+                    sender,
+                    id,
+                    offset,
+                    total,
+                    payload,
+                })
+            }
             k => Err(DecodeError::Malformed {
                 what: "sleeve header",
                 detail: format!("unknown kind {k}"),
@@ -190,6 +233,7 @@ impl<'a> Datagram<'a> {
             x if x & 0x0f == 1 => Some(Kind::Heartbeat),
             x if x & 0x0f == 2 => Some(Kind::Encrypted),
             x if x & 0x0f == 3 => Some(Kind::FrameGso),
+            x if x & 0x0f == 4 => Some(Kind::Fragment),
             _ => None,
         }
     }
@@ -249,6 +293,21 @@ pub fn encrypted_header(sender: PeerName, epoch: u8, counter: u64) -> [u8; ENCRY
     h[..HEADER_LEN].copy_from_slice(&common_header(Kind::Encrypted, sender));
     h[1] = epoch;
     h[8..16].copy_from_slice(&counter.to_be_bytes());
+    h
+}
+
+/// The header of fragment `offset..` of datagram `id` (`total` bytes) from `sender`.
+pub fn fragment_header(
+    sender: PeerName,
+    id: u32,
+    offset: u16,
+    total: u16,
+) -> [u8; FRAGMENT_HEADER_LEN] {
+    let mut h = [0u8; FRAGMENT_HEADER_LEN];
+    h[..HEADER_LEN].copy_from_slice(&common_header(Kind::Fragment, sender));
+    h[8..12].copy_from_slice(&id.to_be_bytes());
+    h[12..14].copy_from_slice(&offset.to_be_bytes());
+    h[14..16].copy_from_slice(&total.to_be_bytes());
     h
 }
 
@@ -337,6 +396,28 @@ mod tests {
     }
 
     const BROADCAST: PeerName = PeerName::from_u64(0);
+
+    #[test]
+    fn fragment_round_trip() {
+        let mut d = fragment_header(PeerName::from_u64(4), 77, 1456, 3000).to_vec();
+        d.extend_from_slice(&[1u8; 1456]);
+        assert_eq!(Datagram::kind(&d), Some(Kind::Fragment));
+        assert_eq!(
+            Datagram::decode(&d).unwrap(),
+            Datagram::Fragment {
+                sender: PeerName::from_u64(4),
+                id: 77,
+                offset: 1456,
+                total: 3000,
+                payload: &[1u8; 1456],
+            }
+        );
+        // Past the end of the datagram it claims to belong to.
+        d.push(0);
+        d.extend_from_slice(&[0u8; 100]);
+        assert!(Datagram::decode(&d).is_err());
+        assert!(Datagram::decode(&fragment_header(PeerName::from_u64(4), 1, 0, 10)).is_err());
+    }
 
     #[test]
     fn heartbeat_round_trip() {

@@ -323,6 +323,21 @@ fn router_restart_keeps_container_traffic_flowing() -> Result<()> {
     assert!(!text.contains("DUP!"), "{text}");
     // 15 s of pings; the router was down for 2 s while the kernels kept forwarding (the peer
     // keeps a departed fast peer's entries for a while, the restarted router adopts its own).
+    if received < 135 {
+        for i in [1, 2] {
+            let fdb = tb.exec(
+                &tb.host(i).netns,
+                "bridge",
+                &["fdb", "show", "dev", "weft-vx"],
+            );
+            eprintln!(
+                "h{i} connections:\n{}vx fdb:\n{}log:\n{}",
+                connections(&tb, i).unwrap_or_default(),
+                String::from_utf8_lossy(&fdb.stdout),
+                tail(&tb.router_log(i))
+            );
+        }
+    }
     assert!(received >= 135, "{text}");
     let l = tb.router_log(1);
     assert!(l.contains("reusing VXLAN fast path device"), "{}", tail(&l));

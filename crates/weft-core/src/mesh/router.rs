@@ -578,9 +578,8 @@ impl Router {
                 self.on_udp_heartbeat(now, from, sender, conn_uid)
             }
             // The data plane decrypts before handing heartbeats over.
-            Ok(Datagram::Frame { .. } | Datagram::Encrypted { .. }) | Err(_) => {
-                self.stats.udp_unexpected += 1
-            }
+            Ok(Datagram::Frame { .. } | Datagram::Encrypted { .. } | Datagram::Fragment { .. })
+            | Err(_) => self.stats.udp_unexpected += 1,
         }
         self.after(now);
     }

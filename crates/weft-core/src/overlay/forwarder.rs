@@ -24,6 +24,10 @@
 //! fast neighbour with children in our broadcast tree gets a "relay only" copy to pass on.
 //! Relayed frames always travel by sleeve: VXLAN only reaches direct neighbours.
 //!
+//! A datagram larger than one underlay packet ([`Forwarder::set_path_payload`]) is cut into
+//! fragments by [`super::fragment`] and put back together by the receiver before anything
+//! else looks at it (so a sealed super-frame is one AEAD, checked after reassembly).
+//!
 //! Datagrams from peers we have no established connection with, frames that claim to come
 //! from us, undecodable, unauthentic, replayed and (from a keyed peer) plaintext datagrams
 //! are dropped and counted.
@@ -37,6 +41,7 @@ use weft_proto::offload::{GSO_LEN, Gso};
 use weft_proto::sleeve::{self, Datagram};
 use weft_proto::{BROADCAST_PEER, EtherFrame, Mac, PeerName};
 
+use super::fragment::{self, REASSEMBLY_TIMEOUT, Reassembler};
 use super::mac_cache::{MacCache, MacOwner};
 use crate::crypto::{self, DataKey, PeerKeys, ReplayWindow, Secret};
 use crate::mesh::DataPlaneTable;
@@ -55,6 +60,13 @@ pub trait Output {
     }
     /// A control datagram (a plain heartbeat, decrypted if it came encrypted) for the router.
     fn to_control(&mut self, from: SocketAddr, datagram: &[u8]);
+    /// Send the datagrams in `train`, each `stride` bytes long but the last, to `to`. The
+    /// daemon does it in one segmentation-offload send.
+    fn send_train(&mut self, to: SocketAddr, train: &[u8], stride: usize) {
+        for d in train.chunks(stride) {
+            self.send(to, &[d]);
+        }
+    }
 }
 
 /// Counters a user may want to graph; every drop has a reason.
@@ -86,6 +98,15 @@ pub struct ForwarderStats {
     pub fast_path_skipped: u64,
     /// Frames received only to be relayed (their receiver got them by VXLAN).
     pub relay_only: u64,
+    /// Datagrams cut into fragments, and the fragments sent.
+    pub fragmented: u64,
+    pub fragments_sent: u64,
+    pub fragments_received: u64,
+    pub reassembled: u64,
+    /// Datagrams lost because a fragment never came.
+    pub dropped_fragments_incomplete: u64,
+    /// Datagrams dropped because their fragments contradicted each other.
+    pub dropped_fragments_inconsistent: u64,
 }
 
 struct SendKey {
@@ -113,6 +134,37 @@ struct PeerCrypto {
 #[derive(Default)]
 struct Scratch(Vec<u8>);
 
+/// Sends datagrams, cutting those larger than one underlay packet into fragments.
+struct Fragmenter {
+    /// Largest UDP payload one underlay packet carries.
+    max: usize,
+    next_id: u32,
+    whole: Vec<u8>,
+    train: Vec<u8>,
+    datagrams: u64,
+    fragments: u64,
+}
+
+impl Fragmenter {
+    fn send(&mut self, local: PeerName, to: SocketAddr, parts: &[&[u8]], out: &mut impl Output) {
+        let len: usize = parts.iter().map(|p| p.len()).sum();
+        if len <= self.max {
+            out.send(to, parts);
+            return;
+        }
+        self.whole.clear();
+        for p in parts {
+            self.whole.extend_from_slice(p);
+        }
+        self.next_id = self.next_id.wrapping_add(1);
+        let stride =
+            fragment::fragment(local, self.next_id, &self.whole, self.max, &mut self.train);
+        self.datagrams += 1;
+        self.fragments += self.train.len().div_ceil(stride) as u64;
+        out.send_train(to, &self.train, stride);
+    }
+}
+
 pub struct Forwarder {
     table: Arc<DataPlaneTable>,
     macs: MacCache,
@@ -123,6 +175,9 @@ pub struct Forwarder {
     max_frame: usize,
     /// Neighbours reached by the kernel's VXLAN fast path.
     fast: BTreeSet<PeerName>,
+    frag: Fragmenter,
+    reasm: Reassembler,
+    last_reasm_expiry: Option<Instant>,
 }
 
 impl std::fmt::Debug for Forwarder {
@@ -154,7 +209,23 @@ impl Forwarder {
                 - INNER_FRAME_HEADER
                 - crypto::TAG_LEN,
             fast: BTreeSet::new(),
+            frag: Fragmenter {
+                max: usize::MAX,
+                next_id: 0,
+                whole: Vec::new(),
+                train: Vec::new(),
+                datagrams: 0,
+                fragments: 0,
+            },
+            reasm: Reassembler::default(),
+            last_reasm_expiry: None,
         }
+    }
+
+    /// The largest UDP payload one underlay packet carries (underlay MTU − 28 for IPv4): larger
+    /// datagrams are sent as fragments. Unset, nothing is cut (the kernel fragments, if it must).
+    pub fn set_path_payload(&mut self, max: usize) {
+        self.frag.max = max.max(sleeve::FRAGMENT_HEADER_LEN + 64);
     }
 
     /// The neighbours our bridge reaches through VXLAN: local frames to them no longer go by
@@ -227,6 +298,7 @@ impl Forwarder {
 
     pub fn forget_peer(&mut self, peer: PeerName) {
         self.macs.forget_peer(peer);
+        self.reasm.forget(peer);
     }
 
     pub fn expire(&mut self, now: Instant) -> usize {
@@ -234,7 +306,16 @@ impl Forwarder {
     }
 
     pub fn stats(&self) -> ForwarderStats {
-        self.stats
+        let r = self.reasm.stats();
+        ForwarderStats {
+            fragmented: self.frag.datagrams,
+            fragments_sent: self.frag.fragments,
+            fragments_received: r.fragments_in,
+            reassembled: r.reassembled,
+            dropped_fragments_incomplete: r.incomplete,
+            dropped_fragments_inconsistent: r.inconsistent,
+            ..self.stats
+        }
     }
 
     pub fn macs(&self) -> &MacCache {
@@ -307,6 +388,35 @@ impl Forwarder {
         datagram: &mut [u8],
         out: &mut impl Output,
     ) {
+        if let Ok(Datagram::Fragment {
+            sender,
+            id,
+            offset,
+            total,
+            payload,
+        }) = Datagram::decode(datagram)
+        {
+            // Only neighbours may make us hold memory for their datagrams.
+            if !self.table.neighbours.contains_key(&sender) {
+                self.stats.dropped_unknown_sender += 1;
+                return;
+            }
+            if self
+                .last_reasm_expiry
+                .is_none_or(|t| now.saturating_duration_since(t) >= REASSEMBLY_TIMEOUT)
+            {
+                self.reasm.expire(now);
+                self.last_reasm_expiry = Some(now);
+            }
+            if let Some(mut whole) = self.reasm.push(now, sender, id, offset, total, payload) {
+                if Datagram::kind(&whole) == Some(sleeve::Kind::Fragment) {
+                    self.stats.dropped_malformed += 1;
+                    return;
+                }
+                self.handle_datagram(now, from, &mut whole, out);
+            }
+            return;
+        }
         let (sender, src, dst, relay_only, gso, frame_at, frame_end) =
             match Datagram::decode(datagram) {
                 Ok(Datagram::Frame {
@@ -400,7 +510,8 @@ impl Forwarder {
                         }
                     }
                 }
-                Err(_) => {
+                // Fragments were taken above.
+                Ok(Datagram::Fragment { .. }) | Err(_) => {
                     self.stats.dropped_malformed += 1;
                     return;
                 }
@@ -526,12 +637,12 @@ impl Forwarder {
                     match gso {
                         None => {
                             let header = sleeve::relay_only_header(local, src, BROADCAST_PEER);
-                            out.send(to, &[&header, frame]);
+                            self.frag.send(local, to, &[&header, frame], out);
                         }
                         Some(g) => {
                             let header =
                                 sleeve::gso_frame_header(local, src, BROADCAST_PEER, true, g);
-                            out.send(to, &[&header, frame]);
+                            self.frag.send(local, to, &[&header, frame], out);
                         }
                     }
                     self.stats.sent_datagrams += 1;
@@ -558,11 +669,11 @@ impl Forwarder {
             None => match gso {
                 None => {
                     let header = sleeve::frame_header(local, src, dst);
-                    out.send(to, &[&header, frame]);
+                    self.frag.send(local, to, &[&header, frame], out);
                 }
                 Some(g) => {
                     let header = sleeve::gso_frame_header(local, src, dst, false, g);
-                    out.send(to, &[&header, frame]);
+                    self.frag.send(local, to, &[&header, frame], out);
                 }
             },
             Some(pc) => {
@@ -572,7 +683,7 @@ impl Forwarder {
                 };
                 let inner = [&[kind][..], &src.to_bytes(), &dst.to_bytes(), g, frame];
                 match seal(local, pc, &mut self.scratch.0, &inner) {
-                    Ok(d) => out.send(to, &[d]),
+                    Ok(d) => self.frag.send(local, to, &[d], out),
                     Err(reason) => {
                         self.count(reason);
                         return;
@@ -938,6 +1049,68 @@ mod tests {
         b.handle_datagram(now, addr(1), &mut bad, &mut got);
         assert!(got.gso_injected.is_empty() && got.injected.is_empty());
         assert_eq!(b.stats().dropped_malformed, 1);
+    }
+
+    #[test]
+    fn fragmented_super_frames_arrive_whole_in_any_order_or_not_at_all() {
+        let now = Instant::now();
+        let (g, f) = super_frame();
+        for keyed in [false, true] {
+            let (mut a, mut b) = two_peers();
+            if !keyed {
+                a.set_keys(pn(2), &PeerKeys::default());
+                b.set_keys(pn(1), &PeerKeys::default());
+            }
+            a.set_path_payload(1472);
+            let train = |a: &mut Forwarder| {
+                let mut out = Rec::default();
+                // Unknown destination: flooded to b.
+                a.handle_local_gso(now, &g, &f, &mut out);
+                let frags: Vec<Vec<u8>> = out.sent.into_iter().map(|(_, d)| d).collect();
+                assert!(frags.len() > 40 && frags.iter().all(|d| d.len() <= 1472));
+                frags
+            };
+            // Reversed, with a duplicate: delivered once, intact.
+            let mut frags = train(&mut a);
+            frags.reverse();
+            frags.insert(3, frags[7].clone());
+            let mut got = Rec::default();
+            for mut d in frags {
+                b.handle_datagram(now, addr(1), &mut d, &mut got);
+            }
+            assert_eq!(got.gso_injected, vec![(g, f.clone())], "keyed: {keyed}");
+            // One fragment lost: nothing delivered, and given up on after the timeout.
+            let mut frags = train(&mut a);
+            frags.remove(10);
+            let mut got = Rec::default();
+            for mut d in frags {
+                b.handle_datagram(now, addr(1), &mut d, &mut got);
+            }
+            assert!(got.gso_injected.is_empty());
+            let mut late = train(&mut a).remove(0);
+            b.handle_datagram(now + REASSEMBLY_TIMEOUT, addr(1), &mut late, &mut got);
+            assert!(b.stats().dropped_fragments_incomplete >= 1);
+            // A corrupted fragment of a sealed super-frame fails authentication whole.
+            if keyed {
+                let mut frags = train(&mut a);
+                frags[5][100] ^= 1;
+                let mut got = Rec::default();
+                for mut d in frags {
+                    b.handle_datagram(now, addr(1), &mut d, &mut got);
+                }
+                assert!(got.gso_injected.is_empty());
+                assert_eq!(b.stats().dropped_auth, 1);
+            }
+            let s = a.stats();
+            assert!(s.fragmented >= 3 && s.fragments_sent > 120, "{s:?}");
+        }
+        // Fragments from strangers are not even buffered.
+        let (_, mut b) = two_peers();
+        let mut d = sleeve::fragment_header(pn(9), 1, 0, 3000).to_vec();
+        d.extend_from_slice(&[0; 100]);
+        b.handle_datagram(now, addr(9), &mut d, &mut Rec::default());
+        assert_eq!(b.stats().dropped_unknown_sender, 1);
+        assert_eq!(b.stats().fragments_received, 0);
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! frame into the local bridge". It holds no sockets; the shell supplies an [`Output`].
 
 mod forwarder;
+pub mod fragment;
 mod mac_cache;
 
 pub use forwarder::{Forwarder, ForwarderStats, Output};
