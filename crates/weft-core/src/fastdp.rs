@@ -407,15 +407,22 @@ impl FastDp {
                             detail: format!("{} MACs or a multicast one", r.macs.len()),
                         });
                     }
-                    // Records of an incarnation the topology does not show are stale (or
-                    // too early: they come again with periodic gossip).
-                    if uid_of(r.origin) != Some(r.uid) {
+                    // A record of an incarnation other than the one the topology shows is
+                    // stale. One that arrives before the topology shows its origin at all (a
+                    // new neighbour's first gossip often does) is taken: waiting for the next
+                    // periodic gossip would hold the fast path back for half a minute.
+                    let current = uid_of(r.origin);
+                    if current.is_some_and(|u| u != r.uid) {
                         continue;
                     }
-                    let newer = self
-                        .records
-                        .get(&r.origin)
-                        .is_none_or(|cur| cur.uid != r.uid || cur.version < r.version);
+                    let newer = self.records.get(&r.origin).is_none_or(|cur| {
+                        if cur.uid == r.uid {
+                            cur.version < r.version
+                        } else {
+                            // Two incarnations: the one the topology shows, else the latest.
+                            current.is_none_or(|u| u != cur.uid)
+                        }
+                    });
                     if newer {
                         self.departed.remove(&r.origin);
                         // A new incarnation: our reports so far named the old one.
@@ -795,6 +802,17 @@ mod tests {
         // A restarted peer's first record replaces the old one whatever its version.
         assert!(
             f.handle_message(t0, pn(2), &record(2, 201, 1, true, &[5]), |_| Some(201))
+                .unwrap()
+        );
+        // Before the topology shows a peer, its record is taken rather than lost.
+        assert!(
+            f.handle_message(t0, pn(3), &record(3, 300, 1, true, &[6]), |_| None)
+                .unwrap()
+        );
+        assert_eq!(f.records[&pn(3)].uid, 300);
+        // Then the topology's incarnation decides.
+        assert!(
+            !f.handle_message(t0, pn(3), &record(3, 299, 9, true, &[6]), |_| Some(300))
                 .unwrap()
         );
         // Malformed: multicast MAC.

@@ -24,6 +24,22 @@ struct Row {
     rtt_ms: f64,
     /// Both routers' CPU seconds per second of transfer, per Gbit/s (1-stream run).
     cpu_per_gbit: Option<f64>,
+    /// The larger router's peak resident memory (VmHWM) after the runs, in MB.
+    rss_mb: Option<f64>,
+}
+
+/// Peak resident set size of process `pid`, in MB.
+fn peak_rss_mb(pid: u32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kb / 1024.0)
 }
 
 fn routers_cpu(tb: &Testbed, hosts: [usize; 2]) -> f64 {
@@ -60,12 +76,19 @@ fn weft_pair(
     let t0 = std::time::Instant::now();
     let tcp1 = measure::iperf3(tb, &cb, &ca, &dst, secs, 1)?;
     let cpu = (routers_cpu(tb, [a, b]) - cpu0) / t0.elapsed().as_secs_f64();
+    let tcp4 = measure::iperf3(tb, &cb, &ca, &dst, secs, 4)?;
+    let rtt_ms = measure::ping_rtt(tb, &ca, &dst, 50)?;
+    let rss_mb = [a, b]
+        .iter()
+        .filter_map(|&i| tb.our_router_pid(i).and_then(peak_rss_mb))
+        .reduce(f64::max);
     Ok(Row {
         name,
         tcp1,
-        tcp4: measure::iperf3(tb, &cb, &ca, &dst, secs, 4)?,
-        rtt_ms: measure::ping_rtt(tb, &ca, &dst, 50)?,
+        tcp4,
+        rtt_ms,
         cpu_per_gbit: Some(cpu / tcp1.max(1e-9)),
+        rss_mb,
     })
 }
 
@@ -154,6 +177,7 @@ fn raw_vxlan(tb_mut: &mut Testbed, [a, b]: [usize; 2], secs: u32) -> Result<Row>
         tcp4: measure::iperf3(tb_mut, &nb, &na, &dst, secs, 4)?,
         rtt_ms: measure::ping_rtt(tb_mut, &na, &dst, 50)?,
         cpu_per_gbit: None,
+        rss_mb: None,
     };
     for i in [a, b] {
         let ns = tb_mut.host(i).netns.clone();
@@ -198,6 +222,7 @@ fn main() -> Result<()> {
         tcp4: measure::iperf3(&mut tb, &h2, &h1, &h2ip, secs, 4)?,
         rtt_ms: measure::ping_rtt(&tb, &h1, &h2ip, 50)?,
         cpu_per_gbit: None,
+        rss_mb: None,
     });
 
     rows.push(raw_vxlan(&mut tb, [1, 2], secs)?);
@@ -229,12 +254,12 @@ fn main() -> Result<()> {
 
     let (base, vx) = (&rows[0], &rows[1]);
     println!(
-        "\n| path | TCP 1 stream Gbit/s | x underlay | x kernel VXLAN | TCP 4 streams Gbit/s | x underlay | x kernel VXLAN | RTT ms | vs underlay | router CPU cores per Gbit/s |"
+        "\n| path | TCP 1 stream Gbit/s | x underlay | x kernel VXLAN | TCP 4 streams Gbit/s | x underlay | x kernel VXLAN | RTT ms | vs underlay | router CPU cores per Gbit/s | router peak RSS MB |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
     for r in &rows {
         println!(
-            "| {} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:+.3} ms | {} |",
+            "| {} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:+.3} ms | {} | {} |",
             r.name,
             r.tcp1,
             r.tcp1 / base.tcp1,
@@ -245,7 +270,8 @@ fn main() -> Result<()> {
             r.rtt_ms,
             r.rtt_ms - base.rtt_ms,
             r.cpu_per_gbit
-                .map_or("-".to_string(), |c| format!("{c:.2}"))
+                .map_or("-".to_string(), |c| format!("{c:.2}")),
+            r.rss_mb.map_or("-".to_string(), |m| format!("{m:.1}"))
         );
     }
     let (plain, enc) = (&rows[3], &rows[4]);
