@@ -242,9 +242,12 @@ fn fdb_message(
     m.header.ifindex = ifindex;
     if master {
         // Static, not permanent: a permanent bridge entry means "this is the bridge's own
-        // address" and frames to it would be delivered to the host.
+        // address" and frames to it would be delivered to the host. Sticky: a static entry
+        // may otherwise be moved by learning, e.g. to the sleeve's port by a frame of that
+        // container which came by sleeve while the link was changing mode, which would then
+        // swallow the traffic meant for the fast path.
         m.header.state = NeighbourState::Noarp;
-        m.header.flags = NeighbourFlags::Controller;
+        m.header.flags = NeighbourFlags::Controller | NeighbourFlags::Sticky;
     } else {
         m.header.state = NeighbourState::Permanent;
         m.header.flags = NeighbourFlags::Own;
