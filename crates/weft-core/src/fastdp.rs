@@ -214,6 +214,8 @@ pub struct FastDp {
     encrypted: BTreeSet<PeerName>,
     /// Removed from the topology while their link lingers: forget their records after.
     departed: BTreeSet<PeerName>,
+    /// Reports from peers that are not (yet) data-plane neighbours.
+    early_reports: BTreeMap<PeerName, (bool, bool)>,
     plan: Arc<FastDpPlan>,
     out: VecDeque<FastDpOutput>,
     next_eval: Option<Instant>,
@@ -237,6 +239,7 @@ impl FastDp {
             links: BTreeMap::new(),
             encrypted: BTreeSet::new(),
             departed: BTreeSet::new(),
+            early_reports: BTreeMap::new(),
             plan: Arc::default(),
             out: VecDeque::new(),
             next_eval: None,
@@ -306,12 +309,13 @@ impl FastDp {
             false
         });
         for (&p, &addr) in neighbours {
+            let early = self.early_reports.remove(&p);
             let l = self.links.entry(p).or_insert_with(|| Link {
                 addr,
                 since: now,
                 last_small: None,
                 last_big: None,
-                their_report: None,
+                their_report: early,
                 our_report: None,
                 mode: Mode::Sleeve,
                 reason: Some(SleeveReason::Waiting),
@@ -350,6 +354,7 @@ impl FastDp {
     }
 
     pub fn peer_removed(&mut self, now: Instant, peer: PeerName) {
+        self.early_reports.remove(&peer);
         // A lingering link still needs the peer's MACs; they go with the link.
         match self.links.get_mut(&peer) {
             // Unreachable means no longer a neighbour, whichever event says so first.
@@ -435,13 +440,18 @@ impl FastDp {
                     }
                 }
             }
-            FastDpMsg::Rx { uid, small, big } => {
-                if uid == self.uid
-                    && let Some(l) = self.links.get_mut(&src)
-                {
-                    l.their_report = Some((small, big));
+            FastDpMsg::Rx { uid, small, big } if uid == self.uid => {
+                match self.links.get_mut(&src) {
+                    Some(l) => l.their_report = Some((small, big)),
+                    // The peer's data-plane link can come up after its report (reports go
+                    // over the control connection at once): keep it for the link, or the
+                    // link would wait for the next periodic report.
+                    None => {
+                        self.early_reports.insert(src, (small, big));
+                    }
                 }
             }
+            FastDpMsg::Rx { .. } => {}
         }
         self.evaluate(now);
         Ok(new)
@@ -729,6 +739,19 @@ mod tests {
         assert!(f.plan().fast.is_empty());
         assert!(f.link_status(pn(2)).is_none());
         assert!(f.records.is_empty());
+    }
+
+    #[test]
+    fn a_report_before_the_link_is_kept_for_it() {
+        let t0 = Instant::now();
+        let mut f = FastDp::new(pn(1), 100, FastDpConfig::default());
+        f.handle_message(t0, pn(2), &record(2, 200, 1, true, &[7]), |_| Some(200))
+            .unwrap();
+        f.handle_message(t0, pn(2), &rx(100, true, true), |_| Some(200))
+            .unwrap();
+        f.set_neighbours(t0, &BTreeMap::from([(pn(2), addr(2))]));
+        f.heartbeat(t0, pn(2), f.big_len());
+        assert_eq!(mode(&f), (Mode::Fast, String::new()));
     }
 
     #[test]
