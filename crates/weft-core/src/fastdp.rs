@@ -246,10 +246,6 @@ impl FastDp {
         }
     }
 
-    pub fn enabled(&self) -> bool {
-        self.cfg.enabled
-    }
-
     pub fn plan(&self) -> &Arc<FastDpPlan> {
         &self.plan
     }
@@ -290,10 +286,6 @@ impl FastDp {
             ));
         }
         self.evaluate(now);
-    }
-
-    pub fn local_macs(&self) -> &[Mac] {
-        &self.own.macs
     }
 
     /// The data plane's neighbours (established, with their sleeve address) changed.

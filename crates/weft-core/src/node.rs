@@ -404,6 +404,18 @@ impl Node {
         }
     }
 
+    /// A fast-path message from `src`, judged against the topology's incarnations.
+    fn fastdp_message(
+        &mut self,
+        now: Instant,
+        src: PeerName,
+        payload: &[u8],
+    ) -> Result<bool, weft_proto::DecodeError> {
+        let topology = self.router.topology();
+        let uid_of = |p: PeerName| topology.get(&p).map(|s| s.uid);
+        self.fastdp.handle_message(now, src, payload, uid_of)
+    }
+
     fn on_router_event(&mut self, now: Instant, e: Event) {
         match e {
             Event::DataPlane(t) => {
@@ -516,9 +528,7 @@ impl Node {
                 from,
                 payload,
             } if channel == Channel::FASTDP => {
-                let topology = self.router.topology();
-                let uid_of = |p: PeerName| topology.get(&p).map(|s| s.uid);
-                if let Err(e) = self.fastdp.handle_message(now, from, &payload, uid_of) {
+                if let Err(e) = self.fastdp_message(now, from, &payload) {
                     warn!("fast-path gossip from {from} refused: {e}");
                 }
             }
@@ -527,25 +537,19 @@ impl Node {
                 src,
                 from,
                 payload,
-            } if channel == Channel::FASTDP => {
-                let topology = self.router.topology();
-                let uid_of = |p: PeerName| topology.get(&p).map(|s| s.uid);
-                match self.fastdp.handle_message(now, src, &payload, uid_of) {
-                    Ok(true) => self
-                        .router
-                        .relay_broadcast(channel, src, payload, Some(from)),
-                    Ok(false) => {}
-                    Err(e) => warn!("fast-path broadcast from {src} refused: {e}"),
-                }
-            }
+            } if channel == Channel::FASTDP => match self.fastdp_message(now, src, &payload) {
+                Ok(true) => self
+                    .router
+                    .relay_broadcast(channel, src, payload, Some(from)),
+                Ok(false) => {}
+                Err(e) => warn!("fast-path broadcast from {src} refused: {e}"),
+            },
             Event::Unicast {
                 channel,
                 src,
                 payload,
             } if channel == Channel::FASTDP => {
-                let topology = self.router.topology();
-                let uid_of = |p: PeerName| topology.get(&p).map(|s| s.uid);
-                if let Err(e) = self.fastdp.handle_message(now, src, &payload, uid_of) {
+                if let Err(e) = self.fastdp_message(now, src, &payload) {
                     warn!("fast-path message from {src} refused: {e}");
                 }
             }

@@ -17,7 +17,7 @@ use rtnetlink::packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
 };
 use rtnetlink::packet_route::{AddressFamily, RouteNetlinkMessage};
-use rtnetlink::{LinkBridgePort, LinkUnspec, LinkVxlan};
+use rtnetlink::{LinkBridgePort, LinkVxlan};
 
 use crate::netlink::{Link, Netlink};
 use crate::{Error, Result};
@@ -109,16 +109,6 @@ impl Netlink {
             .execute()
             .await
             .map_err(|e| Error::netlink("flushing learnt bridge entries", format!("#{index}"), e))
-    }
-
-    /// Sets a link's MTU without touching anything else.
-    pub async fn set_mtu(&self, index: u32, mtu: u32) -> Result<()> {
-        self.handle()
-            .link()
-            .set(LinkUnspec::new_with_index(index).mtu(mtu).build())
-            .execute()
-            .await
-            .map_err(|e| Error::netlink("setting MTU", format!("#{index}"), e))
     }
 
     /// Every AF_BRIDGE FDB entry (bridge tables and devices' own), or those on `ifindex`.

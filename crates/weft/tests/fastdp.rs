@@ -32,7 +32,12 @@ fn launch(tb: &Testbed, n: usize, extra: impl Fn(usize) -> Vec<&'static str>) ->
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         tb.launch(i, &args)?;
     }
-    let want = format!("Peers: {n} (with {} established connections)", n * (n - 1));
+    wait_peers(tb, n, n * (n - 1))
+}
+
+/// Waits until every one of hosts 1..=n sees `n` peers with `conns` established connections.
+fn wait_peers(tb: &Testbed, n: usize, conns: usize) -> Result<()> {
+    let want = format!("Peers: {n} (with {conns} established connections)");
     for i in 1..=n {
         Testbed::wait_for(CONVERGE, || {
             let s = tb.weft_ok(i, &["status"])?;
@@ -44,6 +49,32 @@ fn launch(tb: &Testbed, n: usize, extra: impl Fn(usize) -> Vec<&'static str>) ->
         })?;
     }
     Ok(())
+}
+
+/// What a failing fast-path test needs to be understood: connections, VXLAN FDB, log tail.
+fn dump(tb: &Testbed, hosts: &[usize]) {
+    for &i in hosts {
+        let fdb = tb.exec(
+            &tb.host(i).netns,
+            "bridge",
+            &["fdb", "show", "dev", "weft-vx"],
+        );
+        eprintln!(
+            "h{i} connections:\n{}vx fdb:\n{}log:\n{}",
+            connections(tb, i).unwrap_or_default(),
+            String::from_utf8_lossy(&fdb.stdout),
+            tail(&tb.router_log(i))
+        );
+    }
+}
+
+/// [`ping_clean`], dumping the hosts' fast-path state if it fails.
+fn ping_clean_or_dump(tb: &Testbed, ns: &str, dst: &str, n: u32, hosts: &[usize]) -> Result<()> {
+    let r = ping_clean(tb, ns, dst, n);
+    if r.is_err() {
+        dump(tb, hosts);
+    }
+    r
 }
 
 /// The `status connections` line of host `i` about the connection with host `j`.
@@ -182,17 +213,7 @@ fn three_hosts_use_fastdp_fall_back_when_blocked_and_recover() -> Result<()> {
         tb.weft_ok(1, &["status"])?
             .contains("Peers: 3 (with 6 established connections)")
     );
-    if let Err(e) = ping_clean(&tb, &c1, "10.32.0.3", 10) {
-        for i in [1, 3] {
-            let fdb = tb.exec(&tb.host(i).netns, "bridge", &["fdb", "show"]);
-            eprintln!(
-                "h{i} fdb:\n{}\nlog:\n{}",
-                String::from_utf8_lossy(&fdb.stdout),
-                tail(&tb.router_log(i))
-            );
-        }
-        return Err(e);
-    }
+    ping_clean_or_dump(&tb, &c1, "10.32.0.3", 10, &[1, 3])?;
     let log = tb.router_log(1);
     assert!(log.contains("sleeve instead"), "{}", tail(&log));
 
@@ -202,17 +223,7 @@ fn three_hosts_use_fastdp_fall_back_when_blocked_and_recover() -> Result<()> {
     wait_overlay(&tb, 1, 3, "fastdp", Duration::from_secs(15))?;
     eprintln!("h1→h3 back on fastdp after {:?}", t0.elapsed());
     wait_overlay(&tb, 3, 1, "fastdp", Duration::from_secs(15))?;
-    if let Err(e) = ping_clean(&tb, &c1, "10.32.0.3", 10) {
-        for i in [1, 3] {
-            let fdb = tb.exec(&tb.host(i).netns, "bridge", &["fdb", "show"]);
-            eprintln!(
-                "h{i} fdb:\n{}\nlog:\n{}",
-                String::from_utf8_lossy(&fdb.stdout),
-                tail(&tb.router_log(i))
-            );
-        }
-        return Err(e);
-    }
+    ping_clean_or_dump(&tb, &c1, "10.32.0.3", 10, &[1, 3])?;
     Ok(())
 }
 
@@ -231,17 +242,7 @@ fn mixed_mesh_and_relays_deliver_every_frame_once() -> Result<()> {
     tb.launch(2, &[&h1])?;
     tb.launch(3, &[&h2])?;
     tb.launch(4, &["--no-fastdp", &h1, &h2, &h3])?;
-    let want = "Peers: 4 (with 10 established connections)";
-    for i in 1..=4 {
-        Testbed::wait_for(CONVERGE, || {
-            let s = tb.weft_ok(i, &["status"])?;
-            if s.contains(want) {
-                Ok(())
-            } else {
-                bail!("h{i}:\n{s}")
-            }
-        })?;
-    }
+    wait_peers(&tb, 4, 10)?;
     wait_overlay(&tb, 1, 2, "fastdp", CONVERGE)?;
     wait_overlay(&tb, 2, 3, "fastdp", CONVERGE)?;
     let l14 = wait_overlay(&tb, 1, 4, "sleeve", CONVERGE)?;
@@ -320,19 +321,7 @@ fn ping_across_a_restart(tb: &mut Testbed) -> Result<(String, Vec<u32>)> {
     assert!(l.contains("reusing VXLAN fast path device"), "{}", tail(&l));
     assert!(!text.contains("DUP!"), "{text}");
     if answered.len() < 135 {
-        for i in [1, 2] {
-            let fdb = tb.exec(
-                &tb.host(i).netns,
-                "bridge",
-                &["fdb", "show", "dev", "weft-vx"],
-            );
-            eprintln!(
-                "h{i} connections:\n{}vx fdb:\n{}log:\n{}",
-                connections(tb, i).unwrap_or_default(),
-                String::from_utf8_lossy(&fdb.stdout),
-                tail(&tb.router_log(i))
-            );
-        }
+        dump(tb, &[1, 2]);
     }
     Ok((text, answered))
 }

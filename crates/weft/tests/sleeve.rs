@@ -5,7 +5,6 @@
 //! Needs root (CI runs as root); set WEFT_SKIP_NETNS_TESTS=1 to skip elsewhere.
 
 use std::path::Path;
-use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
@@ -49,27 +48,17 @@ fn pair(tb: &mut Testbed, extra: &[&str]) -> Result<(String, String)> {
 
 /// Drops `percent` % of the sleeve's UDP packets arriving at host `i`, at random.
 fn lossy(tb: &Testbed, i: usize, percent: u32) -> Result<()> {
-    let rules = format!(
-        "table inet weftloss {{
-           chain input {{
-             type filter hook input priority 0;
-             udp dport 6783 numgen random mod 100 < {percent} drop
-           }}
-         }}"
-    );
-    let mut c = tb.cmd_in(&tb.host(i).netns, "nft");
-    c.args(["-f", "-"]).stdin(Stdio::piped());
-    let mut child = c.spawn().context("running nft")?;
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .expect("piped")
-        .write_all(rules.as_bytes())?;
-    if !child.wait()?.success() {
-        bail!("nft refused the loss rule");
-    }
-    Ok(())
+    tb.nft(
+        i,
+        &format!(
+            "table inet weftloss {{
+               chain input {{
+                 type filter hook input priority 0;
+                 udp dport 6783 numgen random mod 100 < {percent} drop
+               }}
+             }}"
+        ),
+    )
 }
 
 fn stats(tb: &Testbed, i: usize) -> Result<serde_json::Value> {

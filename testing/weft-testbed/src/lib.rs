@@ -342,39 +342,8 @@ impl Testbed {
         }
     }
 
-    /// Drops all traffic between hosts `a` and `b` (both directions, in host `a`'s firewall).
-    pub fn block(&self, a: usize, b: usize) -> Result<()> {
-        let other = self.host(b).ip;
-        let rules = format!(
-            "table inet weftblock {{
-               chain input {{ type filter hook input priority 0; ip saddr {other} drop; }}
-               chain output {{ type filter hook output priority 0; ip daddr {other} drop; }}
-             }}"
-        );
-        let mut c = self.cmd_in(&self.host(a).netns, "nft");
-        c.args(["-f", "-"]).stdin(Stdio::piped());
-        let mut child = c.spawn().context("running nft (is nftables installed?)")?;
-        use std::io::Write;
-        child
-            .stdin
-            .take()
-            .expect("piped stdin")
-            .write_all(rules.as_bytes())?;
-        let st = child.wait()?;
-        if !st.success() {
-            bail!("nft failed to install the block rules");
-        }
-        Ok(())
-    }
-
-    /// Drops UDP to and from `port` in host `a`'s firewall (e.g. VXLAN's 6784), both ways.
-    pub fn block_udp(&self, a: usize, port: u16) -> Result<()> {
-        let rules = format!(
-            "table inet weftblockudp {{
-               chain input {{ type filter hook input priority 0; udp dport {port} drop; udp sport {port} drop; }}
-               chain output {{ type filter hook output priority 0; udp dport {port} drop; udp sport {port} drop; }}
-             }}"
-        );
+    /// Loads nftables `rules` (a ruleset text) into host `a`'s firewall.
+    pub fn nft(&self, a: usize, rules: &str) -> Result<()> {
         let mut c = self.cmd_in(&self.host(a).netns, "nft");
         c.args(["-f", "-"]).stdin(Stdio::piped());
         let mut child = c.spawn().context("running nft (is nftables installed?)")?;
@@ -385,9 +354,36 @@ impl Testbed {
             .expect("piped stdin")
             .write_all(rules.as_bytes())?;
         if !child.wait()?.success() {
-            bail!("nft failed to install the UDP block rules");
+            bail!("nft refused the rules:\n{rules}");
         }
         Ok(())
+    }
+
+    /// Drops all traffic between hosts `a` and `b` (both directions, in host `a`'s firewall).
+    pub fn block(&self, a: usize, b: usize) -> Result<()> {
+        let other = self.host(b).ip;
+        self.nft(
+            a,
+            &format!(
+                "table inet weftblock {{
+                   chain input {{ type filter hook input priority 0; ip saddr {other} drop; }}
+                   chain output {{ type filter hook output priority 0; ip daddr {other} drop; }}
+                 }}"
+            ),
+        )
+    }
+
+    /// Drops UDP to and from `port` in host `a`'s firewall (e.g. VXLAN's 6784), both ways.
+    pub fn block_udp(&self, a: usize, port: u16) -> Result<()> {
+        self.nft(
+            a,
+            &format!(
+                "table inet weftblockudp {{
+                   chain input {{ type filter hook input priority 0; udp dport {port} drop; udp sport {port} drop; }}
+                   chain output {{ type filter hook output priority 0; udp dport {port} drop; udp sport {port} drop; }}
+                 }}"
+            ),
+        )
     }
 
     pub fn unblock_udp(&self, a: usize) -> Result<()> {

@@ -152,13 +152,18 @@ impl Fragmenter {
             out.send(to, parts);
             return;
         }
-        self.whole.clear();
-        for p in parts {
-            self.whole.extend_from_slice(p);
-        }
+        // A sealed datagram is one slice already; a plain one is header + frame.
+        let whole: &[u8] = if let [one] = parts {
+            one
+        } else {
+            self.whole.clear();
+            for p in parts {
+                self.whole.extend_from_slice(p);
+            }
+            &self.whole
+        };
         self.next_id = self.next_id.wrapping_add(1);
-        let stride =
-            fragment::fragment(local, self.next_id, &self.whole, self.max, &mut self.train);
+        let stride = fragment::fragment(local, self.next_id, whole, self.max, &mut self.train);
         self.datagrams += 1;
         self.fragments += self.train.len().div_ceil(stride) as u64;
         out.send_train(to, &self.train, stride);
@@ -232,10 +237,6 @@ impl Forwarder {
     /// sleeve.
     pub fn set_fast(&mut self, fast: BTreeSet<PeerName>) {
         self.fast = fast;
-    }
-
-    pub fn fast(&self) -> &BTreeSet<PeerName> {
-        &self.fast
     }
 
     pub fn local(&self) -> PeerName {
@@ -922,6 +923,16 @@ mod tests {
         (a, b)
     }
 
+    /// [`two_peers`], or the same pair exchanging plaintext.
+    fn two_peers_keyed(keyed: bool) -> (Forwarder, Forwarder) {
+        let (mut a, mut b) = two_peers();
+        if !keyed {
+            a.set_keys(pn(2), &PeerKeys::default());
+            b.set_keys(pn(1), &PeerKeys::default());
+        }
+        (a, b)
+    }
+
     fn marked_frame() -> Vec<u8> {
         let mut f = frame([0xff; 6], [2, 0, 0, 0, 0, 0xa]);
         f.extend_from_slice(b"SECRET-MARKER-STRING");
@@ -994,11 +1005,7 @@ mod tests {
         let now = Instant::now();
         let (g, f) = super_frame();
         for keyed in [false, true] {
-            let (mut a, mut b) = two_peers();
-            if !keyed {
-                a.set_keys(pn(2), &PeerKeys::default());
-                b.set_keys(pn(1), &PeerKeys::default());
-            }
+            let (mut a, mut b) = two_peers_keyed(keyed);
             // b's MAC is behind peer 2 once a has seen a frame from it.
             let mut learn = sleeve::frame_header(pn(2), pn(2), pn(1)).to_vec();
             learn.extend(frame([2, 0, 0, 0, 0, 0xa], [2, 0, 0, 0, 0, 0xb]));
@@ -1043,8 +1050,7 @@ mod tests {
         )
         .to_vec();
         bad.extend(frame([2; 6], [4; 6]));
-        let (_, mut b) = two_peers();
-        b.set_keys(pn(1), &PeerKeys::default());
+        let (_, mut b) = two_peers_keyed(false);
         let mut got = Rec::default();
         b.handle_datagram(now, addr(1), &mut bad, &mut got);
         assert!(got.gso_injected.is_empty() && got.injected.is_empty());
@@ -1056,11 +1062,7 @@ mod tests {
         let now = Instant::now();
         let (g, f) = super_frame();
         for keyed in [false, true] {
-            let (mut a, mut b) = two_peers();
-            if !keyed {
-                a.set_keys(pn(2), &PeerKeys::default());
-                b.set_keys(pn(1), &PeerKeys::default());
-            }
+            let (mut a, mut b) = two_peers_keyed(keyed);
             a.set_path_payload(1472);
             let train = |a: &mut Forwarder| {
                 let mut out = Rec::default();

@@ -9,7 +9,7 @@
 //! headers are not authenticated, but a sealed datagram is authenticated after reassembly, so
 //! a forged fragment can make a datagram fail, never make it wrong.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use weft_proto::PeerName;
@@ -45,7 +45,9 @@ const RECENT: usize = 256;
 #[derive(Default)]
 pub struct Reassembler {
     pending: HashMap<(PeerName, u32), Pending>,
+    /// The same keys, oldest first, and as a set for the per-fragment lookup.
     recent: VecDeque<(PeerName, u32)>,
+    recent_set: HashSet<(PeerName, u32)>,
     stats: FragmentStats,
 }
 
@@ -76,7 +78,7 @@ impl Reassembler {
     ) -> Option<Vec<u8>> {
         self.stats.fragments_in += 1;
         let key = (sender, id);
-        if self.recent.contains(&key) {
+        if self.recent_set.contains(&key) {
             return None;
         }
         if !self.pending.contains_key(&key) {
@@ -118,23 +120,32 @@ impl Reassembler {
             return None;
         }
         let p = self.pending.remove(&key).expect("present");
-        if self.recent.len() == RECENT {
-            self.recent.pop_front();
+        if self.recent.len() == RECENT
+            && let Some(old) = self.recent.pop_front()
+        {
+            self.recent_set.remove(&old);
         }
         self.recent.push_back(key);
+        self.recent_set.insert(key);
         self.stats.reassembled += 1;
         Some(p.buf)
     }
 
     /// Drops the oldest pending datagram of `sender` when it has too many.
     fn make_room(&mut self, sender: PeerName) {
-        let mine: Vec<(&(PeerName, u32), &Pending)> =
-            self.pending.iter().filter(|(k, _)| k.0 == sender).collect();
-        if mine.len() < MAX_PENDING_PER_SENDER {
+        let mut count = 0;
+        let mut oldest: Option<(&(PeerName, u32), Instant)> = None;
+        for (k, p) in self.pending.iter().filter(|(k, _)| k.0 == sender) {
+            count += 1;
+            if oldest.is_none_or(|(_, t)| p.started < t) {
+                oldest = Some((k, p.started));
+            }
+        }
+        if count < MAX_PENDING_PER_SENDER {
             return;
         }
-        if let Some(oldest) = mine.iter().min_by_key(|(_, p)| p.started).map(|(k, _)| **k) {
-            self.pending.remove(&oldest);
+        if let Some(k) = oldest.map(|(k, _)| *k) {
+            self.pending.remove(&k);
             self.stats.incomplete += 1;
         }
     }
