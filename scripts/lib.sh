@@ -22,5 +22,27 @@ install_packages() {
 }
 
 # What the tests, demo and benchmark run: ip, ping, iperf3, nft, ss, dig, dnsmasq (the
-# upstream resolver in the DNS tests), taskset.
-RUNTIME_PACKAGES=(iproute2 iputils-ping iperf3 nftables procps dnsutils dnsmasq-base util-linux tcpdump)
+# upstream resolver in the DNS tests), taskset; the Docker Engine and the static busybox the
+# Docker tests build their image from.
+RUNTIME_PACKAGES=(iproute2 iputils-ping iperf3 nftables procps dnsutils dnsmasq-base util-linux tcpdump docker.io busybox-static)
+
+# start_dockerd: makes sure a Docker Engine answers on /var/run/docker.sock, starting dockerd
+# (Debian's docker.io) if none does. Leaves an engine it started running: CI's machine is
+# ended after the run, and a developer's tests want it again.
+start_dockerd() {
+    if env -u DOCKER_HOST docker version >/dev/null 2>&1; then
+        return 0
+    fi
+    echo "starting dockerd (log: /var/log/weft-dockerd.log)" >&2
+    mkdir -p /var/log
+    nohup dockerd >/var/log/weft-dockerd.log 2>&1 &
+    for _ in $(seq 1 60); do
+        if env -u DOCKER_HOST docker version >/dev/null 2>&1; then
+            return 0
+        fi
+        sleep 0.5
+    done
+    echo "dockerd did not come up; its log says:" >&2
+    tail -20 /var/log/weft-dockerd.log >&2
+    return 1
+}

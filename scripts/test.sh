@@ -9,6 +9,8 @@ install_packages "${RUNTIME_PACKAGES[@]}"
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings
+# weft-wait is built on its own (linked statically), so it is checked on its own too.
+(cd crates/weft-wait && cargo fmt -- --check && cargo clippy --all-targets --quiet -- -D warnings && cargo test --quiet)
 
 # weft-core is the sans-IO core: it must not depend on the runtime or the kernel.
 forbidden=$(cargo tree -p weft-core -e normal --prefix none --format '{p}' \
@@ -19,6 +21,10 @@ if [ -n "$forbidden" ]; then
     exit 1
 fi
 
+# The Docker tests run against a real engine, with weft-wait (static) next to weft.
+start_dockerd
+scripts/build-wait.sh
+export WEFT_REQUIRE_DOCKER=1
 cargo test --workspace
 
 # Every decoder a stranger can reach, fuzzed briefly: catches panics the unit tests missed.

@@ -91,6 +91,16 @@ pub fn status(r: &Report) -> String {
             d.entries.iter().filter(|e| !e.tombstone).count(),
         );
     }
+    if let Some(p) = &r.proxy {
+        out.push('\n');
+        line(&mut out, "Service", "proxy");
+        line(&mut out, "Address", p.addresses.join(", "));
+    }
+    if let Some(p) = &r.plugin {
+        out.push('\n');
+        line(&mut out, "Service", "plugin (legacy)");
+        line(&mut out, "DriverName", &p.driver_name);
+    }
     out
 }
 
@@ -228,7 +238,14 @@ pub fn targets(r: &Report) -> String {
 pub fn ps(entries: &[ContainerEntry]) -> String {
     let mut out = String::new();
     for e in entries {
-        let mut l = format!("{} {}", e.id, e.mac);
+        // Docker container ids are shown short, as `docker ps` and Weave's `ps` do.
+        let docker_id = e.id.len() == 64 && e.id.bytes().all(|b| b.is_ascii_hexdigit());
+        let id = if docker_id {
+            &e.id[..12]
+        } else {
+            e.id.as_str()
+        };
+        let mut l = format!("{id} {}", e.mac);
         for c in &e.cidrs {
             let _ = write!(l, " {c}");
         }
@@ -321,6 +338,9 @@ mod tests {
             },
             ipam: None,
             dns: None,
+            proxy: None,
+            plugin: None,
+            docker_unavailable: None,
         }
     }
 
@@ -406,6 +426,17 @@ mod tests {
         let s = status(&r);
         assert!(s.ends_with(
             "\n        Service: ipam\n         Status: ready\n          Range: 10.32.0.0/12\n  DefaultSubnet: 10.32.0.0/12\n"
+        ), "{s}");
+        let mut d = r.clone();
+        d.proxy = Some(ProxyReport {
+            addresses: vec!["unix:///run/weft/weft.sock".into()],
+        });
+        d.plugin = Some(PluginReport {
+            driver_name: "weft".into(),
+        });
+        let s = status(&d);
+        assert!(s.ends_with(
+            "\n        Service: proxy\n        Address: unix:///run/weft/weft.sock\n\n        Service: plugin (legacy)\n     DriverName: weft\n"
         ), "{s}");
         let i = ipam(&r);
         let lines: Vec<&str> = i.lines().collect();

@@ -16,6 +16,28 @@ pub struct Report {
     pub ipam: Option<IpamReport>,
     #[serde(rename = "DNS", default, skip_serializing_if = "Option::is_none")]
     pub dns: Option<DnsReport>,
+    /// The Docker API proxy (Weave's `Proxy`), when it runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy: Option<ProxyReport>,
+    /// The Docker network plugin (Weave's `Plugin`), when it runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plugin: Option<PluginReport>,
+    /// weft's own: why the Docker integration is off, when Docker could not be reached.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub docker_unavailable: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ProxyReport {
+    /// Listen addresses, e.g. `unix:///run/weft/weft.sock`.
+    pub addresses: Vec<String>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct PluginReport {
+    pub driver_name: String,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]

@@ -40,6 +40,9 @@ pub struct App {
     pub default_subnet: Ipv4Net,
     pub ipam_enabled: bool,
     pub dns: Option<Arc<crate::dns::DnsShared>>,
+    /// The Docker Engine, when the router could reach it.
+    pub docker: Option<Arc<crate::docker::Engine>>,
+    pub docker_status: crate::docker::DockerStatus,
 }
 
 pub struct ApiError {
@@ -119,6 +122,7 @@ pub fn router(app: Arc<App>) -> Http {
         .route("/hide", post(hide))
         .route("/peer", delete(leave))
         .route("/password", post(password))
+        .route("/proxyaddrs", get(proxy_addrs))
         .merge(crate::ipam_api::routes())
         .merge(crate::dns_api::routes())
         .with_state(app)
@@ -369,6 +373,15 @@ pub async fn build_report(app: &App) -> Result<Report, ApiError> {
                 .collect(),
             }),
         },
+        proxy: (!app.docker_status.proxy_addrs.is_empty()).then(|| weft_api::types::ProxyReport {
+            addresses: app.docker_status.proxy_addrs.clone(),
+        }),
+        plugin: app
+            .docker_status
+            .plugin_driver
+            .clone()
+            .map(|driver_name| weft_api::types::PluginReport { driver_name }),
+        docker_unavailable: app.docker_status.unavailable.clone(),
     })
 }
 
@@ -653,9 +666,6 @@ fn parse_specs(addrs: &[String]) -> Result<Vec<AddrSpec>, ApiError> {
         .collect()
 }
 
-/// Attach: address arguments become addresses (allocated, claimed, or taken as given when IP
-/// allocation is off), then the container is plugged in. If plugging in fails, addresses this
-/// request obtained are released again.
 /// `POST /password`: add, use or drop a password at run time (see `weft password`).
 async fn password(State(app): AppState, body: Bytes) -> Result<Response, ApiError> {
     use weft_core::crypto::PasswordChange;
@@ -685,7 +695,28 @@ async fn password(State(app): AppState, body: Bytes) -> Result<Response, ApiErro
 }
 
 async fn attach(State(app): AppState, body: Bytes) -> Result<Response, ApiError> {
-    let req: AttachRequest = json_body(&body)?;
+    let mut req: AttachRequest = json_body(&body)?;
+    let (netns, docker) = crate::docker::resolve(&app, &req.container).await?;
+    req.container = netns;
+    let ident = docker.as_ref().map(|c| c.id.clone());
+    if req.hostname.is_none()
+        && let Some(h) = docker.as_ref().and_then(|c| c.fqdn.clone())
+        && h.contains('.')
+    {
+        req.hostname = Some(h);
+    }
+    Ok(axum::Json(attach_container(&app, req, ident).await?).into_response())
+}
+
+/// Attach: address arguments become addresses (allocated, claimed, or taken as given when IP
+/// allocation is off), then the container is plugged in. If plugging in fails, addresses this
+/// request obtained are released again. `ident` names a container not attached yet (a Docker
+/// container's id); by default the reference given.
+pub async fn attach_container(
+    app: &App,
+    req: AttachRequest,
+    ident: Option<String>,
+) -> Result<AttachResponse, ApiError> {
     let mut specs = parse_specs(&req.addrs)?;
     if specs.is_empty() {
         specs.push(AddrSpec::DefaultSubnet);
@@ -695,16 +726,20 @@ async fn attach(State(app): AppState, body: Bytes) -> Result<Response, ApiError>
             crate::attach::check_cidr(net)?;
         }
     }
-    let ident = app.attacher.identify(&req.container).await?;
+    let ident = match (app.attacher.lookup(&req.container).await?, ident) {
+        (Some(a), _) => a.id,
+        (None, Some(i)) => i,
+        (None, None) => app.attacher.identify(&req.container).await?,
+    };
     let hostname = if req.without_dns || app.dns.is_none() {
         None
     } else {
         match &req.hostname {
-            Some(h) => Some(qualify(&app, h)),
-            None => default_hostname(&app, &req.container).await,
+            Some(h) => Some(qualify(app, h)),
+            None => default_hostname(app, &req.container).await,
         }
     };
-    let (nets, obtained) = obtain(&app, &ident, specs).await?;
+    let (nets, obtained) = obtain(app, &ident, specs).await?;
     match app
         .attacher
         .attach(
@@ -719,16 +754,15 @@ async fn attach(State(app): AppState, body: Bytes) -> Result<Response, ApiError>
         Ok(entry) => {
             if let Some(h) = &hostname {
                 let addrs: Vec<_> = nets.iter().map(|n| n.addr()).collect();
-                crate::dns_api::register(&app, h, &ident, &addrs).await?;
+                crate::dns_api::register(app, h, &ident, &addrs).await?;
             }
-            Ok(axum::Json(AttachResponse {
+            Ok(AttachResponse {
                 container: entry,
                 addresses: nets,
             })
-            .into_response())
         }
         Err(e) => {
-            release_addrs(&app, &ident, &obtained).await;
+            release_addrs(app, &ident, &obtained).await;
             Err(e.into())
         }
     }
@@ -737,7 +771,8 @@ async fn attach(State(app): AppState, body: Bytes) -> Result<Response, ApiError>
 /// Detach: `net:` arguments mean "the container's addresses in that subnet". The addresses go
 /// back to IP allocation.
 async fn detach(State(app): AppState, body: Bytes) -> Result<Response, ApiError> {
-    let req: DetachRequest = json_body(&body)?;
+    let mut req: DetachRequest = json_body(&body)?;
+    req.container = crate::docker::resolve(&app, &req.container).await?.0;
     let specs = parse_specs(&req.addrs)?;
     let remove = if specs.is_empty() {
         None
@@ -924,7 +959,10 @@ async fn ps(State(app): AppState, RawQuery(q): RawQuery) -> Result<Response, Api
             });
         }
     }
-    let containers: Vec<String> = only.into_iter().filter(|o| o != EXPOSE_IDENT).collect();
+    let mut containers = Vec::new();
+    for o in only.into_iter().filter(|o| o != EXPOSE_IDENT) {
+        containers.push(crate::docker::resolve(&app, &o).await?.0);
+    }
     if everything || !containers.is_empty() {
         list.extend(app.attacher.list(&containers).await?);
     }
@@ -962,4 +1000,13 @@ pub async fn release_gone(app: &App, gone: Vec<crate::attach::Attachment>) {
         })
         .await;
     }
+}
+
+/// `GET /proxyaddrs`: the Docker proxy's addresses, one per line (Weave's; `weft env` uses it).
+async fn proxy_addrs(State(app): AppState) -> Response {
+    let mut s = app.docker_status.proxy_addrs.join("\n");
+    if !s.is_empty() {
+        s.push('\n');
+    }
+    s.into_response()
 }

@@ -94,6 +94,7 @@ pub enum IpamCmd {
     Prime {
         reply: oneshot::Sender<Result<Ipv4Net, IpamError>>,
     },
+    /// An empty ident with an address releases that address whoever holds it.
     Release {
         ident: String,
         addr: Option<Ipv4Addr>,
@@ -347,6 +348,20 @@ impl Control {
                 }
             }
             IpamCmd::Release { ident, addr, reply } => {
+                // No ident: whoever holds the address (Weave's `DELETE /ip/<ip>`; the Docker
+                // plugin releases by address only).
+                let ident = match (ident.is_empty(), addr) {
+                    (true, Some(a)) => self
+                        .node
+                        .ipam()
+                        .and_then(|i| i.space().owner_of(a).map(str::to_string))
+                        .unwrap_or_default(),
+                    _ => ident,
+                };
+                if ident.is_empty() {
+                    self.deferred.push(Deferred::Nets(reply, Vec::new()));
+                    return;
+                }
                 let freed = self.node.ipam_release(now, &ident, addr);
                 self.deferred.push(Deferred::Nets(reply, freed));
             }

@@ -83,11 +83,15 @@ pub async fn unregister(app: &App, container: &str, addr: Option<Ipv4Addr>) {
 }
 
 /// The ident names are filed under: an attached container's, else the reference as given
-/// (e.g. `weave:extern`).
+/// (e.g. `weave:extern`); a Docker container's name stands for its id.
 async fn ident_of(app: &App, container: String) -> String {
-    match app.attacher.identify(&container).await {
-        Ok(id) => id,
-        Err(_) => container,
+    let (spec, docker) = match crate::docker::resolve(app, &container).await {
+        Ok(r) => r,
+        Err(_) => return container,
+    };
+    match app.attacher.identify(&spec).await {
+        Ok(id) if docker.is_none() || id != spec => id,
+        _ => docker.map_or(container, |c| c.id),
     }
 }
 

@@ -15,6 +15,7 @@ pub mod control;
 pub mod dataplane;
 pub mod dns;
 pub mod dns_api;
+pub mod docker;
 pub mod fastdp;
 pub mod hostnet;
 pub mod ipam_api;
@@ -76,6 +77,8 @@ pub struct Config {
     pub trusted_subnets: Vec<Ipv4Net>,
     /// Use the kernel's VXLAN fast path where it works (`--no-fastdp` turns it off).
     pub fastdp: bool,
+    /// The Docker proxy and plugin; `None`: no Docker integration (`--docker-api ""`).
+    pub docker: Option<docker::DockerSettings>,
 }
 
 #[derive(Clone, Debug)]
@@ -483,6 +486,42 @@ pub async fn run(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Result<(),
         mtu,
         state.clone(),
     )?);
+    // Docker: without an engine the router runs all the same, and says so.
+    let mut docker_status = docker::DockerStatus::default();
+    let mut proxy_listeners = Vec::new();
+    let engine = match &cfg.docker {
+        None => None,
+        Some(s) => match docker::Engine::connect(s.clone(), name.to_string()).await {
+            Ok(engine) => {
+                for addr in &s.proxy_listen {
+                    let (l, shown) =
+                        docker::proxy::listen(addr, &engine.socket).map_err(DaemonError::Config)?;
+                    docker_status.proxy_addrs.push(shown);
+                    proxy_listeners.push(l);
+                }
+                if !s.wait_binary.is_file() && !s.proxy_listen.is_empty() {
+                    warn!(
+                        "weft-wait is missing at {}: containers created through the Docker proxy will not start (build it with scripts/build-wait.sh, or give --wait-binary)",
+                        s.wait_binary.display()
+                    );
+                }
+                docker_status.plugin_driver =
+                    s.plugin_socket.as_deref().map(docker::plugin::driver_name);
+                info!(
+                    api = %s.api,
+                    proxy = ?docker_status.proxy_addrs,
+                    plugin = ?docker_status.plugin_driver,
+                    "Docker integration on"
+                );
+                Some(engine)
+            }
+            Err(why) => {
+                warn!("{why}: running without the Docker proxy and plugin");
+                docker_status.unavailable = Some(why);
+                None
+            }
+        },
+    };
     let app = Arc::new(api::App {
         version: VERSION.to_string(),
         control: ctl_tx.clone(),
@@ -498,6 +537,8 @@ pub async fn run(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Result<(),
             .unwrap_or_else(|| "10.32.0.0/12".parse().expect("valid CIDR")),
         ipam_enabled: cfg.ipam.is_some(),
         dns: dns_shared,
+        docker: engine.clone(),
+        docker_status,
     });
 
     let mut tasks = tokio::task::JoinSet::new();
@@ -505,6 +546,31 @@ pub async fn run(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Result<(),
         // Names of containers attached before a restart come back once the router runs.
         let app = app.clone();
         tasks.spawn(async move { api::reregister(&app).await });
+    }
+    if let Some(engine) = &engine {
+        let proxy = Arc::new(docker::proxy::Proxy {
+            app: app.clone(),
+            engine: engine.clone(),
+        });
+        for l in proxy_listeners {
+            tasks.spawn(docker::proxy::serve(proxy.clone(), l, shutdown.clone()));
+        }
+        if let Some(sock) = &engine.settings.plugin_socket {
+            let plugin = docker::plugin::Plugin::new(
+                app.clone(),
+                host.netlink.clone(),
+                host.bridge.index,
+                mtu,
+            );
+            docker::plugin::serve(plugin, sock, shutdown.clone())
+                .await
+                .map_err(DaemonError::Config)?;
+        }
+        tasks.spawn(docker::watch_events(
+            app.clone(),
+            engine.clone(),
+            shutdown.clone(),
+        ));
     }
     if let Some((_, mut server)) = dns {
         let mut sd = shutdown.clone();
@@ -584,5 +650,10 @@ pub async fn run(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Result<(),
     })
     .await;
     let _ = std::fs::remove_file(&pid_file);
+    for a in &app.docker_status.proxy_addrs {
+        if let Some(p) = a.strip_prefix("unix://") {
+            let _ = std::fs::remove_file(p);
+        }
+    }
     Ok(())
 }

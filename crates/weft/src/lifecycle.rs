@@ -106,6 +106,7 @@ pub fn router(cli: &Cli, args: &RouterArgs) -> Result<()> {
         passwords: args.passwords()?,
         trusted_subnets: args.trusted_subnets()?,
         fastdp: !args.no_fastdp(),
+        docker: args.docker(&cli.run_dir)?,
         dns: (!args.no_dns).then(|| weft_daemon::DnsSettings {
             domain: args.dns_domain.clone(),
             listen: args.dns_listen_address,
@@ -212,6 +213,11 @@ pub fn launch(cli: &Cli, args: &RouterArgs) -> Result<()> {
             }
             Err(e) => return Err(e.into()),
         }
+    }
+    if let Ok(r) = rt.block_on(client.get_json::<weft_api::types::Report>("/report"))
+        && let Some(why) = r.docker_unavailable
+    {
+        eprintln!("weft: {why}: launched without the Docker proxy and plugin");
     }
     let name = std::fs::read_to_string(cli.state_dir.join("peer-name")).unwrap_or_default();
     println!("{}", name.trim());

@@ -156,6 +156,14 @@ enum Cmd {
     Ps { containers: Vec<String> },
     /// Print the version of the CLI and of the running router.
     Version,
+    /// Print the shell command that points the Docker client at weft's proxy:
+    /// `eval $(weft env)`; `eval $(weft env --restore)` points it back.
+    Env {
+        #[arg(long)]
+        restore: bool,
+    },
+    /// Print the Docker client argument for weft's proxy: `docker $(weft config) run ...`.
+    Config,
     /// Roll the network to a new password without downtime: on every host 'add NEW', then on
     /// every host 'use NEW', then on every host 'drop OLD'. Connections stay up throughout.
     /// Without PASSWORD (or --file), the password is read from standard input.
@@ -265,6 +273,43 @@ pub struct RouterArgs {
     /// Prometheus metrics only, e.g. 0.0.0.0:6781 for a scraper elsewhere ("" turns it off).
     #[arg(long, env = "WEFT_METRICS_ADDR", default_value = "")]
     metrics_addr: String,
+    /// The Docker Engine's API ("" turns the Docker proxy and plugin off).
+    #[arg(long, env = "WEFT_DOCKER_API", default_value = weft_daemon::docker::DEFAULT_DOCKER_API)]
+    docker_api: String,
+    /// Serve the Docker API proxy (`--proxy=false` turns it off).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    proxy: bool,
+    /// Where the Docker proxy listens (repeatable; default unix://<run dir>/weft.sock).
+    #[arg(short = 'H', value_name = "unix:///PATH")]
+    proxy_listen: Vec<String>,
+    /// Serve the Docker network plugin (`--plugin=false` turns it off).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    plugin: bool,
+    /// The Docker network plugin's socket; the driver is named after it.
+    #[arg(
+        long,
+        env = "WEFT_PLUGIN_SOCKET",
+        default_value = "/run/docker/plugins/weft.sock"
+    )]
+    plugin_socket: PathBuf,
+    /// Proxy: do not give containers weftDNS, a hostname in the domain, or DNS names.
+    #[arg(long)]
+    without_dns: bool,
+    /// Proxy: no 224.0.0.0/4 route through ethwe in containers.
+    #[arg(long)]
+    no_multicast_route: bool,
+    /// Proxy: leave containers' /etc/hosts as Docker wrote it.
+    #[arg(long)]
+    no_rewrite_hosts: bool,
+    /// Proxy: attach only containers that set WEFT_CIDR (or WEAVE_CIDR).
+    #[arg(long)]
+    no_default_ipalloc: bool,
+    /// Proxy: take containers' hostnames from this label when it is set.
+    #[arg(long, value_name = "LABEL")]
+    hostname_from_label: Option<String>,
+    /// The static weft-wait binary the proxy mounts into containers (default: next to weft).
+    #[arg(long, env = "WEFT_WAIT_BINARY")]
+    wait_binary: Option<PathBuf>,
     /// Peers to connect to: <ip|host>[:port].
     peers: Vec<String>,
 }
@@ -309,11 +354,30 @@ impl RouterArgs {
         }
         opt("status-addr", Some(self.status_addr.clone()));
         opt("metrics-addr", Some(self.metrics_addr.clone()));
+        opt("docker-api", Some(self.docker_api.clone()));
+        opt("proxy", Some(self.proxy.to_string()));
+        opt("plugin", Some(self.plugin.to_string()));
+        opt(
+            "plugin-socket",
+            Some(self.plugin_socket.display().to_string()),
+        );
+        opt("hostname-from-label", self.hostname_from_label.clone());
+        opt(
+            "wait-binary",
+            self.wait_binary.as_ref().map(|p| p.display().to_string()),
+        );
+        for h in &self.proxy_listen {
+            v.push(format!("-H={h}"));
+        }
         for (set, flag) in [
             (self.no_discovery, "--no-discovery"),
             (self.resume, "--resume"),
             (self.no_dns, "--no-dns"),
             (self.no_fastdp(), "--no-fastdp"),
+            (self.without_dns, "--without-dns"),
+            (self.no_multicast_route, "--no-multicast-route"),
+            (self.no_rewrite_hosts, "--no-rewrite-hosts"),
+            (self.no_default_ipalloc, "--no-default-ipalloc"),
         ] {
             if set {
                 v.push(flag.to_string());
@@ -376,6 +440,38 @@ impl RouterArgs {
             parse("--status-addr", &self.status_addr)?,
             parse("--metrics-addr", &self.metrics_addr)?,
         ))
+    }
+
+    /// The Docker proxy and plugin settings; `None` when `--docker-api ""`.
+    fn docker(
+        &self,
+        run_dir: &std::path::Path,
+    ) -> Result<Option<weft_daemon::docker::DockerSettings>> {
+        if self.docker_api.trim().is_empty() {
+            return Ok(None);
+        }
+        let wait_binary = match &self.wait_binary {
+            Some(p) => p.clone(),
+            None => std::env::current_exe()
+                .context("finding the weft executable")?
+                .with_file_name("weft-wait"),
+        };
+        let proxy_listen = match (self.proxy, self.proxy_listen.is_empty()) {
+            (false, _) => Vec::new(),
+            (true, true) => vec![format!("unix://{}", run_dir.join("weft.sock").display())],
+            (true, false) => self.proxy_listen.clone(),
+        };
+        Ok(Some(weft_daemon::docker::DockerSettings {
+            api: self.docker_api.clone(),
+            proxy_listen,
+            plugin_socket: self.plugin.then(|| self.plugin_socket.clone()),
+            without_dns: self.without_dns || self.no_dns,
+            no_multicast_route: self.no_multicast_route,
+            no_rewrite_hosts: self.no_rewrite_hosts,
+            no_default_ipalloc: self.no_default_ipalloc,
+            hostname_from_label: self.hostname_from_label.clone(),
+            wait_binary,
+        }))
     }
 
     fn trusted_subnets(&self) -> Result<Vec<Ipv4Net>> {
@@ -685,6 +781,47 @@ fn real_main(cli: Cli) -> Result<()> {
                 Err(e) => return Err(e.into()),
             }
             Ok(())
+        }
+        Cmd::Env { restore: true } => {
+            match std::env::var("ORIG_DOCKER_HOST") {
+                Ok(o) if o.is_empty() => println!("unset DOCKER_HOST ORIG_DOCKER_HOST"),
+                Ok(o) => println!("export DOCKER_HOST={o}; unset ORIG_DOCKER_HOST"),
+                Err(_) => bail!(
+                    "Nothing to restore. This is most likely because there was no preceding invocation of 'eval $(weft env)' in this shell."
+                ),
+            }
+            Ok(())
+        }
+        Cmd::Env { restore: false } => {
+            let addr = proxy_address(&runtime()?, &client())?;
+            let old = std::env::var("DOCKER_HOST").unwrap_or_default();
+            if old == addr {
+                println!("export DOCKER_HOST={addr}");
+            } else {
+                println!("export DOCKER_HOST={addr} ORIG_DOCKER_HOST={old}");
+            }
+            Ok(())
+        }
+        Cmd::Config => {
+            let addr = proxy_address(&runtime()?, &client())?;
+            println!("-H={addr}");
+            Ok(())
+        }
+    }
+}
+
+/// The Docker proxy's first address, from the running router.
+fn proxy_address(rt: &tokio::runtime::Runtime, c: &Client) -> Result<String> {
+    let r: Report = rt.block_on(c.get_json("/report"))?;
+    if let Some(a) = r.proxy.as_ref().and_then(|p| p.addresses.first()) {
+        return Ok(a.clone());
+    }
+    match r.docker_unavailable {
+        Some(why) => bail!(
+            "weft's Docker proxy is not running: {why}; start Docker, then 'weft stop' and 'weft launch' again"
+        ),
+        None => {
+            bail!("weft's Docker proxy is off (launched with --proxy=false or --docker-api \"\")")
         }
     }
 }

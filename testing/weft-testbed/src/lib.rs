@@ -62,6 +62,32 @@ pub struct Host {
     pub run_dir: PathBuf,
 }
 
+/// Kinds of Docker objects a test bed names and removes.
+#[derive(Clone, Copy, Debug)]
+pub enum DockerObject {
+    Container,
+    Network,
+    Image,
+}
+
+/// Whether a Docker Engine answers here; with `WEFT_REQUIRE_DOCKER=1` (CI) its absence fails.
+pub fn docker_available() -> bool {
+    let ok = Command::new("docker")
+        .args(["version", "--format", "{{.Server.Version}}"])
+        .env_remove("DOCKER_HOST")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        let required = std::env::var("WEFT_REQUIRE_DOCKER").is_ok_and(|v| v == "1");
+        assert!(
+            !required,
+            "WEFT_REQUIRE_DOCKER=1 but no Docker Engine answers (start dockerd)"
+        );
+        eprintln!("skipping: no Docker Engine answers (set WEFT_REQUIRE_DOCKER=1 to fail instead)");
+    }
+    ok
+}
+
 pub struct Testbed {
     pub prefix: String,
     pub weft: PathBuf,
@@ -72,6 +98,12 @@ pub struct Testbed {
     children: Vec<Child>,
     /// `/etc/netns/<ns>` directories we made (per-namespace resolv.conf).
     etc_dirs: Vec<PathBuf>,
+    /// Routers talk to the Docker Engine (off unless a test asks: see [`Testbed::with_docker`]).
+    docker: bool,
+    /// Docker objects we made, removed on drop: containers, networks, images.
+    docker_containers: Vec<String>,
+    docker_networks: Vec<String>,
+    docker_images: Vec<String>,
 }
 
 /// Runs a command, failing with its output if it fails.
@@ -108,6 +140,10 @@ impl Testbed {
             dir,
             children: Vec::new(),
             etc_dirs: Vec::new(),
+            docker: false,
+            docker_containers: Vec::new(),
+            docker_networks: Vec::new(),
+            docker_images: Vec::new(),
         };
         // From here on, Drop cleans up whatever was made even if a later step fails.
         ip(&["netns", "add", &tb.underlay])?;
@@ -189,8 +225,85 @@ impl Testbed {
         c.args(args)
             .env("WEFT_STATE_DIR", &h.state_dir)
             .env("WEFT_RUN_DIR", &h.run_dir)
-            .env_remove("WEFT_HTTP_ADDR");
+            .env_remove("WEFT_HTTP_ADDR")
+            .env_remove("DOCKER_HOST");
+        if self.docker {
+            // One engine serves every host: each router gets its own plugin socket (the
+            // driver is named after it).
+            c.env_remove("WEFT_DOCKER_API")
+                .env("WEFT_PLUGIN_SOCKET", self.plugin_socket(i));
+        } else {
+            c.env("WEFT_DOCKER_API", "");
+        }
         c
+    }
+
+    /// Lets the routers use the machine's Docker Engine (proxy and plugin).
+    pub fn with_docker(&mut self) {
+        self.docker = true;
+    }
+
+    /// Host `i`'s plugin socket, and so its Docker network driver's name.
+    pub fn plugin_socket(&self, i: usize) -> PathBuf {
+        PathBuf::from(format!("/run/docker/plugins/{}h{i}.sock", self.prefix))
+    }
+
+    pub fn plugin_driver(&self, i: usize) -> String {
+        format!("{}h{i}", self.prefix)
+    }
+
+    /// Host `i`'s Docker proxy address.
+    pub fn proxy(&self, i: usize) -> String {
+        format!(
+            "unix://{}",
+            self.host(i).run_dir.join("weft.sock").display()
+        )
+    }
+
+    /// `docker ARGS` through host `i`'s proxy (or straight to the engine with `i == 0`).
+    pub fn docker_cmd(&self, i: usize, args: &[&str]) -> Command {
+        let mut c = Command::new("docker");
+        if i > 0 {
+            c.args(["-H", &self.proxy(i)]);
+        }
+        c.args(args).env_remove("DOCKER_HOST");
+        c
+    }
+
+    /// Runs `docker ARGS` via host `i`'s proxy; fails unless it exits 0; returns stdout.
+    pub fn docker_ok(&self, i: usize, args: &[&str]) -> Result<String> {
+        let out = run(&mut self.docker_cmd(i, args))?;
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    }
+
+    /// A Docker object name unique to this test bed (and removed with it).
+    pub fn docker_name(&mut self, kind: DockerObject, name: &str) -> String {
+        let n = format!("{}-{name}", self.prefix);
+        match kind {
+            DockerObject::Container => self.docker_containers.push(n.clone()),
+            DockerObject::Network => self.docker_networks.push(n.clone()),
+            DockerObject::Image => self.docker_images.push(n.clone()),
+        }
+        n
+    }
+
+    /// Builds an image `FROM scratch` holding Debian's static busybox and its applets;
+    /// returns its name. No registry needed.
+    pub fn busybox_image(&mut self) -> Result<String> {
+        let name = self.docker_name(DockerObject::Image, "bb");
+        let dir = self.dir.join("bb-image");
+        std::fs::create_dir_all(&dir)?;
+        std::fs::copy("/bin/busybox", dir.join("busybox"))
+            .context("copying /bin/busybox (apt-get install busybox-static)")?;
+        std::fs::write(
+            dir.join("Dockerfile"),
+            "FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\nCMD [\"/bin/sh\"]\n",
+        )?;
+        run(Command::new("docker")
+            .args(["build", "-q", "-t", &name])
+            .arg(&dir)
+            .env_remove("DOCKER_HOST"))?;
+        Ok(name)
     }
 
     /// Runs `weft ARGS` on host `i` and returns its output whatever the exit status.
@@ -459,6 +572,32 @@ impl Testbed {
 
 impl Drop for Testbed {
     fn drop(&mut self) {
+        // Docker objects first, straight at the engine, while the routers (whose plugins
+        // remove endpoints) still run.
+        if !self.docker_containers.is_empty() {
+            let _ = Command::new("docker")
+                .args(["rm", "-f"])
+                .args(&self.docker_containers)
+                .env_remove("DOCKER_HOST")
+                .output();
+        }
+        for n in &self.docker_networks {
+            let _ = Command::new("docker")
+                .args(["network", "rm", n])
+                .env_remove("DOCKER_HOST")
+                .output();
+        }
+        for n in &self.docker_images {
+            let _ = Command::new("docker")
+                .args(["rmi", "-f", n])
+                .env_remove("DOCKER_HOST")
+                .output();
+        }
+        if self.docker {
+            for i in 1..=self.hosts.len() {
+                let _ = std::fs::remove_file(self.plugin_socket(i));
+            }
+        }
         for i in 1..=self.hosts.len() {
             if let Some(pid) = self.our_router_pid(i) {
                 let _ = Command::new("kill").args(["-9", &pid.to_string()]).output();

@@ -1,0 +1,510 @@
+//! Docker integration: the API proxy that puts `docker run` containers on the overlay
+//! ([`proxy`]), the libnetwork remote network and IPAM driver ([`plugin`]), and what both
+//! share — the engine client, and attaching a proxy-made container when it starts.
+//!
+//! Containers made through the proxy carry `/w/w` (weft-wait) as their entrypoint, so they are
+//! recognised wherever they are started from: through the proxy (which answers the start only
+//! once the container is attached), by `docker start` on the engine's own socket or a restart
+//! policy (the events watcher attaches them), or before a router restart (attached again at
+//! start-up). A container whose process dies is detached at once (its `die` event), its
+//! names removed and its addresses released; the reaper would notice within a second anyway.
+
+pub mod plugin;
+pub mod proxy;
+pub mod rewrite;
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bollard::Docker;
+use bollard::models::ContainerInspectResponse;
+use bollard::query_parameters::{EventsOptions, KillContainerOptions, ListContainersOptions};
+use futures::StreamExt;
+use tokio::sync::{Mutex, watch};
+use tracing::{debug, info, warn};
+use weft_api::types::{AddrSpec, AttachRequest};
+
+use crate::api::{self, ApiError, App};
+
+/// The label naming the router whose proxy made a container.
+pub const ROUTER_LABEL: &str = "works.weft.router";
+
+/// The engine's API socket when `--docker-api` is not given.
+pub const DEFAULT_DOCKER_API: &str = "unix:///var/run/docker.sock";
+
+#[derive(Clone, Debug)]
+pub struct DockerSettings {
+    /// The engine's API (`unix:///var/run/docker.sock`).
+    pub api: String,
+    /// Where the proxy listens (`unix:///run/weft/weft.sock`, `tcp://127.0.0.1:12375`);
+    /// empty: no proxy.
+    pub proxy_listen: Vec<String>,
+    /// The network plugin's socket (`/run/docker/plugins/weft.sock`); `None`: no plugin.
+    pub plugin_socket: Option<PathBuf>,
+    pub without_dns: bool,
+    pub no_multicast_route: bool,
+    pub no_rewrite_hosts: bool,
+    pub no_default_ipalloc: bool,
+    pub hostname_from_label: Option<String>,
+    /// The static weft-wait binary bind-mounted into containers.
+    pub wait_binary: PathBuf,
+}
+
+/// The engine's socket path from `unix:///path` or `/path`.
+pub fn socket_path(api: &str) -> Option<PathBuf> {
+    let p = api.strip_prefix("unix://").unwrap_or(api);
+    p.starts_with('/').then(|| PathBuf::from(p))
+}
+
+/// A Docker Engine the router talks to.
+pub struct Engine {
+    pub client: Docker,
+    /// Our peer name: containers made through our proxy carry it in [`ROUTER_LABEL`], so
+    /// routers sharing one engine (a test bed) each attach only their own.
+    pub router: String,
+    pub socket: PathBuf,
+    pub settings: DockerSettings,
+    /// One attach at a time per container: the proxy's start and the start event race.
+    attaching: Mutex<HashMap<String, Arc<Mutex<()>>>>,
+    /// Networks made with our plugin (id → multicast route), whose containers get DNS names.
+    pub plugin_networks: Mutex<HashMap<String, bool>>,
+}
+
+/// What `status` says about the Docker integration.
+#[derive(Clone, Debug, Default)]
+pub struct DockerStatus {
+    pub proxy_addrs: Vec<String>,
+    pub plugin_driver: Option<String>,
+    /// Why the proxy and plugin are off, when Docker could not be reached.
+    pub unavailable: Option<String>,
+}
+
+impl Engine {
+    /// Connects to the engine and checks it answers; `Err` says why not.
+    pub async fn connect(settings: DockerSettings, router: String) -> Result<Arc<Engine>, String> {
+        let socket = socket_path(&settings.api).ok_or_else(|| {
+            format!(
+                "--docker-api {:?}: only unix sockets are supported (unix:///var/run/docker.sock)",
+                settings.api
+            )
+        })?;
+        let client = Docker::connect_with_unix(
+            &socket.display().to_string(),
+            120,
+            bollard::API_DEFAULT_VERSION,
+        )
+        .map_err(|e| format!("{}: {e}", settings.api))?;
+        let client = tokio::time::timeout(Duration::from_secs(3), client.negotiate_version())
+            .await
+            .map_err(|_| format!("Docker at {} did not answer within 3 s", settings.api))?
+            .map_err(|e| format!("Docker is not running at {}: {e}", settings.api))?;
+        Ok(Arc::new(Engine {
+            client,
+            router,
+            socket,
+            settings,
+            attaching: Mutex::new(HashMap::new()),
+            plugin_networks: Mutex::new(HashMap::new()),
+        }))
+    }
+
+    pub async fn inspect(
+        &self,
+        id: &str,
+    ) -> Result<ContainerInspectResponse, bollard::errors::Error> {
+        self.client.inspect_container(id, None).await
+    }
+
+    /// The image's `(Entrypoint, Cmd)`; `None` if the engine does not have the image.
+    pub async fn image_command(&self, image: &str) -> Option<(Vec<String>, Vec<String>)> {
+        let i = self.client.inspect_image(image).await.ok()?;
+        let c = i.config.unwrap_or_default();
+        Some((c.entrypoint.unwrap_or_default(), c.cmd.unwrap_or_default()))
+    }
+
+    pub async fn kill(&self, id: &str) {
+        let opts = KillContainerOptions {
+            signal: "KILL".into(),
+        };
+        if let Err(e) = self.client.kill_container(id, Some(opts)).await {
+            warn!(container = %id, "killing the container failed: {e}");
+        }
+    }
+}
+
+/// A Docker container resolved for `weft attach`/`ps`/`dns-add`.
+#[derive(Clone, Debug)]
+pub struct Container {
+    pub id: String,
+    pub name: String,
+    /// `/proc/PID/ns/net` of its running process.
+    pub netns: String,
+    /// `hostname.domainname` (or the hostname alone when it has no domain).
+    pub fqdn: Option<String>,
+    inspect: Box<ContainerInspectResponse>,
+}
+
+impl Container {
+    fn from_inspect(c: ContainerInspectResponse) -> Result<Container, String> {
+        let id = c.id.clone().unwrap_or_default();
+        let name = c.name.clone().unwrap_or_default();
+        let state = c.state.clone().unwrap_or_default();
+        let pid = state.pid.unwrap_or(0);
+        if state.running != Some(true) || pid <= 0 {
+            return Err(format!(
+                "container {} is not running",
+                name.trim_start_matches('/')
+            ));
+        }
+        let cfg = c.config.clone().unwrap_or_default();
+        let host = cfg.hostname.unwrap_or_default();
+        let domain = cfg.domainname.unwrap_or_default();
+        let fqdn = match (host.is_empty(), domain.is_empty()) {
+            (true, _) => None,
+            (false, true) => Some(host),
+            (false, false) => Some(format!("{host}.{domain}")),
+        };
+        Ok(Container {
+            id,
+            name,
+            netns: format!("/proc/{pid}/ns/net"),
+            fqdn,
+            inspect: Box::new(c),
+        })
+    }
+
+    /// Made by our proxy: its entrypoint is weft-wait.
+    fn proxied(&self) -> bool {
+        self.inspect
+            .config
+            .as_ref()
+            .and_then(|c| c.entrypoint.as_ref())
+            .and_then(|e| e.first())
+            .is_some_and(|e| e == rewrite::WAIT_PATH)
+    }
+
+    fn label(&self, key: &str) -> Option<&str> {
+        self.inspect
+            .config
+            .as_ref()
+            .and_then(|c| c.labels.as_ref())
+            .and_then(|l| l.get(key))
+            .map(String::as_str)
+    }
+
+    fn env(&self) -> Vec<String> {
+        self.inspect
+            .config
+            .as_ref()
+            .and_then(|c| c.env.clone())
+            .unwrap_or_default()
+    }
+
+    fn multicast_route(&self) -> bool {
+        // weft-wait waits for the multicast route unless told otherwise at create time.
+        self.inspect
+            .config
+            .as_ref()
+            .and_then(|c| c.cmd.as_ref())
+            .and_then(|c| c.first())
+            .is_none_or(|a| a != "--no-mcast")
+    }
+}
+
+/// Finds a running Docker container by name or id.
+pub async fn find(engine: &Engine, spec: &str) -> Result<Container, String> {
+    match engine.inspect(spec).await {
+        Ok(c) => Container::from_inspect(c),
+        Err(bollard::errors::Error::DockerResponseServerError {
+            status_code: 404, ..
+        }) => Err(format!("no such container: {spec}")),
+        Err(e) => Err(format!("asking Docker about {spec}: {e}")),
+    }
+}
+
+/// Attaches a container made by our proxy, if it is running and not opted out; returns
+/// `Ok(false)` if it is not one to attach. Idempotent: an attached container keeps its
+/// addresses.
+pub async fn ensure_attached(app: &App, engine: &Engine, id: &str) -> Result<bool, String> {
+    let lock = {
+        let mut m = engine.attaching.lock().await;
+        m.entry(id.to_string()).or_default().clone()
+    };
+    let _guard = lock.lock().await;
+    let r = attach_locked(app, engine, id).await;
+    engine.attaching.lock().await.remove(id);
+    r
+}
+
+async fn attach_locked(app: &App, engine: &Engine, id: &str) -> Result<bool, String> {
+    let c = match engine.inspect(id).await {
+        Ok(c) => c,
+        Err(e) => return Err(format!("inspecting container {id}: {e}")),
+    };
+    let c = match Container::from_inspect(c) {
+        Ok(c) => c,
+        // Gone again already (a short-lived container): nothing to attach.
+        Err(_) => return Ok(false),
+    };
+    if !c.proxied() || c.label(ROUTER_LABEL).is_some_and(|r| r != engine.router) {
+        return Ok(false);
+    }
+    let s = &engine.settings;
+    let env = c.env();
+    let specs = rewrite::cidr_specs(rewrite::cidr_env(&env), s.no_default_ipalloc)?;
+    let Some(specs) = specs else {
+        return Ok(false);
+    };
+    let hostname = if s.without_dns { None } else { c.fqdn.clone() };
+    let req = AttachRequest {
+        container: c.netns.clone(),
+        addrs: specs.iter().map(spec_string).collect(),
+        multicast_route: c.multicast_route(),
+        hostname: hostname.clone(),
+        without_dns: s.without_dns || hostname.is_none(),
+    };
+    // Attached already (the proxy's start and the start event both get here).
+    let attached = app.attacher.attachments().await;
+    if attached
+        .iter()
+        .any(|a| a.id == c.id && a.netns == Path::new(&c.netns))
+    {
+        return Ok(true);
+    }
+    let r = match api::attach_container(app, req, Some(c.id.clone())).await {
+        Ok(r) => r,
+        Err(e) => {
+            // A container that ran and exited meanwhile (`docker run --rm -i ... cat`) needs
+            // no network any more: not a failure to report.
+            let still = engine
+                .inspect(id)
+                .await
+                .ok()
+                .and_then(|i| Container::from_inspect(i).ok())
+                .is_some_and(|now| now.netns == c.netns);
+            if !still {
+                return Ok(false);
+            }
+            return Err(e.message().to_string());
+        }
+    };
+    info!(container = %c.id, name = %c.name, addrs = ?r.addresses, "Docker container attached");
+    if !s.no_rewrite_hosts
+        && let Some(path) = c.inspect.hosts_path.as_deref().filter(|p| !p.is_empty())
+    {
+        let ips: Vec<IpAddr> = r.addresses.iter().map(|n| IpAddr::V4(n.addr())).collect();
+        let cfg = c.inspect.config.clone().unwrap_or_default();
+        let host = cfg.hostname.unwrap_or_default();
+        let domain = cfg.domainname.unwrap_or_default();
+        let extra = c
+            .inspect
+            .host_config
+            .as_ref()
+            .and_then(|h| h.extra_hosts.clone())
+            .unwrap_or_default();
+        let text = rewrite::hosts_file(&host, &domain, &ips, &extra);
+        // Written in place: the container sees this file through a bind mount.
+        if let Err(e) = std::fs::write(Path::new(path), text) {
+            warn!(container = %c.id, "rewriting {path}: {e}");
+        }
+    }
+    Ok(true)
+}
+
+fn spec_string(s: &AddrSpec) -> String {
+    match s {
+        AddrSpec::Exact(n) => n.to_string(),
+        AddrSpec::Subnet(n) => format!("net:{n}"),
+        AddrSpec::DefaultSubnet => "net:default".into(),
+    }
+}
+
+/// Follows the engine's container events: proxy-made containers started without the proxy
+/// are attached, containers that die are detached at once. Re-attaches running ones first
+/// (after a router restart).
+pub async fn watch_events(app: Arc<App>, engine: Arc<Engine>, mut shutdown: watch::Receiver<bool>) {
+    let mut delay = Duration::from_secs(1);
+    loop {
+        attach_running(&app, &engine).await;
+        let opts = EventsOptions {
+            filters: Some(HashMap::from([
+                ("type".to_string(), vec!["container".to_string()]),
+                (
+                    "event".to_string(),
+                    vec!["start".to_string(), "die".to_string()],
+                ),
+            ])),
+            ..Default::default()
+        };
+        let mut events = engine.client.events(Some(opts));
+        loop {
+            tokio::select! {
+                ev = events.next() => match ev {
+                    Some(Ok(ev)) => {
+                        delay = Duration::from_secs(1);
+                        let id = ev.actor.and_then(|a| a.id).unwrap_or_default();
+                        match ev.action.as_deref() {
+                            Some("start") => {
+                                let (app, engine) = (app.clone(), engine.clone());
+                                tokio::spawn(async move {
+                                    if let Err(e) = ensure_attached(&app, &engine, &id).await {
+                                        warn!(container = %id, "attaching the started container failed: {e}");
+                                    }
+                                    register_plugin_names(&app, &engine, &id).await;
+                                });
+                            }
+                            Some("die") => {
+                                debug!(container = %id, "container died");
+                                let gone = app.attacher.reap().await;
+                                api::release_gone(&app, gone).await;
+                                // Names of a container on a plugin network (no-op otherwise).
+                                crate::dns_api::unregister(&app, &id, None).await;
+                            }
+                            _ => {}
+                        }
+                    }
+                    Some(Err(e)) => {
+                        warn!("Docker events: {e}; reconnecting");
+                        break;
+                    }
+                    None => break,
+                },
+                _ = shutdown.changed() => return,
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = shutdown.changed() => return,
+        }
+        delay = (delay * 2).min(Duration::from_secs(30));
+    }
+}
+
+/// After a restart: the networks our plugin made earlier (Docker does not create them again).
+async fn recall_plugin_networks(engine: &Engine) {
+    let Some(sock) = &engine.settings.plugin_socket else {
+        return;
+    };
+    let driver = plugin::driver_name(sock);
+    let opts = bollard::query_parameters::ListNetworksOptions {
+        filters: Some(HashMap::from([("driver".to_string(), vec![driver])])),
+    };
+    let Ok(list) = engine.client.list_networks(Some(opts)).await else {
+        return;
+    };
+    let mut nets = engine.plugin_networks.lock().await;
+    for n in list {
+        if let Some(id) = n.id {
+            let mcast = n
+                .options
+                .unwrap_or_default()
+                .iter()
+                .any(|(k, v)| plugin::MULTICAST_OPTIONS.contains(&k.as_str()) && v != "false");
+            nets.entry(id).or_insert(mcast);
+        }
+    }
+}
+
+async fn attach_running(app: &App, engine: &Engine) {
+    recall_plugin_networks(engine).await;
+    let list = match engine
+        .client
+        .list_containers(Some(ListContainersOptions::default()))
+        .await
+    {
+        Ok(l) => l,
+        Err(e) => {
+            warn!("listing Docker containers: {e}");
+            return;
+        }
+    };
+    for c in list {
+        let Some(id) = c.id else { continue };
+        if let Err(e) = ensure_attached(app, engine, &id).await {
+            warn!(container = %id, "re-attaching a running container failed: {e}");
+        }
+    }
+}
+
+/// Resolves a container argument of the CLI: a netns name, path or PID as before, else a
+/// Docker container's name or id.
+pub async fn resolve(app: &App, spec: &str) -> Result<(String, Option<Container>), ApiError> {
+    if weft_linux::netns::resolve(spec).is_ok() {
+        return Ok((spec.to_string(), None));
+    }
+    let not_found = |why: String| ApiError::new(axum::http::StatusCode::NOT_FOUND, why);
+    let Some(engine) = app.docker.as_ref() else {
+        return Err(not_found(format!(
+            "container {spec:?} not found: no such network namespace name, path or PID (and Docker is not connected)"
+        )));
+    };
+    match find(engine, spec).await {
+        Ok(c) => Ok((c.netns.clone(), Some(c))),
+        Err(e) => Err(not_found(format!(
+            "container {spec:?} not found: no such network namespace name, path or PID, and Docker says: {e}"
+        ))),
+    }
+}
+
+/// Registers the name of a container on one of our plugin's networks, with its address there
+/// (Weave's plugin did: `<hostname>.<domain>` and `<container name>.<domain>`).
+async fn register_plugin_names(app: &App, engine: &Engine, id: &str) {
+    let Some(dns) = app.dns.as_ref() else { return };
+    if engine.settings.without_dns {
+        return;
+    }
+    let ours: Vec<String> = engine
+        .plugin_networks
+        .lock()
+        .await
+        .keys()
+        .cloned()
+        .collect();
+    if ours.is_empty() {
+        return;
+    }
+    let Ok(c) = engine.inspect(id).await else {
+        return;
+    };
+    let addrs: Vec<std::net::Ipv4Addr> = c
+        .network_settings
+        .as_ref()
+        .and_then(|n| n.networks.as_ref())
+        .into_iter()
+        .flatten()
+        .filter(|(_, ep)| ep.network_id.as_ref().is_some_and(|n| ours.contains(n)))
+        .filter_map(|(_, ep)| ep.ip_address.as_deref()?.parse().ok())
+        .collect();
+    if addrs.is_empty() {
+        return;
+    }
+    let domain = dns.config.domain.clone();
+    let mut names = Vec::new();
+    if let Some(cfg) = &c.config
+        && let Some(h) = cfg
+            .hostname
+            .as_deref()
+            // Docker's default hostname is the short id: no name worth registering.
+            .filter(|h| !h.is_empty() && !id.starts_with(h))
+    {
+        match cfg.domainname.as_deref().filter(|d| !d.is_empty()) {
+            Some(d) => names.push(format!("{h}.{d}")),
+            None => names.push(format!("{h}.{domain}")),
+        }
+    }
+    if let Some(n) = c.name.as_deref() {
+        let h = rewrite::hostname_from_name(n);
+        if !h.is_empty() {
+            names.push(format!("{h}.{domain}"));
+        }
+    }
+    names.dedup();
+    for n in names {
+        if let Err(e) = crate::dns_api::register(app, &n, id, &addrs).await {
+            warn!(container = %id, "registering {n}: {}", e.message());
+        }
+    }
+}

@@ -1,0 +1,287 @@
+//! The Docker API proxy: `DOCKER_HOST=unix:///run/weft/weft.sock` and every `docker` command
+//! goes through weft to the real engine.
+//!
+//! Requests pass through untouched — bodies streamed both ways, long polls without timeouts,
+//! and `attach`/`exec` connection upgrades (101) spliced into a byte pipe — except two:
+//! - `POST /containers/create` of a qualifying container is rewritten ([`super::rewrite`]):
+//!   weft-wait as entrypoint, hostname in the weft domain, weftDNS as resolver;
+//! - `POST /containers/{id}/start` (and `/restart`) is answered only once the container is
+//!   attached; if attaching fails the container is killed and the client gets the reason, so
+//!   no container runs unconnected.
+
+use std::convert::Infallible;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderValue, TRANSFER_ENCODING};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde_json::Value;
+use tokio::net::UnixStream;
+use tokio::sync::watch;
+use tracing::{debug, info, warn};
+
+use super::rewrite::{self, CreateSettings};
+use super::{Engine, ensure_attached};
+use crate::api::App;
+
+type Body = BoxBody<Bytes, hyper::Error>;
+
+/// Largest container configuration the proxy reads to rewrite.
+const MAX_CREATE_BODY: usize = 16 << 20;
+
+pub struct Proxy {
+    pub app: Arc<App>,
+    pub engine: Arc<Engine>,
+}
+
+fn full(b: impl Into<Bytes>) -> Body {
+    Full::new(b.into()).map_err(|never| match never {}).boxed()
+}
+
+/// A Docker-style error: `{"message": ...}`, which the docker CLI prints.
+fn error(status: StatusCode, message: &str) -> Response<Body> {
+    let body = serde_json::json!({ "message": message }).to_string();
+    let mut r = Response::new(full(body));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
+/// Serves one listener until shutdown.
+pub async fn serve(
+    proxy: Arc<Proxy>,
+    listener: tokio::net::UnixListener,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let stream = tokio::select! {
+            r = listener.accept() => match r {
+                Ok((s, _)) => s,
+                Err(e) => {
+                    warn!("Docker proxy: accepting a connection failed: {e}");
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => return,
+        };
+        let proxy = proxy.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req| {
+                let proxy = proxy.clone();
+                async move { Ok::<_, Infallible>(proxy.handle(req).await) }
+            });
+            if let Err(e) = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .with_upgrades()
+                .await
+            {
+                debug!("Docker proxy connection: {e}");
+            }
+        });
+    }
+}
+
+impl Proxy {
+    async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
+        let path = req.uri().path().to_string();
+        let unversioned = rewrite::unversioned(&path);
+        if req.method() == Method::POST && unversioned == "/containers/create" {
+            return self.create(req).await;
+        }
+        if req.method() == Method::POST
+            && let Some(id) = rewrite::started_container(&path).map(str::to_string)
+        {
+            let resp = self.forward(req.map(BodyExt::boxed)).await;
+            if !resp.status().is_success() {
+                return resp;
+            }
+            return match ensure_attached(&self.app, &self.engine, &id).await {
+                Ok(_) => resp,
+                Err(e) => {
+                    warn!(container = %id, "attaching failed, stopping the container: {e}");
+                    self.engine.kill(&id).await;
+                    error(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        &format!(
+                            "weft could not attach container {id} to the network, so it was stopped: {e}"
+                        ),
+                    )
+                }
+            };
+        }
+        self.forward(req.map(BodyExt::boxed)).await
+    }
+
+    async fn create(&self, req: Request<Incoming>) -> Response<Body> {
+        let (mut parts, body) = req.into_parts();
+        let bytes = match Limited::new(body, MAX_CREATE_BODY).collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(e) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    &format!("reading the container configuration: {e}"),
+                );
+            }
+        };
+        let name = parts.uri.query().and_then(|q| {
+            serde_urlencoded::from_str::<Vec<(String, String)>>(q)
+                .ok()?
+                .into_iter()
+                .find(|(k, _)| k == "name")
+                .map(|(_, v)| v)
+        });
+        let body = match self.rewritten(&bytes, name.as_deref()).await {
+            Ok(Some(b)) => Bytes::from(b),
+            Ok(None) => bytes,
+            Err(e) => return error(StatusCode::BAD_REQUEST, &e),
+        };
+        parts.headers.remove(TRANSFER_ENCODING);
+        parts
+            .headers
+            .insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
+        self.forward(Request::from_parts(parts, full(body))).await
+    }
+
+    /// The rewritten configuration, `None` to pass it on unchanged.
+    async fn rewritten(&self, bytes: &[u8], name: Option<&str>) -> Result<Option<Vec<u8>>, String> {
+        // Not JSON: the engine says what is wrong with it.
+        let Ok(mut body) = serde_json::from_slice::<Value>(bytes) else {
+            return Ok(None);
+        };
+        let s = &self.engine.settings;
+        if let Some(why) = rewrite::leave_alone(&body, s.no_default_ipalloc) {
+            info!(
+                name = name.unwrap_or(""),
+                "leaving the container off weft: {why}"
+            );
+            return Ok(None);
+        }
+        let image = if rewrite::has_entrypoint(&body) {
+            None
+        } else {
+            let img = body.get("Image").and_then(Value::as_str).unwrap_or("");
+            match self.engine.image_command(img).await {
+                Some(c) => Some(c),
+                // The engine answers "No such image" itself (and the CLI may pull it and
+                // create again).
+                None => return Ok(None),
+            }
+        };
+        let dns = if s.without_dns {
+            None
+        } else {
+            let domain = self
+                .app
+                .dns
+                .as_ref()
+                .map(|d| d.config.domain.trim_end_matches('.').to_string());
+            let addr = crate::dns_api::container_facing(&self.app).await;
+            match (addr, domain) {
+                (Some(a), Some(d)) => Some((a.ip(), d)),
+                (None, Some(_)) => {
+                    warn!(
+                        "containers cannot reach weftDNS (it listens on all addresses and the host has no overlay address): run 'weft expose' or launch with --dns-listen-address"
+                    );
+                    None
+                }
+                _ => None,
+            }
+        };
+        let settings = CreateSettings {
+            wait_binary: s.wait_binary.display().to_string(),
+            dns,
+            no_multicast_route: s.no_multicast_route,
+            hostname_from_label: s.hostname_from_label.clone(),
+            router_label: Some((super::ROUTER_LABEL.into(), self.engine.router.clone())),
+        };
+        rewrite::rewrite_create(&mut body, name, image, &settings)?;
+        Ok(Some(body.to_string().into_bytes()))
+    }
+
+    /// Sends the request to the engine and returns its answer, splicing upgraded connections.
+    async fn forward(&self, mut req: Request<Body>) -> Response<Body> {
+        let stream = match UnixStream::connect(&self.engine.socket).await {
+            Ok(s) => s,
+            Err(e) => {
+                return error(
+                    StatusCode::BAD_GATEWAY,
+                    &format!(
+                        "weft's Docker proxy cannot reach Docker at {}: {e}",
+                        self.engine.socket.display()
+                    ),
+                );
+            }
+        };
+        let (mut sender, conn) =
+            match hyper::client::conn::http1::handshake::<_, Body>(TokioIo::new(stream)).await {
+                Ok(x) => x,
+                Err(e) => {
+                    return error(StatusCode::BAD_GATEWAY, &format!("talking to Docker: {e}"));
+                }
+            };
+        tokio::spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                debug!("Docker connection: {e}");
+            }
+        });
+        let wants_upgrade = req.headers().contains_key(hyper::header::UPGRADE);
+        let client_side = wants_upgrade.then(|| hyper::upgrade::on(&mut req));
+        let mut resp = match sender.send_request(req).await {
+            Ok(r) => r,
+            Err(e) => return error(StatusCode::BAD_GATEWAY, &format!("talking to Docker: {e}")),
+        };
+        if resp.status() == StatusCode::SWITCHING_PROTOCOLS
+            && let Some(client_side) = client_side
+        {
+            let engine_side = hyper::upgrade::on(&mut resp);
+            tokio::spawn(async move {
+                match tokio::try_join!(client_side, engine_side) {
+                    Ok((c, e)) => {
+                        let (mut c, mut e) = (TokioIo::new(c), TokioIo::new(e));
+                        let _ = tokio::io::copy_bidirectional(&mut c, &mut e).await;
+                    }
+                    Err(e) => debug!("Docker proxy upgrade: {e}"),
+                }
+            });
+        }
+        resp.map(BodyExt::boxed)
+    }
+}
+
+/// Listens on `unix:///path` (or a bare path); the socket gets the engine socket's mode and
+/// owner, so whoever may use Docker may use the proxy.
+pub fn listen(
+    addr: &str,
+    engine_socket: &std::path::Path,
+) -> Result<(tokio::net::UnixListener, String), String> {
+    let path = match addr
+        .strip_prefix("unix://")
+        .or(addr.starts_with('/').then_some(addr))
+    {
+        Some(p) => PathBuf::from(p),
+        None => {
+            return Err(format!(
+                "-H {addr}: the proxy listens on unix sockets only (unix:///run/weft/weft.sock)"
+            ));
+        }
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    }
+    let _ = std::fs::remove_file(&path);
+    let l = tokio::net::UnixListener::bind(&path)
+        .map_err(|e| format!("listening on {}: {e}", path.display()))?;
+    if let Ok(meta) = std::fs::metadata(engine_socket) {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let _ =
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(meta.mode() & 0o777));
+        let _ = std::os::unix::fs::chown(&path, Some(meta.uid()), Some(meta.gid()));
+    }
+    Ok((l, format!("unix://{}", path.display())))
+}

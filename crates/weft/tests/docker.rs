@@ -1,0 +1,314 @@
+//! End-to-end with a real Docker Engine: two namespace hosts, each with its router and Docker
+//! proxy in front of the machine's one engine. `docker run` through either proxy puts a
+//! busybox container (an image built FROM scratch) on the overlay with a name in weftDNS;
+//! containers ping each other by name across hosts; `docker rm -f` removes the name and the
+//! address; `WEFT_CIDR=none` stays off; the network plugin carries traffic across hosts.
+//!
+//! Needs root and a running dockerd (`.ci/run` starts one; set WEFT_REQUIRE_DOCKER=1 to fail
+//! rather than skip without it) and the static weft-wait next to weft
+//! (`scripts/build-wait.sh`).
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use weft_testbed::{DockerObject, Testbed};
+
+const WEFT: &str = env!("CARGO_BIN_EXE_weft");
+
+fn testbed(tag: &str, n: usize) -> Option<Testbed> {
+    if !weft_testbed::require() || !weft_testbed::docker_available() {
+        return None;
+    }
+    let wait = Path::new(WEFT).with_file_name("weft-wait");
+    assert!(
+        wait.is_file(),
+        "{} is missing: run scripts/build-wait.sh first",
+        wait.display()
+    );
+    let mut tb = Testbed::new(tag, n, Path::new(WEFT)).expect("building the test bed");
+    tb.with_docker();
+    Some(tb)
+}
+
+/// Hosts 1..=n launched as in the tutorial, each with an overlay address so containers reach
+/// its weftDNS (the routers live in namespaces without docker0).
+fn launch(tb: &Testbed, n: usize) -> Result<()> {
+    for i in 1..=n {
+        let peers: Vec<String> = (1..i).map(|j| tb.host(j).ip.to_string()).collect();
+        let args: Vec<&str> = peers.iter().map(String::as_str).collect();
+        tb.launch(i, &args)?;
+    }
+    let want = format!("Peers: {n} (with {} established connections)", n * (n - 1));
+    for i in 1..=n {
+        Testbed::wait_for(Duration::from_secs(30), || {
+            let s = tb.weft_ok(i, &["status"])?;
+            if s.contains(&want) {
+                Ok(())
+            } else {
+                bail!("h{i}:\n{s}")
+            }
+        })?;
+        tb.weft_ok(i, &["expose"])?;
+    }
+    Ok(())
+}
+
+/// `docker exec C ARGS` straight at the engine; stdout, or the failure with its output.
+fn exec(tb: &Testbed, c: &str, args: &[&str]) -> Result<String> {
+    let mut a = vec!["exec", c];
+    a.extend_from_slice(args);
+    tb.docker_ok(0, &a)
+}
+
+#[test]
+fn docker_run_through_the_proxy_joins_the_overlay_and_dns() -> Result<()> {
+    let Some(mut tb) = testbed("dk", 2) else {
+        return Ok(());
+    };
+    launch(&tb, 2)?;
+    let image = tb.busybox_image()?;
+
+    // `eval $(weft env)` and `weft config` point the client at the proxy; status shows it.
+    let env = tb.weft_ok(1, &["env"])?;
+    assert_eq!(
+        env.trim(),
+        format!("export DOCKER_HOST={} ORIG_DOCKER_HOST=", tb.proxy(1))
+    );
+    assert_eq!(
+        tb.weft_ok(1, &["config"])?.trim(),
+        format!("-H={}", tb.proxy(1))
+    );
+    let status = tb.weft_ok(1, &["status"])?;
+    assert!(
+        status.contains(&format!(
+            "        Service: proxy\n        Address: {}\n",
+            tb.proxy(1)
+        )),
+        "{status}"
+    );
+    assert!(
+        status.contains(&format!(
+            "        Service: plugin (legacy)\n     DriverName: {}\n",
+            tb.plugin_driver(1)
+        )),
+        "{status}"
+    );
+
+    // The tutorial: service1 on host 1, service2 on host 2, each through its host's proxy.
+    let s1 = tb.docker_name(DockerObject::Container, "service1");
+    let s2 = tb.docker_name(DockerObject::Container, "service2");
+    tb.docker_ok(1, &["run", "-d", "--name", &s1, &image, "sleep", "600"])?;
+    tb.docker_ok(2, &["run", "-d", "--name", &s2, &image, "sleep", "600"])?;
+    let addr = exec(&tb, &s1, &["ip", "-4", "-o", "addr", "show", "ethwe"])?;
+    assert!(addr.contains("inet 10."), "{addr}");
+    assert_eq!(
+        exec(&tb, &s1, &["hostname"])?,
+        s1,
+        "hostname is the container name"
+    );
+    let resolv = exec(&tb, &s1, &["cat", "/etc/resolv.conf"])?;
+    assert!(resolv.contains("search weave.local"), "{resolv}");
+    let hosts = exec(&tb, &s1, &["cat", "/etc/hosts"])?;
+    assert!(hosts.contains(&format!("{s1}.weave.local {s1}")), "{hosts}");
+    // By name, across hosts, resolved by weftDNS.
+    let ping = exec(&tb, &s1, &["ping", "-c", "3", "-W", "2", &s2])?;
+    assert!(ping.contains(" 0% packet loss"), "{ping}");
+    let ping = exec(
+        &tb,
+        &s2,
+        &["ping", "-c", "2", "-W", "2", &format!("{s1}.weave.local")],
+    )?;
+    assert!(ping.contains(" 0% packet loss"), "{ping}");
+
+    // weft's own commands take Docker names.
+    let ps = tb.weft_ok(1, &["ps", &s1])?;
+    let id = tb.docker_ok(0, &["inspect", "-f", "{{.Id}}", &s1])?;
+    assert!(ps.starts_with(&id[..12]), "{ps}");
+    let dns = tb.weft_ok(2, &["status", "dns"])?;
+    assert!(dns.contains(&s1) && dns.contains(&s2), "{dns}");
+
+    // Removing a container removes its name (everywhere) and frees its address.
+    let s2_ip = exec(&tb, &s2, &["ip", "-4", "-o", "addr", "show", "ethwe"])?;
+    tb.docker_ok(2, &["rm", "-f", &s2])?;
+    Testbed::wait_for(Duration::from_secs(5), || {
+        let d = tb.weft_ok(1, &["status", "dns"])?;
+        if d.contains(&s2) {
+            bail!("{s2} still in weftDNS:\n{d}")
+        }
+        Ok(())
+    })?;
+    let ps2 = tb.weft_ok(2, &["ps"])?;
+    assert!(
+        ps2.lines().count() == 1,
+        "only weave:expose left on h2:\n{ps2}\n(was {s2_ip})"
+    );
+
+    // Opting out, and a bad address request stops the container with the reason.
+    let out = tb.docker_ok(
+        1,
+        &["run", "--rm", "-e", "WEAVE_CIDR=none", &image, "ip", "link"],
+    )?;
+    assert!(!out.contains("ethwe"), "{out}");
+    let sub = tb.docker_ok(
+        1,
+        &[
+            "run",
+            "--rm",
+            "-e",
+            "WEFT_CIDR=net:10.36.0.0/16",
+            &image,
+            "ip",
+            "-4",
+            "-o",
+            "addr",
+            "show",
+            "ethwe",
+        ],
+    )?;
+    assert!(sub.contains("inet 10.36."), "{sub}");
+    let bad = tb
+        .docker_cmd(1, &["run", "--rm", "-e", "WEFT_CIDR=bogus", &image, "true"])
+        .output()?;
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        !bad.status.success() && err.contains("could not attach") && err.contains("bogus"),
+        "{err}"
+    );
+
+    // Streams through the proxy: attach (stdin), logs.
+    let mut child = tb
+        .docker_cmd(1, &["run", "--rm", "-i", &image, "cat"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().context("stdin")?;
+        stdin.write_all(b"through the proxy\n")?;
+    }
+    let out = child.wait_with_output()?;
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "through the proxy\n");
+    Ok(())
+}
+
+#[test]
+fn the_network_plugin_carries_traffic_across_hosts() -> Result<()> {
+    let Some(mut tb) = testbed("dkp", 2) else {
+        return Ok(());
+    };
+    launch(&tb, 2)?;
+    let image = tb.busybox_image()?;
+    // One network per host's driver (one engine, two "hosts"): same default subnet, one
+    // allocator.
+    let (n1, n2) = (
+        tb.docker_name(DockerObject::Network, "n1"),
+        tb.docker_name(DockerObject::Network, "n2"),
+    );
+    for (i, n) in [(1, &n1), (2, &n2)] {
+        let d = tb.plugin_driver(i);
+        tb.docker_ok(
+            0,
+            &[
+                "network",
+                "create",
+                "-d",
+                &d,
+                "--ipam-driver",
+                &d,
+                n.as_str(),
+            ],
+        )?;
+    }
+    let (a, b) = (
+        tb.docker_name(DockerObject::Container, "pa"),
+        tb.docker_name(DockerObject::Container, "pb"),
+    );
+    tb.docker_ok(
+        0,
+        &[
+            "run", "-d", "--net", &n1, "--name", &a, &image, "sleep", "600",
+        ],
+    )?;
+    tb.docker_ok(
+        0,
+        &[
+            "run", "-d", "--net", &n2, "--name", &b, &image, "sleep", "600",
+        ],
+    )?;
+    let ip_of = |c: &str| {
+        tb.docker_ok(
+            0,
+            &[
+                "inspect",
+                "-f",
+                "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
+                c,
+            ],
+        )
+    };
+    let (ipa, ipb) = (ip_of(&a)?, ip_of(&b)?);
+    assert!(
+        ipa.starts_with("10.") && ipb.starts_with("10.") && ipa != ipb,
+        "{ipa} {ipb}"
+    );
+    let ping = exec(&tb, &a, &["ping", "-c", "3", "-W", "2", &ipb])?;
+    assert!(ping.contains(" 0% packet loss"), "{ping}");
+    let mtu = exec(&tb, &a, &["cat", "/sys/class/net/ethwe0/mtu"])?;
+    assert_eq!(mtu, "1450", "the overlay MTU");
+    // Its name is in weftDNS on the other host.
+    Testbed::wait_for(Duration::from_secs(5), || {
+        let d = tb.weft_ok(2, &["status", "dns"])?;
+        if d.contains(&a) {
+            Ok(())
+        } else {
+            bail!("{a} not in weftDNS:\n{d}")
+        }
+    })?;
+    // Addresses go back when containers and networks go.
+    tb.docker_ok(0, &["rm", "-f", &a, &b])?;
+    tb.docker_ok(0, &["network", "rm", &n1, &n2])?;
+    let ipam = tb.weft_ok(1, &["status", "ipam"])?;
+    assert!(
+        ipam.contains("(1 active)"),
+        "only weave:expose left:\n{ipam}"
+    );
+    Ok(())
+}
+
+#[test]
+fn launch_without_docker_says_so_and_works() -> Result<()> {
+    if !weft_testbed::require() {
+        return Ok(());
+    }
+    let tb = Testbed::new("dkn", 1, Path::new(WEFT))?;
+    let out = tb
+        .weft_cmd(
+            1,
+            &[
+                "launch",
+                "--docker-api=unix:///nonexistent/docker.sock",
+                "--plugin=false",
+            ],
+        )
+        .output()?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("launched without the Docker proxy and plugin"),
+        "{err}"
+    );
+    let status = tb.weft_ok(1, &["status"])?;
+    assert!(!status.contains("Service: proxy"), "{status}");
+    let env = tb.weft(1, &["env"]);
+    let e = String::from_utf8_lossy(&env.stderr);
+    assert!(!env.status.success() && e.contains("Docker"), "{e}");
+    // Unknown containers are named in the error.
+    let a = tb.weft(1, &["attach", "no-such-container"]);
+    let e = String::from_utf8_lossy(&a.stderr);
+    assert!(
+        !a.status.success() && e.contains("no-such-container"),
+        "{e}"
+    );
+    Ok(())
+}
