@@ -45,7 +45,14 @@ pub fn router(cli: &Cli, args: &RouterArgs) -> Result<()> {
         other => other,
     };
     let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(level))
+        .or_else(|_| {
+            // hickory logs every DNS query at info; those belong in a debug log only.
+            if level == "debug" {
+                EnvFilter::try_new(level)
+            } else {
+                EnvFilter::try_new(format!("{level},hickory_server=warn,hickory_proto=warn"))
+            }
+        })
         .with_context(|| {
             format!(
                 "--log-level {:?} is not one of debug, info, warning, error",

@@ -1,6 +1,7 @@
 //! The tutorial on one machine: three hosts (network namespaces on an isolated underlay),
 //! `weft launch` on each as a user would type it, a container on host1 and one on host3, their
-//! status, and a ping across the overlay. Everything is removed at the end.
+//! status, and a ping across the overlay; then, with a Docker Engine, the same by `docker run`
+//! through weft's Docker proxy. Everything is removed at the end.
 
 use std::time::{Duration, Instant};
 
@@ -18,6 +19,15 @@ fn main() -> Result<()> {
     let weft = weft_testbed::weft_binary()?;
     println!("Building 3 hosts as network namespaces on an isolated underlay (198.18.0.0/24)...");
     let mut tb = Testbed::new("demo", 3, &weft)?;
+    let docker = std::process::Command::new("docker")
+        .args(["version", "--format", "{{.Server.Version}}"])
+        .env_remove("DOCKER_HOST")
+        .output()
+        .is_ok_and(|o| o.status.success())
+        && weft.with_file_name("weft-wait").is_file();
+    if docker {
+        tb.with_docker();
+    }
     for h in &tb.hosts {
         println!(
             "  host{} = namespace {} with eth0 {}",
@@ -116,8 +126,57 @@ fn main() -> Result<()> {
     if !out.status.success() {
         bail!("the ping across the overlay failed");
     }
+    if docker {
+        docker_part(&mut tb)?;
+    } else {
+        println!("\n(no Docker Engine here, or no weft-wait: skipping the docker run part)");
+    }
     println!("\nTearing down the hosts...");
     drop(tb);
     println!("Done.");
+    Ok(())
+}
+
+/// The tutorial's Docker flow: `eval $(weft env)`, `docker run --name ...` on two hosts, and
+/// a ping by name from one container to the other.
+fn docker_part(tb: &mut Testbed) -> Result<()> {
+    use weft_testbed::DockerObject;
+    println!("\nNow the same with Docker (one engine here, each host with its own weft proxy).");
+    let image = tb.busybox_image()?;
+    say(1, "eval $(weft env)");
+    println!("{}", tb.weft_ok(1, &["env"])?.trim());
+    let web = tb.docker_name(DockerObject::Container, "web");
+    let db = tb.docker_name(DockerObject::Container, "db");
+    say(1, &format!("docker run -d --name {web} {image} sleep 600"));
+    println!(
+        "{}",
+        tb.docker_ok(1, &["run", "-d", "--name", &web, &image, "sleep", "600"])?
+    );
+    say(3, "eval $(weft env)");
+    say(3, &format!("docker run -d --name {db} {image} sleep 600"));
+    println!(
+        "{}",
+        tb.docker_ok(3, &["run", "-d", "--name", &db, &image, "sleep", "600"])?
+    );
+    say(1, "weft ps");
+    print!("{}", tb.weft_ok(1, &["ps"])?);
+    say(1, "weft status dns");
+    print!("{}", tb.weft_ok(1, &["status", "dns"])?);
+    println!("{web}# ping -c 3 {db}        (by name, across hosts)");
+    let out = tb
+        .docker_cmd(0, &["exec", &web, "ping", "-c", "3", &db])
+        .output()?;
+    print!("{}", String::from_utf8_lossy(&out.stdout));
+    if !out.status.success() {
+        bail!(
+            "the ping between Docker containers failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    say(1, "weft status");
+    let s = tb.weft_ok(1, &["status"])?;
+    if let Some(i) = s.find("        Service: proxy") {
+        print!("{}", &s[i..]);
+    }
     Ok(())
 }
