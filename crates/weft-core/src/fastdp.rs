@@ -489,6 +489,11 @@ impl FastDp {
                 && !self.encrypted.contains(&p)
                 && ip.is_some();
             let rx = (fresh(l.last_small), fresh(l.last_big));
+            // A new link gets one heartbeat timeout to show what works before anything counts
+            // as missing: heartbeats start a moment after the link (entries first), and the
+            // peer's report of ours comes later still.
+            let young = now.saturating_duration_since(l.since) < timeout;
+            let their = l.their_report;
             let reason = if self.encrypted.contains(&p) {
                 Some(SleeveReason::Encrypted)
             } else if !self.cfg.enabled {
@@ -500,15 +505,21 @@ impl FastDp {
             } else if ip.is_none() {
                 Some(SleeveReason::Ipv6)
             } else if !rx.0 {
-                if l.last_small.is_none() && now.saturating_duration_since(l.since) < timeout {
+                if l.last_small.is_none() && young {
                     Some(SleeveReason::Waiting)
                 } else {
                     Some(SleeveReason::NoHeartbeats)
                 }
-            } else if !l.their_report.is_some_and(|r| r.0) {
+            } else if their.is_none() && young {
+                Some(SleeveReason::Waiting)
+            } else if !their.is_some_and(|r| r.0) {
                 Some(SleeveReason::TheyGetNoHeartbeats)
-            } else if !rx.1 || !l.their_report.is_some_and(|r| r.1) {
-                Some(SleeveReason::PathMtu(self.cfg.mtu))
+            } else if !rx.1 || !their.is_some_and(|r| r.1) {
+                if young {
+                    Some(SleeveReason::Waiting)
+                } else {
+                    Some(SleeveReason::PathMtu(self.cfg.mtu))
+                }
             } else {
                 None
             };
@@ -538,11 +549,15 @@ impl FastDp {
                 if mode == Mode::Fast {
                     fast.insert(p, ip);
                 }
-                // Tell the neighbour about its heartbeats when that changes, and now and then.
-                let due = match l.our_report {
-                    Some((r, at)) => r != rx || now >= at + self.cfg.report_interval,
-                    None => true,
-                };
+                // Tell the neighbour about its heartbeats when that changes, and now and then;
+                // but not "none arrive" while the link is young: a restarted peer's first
+                // report would otherwise knock a working fast path back to sleeve.
+                let settled = rx == (true, true) || !young;
+                let due = settled
+                    && match l.our_report {
+                        Some((r, at)) => r != rx || now >= at + self.cfg.report_interval,
+                        None => true,
+                    };
                 if due {
                     l.our_report = Some((rx, now));
                     let uid = record.map_or(0, |r| r.uid);
@@ -564,7 +579,7 @@ impl FastDp {
                         soonest(t + timeout);
                     }
                 }
-                if l.last_small.is_none() && l.since + timeout > now {
+                if young {
                     soonest(l.since + timeout);
                 }
             }
@@ -650,7 +665,8 @@ mod tests {
         assert_eq!(mode(&f).1, "waiting for VXLAN heartbeats");
         let big = f.big_len();
         f.heartbeat(t0, pn(2), big);
-        assert!(mode(&f).1.contains("gets no VXLAN heartbeats from us"));
+        // No report from the peer yet: still waiting while the link is young ...
+        assert_eq!(mode(&f).1, "waiting for VXLAN heartbeats");
         // Our report went out, saying we see both sizes.
         let outs = drain(&mut f);
         assert!(outs.iter().any(|o| matches!(o, FastDpOutput::Unicast { dst, payload }
@@ -747,17 +763,40 @@ mod tests {
     }
 
     #[test]
+    fn a_young_link_waits_for_the_peers_report_and_sends_none_of_its_own_yet() {
+        let t0 = Instant::now();
+        let mut f = pair(t0);
+        drain(&mut f);
+        f.handle_timeout(t0 + Duration::from_secs(1));
+        // Nothing seen yet: no "none arrive" report that would knock the peer off.
+        assert!(drain(&mut f).is_empty());
+        let t1 = t0 + Duration::from_secs(3);
+        f.heartbeat(t1, pn(2), f.big_len());
+        assert_eq!(mode(&f).1, "waiting for VXLAN heartbeats");
+        assert_eq!(drain(&mut f).len(), 1, "the report once both sizes arrived");
+        // Past the first timeout, a peer that never reports is named.
+        let t2 = t0 + Duration::from_millis(3600);
+        f.heartbeat(t2, pn(2), f.big_len());
+        assert!(mode(&f).1.contains("gets no VXLAN heartbeats from us"));
+    }
+
+    #[test]
     fn small_heartbeats_only_is_a_path_mtu_problem() {
         let t0 = Instant::now();
         let mut f = pair(t0);
         f.handle_message(t0, pn(2), &rx(100, true, true), |_| Some(200))
             .unwrap();
         f.heartbeat(t0, pn(2), fastdp::HEARTBEAT_MIN_LEN);
+        // Small first, the big one may follow: not a problem while the link is young ...
+        assert_eq!(mode(&f).1, "waiting for VXLAN heartbeats");
+        // ... but one heartbeat timeout later it is.
+        let t1 = t0 + Duration::from_millis(3600);
+        f.heartbeat(t1, pn(2), fastdp::HEARTBEAT_MIN_LEN);
         let (m, why) = mode(&f);
         assert_eq!(m, Mode::Sleeve);
         assert!(why.contains("1450 bytes are lost"), "{why}");
-        f.heartbeat(t0, pn(2), f.big_len());
-        f.handle_message(t0, pn(2), &rx(100, true, false), |_| Some(200))
+        f.heartbeat(t1, pn(2), f.big_len());
+        f.handle_message(t1, pn(2), &rx(100, true, false), |_| Some(200))
             .unwrap();
         assert!(mode(&f).1.contains("path MTU"));
     }

@@ -296,12 +296,6 @@ impl Attacher {
         let (host, peer) = self.nl.create_veth(&host_if, &temp_if, self.mtu).await?;
         let result = async {
             let _ = sysctl::disable_ipv6(&host_if);
-            // The container's TCP then hands its veth super-frames that fit a sleeve datagram.
-            for i in [host.index, peer.index] {
-                self.nl
-                    .set_gso_max_size(i, crate::hostnet::GSO_MAX_SIZE)
-                    .await;
-            }
             self.nl
                 .configure(
                     host.index,

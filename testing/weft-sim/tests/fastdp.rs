@@ -226,3 +226,56 @@ fn fast_path_simulation_is_deterministic() {
     let seed = test_seed(62);
     assert_eq!(run(seed), run(seed));
 }
+
+/// A fast-path peer whose router restarts: both ends must be back on the fast path once it
+/// reconnects, and stay there (no flapping to sleeve a few seconds later).
+#[test]
+fn a_restarted_fast_peer_comes_back_and_stays_fast() {
+    let mut sim = Sim::new(test_seed(67));
+    sim.fastdp = true;
+    sim.add_node(&[], true);
+    sim.add_node(&[0], true);
+    let all = sim.all();
+    sim.run_until(Duration::from_secs(60), CHECK, |s| s.converged(&all))
+        .unwrap();
+    sim.run_for(Duration::from_secs(3));
+    assert_eq!(sim.mode(0, 1), Some(Mode::Fast));
+    assert_eq!(sim.mode(1, 0), Some(Mode::Fast));
+    sim.crash(0);
+    sim.run_for(Duration::from_secs(2));
+    sim.restart(0);
+    let t0 = sim.elapsed();
+    let mut log = Vec::new();
+    let mut last = (None, None, 0, 0, None, None);
+    for _ in 0..300 {
+        sim.run_for(Duration::from_millis(100));
+        let why = |i: usize, j: usize| {
+            let name = sim.name_of(j);
+            sim.nodes[i]
+                .node
+                .fastdp()
+                .link_status(name)
+                .and_then(|s| s.reason)
+                .map(|r| r.to_string())
+        };
+        let now = (
+            sim.mode(0, 1),
+            sim.mode(1, 0),
+            sim.nodes[0].plan.fast.len(),
+            sim.nodes[1].plan.fast.len(),
+            why(0, 1),
+            why(1, 0),
+        );
+        if now != last {
+            log.push(format!(
+                "{:.1}s {now:?}",
+                (sim.elapsed() - t0).as_secs_f64()
+            ));
+            last = now;
+        }
+    }
+    let log = log.join("\n");
+    eprintln!("(h0→h1, h1→h0, h0 fast peers, h1 fast peers) after the restart:\n{log}");
+    assert_eq!(sim.mode(0, 1), Some(Mode::Fast), "{log}");
+    assert_eq!(sim.mode(1, 0), Some(Mode::Fast), "{log}");
+}

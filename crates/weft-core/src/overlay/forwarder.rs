@@ -197,6 +197,10 @@ impl std::fmt::Debug for Forwarder {
 
 /// Inner plaintext of an encrypted frame: kind, src, dst.
 const INNER_FRAME_HEADER: usize = 1 + 12;
+/// The largest frame (with its offload header, if any) one sleeve datagram carries, sealed or
+/// not.
+pub const MAX_FRAME: usize =
+    sleeve::MAX_DATAGRAM - sleeve::ENCRYPTED_HEADER_LEN - INNER_FRAME_HEADER - crypto::TAG_LEN;
 
 impl Forwarder {
     pub fn new(local: PeerName) -> Self {
@@ -209,10 +213,7 @@ impl Forwarder {
             stats: ForwarderStats::default(),
             crypto: HashMap::new(),
             scratch: Scratch::default(),
-            max_frame: sleeve::MAX_DATAGRAM
-                - sleeve::ENCRYPTED_HEADER_LEN
-                - INNER_FRAME_HEADER
-                - crypto::TAG_LEN,
+            max_frame: MAX_FRAME,
             fast: BTreeSet::new(),
             frag: Fragmenter {
                 max: usize::MAX,

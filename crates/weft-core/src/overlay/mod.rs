@@ -8,5 +8,5 @@ mod forwarder;
 pub mod fragment;
 mod mac_cache;
 
-pub use forwarder::{Forwarder, ForwarderStats, Output};
+pub use forwarder::{Forwarder, ForwarderStats, MAX_FRAME, Output};
 pub use mac_cache::{MacCache, MacOwner};

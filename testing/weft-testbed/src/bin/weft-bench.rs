@@ -1,6 +1,7 @@
 //! Data-plane benchmark: in one run, on one test bed, TCP throughput (iperf3, 1 and 4 streams)
 //! and ping RTT for the underlay itself, for raw kernel VXLAN set up by hand (a bridge with an
-//! address on each host, static flood and MAC entries: the limit a fast path can reach), and
+//! address on each host, static flood and MAC entries: the limit a fast path can reach; and
+//! again with the addresses in namespaces behind veths, as containers are), and
 //! between containers over weft: the VXLAN fast path (hosts 1 and 2), the sleeve (hosts 3 and
 //! 4, `--no-fastdp`) and the encrypted sleeve (hosts 5 and 6, with a password). Each figure is
 //! also given as a ratio of the underlay's and of raw VXLAN's, with the routers' CPU cost per
@@ -94,11 +95,22 @@ fn weft_pair(
 }
 
 /// Kernel VXLAN between the host namespaces of `a` and `b`, as in the shared baseline
-/// (../shared/bench): VNI 4242, port 4789, bridge `bvbr0` holding 10.40.0.<i>/24.
-fn raw_vxlan(tb_mut: &mut Testbed, [a, b]: [usize; 2], secs: u32) -> Result<Row> {
-    eprintln!("raw kernel VXLAN: iperf3 {secs}s x2, ping...");
+/// (../shared/bench): VNI 4242, port 4789, bridge `bvbr0` holding 10.40.0.<i>/24. With
+/// `veth`, the address is instead in a container namespace plugged into the bridge by a veth
+/// pair, the way weft's containers are: the like-for-like baseline for weft's fast path.
+fn raw_vxlan(tb_mut: &mut Testbed, [a, b]: [usize; 2], secs: u32, veth: bool) -> Result<Row> {
+    eprintln!(
+        "raw kernel VXLAN{}: iperf3 {secs}s x2, ping...",
+        if veth { ", endpoints behind veths" } else { "" }
+    );
+    let mut endpoint = std::collections::BTreeMap::new();
     for (i, j) in [(a, b), (b, a)] {
         let ns = tb_mut.host(i).netns.clone();
+        let container = if veth {
+            Some(tb_mut.container(&format!("rv{i}"))?)
+        } else {
+            None
+        };
         let (me, peer) = (tb_mut.host(i).ip.to_string(), tb_mut.host(j).ip.to_string());
         let ip = |args: &[&str]| -> Result<()> {
             weft_testbed::run(tb_mut.cmd_in(&ns, args[0]).args(&args[1..])).map(|_| ())
@@ -146,20 +158,43 @@ fn raw_vxlan(tb_mut: &mut Testbed, [a, b]: [usize; 2], secs: u32) -> Result<Row>
         ip(&["ip", "link", "set", "bvbr0", "mtu", "1450"])?;
         ip(&["ip", "link", "set", "bvx0", "master", "bvbr0", "up"])?;
         ip(&["ip", "link", "set", "bvbr0", "up"])?;
-        ip(&[
-            "ip",
-            "addr",
-            "add",
-            &format!("10.40.0.{i}/24"),
-            "dev",
-            "bvbr0",
-        ])?;
+        if let Some(c) = container {
+            ip(&[
+                "ip", "link", "add", "bvv0", "mtu", "1450", "type", "veth", "peer", "name", "eth0",
+                "mtu", "1450", "netns", &c,
+            ])?;
+            ip(&["ip", "link", "set", "bvv0", "master", "bvbr0", "up"])?;
+            let cip = |args: &[&str]| -> Result<()> {
+                weft_testbed::run(tb_mut.cmd_in(&c, args[0]).args(&args[1..])).map(|_| ())
+            };
+            cip(&[
+                "ip",
+                "addr",
+                "add",
+                &format!("10.40.0.{i}/24"),
+                "dev",
+                "eth0",
+            ])?;
+            cip(&["ip", "link", "set", "eth0", "up"])?;
+            endpoint.insert(i, (c, "eth0"));
+        } else {
+            ip(&[
+                "ip",
+                "addr",
+                "add",
+                &format!("10.40.0.{i}/24"),
+                "dev",
+                "bvbr0",
+            ])?;
+            endpoint.insert(i, (ns.clone(), "bvbr0"));
+        }
     }
     for (i, j) in [(a, b), (b, a)] {
+        let (ens, dev) = endpoint[&j].clone();
         let mac = weft_testbed::run(
             tb_mut
-                .cmd_in(&tb_mut.host(j).netns, "cat")
-                .arg("/sys/class/net/bvbr0/address"),
+                .cmd_in(&ens, "cat")
+                .arg(format!("/sys/class/net/{dev}/address")),
         )?;
         let mac = String::from_utf8_lossy(&mac.stdout).trim().to_string();
         let peer = tb_mut.host(j).ip.to_string();
@@ -169,11 +204,15 @@ fn raw_vxlan(tb_mut: &mut Testbed, [a, b]: [usize; 2], secs: u32) -> Result<Row>
                 .args(["fdb", "add", &mac, "dev", "bvx0", "dst", &peer, "static"]),
         )?;
     }
-    let (na, nb) = (tb_mut.host(a).netns.clone(), tb_mut.host(b).netns.clone());
+    let (na, nb) = (endpoint[&a].0.clone(), endpoint[&b].0.clone());
     let dst = format!("10.40.0.{b}");
     tb_mut.wait_ping(&na, &dst, std::time::Duration::from_secs(10))?;
     let row = Row {
-        name: "raw kernel VXLAN (bridge, static FDB)",
+        name: if veth {
+            "raw kernel VXLAN, endpoints behind veths"
+        } else {
+            "raw kernel VXLAN (bridge, static FDB)"
+        },
         tcp1: measure::iperf3(tb_mut, &nb, &na, &dst, secs, 1)?,
         tcp4: measure::iperf3(tb_mut, &nb, &na, &dst, secs, 4)?,
         rtt_ms: measure::ping_rtt(tb_mut, &na, &dst, 50)?,
@@ -182,7 +221,7 @@ fn raw_vxlan(tb_mut: &mut Testbed, [a, b]: [usize; 2], secs: u32) -> Result<Row>
     };
     for i in [a, b] {
         let ns = tb_mut.host(i).netns.clone();
-        for l in ["bvbr0", "bvx0"] {
+        for l in ["bvbr0", "bvx0", "bvv0"] {
             let _ = tb_mut.exec(&ns, "ip", &["link", "del", l]);
         }
     }
@@ -226,7 +265,8 @@ fn main() -> Result<()> {
         rss_mb: None,
     });
 
-    rows.push(raw_vxlan(&mut tb, [1, 2], secs)?);
+    rows.push(raw_vxlan(&mut tb, [1, 2], secs, false)?);
+    rows.push(raw_vxlan(&mut tb, [1, 2], secs, true)?);
     rows.push(weft_pair(
         &mut tb,
         "weft fast path (VXLAN)",
@@ -275,7 +315,15 @@ fn main() -> Result<()> {
             r.rss_mb.map_or("-".to_string(), |m| format!("{m:.1}"))
         );
     }
-    let (plain, enc) = (&rows[3], &rows[4]);
+    let (vx_veth, fast) = (&rows[2], &rows[3]);
+    println!(
+        "\nweft fast path / raw kernel VXLAN: TCP 1 stream {:.2}x, 4 streams {:.2}x (bridge endpoint); {:.2}x, {:.2}x (endpoints behind veths, like containers)",
+        fast.tcp1 / vx.tcp1,
+        fast.tcp4 / vx.tcp4,
+        fast.tcp1 / vx_veth.tcp1,
+        fast.tcp4 / vx_veth.tcp4,
+    );
+    let (plain, enc) = (&rows[4], &rows[5]);
     println!(
         "\nencrypted / unencrypted sleeve: TCP 1 stream {:.2}x, 4 streams {:.2}x, RTT {:.2}x",
         enc.tcp1 / plain.tcp1,
