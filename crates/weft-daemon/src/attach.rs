@@ -203,6 +203,52 @@ impl Attacher {
             .map_or(t.id, |a| a.id.clone()))
     }
 
+    /// Gives attached containers the overlay MTU when it differs from theirs (a router
+    /// relaunched with another mode or `--mtu`): frames larger than the bridge's ports take
+    /// would otherwise be dropped silently.
+    pub async fn apply_mtu(&self) {
+        for a in self.attachments().await {
+            let Ok(Some(l)) = self.nl.link_by_name(&a.host_if).await else {
+                continue;
+            };
+            if l.mtu == self.mtu {
+                continue;
+            }
+            let mtu = self.mtu;
+            let set = async {
+                self.nl
+                    .configure(
+                        l.index,
+                        LinkConfig {
+                            mtu: Some(mtu),
+                            ..Default::default()
+                        },
+                    )
+                    .await?;
+                let ns = Netns::open(&a.netns)?;
+                netns::run_in(&ns, move || async move {
+                    let nl = Netlink::new()?;
+                    let l = nl.require_link(CONTAINER_IFNAME).await?;
+                    nl.configure(
+                        l.index,
+                        LinkConfig {
+                            mtu: Some(mtu),
+                            ..Default::default()
+                        },
+                    )
+                    .await
+                })
+                .await?
+            };
+            match set.await {
+                Ok(()) => {
+                    info!(container = %a.id, from = l.mtu, to = mtu, "container MTU changed to the overlay's")
+                }
+                Err(e) => warn!(container = %a.id, "changing the container's MTU to {mtu}: {e}"),
+            }
+        }
+    }
+
     /// The attachment of a container, if it is attached.
     pub async fn lookup(&self, container: &str) -> Result<Option<Attachment>, AttachError> {
         let t = open_target(container)?;

@@ -541,6 +541,7 @@ pub async fn run(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Result<(),
         docker_status,
     });
 
+    app.attacher.apply_mtu().await;
     let mut tasks = tokio::task::JoinSet::new();
     {
         // Names of containers attached before a restart come back once the router runs.

@@ -174,3 +174,51 @@ fn offload_super_frames_carry_tcp_plain_and_encrypted() -> Result<()> {
     }
     Ok(())
 }
+
+/// A router relaunched with another overlay MTU (here: with a password, so the encrypted
+/// sleeve's 1413 instead of 1438) gives its attached containers the new MTU, so full-size
+/// frames still get through.
+#[test]
+fn a_relaunch_with_another_mtu_updates_attached_containers() -> Result<()> {
+    let Some(mut tb) = testbed("smtu", 2) else {
+        return Ok(());
+    };
+    let (c1, _c2) = pair(&mut tb, &[])?;
+    let mtu = |tb: &Testbed| -> Result<String> {
+        let o = tb.exec(&c1, "cat", &["/sys/class/net/ethwe/mtu"]);
+        Ok(String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    assert_eq!(mtu(&tb)?, "1438");
+    for i in 1..=2 {
+        tb.weft_ok(i, &["stop"])?;
+    }
+    for i in 1..=2 {
+        tb.weft_ok(
+            i,
+            &[
+                "launch",
+                "--no-fastdp",
+                "--password=another-mtu",
+                "--resume",
+            ],
+        )?;
+    }
+    Testbed::wait_for(CONVERGE, || {
+        let m = mtu(&tb)?;
+        if m == "1413" {
+            Ok(())
+        } else {
+            bail!("ethwe mtu {m}")
+        }
+    })?;
+    // The largest ping that fits the new MTU: 1413 - 20 - 8.
+    tb.wait_ping(&c1, "10.32.0.2", CONVERGE)?;
+    let out = tb.exec(
+        &c1,
+        "ping",
+        &["-c", "3", "-s", "1385", "-M", "do", "-W", "2", "10.32.0.2"],
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains(" 0% packet loss"), "{text}");
+    Ok(())
+}
