@@ -47,7 +47,7 @@ impl Default for FastDpConfig {
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
 /// A fast neighbour whose connection dropped keeps its kernel entries this long: its kernel
 /// goes on forwarding while its router restarts, so the containers' traffic need not stop.
-pub const LINGER: Duration = Duration::from_secs(10);
+pub const LINGER: Duration = Duration::from_secs(20);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Mode {

@@ -40,7 +40,9 @@ pub const VXLAN_OVERHEAD: u32 = 50;
 /// After a restart, entries found in the kernel are kept this long before stale ones go.
 const RESTART_GRACE: Duration = Duration::from_secs(20);
 const MAC_POLL: Duration = Duration::from_secs(2);
-const RECONCILE: Duration = Duration::from_secs(10);
+/// How often the kernel is checked against the plan even when the plan did not change: a
+/// failed or lost update heals within this.
+const RECONCILE: Duration = Duration::from_secs(2);
 
 pub fn vxlan_name(bridge: &str) -> String {
     format!("{bridge}-vx")

@@ -41,6 +41,11 @@ use weft_proto::PeerName;
 use crate::state::{StateDir, StateError};
 
 pub const TARGETS_FILE: &str = "targets.json";
+/// Peers we had connections with (`ip:port`), redialled by `--resume`: a restarted router
+/// that was dialled by its peers (it has no targets of its own) would otherwise wait for
+/// their reconnect backoff, up to several seconds, while their kernels' fast-path entries
+/// for it expire.
+pub const KNOWN_PEERS_FILE: &str = "known-peers.json";
 pub const IPAM_FILE: &str = "ipam.json";
 pub const PID_FILE: &str = "weft.pid";
 pub const LOG_FILE: &str = "weft.log";
@@ -421,7 +426,19 @@ pub async fn run(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Result<(),
             },
         );
     }
-    node.connect(Instant::now(), resolved, false);
+    let mut dial = resolved;
+    if cfg.resume {
+        let known: Vec<String> = state.load_json(KNOWN_PEERS_FILE).unwrap_or_default();
+        // Unresolvable ones are skipped: they were addresses, and gossip finds the rest.
+        if let Ok(extra) = api::resolve_peers(&known, cfg.port).await {
+            for e in extra {
+                if !dial.iter().any(|d| d.1 == e.1) {
+                    dial.push(e);
+                }
+            }
+        }
+    }
+    node.connect(Instant::now(), dial, false);
     info!(
         "weft router {VERSION} starting: peer {name}({}), port {}, overlay MTU {mtu}",
         cfg.nickname, cfg.port
@@ -634,6 +651,47 @@ pub async fn run(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Result<(),
                         api::release_gone(&app, gone).await;
                     }
                     _ = sd.changed() => return,
+                }
+            }
+        });
+    }
+
+    {
+        let (mut sd, app, state, port) = (shutdown.clone(), app.clone(), state.clone(), cfg.port);
+        tasks.spawn(async move {
+            // Often enough that a router killed soon after connecting has them on disk.
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            let mut saved: Vec<String> = Vec::new();
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = sd.changed() => return,
+                }
+                let Ok((st, _)) = api::query_router(&app).await else {
+                    continue;
+                };
+                let mut peers: Vec<String> = st
+                    .connections
+                    .iter()
+                    .filter(|c| c.state == weft_core::mesh::ConnectionState::Established)
+                    // An inbound connection comes from an ephemeral port; the peer listens
+                    // on the mesh's port.
+                    .map(|c| {
+                        if c.outbound {
+                            c.addr
+                        } else {
+                            SocketAddr::new(c.addr.ip(), port)
+                        }
+                    })
+                    .map(|a| a.to_string())
+                    .collect();
+                peers.sort();
+                peers.dedup();
+                if !peers.is_empty() && peers != saved {
+                    if let Err(e) = state.save_json(KNOWN_PEERS_FILE, &peers) {
+                        warn!("saving the known peers: {e}");
+                    }
+                    saved = peers;
                 }
             }
         });

@@ -176,7 +176,40 @@ fn docker_run_through_the_proxy_joins_the_overlay_and_dns() -> Result<()> {
         "{err}"
     );
 
-    // Streams through the proxy: attach (stdin), logs.
+    // Through the proxy: exec (an upgraded connection), logs, a long poll (wait), and a build
+    // (a chunked request body with a streamed answer).
+    assert_eq!(tb.docker_ok(1, &["exec", &s1, "hostname"])?, s1);
+    let w = tb.docker_name(DockerObject::Container, "waited");
+    tb.docker_ok(
+        1,
+        &[
+            "run",
+            "-d",
+            "--name",
+            &w,
+            &image,
+            "sh",
+            "-c",
+            "echo done; sleep 1; exit 3",
+        ],
+    )?;
+    assert_eq!(tb.docker_ok(1, &["wait", &w])?, "3");
+    assert_eq!(tb.docker_ok(1, &["logs", &w])?, "done");
+    let built = tb.docker_name(DockerObject::Image, "built");
+    let ctx = std::env::temp_dir().join(format!("{built}-ctx"));
+    std::fs::create_dir_all(&ctx)?;
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        format!("FROM {image}\nRUN echo built > /built\n"),
+    )?;
+    let ctx_s = ctx.display().to_string();
+    let b = tb.docker_ok(1, &["build", "-q", "-t", &built, &ctx_s]);
+    let _ = std::fs::remove_dir_all(&ctx);
+    b?;
+    let out = tb.docker_ok(1, &["run", "--rm", &built, "cat", "/built"])?;
+    assert_eq!(out, "built");
+
+    // Streams through the proxy: attach (stdin).
     let mut child = tb
         .docker_cmd(1, &["run", "--rm", "-i", &image, "cat"])
         .stdin(std::process::Stdio::piped())

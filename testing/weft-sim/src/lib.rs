@@ -120,6 +120,8 @@ pub struct Node {
     pub alive: bool,
     /// Frames injected into this host's bridge, in order.
     pub injected: Vec<Vec<u8>>,
+    /// Hosts it was connected to when it crashed (redialled on restart, as `--resume`).
+    known_peers: Vec<usize>,
     pub table: Arc<DataPlaneTable>,
     targets: Vec<usize>,
     discovery: bool,
@@ -276,6 +278,7 @@ impl Sim {
             ip: Self::ip_of(i),
             alive: true,
             injected: Vec::new(),
+            known_peers: Vec::new(),
             table: Arc::new(DataPlaneTable::default()),
             targets: targets.to_vec(),
             discovery,
@@ -396,6 +399,16 @@ impl Sim {
     /// Kills host `i`: its sockets vanish; peers see resets where the link is up.
     pub fn crash(&mut self, i: usize) {
         self.nodes[i].alive = false;
+        // What `--resume` redials (the daemon keeps the peers it was connected to).
+        let mut known: Vec<usize> = self
+            .pipes
+            .iter()
+            .filter(|((n, _), _)| *n == i)
+            .map(|(_, p)| p.to_node)
+            .collect();
+        known.sort_unstable();
+        known.dedup();
+        self.nodes[i].known_peers = known;
         let ends: Vec<(usize, ConnId)> = self
             .pipes
             .keys()
@@ -428,6 +441,26 @@ impl Sim {
         n.alive = true;
         n.injected.clear();
         self.start_node(i);
+        let known: Vec<usize> = std::mem::take(&mut self.nodes[i].known_peers)
+            .into_iter()
+            .filter(|k| !self.nodes[i].targets.contains(k))
+            .collect();
+        if !known.is_empty() {
+            let now = self.now;
+            let t = known
+                .iter()
+                .map(|&k| (Self::addr(k).ip().to_string(), Self::addr(k), false))
+                .collect();
+            self.nodes[i].node.connect(now, t, false);
+            self.drain(i);
+        }
+        // The bridge still knows its containers; the router's first poll finds them.
+        if self.nodes[i].fastdp && !self.nodes[i].local_macs.is_empty() {
+            let now = self.now;
+            let macs = self.nodes[i].local_macs.iter().copied().collect();
+            self.nodes[i].node.fastdp_local_macs(now, macs);
+            self.drain(i);
+        }
     }
 
     /// Cuts every link between a host in `a` and a host in `b`.
