@@ -628,17 +628,8 @@ async fn default_hostname(app: &App, container: &str) -> Option<String> {
     if container.starts_with('/') {
         return None;
     }
-    let label: String = container
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' {
-                c
-            } else {
-                '-'
-            }
-        })
-        .collect();
-    Some(format!("{label}.{domain}"))
+    let label = crate::docker::rewrite::hostname_from_name(container);
+    (!label.is_empty()).then(|| format!("{label}.{domain}"))
 }
 
 /// Puts the names of attached containers back after a router restart.

@@ -18,7 +18,7 @@ use ipnet::{IpNet, Ipv4Net};
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 use weft_api::types::ContainerEntry;
-use weft_linux::netlink::{LinkConfig, Netlink};
+use weft_linux::netlink::{Link, LinkConfig, Netlink};
 use weft_linux::netns::{self, Netns};
 use weft_linux::sysctl;
 use weft_proto::Mac;
@@ -113,6 +113,40 @@ pub fn check_cidr(c: &Ipv4Net) -> Result<(), AttachError> {
         )));
     }
     Ok(())
+}
+
+/// A veth pair whose `host_if` end is up on the bridge (an earlier one of that name is
+/// replaced); the other end is the caller's to move into a container. Nothing is left behind
+/// on failure.
+pub async fn bridged_veth(
+    nl: &Netlink,
+    bridge_index: u32,
+    host_if: &str,
+    peer_if: &str,
+    mtu: u32,
+) -> Result<(Link, Link), weft_linux::Error> {
+    // A leftover from an earlier container of that id or endpoint that has since gone.
+    if let Some(l) = nl.link_by_name(host_if).await? {
+        nl.delete_link(l.index).await?;
+    }
+    let (host, peer) = nl.create_veth(host_if, peer_if, mtu).await?;
+    let _ = sysctl::disable_ipv6(host_if);
+    let up = nl
+        .configure(
+            host.index,
+            LinkConfig {
+                master: Some(bridge_index),
+                up: true,
+                ..Default::default()
+            },
+        )
+        .await;
+    if let Err(e) = up {
+        // Deleting one end of a veth pair deletes both.
+        let _ = nl.delete_link(host.index).await;
+        return Err(e);
+    }
+    Ok((host, peer))
 }
 
 fn host_ifname(id: &str) -> (String, String) {
@@ -335,23 +369,9 @@ impl Attacher {
         multicast_route: bool,
     ) -> Result<Attachment, AttachError> {
         let (host_if, temp_if) = host_ifname(&t.id);
-        // A leftover from an earlier attach of a container with this id that has since gone.
-        if let Some(l) = self.nl.link_by_name(&host_if).await? {
-            self.nl.delete_link(l.index).await?;
-        }
-        let (host, peer) = self.nl.create_veth(&host_if, &temp_if, self.mtu).await?;
+        let (host, peer) =
+            bridged_veth(&self.nl, self.bridge_index, &host_if, &temp_if, self.mtu).await?;
         let result = async {
-            let _ = sysctl::disable_ipv6(&host_if);
-            self.nl
-                .configure(
-                    host.index,
-                    LinkConfig {
-                        master: Some(self.bridge_index),
-                        up: true,
-                        ..Default::default()
-                    },
-                )
-                .await?;
             self.nl
                 .move_to_netns(peer.index, std::os::fd::AsRawFd::as_raw_fd(t.ns.file()))
                 .await?;

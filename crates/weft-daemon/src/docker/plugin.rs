@@ -262,30 +262,15 @@ impl Plugin {
         mac: Option<&str>,
         docker_pid: Option<i32>,
     ) -> Result<String, String> {
-        if let Ok(Some(l)) = self.nl.link_by_name(host_if).await {
-            let _ = self.nl.delete_link(l.index).await;
-        }
         let mac = match mac {
             Some(m) => m.parse::<Mac>().map_err(|e| format!("MAC {m}: {e}"))?,
             None => Mac::from_random(crate::random_u64()),
         };
-        let (host, peer) = self
-            .nl
-            .create_veth(host_if, cont_if, self.mtu)
-            .await
-            .map_err(|e| e.to_string())?;
+        let (host, peer) =
+            crate::attach::bridged_veth(&self.nl, self.bridge_index, host_if, cont_if, self.mtu)
+                .await
+                .map_err(|e| e.to_string())?;
         let r = async {
-            let _ = weft_linux::sysctl::disable_ipv6(host_if);
-            self.nl
-                .configure(
-                    host.index,
-                    LinkConfig {
-                        master: Some(self.bridge_index),
-                        up: true,
-                        ..Default::default()
-                    },
-                )
-                .await?;
             self.nl
                 .configure(
                     peer.index,

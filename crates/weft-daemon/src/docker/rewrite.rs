@@ -98,7 +98,7 @@ pub fn has_entrypoint(body: &Value) -> bool {
     str_list(body.get("Entrypoint")).is_some_and(|e| !e.is_empty())
 }
 
-/// A label-safe hostname from a container name (`/web_1` → `web-1`).
+/// A label-safe hostname from a container or namespace name (`/web_1` → `web-1`).
 pub fn hostname_from_name(name: &str) -> String {
     let h: String = name
         .trim_start_matches('/')
