@@ -83,6 +83,10 @@ pub struct FastDpPlan {
     pub fast: BTreeMap<PeerName, Ipv4Addr>,
     /// Container MACs of each fast neighbour.
     pub macs: BTreeMap<PeerName, Vec<Mac>>,
+    /// Container addresses behind fast neighbours, with their MACs: the bridge answers ARP
+    /// for them itself (with `neigh_suppress` on the VXLAN port) instead of flooding the
+    /// request to every fast peer. An address claimed twice goes to the lower peer name.
+    pub neighbours: BTreeMap<Ipv4Addr, Mac>,
 }
 
 impl FastDpPlan {
@@ -229,6 +233,7 @@ impl FastDp {
             version: 1,
             fastdp: cfg.enabled,
             macs: Vec::new(),
+            neighbours: Vec::new(),
         };
         FastDp {
             local,
@@ -280,6 +285,22 @@ impl FastDp {
         macs.truncate(fastdp::MAX_MACS);
         if macs != self.own.macs {
             self.own.macs = macs;
+            self.own.version += 1;
+            self.out.push_back(FastDpOutput::Broadcast(
+                FastDpMsg::Records(vec![self.own.clone()]).encode(),
+            ));
+        }
+        self.evaluate(now);
+    }
+
+    /// Our containers' addresses and MACs changed (attach, detach, expose).
+    pub fn set_local_neighbours(&mut self, now: Instant, mut n: Vec<(Ipv4Addr, Mac)>) {
+        n.retain(|(_, m)| !m.is_multicast());
+        n.sort();
+        n.dedup();
+        n.truncate(fastdp::MAX_MACS);
+        if n != self.own.neighbours {
+            self.own.neighbours = n;
             self.own.version += 1;
             self.out.push_back(FastDpOutput::Broadcast(
                 FastDpMsg::Records(vec![self.own.clone()]).encode(),
@@ -398,10 +419,18 @@ impl FastDp {
                     if r.origin == self.local {
                         continue;
                     }
-                    if r.macs.len() > fastdp::MAX_MACS || r.macs.iter().any(Mac::is_multicast) {
+                    if r.macs.len() > fastdp::MAX_MACS
+                        || r.neighbours.len() > fastdp::MAX_MACS
+                        || r.macs.iter().any(Mac::is_multicast)
+                        || r.neighbours.iter().any(|(_, m)| m.is_multicast())
+                    {
                         return Err(DecodeError::Malformed {
                             what: "fast-path record",
-                            detail: format!("{} MACs or a multicast one", r.macs.len()),
+                            detail: format!(
+                                "{} MACs, {} addresses, or a multicast MAC",
+                                r.macs.len(),
+                                r.neighbours.len()
+                            ),
                         });
                     }
                     // A record of an incarnation other than the one the topology shows is
@@ -595,10 +624,17 @@ impl FastDp {
             .keys()
             .filter_map(|p| Some((*p, self.records.get(p)?.macs.clone())))
             .collect();
+        let mut neighbours = BTreeMap::new();
+        for p in fast.keys() {
+            for &(ip, mac) in self.records.get(p).map_or(&[][..], |r| &r.neighbours) {
+                neighbours.entry(ip).or_insert(mac);
+            }
+        }
         let plan = FastDpPlan {
             heartbeat,
             fast,
             macs,
+            neighbours,
         };
         if *self.plan != plan {
             self.plan = Arc::new(plan);
@@ -627,6 +663,10 @@ mod tests {
             version,
             fastdp,
             macs: macs.iter().map(|&b| Mac([2, 0, 0, 0, 0, b])).collect(),
+            neighbours: macs
+                .iter()
+                .map(|&b| (Ipv4Addr::new(10, 32, 0, b), Mac([2, 0, 0, 0, 0, b])))
+                .collect(),
         }])
         .encode()
     }
@@ -697,6 +737,11 @@ mod tests {
             mac: fastdp::heartbeat_mac(pn(2))
         }));
         assert_eq!(fdb.len(), 5);
+        // The fast peer's container address is answered for locally.
+        assert_eq!(
+            plan.neighbours.get(&Ipv4Addr::new(10, 32, 0, 7)),
+            Some(&Mac([2, 0, 0, 0, 0, 7]))
+        );
 
         // Heartbeats stop: sleeve once the timeout passes, heartbeats still sent.
         let t1 = t0 + Duration::from_secs(2);
@@ -760,6 +805,22 @@ mod tests {
         f.set_neighbours(t0, &BTreeMap::from([(pn(2), addr(2))]));
         f.heartbeat(t0, pn(2), f.big_len());
         assert_eq!(mode(&f), (Mode::Fast, String::new()));
+    }
+
+    #[test]
+    fn local_neighbours_are_announced_once_per_change() {
+        let t0 = Instant::now();
+        let mut f = pair(t0);
+        drain(&mut f);
+        let n = vec![(Ipv4Addr::new(10, 32, 0, 1), Mac([2, 0, 0, 0, 0, 1]))];
+        f.set_local_neighbours(t0, n.clone());
+        let outs = drain(&mut f);
+        assert!(outs.iter().any(|o| matches!(o, FastDpOutput::Broadcast(p)
+            if matches!(FastDpMsg::decode(p).unwrap(), FastDpMsg::Records(r) if r[0].neighbours == n))));
+        f.set_local_neighbours(t0, n);
+        assert!(drain(&mut f).is_empty(), "no change, no broadcast");
+        // Sleeve peers' addresses are not answered for: ARP for them must reach them.
+        assert!(f.plan().neighbours.is_empty());
     }
 
     #[test]
@@ -876,6 +937,7 @@ mod tests {
             version: 1,
             fastdp: true,
             macs: vec![Mac::BROADCAST],
+            neighbours: vec![],
         }])
         .encode();
         assert!(f.handle_message(t0, pn(3), &bad, |_| Some(1)).is_err());
@@ -893,7 +955,7 @@ mod tests {
         f.set_local_macs(t0, vec![m, m, Mac::BROADCAST]);
         let outs = drain(&mut f);
         assert!(matches!(&outs[..], [FastDpOutput::Broadcast(p)]
-            if FastDpMsg::decode(p).unwrap() == FastDpMsg::Records(vec![MacRecord { origin: pn(1), uid: 100, version: 2, fastdp: true, macs: vec![m] }])));
+            if FastDpMsg::decode(p).unwrap() == FastDpMsg::Records(vec![MacRecord { origin: pn(1), uid: 100, version: 2, fastdp: true, macs: vec![m], neighbours: vec![] }])));
         f.set_local_macs(t0, vec![m]);
         assert!(drain(&mut f).is_empty());
     }
@@ -906,6 +968,7 @@ mod tests {
             heartbeat: BTreeMap::new(),
             fast: BTreeMap::from([(pn(2), ip(2)), (pn(3), ip(3))]),
             macs: BTreeMap::from([(pn(2), vec![m]), (pn(3), vec![m])]),
+            neighbours: BTreeMap::new(),
         };
         let fdb = plan.fdb();
         let for_m = fdb

@@ -228,6 +228,16 @@ impl Node {
         self.pump(now);
     }
 
+    /// Our containers' IPv4 addresses with their MACs.
+    pub fn fastdp_local_neighbours(
+        &mut self,
+        now: Instant,
+        n: Vec<(std::net::Ipv4Addr, weft_proto::Mac)>,
+    ) {
+        self.fastdp.set_local_neighbours(now, n);
+        self.pump(now);
+    }
+
     pub fn psks(&self) -> &[crate::crypto::Secret] {
         self.router.psks()
     }

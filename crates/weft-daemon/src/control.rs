@@ -77,6 +77,8 @@ pub enum ControlInput {
     },
     /// The container MACs on our bridge.
     LocalMacs(Vec<weft_proto::Mac>),
+    /// Our containers' addresses and MACs (from the attachments), for peers' ARP answers.
+    LocalNeighbours(Vec<(std::net::Ipv4Addr, weft_proto::Mac)>),
 }
 
 /// IP address management requests (answered once any state change is on disk).
@@ -309,6 +311,7 @@ impl Control {
                 self.node.fastdp_heartbeat(now, sender, len)
             }
             ControlInput::LocalMacs(macs) => self.node.fastdp_local_macs(now, macs),
+            ControlInput::LocalNeighbours(n) => self.node.fastdp_local_neighbours(now, n),
         }
     }
 

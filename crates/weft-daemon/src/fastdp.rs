@@ -13,7 +13,8 @@
 //! and leaves the entries it finds alone for a grace period, so containers' traffic keeps
 //! flowing through the kernel while the mesh comes back.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -104,6 +105,7 @@ pub async fn setup(
         isolated: true,
         learning: true,
         flood: true,
+        neigh_suppress: false,
     };
     nl.set_port_flags(tap_index, isolated).await?;
     // Remote MACs are installed from the control plane, never learnt from VXLAN.
@@ -111,6 +113,9 @@ pub async fn setup(
         vx.index,
         PortFlags {
             learning: false,
+            // ARP for a container behind a fast peer is answered here from the peer's
+            // announcement; unknown addresses still flood.
+            neigh_suppress: true,
             ..isolated
         },
     )
@@ -121,6 +126,7 @@ pub async fn setup(
             isolated: false,
             learning: false,
             flood: false,
+            neigh_suppress: false,
         },
     )
     .await?;
@@ -141,8 +147,14 @@ pub async fn setup(
     })
 }
 
-/// Removes the fast path's devices (`--no-fastdp` after a run with it, `weft reset`).
+/// Removes the fast path's devices (`--no-fastdp` after a run with it, `weft reset`) and the
+/// bridge's ARP entries for fast peers' containers.
 pub async fn remove(nl: &Netlink, bridge: &str) -> Result<(), DaemonError> {
+    if let Some(br) = nl.link_by_name(bridge).await? {
+        for (ip, _) in nl.static_arp(br.index).await.unwrap_or_default() {
+            let _ = nl.arp_del(br.index, ip).await;
+        }
+    }
     for name in [vxlan_name(bridge), heartbeat_name(bridge)] {
         if let Some(l) = nl.link_by_name(&name).await? {
             match nl.delete_link(l.index).await {
@@ -165,6 +177,8 @@ pub struct FastDpTask {
     pub plan: watch::Receiver<Arc<FastDpPlan>>,
     pub control: mpsc::Sender<ControlInput>,
     pub dataplane: mpsc::Sender<DataPlaneMsg>,
+    /// Where our containers' addresses and MACs come from (announced for peers' ARP answers).
+    pub attacher: Arc<crate::attach::Attacher>,
 }
 
 impl FastDpTask {
@@ -178,6 +192,7 @@ impl FastDpTask {
         // flood the heartbeat to every port.
         let mut hb_ready: BTreeSet<PeerName> = BTreeSet::new();
         let mut local_macs: Option<Vec<Mac>> = None;
+        let mut local_neighbours: Option<Vec<(Ipv4Addr, Mac)>> = None;
         let mut seq = 0u64;
         let mut buf = vec![0u8; 65536];
         loop {
@@ -228,6 +243,11 @@ impl FastDpTask {
                         Ok(_) => {}
                         Err(e) => warn!("reading the bridge's forwarding database failed: {e}"),
                     }
+                    let n = self.container_neighbours().await;
+                    if local_neighbours.as_ref() != Some(&n) {
+                        local_neighbours = Some(n.clone());
+                        let _ = self.control.send(ControlInput::LocalNeighbours(n)).await;
+                    }
                 }
                 _ = shutdown.changed() => return,
             }
@@ -254,6 +274,53 @@ impl FastDpTask {
         macs.sort();
         macs.dedup();
         Ok(macs)
+    }
+
+    /// Our containers' (and the host's exposed) addresses with their MACs.
+    async fn container_neighbours(&self) -> Vec<(Ipv4Addr, Mac)> {
+        let mut n: Vec<(Ipv4Addr, Mac)> = Vec::new();
+        for a in self.attacher.attachments().await {
+            if let Ok(mac) = a.mac.parse::<Mac>() {
+                n.extend(a.cidrs.iter().map(|c| (c.addr(), mac)));
+            }
+        }
+        if let Ok((_, nets)) = self.attacher.exposed().await {
+            let bridge_mac = Mac(self.local.to_bytes());
+            n.extend(nets.iter().map(|c| (c.addr(), bridge_mac)));
+        }
+        n.sort();
+        n.dedup();
+        n
+    }
+
+    /// The bridge device's ARP entries for containers behind fast peers: what it answers for
+    /// them (the VXLAN port has `neigh_suppress`). Only entries in state NOARP are ours.
+    async fn reconcile_arp(&self, plan: &FastDpPlan, grace: bool) {
+        let br = self.bridge_index;
+        let actual: BTreeMap<Ipv4Addr, [u8; 6]> = match self.nl.static_arp(br).await {
+            Ok(v) => v.into_iter().collect(),
+            Err(e) => {
+                warn!("reading the bridge's neighbour entries failed: {e}");
+                return;
+            }
+        };
+        for (ip, mac) in &plan.neighbours {
+            if actual.get(ip) != Some(&mac.0)
+                && let Err(e) = self.nl.arp_replace_static(br, *ip, mac.0).await
+            {
+                warn!(%ip, "adding a neighbour entry failed: {e}");
+            }
+        }
+        if grace {
+            return;
+        }
+        for ip in actual.keys().filter(|ip| !plan.neighbours.contains_key(ip)) {
+            if let Err(e) = self.nl.arp_del(br, *ip).await
+                && !e.is_no_device()
+            {
+                debug!(%ip, "removing a neighbour entry failed: {e}");
+            }
+        }
     }
 
     /// Makes the kernel match `plan`: new entries first, then the sleeve stops carrying what
@@ -325,6 +392,8 @@ impl FastDpTask {
                 }
             }
         }
+        self.reconcile_arp(plan, grace_until.is_some_and(|t| Instant::now() < t))
+            .await;
         if *fast != now_fast {
             let _ = self
                 .dataplane

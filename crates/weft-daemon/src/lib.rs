@@ -479,6 +479,12 @@ pub async fn run(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Result<(),
         cfg.host,
         dns_shared.clone(),
     );
+    let attacher = Arc::new(attach::Attacher::new(
+        host.netlink.clone(),
+        host.bridge.index,
+        mtu,
+        state.clone(),
+    )?);
     let fast_task = match fast_devices {
         Some(devices) => {
             let (plan_tx, plan_rx) = watch::channel(Arc::default());
@@ -493,16 +499,11 @@ pub async fn run(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Result<(),
                 plan: plan_rx,
                 control: ctl_tx.clone(),
                 dataplane: dp_tx.clone(),
+                attacher: attacher.clone(),
             })
         }
         None => None,
     };
-    let attacher = Arc::new(attach::Attacher::new(
-        host.netlink.clone(),
-        host.bridge.index,
-        mtu,
-        state.clone(),
-    )?);
     // Docker: without an engine the router runs all the same, and says so.
     let mut docker_status = docker::DockerStatus::default();
     let mut proxy_listeners = Vec::new();

@@ -55,6 +55,10 @@ pub struct PortFlags {
     pub learning: bool,
     /// Unknown unicast, multicast and broadcast floods reach this port.
     pub flood: bool,
+    /// ARP requests for addresses whose MAC is behind this port are answered by the bridge
+    /// from the bridge device's neighbour table, and not flooded to this port
+    /// (`neigh_suppress`).
+    pub neigh_suppress: bool,
 }
 
 impl Netlink {
@@ -91,6 +95,7 @@ impl Netlink {
             .append_info_data(InfoBridgePort::UnicastFlood(f.flood))
             .append_info_data(InfoBridgePort::MulticastFlood(f.flood))
             .append_info_data(InfoBridgePort::BroadcastFlood(f.flood))
+            .append_info_data(InfoBridgePort::NeighSupress(f.neigh_suppress))
             .build();
         self.handle()
             .link()
@@ -202,6 +207,61 @@ impl Netlink {
         .await
     }
 
+    /// The IPv4 neighbour entries on `ifindex` that weft installed (state NOARP): address
+    /// and MAC.
+    pub async fn static_arp(&self, ifindex: u32) -> Result<Vec<(Ipv4Addr, [u8; 6])>> {
+        let mut s = self
+            .handle()
+            .neighbours()
+            .get()
+            .set_address_family(AddressFamily::Inet)
+            .execute();
+        let mut out = Vec::new();
+        while let Some(m) = s
+            .try_next()
+            .await
+            .map_err(|e| Error::netlink("listing neighbours", "", e))?
+        {
+            if m.header.ifindex != ifindex || m.header.state != NeighbourState::Noarp {
+                continue;
+            }
+            let mut ip = None;
+            let mut mac = None;
+            for a in &m.attributes {
+                match a {
+                    NeighbourAttribute::Destination(NeighbourAddress::Inet(i)) => ip = Some(*i),
+                    NeighbourAttribute::LinkLayerAddress(l) if l.len() == 6 => {
+                        mac = Some(<[u8; 6]>::try_from(&l[..]).expect("length checked"));
+                    }
+                    _ => {}
+                }
+            }
+            if let (Some(ip), Some(mac)) = (ip, mac) {
+                out.push((ip, mac));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Sets `ip`'s MAC on `ifindex` for good (`ip neigh replace IP lladdr MAC nud noarp`).
+    pub async fn arp_replace_static(&self, ifindex: u32, ip: Ipv4Addr, mac: [u8; 6]) -> Result<()> {
+        self.fdb_request(
+            RouteNetlinkMessage::NewNeighbour(arp_message(ifindex, ip, Some(mac))),
+            NLM_F_CREATE | NLM_F_REPLACE,
+            "adding neighbour entry",
+        )
+        .await
+    }
+
+    pub async fn arp_del(&self, ifindex: u32, ip: Ipv4Addr) -> Result<()> {
+        self.fdb_request(
+            RouteNetlinkMessage::DelNeighbour(arp_message(ifindex, ip, None)),
+            0,
+            "removing neighbour entry",
+        )
+        .await
+    }
+
     async fn fdb_request(
         &self,
         msg: RouteNetlinkMessage,
@@ -219,6 +279,20 @@ impl Netlink {
         }
         Ok(())
     }
+}
+
+fn arp_message(ifindex: u32, ip: Ipv4Addr, mac: Option<[u8; 6]>) -> NeighbourMessage {
+    let mut m = NeighbourMessage::default();
+    m.header.family = AddressFamily::Inet;
+    m.header.ifindex = ifindex;
+    m.header.state = NeighbourState::Noarp;
+    m.attributes
+        .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)));
+    if let Some(mac) = mac {
+        m.attributes
+            .push(NeighbourAttribute::LinkLayerAddress(mac.to_vec()));
+    }
+    m
 }
 
 fn fdb_message(

@@ -97,6 +97,9 @@ pub struct MacRecord {
     pub fastdp: bool,
     /// Container MACs on the origin's bridge, sorted.
     pub macs: Vec<Mac>,
+    /// The origin's containers' IPv4 addresses with their MACs, sorted: peers answer ARP for
+    /// them on their own bridges instead of flooding the request over VXLAN.
+    pub neighbours: Vec<(std::net::Ipv4Addr, Mac)>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -172,6 +175,7 @@ mod tests {
             version: 3,
             fastdp: true,
             macs: vec![Mac([2, 0, 0, 0, 0, 1])],
+            neighbours: vec![("10.32.0.1".parse().unwrap(), Mac([2, 0, 0, 0, 0, 1]))],
         }]);
         assert_eq!(FastDpMsg::decode(&m.encode()), Ok(m));
         let r = FastDpMsg::Rx {

@@ -198,6 +198,43 @@ fn three_hosts_use_fastdp_fall_back_when_blocked_and_recover() -> Result<()> {
         "pings went by VXLAN: {} packets",
         vx_tx1 - vx_tx0
     );
+    // h1's bridge answers ARP for c3 itself (h3 announced its address, the VXLAN port has
+    // neigh_suppress): c1's request never reaches c3.
+    let mac3 = String::from_utf8_lossy(
+        &tb.exec(&c3, "cat", &["/sys/class/net/ethwe/address"])
+            .stdout,
+    )
+    .trim()
+    .to_string();
+    Testbed::wait_for(Duration::from_secs(10), || {
+        let n = tb.exec(&h1, "ip", &["neigh", "show", "dev", "weft", "nud", "noarp"]);
+        let n = String::from_utf8_lossy(&n.stdout);
+        if n.contains(&format!("10.32.0.3 lladdr {mac3}")) {
+            Ok(())
+        } else {
+            bail!("h1 has no neighbour entry for c3 ({mac3}):\n{n}")
+        }
+    })?;
+    let sniff = tb
+        .cmd_in(&c3, "timeout")
+        .args(["3", "tcpdump", "-i", "ethwe", "-n", "-l", "arp"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    std::thread::sleep(Duration::from_millis(1200));
+    tb.exec(&c1, "ip", &["neigh", "flush", "all"]);
+    ping_clean(&tb, &c1, "10.32.0.3", 1)?;
+    let seen = String::from_utf8_lossy(&sniff.wait_with_output()?.stdout).into_owned();
+    assert!(
+        !seen.contains("who-has 10.32.0.3"),
+        "ARP reached c3:\n{seen}"
+    );
+    let learnt = tb.exec(&c1, "ip", &["neigh", "show", "10.32.0.3"]);
+    assert!(
+        String::from_utf8_lossy(&learnt.stdout).contains(&mac3),
+        "c1 learnt c3's MAC"
+    );
+
     let gbps = weft_testbed::measure::iperf3(&mut tb, &c3, &c1, "10.32.0.3", 2, 1)?;
     assert!(gbps > 0.0);
     eprintln!("iperf3 c1→c3 over fastdp: {gbps:.2} Gbit/s");
