@@ -277,15 +277,17 @@ async fn attach_locked(app: &App, engine: &Engine, id: &str) -> Result<bool, Str
     let r = match api::attach_container(app, req, Some(c.id.clone())).await {
         Ok(r) => r,
         Err(e) => {
-            // A container that ran and exited meanwhile (`docker run --rm -i ... cat`) needs
-            // no network any more: not a failure to report.
+            // A container that ran and exited meanwhile (`docker run --rm ... ip addr`, which
+            // the start event's attach let run) needs no network any more: not a failure to
+            // report. Its process is gone before the engine says so, hence both checks.
+            let process_gone = !Path::new(&c.netns).exists();
             let still = engine
                 .inspect(id)
                 .await
                 .ok()
                 .and_then(|i| Container::from_inspect(i).ok())
                 .is_some_and(|now| now.netns == c.netns);
-            if !still {
+            if process_gone || !still {
                 return Ok(false);
             }
             return Err(e.message().to_string());
