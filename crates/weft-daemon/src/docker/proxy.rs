@@ -162,6 +162,14 @@ impl Proxy {
             );
             return Ok(None);
         }
+        // Docker would bind-mount a missing file as an empty directory, and the container
+        // would fail with "permission denied" for no visible reason.
+        if !s.wait_binary.is_file() {
+            return Err(format!(
+                "weft-wait is missing at {}: weft's Docker proxy needs it to hold containers until they are attached (build it with scripts/build-wait.sh, or relaunch with --wait-binary PATH)",
+                s.wait_binary.display()
+            ));
+        }
         let image = if rewrite::has_entrypoint(&body) {
             None
         } else {
