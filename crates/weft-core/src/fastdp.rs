@@ -285,10 +285,7 @@ impl FastDp {
         macs.truncate(fastdp::MAX_MACS);
         if macs != self.own.macs {
             self.own.macs = macs;
-            self.own.version += 1;
-            self.out.push_back(FastDpOutput::Broadcast(
-                FastDpMsg::Records(vec![self.own.clone()]).encode(),
-            ));
+            self.announce_own();
         }
         self.evaluate(now);
     }
@@ -301,12 +298,17 @@ impl FastDp {
         n.truncate(fastdp::MAX_MACS);
         if n != self.own.neighbours {
             self.own.neighbours = n;
-            self.own.version += 1;
-            self.out.push_back(FastDpOutput::Broadcast(
-                FastDpMsg::Records(vec![self.own.clone()]).encode(),
-            ));
+            self.announce_own();
         }
         self.evaluate(now);
+    }
+
+    /// Our record changed: a new version, broadcast.
+    fn announce_own(&mut self) {
+        self.own.version += 1;
+        self.out.push_back(FastDpOutput::Broadcast(
+            FastDpMsg::Records(vec![self.own.clone()]).encode(),
+        ));
     }
 
     /// The data plane's neighbours (established, with their sleeve address) changed.

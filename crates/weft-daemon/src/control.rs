@@ -159,6 +159,8 @@ pub struct Control {
     dns: Option<Arc<crate::dns::DnsShared>>,
     dns_published: u64,
     fastdp_plan: Option<watch::Sender<Arc<weft_core::fastdp::FastDpPlan>>>,
+    /// What `known-peers.json` holds: our data-plane neighbours' addresses, as last saved.
+    known_peers: Vec<String>,
 }
 
 impl Control {
@@ -186,7 +188,24 @@ impl Control {
             dns,
             dns_published: u64::MAX,
             fastdp_plan: None,
+            known_peers: Vec::new(),
         }
+    }
+
+    /// Keeps the addresses of the peers we exchange data with for `--resume` (a neighbour's
+    /// sleeve address is where it listens). An empty set is not saved: a router that lost its
+    /// peers just before stopping should still find them again.
+    fn save_known_peers(&mut self, t: &weft_core::mesh::DataPlaneTable) {
+        let mut peers: Vec<String> = t.neighbours.values().map(|a| a.to_string()).collect();
+        peers.sort();
+        peers.dedup();
+        if peers.is_empty() || peers == self.known_peers {
+            return;
+        }
+        if let Err(e) = self.state.save_json(crate::KNOWN_PEERS_FILE, &peers) {
+            warn!("could not persist the known peers: {e}");
+        }
+        self.known_peers = peers;
     }
 
     /// Publish the fast path's plans to its task.
@@ -410,6 +429,7 @@ impl Control {
             for e in events {
                 match e {
                     NodeEvent::DataPlane(t) => {
+                        self.save_known_peers(&t);
                         let _ = self.dataplane.send(DataPlaneMsg::Table(t)).await;
                     }
                     NodeEvent::PeerRemoved(p) => {

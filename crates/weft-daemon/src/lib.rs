@@ -41,10 +41,10 @@ use weft_proto::PeerName;
 use crate::state::{StateDir, StateError};
 
 pub const TARGETS_FILE: &str = "targets.json";
-/// Peers we had connections with (`ip:port`), redialled by `--resume`: a restarted router
-/// that was dialled by its peers (it has no targets of its own) would otherwise wait for
-/// their reconnect backoff, up to several seconds, while their kernels' fast-path entries
-/// for it expire.
+/// Peers we exchanged data with (`ip:port`, saved by the control task), redialled by
+/// `--resume`: a restarted router that was dialled by its peers (it has no targets of its
+/// own) would otherwise wait for their reconnect backoff, up to several seconds, while their
+/// kernels' fast-path entries for it expire.
 pub const KNOWN_PEERS_FILE: &str = "known-peers.json";
 pub const IPAM_FILE: &str = "ipam.json";
 pub const PID_FILE: &str = "weft.pid";
@@ -505,41 +505,9 @@ pub async fn run(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Result<(),
         None => None,
     };
     // Docker: without an engine the router runs all the same, and says so.
-    let mut docker_status = docker::DockerStatus::default();
-    let mut proxy_listeners = Vec::new();
-    let engine = match &cfg.docker {
-        None => None,
-        Some(s) => match docker::Engine::connect(s.clone(), name.to_string()).await {
-            Ok(engine) => {
-                for addr in &s.proxy_listen {
-                    let (l, shown) =
-                        docker::proxy::listen(addr, &engine.socket).map_err(DaemonError::Config)?;
-                    docker_status.proxy_addrs.push(shown);
-                    proxy_listeners.push(l);
-                }
-                if !s.wait_binary.is_file() && !s.proxy_listen.is_empty() {
-                    warn!(
-                        "weft-wait is missing at {}: containers created through the Docker proxy will not start (build it with scripts/build-wait.sh, or give --wait-binary)",
-                        s.wait_binary.display()
-                    );
-                }
-                docker_status.plugin_driver =
-                    s.plugin_socket.as_deref().map(docker::plugin::driver_name);
-                info!(
-                    api = %s.api,
-                    proxy = ?docker_status.proxy_addrs,
-                    plugin = ?docker_status.plugin_driver,
-                    "Docker integration on"
-                );
-                Some(engine)
-            }
-            Err(why) => {
-                warn!("{why}: running without the Docker proxy and plugin");
-                docker_status.unavailable = Some(why);
-                None
-            }
-        },
-    };
+    let docker = docker::Startup::connect(cfg.docker.as_ref(), name.to_string())
+        .await
+        .map_err(DaemonError::Config)?;
     let app = Arc::new(api::App {
         version: VERSION.to_string(),
         control: ctl_tx.clone(),
@@ -555,8 +523,8 @@ pub async fn run(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Result<(),
             .unwrap_or_else(|| "10.32.0.0/12".parse().expect("valid CIDR")),
         ipam_enabled: cfg.ipam.is_some(),
         dns: dns_shared,
-        docker: engine.clone(),
-        docker_status,
+        docker: docker.engine.clone(),
+        docker_status: docker.status.clone(),
     });
 
     app.attacher.apply_mtu().await;
@@ -566,31 +534,10 @@ pub async fn run(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Result<(),
         let app = app.clone();
         tasks.spawn(async move { api::reregister(&app).await });
     }
-    if let Some(engine) = &engine {
-        let proxy = Arc::new(docker::proxy::Proxy {
-            app: app.clone(),
-            engine: engine.clone(),
-        });
-        for l in proxy_listeners {
-            tasks.spawn(docker::proxy::serve(proxy.clone(), l, shutdown.clone()));
-        }
-        if let Some(sock) = &engine.settings.plugin_socket {
-            let plugin = docker::plugin::Plugin::new(
-                app.clone(),
-                host.netlink.clone(),
-                host.bridge.index,
-                mtu,
-            );
-            docker::plugin::serve(plugin, sock, shutdown.clone())
-                .await
-                .map_err(DaemonError::Config)?;
-        }
-        tasks.spawn(docker::watch_events(
-            app.clone(),
-            engine.clone(),
-            shutdown.clone(),
-        ));
-    }
+    docker
+        .serve(&app, &host, mtu, &mut tasks, &shutdown)
+        .await
+        .map_err(DaemonError::Config)?;
     if let Some((_, mut server)) = dns {
         let mut sd = shutdown.clone();
         tasks.spawn(async move {
@@ -652,47 +599,6 @@ pub async fn run(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Result<(),
                         api::release_gone(&app, gone).await;
                     }
                     _ = sd.changed() => return,
-                }
-            }
-        });
-    }
-
-    {
-        let (mut sd, app, state, port) = (shutdown.clone(), app.clone(), state.clone(), cfg.port);
-        tasks.spawn(async move {
-            // Often enough that a router killed soon after connecting has them on disk.
-            let mut tick = tokio::time::interval(Duration::from_secs(1));
-            let mut saved: Vec<String> = Vec::new();
-            loop {
-                tokio::select! {
-                    _ = tick.tick() => {}
-                    _ = sd.changed() => return,
-                }
-                let Ok((st, _)) = api::query_router(&app).await else {
-                    continue;
-                };
-                let mut peers: Vec<String> = st
-                    .connections
-                    .iter()
-                    .filter(|c| c.state == weft_core::mesh::ConnectionState::Established)
-                    // An inbound connection comes from an ephemeral port; the peer listens
-                    // on the mesh's port.
-                    .map(|c| {
-                        if c.outbound {
-                            c.addr
-                        } else {
-                            SocketAddr::new(c.addr.ip(), port)
-                        }
-                    })
-                    .map(|a| a.to_string())
-                    .collect();
-                peers.sort();
-                peers.dedup();
-                if !peers.is_empty() && peers != saved {
-                    if let Err(e) = state.save_json(KNOWN_PEERS_FILE, &peers) {
-                        warn!("saving the known peers: {e}");
-                    }
-                    saved = peers;
                 }
             }
         });

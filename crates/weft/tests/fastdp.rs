@@ -322,6 +322,34 @@ fn mixed_mesh_and_relays_deliver_every_frame_once() -> Result<()> {
     Ok(())
 }
 
+/// Kills h1's router, relaunches it with `--resume` 2 s later and waits until its link to h2
+/// is on the fast path again.
+fn restart_router_1(tb: &Testbed) -> Result<()> {
+    tb.kill_router(1)?;
+    std::thread::sleep(Duration::from_secs(2));
+    tb.weft_ok(1, &["launch", "--nickname=host1", "--resume"])?;
+    // h1 was dialled by h2 and has no targets of its own: --resume redials the peers it was
+    // connected to, rather than waiting for h2's reconnect backoff.
+    let targets = tb.weft_ok(1, &["status", "targets"])?;
+    assert!(targets.contains(&tb.host(2).ip.to_string()), "{targets}");
+    wait_overlay(tb, 1, 2, "fastdp", CONVERGE)?;
+    Ok(())
+}
+
+/// Waits until the spawned program `pid` has written `marker` to `log` (or ended); returns
+/// the log.
+fn wait_output(pid: u32, log: &Path, marker: &str, within: Duration) -> Result<String> {
+    Testbed::wait_for(within, || {
+        if Path::new(&format!("/proc/{pid}")).exists()
+            && !std::fs::read_to_string(log)?.contains(marker)
+        {
+            bail!("pid {pid} still running")
+        }
+        Ok(())
+    })?;
+    Ok(std::fs::read_to_string(log)?)
+}
+
 /// Pings every 100 ms from c1 (h1) to c2 (h2) for 15 s while h1's router is killed after 3 s
 /// and relaunched with `--resume` 2 s later. Returns the ping output and the answered seqs.
 fn ping_across_a_restart(tb: &mut Testbed) -> Result<(String, Vec<u32>)> {
@@ -337,23 +365,8 @@ fn ping_across_a_restart(tb: &mut Testbed) -> Result<(String, Vec<u32>)> {
     )?;
     let log = tb.spawn_log("ping", 0);
     std::thread::sleep(Duration::from_secs(3));
-    tb.kill_router(1)?;
-    std::thread::sleep(Duration::from_secs(2));
-    tb.weft_ok(1, &["launch", "--nickname=host1", "--resume"])?;
-    // h1 was dialled by h2 and has no targets of its own: --resume redials the peers it was
-    // connected to, rather than waiting for h2's reconnect backoff.
-    let targets = tb.weft_ok(1, &["status", "targets"])?;
-    assert!(targets.contains(&tb.host(2).ip.to_string()), "{targets}");
-    wait_overlay(tb, 1, 2, "fastdp", CONVERGE)?;
-    Testbed::wait_for(Duration::from_secs(30), || {
-        if Path::new(&format!("/proc/{pid}")).exists()
-            && !std::fs::read_to_string(&log)?.contains("packet loss")
-        {
-            bail!("ping still running")
-        }
-        Ok(())
-    })?;
-    let text = std::fs::read_to_string(&log)?;
+    restart_router_1(tb)?;
+    let text = wait_output(pid, &log, "packet loss", Duration::from_secs(30))?;
     let answered: Vec<u32> = text
         .lines()
         .filter(|l| l.contains("bytes from"))
@@ -446,34 +459,16 @@ fn iperf3_keeps_going_across_a_router_restart() -> Result<()> {
     let c1 = container(&mut tb, 1)?;
     let c2 = container(&mut tb, 2)?;
     ping_clean(&tb, &c1, "10.32.0.2", 3)?;
-    tb.spawn(&c2, "iperf3", &["-s", "-1", "-p", "5399"])?;
-    Testbed::wait_for(Duration::from_secs(5), || {
-        let o = tb.exec(&c2, "ss", &["-Hltn", "sport = :5399"]);
-        if String::from_utf8_lossy(&o.stdout).trim().is_empty() {
-            bail!("iperf3 server not listening")
-        }
-        Ok(())
-    })?;
+    let port = weft_testbed::measure::iperf3_server(&mut tb, &c2)?.to_string();
+    let log = tb.spawn_log("iperf3", 1);
     let n = tb.spawn(
         &c1,
         "iperf3",
-        &["-c", "10.32.0.2", "-p", "5399", "-t", "20", "-i", "1", "-J"],
+        &["-c", "10.32.0.2", "-p", &port, "-t", "20", "-i", "1", "-J"],
     )?;
-    let log = tb.spawn_log("iperf3", 1);
     std::thread::sleep(Duration::from_secs(4));
-    tb.kill_router(1)?;
-    std::thread::sleep(Duration::from_secs(2));
-    tb.weft_ok(1, &["launch", "--nickname=host1", "--resume"])?;
-    wait_overlay(&tb, 1, 2, "fastdp", CONVERGE)?;
-    Testbed::wait_for(Duration::from_secs(40), || {
-        if Path::new(&format!("/proc/{n}")).exists()
-            && !std::fs::read_to_string(&log)?.contains("\"end\"")
-        {
-            bail!("iperf3 still running")
-        }
-        Ok(())
-    })?;
-    let text = std::fs::read_to_string(&log)?;
+    restart_router_1(&tb)?;
+    let text = wait_output(n, &log, "\"end\"", Duration::from_secs(40))?;
     let v: serde_json::Value =
         serde_json::from_str(&text).with_context(|| format!("iperf3 output:\n{text}"))?;
     let gbps: Vec<f64> = v["intervals"]

@@ -227,17 +227,23 @@ fn fast_path_simulation_is_deterministic() {
     assert_eq!(run(seed), run(seed));
 }
 
-/// A fast-path peer whose router restarts: both ends must be back on the fast path once it
-/// reconnects, and stay there (no flapping to sleeve a few seconds later).
-#[test]
-fn a_restarted_fast_peer_comes_back_and_stays_fast() {
-    let mut sim = Sim::new(test_seed(67));
+/// Two fast-path hosts, host 1 dialling host 0 (which so has no targets), meshed.
+fn fast_pair(seed: u64) -> Sim {
+    let mut sim = Sim::new(seed);
     sim.fastdp = true;
     sim.add_node(&[], true);
     sim.add_node(&[0], true);
     let all = sim.all();
     sim.run_until(Duration::from_secs(60), CHECK, |s| s.converged(&all))
         .unwrap();
+    sim
+}
+
+/// A fast-path peer whose router restarts: both ends must be back on the fast path once it
+/// reconnects, and stay there (no flapping to sleeve a few seconds later).
+#[test]
+fn a_restarted_fast_peer_comes_back_and_stays_fast() {
+    let mut sim = fast_pair(test_seed(67));
     sim.run_for(Duration::from_secs(3));
     assert_eq!(sim.mode(0, 1), Some(Mode::Fast));
     assert_eq!(sim.mode(1, 0), Some(Mode::Fast));
@@ -293,13 +299,7 @@ fn restarts_of_any_length_resume_unicast_on_the_fast_path() {
     let mut worst = 0u8;
     for run in 0..runs {
         let seed = base.wrapping_add(run);
-        let mut sim = Sim::new(seed);
-        sim.fastdp = true;
-        sim.add_node(&[], true);
-        sim.add_node(&[0], true);
-        let all = sim.all();
-        sim.run_until(Duration::from_secs(60), CHECK, |s| s.converged(&all))
-            .unwrap();
+        let mut sim = fast_pair(seed);
         // Containers talk, so each bridge knows its own.
         for _ in 0..5 {
             sim.send_frame(0, &frame(mac(1), mac(0), 1));

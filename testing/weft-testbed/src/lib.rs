@@ -630,6 +630,22 @@ pub mod measure {
 
     /// TCP throughput from `client_ns` to an iperf3 server started in `server_ns` at `dst`,
     /// in Gbit/s (receiver side), over `secs` seconds with `streams` parallel streams.
+    /// Starts a one-off iperf3 server in `ns` and returns its port once it listens (a client
+    /// started earlier would fail and use the server up).
+    pub fn iperf3_server(tb: &mut Testbed, ns: &str) -> Result<u16> {
+        let port = 5201 + (COUNTER.fetch_add(1, Ordering::SeqCst) % 500) as u16;
+        tb.spawn(ns, "iperf3", &["-s", "-1", "-p", &port.to_string()])?;
+        let filter = format!("sport = :{port}");
+        Testbed::wait_for(Duration::from_secs(5), || {
+            let o = tb.exec(ns, "ss", &["-Hltn", &filter]);
+            if String::from_utf8_lossy(&o.stdout).trim().is_empty() {
+                bail!("iperf3 server on port {port} not listening")
+            }
+            Ok(())
+        })?;
+        Ok(port)
+    }
+
     pub fn iperf3(
         tb: &mut Testbed,
         server_ns: &str,
@@ -638,20 +654,9 @@ pub mod measure {
         secs: u32,
         streams: u32,
     ) -> Result<f64> {
-        let port = 5201 + (COUNTER.fetch_add(1, Ordering::SeqCst) % 500) as u16;
-        let port_s = port.to_string();
         let n = tb.children.len();
-        let pid = tb.spawn(server_ns, "iperf3", &["-s", "-1", "-p", &port_s])?;
-        // Start the client only once the server listens: a failed first attempt would use up
-        // the one-off server.
-        let filter = format!("sport = :{port}");
-        Testbed::wait_for(Duration::from_secs(5), || {
-            let o = tb.exec(server_ns, "ss", &["-Hltn", &filter]);
-            if String::from_utf8_lossy(&o.stdout).trim().is_empty() {
-                bail!("iperf3 server on port {port} not listening")
-            }
-            Ok(())
-        })?;
+        let port = iperf3_server(tb, server_ns)?;
+        let port_s = port.to_string();
         let out = tb.exec(
             client_ns,
             "iperf3",
@@ -667,7 +672,6 @@ pub mod measure {
                 "-J",
             ],
         );
-        let _ = pid;
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
         if !out.status.success() || v["error"].is_string() {
             let server = std::fs::read_to_string(tb.spawn_log("iperf3", n)).unwrap_or_default();

@@ -59,6 +59,88 @@ pub fn socket_path(api: &str) -> Option<PathBuf> {
     p.starts_with('/').then(|| PathBuf::from(p))
 }
 
+/// The Docker side of a starting router: the engine if it answers, and the proxy's bound
+/// listeners until the router's other parts exist to serve them.
+pub struct Startup {
+    pub engine: Option<Arc<Engine>>,
+    pub status: DockerStatus,
+    listeners: Vec<tokio::net::UnixListener>,
+}
+
+impl Startup {
+    /// Connects to the engine and binds the proxy; an engine that does not answer is reported
+    /// in the status (the router runs without Docker), a proxy address that cannot be bound is
+    /// an error.
+    pub async fn connect(
+        settings: Option<&DockerSettings>,
+        router: String,
+    ) -> Result<Startup, String> {
+        let mut st = Startup {
+            engine: None,
+            status: DockerStatus::default(),
+            listeners: Vec::new(),
+        };
+        let Some(s) = settings else {
+            return Ok(st);
+        };
+        let engine = match Engine::connect(s.clone(), router).await {
+            Ok(e) => e,
+            Err(why) => {
+                warn!("{why}: running without the Docker proxy and plugin");
+                st.status.unavailable = Some(why);
+                return Ok(st);
+            }
+        };
+        for addr in &s.proxy_listen {
+            let (l, shown) = proxy::listen(addr, &engine.socket)?;
+            st.status.proxy_addrs.push(shown);
+            st.listeners.push(l);
+        }
+        if !s.wait_binary.is_file() && !s.proxy_listen.is_empty() {
+            warn!(
+                "weft-wait is missing at {}: containers created through the Docker proxy will not start (build it with scripts/build-wait.sh, or give --wait-binary)",
+                s.wait_binary.display()
+            );
+        }
+        st.status.plugin_driver = s.plugin_socket.as_deref().map(plugin::driver_name);
+        info!(
+            api = %s.api,
+            proxy = ?st.status.proxy_addrs,
+            plugin = ?st.status.plugin_driver,
+            "Docker integration on"
+        );
+        st.engine = Some(engine);
+        Ok(st)
+    }
+
+    /// Serves the proxy and the plugin and follows the engine's events, as tasks of `tasks`.
+    pub async fn serve(
+        self,
+        app: &Arc<App>,
+        host: &crate::hostnet::HostNet,
+        mtu: u32,
+        tasks: &mut tokio::task::JoinSet<()>,
+        shutdown: &watch::Receiver<bool>,
+    ) -> Result<(), String> {
+        let Some(engine) = self.engine else {
+            return Ok(());
+        };
+        let proxy = Arc::new(proxy::Proxy {
+            app: app.clone(),
+            engine: engine.clone(),
+        });
+        for l in self.listeners {
+            tasks.spawn(proxy::serve(proxy.clone(), l, shutdown.clone()));
+        }
+        if let Some(sock) = &engine.settings.plugin_socket {
+            let p = plugin::Plugin::new(app.clone(), host.netlink.clone(), host.bridge.index, mtu);
+            plugin::serve(p, sock, shutdown.clone()).await?;
+        }
+        tasks.spawn(watch_events(app.clone(), engine, shutdown.clone()));
+        Ok(())
+    }
+}
+
 /// A Docker Engine the router talks to.
 pub struct Engine {
     pub client: Docker,
@@ -67,8 +149,9 @@ pub struct Engine {
     pub router: String,
     pub socket: PathBuf,
     pub settings: DockerSettings,
-    /// One attach at a time per container: the proxy's start and the start event race.
-    attaching: Mutex<HashMap<String, Arc<Mutex<()>>>>,
+    /// One Docker attach at a time: the proxy's start and the start event race for the same
+    /// container, and attaching takes milliseconds.
+    attaching: Mutex<()>,
     /// Networks made with our plugin (id → multicast route), whose containers get DNS names.
     pub plugin_networks: Mutex<HashMap<String, bool>>,
 }
@@ -106,7 +189,7 @@ impl Engine {
             router,
             socket,
             settings,
-            attaching: Mutex::new(HashMap::new()),
+            attaching: Mutex::new(()),
             plugin_networks: Mutex::new(HashMap::new()),
         }))
     }
@@ -176,38 +259,34 @@ impl Container {
         })
     }
 
+    fn config(&self) -> Option<&bollard::models::ContainerConfig> {
+        self.inspect.config.as_ref()
+    }
+
     /// Made by our proxy: its entrypoint is weft-wait.
     fn proxied(&self) -> bool {
-        self.inspect
-            .config
-            .as_ref()
+        self.config()
             .and_then(|c| c.entrypoint.as_ref())
             .and_then(|e| e.first())
             .is_some_and(|e| e == rewrite::WAIT_PATH)
     }
 
     fn label(&self, key: &str) -> Option<&str> {
-        self.inspect
-            .config
-            .as_ref()
+        self.config()
             .and_then(|c| c.labels.as_ref())
             .and_then(|l| l.get(key))
             .map(String::as_str)
     }
 
     fn env(&self) -> Vec<String> {
-        self.inspect
-            .config
-            .as_ref()
+        self.config()
             .and_then(|c| c.env.clone())
             .unwrap_or_default()
     }
 
     fn multicast_route(&self) -> bool {
         // weft-wait waits for the multicast route unless told otherwise at create time.
-        self.inspect
-            .config
-            .as_ref()
+        self.config()
             .and_then(|c| c.cmd.as_ref())
             .and_then(|c| c.first())
             .is_none_or(|a| a != "--no-mcast")
@@ -229,14 +308,8 @@ pub async fn find(engine: &Engine, spec: &str) -> Result<Container, String> {
 /// `Ok(false)` if it is not one to attach. Idempotent: an attached container keeps its
 /// addresses.
 pub async fn ensure_attached(app: &App, engine: &Engine, id: &str) -> Result<bool, String> {
-    let lock = {
-        let mut m = engine.attaching.lock().await;
-        m.entry(id.to_string()).or_default().clone()
-    };
-    let _guard = lock.lock().await;
-    let r = attach_locked(app, engine, id).await;
-    engine.attaching.lock().await.remove(id);
-    r
+    let _one_at_a_time = engine.attaching.lock().await;
+    attach_locked(app, engine, id).await
 }
 
 async fn attach_locked(app: &App, engine: &Engine, id: &str) -> Result<bool, String> {
@@ -298,16 +371,18 @@ async fn attach_locked(app: &App, engine: &Engine, id: &str) -> Result<bool, Str
         && let Some(path) = c.inspect.hosts_path.as_deref().filter(|p| !p.is_empty())
     {
         let ips: Vec<IpAddr> = r.addresses.iter().map(|n| IpAddr::V4(n.addr())).collect();
-        let cfg = c.inspect.config.clone().unwrap_or_default();
-        let host = cfg.hostname.unwrap_or_default();
-        let domain = cfg.domainname.unwrap_or_default();
+        let host = c.config().and_then(|k| k.hostname.as_deref()).unwrap_or("");
+        let domain = c
+            .config()
+            .and_then(|k| k.domainname.as_deref())
+            .unwrap_or("");
         let extra = c
             .inspect
             .host_config
             .as_ref()
             .and_then(|h| h.extra_hosts.clone())
             .unwrap_or_default();
-        let text = rewrite::hosts_file(&host, &domain, &ips, &extra);
+        let text = rewrite::hosts_file(host, domain, &ips, &extra);
         // Written in place: the container sees this file through a bind mount.
         if let Err(e) = std::fs::write(Path::new(path), text) {
             warn!(container = %c.id, "rewriting {path}: {e}");
