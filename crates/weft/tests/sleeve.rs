@@ -219,6 +219,17 @@ fn a_relaunch_with_another_mtu_updates_attached_containers() -> Result<()> {
         &["-c", "3", "-s", "1385", "-M", "do", "-W", "2", "10.32.0.2"],
     );
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains(" 0% packet loss"), "{text}");
+    if !text.contains(" 0% packet loss") {
+        let mut diag = String::new();
+        for i in 1..=2 {
+            diag += &format!(
+                "--- h{i} connections\n{}\n",
+                tb.weft_ok(i, &["status", "connections"])
+                    .unwrap_or_default()
+            );
+            diag += &format!("--- h{i} log\n{}\n", tb.router_log(i));
+        }
+        panic!("{text}\n{diag}");
+    }
     Ok(())
 }

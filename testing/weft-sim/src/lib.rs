@@ -189,6 +189,8 @@ pub struct Sim {
     /// Every event handled, hashed, to check determinism.
     pub trace_hash: u64,
     pub steps: u64,
+    /// TCP connections accepted so far, by all hosts.
+    pub accepted: u64,
 }
 
 impl Sim {
@@ -220,6 +222,7 @@ impl Sim {
             cut: BTreeSet::new(),
             trace_hash: 0xcbf2_9ce4_8422_2325,
             steps: 0,
+            accepted: 0,
         }
     }
 
@@ -447,9 +450,10 @@ impl Sim {
             .collect();
         if !known.is_empty() {
             let now = self.now;
+            // The daemon saves them as `ip:port`, so the port counts as given.
             let t = known
                 .iter()
-                .map(|&k| (Self::addr(k).ip().to_string(), Self::addr(k), false))
+                .map(|&k| (Self::addr(k).to_string(), Self::addr(k), true))
                 .collect();
             self.nodes[i].node.connect(now, t, false);
             self.drain(i);
@@ -704,6 +708,7 @@ impl Sim {
                         let from = SocketAddr::new(self.nodes[node].ip, 40000 + conn.0 as u16);
                         match self.nodes[p].node.handle_accept(now, from) {
                             Some(pc) => {
+                                self.accepted += 1;
                                 let lat = self.latency();
                                 let (ni, pi) = (inc, self.nodes[p].incarnation);
                                 for (a, ai, b, bi) in [

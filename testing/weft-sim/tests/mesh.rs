@@ -109,6 +109,40 @@ fn simultaneous_dials_leave_one_connection() {
     }
 }
 
+/// Routers relaunched with `--resume` redial the peers they knew (as `ip:port`). One that is
+/// dialled by such a peer before its own retry comes round keeps that connection instead of
+/// dialling a second one, whose tie-break would replace the first and drop traffic.
+#[test]
+fn a_resumed_router_does_not_redial_a_peer_that_dialled_it() {
+    for seed in 0..20 {
+        let mut sim = Sim::new(test_seed(300 + seed));
+        sim.add_node(&[], false);
+        sim.add_node(&[0], false);
+        let all = sim.all();
+        sim.run_until(Duration::from_secs(30), CHECK, |s| s.converged(&all))
+            .unwrap();
+        sim.crash(0);
+        sim.crash(1);
+        sim.run_for(Duration::from_millis(500));
+        // h0 comes back first and finds h1 down; h1 then dials h0 before h0's retry.
+        sim.restart(0);
+        sim.run_for(Duration::from_millis(300));
+        sim.restart(1);
+        sim.run_until(Duration::from_secs(30), CHECK, |s| s.converged(&all))
+            .unwrap();
+        let accepted = sim.accepted;
+        sim.run_for(Duration::from_secs(60));
+        assert_eq!(
+            sim.accepted, accepted,
+            "seed {}: a second connection was made",
+            sim.seed
+        );
+        for n in &sim.nodes {
+            assert_eq!(n.router().connected_peers().count(), 1);
+        }
+    }
+}
+
 #[test]
 fn partition_and_heal() {
     let seed = test_seed(5);

@@ -1626,16 +1626,25 @@ impl Router {
         }
     }
 
+    /// Whether a target needs no dial: we are connected to the peer last seen there, are
+    /// dialling it already, or that peer dialled us. An inbound connection comes from an
+    /// ephemeral port, so it stands for a target with an explicit port (e.g. a `--resume`d
+    /// `ip:port`) when the peer listens on that port; dialling anyway would make a second
+    /// connection whose tie-break replaces the first, dropping traffic.
     fn target_satisfied(&self, t: &Target) -> bool {
         if t.peer.is_some_and(|p| self.by_peer.contains_key(&p)) {
             return true;
         }
         self.conns.values().any(|c| {
-            c.addr == t.addr
-                || (!t.port_given
-                    && !c.outbound
-                    && c.phase == Phase::Ready
-                    && c.addr.ip() == t.addr.ip())
+            let inbound_from_target = !c.outbound
+                && c.phase == Phase::Ready
+                && c.addr.ip() == t.addr.ip()
+                && (!t.port_given
+                    || c.remote
+                        .as_ref()
+                        .and_then(|r| self.topology.get(&r.name))
+                        .is_some_and(|p| p.tcp_port == t.addr.port()));
+            c.addr == t.addr || inbound_from_target
         })
     }
 
