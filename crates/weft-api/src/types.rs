@@ -248,6 +248,36 @@ pub struct AttachRequest {
     /// Do not register any name.
     #[serde(default)]
     pub without_dns: bool,
+    /// The interface's name inside the container (default `ethwe`).
+    #[serde(default)]
+    pub ifname: Option<String>,
+    /// The name addresses are allocated under (default: the container reference, or the
+    /// Docker container's id); CNI uses its container id.
+    #[serde(default)]
+    pub ident: Option<String>,
+    /// Give the container a default route via the host's address on the bridge in the first
+    /// address's subnet, exposing the host in that subnet if it is not yet (CNI does).
+    #[serde(default)]
+    pub gateway: bool,
+    /// Hairpin mode on the container's bridge port.
+    #[serde(default)]
+    pub hairpin: bool,
+}
+
+impl AttachRequest {
+    pub fn new(container: impl Into<String>) -> Self {
+        AttachRequest {
+            container: container.into(),
+            addrs: Vec::new(),
+            multicast_route: true,
+            hostname: None,
+            without_dns: false,
+            ifname: None,
+            ident: None,
+            gateway: false,
+            hairpin: false,
+        }
+    }
 }
 
 /// What `POST /attach` did.
@@ -256,6 +286,9 @@ pub struct AttachResponse {
     pub container: ContainerEntry,
     /// The addresses this request asked for, in order.
     pub addresses: Vec<Ipv4Net>,
+    /// The default gateway given to the container, when asked for.
+    #[serde(default)]
+    pub gateway: Option<std::net::Ipv4Addr>,
 }
 
 /// One address argument of attach/detach, in Weave's grammar.
@@ -301,7 +334,13 @@ fn yes() -> bool {
 /// `POST /detach`: no addresses means all of the container's weft addresses.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct DetachRequest {
+    #[serde(default)]
     pub container: String,
+    /// Detach whatever was attached under this ident (CNI's container id), even when its
+    /// namespace is gone, and release every address it holds. Detaching what is not
+    /// attached is not an error then.
+    #[serde(default)]
+    pub ident: Option<String>,
     /// As for attach: exact addresses, or `net:` subnets meaning "my addresses in there".
     #[serde(default)]
     pub addrs: Vec<String>,

@@ -5,7 +5,7 @@
 //! is, so every message here must say what went wrong and, where it can, what to do.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -717,11 +717,30 @@ pub async fn attach_container(
             crate::attach::check_cidr(net)?;
         }
     }
-    let ident = match (app.attacher.lookup(&req.container).await?, ident) {
+    let runtime_ident = req.ident.is_some();
+    let ident = match (
+        app.attacher.lookup(&req.container).await?,
+        ident.or(req.ident),
+    ) {
+        // An ident given by a runtime names one attachment: another one in the same
+        // namespace would need a second interface, which weft does not make.
+        (Some(a), Some(i)) if runtime_ident && a.id != i => {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                format!(
+                    "{} is already attached to weft as {} (interface {}): one weft interface per namespace",
+                    req.container, a.id, a.ifname
+                ),
+            ));
+        }
         (Some(a), _) => a.id,
         (None, Some(i)) => i,
         (None, None) => app.attacher.identify(&req.container).await?,
     };
+    let ifname = req
+        .ifname
+        .unwrap_or_else(|| crate::attach::CONTAINER_IFNAME.to_string());
+    check_ifname(&ifname)?;
     let hostname = if req.without_dns || app.dns.is_none() {
         None
     } else {
@@ -731,15 +750,26 @@ pub async fn attach_container(
         }
     };
     let (nets, obtained) = obtain(app, &ident, specs).await?;
+    let gateway = if req.gateway {
+        match gateway_for(app, nets[0].trunc()).await {
+            Ok(g) => Some(g),
+            Err(e) => {
+                release_addrs(app, &ident, &obtained).await;
+                return Err(e);
+            }
+        }
+    } else {
+        None
+    };
+    let opts = crate::attach::PlugOptions {
+        ifname,
+        multicast_route: req.multicast_route,
+        gateway,
+        hairpin: req.hairpin,
+    };
     match app
         .attacher
-        .attach(
-            &req.container,
-            &ident,
-            nets.clone(),
-            req.multicast_route,
-            hostname.clone(),
-        )
+        .attach(&req.container, &ident, nets.clone(), opts, hostname.clone())
         .await
     {
         Ok(entry) => {
@@ -750,6 +780,7 @@ pub async fn attach_container(
             Ok(AttachResponse {
                 container: entry,
                 addresses: nets,
+                gateway,
             })
         }
         Err(e) => {
@@ -759,10 +790,64 @@ pub async fn attach_container(
     }
 }
 
+/// Interface names the kernel takes: 1–15 bytes, no `/`, whitespace or `:`.
+fn check_ifname(name: &str) -> Result<(), ApiError> {
+    let bad = name.is_empty()
+        || name.len() > 15
+        || name == "."
+        || name == ".."
+        || name
+            .chars()
+            .any(|c| c == '/' || c == ':' || c.is_whitespace() || c.is_control());
+    if bad {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "invalid interface name {name:?}: 1 to 15 characters without '/', ':' or spaces"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The host's address on the bridge in `subnet`: the containers' default gateway. When the
+/// host has none there yet it is exposed in that subnet first, as Weave's CNI plugin did.
+async fn gateway_for(app: &App, subnet: Ipv4Net) -> Result<Ipv4Addr, ApiError> {
+    // Two containers attached at once must not expose the host twice.
+    static EXPOSING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    let _one = EXPOSING.lock().await;
+    let (_, have) = app.attacher.exposed().await?;
+    if let Some(n) = have.iter().find(|n| subnet.contains(&n.addr())) {
+        return Ok(n.addr());
+    }
+    let (nets, obtained) = obtain(app, EXPOSE_IDENT, vec![AddrSpec::Subnet(subnet)]).await?;
+    if let Err(e) = app.attacher.expose(&nets).await {
+        release_addrs(app, EXPOSE_IDENT, &obtained).await;
+        return Err(e.into());
+    }
+    tracing::info!(address = %nets[0], "exposed the host as the containers' gateway");
+    Ok(nets[0].addr())
+}
+
 /// Detach: `net:` arguments mean "the container's addresses in that subnet". The addresses go
 /// back to IP allocation.
 async fn detach(State(app): AppState, body: Bytes) -> Result<Response, ApiError> {
     let mut req: DetachRequest = json_body(&body)?;
+    if let Some(ident) = &req.ident {
+        let removed = app.attacher.detach_ident(ident).await;
+        crate::dns_api::unregister(&app, ident, None).await;
+        let released = if app.ipam_enabled {
+            ipam(&app, |reply| IpamCmd::Release {
+                ident: ident.clone(),
+                addr: None,
+                reply,
+            })
+            .await?
+        } else {
+            removed.map(|a| a.cidrs).unwrap_or_default()
+        };
+        return Ok(axum::Json(released).into_response());
+    }
     req.container = crate::docker::resolve(&app, &req.container).await?.0;
     let specs = parse_specs(&req.addrs)?;
     let remove = if specs.is_empty() {

@@ -58,6 +58,37 @@ pub struct Attachment {
     /// The name registered in weftDNS for the container's addresses.
     #[serde(default)]
     pub hostname: Option<String>,
+    /// The interface's name inside the container (`ethwe`; CNI chooses its own).
+    #[serde(default = "default_ifname")]
+    pub ifname: String,
+}
+
+fn default_ifname() -> String {
+    CONTAINER_IFNAME.to_string()
+}
+
+/// How to plug a container in, beyond its addresses.
+#[derive(Clone, Debug)]
+pub struct PlugOptions {
+    /// The interface's name inside the container.
+    pub ifname: String,
+    /// Route 224.0.0.0/4 to the interface (weft-wait waits for it, so it comes last).
+    pub multicast_route: bool,
+    /// Make this address (the host's on the bridge) the container's default gateway.
+    pub gateway: Option<Ipv4Addr>,
+    /// Hairpin mode on the bridge port (CNI's `hairpinMode`).
+    pub hairpin: bool,
+}
+
+impl Default for PlugOptions {
+    fn default() -> Self {
+        PlugOptions {
+            ifname: default_ifname(),
+            multicast_route: true,
+            gateway: None,
+            hairpin: false,
+        }
+    }
 }
 
 pub struct Attacher {
@@ -260,9 +291,10 @@ impl Attacher {
                     )
                     .await?;
                 let ns = Netns::open(&a.netns)?;
+                let ifname = a.ifname.clone();
                 netns::run_in(&ns, move || async move {
                     let nl = Netlink::new()?;
-                    let l = nl.require_link(CONTAINER_IFNAME).await?;
+                    let l = nl.require_link(&ifname).await?;
                     nl.configure(
                         l.index,
                         LinkConfig {
@@ -296,7 +328,7 @@ impl Attacher {
         container: &str,
         ident: &str,
         cidrs: Vec<Ipv4Net>,
-        multicast_route: bool,
+        opts: PlugOptions,
         hostname: Option<String>,
     ) -> Result<ContainerEntry, AttachError> {
         if cidrs.is_empty() {
@@ -337,7 +369,7 @@ impl Attacher {
                     .filter(|c| !a.cidrs.contains(c))
                     .copied()
                     .collect();
-                add_addresses(&t.ns, new.clone()).await?;
+                add_addresses(&t.ns, &a.ifname, new.clone()).await?;
                 a.cidrs.extend(new);
                 if hostname.is_some() {
                     a.hostname = hostname;
@@ -345,7 +377,7 @@ impl Attacher {
                 a
             }
             None => {
-                let mut a = self.plug(&t, &cidrs, multicast_route).await?;
+                let mut a = self.plug(&t, &cidrs, opts).await?;
                 a.hostname = hostname;
                 a
             }
@@ -366,20 +398,23 @@ impl Attacher {
         &self,
         t: &Target,
         cidrs: &[Ipv4Net],
-        multicast_route: bool,
+        opts: PlugOptions,
     ) -> Result<Attachment, AttachError> {
         let (host_if, temp_if) = host_ifname(&t.id);
         let (host, peer) =
             bridged_veth(&self.nl, self.bridge_index, &host_if, &temp_if, self.mtu).await?;
         let result = async {
+            if opts.hairpin {
+                sysctl::hairpin(&host_if)?;
+            }
             self.nl
                 .move_to_netns(peer.index, std::os::fd::AsRawFd::as_raw_fd(t.ns.file()))
                 .await?;
             let mac = Mac::from_random(crate::random_u64());
             let cidrs = cidrs.to_vec();
-            let (mtu, mcast) = (self.mtu, multicast_route);
+            let (mtu, opts) = (self.mtu, opts.clone());
             netns::run_in(&t.ns, move || {
-                configure_inside(temp_if, mac, mtu, cidrs, mcast)
+                configure_inside(temp_if, mac, mtu, cidrs, opts)
             })
             .await??;
             Ok::<Mac, AttachError>(mac)
@@ -394,6 +429,7 @@ impl Attacher {
                 mac: mac.to_string(),
                 cidrs: cidrs.to_vec(),
                 hostname: None,
+                ifname: opts.ifname,
             }),
             Err(e) => {
                 // Deleting one end of a veth pair deletes both, wherever the other end is.
@@ -438,8 +474,8 @@ impl Attacher {
             .filter(|c| !remove.contains(c))
             .copied()
             .collect();
-        let (rm, delete) = (remove.clone(), keep.is_empty());
-        netns::run_in(&t.ns, move || unconfigure_inside(rm, delete)).await??;
+        let (rm, delete, ifname) = (remove.clone(), keep.is_empty(), a.ifname.clone());
+        netns::run_in(&t.ns, move || unconfigure_inside(ifname, rm, delete)).await??;
         if keep.is_empty() {
             entries.remove(&a.id);
         } else if let Some(e) = entries.get_mut(&a.id) {
@@ -448,6 +484,31 @@ impl Attacher {
         self.save(&entries);
         info!(container = %a.id, cidrs = ?remove, "detached");
         Ok((a.id, remove))
+    }
+
+    /// Detaches what was attached under `ident`, whether or not its namespace still exists
+    /// (CNI's DEL may come after the runtime removed it); `None` if nothing was.
+    pub async fn detach_ident(&self, ident: &str) -> Option<Attachment> {
+        let mut entries = self.entries.lock().await;
+        let a = entries.remove(ident)?;
+        self.save(&entries);
+        drop(entries);
+        if namespace_alive(&a)
+            && let Ok(ns) = Netns::open(&a.netns)
+        {
+            let ifname = a.ifname.clone();
+            match netns::run_in(&ns, move || unconfigure_inside(ifname, Vec::new(), true)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => warn!(container = %a.id, "removing its interface: {e}"),
+                Err(e) => warn!(container = %a.id, "removing its interface: {e}"),
+            }
+        }
+        // Gone with the namespace's end, unless the kernel has not got round to it.
+        if let Ok(Some(l)) = self.nl.link_by_name(&a.host_if).await {
+            let _ = self.nl.delete_link(l.index).await;
+        }
+        info!(container = %a.id, cidrs = ?a.cidrs, "detached");
+        Some(a)
     }
 
     /// Attached containers, optionally only those named.
@@ -537,12 +598,13 @@ async fn configure_inside(
     mac: Mac,
     mtu: u32,
     cidrs: Vec<Ipv4Net>,
-    multicast_route: bool,
+    opts: PlugOptions,
 ) -> Result<(), AttachError> {
     let nl = Netlink::new()?;
-    if nl.link_by_name(CONTAINER_IFNAME).await?.is_some() {
+    let ifname = opts.ifname.as_str();
+    if nl.link_by_name(ifname).await?.is_some() {
         return Err(AttachError::Conflict(format!(
-            "the container already has an interface named {CONTAINER_IFNAME} that weft did not create"
+            "the container already has an interface named {ifname} that weft did not create"
         )));
     }
     let l = nl.require_link(&temp).await?;
@@ -550,15 +612,15 @@ async fn configure_inside(
     nl.configure(
         l.index,
         LinkConfig {
-            name: Some(CONTAINER_IFNAME),
+            name: Some(ifname),
             mac: Some(mac.0),
             mtu: Some(mtu),
             ..Default::default()
         },
     )
     .await?;
-    let _ = sysctl::disable_ipv6(CONTAINER_IFNAME);
-    let _ = sysctl::fast_arp(CONTAINER_IFNAME);
+    let _ = sysctl::disable_ipv6(ifname);
+    let _ = sysctl::fast_arp(ifname);
     nl.configure(
         l.index,
         LinkConfig {
@@ -567,10 +629,19 @@ async fn configure_inside(
         },
     )
     .await?;
-    for c in cidrs {
-        nl.add_address(l.index, IpNet::V4(c)).await?;
+    for c in &cidrs {
+        nl.add_address(l.index, IpNet::V4(*c)).await?;
     }
-    if multicast_route {
+    if let Some(gw) = opts.gateway {
+        // A gateway outside the container's subnets is reached by a host route first.
+        if !cidrs.iter().any(|c| c.contains(&gw)) {
+            let host = Ipv4Net::new(gw, 32).expect("valid prefix");
+            nl.add_link_route(l.index, host).await?;
+        }
+        let any = Ipv4Net::new(Ipv4Addr::UNSPECIFIED, 0).expect("valid prefix");
+        nl.add_gateway_route(l.index, any, gw).await?;
+    }
+    if opts.multicast_route {
         let mcast = Ipv4Net::new(Ipv4Addr::new(224, 0, 0, 0), 4).expect("valid prefix");
         match nl.add_link_route(l.index, mcast).await {
             Err(e) if !e.is_exists() => return Err(e.into()),
@@ -580,10 +651,11 @@ async fn configure_inside(
     Ok(())
 }
 
-async fn add_addresses(ns: &Netns, cidrs: Vec<Ipv4Net>) -> Result<(), AttachError> {
+async fn add_addresses(ns: &Netns, ifname: &str, cidrs: Vec<Ipv4Net>) -> Result<(), AttachError> {
+    let ifname = ifname.to_string();
     netns::run_in(ns, move || async move {
         let nl = Netlink::new()?;
-        let l = nl.require_link(CONTAINER_IFNAME).await?;
+        let l = nl.require_link(&ifname).await?;
         for c in cidrs {
             match nl.add_address(l.index, IpNet::V4(c)).await {
                 Err(e) if !e.is_exists() => return Err(AttachError::from(e)),
@@ -595,9 +667,13 @@ async fn add_addresses(ns: &Netns, cidrs: Vec<Ipv4Net>) -> Result<(), AttachErro
     .await?
 }
 
-async fn unconfigure_inside(cidrs: Vec<Ipv4Net>, delete: bool) -> Result<(), AttachError> {
+async fn unconfigure_inside(
+    ifname: String,
+    cidrs: Vec<Ipv4Net>,
+    delete: bool,
+) -> Result<(), AttachError> {
     let nl = Netlink::new()?;
-    let Some(l) = nl.link_by_name(CONTAINER_IFNAME).await? else {
+    let Some(l) = nl.link_by_name(&ifname).await? else {
         return Ok(());
     };
     if delete {

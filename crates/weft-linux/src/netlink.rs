@@ -276,17 +276,33 @@ impl Netlink {
 
     /// Adds a link-scope route for `dst` through `index` (e.g. multicast to `ethwe`).
     pub async fn add_link_route(&self, index: u32, dst: Ipv4Net) -> Result<()> {
-        let msg = RouteMessageBuilder::<Ipv4Addr>::new()
+        self.add_route(index, dst, None).await
+    }
+
+    /// Adds a route for `dst` via `gateway` out of `index` (a container's default route).
+    pub async fn add_gateway_route(
+        &self,
+        index: u32,
+        dst: Ipv4Net,
+        gateway: Ipv4Addr,
+    ) -> Result<()> {
+        self.add_route(index, dst, Some(gateway)).await
+    }
+
+    async fn add_route(&self, index: u32, dst: Ipv4Net, gateway: Option<Ipv4Addr>) -> Result<()> {
+        let b = RouteMessageBuilder::<Ipv4Addr>::new()
             .destination_prefix(dst.addr(), dst.prefix_len())
-            .output_interface(index)
-            .scope(RouteScope::Link)
-            .build();
+            .output_interface(index);
+        let (msg, what) = match gateway {
+            Some(g) => (b.gateway(g).build(), format!("{dst} via {g}")),
+            None => (b.scope(RouteScope::Link).build(), dst.to_string()),
+        };
         self.handle
             .route()
             .add(msg)
             .execute()
             .await
-            .map_err(|e| Error::netlink("adding route", dst.to_string(), e))
+            .map_err(|e| Error::netlink("adding route", what, e))
     }
 
     /// The interface of the IPv4 default route, if there is one.

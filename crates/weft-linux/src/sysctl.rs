@@ -1,4 +1,5 @@
-//! Per-interface sysctls, written through `/proc/sys` of the calling thread's namespace.
+//! Per-interface sysctls, written through `/proc/sys` (and `/sys`) of the calling thread's
+//! namespace.
 
 use crate::{Error, Result};
 
@@ -24,4 +25,10 @@ pub fn fast_arp(ifname: &str) -> Result<()> {
     write(&format!("{base}/base_reachable_time"), "5")?;
     write(&format!("{base}/delay_first_probe_time"), "2")?;
     write(&format!("{base}/ucast_solicit"), "1")
+}
+
+/// Lets a bridge port send frames back out of the port they came in on, so a container can
+/// reach itself through a service address that the host rewrites to its own (Kubernetes).
+pub fn hairpin(ifname: &str) -> Result<()> {
+    write(&format!("/sys/class/net/{ifname}/brport/hairpin_mode"), "1")
 }

@@ -2,6 +2,7 @@
 //! daemon in the foreground, `weft launch` starts it in the background.
 #![forbid(unsafe_code)]
 
+mod cni;
 mod lifecycle;
 
 use std::net::{IpAddr, SocketAddr};
@@ -154,6 +155,19 @@ enum Cmd {
     Prime,
     /// List attached containers: id, MAC, addresses.
     Ps { containers: Vec<String> },
+    /// Install the CNI plugins (weft-net, weft-ipam) and, unless present, the network
+    /// configuration, so Kubernetes puts pods on weft.
+    SetupCni {
+        /// Where the runtime looks for plugins.
+        #[arg(long, env = "WEFT_CNI_PLUGIN_DIR", default_value = "/opt/cni/bin")]
+        cni_bin_dir: PathBuf,
+        /// Where the runtime looks for network configurations.
+        #[arg(long, env = "WEFT_CNI_CONF_DIR", default_value = "/etc/cni/net.d")]
+        cni_conf_dir: PathBuf,
+        /// Hairpin mode on pods' bridge ports (pods reach themselves through Services).
+        #[arg(long, env = "HAIRPIN_MODE", default_value_t = true, action = clap::ArgAction::Set)]
+        hairpin_mode: bool,
+    },
     /// Print the version of the CLI and of the running router.
     Version,
     /// Print the shell command that points the Docker client at weft's proxy:
@@ -516,6 +530,14 @@ impl RouterArgs {
 }
 
 fn main() {
+    // Run by a container runtime as a CNI plugin (a symlink named weft-net or weft-ipam).
+    if let Some(plugin) = std::env::args()
+        .next()
+        .as_deref()
+        .and_then(cni::Plugin::from_argv0)
+    {
+        std::process::exit(cni::run(plugin));
+    }
     let cli = Cli::parse();
     if let Err(e) = real_main(cli) {
         match e.downcast_ref::<ClientError>() {
@@ -586,11 +608,11 @@ fn real_main(cli: Cli) -> Result<()> {
             let (addrs, container) = split_container(args)?;
             runtime()?.block_on(async {
                 let req = AttachRequest {
-                    container,
                     addrs,
                     multicast_route: !no_multicast_route,
                     hostname: hostname.clone(),
                     without_dns: *without_dns,
+                    ..AttachRequest::new(container)
                 };
                 let body = client().post_json("/attach", &req).await?;
                 let r: AttachResponse = serde_json::from_str(&body)?;
@@ -602,7 +624,14 @@ fn real_main(cli: Cli) -> Result<()> {
             let (addrs, container) = split_container(args)?;
             runtime()?.block_on(async {
                 let body = client()
-                    .post_json("/detach", &DetachRequest { container, addrs })
+                    .post_json(
+                        "/detach",
+                        &DetachRequest {
+                            container,
+                            ident: None,
+                            addrs,
+                        },
+                    )
                     .await?;
                 let removed: Vec<Ipv4Net> = serde_json::from_str(&body)?;
                 println!("{}", ips(&removed));
@@ -714,6 +743,16 @@ fn real_main(cli: Cli) -> Result<()> {
             client().get("/ring").await?;
             Ok(())
         }),
+        Cmd::SetupCni {
+            cni_bin_dir,
+            cni_conf_dir,
+            hairpin_mode,
+        } => {
+            for p in cni::setup(cni_bin_dir, cni_conf_dir, *hairpin_mode)? {
+                println!("{}", p.display());
+            }
+            Ok(())
+        }
         Cmd::Ps { containers } => runtime()?.block_on(async {
             let q: String = containers
                 .iter()

@@ -387,6 +387,11 @@ impl Testbed {
         Ok(pid)
     }
 
+    /// The test bed's own temporary directory (removed on drop).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     /// Where the output of the `n`th spawned program goes.
     pub fn spawn_log(&self, program: &str, n: usize) -> PathBuf {
         self.dir.join(format!("{program}-{n}.log"))

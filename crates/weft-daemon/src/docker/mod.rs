@@ -333,11 +333,11 @@ async fn attach_locked(app: &App, engine: &Engine, id: &str) -> Result<bool, Str
     };
     let hostname = if s.without_dns { None } else { c.fqdn.clone() };
     let req = AttachRequest {
-        container: c.netns.clone(),
         addrs: specs.iter().map(spec_string).collect(),
         multicast_route: c.multicast_route(),
         hostname: hostname.clone(),
         without_dns: s.without_dns || hostname.is_none(),
+        ..AttachRequest::new(c.netns.clone())
     };
     // Attached already (the proxy's start and the start event both get here).
     let attached = app.attacher.attachments().await;
