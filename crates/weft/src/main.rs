@@ -293,8 +293,9 @@ pub struct RouterArgs {
     /// Serve the Docker API proxy (`--proxy=false` turns it off).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
     proxy: bool,
-    /// Where the Docker proxy listens (repeatable; default unix://<run dir>/weft.sock).
-    #[arg(short = 'H', value_name = "unix:///PATH")]
+    /// Where the Docker proxy listens: unix:///PATH or tcp://IP:PORT (repeatable; default
+    /// unix://<run dir>/weft.sock). TCP has no TLS: keep it on 127.0.0.1.
+    #[arg(short = 'H', value_name = "ADDRESS")]
     proxy_listen: Vec<String>,
     /// Serve the Docker network plugin (`--plugin=false` turns it off).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]

@@ -345,3 +345,37 @@ fn launch_without_docker_says_so_and_works() -> Result<()> {
     );
     Ok(())
 }
+
+/// `-H tcp://127.0.0.1:PORT` next to the unix socket: both serve the API (status lists
+/// both, `weft env` points at the first), and a `-H` that is neither is refused with the form.
+#[test]
+fn the_proxy_also_listens_on_tcp() -> Result<()> {
+    let Some(mut tb) = testbed("dkt", 1) else {
+        return Ok(());
+    };
+    let image = tb.busybox_image()?;
+    let unix = tb.proxy(1);
+    let tcp = "tcp://127.0.0.1:12375";
+    tb.launch(1, &["-H", &unix, "-H", tcp])?;
+    let status = tb.weft_ok(1, &["status"])?;
+    assert!(status.contains(&unix) && status.contains(tcp), "{status}");
+    let env = tb.weft_ok(1, &["env"])?;
+    assert!(env.contains(&format!("DOCKER_HOST={unix}")), "{env}");
+    let c = tb.docker_name(DockerObject::Container, "tcp");
+    // The client runs next to the router, in its namespace, where 127.0.0.1 is the router's.
+    let out = weft_testbed::run(tb.cmd_in(&tb.host(1).netns, "docker").args([
+        "-H", tcp, "run", "--rm", "--name", &c, &image, "ip", "-4", "-o", "addr", "show", "ethwe",
+    ]))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("inet 10."), "{text}");
+    tb.weft_ok(1, &["stop"])?;
+    let bad = tb
+        .weft_cmd(1, &["launch", "-H", "tcp://nowhere"])
+        .output()?;
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        !bad.status.success() && err.contains("tcp://IP:PORT"),
+        "{err}"
+    );
+    Ok(())
+}

@@ -64,7 +64,7 @@ pub fn socket_path(api: &str) -> Option<PathBuf> {
 pub struct Startup {
     pub engine: Option<Arc<Engine>>,
     pub status: DockerStatus,
-    listeners: Vec<tokio::net::UnixListener>,
+    listeners: Vec<proxy::Listener>,
 }
 
 impl Startup {

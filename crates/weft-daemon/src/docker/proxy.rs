@@ -1,5 +1,5 @@
-//! The Docker API proxy: `DOCKER_HOST=unix:///run/weft/weft.sock` and every `docker` command
-//! goes through weft to the real engine.
+//! The Docker API proxy: `DOCKER_HOST=unix:///run/weft/weft.sock` (or a `tcp://` address) and
+//! every `docker` command goes through weft to the real engine.
 //!
 //! Requests pass through untouched — bodies streamed both ways, long polls without timeouts,
 //! and `attach`/`exec` connection upgrades (101) spliced into a byte pipe — except two:
@@ -53,38 +53,55 @@ fn error(status: StatusCode, message: &str) -> Response<Body> {
     r
 }
 
+/// Where the proxy listens: a unix socket (the default) or TCP (`-H tcp://127.0.0.1:12375`).
+pub enum Listener {
+    Unix(tokio::net::UnixListener),
+    Tcp(tokio::net::TcpListener),
+}
+
 /// Serves one listener until shutdown.
-pub async fn serve(
-    proxy: Arc<Proxy>,
-    listener: tokio::net::UnixListener,
-    mut shutdown: watch::Receiver<bool>,
-) {
+pub async fn serve(proxy: Arc<Proxy>, listener: Listener, mut shutdown: watch::Receiver<bool>) {
     loop {
-        let stream = tokio::select! {
-            r = listener.accept() => match r {
-                Ok((s, _)) => s,
-                Err(e) => {
-                    warn!("Docker proxy: accepting a connection failed: {e}");
-                    continue;
+        let accepted = tokio::select! {
+            r = async {
+                match &listener {
+                    Listener::Unix(l) => l.accept().await.map(|(s, _)| {
+                        connection(proxy.clone(), s);
+                    }),
+                    Listener::Tcp(l) => l.accept().await.map(|(s, _)| {
+                        let _ = s.set_nodelay(true);
+                        connection(proxy.clone(), s);
+                    }),
                 }
-            },
+            } => r,
             _ = shutdown.changed() => return,
         };
-        let proxy = proxy.clone();
-        tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |req| {
-                let proxy = proxy.clone();
-                async move { Ok::<_, Infallible>(proxy.handle(req).await) }
-            });
-            if let Err(e) = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), svc)
-                .with_upgrades()
-                .await
-            {
-                debug!("Docker proxy connection: {e}");
-            }
-        });
+        if let Err(e) = accepted {
+            warn!("Docker proxy: accepting a connection failed: {e}");
+            // Out of descriptors, say: do not spin.
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
     }
+}
+
+/// Serves one client connection in its own task.
+fn connection<S>(proxy: Arc<Proxy>, stream: S)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    tokio::spawn(async move {
+        let svc = hyper::service::service_fn(move |req| {
+            let proxy = proxy.clone();
+            async move { Ok::<_, Infallible>(proxy.handle(req).await) }
+        });
+        if let Err(e) = hyper::server::conn::http1::Builder::new()
+            .serve_connection(TokioIo::new(stream), svc)
+            .with_upgrades()
+            .await
+        {
+            debug!("Docker proxy connection: {e}");
+        }
+    });
 }
 
 impl Proxy {
@@ -262,12 +279,26 @@ impl Proxy {
     }
 }
 
-/// Listens on `unix:///path` (or a bare path); the socket gets the engine socket's mode and
-/// owner, so whoever may use Docker may use the proxy.
-pub fn listen(
-    addr: &str,
-    engine_socket: &std::path::Path,
-) -> Result<(tokio::net::UnixListener, String), String> {
+/// Listens on `unix:///path` (or a bare path) or `tcp://host:port`. A unix socket gets the
+/// engine socket's mode and owner, so whoever may use Docker may use the proxy. TCP has no TLS
+/// here: anyone who reaches it controls the engine, so anything but loopback is warned about.
+pub fn listen(addr: &str, engine_socket: &std::path::Path) -> Result<(Listener, String), String> {
+    if let Some(hostport) = addr.strip_prefix("tcp://") {
+        let sa: std::net::SocketAddr = hostport.trim_end_matches('/').parse().map_err(|_| {
+            format!("-H {addr}: expected tcp://IP:PORT (e.g. tcp://127.0.0.1:12375)")
+        })?;
+        let l = std::net::TcpListener::bind(sa)
+            .and_then(|l| l.set_nonblocking(true).map(|()| l))
+            .and_then(tokio::net::TcpListener::from_std)
+            .map_err(|e| format!("listening on {addr}: {e}"))?;
+        let shown = format!("tcp://{}", l.local_addr().map_or(sa, |a| a));
+        if !sa.ip().is_loopback() {
+            warn!(
+                "the Docker proxy listens on {shown} without TLS: anyone who can reach it controls Docker on this host"
+            );
+        }
+        return Ok((Listener::Tcp(l), shown));
+    }
     let path = match addr
         .strip_prefix("unix://")
         .or(addr.starts_with('/').then_some(addr))
@@ -275,7 +306,7 @@ pub fn listen(
         Some(p) => PathBuf::from(p),
         None => {
             return Err(format!(
-                "-H {addr}: the proxy listens on unix sockets only (unix:///run/weft/weft.sock)"
+                "-H {addr}: the proxy listens on unix:///PATH or tcp://IP:PORT (default unix:///run/weft/weft.sock)"
             ));
         }
     };
@@ -291,5 +322,5 @@ pub fn listen(
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(meta.mode() & 0o777));
         let _ = std::os::unix::fs::chown(&path, Some(meta.uid()), Some(meta.gid()));
     }
-    Ok((l, format!("unix://{}", path.display())))
+    Ok((Listener::Unix(l), format!("unix://{}", path.display())))
 }
