@@ -262,6 +262,17 @@ pub struct AttachRequest {
     /// Hairpin mode on the container's bridge port.
     #[serde(default)]
     pub hairpin: bool,
+    /// Routes to add in the container (CNI's `ipam.routes`).
+    #[serde(default)]
+    pub routes: Vec<RouteSpec>,
+}
+
+/// A route inside a container: to `dst`, via `gw` or straight out of the interface.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouteSpec {
+    pub dst: Ipv4Net,
+    #[serde(default)]
+    pub gw: Option<std::net::Ipv4Addr>,
 }
 
 impl AttachRequest {
@@ -276,6 +287,7 @@ impl AttachRequest {
             ident: None,
             gateway: false,
             hairpin: false,
+            routes: Vec::new(),
         }
     }
 }

@@ -766,6 +766,7 @@ pub async fn attach_container(
         multicast_route: req.multicast_route,
         gateway,
         hairpin: req.hairpin,
+        routes: req.routes.clone(),
     };
     match app
         .attacher

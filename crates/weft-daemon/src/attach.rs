@@ -78,6 +78,8 @@ pub struct PlugOptions {
     pub gateway: Option<Ipv4Addr>,
     /// Hairpin mode on the bridge port (CNI's `hairpinMode`).
     pub hairpin: bool,
+    /// More routes inside the container (CNI's `ipam.routes`).
+    pub routes: Vec<weft_api::types::RouteSpec>,
 }
 
 impl Default for PlugOptions {
@@ -87,6 +89,7 @@ impl Default for PlugOptions {
             multicast_route: true,
             gateway: None,
             hairpin: false,
+            routes: Vec::new(),
         }
     }
 }
@@ -632,14 +635,27 @@ async fn configure_inside(
     for c in &cidrs {
         nl.add_address(l.index, IpNet::V4(*c)).await?;
     }
+    let mut routes = opts.routes.clone();
     if let Some(gw) = opts.gateway {
-        // A gateway outside the container's subnets is reached by a host route first.
-        if !cidrs.iter().any(|c| c.contains(&gw)) {
-            let host = Ipv4Net::new(gw, 32).expect("valid prefix");
-            nl.add_link_route(l.index, host).await?;
+        routes.push(weft_api::types::RouteSpec {
+            dst: Ipv4Net::default(),
+            gw: Some(gw),
+        });
+    }
+    let mut reached: Vec<Ipv4Addr> = Vec::new();
+    for r in routes {
+        match r.gw {
+            Some(gw) => {
+                // A gateway outside the container's subnets is reached by a host route first.
+                if !cidrs.iter().any(|c| c.contains(&gw)) && !reached.contains(&gw) {
+                    let host = Ipv4Net::new(gw, 32).expect("valid prefix");
+                    nl.add_link_route(l.index, host).await?;
+                    reached.push(gw);
+                }
+                nl.add_gateway_route(l.index, r.dst, gw).await?;
+            }
+            None => nl.add_link_route(l.index, r.dst).await?,
         }
-        let any = Ipv4Net::new(Ipv4Addr::UNSPECIFIED, 0).expect("valid prefix");
-        nl.add_gateway_route(l.index, any, gw).await?;
     }
     if opts.multicast_route {
         let mcast = Ipv4Net::new(Ipv4Addr::new(224, 0, 0, 0), 4).expect("valid prefix");

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use ipnet::Ipv4Net;
 use serde_json::{Value, json};
-use weft_api::types::{AttachRequest, AttachResponse, ContainerEntry, DetachRequest};
+use weft_api::types::{AttachRequest, AttachResponse, ContainerEntry, DetachRequest, RouteSpec};
 use weft_api::{Client, ClientError};
 
 /// The spec versions whose configurations and results we read and write.
@@ -425,6 +425,7 @@ async fn net_add(client: &Client, inv: &Invocation, conf: &NetConf) -> Result<Ad
         ident: Some(inv.container_id.clone()),
         gateway: conf.gateway.is_none() && conf.routes.is_empty(),
         hairpin: conf.hairpin,
+        routes: routes_via(conf),
         ..AttachRequest::new(netns.clone())
     };
     let body = client
@@ -434,13 +435,12 @@ async fn net_add(client: &Client, inv: &Invocation, conf: &NetConf) -> Result<Ad
     let r: AttachResponse = serde_json::from_str(&body)
         .map_err(|e| CniError::new(code::ROUTER, format!("the router's answer: {e}")))?;
     let gw = r.gateway.or(conf.gateway);
-    let routes = if r.gateway.is_some() {
-        vec![Route {
+    let routes = match r.gateway {
+        Some(g) => vec![Route {
             dst: Ipv4Net::default(),
-            gw: r.gateway,
-        }]
-    } else {
-        conf.routes.clone()
+            gw: Some(g),
+        }],
+        None => conf.routes.clone(),
     };
     Ok(AddResult {
         interface: Some(Interface {
@@ -452,6 +452,19 @@ async fn net_add(client: &Client, inv: &Invocation, conf: &NetConf) -> Result<Ad
         routes,
         dns: conf.dns.clone(),
     })
+}
+
+/// The configured routes as the pod gets them: a route without its own gateway goes via
+/// `ipam.gateway` when there is one (as CNI's reference plugins do), else out of the
+/// interface.
+fn routes_via(conf: &NetConf) -> Vec<RouteSpec> {
+    conf.routes
+        .iter()
+        .map(|r| RouteSpec {
+            dst: r.dst.trunc(),
+            gw: r.gw.or(conf.gateway),
+        })
+        .collect()
 }
 
 async fn net_del(client: &Client, inv: &Invocation) -> Result<(), CniError> {
@@ -855,6 +868,36 @@ mod tests {
             v["supportedVersions"].as_array().unwrap().len(),
             SUPPORTED.len()
         );
+    }
+
+    #[test]
+    fn configured_routes_default_to_the_configured_gateway() {
+        let c = NetConf::parse(
+            br#"{"cniVersion":"1.0.0","ipam":{"subnet":"10.40.1.0/24","gateway":"10.40.1.1",
+                 "routes":[{"dst":"0.0.0.0/0"},{"dst":"10.0.0.9/8","gw":"10.40.1.254"}]}}"#,
+            Plugin::Net,
+        )
+        .unwrap();
+        let gw = |a: u8| Some(Ipv4Addr::new(10, 40, 1, a));
+        assert_eq!(
+            routes_via(&c),
+            vec![
+                RouteSpec {
+                    dst: Ipv4Net::default(),
+                    gw: gw(1)
+                },
+                RouteSpec {
+                    dst: "10.0.0.0/8".parse().unwrap(),
+                    gw: gw(254)
+                },
+            ]
+        );
+        let none = NetConf::parse(
+            br#"{"cniVersion":"1.0.0","ipam":{"routes":[{"dst":"192.168.0.0/16"}]}}"#,
+            Plugin::Net,
+        )
+        .unwrap();
+        assert_eq!(routes_via(&none)[0].gw, None);
     }
 
     #[test]

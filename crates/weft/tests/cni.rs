@@ -321,9 +321,13 @@ fn ipam_plugin_versions_and_errors() -> Result<()> {
         &conf,
     )?);
     assert_eq!(e["code"], json!(4), "{e}");
-    // Addresses from the subnet the configuration names.
+    // Addresses from the subnet the configuration names, and its gateway and routes in the
+    // pod instead of the host's address (a route without a gateway goes via ipam.gateway).
     let mut taken = conf.clone();
-    taken["ipam"] = json!({"subnet": "10.44.0.0/16"});
+    taken["ipam"] = json!({
+        "subnet": "10.44.0.0/16", "gateway": "10.44.255.254",
+        "routes": [{"dst": "0.0.0.0/0"}, {"dst": "192.168.77.0/24", "gw": "10.44.255.253"}]
+    });
     let ok = ok_json(&cni(&tb, 1, &bin, "weft-net", &add_env("ok", &n), &taken)?)?;
     assert!(
         ok["ips"][0]["address"]
@@ -331,6 +335,16 @@ fn ipam_plugin_versions_and_errors() -> Result<()> {
             .unwrap()
             .starts_with("10.44."),
         "{ok}"
+    );
+    assert_eq!(ok["ips"][0]["gateway"], json!("10.44.255.254"), "{ok}");
+    let routes = String::from_utf8_lossy(&tb.exec(&p, "ip", &["-4", "route"]).stdout).into_owned();
+    assert!(
+        routes.contains("default via 10.44.255.254 dev eth0"),
+        "{routes}"
+    );
+    assert!(
+        routes.contains("192.168.77.0/24 via 10.44.255.253 dev eth0"),
+        "{routes}"
     );
     // A second pod id in a namespace weft has plugged in already is refused with the reason.
     let e = err(cni(
