@@ -4,6 +4,7 @@
 
 pub mod client;
 pub mod render;
+pub mod template;
 pub mod types;
 
 pub use client::{Client, ClientError};

@@ -475,10 +475,33 @@ async fn metrics(State(app): AppState) -> Result<Response, ApiError> {
         .into_response())
 }
 
-async fn report(State(app): AppState) -> Result<Response, ApiError> {
+/// `GET /report`: JSON, or with `?format=TEMPLATE` the template's output over it (Weave's
+/// `weave report -f`).
+async fn report(State(app): AppState, RawQuery(q): RawQuery) -> Result<Response, ApiError> {
     let r = build_report(&app).await?;
-    let body = serde_json::to_string_pretty(&r).expect("report serializes");
-    Ok(([(header::CONTENT_TYPE, "application/json")], body + "\n").into_response())
+    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(&q.unwrap_or_default())
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("bad query: {e}")))?;
+    let formats: Vec<&String> = pairs
+        .iter()
+        .filter(|(k, _)| k == "format")
+        .map(|(_, v)| v)
+        .collect();
+    match formats.as_slice() {
+        [] => {
+            let body = serde_json::to_string_pretty(&r).expect("report serializes");
+            Ok(([(header::CONTENT_TYPE, "application/json")], body + "\n").into_response())
+        }
+        [t] => {
+            let v = serde_json::to_value(&r).expect("report serializes");
+            weft_api::template::render(t, &v)
+                .map(IntoResponse::into_response)
+                .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e))
+        }
+        _ => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "error: must supply one format parameter",
+        )),
+    }
 }
 
 /// Reads a peers request as JSON, or as a form/query with repeated `peer=` keys (as Weave's

@@ -66,7 +66,12 @@ enum Cmd {
         sub: Option<String>,
     },
     /// Everything the router knows, as JSON.
-    Report,
+    Report {
+        /// A Go template over the report, as `weave report -f` (e.g. '{{.Version}}',
+        /// '{{range .DNS.Entries}}{{.Hostname}} {{.Address}}{{"\n"}}{{end}}').
+        #[arg(short = 'f', long = "format", value_name = "TEMPLATE")]
+        format: Option<String>,
+    },
     /// Add peers to connect to.
     Connect {
         /// Replace all existing targets instead of adding.
@@ -578,9 +583,16 @@ fn real_main(cli: Cli) -> Result<()> {
             }
             Ok(())
         }),
-        Cmd::Report => runtime()?.block_on(async {
+        Cmd::Report { format: None } => runtime()?.block_on(async {
             let r: Report = client().get_json("/report").await?;
             println!("{}", serde_json::to_string_pretty(&r)?);
+            Ok(())
+        }),
+        Cmd::Report { format: Some(t) } => runtime()?.block_on(async {
+            let body = client()
+                .get(&format!("/report?format={}", urlencode(t)))
+                .await?;
+            print!("{body}");
             Ok(())
         }),
         Cmd::Connect { replace, peers } => runtime()?.block_on(async {

@@ -211,6 +211,22 @@ fn relays_through_a_third_host_when_the_direct_path_is_blocked() -> Result<()> {
         .as_u64()
         .unwrap();
     assert!(relayed >= 6, "h2 relayed {relayed} frames");
+    // The same figures through a Weave-style template, as scripts ask for them.
+    let t = tb.weft_ok(
+        2,
+        &[
+            "report",
+            "-f",
+            "{{.Router.NickName}} {{len .Router.Peers}}{{range .Router.Connections}} {{.State}}{{end}}",
+        ],
+    )?;
+    assert_eq!(t, "host2 3 established established", "{t}");
+    let bad = tb.weft(2, &["report", "-f", "{{range .Router.Peers}}"]);
+    let e = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        !bad.status.success() && e.contains("without {{end}}"),
+        "{e}"
+    );
     // h3 dialled h1 and keeps failing; status says so.
     let conns = Testbed::wait_for(CONVERGE, || {
         let c = status(&tb, 3, &["connections"])?;
