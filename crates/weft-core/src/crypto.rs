@@ -516,26 +516,42 @@ impl ReplayWindow {
 }
 
 /// A data-plane key for one direction of one epoch.
+///
+/// Sealed with ring's ChaCha20-Poly1305 (the same RFC 8439 construction and nonce layout as
+/// the control channel's RustCrypto cipher, so the wire format is unchanged): on these
+/// machines it is about three times faster, and the AEAD was half of an encrypted sleeve's
+/// CPU. ring does not wipe its key copy when dropped; the secret it is made from is wiped,
+/// and data keys last two minutes (see the README's encryption section for the trade).
 pub struct DataKey {
     pub epoch: u8,
-    cipher: ChaCha20Poly1305,
+    key: ring::aead::LessSafeKey,
+}
+
+fn ring_nonce(counter: u64) -> ring::aead::Nonce {
+    let mut n = [0u8; 12];
+    n[4..].copy_from_slice(&counter.to_le_bytes());
+    ring::aead::Nonce::assume_unique_for_key(n)
 }
 
 impl DataKey {
     pub fn new(epoch: u8, key: &[u8; 32]) -> Self {
+        let unbound = ring::aead::UnboundKey::new(&ring::aead::CHACHA20_POLY1305, key)
+            .expect("a 32-byte key is a ChaCha20-Poly1305 key");
         DataKey {
             epoch,
-            cipher: ChaCha20Poly1305::new(Key::from_slice(key)),
+            key: ring::aead::LessSafeKey::new(unbound),
         }
     }
 
     /// Encrypts `buf` in place with `aad`, returning the tag.
     pub fn seal(&self, counter: u64, aad: &[u8], buf: &mut [u8]) -> [u8; TAG_LEN] {
         let tag = self
-            .cipher
-            .encrypt_in_place_detached(&nonce(counter), aad, buf)
+            .key
+            .seal_in_place_separate_tag(ring_nonce(counter), ring::aead::Aad::from(aad), buf)
             .expect("ChaCha20-Poly1305 encrypts any datagram");
-        tag.into()
+        let mut out = [0u8; TAG_LEN];
+        out.copy_from_slice(tag.as_ref());
+        out
     }
 
     pub fn open(
@@ -545,9 +561,16 @@ impl DataKey {
         buf: &mut [u8],
         tag: &[u8],
     ) -> Result<(), CryptoError> {
-        let tag = Tag::clone_from_slice(tag);
-        self.cipher
-            .decrypt_in_place_detached(&nonce(counter), aad, buf, &tag)
+        let tag = ring::aead::Tag::try_from(tag).map_err(|_| CryptoError::Decrypt)?;
+        self.key
+            .open_in_place_separate_tag(
+                ring_nonce(counter),
+                ring::aead::Aad::from(aad),
+                tag,
+                buf,
+                0..,
+            )
+            .map(|_| ())
             .map_err(|_| CryptoError::Decrypt)
     }
 }
@@ -839,6 +862,42 @@ mod tests {
         );
         k.open(5, b"hdr", &mut buf, &tag).unwrap();
         assert_eq!(buf, b"a frame");
+    }
+
+    /// Routers from before the switch to ring sealed data with RustCrypto: both directions
+    /// must still open.
+    #[test]
+    fn data_keys_interoperate_with_the_rustcrypto_construction() {
+        let key = [7u8; 32];
+        let rc = ChaCha20Poly1305::new(Key::from_slice(&key));
+        let k = DataKey::new(1, &key);
+        for len in [0usize, 1, 63, 64, 1400, 65_000] {
+            let plain: Vec<u8> = (0..len).map(|i| (i * 31 % 251) as u8).collect();
+            let counter = 0x0102_0304_0506 + len as u64;
+            let mut a = plain.clone();
+            let tag = k.seal(counter, b"aad", &mut a);
+            let mut b = plain.clone();
+            let rc_tag = rc
+                .encrypt_in_place_detached(&nonce(counter), b"aad", &mut b)
+                .unwrap();
+            assert_eq!(
+                (a.clone(), tag.to_vec()),
+                (b.clone(), rc_tag.to_vec()),
+                "len {len}"
+            );
+            rc.decrypt_in_place_detached(
+                &nonce(counter),
+                b"aad",
+                &mut a,
+                &Tag::clone_from_slice(&tag),
+            )
+            .unwrap();
+            assert_eq!(a, plain);
+            k.open(counter, b"aad", &mut b, &rc_tag).unwrap();
+            assert_eq!(b, plain);
+        }
+        // A short tag is an authentication failure, not a panic.
+        assert!(k.open(1, b"", &mut [0u8; 4], &[0u8; 3]).is_err());
     }
 
     #[test]
