@@ -544,6 +544,10 @@ fn main() {
     {
         std::process::exit(cni::run(plugin));
     }
+    if let Some(msg) = std::env::args().nth(1).as_deref().and_then(removed_command) {
+        eprintln!("weft: {msg}");
+        std::process::exit(1);
+    }
     let cli = Cli::parse();
     if let Err(e) = real_main(cli) {
         match e.downcast_ref::<ClientError>() {
@@ -552,6 +556,24 @@ fn main() {
         }
         std::process::exit(1);
     }
+}
+
+/// Commands Weave 2.0 removed: scripts written for Weave 1.x get told what replaced them
+/// rather than a bare "unrecognized subcommand".
+fn removed_command(cmd: &str) -> Option<String> {
+    let instead = match cmd {
+        "run" | "start" | "restart" => {
+            "point Docker at weft's proxy with 'eval $(weft env)' and use 'docker run/start/restart', or 'weft attach' an existing container"
+        }
+        "launch-router" | "launch-proxy" | "launch-plugin" => {
+            "'weft launch' starts the router, the Docker proxy and the plugin together"
+        }
+        "stop-router" | "stop-proxy" | "stop-plugin" => "'weft stop' stops all of them",
+        _ => return None,
+    };
+    Some(format!(
+        "the '{cmd}' command was removed in Weave Net 2.0 and weft does not have it: {instead}"
+    ))
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
@@ -964,4 +986,27 @@ fn urlencode(s: &str) -> String {
             _ => format!("%{b:02X}"),
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn removed_weave_commands_say_what_replaced_them() {
+        assert!(removed_command("run").unwrap().contains("docker run"));
+        assert!(
+            removed_command("launch-proxy")
+                .unwrap()
+                .contains("weft launch")
+        );
+        assert!(
+            removed_command("stop-plugin")
+                .unwrap()
+                .contains("weft stop")
+        );
+        assert_eq!(removed_command("status"), None);
+        // Everything else is still clap's to parse.
+        assert!(Cli::try_parse_from(["weft", "status", "peers"]).is_ok());
+    }
 }
