@@ -225,6 +225,16 @@ pub struct FastDp {
     next_eval: Option<Instant>,
 }
 
+/// What our record may carry: no multicast MACs (peers refuse those), sorted, unique, and
+/// no more than a record holds.
+fn announceable<T: Ord>(mut v: Vec<T>, multicast: impl Fn(&T) -> bool) -> Vec<T> {
+    v.retain(|x| !multicast(x));
+    v.sort();
+    v.dedup();
+    v.truncate(fastdp::MAX_MACS);
+    v
+}
+
 impl FastDp {
     pub fn new(local: PeerName, uid: u64, cfg: FastDpConfig) -> Self {
         let own = MacRecord {
@@ -278,11 +288,8 @@ impl FastDp {
     }
 
     /// The container MACs on our bridge changed.
-    pub fn set_local_macs(&mut self, now: Instant, mut macs: Vec<Mac>) {
-        macs.retain(|m| !m.is_multicast());
-        macs.sort();
-        macs.dedup();
-        macs.truncate(fastdp::MAX_MACS);
+    pub fn set_local_macs(&mut self, now: Instant, macs: Vec<Mac>) {
+        let macs = announceable(macs, |m| m.is_multicast());
         if macs != self.own.macs {
             self.own.macs = macs;
             self.announce_own();
@@ -291,11 +298,8 @@ impl FastDp {
     }
 
     /// Our containers' addresses and MACs changed (attach, detach, expose).
-    pub fn set_local_neighbours(&mut self, now: Instant, mut n: Vec<(Ipv4Addr, Mac)>) {
-        n.retain(|(_, m)| !m.is_multicast());
-        n.sort();
-        n.dedup();
-        n.truncate(fastdp::MAX_MACS);
+    pub fn set_local_neighbours(&mut self, now: Instant, n: Vec<(Ipv4Addr, Mac)>) {
+        let n = announceable(n, |(_, m)| m.is_multicast());
         if n != self.own.neighbours {
             self.own.neighbours = n;
             self.announce_own();

@@ -784,12 +784,16 @@ pub async fn attach_container(
     } else {
         None
     };
+    let mut routes = req.routes.clone();
+    routes.extend(gateway.map(|g| RouteSpec {
+        dst: Ipv4Net::default(),
+        gw: Some(g),
+    }));
     let opts = crate::attach::PlugOptions {
         ifname,
         multicast_route: req.multicast_route,
-        gateway,
         hairpin: req.hairpin,
-        routes: req.routes.clone(),
+        routes,
     };
     match app
         .attacher
@@ -844,13 +848,34 @@ async fn gateway_for(app: &App, subnet: Ipv4Net) -> Result<Ipv4Addr, ApiError> {
     if let Some(n) = have.iter().find(|n| subnet.contains(&n.addr())) {
         return Ok(n.addr());
     }
-    let (nets, obtained) = obtain(app, EXPOSE_IDENT, vec![AddrSpec::Subnet(subnet)]).await?;
+    let nets = expose_addrs(app, vec![AddrSpec::Subnet(subnet)]).await?;
+    tracing::info!(address = %nets[0], "exposed the host as the containers' gateway");
+    Ok(nets[0].addr())
+}
+
+/// Gives the host addresses on the bridge (allocated like a container's under
+/// `weave:expose`); what this obtained goes back if the bridge refuses them.
+async fn expose_addrs(app: &App, specs: Vec<AddrSpec>) -> Result<Vec<Ipv4Net>, ApiError> {
+    let (nets, obtained) = obtain(app, EXPOSE_IDENT, specs).await?;
     if let Err(e) = app.attacher.expose(&nets).await {
         release_addrs(app, EXPOSE_IDENT, &obtained).await;
         return Err(e.into());
     }
-    tracing::info!(address = %nets[0], "exposed the host as the containers' gateway");
-    Ok(nets[0].addr())
+    Ok(nets)
+}
+
+/// Forgets what `ident` holds: its names in weftDNS and its addresses (returned).
+async fn forget_ident(app: &App, ident: &str) -> Result<Vec<Ipv4Net>, ApiError> {
+    crate::dns_api::unregister(app, ident, None).await;
+    if !app.ipam_enabled {
+        return Ok(Vec::new());
+    }
+    ipam(app, |reply| IpamCmd::Release {
+        ident: ident.to_string(),
+        addr: None,
+        reply,
+    })
+    .await
 }
 
 /// Detach: `net:` arguments mean "the container's addresses in that subnet". The addresses go
@@ -859,14 +884,9 @@ async fn detach(State(app): AppState, body: Bytes) -> Result<Response, ApiError>
     let mut req: DetachRequest = json_body(&body)?;
     if let Some(ident) = &req.ident {
         let removed = app.attacher.detach_ident(ident).await;
-        crate::dns_api::unregister(&app, ident, None).await;
+        let released = forget_ident(&app, ident).await?;
         let released = if app.ipam_enabled {
-            ipam(&app, |reply| IpamCmd::Release {
-                ident: ident.clone(),
-                addr: None,
-                reply,
-            })
-            .await?
+            released
         } else {
             removed.map(|a| a.cidrs).unwrap_or_default()
         };
@@ -1001,11 +1021,7 @@ async fn expose(State(app): AppState, body: Bytes) -> Result<Response, ApiError>
             crate::attach::check_cidr(net)?;
         }
     }
-    let (nets, obtained) = obtain(&app, EXPOSE_IDENT, specs).await?;
-    if let Err(e) = app.attacher.expose(&nets).await {
-        release_addrs(&app, EXPOSE_IDENT, &obtained).await;
-        return Err(e.into());
-    }
+    let nets = expose_addrs(&app, specs).await?;
     if let (Some(h), Some(_)) = (&req.hostname, &app.dns) {
         let addrs: Vec<_> = nets.iter().map(|n| n.addr()).collect();
         crate::dns_api::register(&app, &qualify(&app, h), EXPOSE_IDENT, &addrs).await?;
@@ -1086,19 +1102,8 @@ async fn leave(State(app): AppState) -> Result<Response, ApiError> {
 
 /// Releases the addresses and names of containers that went away.
 pub async fn release_gone(app: &App, gone: Vec<crate::attach::Attachment>) {
-    for a in &gone {
-        crate::dns_api::unregister(app, &a.id, None).await;
-    }
-    if !app.ipam_enabled {
-        return;
-    }
     for a in gone {
-        let _ = ipam(app, |reply| IpamCmd::Release {
-            ident: a.id.clone(),
-            addr: None,
-            reply,
-        })
-        .await;
+        let _ = forget_ident(app, &a.id).await;
     }
 }
 

@@ -74,24 +74,10 @@ pub struct PlugOptions {
     pub ifname: String,
     /// Route 224.0.0.0/4 to the interface (weft-wait waits for it, so it comes last).
     pub multicast_route: bool,
-    /// Make this address (the host's on the bridge) the container's default gateway.
-    pub gateway: Option<Ipv4Addr>,
     /// Hairpin mode on the bridge port (CNI's `hairpinMode`).
     pub hairpin: bool,
-    /// More routes inside the container (CNI's `ipam.routes`).
+    /// Routes inside the container (a default route via the host, CNI's `ipam.routes`).
     pub routes: Vec<weft_api::types::RouteSpec>,
-}
-
-impl Default for PlugOptions {
-    fn default() -> Self {
-        PlugOptions {
-            ifname: default_ifname(),
-            multicast_route: true,
-            gateway: None,
-            hairpin: false,
-            routes: Vec::new(),
-        }
-    }
 }
 
 pub struct Attacher {
@@ -500,10 +486,12 @@ impl Attacher {
             && let Ok(ns) = Netns::open(&a.netns)
         {
             let ifname = a.ifname.clone();
-            match netns::run_in(&ns, move || unconfigure_inside(ifname, Vec::new(), true)).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => warn!(container = %a.id, "removing its interface: {e}"),
-                Err(e) => warn!(container = %a.id, "removing its interface: {e}"),
+            let removed = netns::run_in(&ns, move || unconfigure_inside(ifname, Vec::new(), true))
+                .await
+                .map_err(AttachError::from)
+                .and_then(|r| r);
+            if let Err(e) = removed {
+                warn!(container = %a.id, "removing its interface: {e}");
             }
         }
         // Gone with the namespace's end, unless the kernel has not got round to it.
@@ -635,15 +623,8 @@ async fn configure_inside(
     for c in &cidrs {
         nl.add_address(l.index, IpNet::V4(*c)).await?;
     }
-    let mut routes = opts.routes.clone();
-    if let Some(gw) = opts.gateway {
-        routes.push(weft_api::types::RouteSpec {
-            dst: Ipv4Net::default(),
-            gw: Some(gw),
-        });
-    }
     let mut reached: Vec<Ipv4Addr> = Vec::new();
-    for r in routes {
+    for r in &opts.routes {
         match r.gw {
             Some(gw) => {
                 // A gateway outside the container's subnets is reached by a host route first.

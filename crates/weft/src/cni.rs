@@ -149,13 +149,6 @@ impl Invocation {
     }
 }
 
-/// A route in the configuration or a result.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Route {
-    pub dst: Ipv4Net,
-    pub gw: Option<Ipv4Addr>,
-}
-
 /// The parts of the network configuration weft reads.
 #[derive(Clone, Debug, PartialEq)]
 pub struct NetConf {
@@ -164,7 +157,7 @@ pub struct NetConf {
     pub hairpin: bool,
     pub subnet: Option<Ipv4Net>,
     pub gateway: Option<Ipv4Addr>,
-    pub routes: Vec<Route>,
+    pub routes: Vec<RouteSpec>,
     /// Passed through to the result.
     pub dns: Option<Value>,
     /// A previous plugin's result (chained; CHECK).
@@ -264,7 +257,7 @@ impl NetConf {
                 let dst = str_field(r, "dst")?.ok_or_else(|| {
                     CniError::new(code::INVALID_CONFIG, "every ipam.routes entry needs a dst")
                 })?;
-                routes.push(Route {
+                routes.push(RouteSpec {
                     dst: parse("ipam.routes.dst", &dst)?,
                     gw: str_field(r, "gw")?
                         .map(|g| parse("ipam.routes.gw", &g))
@@ -298,11 +291,11 @@ pub struct Interface {
 pub struct AddResult {
     pub interface: Option<Interface>,
     pub ips: Vec<(Ipv4Net, Option<Ipv4Addr>)>,
-    pub routes: Vec<Route>,
+    pub routes: Vec<RouteSpec>,
     pub dns: Option<Value>,
 }
 
-fn route_json(r: &Route) -> Value {
+fn route_json(r: &RouteSpec) -> Value {
     let mut v = json!({ "dst": r.dst.to_string() });
     if let Some(g) = r.gw {
         v["gw"] = json!(g.to_string());
@@ -436,7 +429,7 @@ async fn net_add(client: &Client, inv: &Invocation, conf: &NetConf) -> Result<Ad
         .map_err(|e| CniError::new(code::ROUTER, format!("the router's answer: {e}")))?;
     let gw = r.gateway.or(conf.gateway);
     let routes = match r.gateway {
-        Some(g) => vec![Route {
+        Some(g) => vec![RouteSpec {
             dst: Ipv4Net::default(),
             gw: Some(g),
         }],
@@ -807,7 +800,7 @@ mod tests {
                 "10.32.0.5/12".parse().unwrap(),
                 Some(Ipv4Addr::new(10, 32, 0, 1)),
             )],
-            routes: vec![Route {
+            routes: vec![RouteSpec {
                 dst: Ipv4Net::default(),
                 gw: Some(Ipv4Addr::new(10, 32, 0, 1)),
             }],

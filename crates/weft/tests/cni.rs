@@ -364,18 +364,9 @@ fn ipam_plugin_versions_and_errors() -> Result<()> {
         "{e}"
     );
     // No router: try again later, saying where it looked.
-    let mut c = tb.cmd_in(&tb.host(1).netns, bin.join("weft-net").to_str().unwrap());
-    c.envs(add_env("x", &n))
-        .env("WEFT_HTTP_ADDR", "127.0.0.1:1")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped());
-    let mut child = c.spawn()?;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(conf.to_string().as_bytes())?;
-    let e = err(child.wait_with_output()?);
+    let mut no_router = add_env("x", &n);
+    no_router.push(("WEFT_HTTP_ADDR", "127.0.0.1:1"));
+    let e = err(cni(&tb, 1, &bin, "weft-net", &no_router, &conf)?);
     assert_eq!(e["code"], json!(11), "{e}");
     assert!(e["msg"].as_str().unwrap().contains("127.0.0.1:1"), "{e}");
     Ok(())
