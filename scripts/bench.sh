@@ -5,6 +5,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
 need_root
-install_packages "${RUNTIME_PACKAGES[@]}"
+install_packages "${BUILD_PACKAGES[@]}" "${RUNTIME_PACKAGES[@]}"
 cargo build --release --quiet -p weft -p weft-testbed --bins
 exec target/release/weft-bench "${1:-10}"

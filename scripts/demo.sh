@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
 need_root
-install_packages "${RUNTIME_PACKAGES[@]}"
+install_packages "${BUILD_PACKAGES[@]}" "${RUNTIME_PACKAGES[@]}"
 start_dockerd || echo "no Docker Engine: the demo skips its docker run part" >&2
 cargo build --release --quiet -p weft -p weft-testbed --bins
 scripts/build-wait.sh

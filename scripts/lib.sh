@@ -25,6 +25,9 @@ install_packages() {
 # upstream resolver in the DNS tests), taskset; the Docker Engine and the static busybox the
 # Docker tests build their image from.
 RUNTIME_PACKAGES=(iproute2 iputils-ping iperf3 nftables procps dnsutils dnsmasq-base util-linux tcpdump docker.io busybox-static)
+# What the build needs beyond Rust: a C compiler and assembler for ring's ChaCha20-Poly1305,
+# and glibc's static archives for weft-wait (linked statically).
+BUILD_PACKAGES=(gcc libc6-dev)
 
 # start_dockerd: makes sure a Docker Engine answers on /var/run/docker.sock, starting dockerd
 # (Debian's docker.io) if none does. Leaves an engine it started running: CI's machine is
