@@ -366,6 +366,9 @@ pub struct ExposeRequest {
     /// A name for the host's overlay addresses in weftDNS.
     #[serde(default)]
     pub hostname: Option<String>,
+    /// No NAT for these subnets (Weave's `--without-masquerade`).
+    #[serde(default)]
+    pub without_masquerade: bool,
 }
 
 /// One container on the overlay, as `weft ps` shows it.

@@ -43,6 +43,8 @@ pub struct App {
     /// The Docker Engine, when the router could reach it.
     pub docker: Option<Arc<crate::docker::Engine>>,
     pub docker_status: crate::docker::DockerStatus,
+    /// weft's rules in the host firewall (exposed subnets' NAT and accept rules).
+    pub firewall: crate::host::FirewallHandle,
 }
 
 pub struct ApiError {
@@ -848,20 +850,39 @@ async fn gateway_for(app: &App, subnet: Ipv4Net) -> Result<Ipv4Addr, ApiError> {
     if let Some(n) = have.iter().find(|n| subnet.contains(&n.addr())) {
         return Ok(n.addr());
     }
-    let nets = expose_addrs(app, vec![AddrSpec::Subnet(subnet)]).await?;
+    let nets = expose_addrs(app, vec![AddrSpec::Subnet(subnet)], true).await?;
     tracing::info!(address = %nets[0], "exposed the host as the containers' gateway");
     Ok(nets[0].addr())
 }
 
 /// Gives the host addresses on the bridge (allocated like a container's under
-/// `weave:expose`); what this obtained goes back if the bridge refuses them.
-async fn expose_addrs(app: &App, specs: Vec<AddrSpec>) -> Result<Vec<Ipv4Net>, ApiError> {
+/// `weave:expose`) and, once the call returns, the firewall rules that route and masquerade
+/// (unless `masquerade` is false) those subnets; what this obtained goes back if the bridge
+/// refuses them.
+async fn expose_addrs(
+    app: &App,
+    specs: Vec<AddrSpec>,
+    masquerade: bool,
+) -> Result<Vec<Ipv4Net>, ApiError> {
     let (nets, obtained) = obtain(app, EXPOSE_IDENT, specs).await?;
+    for n in &nets {
+        app.firewall.set_masquerade(*n, masquerade);
+    }
     if let Err(e) = app.attacher.expose(&nets).await {
         release_addrs(app, EXPOSE_IDENT, &obtained).await;
         return Err(e.into());
     }
+    sync_firewall(app).await?;
     Ok(nets)
+}
+
+async fn sync_firewall(app: &App) -> Result<(), ApiError> {
+    app.firewall.sync().await.map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("the addresses are on the bridge, but the firewall rules for them failed: {e}"),
+        )
+    })
 }
 
 /// Forgets what `ident` holds: its names in weftDNS and its addresses (returned).
@@ -1021,7 +1042,7 @@ async fn expose(State(app): AppState, body: Bytes) -> Result<Response, ApiError>
             crate::attach::check_cidr(net)?;
         }
     }
-    let nets = expose_addrs(&app, specs).await?;
+    let nets = expose_addrs(&app, specs, !req.without_masquerade).await?;
     if let (Some(h), Some(_)) = (&req.hostname, &app.dns) {
         let addrs: Vec<_> = nets.iter().map(|n| n.addr()).collect();
         crate::dns_api::register(&app, &qualify(&app, h), EXPOSE_IDENT, &addrs).await?;
@@ -1048,6 +1069,7 @@ async fn hide(State(app): AppState, body: Bytes) -> Result<Response, ApiError> {
             .collect()
     };
     app.attacher.hide(&remove).await?;
+    sync_firewall(&app).await?;
     for n in &remove {
         crate::dns_api::unregister(&app, EXPOSE_IDENT, Some(n.addr())).await;
     }

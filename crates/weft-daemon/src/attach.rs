@@ -61,6 +61,9 @@ pub struct Attachment {
     /// The interface's name inside the container (`ethwe`; CNI chooses its own).
     #[serde(default = "default_ifname")]
     pub ifname: String,
+    /// Hairpin mode on the bridge port (restored if the port has to be plugged in again).
+    #[serde(default)]
+    pub hairpin: bool,
 }
 
 fn default_ifname() -> String {
@@ -257,14 +260,39 @@ impl Attacher {
             .map_or(t.id, |a| a.id.clone()))
     }
 
-    /// Gives attached containers the overlay MTU when it differs from theirs (a router
-    /// relaunched with another mode or `--mtu`): frames larger than the bridge's ports take
-    /// would otherwise be dropped silently.
-    pub async fn apply_mtu(&self) {
+    async fn bridge(&self) -> Option<Link> {
+        let links = self.nl.links().await.ok()?;
+        links.into_iter().find(|l| l.index == self.bridge_index)
+    }
+
+    /// At launch: plugs attached containers' ports back into the bridge when it was deleted
+    /// and made anew while the router was away (their veths outlive it, unplugged), with
+    /// hairpin mode as they had it, and gives them the overlay MTU when it differs from theirs
+    /// (a router relaunched with another mode or `--mtu`): frames larger than the bridge's
+    /// ports take would otherwise be dropped silently.
+    pub async fn restore_ports(&self) {
         for a in self.attachments().await {
             let Ok(Some(l)) = self.nl.link_by_name(&a.host_if).await else {
                 continue;
             };
+            if l.master != Some(self.bridge_index) || !l.up {
+                let plug = LinkConfig {
+                    master: Some(self.bridge_index),
+                    up: true,
+                    ..Default::default()
+                };
+                match self.nl.configure(l.index, plug).await {
+                    Ok(()) => {
+                        if a.hairpin {
+                            let _ = sysctl::hairpin(&a.host_if);
+                        }
+                        warn!(container = %a.id, port = %a.host_if, "the container's port was off the bridge (the bridge was deleted or the port set down); plugged it back in");
+                    }
+                    Err(e) => {
+                        warn!(container = %a.id, "plugging the container's port back into the bridge: {e}")
+                    }
+                }
+            }
             if l.mtu == self.mtu {
                 continue;
             }
@@ -402,10 +430,15 @@ impl Attacher {
             let mac = Mac::from_random(crate::random_u64());
             let cidrs = cidrs.to_vec();
             let (mtu, opts) = (self.mtu, opts.clone());
+            let (ifname, addrs) = (opts.ifname.clone(), cidrs.clone());
             netns::run_in(&t.ns, move || {
                 configure_inside(temp_if, mac, mtu, cidrs, opts)
             })
             .await??;
+            // The bridge drops what a port sends until the port forwards, which it does only
+            // once the kernel has seen the container's end come up: announce after that.
+            wait_forwarding(&host_if).await;
+            netns::run_in(&t.ns, move || async move { announce(&ifname, mac, &addrs) }).await?;
             Ok::<Mac, AttachError>(mac)
         }
         .await;
@@ -419,6 +452,7 @@ impl Attacher {
                 cidrs: cidrs.to_vec(),
                 hostname: None,
                 ifname: opts.ifname,
+                hairpin: opts.hairpin,
             }),
             Err(e) => {
                 // Deleting one end of a veth pair deletes both, wherever the other end is.
@@ -561,13 +595,18 @@ impl Attacher {
     /// Gives the host these addresses on the bridge, so it can reach the containers.
     pub async fn expose(&self, cidrs: &[Ipv4Net]) -> Result<(), AttachError> {
         let (_, have) = self.exposed().await?;
+        let mut added = Vec::new();
         for c in cidrs {
             check_cidr(c)?;
             if !have.contains(c) {
                 self.nl
                     .add_address(self.bridge_index, IpNet::V4(*c))
                     .await?;
+                added.push(*c);
             }
+        }
+        if let Some(bridge) = self.bridge().await {
+            announce(&bridge.name, Mac(bridge.mac.unwrap_or_default()), &added);
         }
         info!(cidrs = ?cidrs, "exposed the host on the overlay");
         Ok(())
@@ -612,6 +651,7 @@ async fn configure_inside(
     .await?;
     let _ = sysctl::disable_ipv6(ifname);
     let _ = sysctl::fast_arp(ifname);
+    let _ = sysctl::accept_arp(ifname);
     nl.configure(
         l.index,
         LinkConfig {
@@ -653,15 +693,44 @@ async fn add_addresses(ns: &Netns, ifname: &str, cidrs: Vec<Ipv4Net>) -> Result<
     netns::run_in(ns, move || async move {
         let nl = Netlink::new()?;
         let l = nl.require_link(&ifname).await?;
-        for c in cidrs {
-            match nl.add_address(l.index, IpNet::V4(c)).await {
+        for c in &cidrs {
+            match nl.add_address(l.index, IpNet::V4(*c)).await {
                 Err(e) if !e.is_exists() => return Err(AttachError::from(e)),
                 _ => {}
             }
         }
+        if let Some(mac) = l.mac {
+            announce(&ifname, Mac(mac), &cidrs);
+        }
         Ok(())
     })
     .await?
+}
+
+/// Waits (up to 2 s) until bridge port `host_if` forwards frames.
+async fn wait_forwarding(host_if: &str) {
+    const FORWARDING: &str = "3";
+    let path = format!("/sys/class/net/{host_if}/brport/state");
+    for _ in 0..200 {
+        if std::fs::read_to_string(&path).is_ok_and(|s| s.trim() == FORWARDING) {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    warn!(
+        port = host_if,
+        "the container's bridge port is not forwarding after 2 s"
+    );
+}
+
+/// Gratuitous ARP for freshly added addresses, so neighbours that knew an earlier holder of
+/// one reach the new holder at once. Best effort: without it they still get there after their
+/// neighbour entry goes stale.
+fn announce(ifname: &str, mac: Mac, cidrs: &[Ipv4Net]) {
+    let ips: Vec<Ipv4Addr> = cidrs.iter().map(|c| c.addr()).collect();
+    if let Err(e) = weft_linux::arp::announce(ifname, mac.0, &ips) {
+        warn!("{e}");
+    }
 }
 
 async fn unconfigure_inside(

@@ -179,7 +179,13 @@ pub struct FastDpTask {
     pub dataplane: mpsc::Sender<DataPlaneMsg>,
     /// Where our containers' addresses and MACs come from (announced for peers' ARP answers).
     pub attacher: Arc<crate::attach::Attacher>,
+    /// Addresses behind fast peers whose entry went recently, and when: one that comes back
+    /// (with another container's MAC, most likely) is announced to our containers.
+    pub departed: std::sync::Mutex<BTreeMap<Ipv4Addr, Instant>>,
 }
+
+/// How long an address behind a fast peer counts as recently departed.
+const DEPARTED_MEMORY: Duration = Duration::from_secs(60);
 
 impl FastDpTask {
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
@@ -304,6 +310,20 @@ impl FastDpTask {
                 return;
             }
         };
+        let now = Instant::now();
+        let mut moved = Vec::new();
+        {
+            let mut departed = self.departed.lock().expect("not poisoned");
+            departed.retain(|_, at| now.duration_since(*at) < DEPARTED_MEMORY);
+            for (ip, mac) in &plan.neighbours {
+                match actual.get(ip) {
+                    Some(m) if *m == mac.0 => continue,
+                    Some(_) => moved.push((*ip, *mac)),
+                    None if departed.remove(ip).is_some() => moved.push((*ip, *mac)),
+                    None => {}
+                }
+            }
+        }
         for (ip, mac) in &plan.neighbours {
             if actual.get(ip) != Some(&mac.0)
                 && let Err(e) = self.nl.arp_replace_static(br, *ip, mac.0).await
@@ -311,6 +331,7 @@ impl FastDpTask {
                 warn!(%ip, "adding a neighbour entry failed: {e}");
             }
         }
+        self.announce_to_containers(&moved).await;
         if grace {
             return;
         }
@@ -320,7 +341,25 @@ impl FastDpTask {
             {
                 debug!(%ip, "removing a neighbour entry failed: {e}");
             }
+            self.departed.lock().expect("not poisoned").insert(*ip, now);
         }
+    }
+
+    /// An address behind a fast peer now belongs to another MAC: our containers may still hold
+    /// the old one, and the bridge does not pass gratuitous ARP across the VXLAN port (it has
+    /// `neigh_suppress`), so the announcement is made here, into each container's port.
+    async fn announce_to_containers(&self, moved: &[(Ipv4Addr, Mac)]) {
+        if moved.is_empty() {
+            return;
+        }
+        for a in self.attacher.attachments().await {
+            for (ip, mac) in moved {
+                if let Err(e) = weft_linux::arp::announce(&a.host_if, mac.0, &[*ip]) {
+                    debug!(container = %a.id, "{e}");
+                }
+            }
+        }
+        debug!(addresses = ?moved, "announced moved addresses to local containers");
     }
 
     /// Makes the kernel match `plan`: new entries first, then the sleeve stops carrying what

@@ -17,6 +17,7 @@ pub mod dns;
 pub mod dns_api;
 pub mod docker;
 pub mod fastdp;
+pub mod host;
 pub mod hostnet;
 pub mod ipam_api;
 pub mod metrics;
@@ -295,6 +296,24 @@ pub async fn run(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Result<(),
         }
     };
     let (host, tap) = hostnet::setup(nl.clone(), &cfg.bridge, name, mtu).await?;
+    // Before anything is attached: on a host whose FORWARD policy is DROP (Docker's), nothing
+    // crosses the bridge until these rules are in.
+    let (firewall_task, firewall) = host::FirewallTask::start(
+        nl.clone(),
+        host.bridge.index,
+        host::FixedSpec {
+            bridge: cfg.bridge.clone(),
+            port: cfg.port,
+            vxlan_port: fastdp::VXLAN_PORT,
+            local_only: [Some(cfg.http_addr), cfg.status_addr]
+                .into_iter()
+                .flatten()
+                .collect(),
+            dns_port: cfg.dns.as_ref().map(|d| d.listen.map_or(53, |a| a.port())),
+        },
+    )
+    .await
+    .map_err(|e| DaemonError::Config(e.to_string()))?;
     let tap_index = nl.require_link(&host.tap_name).await?.index;
     let fast_devices = if use_fastdp {
         match fastdp::setup(&nl, &host.bridge, tap_index, name, mtu).await {
@@ -500,6 +519,7 @@ pub async fn run(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Result<(),
                 control: ctl_tx.clone(),
                 dataplane: dp_tx.clone(),
                 attacher: attacher.clone(),
+                departed: Default::default(),
             })
         }
         None => None,
@@ -525,9 +545,10 @@ pub async fn run(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Result<(),
         dns: dns_shared,
         docker: docker.engine.clone(),
         docker_status: docker.status.clone(),
+        firewall,
     });
 
-    app.attacher.apply_mtu().await;
+    app.attacher.restore_ports().await;
     let mut tasks = tokio::task::JoinSet::new();
     {
         // Names of containers attached before a restart come back once the router runs.
@@ -546,6 +567,7 @@ pub async fn run(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Result<(),
         });
     }
     tasks.spawn(control.run(shutdown.clone()));
+    tasks.spawn(firewall_task.run(shutdown.clone()));
     if let Some(t) = fast_task {
         tasks.spawn(t.run(shutdown.clone()));
     }

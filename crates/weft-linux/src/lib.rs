@@ -1,11 +1,16 @@
 //! weft's boundary with the Linux kernel: links, addresses and routes over netlink, network
-//! namespaces, the TAP device, the sleeve UDP socket, sysctls and process control.
+//! namespaces, the TAP device, the sleeve UDP socket, the host firewall (through the iptables
+//! tools), sysctls and process control.
 //!
-//! This is the only crate allowed `unsafe` (see [`process`], the one place that needs it);
+//! This is the only crate allowed `unsafe`, in three small modules at the OS boundary:
+//! [`process`] (setsid between fork and exec), [`udp`] (a socket option) and [`arp`] (a packet
+//! socket for gratuitous ARP);
 //! everything else is built on rtnetlink, nix, tun-rs and socket2.
 #![deny(unsafe_code)]
 
+pub mod arp;
 pub mod fdb;
+pub mod iptables;
 pub mod netlink;
 pub mod netns;
 pub mod process;

@@ -32,3 +32,9 @@ pub fn fast_arp(ifname: &str) -> Result<()> {
 pub fn hairpin(ifname: &str) -> Result<()> {
     write(&format!("/sys/class/net/{ifname}/brport/hairpin_mode"), "1")
 }
+
+/// Lets gratuitous ARPs create neighbour entries on a container interface, as Weave set it
+/// (`arp_accept`); existing entries are updated by them either way.
+pub fn accept_arp(ifname: &str) -> Result<()> {
+    write(&format!("/proc/sys/net/ipv4/conf/{ifname}/arp_accept"), "1")
+}

@@ -285,6 +285,14 @@ pub fn reset(cli: &Cli, force: bool, bridge: &str) -> Result<()> {
         let nl = weft_linux::netlink::Netlink::new()?;
         weft_daemon::hostnet::teardown(&nl, bridge).await
     })?;
+    // weft's rules (never anyone else's: only its own chains and the jumps into them). A host
+    // without the iptables tools cannot hold any.
+    if let Ok(ipt) = weft_linux::iptables::Iptables::detect() {
+        let tables = weft_daemon::host::remove_rules(&ipt)?;
+        if !tables.is_empty() {
+            eprintln!("removed weft's firewall rules ({})", tables.join(", "));
+        }
+    }
     for f in ["peer-name", "targets.json", "containers.json"] {
         let p = cli.state_dir.join(f);
         match std::fs::remove_file(&p) {

@@ -114,6 +114,9 @@ enum Cmd {
         /// A name for the host in weftDNS.
         #[arg(short = 'h', long)]
         hostname: Option<String>,
+        /// No NAT: traffic between the subnet and the rest of the world keeps its addresses.
+        #[arg(long)]
+        without_masquerade: bool,
         #[arg(long, action = clap::ArgAction::Help)]
         help: Option<bool>,
         #[arg(value_name = "ADDR")]
@@ -683,13 +686,18 @@ fn real_main(cli: Cli) -> Result<()> {
                 "/hide"
             };
             runtime()?.block_on(async {
-                let hostname = match &cli.cmd {
-                    Cmd::Expose { hostname, .. } => hostname.clone(),
-                    _ => None,
+                let (hostname, without_masquerade) = match &cli.cmd {
+                    Cmd::Expose {
+                        hostname,
+                        without_masquerade,
+                        ..
+                    } => (hostname.clone(), *without_masquerade),
+                    _ => (None, false),
                 };
                 let req = weft_api::types::ExposeRequest {
                     addrs: addrs.clone(),
                     hostname,
+                    without_masquerade,
                 };
                 let body = client().post_json(path, &req).await?;
                 let nets: Vec<Ipv4Net> = serde_json::from_str(&body)?;

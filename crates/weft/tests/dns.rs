@@ -25,7 +25,10 @@ fn launch(tb: &Testbed, n: usize, extra: &[&str]) -> Result<Vec<String>> {
     let mut peers: Vec<String> = Vec::new();
     let mut dns = Vec::new();
     for i in 1..=n {
-        let mut args: Vec<&str> = extra.to_vec();
+        // The test's containers are bare namespaces on the overlay only, with no leg on
+        // docker0 (where weftDNS listens by default on a Docker host): serve them everywhere.
+        let mut args: Vec<&str> = vec!["--dns-listen-address=0.0.0.0:53"];
+        args.extend_from_slice(extra);
         args.extend(peers.iter().map(String::as_str));
         tb.launch(i, &args)?;
         peers.push(tb.host(i).ip.to_string());

@@ -6,7 +6,14 @@
 //!   <p>-hN (eth0 198.18.0.N/24) --veth--+
 //! ```
 //! Containers are further namespaces (`<p>-cNAME`). No namespace has a default route, so no
-//! traffic can leave the machine, and nothing touches the root namespace. Every name starts with
+//! traffic can leave the machine, and nothing touches the root namespace.
+//!
+//! Hosts look like the nodes users run weft on ([`Posture`]): by default a Docker host —
+//! a `docker0` bridge (172.17.0.1/16), `br_netfilter` passing bridged frames through iptables,
+//! IPv4 forwarding on, the FORWARD policy DROP and Docker's own chains — so a test passes only
+//! if weft's firewall rules work next to Docker's. [`Posture::Kube`] adds kube-proxy's NAT
+//! chains and `route_localnet`; [`Posture::Bare`] is an idealised host for tests about
+//! something else (benchmarks). Every name starts with
 //! a prefix unique to this process and test bed, so test beds run in parallel; everything is
 //! removed on drop (also when a test panics), and only processes this test bed started are
 //! killed, by PID.
@@ -53,6 +60,75 @@ pub fn require() -> bool {
         "network namespace tests need root and iproute2; run as root, or set WEFT_SKIP_NETNS_TESTS=1 to skip them"
     );
 }
+
+/// What a test host's network looks like besides weft.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Posture {
+    /// A bare namespace: no firewall rules, forwarding off.
+    Bare,
+    /// A Docker host (Docker 20.10's rules for its default bridge).
+    Docker,
+    /// A Kubernetes node: Docker's posture plus kube-proxy's (iptables mode) chains.
+    Kube,
+}
+
+/// Docker 20.10's rules on a host with only its default bridge, as `iptables-save` shows them.
+pub const DOCKER_RULES: &str = "*nat
+:PREROUTING ACCEPT [0:0]
+:INPUT ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+:POSTROUTING ACCEPT [0:0]
+:DOCKER - [0:0]
+-A PREROUTING -m addrtype --dst-type LOCAL -j DOCKER
+-A OUTPUT ! -d 127.0.0.0/8 -m addrtype --dst-type LOCAL -j DOCKER
+-A POSTROUTING -s 172.17.0.0/16 ! -o docker0 -j MASQUERADE
+-A DOCKER -i docker0 -j RETURN
+COMMIT
+*filter
+:INPUT ACCEPT [0:0]
+:FORWARD DROP [0:0]
+:OUTPUT ACCEPT [0:0]
+:DOCKER - [0:0]
+:DOCKER-ISOLATION-STAGE-1 - [0:0]
+:DOCKER-ISOLATION-STAGE-2 - [0:0]
+:DOCKER-USER - [0:0]
+-A FORWARD -j DOCKER-USER
+-A FORWARD -j DOCKER-ISOLATION-STAGE-1
+-A FORWARD -o docker0 -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT
+-A FORWARD -o docker0 -j DOCKER
+-A FORWARD -i docker0 ! -o docker0 -j ACCEPT
+-A FORWARD -i docker0 -o docker0 -j ACCEPT
+-A DOCKER-ISOLATION-STAGE-1 -i docker0 ! -o docker0 -j DOCKER-ISOLATION-STAGE-2
+-A DOCKER-ISOLATION-STAGE-1 -j RETURN
+-A DOCKER-ISOLATION-STAGE-2 -o docker0 -j DROP
+-A DOCKER-ISOLATION-STAGE-2 -j RETURN
+-A DOCKER-USER -j RETURN
+COMMIT
+";
+
+/// kube-proxy's rules (iptables mode, no Services yet), loaded on top of Docker's.
+pub const KUBE_RULES: &str = "*nat
+:KUBE-SERVICES - [0:0]
+:KUBE-POSTROUTING - [0:0]
+:KUBE-MARK-MASQ - [0:0]
+:KUBE-NODEPORTS - [0:0]
+-I PREROUTING 1 -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES
+-I OUTPUT 1 -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES
+-I POSTROUTING 1 -m comment --comment \"kubernetes postrouting rules\" -j KUBE-POSTROUTING
+-A KUBE-MARK-MASQ -j MARK --set-xmark 0x4000/0x4000
+-A KUBE-POSTROUTING -m mark ! --mark 0x4000/0x4000 -j RETURN
+-A KUBE-POSTROUTING -j MARK --set-xmark 0x4000/0x0
+-A KUBE-POSTROUTING -m comment --comment \"kubernetes service traffic requiring SNAT\" -j MASQUERADE --random-fully
+-A KUBE-SERVICES -m addrtype --dst-type LOCAL -j KUBE-NODEPORTS
+COMMIT
+*filter
+:KUBE-FORWARD - [0:0]
+-I FORWARD 1 -m comment --comment \"kubernetes forwarding rules\" -j KUBE-FORWARD
+-A KUBE-FORWARD -m conntrack --ctstate INVALID -j DROP
+-A KUBE-FORWARD -m mark --mark 0x4000/0x4000 -j ACCEPT
+-A KUBE-FORWARD -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT
+COMMIT
+";
 
 pub struct Host {
     pub index: usize,
@@ -104,6 +180,7 @@ pub struct Testbed {
     docker_containers: Vec<String>,
     docker_networks: Vec<String>,
     docker_images: Vec<String>,
+    posture: Posture,
 }
 
 /// Runs a command, failing with its output if it fails.
@@ -125,8 +202,13 @@ fn ip(args: &[&str]) -> Result<()> {
 }
 
 impl Testbed {
-    /// Builds `n` hosts on an underlay. `tag` names the test (keep it short).
+    /// Builds `n` Docker hosts on an underlay. `tag` names the test (keep it short).
     pub fn new(tag: &str, n: usize, weft: &Path) -> Result<Self> {
+        Self::with_posture(tag, n, weft, Posture::Docker)
+    }
+
+    /// Builds `n` hosts of the given posture on an underlay.
+    pub fn with_posture(tag: &str, n: usize, weft: &Path, posture: Posture) -> Result<Self> {
         let k = COUNTER.fetch_add(1, Ordering::SeqCst);
         let prefix = format!("wt{}-{}-{k}", tag, std::process::id() % 100_000);
         let dir = std::env::temp_dir().join(&prefix);
@@ -144,6 +226,7 @@ impl Testbed {
             docker_containers: Vec::new(),
             docker_networks: Vec::new(),
             docker_images: Vec::new(),
+            posture,
         };
         // From here on, Drop cleans up whatever was made even if a later step fails.
         ip(&["netns", "add", &tb.underlay])?;
@@ -204,7 +287,72 @@ impl Testbed {
         ])?;
         ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
         ip(&["-n", &ns, "link", "set", "lo", "up"])?;
+        self.apply_posture(&ns)?;
         Ok(())
+    }
+
+    fn apply_posture(&self, ns: &str) -> Result<()> {
+        if self.posture == Posture::Bare {
+            return Ok(());
+        }
+        ip(&["-n", ns, "link", "add", "docker0", "type", "bridge"])?;
+        ip(&["-n", ns, "addr", "add", "172.17.0.1/16", "dev", "docker0"])?;
+        ip(&["-n", ns, "link", "set", "docker0", "up"])?;
+        let mut sysctls = vec![
+            "net.bridge.bridge-nf-call-iptables=1",
+            "net.bridge.bridge-nf-call-ip6tables=1",
+            "net.ipv4.ip_forward=1",
+        ];
+        if self.posture == Posture::Kube {
+            sysctls.push("net.ipv4.conf.all.route_localnet=1");
+        }
+        run(self.cmd_in(ns, "sysctl").arg("-qw").args(&sysctls))
+            .context("setting a Docker host's sysctls (is br_netfilter available?)")?;
+        let mut rules = vec![DOCKER_RULES];
+        if self.posture == Posture::Kube {
+            rules.push(KUBE_RULES);
+        }
+        for r in rules {
+            self.iptables_restore(ns, r)?;
+        }
+        Ok(())
+    }
+
+    /// Feeds `rules` to `iptables-restore --noflush` in namespace `ns`.
+    pub fn iptables_restore(&self, ns: &str, rules: &str) -> Result<()> {
+        let mut c = self.cmd_in(ns, "iptables-restore");
+        c.arg("--noflush")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = c
+            .spawn()
+            .context("running iptables-restore (apt-get install iptables)")?;
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .expect("piped stdin")
+            .write_all(rules.as_bytes())?;
+        let out = child.wait_with_output()?;
+        if !out.status.success() {
+            bail!(
+                "iptables-restore refused:\n{rules}\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(())
+    }
+
+    /// `iptables-save` of host `i` (every table).
+    pub fn iptables_save(&self, i: usize) -> Result<String> {
+        let out = run(&mut self.cmd_in(&self.host(i).netns, "iptables-save"))?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Runs `iptables ARGS` in host `i`.
+    pub fn iptables(&self, i: usize, args: &[&str]) -> Result<()> {
+        run(self.cmd_in(&self.host(i).netns, "iptables").args(args)).map(|_| ())
     }
 
     pub fn host(&self, i: usize) -> &Host {
@@ -345,6 +493,48 @@ impl Testbed {
         ip(&["netns", "add", &ns])?;
         self.containers.push(ns.clone());
         ip(&["-n", &ns, "link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    /// A namespace on the underlay beyond every host ("the world": a client or server that
+    /// is not a weft host), with address `addr`/24 and no route to the overlay. Removed on drop.
+    pub fn outside(&mut self, name: &str, addr: Ipv4Addr) -> Result<String> {
+        let ns = self.container(name)?;
+        let port = format!("o{}", self.containers.len());
+        ip(&[
+            "-n",
+            &ns,
+            "link",
+            "add",
+            "eth0",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &port,
+            "netns",
+            &self.underlay,
+        ])?;
+        ip(&[
+            "-n",
+            &self.underlay,
+            "link",
+            "set",
+            &port,
+            "master",
+            "br0",
+            "up",
+        ])?;
+        ip(&[
+            "-n",
+            &ns,
+            "addr",
+            "add",
+            &format!("{addr}/24"),
+            "dev",
+            "eth0",
+        ])?;
+        ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
         Ok(ns)
     }
 

@@ -16,7 +16,7 @@
 //! and the load generator on the other.
 
 use anyhow::{Context, Result, bail};
-use weft_testbed::{Testbed, measure};
+use weft_testbed::{Posture, Testbed, measure};
 
 struct Row {
     name: &'static str,
@@ -250,7 +250,7 @@ fn main() -> Result<()> {
         .transpose()?
         .unwrap_or(10);
     let weft = weft_testbed::weft_binary()?;
-    let mut tb = Testbed::new("bench", 6, &weft)?;
+    let mut tb = Testbed::with_posture("bench", 6, &weft, Posture::Bare)?;
     let (h1, h2) = (tb.host(1).netns.clone(), tb.host(2).netns.clone());
     let h2ip = tb.host(2).ip.to_string();
     let mut rows = Vec::new();
@@ -435,7 +435,7 @@ fn ipam_bench(n: usize) -> Result<()> {
         bail!("the benchmark builds network namespaces and needs root");
     }
     let weft = weft_testbed::weft_binary()?;
-    let tb = Testbed::new("ipbench", 1, &weft)?;
+    let tb = Testbed::with_posture("ipbench", 1, &weft, Posture::Bare)?;
     tb.launch(1, &[])?;
     let me = std::env::current_exe()?;
     let me = me.to_str().expect("utf-8 path");
@@ -521,7 +521,7 @@ fn dns_bench(secs: u64) -> Result<()> {
         bail!("the benchmark builds network namespaces and needs root");
     }
     let weft = weft_testbed::weft_binary()?;
-    let tb = Testbed::new("dnsbench", 1, &weft)?;
+    let tb = Testbed::with_posture("dnsbench", 1, &weft, Posture::Bare)?;
     tb.launch(1, &["--log-level=warning"])?;
     tb.weft_ok(
         1,

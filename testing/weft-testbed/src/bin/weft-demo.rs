@@ -36,13 +36,20 @@ fn main() -> Result<()> {
     }
     println!();
 
+    println!(
+        "Each host is set up as Docker sets up its hosts: a docker0 bridge, br_netfilter, the\n\
+         FORWARD policy DROP and Docker's chains. weft installs its own rules next to them.\n\
+         The containers below are plain namespaces on the overlay only (no leg on docker0),\n\
+         so weftDNS listens on every address rather than docker0's (--dns-listen-address).\n"
+    );
     let (h1, h2) = (tb.host(1).ip.to_string(), tb.host(2).ip.to_string());
-    say(1, "weft launch");
-    tb.launch(1, &[])?;
-    say(2, &format!("weft launch {h1}"));
-    tb.launch(2, &[&h1])?;
-    say(3, &format!("weft launch {h1} {h2}"));
-    tb.launch(3, &[&h1, &h2])?;
+    let dns = "--dns-listen-address=0.0.0.0:53";
+    say(1, &format!("weft launch {dns}"));
+    tb.launch(1, &[dns])?;
+    say(2, &format!("weft launch {dns} {h1}"));
+    tb.launch(2, &[dns, &h1])?;
+    say(3, &format!("weft launch {dns} {h1} {h2}"));
+    tb.launch(3, &[dns, &h1, &h2])?;
 
     let start = Instant::now();
     let want = "Peers: 3 (with 6 established connections)";
