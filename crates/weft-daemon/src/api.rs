@@ -208,7 +208,28 @@ pub async fn build_report(app: &App) -> Result<Report, ApiError> {
                 (None, _) => String::new(),
             };
             let mut attrs = BTreeMap::new();
-            if let Some(mtu) = c.mtu {
+            // On the sleeve, a path that carries less than the interface lowers what one
+            // datagram holds (larger frames still pass, as fragments).
+            let path_mtu = match (&c.peer, c.overlay) {
+                (Some((name, _)), Some("sleeve")) => dp
+                    .path_limits
+                    .iter()
+                    .find(|(p, _)| p == name)
+                    .map(|(_, payload)| {
+                        let overhead = if c.encrypted == Some(true) {
+                            weft_proto::sleeve::ENCRYPTED_FRAME_OVERHEAD
+                        } else {
+                            weft_proto::sleeve::FRAME_OVERHEAD
+                        } - 28;
+                        payload.saturating_sub(overhead) as u32
+                    }),
+                _ => None,
+            };
+            let mtu = match (c.mtu, path_mtu) {
+                (Some(m), Some(p)) => Some(m.min(p)),
+                (m, p) => m.or(p),
+            };
+            if let Some(mtu) = mtu {
                 attrs.insert("mtu".to_string(), mtu.to_string());
             }
             if c.encrypted == Some(true) {
@@ -287,6 +308,7 @@ pub async fn build_report(app: &App) -> Result<Report, ApiError> {
         ("tap_bad_offload", dp.io.tap_bad_offload),
         ("frames_fast_path_skipped", s.fast_path_skipped),
         ("frames_relay_only", s.relay_only),
+        ("dropped_proxy_arp", s.dropped_proxy_arp),
         ("datagrams_fragmented", s.fragmented),
         ("fragments_sent", s.fragments_sent),
         ("fragments_received", s.fragments_received),

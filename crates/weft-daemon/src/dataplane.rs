@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot, watch};
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 use tun_rs::AsyncDevice;
 use weft_core::crypto::PeerKeys;
 use weft_core::mesh::DataPlaneTable;
@@ -43,6 +43,8 @@ pub enum DataPlaneMsg {
     Snapshot(oneshot::Sender<DataPlaneSnapshot>),
     /// Neighbours the kernel's VXLAN device now carries our containers' frames to.
     Fast(std::collections::BTreeSet<PeerName>),
+    /// MACs of containers behind fast peers, whose ARP the bridge answers itself.
+    Proxied(std::collections::HashSet<Mac>),
 }
 
 #[derive(Clone, Debug, Default)]
@@ -52,6 +54,8 @@ pub struct DataPlaneSnapshot {
     pub macs: Vec<(Mac, MacOwner, Duration)>,
     /// Neighbours whose data is encrypted.
     pub encrypted_peers: Vec<PeerName>,
+    /// Each neighbour's path limit: the largest UDP payload sent to it in one datagram.
+    pub path_limits: Vec<(PeerName, usize)>,
 }
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -158,7 +162,25 @@ pub async fn run(
     let mut out_buf = Vec::with_capacity(65536);
     let mut expire = tokio::time::interval(Duration::from_secs(60));
     loop {
+        let probe_at = fwd.poll_timeout();
         tokio::select! {
+            _ = async {
+                match probe_at {
+                    Some(t) => tokio::time::sleep_until(t.into()).await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                let mut out = Out { udp: &udp, tap: &tap, control: &control, buf: std::mem::take(&mut out_buf), io: &mut io };
+                fwd.handle_timeout(Instant::now(), &mut out);
+                out_buf = out.buf;
+                for (peer, old, new) in fwd.drain_path_changes() {
+                    if new < old {
+                        warn!(%peer, "the path to {peer} carries datagrams of at most {new} bytes (not {old}): larger ones go as fragments of that size");
+                    } else {
+                        info!(%peer, "the path to {peer} carries datagrams of {new} bytes again (was {old})");
+                    }
+                }
+            }
             r = tap.recv(&mut tap_buf) => match r {
                 Ok(n) if n >= GSO_LEN => {
                     let (head, frame) = tap_buf[..n].split_at_mut(GSO_LEN);
@@ -213,10 +235,17 @@ pub async fn run(
                 }
             },
             m = rx.recv() => match m {
-                Some(DataPlaneMsg::Table(t)) => fwd.set_table(t),
+                Some(DataPlaneMsg::Table(t)) => {
+                    fwd.set_table(t);
+                    // New neighbours' paths are probed from now on.
+                    let mut out = Out { udp: &udp, tap: &tap, control: &control, buf: std::mem::take(&mut out_buf), io: &mut io };
+                    fwd.handle_timeout(Instant::now(), &mut out);
+                    out_buf = out.buf;
+                }
                 Some(DataPlaneMsg::ForgetPeer(p)) => fwd.forget_peer(p),
                 Some(DataPlaneMsg::Keys(p, k)) => fwd.set_keys(p, &k),
                 Some(DataPlaneMsg::Fast(f)) => fwd.set_fast(f),
+                Some(DataPlaneMsg::Proxied(m)) => fwd.set_proxied(m),
                 Some(DataPlaneMsg::SendControl { to, peer, bytes }) => {
                     let mut out = Out { udp: &udp, tap: &tap, control: &control, buf: std::mem::take(&mut out_buf), io: &mut io };
                     fwd.send_control(to, peer, &bytes, &mut out);
@@ -226,7 +255,8 @@ pub async fn run(
                     let now = Instant::now();
                     let macs = fwd.macs().entries().map(|(m, o, seen)| (m, o, now.saturating_duration_since(seen))).collect();
                     let encrypted_peers = fwd.encrypted_peers();
-                    let _ = reply.send(DataPlaneSnapshot { stats: fwd.stats(), io, macs, encrypted_peers });
+                    let path_limits = fwd.path_limits();
+                    let _ = reply.send(DataPlaneSnapshot { stats: fwd.stats(), io, macs, encrypted_peers, path_limits });
                 }
                 None => return,
             },

@@ -184,6 +184,9 @@ pub struct FastDpTask {
     pub departed: std::sync::Mutex<BTreeMap<Ipv4Addr, Instant>>,
 }
 
+/// At most this many addresses new to the fast path in one round are announced to our
+/// containers.
+const FRESH_ANNOUNCE_MAX: usize = 32;
 /// How long an address behind a fast peer counts as recently departed.
 const DEPARTED_MEMORY: Duration = Duration::from_secs(60);
 
@@ -312,6 +315,7 @@ impl FastDpTask {
         };
         let now = Instant::now();
         let mut moved = Vec::new();
+        let mut fresh = Vec::new();
         {
             let mut departed = self.departed.lock().expect("not poisoned");
             departed.retain(|_, at| now.duration_since(*at) < DEPARTED_MEMORY);
@@ -320,9 +324,17 @@ impl FastDpTask {
                     Some(m) if *m == mac.0 => continue,
                     Some(_) => moved.push((*ip, *mac)),
                     None if departed.remove(ip).is_some() => moved.push((*ip, *mac)),
-                    None => {}
+                    None => fresh.push((*ip, *mac)),
                 }
             }
+        }
+        // A new container's own gratuitous ARP reaches sleeve peers' containers but not ours
+        // (see announce_to_containers), and it may have taken an address an earlier container
+        // held before we ever had an entry for it: announce new addresses too, as its own
+        // announcement would have been, unless a whole peer's worth arrives at once (a peer
+        // joining), which would be a burst for nothing.
+        if fresh.len() <= FRESH_ANNOUNCE_MAX {
+            moved.extend(fresh);
         }
         for (ip, mac) in &plan.neighbours {
             if actual.get(ip) != Some(&mac.0)
@@ -433,6 +445,8 @@ impl FastDpTask {
         }
         self.reconcile_arp(plan, grace_until.is_some_and(|t| Instant::now() < t))
             .await;
+        let proxied: std::collections::HashSet<Mac> = plan.neighbours.values().copied().collect();
+        let _ = self.dataplane.send(DataPlaneMsg::Proxied(proxied)).await;
         if *fast != now_fast {
             let _ = self
                 .dataplane

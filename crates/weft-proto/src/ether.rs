@@ -72,6 +72,9 @@ impl FromStr for Mac {
     }
 }
 
+/// The ARP EtherType.
+pub const ETHERTYPE_ARP: u16 = 0x0806;
+
 /// A validated view of an Ethernet frame: at least a full header is present.
 #[derive(Clone, Copy, Debug)]
 pub struct EtherFrame<'a> {

@@ -18,7 +18,11 @@
 //! kind Encrypted: header byte 1 is the key epoch, then
 //!                 | counter (8, BE) | ChaCha20-Poly1305( inner ) | tag (16) |
 //!                 inner = 0 ‖ src ‖ dst ‖ frame, 1 ‖ connection uid,
-//!                 or 2 ‖ src ‖ dst ‖ offload header ‖ super-frame
+//!                 2 ‖ src ‖ dst ‖ offload header ‖ super-frame,
+//!                 or 3 ‖ flags ‖ probe body (below)
+//! kind Probe:     | seq (4, BE) | size (2, BE) | zero padding ... |
+//!                 path-MTU probe, `size` bytes of UDP payload in all; flags bit 1 ("ack"):
+//!                 the answer to probe `seq` of that size, 14 bytes, no padding
 //! ```
 //!
 //! Encrypted datagrams authenticate the 16-byte clear header (kind, epoch, sender, counter) as
@@ -46,6 +50,13 @@ pub const ENCRYPTED_HEADER_LEN: usize = HEADER_LEN + 8;
 pub const INNER_FRAME: u8 = 0;
 pub const INNER_HEARTBEAT: u8 = 1;
 pub const INNER_FRAME_GSO: u8 = 2;
+pub const INNER_PROBE: u8 = 3;
+/// A probe's own fields after the common header (or after the inner kind and flags).
+pub const PROBE_BODY_LEN: usize = 6;
+/// Length of a plain probe's header, and of a plain probe answer.
+pub const PROBE_LEN: usize = HEADER_LEN + PROBE_BODY_LEN;
+/// Probe flag: this is the answer to a probe.
+pub const FLAG_PROBE_ACK: u8 = 0x02;
 /// Header of a FrameGso datagram.
 pub const GSO_FRAME_HEADER_LEN: usize = FRAME_HEADER_LEN + GSO_LEN;
 /// Header of a Fragment.
@@ -65,6 +76,7 @@ pub enum Kind {
     Encrypted = 2,
     FrameGso = 3,
     Fragment = 4,
+    Probe = 5,
 }
 
 /// A decoded sleeve datagram, borrowing the frame bytes.
@@ -91,6 +103,13 @@ pub enum Datagram<'a> {
         offset: u16,
         total: u16,
         payload: &'a [u8],
+    },
+    /// A path-MTU probe of `size` bytes, or (`ack`) the answer to one.
+    Probe {
+        sender: PeerName,
+        ack: bool,
+        seq: u32,
+        size: u16,
     },
     /// Still to be decrypted: `body` is ciphertext followed by the tag.
     Encrypted {
@@ -217,6 +236,23 @@ impl<'a> Datagram<'a> {
                     payload,
                 })
             }
+            5 => {
+                let (ack, seq, size) = decode_probe_body(b[1], &b[HEADER_LEN..])?;
+                // A probe is exactly as long as it says; an answer is just its fields.
+                let want = if ack { PROBE_LEN } else { usize::from(size) };
+                if b.len() != want {
+                    return Err(DecodeError::Malformed {
+                        what: "sleeve probe",
+                        detail: format!("length {} (want {want})", b.len()),
+                    });
+                }
+                Ok(Datagram::Probe {
+                    sender,
+                    ack,
+                    seq,
+                    size,
+                })
+            }
             k => Err(DecodeError::Malformed {
                 what: "sleeve header",
                 detail: format!("unknown kind {k}"),
@@ -234,6 +270,7 @@ impl<'a> Datagram<'a> {
             x if x & 0x0f == 2 => Some(Kind::Encrypted),
             x if x & 0x0f == 3 => Some(Kind::FrameGso),
             x if x & 0x0f == 4 => Some(Kind::Fragment),
+            x if x & 0x0f == 5 => Some(Kind::Probe),
             _ => None,
         }
     }
@@ -314,6 +351,35 @@ pub fn fragment_header(
 /// Rewrites the sender field of an encoded datagram in place (relaying).
 pub fn set_sender(datagram: &mut [u8], sender: PeerName) {
     datagram[2..8].copy_from_slice(&sender.to_bytes());
+}
+
+/// A probe's fields (`flags` as in the header, then `body` = seq ‖ size ...): (ack, seq, size).
+pub fn decode_probe_body(flags: u8, body: &[u8]) -> Result<(bool, u32, u16), DecodeError> {
+    if body.len() < PROBE_BODY_LEN {
+        return Err(DecodeError::Truncated {
+            what: "sleeve probe",
+            need: PROBE_BODY_LEN,
+            have: body.len(),
+        });
+    }
+    let seq = u32::from_be_bytes(body[0..4].try_into().expect("length checked"));
+    let size = u16::from_be_bytes([body[4], body[5]]);
+    Ok((flags & FLAG_PROBE_ACK != 0, seq, size))
+}
+
+/// Writes a plain probe of `size` bytes (at least [`PROBE_LEN`]) into `out`, or, with `ack`,
+/// the [`PROBE_LEN`]-byte answer to such a probe.
+pub fn encode_probe(sender: PeerName, ack: bool, seq: u32, size: u16, out: &mut Vec<u8>) {
+    out.clear();
+    out.extend_from_slice(&common_header(Kind::Probe, sender));
+    if ack {
+        out[1] = FLAG_PROBE_ACK;
+    }
+    out.extend_from_slice(&seq.to_be_bytes());
+    out.extend_from_slice(&size.to_be_bytes());
+    if !ack {
+        out.resize(usize::from(size).max(PROBE_LEN), 0);
+    }
 }
 
 pub fn encode_heartbeat(sender: PeerName, conn_uid: u64) -> [u8; HEARTBEAT_LEN] {
@@ -428,6 +494,37 @@ mod tests {
             Datagram::Heartbeat {
                 sender: PeerName::from_u64(9),
                 conn_uid: 0xdead_beef
+            }
+        );
+    }
+
+    #[test]
+    fn probe_round_trip() {
+        let me = PeerName::from_u64(5);
+        let mut b = Vec::new();
+        encode_probe(me, false, 7, 700, &mut b);
+        assert_eq!(b.len(), 700);
+        assert_eq!(Datagram::kind(&b), Some(Kind::Probe));
+        assert_eq!(
+            Datagram::decode(&b).unwrap(),
+            Datagram::Probe {
+                sender: me,
+                ack: false,
+                seq: 7,
+                size: 700
+            }
+        );
+        // Cut short on the way: not the probe it claims to be.
+        assert!(Datagram::decode(&b[..699]).is_err());
+        encode_probe(me, true, 7, 700, &mut b);
+        assert_eq!(b.len(), PROBE_LEN);
+        assert_eq!(
+            Datagram::decode(&b).unwrap(),
+            Datagram::Probe {
+                sender: me,
+                ack: true,
+                seq: 7,
+                size: 700
             }
         );
     }

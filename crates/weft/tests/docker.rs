@@ -32,11 +32,13 @@ fn testbed(tag: &str, n: usize) -> Option<Testbed> {
 }
 
 /// Hosts 1..=n launched as in the tutorial, each with an overlay address so containers reach
-/// its weftDNS (the routers live in namespaces without docker0).
+/// its weftDNS. The routers live in namespaces whose docker0 (the test bed's Docker posture)
+/// is not the engine's, so weftDNS listens everywhere rather than on that docker0.
 fn launch(tb: &Testbed, n: usize) -> Result<()> {
     for i in 1..=n {
         let peers: Vec<String> = (1..i).map(|j| tb.host(j).ip.to_string()).collect();
-        let args: Vec<&str> = peers.iter().map(String::as_str).collect();
+        let mut args: Vec<&str> = vec!["--dns-listen-address=0.0.0.0:53"];
+        args.extend(peers.iter().map(String::as_str));
         tb.launch(i, &args)?;
     }
     let want = format!("Peers: {n} (with {} established connections)", n * (n - 1));

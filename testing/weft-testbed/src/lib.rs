@@ -202,9 +202,17 @@ fn ip(args: &[&str]) -> Result<()> {
 }
 
 impl Testbed {
-    /// Builds `n` Docker hosts on an underlay. `tag` names the test (keep it short).
+    /// Builds `n` Docker hosts on an underlay (`WEFT_TEST_POSTURE=bare|docker|kube` picks
+    /// another posture, to tell a weft bug from a host one). `tag` names the test (keep it
+    /// short).
     pub fn new(tag: &str, n: usize, weft: &Path) -> Result<Self> {
-        Self::with_posture(tag, n, weft, Posture::Docker)
+        let posture = match std::env::var("WEFT_TEST_POSTURE").as_deref() {
+            Ok("bare") => Posture::Bare,
+            Ok("kube") => Posture::Kube,
+            Ok("docker") | Err(_) => Posture::Docker,
+            Ok(other) => bail!("WEFT_TEST_POSTURE={other}: use bare, docker or kube"),
+        };
+        Self::with_posture(tag, n, weft, posture)
     }
 
     /// Builds `n` hosts of the given posture on an underlay.
@@ -679,6 +687,47 @@ impl Testbed {
                  }}"
             ),
         )
+    }
+
+    /// Makes the underlay between hosts `a` and `b` drop UDP packets longer than `max_len`
+    /// bytes (IP length) without a word, as a tunnel or a filter on the path would. The drop
+    /// happens on the underlay bridge, where packets are as they would be on a wire: the
+    /// hosts segment their UDP offload trains before sending (a host's own firewall sees a
+    /// train as one packet, which no wire does).
+    pub fn narrow_path(&self, a: usize, b: usize, max_len: u16) -> Result<()> {
+        let (ia, ib) = (self.host(a).ip, self.host(b).ip);
+        for h in [a, b] {
+            run(self.cmd_in(&self.host(h).netns, "ethtool").args([
+                "-K",
+                "eth0",
+                "tx-udp-segmentation",
+                "off",
+                "tx-udp_tnl-segmentation",
+                "off",
+            ]))
+            .context("turning UDP segmentation offload off (apt-get install ethtool)")?;
+        }
+        let rules = format!(
+            "table bridge weftnarrow {{
+               chain forward {{
+                 type filter hook forward priority 0;
+                 ip saddr {{ {ia}, {ib} }} ip daddr {{ {ia}, {ib} }} ip protocol udp ip length > {max_len} drop;
+               }}
+             }}"
+        );
+        let mut c = self.cmd_in(&self.underlay, "nft");
+        c.args(["-f", "-"]).stdin(Stdio::piped());
+        let mut child = c.spawn().context("running nft")?;
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .expect("piped stdin")
+            .write_all(rules.as_bytes())?;
+        if !child.wait()?.success() {
+            bail!("nft refused:\n{rules}");
+        }
+        Ok(())
     }
 
     /// Drops UDP to and from `port` in host `a`'s firewall (e.g. VXLAN's 6784), both ways.

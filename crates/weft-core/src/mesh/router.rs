@@ -578,7 +578,12 @@ impl Router {
                 self.on_udp_heartbeat(now, from, sender, conn_uid)
             }
             // The data plane decrypts before handing heartbeats over.
-            Ok(Datagram::Frame { .. } | Datagram::Encrypted { .. } | Datagram::Fragment { .. })
+            Ok(
+                Datagram::Frame { .. }
+                | Datagram::Encrypted { .. }
+                | Datagram::Fragment { .. }
+                | Datagram::Probe { .. },
+            )
             | Err(_) => self.stats.udp_unexpected += 1,
         }
         self.after(now);

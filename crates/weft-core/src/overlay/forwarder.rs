@@ -32,7 +32,7 @@
 //! from us, undecodable, unauthentic, replayed and (from a keyed peer) plaintext datagrams
 //! are dropped and counted.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
@@ -43,6 +43,7 @@ use weft_proto::{BROADCAST_PEER, EtherFrame, Mac, PeerName};
 
 use super::fragment::{self, REASSEMBLY_TIMEOUT, Reassembler};
 use super::mac_cache::{MacCache, MacOwner};
+use super::pmtu::PathMtus;
 use crate::crypto::{self, DataKey, PeerKeys, ReplayWindow, Secret};
 use crate::mesh::DataPlaneTable;
 
@@ -98,6 +99,9 @@ pub struct ForwarderStats {
     pub fast_path_skipped: u64,
     /// Frames received only to be relayed (their receiver got them by VXLAN).
     pub relay_only: u64,
+    /// ARP replies our bridge made on behalf of a container behind a fast peer, for a
+    /// request that came by sleeve: not sent (see [`Forwarder::set_proxied`]).
+    pub dropped_proxy_arp: u64,
     /// Datagrams cut into fragments, and the fragments sent.
     pub fragmented: u64,
     pub fragments_sent: u64,
@@ -138,6 +142,8 @@ struct Scratch(Vec<u8>);
 struct Fragmenter {
     /// Largest UDP payload one underlay packet carries.
     max: usize,
+    /// Less, towards neighbours whose path carries less (path MTU discovery).
+    per_dest: HashMap<SocketAddr, usize>,
     next_id: u32,
     whole: Vec<u8>,
     train: Vec<u8>,
@@ -148,7 +154,8 @@ struct Fragmenter {
 impl Fragmenter {
     fn send(&mut self, local: PeerName, to: SocketAddr, parts: &[&[u8]], out: &mut impl Output) {
         let len: usize = parts.iter().map(|p| p.len()).sum();
-        if len <= self.max {
+        let max = self.per_dest.get(&to).copied().unwrap_or(self.max);
+        if len <= max {
             out.send(to, parts);
             return;
         }
@@ -163,7 +170,7 @@ impl Fragmenter {
             &self.whole
         };
         self.next_id = self.next_id.wrapping_add(1);
-        let stride = fragment::fragment(local, self.next_id, whole, self.max, &mut self.train);
+        let stride = fragment::fragment(local, self.next_id, whole, max, &mut self.train);
         self.datagrams += 1;
         self.fragments += self.train.len().div_ceil(stride) as u64;
         out.send_train(to, &self.train, stride);
@@ -180,7 +187,11 @@ pub struct Forwarder {
     max_frame: usize,
     /// Neighbours reached by the kernel's VXLAN fast path.
     fast: BTreeSet<PeerName>,
+    /// MACs of containers behind fast peers, whose ARP our bridge answers itself.
+    proxied: HashSet<Mac>,
     frag: Fragmenter,
+    /// Each neighbour's path limit, once the interface's is known.
+    pmtu: Option<PathMtus>,
     reasm: Reassembler,
     last_reasm_expiry: Option<Instant>,
 }
@@ -215,8 +226,11 @@ impl Forwarder {
             scratch: Scratch::default(),
             max_frame: MAX_FRAME,
             fast: BTreeSet::new(),
+            proxied: HashSet::new(),
+            pmtu: None,
             frag: Fragmenter {
                 max: usize::MAX,
+                per_dest: HashMap::new(),
                 next_id: 0,
                 whole: Vec::new(),
                 train: Vec::new(),
@@ -232,12 +246,142 @@ impl Forwarder {
     /// datagrams are sent as fragments. Unset, nothing is cut (the kernel fragments, if it must).
     pub fn set_path_payload(&mut self, max: usize) {
         self.frag.max = max.max(sleeve::FRAGMENT_HEADER_LEN + 64);
+        self.pmtu = Some(PathMtus::new(self.frag.max));
+    }
+
+    /// When [`Forwarder::handle_timeout`] wants to be called (path MTU probes). Call it also
+    /// after [`Forwarder::set_table`], so new neighbours' paths are probed.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.pmtu.as_ref()?.poll_timeout()
+    }
+
+    /// Sends the path MTU probes that are due.
+    pub fn handle_timeout(&mut self, now: Instant, out: &mut impl Output) {
+        let Some(pmtu) = &mut self.pmtu else {
+            return;
+        };
+        pmtu.set_neighbours(now, &self.table.neighbours);
+        let mut probes = Vec::new();
+        pmtu.handle_timeout(now, &mut probes);
+        for p in probes {
+            let size = u16::try_from(p.size).unwrap_or(u16::MAX);
+            self.send_probe(p.peer, p.to, false, p.seq, size, out);
+        }
+        self.refresh_limits();
+    }
+
+    /// Each neighbour's path limit (largest UDP payload it is sent in one datagram).
+    pub fn path_limits(&self) -> Vec<(PeerName, usize)> {
+        self.pmtu
+            .as_ref()
+            .map(|m| m.limits().map(|(p, _, l)| (p, l)).collect())
+            .unwrap_or_default()
+    }
+
+    /// Path limit changes since the last call: (peer, old, new).
+    pub fn drain_path_changes(&mut self) -> Vec<(PeerName, usize, usize)> {
+        self.pmtu
+            .as_mut()
+            .map(PathMtus::drain_changes)
+            .unwrap_or_default()
+    }
+
+    fn refresh_limits(&mut self) {
+        if let Some(pmtu) = &self.pmtu {
+            self.frag.per_dest = pmtu
+                .limits()
+                .filter(|&(_, _, l)| l < self.frag.max)
+                .map(|(_, to, l)| (to, l))
+                .collect();
+        }
+    }
+
+    /// A probe of `size` bytes (or, with `ack`, the answer to one) to neighbour `peer` at
+    /// `to`, sealed like data when the peer has keys. Never cut into fragments: its size is
+    /// the question.
+    fn send_probe(
+        &mut self,
+        peer: PeerName,
+        to: SocketAddr,
+        ack: bool,
+        seq: u32,
+        size: u16,
+        out: &mut impl Output,
+    ) {
+        let local = self.table.local;
+        match self.crypto.get_mut(&peer) {
+            None => {
+                let mut d = Vec::new();
+                sleeve::encode_probe(local, ack, seq, size, &mut d);
+                out.send(to, &[&d]);
+            }
+            Some(pc) => {
+                let flags = if ack { sleeve::FLAG_PROBE_ACK } else { 0 };
+                let head = [sleeve::INNER_PROBE, flags];
+                let overhead = sleeve::ENCRYPTED_HEADER_LEN + 2 + sleeve::PROBE_BODY_LEN;
+                let padding = if ack {
+                    0
+                } else {
+                    usize::from(size).saturating_sub(overhead + crypto::TAG_LEN)
+                };
+                let pad = vec![0u8; padding];
+                let inner = [&head[..], &seq.to_be_bytes(), &size.to_be_bytes(), &pad[..]];
+                match seal(local, pc, &mut self.scratch.0, &inner) {
+                    Ok(d) => out.send(to, &[d]),
+                    Err(reason) => {
+                        self.count(reason);
+                        return;
+                    }
+                }
+                self.stats.encrypted += 1;
+            }
+        }
+        self.stats.sent_datagrams += 1;
+    }
+
+    /// A probe or probe answer from neighbour `sender`, `len` bytes long as received.
+    fn handle_probe(
+        &mut self,
+        sender: PeerName,
+        ack: bool,
+        seq: u32,
+        size: u16,
+        len: usize,
+        out: &mut impl Output,
+    ) {
+        let Some(&to) = self.table.neighbours.get(&sender) else {
+            self.stats.dropped_unknown_sender += 1;
+            return;
+        };
+        if ack {
+            if let Some(pmtu) = &mut self.pmtu {
+                pmtu.handle_ack(sender, seq, usize::from(size));
+            }
+            return;
+        }
+        if len != usize::from(size) {
+            self.stats.dropped_malformed += 1;
+            return;
+        }
+        // Answered to the neighbour's known address, never to where the probe claims to come
+        // from: a forged probe cannot aim our answers at anyone else.
+        self.send_probe(sender, to, true, seq, size, out);
     }
 
     /// The neighbours our bridge reaches through VXLAN: local frames to them no longer go by
     /// sleeve.
     pub fn set_fast(&mut self, fast: BTreeSet<PeerName>) {
         self.fast = fast;
+    }
+
+    /// The MACs our bridge answers ARP for (containers behind fast peers; its VXLAN port has
+    /// `neigh_suppress`). The bridge answers a request that came in by sleeve as well, out of
+    /// the sleeve's port, with the remote container's MAC as the frame's source: sent on, that
+    /// answer would teach the asker's router that the container is behind us, and its traffic
+    /// would come here to be dropped. The container itself answers the flooded request, so
+    /// such replies are dropped instead.
+    pub fn set_proxied(&mut self, macs: HashSet<Mac>) {
+        self.proxied = macs;
     }
 
     pub fn local(&self) -> PeerName {
@@ -362,6 +506,11 @@ impl Forwarder {
             self.stats.dropped_stp += 1;
             return;
         }
+        if eth.ethertype() == weft_proto::ether::ETHERTYPE_ARP && self.proxied.contains(&eth.src())
+        {
+            self.stats.dropped_proxy_arp += 1;
+            return;
+        }
         self.macs.learn(now, eth.src(), MacOwner::Local);
         let local = self.table.local;
         let dst_peer = if dst.is_multicast() {
@@ -449,6 +598,20 @@ impl Forwarder {
                     out.to_control(from, datagram);
                     return;
                 }
+                Ok(Datagram::Probe {
+                    sender,
+                    ack,
+                    seq,
+                    size,
+                }) => {
+                    if self.crypto.contains_key(&sender) {
+                        self.stats.dropped_plaintext += 1;
+                        return;
+                    }
+                    let len = datagram.len();
+                    self.handle_probe(sender, ack, seq, size, len, out);
+                    return;
+                }
                 Ok(Datagram::Encrypted {
                     sender,
                     epoch,
@@ -498,6 +661,17 @@ impl Forwarder {
                                 g + GSO_LEN,
                                 end,
                             )
+                        }
+                        sleeve::INNER_PROBE if inner.len() >= 2 + sleeve::PROBE_BODY_LEN => {
+                            let Ok((ack, seq, size)) =
+                                sleeve::decode_probe_body(inner[1], &inner[2..])
+                            else {
+                                self.stats.dropped_malformed += 1;
+                                return;
+                            };
+                            let len = datagram.len();
+                            self.handle_probe(sender, ack, seq, size, len, out);
+                            return;
                         }
                         sleeve::INNER_HEARTBEAT if inner.len() == 9 => {
                             let conn_uid =
@@ -799,6 +973,26 @@ mod tests {
     }
 
     #[test]
+    fn the_bridges_arp_answers_for_fast_peers_containers_stay_home() {
+        let now = Instant::now();
+        let mut f = Forwarder::new(pn(1));
+        f.set_table(table_for_1());
+        let remote = [2, 0, 0, 0, 0, 0xc];
+        f.set_proxied(HashSet::from([Mac(remote)]));
+        let mut out = Rec::default();
+        let mut arp = frame([2, 0, 0, 0, 0, 0xa], remote);
+        arp[12..14].copy_from_slice(&weft_proto::ether::ETHERTYPE_ARP.to_be_bytes());
+        f.handle_local_frame(now, &arp, &mut out);
+        assert!(out.sent.is_empty());
+        assert_eq!(f.stats().dropped_proxy_arp, 1);
+        // Not learnt as ours either.
+        assert_eq!(f.macs().lookup(&Mac(remote)), None);
+        // Anything else from that MAC is forwarded as usual.
+        f.handle_local_frame(now, &frame([0xff; 6], remote), &mut out);
+        assert_eq!(out.sent.len(), 1);
+    }
+
+    #[test]
     fn floods_unknown_then_unicasts_learned() {
         let now = Instant::now();
         let mut f = Forwarder::new(pn(1));
@@ -938,6 +1132,92 @@ mod tests {
         let mut f = frame([0xff; 6], [2, 0, 0, 0, 0, 0xa]);
         f.extend_from_slice(b"SECRET-MARKER-STRING");
         f
+    }
+
+    /// a probes b's path, which carries payloads up to `limit`; b answers. Returns a's limit
+    /// for b once settled, and whether every probe a sent had the size it announced.
+    fn probe_path(keyed: bool, limit: usize) -> usize {
+        let (mut a, mut b) = two_peers_keyed(keyed);
+        a.set_path_payload(1472);
+        let mut now = Instant::now();
+        for _ in 0..20 {
+            let mut out = Rec::default();
+            a.handle_timeout(now, &mut out);
+            for (to, mut d) in out.sent {
+                assert_eq!(to, addr(2));
+                if keyed {
+                    assert_eq!(Datagram::kind(&d), Some(sleeve::Kind::Encrypted));
+                }
+                if d.len() > limit {
+                    continue;
+                }
+                let mut back = Rec::default();
+                b.handle_datagram(now, addr(1), &mut d, &mut back);
+                assert_eq!(back.sent.len(), 1, "one answer per probe");
+                for (to, mut ack) in back.sent {
+                    assert_eq!(to, addr(1));
+                    assert!(ack.len() < 64, "answers are small");
+                    a.handle_datagram(now, addr(2), &mut ack, &mut Rec::default());
+                }
+            }
+            now = a.poll_timeout().unwrap();
+        }
+        a.path_limits()[0].1
+    }
+
+    #[test]
+    fn probes_find_the_path_limit_plain_and_sealed() {
+        for keyed in [false, true] {
+            assert_eq!(probe_path(keyed, 1472), 1472);
+            let l = probe_path(keyed, 672);
+            assert!((664..=672).contains(&l), "keyed {keyed}: {l}");
+        }
+    }
+
+    #[test]
+    fn datagrams_to_a_narrow_path_are_cut_to_its_limit() {
+        let (mut a, mut b) = two_peers_keyed(false);
+        a.set_path_payload(1472);
+        let mut now = Instant::now();
+        for _ in 0..20 {
+            let mut out = Rec::default();
+            a.handle_timeout(now, &mut out);
+            for (_, mut d) in out.sent.into_iter().filter(|(_, d)| d.len() <= 672) {
+                let mut back = Rec::default();
+                b.handle_datagram(now, addr(1), &mut d, &mut back);
+                for (_, mut ack) in back.sent {
+                    a.handle_datagram(now, addr(2), &mut ack, &mut Rec::default());
+                }
+            }
+            now = a.poll_timeout().unwrap();
+        }
+        let mut f = frame([0xff; 6], [2, 0, 0, 0, 0, 0xa]);
+        f.resize(1450, 7);
+        let mut out = Rec::default();
+        a.handle_local_frame(now, &f, &mut out);
+        assert!(out.sent.len() >= 3, "{} datagrams", out.sent.len());
+        assert!(out.sent.iter().all(|(_, d)| d.len() <= 672));
+        let mut got = Rec::default();
+        for (_, mut d) in out.sent {
+            b.handle_datagram(now, addr(1), &mut d, &mut got);
+        }
+        assert_eq!(got.injected, [f]);
+    }
+
+    #[test]
+    fn probes_from_strangers_or_in_clear_from_keyed_peers_are_not_answered() {
+        let (_, mut b) = two_peers_keyed(true);
+        let mut d = Vec::new();
+        sleeve::encode_probe(pn(1), false, 1, 600, &mut d);
+        let mut out = Rec::default();
+        b.handle_datagram(Instant::now(), addr(1), &mut d, &mut out);
+        assert!(out.sent.is_empty());
+        assert_eq!(b.stats().dropped_plaintext, 1);
+        let (_, mut b) = two_peers_keyed(false);
+        sleeve::encode_probe(pn(9), false, 1, 600, &mut d);
+        b.handle_datagram(Instant::now(), addr(9), &mut d, &mut out);
+        assert!(out.sent.is_empty());
+        assert_eq!(b.stats().dropped_unknown_sender, 1);
     }
 
     #[test]

@@ -7,6 +7,7 @@
 mod forwarder;
 pub mod fragment;
 mod mac_cache;
+pub mod pmtu;
 
 pub use forwarder::{Forwarder, ForwarderStats, MAX_FRAME, Output};
 pub use mac_cache::{MacCache, MacOwner};
