@@ -157,6 +157,7 @@ pub async fn render(app: &App) -> Result<String, ApiError> {
         ("auth_failed", s.dropped_auth),
         ("replay", s.dropped_replay),
         ("plaintext", s.dropped_plaintext),
+        ("proxy_arp", s.dropped_proxy_arp),
     ] {
         drops
             .get_or_create(&ReasonLabel {

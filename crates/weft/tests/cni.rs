@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
-use weft_testbed::Testbed;
+use weft_testbed::{Posture, Testbed};
 
 const WEFT: &str = env!("CARGO_BIN_EXE_weft");
 const CONVERGE: Duration = Duration::from_secs(30);
@@ -21,7 +21,11 @@ fn testbed(tag: &str, n: usize) -> Option<Testbed> {
     if !weft_testbed::require() {
         return None;
     }
-    Some(Testbed::new(tag, n, Path::new(WEFT)).expect("building the test bed"))
+    // Pods live on Kubernetes nodes: Docker's posture and kube-proxy's chains.
+    Some(
+        Testbed::with_posture(tag, n, Path::new(WEFT), Posture::Kube)
+            .expect("building the test bed"),
+    )
 }
 
 /// Two connected hosts, with the plugins installed by `weft setup-cni` into the test bed's
@@ -171,6 +175,8 @@ fn pods_on_two_hosts_reach_each_other_and_are_cleaned_up() -> Result<()> {
     let exposed = tb.weft_ok(1, &["ps", "weave:expose"])?;
     assert!(exposed.contains(&gw1), "{exposed}");
 
+    // A host on the underlay beyond the nodes, for the pods' egress.
+    let world = tb.outside("world", std::net::Ipv4Addr::new(198, 18, 0, 200))?;
     // Inside the pod: eth0 with the address, the default route via the host.
     let show = |ns: &str, args: &[&str]| {
         String::from_utf8_lossy(&tb.exec(ns, "ip", args).stdout).into_owned()
@@ -189,6 +195,15 @@ fn pods_on_two_hosts_reach_each_other_and_are_cleaned_up() -> Result<()> {
     tb.wait_ping(&p1, &a2, CONVERGE)?;
     tb.wait_ping(&p2, &a1, CONVERGE)?;
     tb.wait_ping(&p1, &gw1, CONVERGE)?;
+    // Beyond the node: the pod's default route via the node, masqueraded there, reaches a
+    // host on the underlay that has no route back to the overlay.
+    tb.wait_ping(&p1, "198.18.0.200", CONVERGE)?;
+    assert!(
+        !tb.exec(&world, "ping", &["-c", "1", "-W", "1", &a1])
+            .status
+            .success(),
+        "the world reached a pod directly"
+    );
 
     // CHECK with the previous result, as runtimes do.
     let mut check_conf = conf.clone();
