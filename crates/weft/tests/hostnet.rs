@@ -25,27 +25,7 @@ fn testbed(tag: &str, n: usize) -> Option<Testbed> {
 }
 
 fn launch(tb: &Testbed, n: usize, extra: &[&str]) -> Result<()> {
-    for i in 1..=n {
-        let mut args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-        args.extend((1..i).map(|j| tb.host(j).ip.to_string()));
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        tb.launch(i, &args)?;
-    }
-    if n == 1 {
-        return Ok(());
-    }
-    let want = format!("Peers: {n} (with {} established connections)", n * (n - 1));
-    for i in 1..=n {
-        Testbed::wait_for(CONVERGE, || {
-            let s = tb.weft_ok(i, &["status"])?;
-            if s.contains(&want) {
-                Ok(())
-            } else {
-                bail!("h{i}: {s}")
-            }
-        })?;
-    }
-    Ok(())
+    tb.launch_mesh(n, extra)
 }
 
 fn attach(tb: &mut Testbed, host: usize, name: &str, args: &[&str]) -> Result<(String, String)> {

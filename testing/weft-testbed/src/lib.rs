@@ -259,44 +259,30 @@ impl Testbed {
             run_dir: self.dir.join(format!("h{i}/run")),
         };
         self.hosts.push(host);
-        let port = format!("h{i}");
-        ip(&[
-            "-n",
-            &ns,
-            "link",
-            "add",
-            "eth0",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &port,
-            "netns",
-            &self.underlay,
-        ])?;
-        ip(&[
-            "-n",
-            &self.underlay,
-            "link",
-            "set",
-            &port,
-            "master",
-            "br0",
-            "up",
-        ])?;
-        ip(&[
-            "-n",
-            &ns,
-            "addr",
-            "add",
-            &format!("{hostip}/24"),
-            "dev",
-            "eth0",
-        ])?;
-        ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
+        self.plug_into_underlay(&ns, &format!("h{i}"), hostip)?;
         ip(&["-n", &ns, "link", "set", "lo", "up"])?;
         self.apply_posture(&ns)?;
         Ok(())
+    }
+
+    /// Gives namespace `ns` an `eth0` with `addr`/24, plugged into the underlay bridge as
+    /// port `port`.
+    fn plug_into_underlay(&self, ns: &str, port: &str, addr: Ipv4Addr) -> Result<()> {
+        let u = self.underlay.as_str();
+        ip(&[
+            "-n", ns, "link", "add", "eth0", "type", "veth", "peer", "name", port, "netns", u,
+        ])?;
+        ip(&["-n", u, "link", "set", port, "master", "br0", "up"])?;
+        ip(&[
+            "-n",
+            ns,
+            "addr",
+            "add",
+            &format!("{addr}/24"),
+            "dev",
+            "eth0",
+        ])?;
+        ip(&["-n", ns, "link", "set", "eth0", "up"])
     }
 
     fn apply_posture(&self, ns: &str) -> Result<()> {
@@ -483,6 +469,32 @@ impl Testbed {
         self.weft_ok(i, &args)
     }
 
+    /// Launches hosts 1..=n as the tutorial does (each given the ones before it), each with
+    /// `extra` flags, and waits until every one sees the full mesh.
+    pub fn launch_mesh(&self, n: usize, extra: &[&str]) -> Result<()> {
+        for i in 1..=n {
+            let mut args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+            args.extend((1..i).map(|j| self.host(j).ip.to_string()));
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            self.launch(i, &args)?;
+        }
+        if n < 2 {
+            return Ok(());
+        }
+        let want = format!("Peers: {n} (with {} established connections)", n * (n - 1));
+        for i in 1..=n {
+            Self::wait_for(Duration::from_secs(30), || {
+                let s = self.weft_ok(i, &["status"])?;
+                if s.contains(&want) {
+                    Ok(())
+                } else {
+                    bail!("h{i} is not meshed yet:\n{s}")
+                }
+            })?;
+        }
+        Ok(())
+    }
+
     /// The router PID on host `i`, from its pid file.
     pub fn router_pid(&self, i: usize) -> Option<u32> {
         std::fs::read_to_string(self.host(i).run_dir.join("weft.pid"))
@@ -509,40 +521,7 @@ impl Testbed {
     pub fn outside(&mut self, name: &str, addr: Ipv4Addr) -> Result<String> {
         let ns = self.container(name)?;
         let port = format!("o{}", self.containers.len());
-        ip(&[
-            "-n",
-            &ns,
-            "link",
-            "add",
-            "eth0",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &port,
-            "netns",
-            &self.underlay,
-        ])?;
-        ip(&[
-            "-n",
-            &self.underlay,
-            "link",
-            "set",
-            &port,
-            "master",
-            "br0",
-            "up",
-        ])?;
-        ip(&[
-            "-n",
-            &ns,
-            "addr",
-            "add",
-            &format!("{addr}/24"),
-            "dev",
-            "eth0",
-        ])?;
-        ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
+        self.plug_into_underlay(&ns, &port, addr)?;
         Ok(ns)
     }
 
@@ -660,7 +639,12 @@ impl Testbed {
 
     /// Loads nftables `rules` (a ruleset text) into host `a`'s firewall.
     pub fn nft(&self, a: usize, rules: &str) -> Result<()> {
-        let mut c = self.cmd_in(&self.host(a).netns, "nft");
+        self.nft_in(&self.host(a).netns, rules)
+    }
+
+    /// Loads nftables `rules` into namespace `ns`.
+    fn nft_in(&self, ns: &str, rules: &str) -> Result<()> {
+        let mut c = self.cmd_in(ns, "nft");
         c.args(["-f", "-"]).stdin(Stdio::piped());
         let mut child = c.spawn().context("running nft (is nftables installed?)")?;
         use std::io::Write;
@@ -715,19 +699,7 @@ impl Testbed {
                }}
              }}"
         );
-        let mut c = self.cmd_in(&self.underlay, "nft");
-        c.args(["-f", "-"]).stdin(Stdio::piped());
-        let mut child = c.spawn().context("running nft")?;
-        use std::io::Write;
-        child
-            .stdin
-            .take()
-            .expect("piped stdin")
-            .write_all(rules.as_bytes())?;
-        if !child.wait()?.success() {
-            bail!("nft refused:\n{rules}");
-        }
-        Ok(())
+        self.nft_in(&self.underlay, &rules)
     }
 
     /// Drops UDP to and from `port` in host `a`'s firewall (e.g. VXLAN's 6784), both ways.

@@ -308,35 +308,20 @@ impl Forwarder {
         size: u16,
         out: &mut impl Output,
     ) {
-        let local = self.table.local;
-        match self.crypto.get_mut(&peer) {
-            None => {
-                let mut d = Vec::new();
-                sleeve::encode_probe(local, ack, seq, size, &mut d);
-                out.send(to, &[&d]);
-            }
-            Some(pc) => {
-                let flags = if ack { sleeve::FLAG_PROBE_ACK } else { 0 };
-                let head = [sleeve::INNER_PROBE, flags];
-                let overhead = sleeve::ENCRYPTED_HEADER_LEN + 2 + sleeve::PROBE_BODY_LEN;
-                let padding = if ack {
-                    0
-                } else {
-                    usize::from(size).saturating_sub(overhead + crypto::TAG_LEN)
-                };
-                let pad = vec![0u8; padding];
-                let inner = [&head[..], &seq.to_be_bytes(), &size.to_be_bytes(), &pad[..]];
-                match seal(local, pc, &mut self.scratch.0, &inner) {
-                    Ok(d) => out.send(to, &[d]),
-                    Err(reason) => {
-                        self.count(reason);
-                        return;
-                    }
-                }
-                self.stats.encrypted += 1;
-            }
-        }
-        self.stats.sent_datagrams += 1;
+        // Probes are rare (a few per neighbour a minute): building both forms costs nothing.
+        let mut plain = Vec::new();
+        sleeve::encode_probe(self.table.local, ack, seq, size, &mut plain);
+        let flags = if ack { sleeve::FLAG_PROBE_ACK } else { 0 };
+        let head = [sleeve::INNER_PROBE, flags];
+        let overhead = sleeve::ENCRYPTED_HEADER_LEN + head.len() + sleeve::PROBE_BODY_LEN;
+        let padding = if ack {
+            0
+        } else {
+            usize::from(size).saturating_sub(overhead + crypto::TAG_LEN)
+        };
+        let pad = vec![0u8; padding];
+        let inner = [&head[..], &seq.to_be_bytes(), &size.to_be_bytes(), &pad[..]];
+        self.send_single(peer, to, &plain, &inner, out);
     }
 
     /// A probe or probe answer from neighbour `sender`, `len` bytes long as received.
@@ -737,11 +722,24 @@ impl Forwarder {
             self.stats.dropped_malformed += 1;
             return;
         };
+        let inner = [&[sleeve::INNER_HEARTBEAT][..], &conn_uid.to_be_bytes()];
+        self.send_single(peer, to, datagram, &inner, out);
+    }
+
+    /// Sends one datagram to neighbour `peer` at `to`, never cut into fragments: `plain` as
+    /// it is, or `inner` sealed when the peer has keys.
+    fn send_single(
+        &mut self,
+        peer: PeerName,
+        to: SocketAddr,
+        plain: &[u8],
+        inner: &[&[u8]],
+        out: &mut impl Output,
+    ) {
         match self.crypto.get_mut(&peer) {
-            None => out.send(to, &[datagram]),
+            None => out.send(to, &[plain]),
             Some(pc) => {
-                let inner = [&[sleeve::INNER_HEARTBEAT][..], &conn_uid.to_be_bytes()];
-                match seal(self.table.local, pc, &mut self.scratch.0, &inner) {
+                match seal(self.table.local, pc, &mut self.scratch.0, inner) {
                     Ok(d) => out.send(to, &[d]),
                     Err(reason) => {
                         self.count(reason);
