@@ -420,6 +420,22 @@ pub async fn run(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Result<(),
             }
             icfg.request_timeout = s.timeout;
             let persisted = state.load_json::<Option<weft_proto::ipam::Persisted>>(IPAM_FILE)?;
+            let persisted = match persisted {
+                // Another peer's allocations (a new --name, or a name generated anew after the
+                // peer-name file went): as Weave did, start as the new peer. The old state is
+                // kept aside rather than deleted, in case the name change was a mistake.
+                Some(p) if p.name != name => {
+                    let aside = state.set_aside(IPAM_FILE, &p.name.to_string())?;
+                    warn!(
+                        "the saved IP allocation state belongs to peer {}, but this router is {name}: set it aside as {} and starting as the new peer (launch with --name {} to take it up again)",
+                        p.name,
+                        aside.display(),
+                        p.name
+                    );
+                    None
+                }
+                p => p,
+            };
             Some((icfg, persisted))
         }
     };

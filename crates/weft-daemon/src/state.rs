@@ -3,7 +3,12 @@
 //! - `static-key`: with a password, this host's long-term Curve25519 key (hex, mode 0600),
 //!   which peers see in every handshake;
 //! - `targets.json`: the direct targets, for `weft launch --resume`;
-//! - `containers.json`: containers attached to the overlay, for `ps`, `detach` and cleanup.
+//! - `containers.json`: containers attached to the overlay, for `ps`, `detach` and cleanup;
+//! - `known-peers.json`: peers exchanged data with, redialled by `--resume`;
+//! - `ipam.json`: this peer's IP allocation state (`ipam.json.<peer>`: another peer's, set
+//!   aside when the router started under a new name).
+//!
+//! `weft reset` removes all of them.
 //!
 //! Every write goes to a temporary file that is fsynced and renamed over the old one, so a
 //! crash leaves either the old or the new version, never a torn one.
@@ -110,6 +115,74 @@ impl StateDir {
         }
     }
 
+    /// Renames `file` to `file.TAG` (or `file.TAG.N` if that is taken), keeping it out of the
+    /// way without losing it; returns the new path.
+    pub fn set_aside(&self, file: &str, tag: &str) -> Result<PathBuf, StateError> {
+        let from = self.path(file);
+        let tag: String = tag
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' {
+                    c
+                } else {
+                    '-'
+                }
+            })
+            .collect();
+        let mut to = self.path(&format!("{file}.{tag}"));
+        let mut n = 1;
+        while to.exists() {
+            to = self.path(&format!("{file}.{tag}.{n}"));
+            n += 1;
+        }
+        std::fs::rename(&from, &to).map_err(|source| StateError::Io {
+            path: from.clone(),
+            source,
+        })?;
+        Ok(to)
+    }
+
+    /// Removes every file weft keeps here (`weft reset`), set-aside ones included; returns
+    /// their names.
+    pub fn remove_all(&self) -> Result<Vec<String>, StateError> {
+        const OURS: [&str; 6] = [
+            "peer-name",
+            "static-key",
+            "targets.json",
+            "known-peers.json",
+            "containers.json",
+            "ipam.json",
+        ];
+        let mut removed = Vec::new();
+        let entries = match std::fs::read_dir(&self.root) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(removed),
+            Err(source) => {
+                return Err(StateError::Io {
+                    path: self.root.clone(),
+                    source,
+                });
+            }
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let ours = OURS.iter().any(|o| {
+                name == *o
+                    || name.starts_with(&format!("{o}."))
+                    || (name.starts_with(&format!(".{o}")) && name.ends_with(".tmp"))
+            });
+            if ours {
+                std::fs::remove_file(entry.path()).map_err(|source| StateError::Io {
+                    path: entry.path(),
+                    source,
+                })?;
+                removed.push(name);
+            }
+        }
+        removed.sort();
+        Ok(removed)
+    }
+
     pub fn load_json<T: DeserializeOwned + Default>(&self, file: &str) -> Result<T, StateError> {
         let path = self.path(file);
         match std::fs::read(&path) {
@@ -210,6 +283,33 @@ mod tests {
         );
         std::fs::write(s.path("static-key"), "zz").unwrap();
         assert!(matches!(s.static_key(&e), Err(StateError::Corrupt { .. })));
+        std::fs::remove_dir_all(d).unwrap();
+    }
+
+    #[test]
+    fn set_aside_keeps_every_version_and_reset_removes_all_of_ours() {
+        let d = tmpdir();
+        let s = StateDir::open(&d).unwrap();
+        for _ in 0..2 {
+            s.save_json("ipam.json", &1).unwrap();
+            s.set_aside("ipam.json", "aa:bb").unwrap();
+        }
+        assert!(s.path("ipam.json.aa-bb").exists() && s.path("ipam.json.aa-bb.1").exists());
+        assert!(!s.path("ipam.json").exists());
+        s.save_json("ipam.json", &2).unwrap();
+        s.peer_name(None, 5).unwrap();
+        std::fs::write(d.join("not-ours"), "x").unwrap();
+        let removed = s.remove_all().unwrap();
+        assert_eq!(
+            removed,
+            [
+                "ipam.json",
+                "ipam.json.aa-bb",
+                "ipam.json.aa-bb.1",
+                "peer-name"
+            ]
+        );
+        assert!(d.join("not-ours").exists(), "only weft's files go");
         std::fs::remove_dir_all(d).unwrap();
     }
 

@@ -293,14 +293,9 @@ pub fn reset(cli: &Cli, force: bool, bridge: &str) -> Result<()> {
             eprintln!("removed weft's firewall rules ({})", tables.join(", "));
         }
     }
-    for f in ["peer-name", "targets.json", "containers.json"] {
-        let p = cli.state_dir.join(f);
-        match std::fs::remove_file(&p) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e).with_context(|| format!("removing {}", p.display())),
-        }
-    }
+    // Every state file (allocations, peer name, keys, targets, containers), so the next
+    // launch starts as a new peer with nothing of this one's.
+    weft_daemon::state::StateDir::open(&cli.state_dir)?.remove_all()?;
     let _ = std::fs::remove_file(cli.run_dir.join(PID_FILE));
     if !removed.is_empty() {
         eprintln!("removed {}", removed.join(", "));
