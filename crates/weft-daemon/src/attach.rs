@@ -665,7 +665,7 @@ async fn configure_inside(
     }
     let mut reached: Vec<Ipv4Addr> = Vec::new();
     for r in &opts.routes {
-        match r.gw {
+        let added = match r.gw {
             Some(gw) => {
                 // A gateway outside the container's subnets is reached by a host route first.
                 if !cidrs.iter().any(|c| c.contains(&gw)) && !reached.contains(&gw) {
@@ -673,9 +673,15 @@ async fn configure_inside(
                     nl.add_link_route(l.index, host).await?;
                     reached.push(gw);
                 }
-                nl.add_gateway_route(l.index, r.dst, gw).await?;
+                nl.add_gateway_route(l.index, r.dst, gw).await
             }
-            None => nl.add_link_route(l.index, r.dst).await?,
+            None => nl.add_link_route(l.index, r.dst).await,
+        };
+        match added {
+            // A route the kernel made already (the container's own subnet, which CNI
+            // configurations often list): there, as asked, as with the reference plugins.
+            Err(e) if e.is_exists() => {}
+            r => r?,
         }
     }
     if opts.multicast_route {

@@ -5,7 +5,7 @@
 //! | `POST /ip/{id}` | allocate in the default subnet (idempotent per id) | `10.32.0.1/12` |
 //! | `POST /ip/{id}/{ip}/{len}` | allocate in that subnet | `10.40.0.1/16` |
 //! | `PUT /ip/{id}/{ip}[/{len}]` | claim exactly that address | 204 |
-//! | `GET /ip/{id}[/{ip}/{len}]` | the id's addresses (in the subnet) | space-separated CIDRs |
+//! | `GET /ip/{id}[/{ip}/{len}]` | the id's addresses (in the subnet); 404 if none | space-separated CIDRs |
 //! | `DELETE /ip/{id}[/{ip}]` | release all (or one) | 204 |
 //! | `GET /ring` | wait until IP allocation is initialised | 200 |
 //! | `GET /ipinfo/defaultsubnet` | the default subnet | `10.32.0.0/12` |
@@ -138,12 +138,20 @@ async fn do_lookup(
     ident: String,
     subnet: Option<Ipv4Net>,
 ) -> Result<Response, ApiError> {
+    let id = ident.clone();
     let nets = ipam(app, |reply| IpamCmd::Lookup {
         ident,
         subnet,
         reply,
     })
     .await?;
+    // As Weave's API: an id holding nothing (never allocated, or released) is not found.
+    if nets.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no addresses for {id}"),
+        ));
+    }
     let text: Vec<String> = nets.iter().map(ToString::to_string).collect();
     Ok(format!("{}\n", text.join(" ")).into_response())
 }

@@ -338,10 +338,12 @@ fn ipam_plugin_versions_and_errors() -> Result<()> {
     assert_eq!(e["code"], json!(4), "{e}");
     // Addresses from the subnet the configuration names, and its gateway and routes in the
     // pod instead of the host's address (a route without a gateway goes via ipam.gateway).
+    // A route to the pod's own subnet, which the kernel made already, is no error.
     let mut taken = conf.clone();
     taken["ipam"] = json!({
         "subnet": "10.44.0.0/16", "gateway": "10.44.255.254",
-        "routes": [{"dst": "0.0.0.0/0"}, {"dst": "192.168.77.0/24", "gw": "10.44.255.253"}]
+        "routes": [{"dst": "0.0.0.0/0"}, {"dst": "192.168.77.0/24", "gw": "10.44.255.253"},
+                   {"dst": "10.44.0.0/16"}]
     });
     let ok = ok_json(&cni(&tb, 1, &bin, "weft-net", &add_env("ok", &n), &taken)?)?;
     assert!(
