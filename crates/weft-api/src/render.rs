@@ -133,8 +133,9 @@ pub fn ipam(r: &Report) -> String {
     let Some(i) = &r.ipam else {
         return "IP address allocation is disabled\n".into();
     };
+    // As Weave: nothing before the ring exists; why not yet is in `weft status` (Status:).
     if i.owners.is_empty() {
-        let _ = writeln!(out, "no IP allocation ring yet: {}", i.status);
+        return out;
     }
     let total = i.range_num_ips.max(1) as f64;
     let mut owners: Vec<&crate::types::IpamOwnerReport> = i.owners.iter().collect();
@@ -281,6 +282,23 @@ mod tests {
     use super::*;
     use crate::types::*;
 
+    #[test]
+    fn the_report_carries_weaves_version_check_disabled() {
+        let v: serde_json::Value = serde_json::to_value(report()).unwrap();
+        assert_eq!(v["VersionCheck"]["Enabled"], serde_json::json!(false));
+        assert_eq!(v["VersionCheck"]["NewVersion"], serde_json::json!(""));
+    }
+
+    #[test]
+    fn status_ipam_is_empty_before_a_ring_exists() {
+        let mut r = report();
+        r.ipam = Some(IpamReport {
+            status: "awaiting consensus (quorum: 2, known: 1)".into(),
+            ..Default::default()
+        });
+        assert_eq!(ipam(&r), "");
+    }
+
     fn report() -> Report {
         let conn = |peer: &str, nick: &str, est: bool| PeerConnectionReport {
             name: peer.into(),
@@ -292,6 +310,7 @@ mod tests {
         Report {
             ready: true,
             version: "0.1.0".into(),
+            version_check: Default::default(),
             router: RouterReport {
                 protocol: "weft".into(),
                 protocol_min_version: 1,

@@ -11,6 +11,10 @@ use serde::{Deserialize, Serialize};
 pub struct Report {
     pub ready: bool,
     pub version: String,
+    /// Weave's new-version check; weft never phones home, so it is always disabled (the
+    /// object stays for scripts that read `.VersionCheck.Enabled`).
+    #[serde(default)]
+    pub version_check: VersionCheckReport,
     pub router: RouterReport,
     #[serde(rename = "IPAM", default, skip_serializing_if = "Option::is_none")]
     pub ipam: Option<IpamReport>,
@@ -25,6 +29,27 @@ pub struct Report {
     /// weft's own: why the Docker integration is off, when Docker could not be reached.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub docker_unavailable: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct VersionCheckReport {
+    pub enabled: bool,
+    pub success: bool,
+    pub new_version: String,
+    /// Go's zero time, as Weave printed it with the check disabled.
+    pub next_check_at: String,
+}
+
+impl Default for VersionCheckReport {
+    fn default() -> Self {
+        VersionCheckReport {
+            enabled: false,
+            success: false,
+            new_version: String::new(),
+            next_check_at: "0001-01-01T00:00:00Z".into(),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]

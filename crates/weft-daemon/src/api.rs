@@ -333,6 +333,7 @@ pub async fn build_report(app: &App) -> Result<Report, ApiError> {
     Ok(Report {
         ready: true,
         version: app.version.clone(),
+        version_check: Default::default(),
         router: RouterReport {
             protocol: "weft".into(),
             protocol_min_version: st.protocol_min,
@@ -936,10 +937,12 @@ async fn detach(State(app): AppState, body: Bytes) -> Result<Response, ApiError>
         return Ok(axum::Json(released).into_response());
     }
     req.container = crate::docker::resolve(&app, &req.container).await?.0;
-    let specs = parse_specs(&req.addrs)?;
-    let remove = if specs.is_empty() {
-        None
-    } else {
+    let mut specs = parse_specs(&req.addrs)?;
+    // As Weave: no address means what `attach` with no address gives, the default subnet's.
+    if specs.is_empty() {
+        specs.push(AddrSpec::DefaultSubnet);
+    }
+    let remove = {
         let Some(entry) = app.attacher.lookup(&req.container).await? else {
             return Err(ApiError::new(
                 StatusCode::NOT_FOUND,
@@ -1110,14 +1113,13 @@ async fn ps(State(app): AppState, RawQuery(q): RawQuery) -> Result<Response, Api
     let mut list = Vec::new();
     let everything = only.is_empty();
     if everything || only.iter().any(|o| o == EXPOSE_IDENT) {
+        // Always listed, as Weave's ps did: the host's line, with its addresses once exposed.
         let (mac, nets) = app.attacher.exposed().await?;
-        if !nets.is_empty() {
-            list.push(ContainerEntry {
-                id: EXPOSE_IDENT.to_string(),
-                mac,
-                cidrs: nets,
-            });
-        }
+        list.push(ContainerEntry {
+            id: EXPOSE_IDENT.to_string(),
+            mac,
+            cidrs: nets,
+        });
     }
     let mut containers = Vec::new();
     for o in only.into_iter().filter(|o| o != EXPOSE_IDENT) {

@@ -345,7 +345,10 @@ fn detach_and_vanished_containers_release_addresses() -> Result<()> {
             bail!("still allocated: {st} {body}")
         }
     })?;
-    assert_eq!(tb.weft_ok(1, &["ps"])?, "");
+    assert_eq!(
+        weft_testbed::ps_only_the_host(&tb.weft_ok(1, &["ps"])?),
+        Ok(())
+    );
     eprintln!("released {:?} after the namespace went", start.elapsed());
     assert_eq!(attach(&tb, 1, &[], &c3)?, "10.32.0.1");
     Ok(())
@@ -464,7 +467,10 @@ fn expose_gives_the_host_an_overlay_address() -> Result<()> {
     let (_, body) = http(&tb, 1, "GET", "/ip/weave:expose");
     assert_eq!(body.trim(), format!("{e}/12"));
     assert_eq!(tb.weft_ok(1, &["hide"])?.trim(), e);
-    assert_eq!(tb.weft_ok(1, &["ps"])?, "");
+    assert_eq!(
+        weft_testbed::ps_only_the_host(&tb.weft_ok(1, &["ps"])?),
+        Ok(())
+    );
     let (st, _) = http(&tb, 1, "GET", "/ip/weave:expose");
     assert_eq!(st, 404, "hide released the address");
     Ok(())
@@ -508,6 +514,27 @@ fn reset_starts_clean_and_a_new_name_sets_the_old_state_aside() -> Result<()> {
         tb.router_log(1).contains("set it aside"),
         "{}",
         tb.router_log(1)
+    );
+    Ok(())
+}
+
+/// `detach C` with no address takes what `attach C` with no address gave (the default
+/// subnet's addresses) and prints it, leaving addresses in other subnets, as Weave's did.
+#[test]
+fn detach_without_addresses_takes_the_default_subnets() -> Result<()> {
+    let Some(mut tb) = testbed("dtd", 1) else {
+        return Ok(());
+    };
+    tb.launch(1, &["--ipalloc-default-subnet=10.32.0.0/16"])?;
+    let c = tb.container("c")?;
+    let default = attach(&tb, 1, &[], &c)?;
+    let other = attach(&tb, 1, &["net:10.33.0.0/16"], &c)?;
+    assert!(default.starts_with("10.32.") && other.starts_with("10.33."));
+    assert_eq!(tb.weft_ok(1, &["detach", &c])?.trim(), default);
+    let ps = tb.weft_ok(1, &["ps", &c])?;
+    assert!(
+        ps.contains(&format!("{other}/16")) && !ps.contains(&default),
+        "{ps}"
     );
     Ok(())
 }

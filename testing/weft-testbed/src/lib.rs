@@ -934,6 +934,16 @@ pub mod measure {
     }
 }
 
+/// Whether `weft ps` output lists nothing but the host's own line (which it always shows),
+/// unexposed; the output is the error otherwise.
+pub fn ps_only_the_host(ps: &str) -> std::result::Result<(), String> {
+    let lines: Vec<&str> = ps.lines().collect();
+    match lines[..] {
+        [one] if one.starts_with("weave:expose ") && one.split_whitespace().count() == 2 => Ok(()),
+        _ => Err(ps.to_string()),
+    }
+}
+
 /// Finds the `weft` binary: `$WEFT_BIN`, else next to the running executable.
 pub fn weft_binary() -> Result<PathBuf> {
     if let Ok(p) = std::env::var("WEFT_BIN") {
