@@ -39,6 +39,8 @@ pub struct App {
     /// The IPAM default subnet (for `PUT /ip/{id}/{ip}`, `GET /ip/{id}`).
     pub default_subnet: Ipv4Net,
     pub ipam_enabled: bool,
+    /// The allocation range (`--ipalloc-range`), when allocation is on.
+    pub ipam_range: Option<Ipv4Net>,
     pub dns: Option<Arc<crate::dns::DnsShared>>,
     /// The Docker Engine, when the router could reach it.
     pub docker: Option<Arc<crate::docker::Engine>>,
@@ -77,6 +79,14 @@ impl IntoResponse for ApiError {
         let mut body = self.message;
         body.push('\n');
         (self.status, body).into_response()
+    }
+}
+
+impl App {
+    /// Whether the allocator has a say over `net`'s address: addresses outside the range are
+    /// the user's own business, answered at once, whatever the ring's state (as Weave did).
+    pub fn allocator_owns(&self, net: &Ipv4Net) -> bool {
+        self.ipam_range.is_some_and(|r| r.contains(&net.addr()))
     }
 }
 
@@ -985,7 +995,11 @@ async fn obtain(
     ident: &str,
     specs: Vec<AddrSpec>,
 ) -> Result<(Vec<Ipv4Net>, Vec<Ipv4Net>), ApiError> {
-    let before: Vec<Ipv4Net> = if app.ipam_enabled {
+    let needs_allocator = specs.iter().any(|s| match s {
+        AddrSpec::Exact(net) => app.allocator_owns(net),
+        AddrSpec::Subnet(_) | AddrSpec::DefaultSubnet => true,
+    });
+    let before: Vec<Ipv4Net> = if app.ipam_enabled && needs_allocator {
         ipam(app, |reply| IpamCmd::Lookup {
             ident: ident.to_string(),
             subnet: None,
@@ -999,7 +1013,7 @@ async fn obtain(
     let mut obtained = Vec::new();
     for spec in specs {
         let r = match spec {
-            AddrSpec::Exact(net) if !app.ipam_enabled => Ok(net),
+            AddrSpec::Exact(net) if !app.allocator_owns(&net) => Ok(net),
             _ if !app.ipam_enabled => Err(ApiError::new(
                 StatusCode::BAD_REQUEST,
                 "IP address allocation is disabled (--ipalloc-range \"\"): give explicit addresses like 10.32.0.1/12",
@@ -1027,7 +1041,7 @@ async fn obtain(
         };
         match r {
             Ok(net) => {
-                if app.ipam_enabled && !before.contains(&net) {
+                if app.allocator_owns(&net) && !before.contains(&net) {
                     obtained.push(net);
                 }
                 nets.push(net);
@@ -1045,7 +1059,7 @@ async fn release_addrs(app: &App, ident: &str, nets: &[Ipv4Net]) {
     if !app.ipam_enabled {
         return;
     }
-    for n in nets {
+    for n in nets.iter().filter(|n| app.allocator_owns(n)) {
         let _ = ipam(app, |reply| IpamCmd::Release {
             ident: ident.to_string(),
             addr: Some(n.addr()),

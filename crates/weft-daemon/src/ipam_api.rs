@@ -108,6 +108,10 @@ async fn allocate_in(
 }
 
 async fn do_claim(app: &App, ident: String, net: Ipv4Net) -> Result<Response, ApiError> {
+    // Outside the range: nothing for the ring to record or agree on.
+    if !app.allocator_owns(&net) {
+        return Ok(StatusCode::NO_CONTENT.into_response());
+    }
     let r = ipam(app, |reply| IpamCmd::Claim { ident, net, reply }).await?;
     r.map(|_| StatusCode::NO_CONTENT.into_response())
         .map_err(ipam_error)

@@ -208,7 +208,11 @@ pub fn launch(cli: &Cli, args: &RouterArgs) -> Result<()> {
         }
         match rt.block_on(client.get("/status")) {
             Ok(_) => break,
-            Err(ClientError::NotRunning { .. }) if Instant::now() < deadline => {
+            // Not listening yet, or a connection cut as the router exits on a bad flag (the
+            // liveness check above then reports its log).
+            Err(ClientError::NotRunning { .. } | ClientError::Transport { .. })
+                if Instant::now() < deadline =>
+            {
                 std::thread::sleep(Duration::from_millis(100));
             }
             Err(ClientError::NotRunning { .. }) => {

@@ -538,3 +538,35 @@ fn detach_without_addresses_takes_the_default_subnets() -> Result<()> {
     );
     Ok(())
 }
+
+/// Addresses outside the allocation range are never the allocator's business: attach,
+/// expose, detach and hide of such addresses answer at once even while the ring waits for a
+/// consensus it cannot reach, and they create no ring.
+#[test]
+fn addresses_outside_the_range_answer_at_once_and_make_no_ring() -> Result<()> {
+    let Some(mut tb) = testbed("oor", 1) else {
+        return Ok(());
+    };
+    tb.launch(1, &["--ipalloc-init=consensus=2", "--ipalloc-timeout=20"])?;
+    let c = tb.container("c")?;
+    let start = Instant::now();
+    assert_eq!(attach(&tb, 1, &["10.2.1.4/24"], &c)?, "10.2.1.4");
+    assert_eq!(
+        tb.weft_ok(1, &["expose", "10.2.1.2/24"])?.trim(),
+        "10.2.1.2"
+    );
+    let (st, _) = http(&tb, 1, "PUT", "/ip/other/10.2.1.9/24");
+    assert_eq!(st, 204);
+    assert_eq!(
+        tb.weft_ok(1, &["detach", "10.2.1.4/24", &c])?.trim(),
+        "10.2.1.4"
+    );
+    assert_eq!(tb.weft_ok(1, &["hide", "10.2.1.2/24"])?.trim(), "10.2.1.2");
+    let took = start.elapsed();
+    assert!(took < Duration::from_secs(10), "waited {took:?}");
+    // No ring, and no consensus was even started: nothing in status ipam, the allocator idle.
+    assert_eq!(tb.weft_ok(1, &["status", "ipam"])?, "");
+    let status = tb.weft_ok(1, &["status"])?;
+    assert!(status.contains("Status: idle"), "{status}");
+    Ok(())
+}
