@@ -212,6 +212,8 @@ impl FastDpTask {
                     }
                     let plan = self.plan.borrow_and_update().clone();
                     hb_ready = self.reconcile(&plan, &mut fast, grace_until).await;
+                    let proxied = plan.neighbours.values().copied().collect();
+                    let _ = self.dataplane.send(DataPlaneMsg::Proxied(proxied)).await;
                 }
                 _ = fdb_tick.tick() => {
                     let plan = self.plan.borrow().clone();
@@ -445,8 +447,6 @@ impl FastDpTask {
         }
         self.reconcile_arp(plan, grace_until.is_some_and(|t| Instant::now() < t))
             .await;
-        let proxied: std::collections::HashSet<Mac> = plan.neighbours.values().copied().collect();
-        let _ = self.dataplane.send(DataPlaneMsg::Proxied(proxied)).await;
         if *fast != now_fast {
             let _ = self
                 .dataplane

@@ -432,7 +432,14 @@ pub async fn run(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Result<(),
                         aside.display(),
                         p.name
                     );
-                    None
+                    // This peer's own state, if an earlier name change set it aside: what the
+                    // advice above relies on.
+                    if state.take_back(IPAM_FILE, &name.to_string())? {
+                        info!("took up this peer's saved IP allocation state again");
+                        state.load_json::<Option<weft_proto::ipam::Persisted>>(IPAM_FILE)?
+                    } else {
+                        None
+                    }
                 }
                 p => p,
             };

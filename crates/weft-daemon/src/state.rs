@@ -119,20 +119,11 @@ impl StateDir {
     /// way without losing it; returns the new path.
     pub fn set_aside(&self, file: &str, tag: &str) -> Result<PathBuf, StateError> {
         let from = self.path(file);
-        let tag: String = tag
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || c == '-' {
-                    c
-                } else {
-                    '-'
-                }
-            })
-            .collect();
-        let mut to = self.path(&format!("{file}.{tag}"));
+        let first = self.aside_path(file, tag);
+        let mut to = first.clone();
         let mut n = 1;
         while to.exists() {
-            to = self.path(&format!("{file}.{tag}.{n}"));
+            to = PathBuf::from(format!("{}.{n}", first.display()));
             n += 1;
         }
         std::fs::rename(&from, &to).map_err(|source| StateError::Io {
@@ -140,6 +131,26 @@ impl StateDir {
             source,
         })?;
         Ok(to)
+    }
+
+    /// Where [`StateDir::set_aside`] first puts `file` for `tag` (a peer name: its colons
+    /// become dashes).
+    fn aside_path(&self, file: &str, tag: &str) -> PathBuf {
+        self.path(&format!("{file}.{}", tag.replace(':', "-")))
+    }
+
+    /// Moves `file.TAG`, set aside earlier, back into place if there is one (and `file` is
+    /// free); whether it did.
+    pub fn take_back(&self, file: &str, tag: &str) -> Result<bool, StateError> {
+        let (aside, to) = (self.aside_path(file, tag), self.path(file));
+        if !aside.exists() || to.exists() {
+            return Ok(false);
+        }
+        std::fs::rename(&aside, &to).map_err(|source| StateError::Io {
+            path: aside,
+            source,
+        })?;
+        Ok(true)
     }
 
     /// Removes every file weft keeps here (`weft reset`), set-aside ones included; returns

@@ -515,6 +515,16 @@ fn reset_starts_clean_and_a_new_name_sets_the_old_state_aside() -> Result<()> {
         "{}",
         tb.router_log(1)
     );
+    // The log's advice works: the old name again takes its state up again.
+    tb.weft_ok(1, &["detach", &e])?;
+    tb.weft_ok(1, &["stop"])?;
+    tb.launch(1, &[&format!("--name={second}")])?;
+    assert!(!aside.exists(), "{} still aside", aside.display());
+    assert!(state.join("ipam.json.12-34-56-78-9a-bc").exists());
+    assert!(
+        tb.router_log(1)
+            .contains("took up this peer's saved IP allocation state again")
+    );
     Ok(())
 }
 

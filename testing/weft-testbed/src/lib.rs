@@ -314,24 +314,31 @@ impl Testbed {
 
     /// Feeds `rules` to `iptables-restore --noflush` in namespace `ns`.
     pub fn iptables_restore(&self, ns: &str, rules: &str) -> Result<()> {
-        let mut c = self.cmd_in(ns, "iptables-restore");
-        c.arg("--noflush")
+        self.feed(ns, "iptables-restore", &["--noflush"], rules)
+            .context("loading rules with iptables-restore (apt-get install iptables)")
+    }
+
+    /// Runs `program ARGS` in namespace `ns` with `input` on its standard input; fails with
+    /// the input and what the program said unless it exits 0.
+    fn feed(&self, ns: &str, program: &str, args: &[&str], input: &str) -> Result<()> {
+        let mut child = self
+            .cmd_in(ns, program)
+            .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = c
+            .stderr(Stdio::piped())
             .spawn()
-            .context("running iptables-restore (apt-get install iptables)")?;
+            .with_context(|| format!("running {program}"))?;
         use std::io::Write;
         child
             .stdin
             .take()
             .expect("piped stdin")
-            .write_all(rules.as_bytes())?;
+            .write_all(input.as_bytes())?;
         let out = child.wait_with_output()?;
         if !out.status.success() {
             bail!(
-                "iptables-restore refused:\n{rules}\n{}",
+                "{program} refused:\n{input}\n{}",
                 String::from_utf8_lossy(&out.stderr)
             );
         }
@@ -644,19 +651,8 @@ impl Testbed {
 
     /// Loads nftables `rules` into namespace `ns`.
     fn nft_in(&self, ns: &str, rules: &str) -> Result<()> {
-        let mut c = self.cmd_in(ns, "nft");
-        c.args(["-f", "-"]).stdin(Stdio::piped());
-        let mut child = c.spawn().context("running nft (is nftables installed?)")?;
-        use std::io::Write;
-        child
-            .stdin
-            .take()
-            .expect("piped stdin")
-            .write_all(rules.as_bytes())?;
-        if !child.wait()?.success() {
-            bail!("nft refused the rules:\n{rules}");
-        }
-        Ok(())
+        self.feed(ns, "nft", &["-f", "-"], rules)
+            .context("loading rules with nft (is nftables installed?)")
     }
 
     /// Drops all traffic between hosts `a` and `b` (both directions, in host `a`'s firewall).

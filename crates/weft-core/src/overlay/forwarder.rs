@@ -154,7 +154,12 @@ struct Fragmenter {
 impl Fragmenter {
     fn send(&mut self, local: PeerName, to: SocketAddr, parts: &[&[u8]], out: &mut impl Output) {
         let len: usize = parts.iter().map(|p| p.len()).sum();
-        let max = self.per_dest.get(&to).copied().unwrap_or(self.max);
+        // Almost always empty: no lookup per datagram unless some path is narrower.
+        let max = if self.per_dest.is_empty() {
+            self.max
+        } else {
+            self.per_dest.get(&to).copied().unwrap_or(self.max)
+        };
         if len <= max {
             out.send(to, parts);
             return;

@@ -131,6 +131,7 @@ impl PathMtus {
     }
 
     /// The payload datagrams to `to` are cut to.
+    #[cfg(test)]
     pub fn payload_to(&self, to: SocketAddr) -> usize {
         self.paths
             .values()
@@ -146,6 +147,7 @@ impl PathMtus {
     }
 
     /// Whether a neighbour's path has been measured (not still being checked or searched).
+    #[cfg(test)]
     pub fn settled(&self, peer: PeerName) -> Option<usize> {
         self.paths
             .get(&peer)

@@ -301,10 +301,7 @@ impl FirewallTask {
     }
 
     async fn heal_bridge(&self) {
-        let Ok(links) = self.nl.links().await else {
-            return;
-        };
-        if let Some(l) = links.iter().find(|l| l.index == self.bridge_index)
+        if let Ok(Some(l)) = self.nl.link_by_name(&self.fixed.bridge).await
             && !l.up
         {
             let up = LinkConfig {
