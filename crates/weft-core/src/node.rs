@@ -271,6 +271,12 @@ impl Node {
             .is_some()
     }
 
+    /// At launch, before serving anything: the addresses this host's containers still hold
+    /// (see [`Ipam::reclaim`]).
+    pub fn ipam_reclaim(&mut self, now: Instant, held: Vec<(String, Ipv4Net)>) {
+        self.with_ipam(now, |i| i.reclaim(now, held));
+    }
+
     pub fn ipam_prime(&mut self, now: Instant, op: OpId) -> bool {
         self.with_ipam(now, |i| i.prime(now, op)).is_some()
     }

@@ -332,6 +332,111 @@ impl Attacher {
         }
     }
 
+    /// At launch: containers plugged into the bridge that the registry does not know (its file
+    /// went with the state directory) are found as Weave found them, through the bridge's veth
+    /// ports and the namespaces of `ip netns` and of running processes, and registered again
+    /// under their `ip netns` name, their Docker id (`docker_ids`, by PID) or their PID, so
+    /// their addresses are reclaimed, listed and released as any. Returns how many.
+    pub async fn adopt_unknown(&self, docker_ids: &BTreeMap<u32, String>) -> usize {
+        let mut entries = self.entries.lock().await;
+        let mut orphans = self.unknown_ports(&entries).await;
+        if orphans.is_empty() {
+            return 0;
+        }
+        let mut adopted = 0;
+        let mut seen = std::collections::BTreeSet::from([self.host_ns]);
+        for (id, path) in namespace_candidates(docker_ids) {
+            if orphans.is_empty() {
+                break;
+            }
+            let Ok(ns) = Netns::open(&path) else { continue };
+            let Ok(ns_id) = ns.id() else { continue };
+            if !seen.insert(ns_id) {
+                continue;
+            }
+            let fd = std::os::fd::AsRawFd::as_raw_fd(ns.file());
+            let Ok(Some(nsid)) = self.nl.nsid_of(fd).await else {
+                continue;
+            };
+            let Some(k) = orphans.iter().position(|l| l.peer_netnsid == Some(nsid)) else {
+                continue;
+            };
+            let port = orphans.swap_remove(k);
+            let Some(inside) = port.peer_index else {
+                continue;
+            };
+            let found = netns::run_in(&ns, move || async move {
+                let nl = Netlink::new()?;
+                let link = nl.links().await?.into_iter().find(|l| l.index == inside);
+                let addrs = nl.addresses(Some(inside)).await?;
+                Ok::<_, weft_linux::Error>((link, addrs))
+            })
+            .await;
+            let Ok(Ok((Some(link), addrs))) = found else {
+                continue;
+            };
+            let cidrs: Vec<Ipv4Net> = addrs
+                .into_iter()
+                .filter_map(|(_, n)| match n {
+                    IpNet::V4(v4) => Some(v4),
+                    IpNet::V6(_) => None,
+                })
+                .collect();
+            let a = Attachment {
+                id: id.clone(),
+                netns: path,
+                ns_id,
+                host_if: port.name.clone(),
+                mac: link.mac.map(|m| Mac(m).to_string()).unwrap_or_default(),
+                cidrs,
+                hostname: None,
+                ifname: link.name,
+                hairpin: sysctl::hairpin_enabled(&port.name),
+            };
+            warn!(container = %id, port = %a.host_if, cidrs = ?a.cidrs, "found a container on the bridge that weft had no record of (its state was lost); registered it again");
+            entries.insert(id, a);
+            adopted += 1;
+        }
+        if adopted > 0 {
+            self.save(&entries);
+        }
+        adopted
+    }
+
+    /// Container ports on the bridge (or left off it) that no attachment accounts for.
+    async fn unknown_ports(&self, entries: &BTreeMap<String, Attachment>) -> Vec<Link> {
+        let Ok(links) = self.nl.links().await else {
+            return Vec::new();
+        };
+        links
+            .into_iter()
+            .filter(|l| {
+                l.kind.as_deref() == Some("veth")
+                    && l.peer_netnsid.is_some()
+                    && (l.master == Some(self.bridge_index) || l.name.starts_with("vethwl"))
+                    && !entries.values().any(|a| a.host_if == l.name)
+            })
+            .collect()
+    }
+
+    /// Whether [`Attacher::adopt_unknown`] has anything to do.
+    pub async fn has_unknown_ports(&self) -> bool {
+        let entries = self.entries.lock().await;
+        !self.unknown_ports(&entries).await.is_empty()
+    }
+
+    /// Every address the live containers hold, by the ident they are allocated under.
+    pub async fn held(&self) -> Vec<(String, Ipv4Net)> {
+        self.attachments()
+            .await
+            .into_iter()
+            .flat_map(|a| {
+                let id = a.id;
+                a.cidrs.into_iter().map(move |c| (id.clone(), c))
+            })
+            .collect()
+    }
+
     /// The attachment of a container, if it is attached.
     pub async fn lookup(&self, container: &str) -> Result<Option<Attachment>, AttachError> {
         let t = open_target(container)?;
@@ -621,6 +726,39 @@ impl Attacher {
         }
         Ok(())
     }
+}
+
+/// Where a container's namespace may be: `ip netns` names first (a namespace may have no
+/// process), then every process, lowest PID first (a container's first process).
+fn namespace_candidates(docker_ids: &BTreeMap<u32, String>) -> Vec<(String, PathBuf)> {
+    let mut out = Vec::new();
+    if let Ok(dir) = std::fs::read_dir(netns::NAMED_NETNS_DIR) {
+        let mut names: Vec<String> = dir
+            .flatten()
+            .filter_map(|e| e.file_name().into_string().ok())
+            .collect();
+        names.sort();
+        for n in names {
+            let path = std::path::Path::new(netns::NAMED_NETNS_DIR).join(&n);
+            out.push((n, path));
+        }
+    }
+    let mut pids: Vec<u32> = std::fs::read_dir("/proc")
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    pids.sort_unstable();
+    for pid in pids {
+        let id = docker_ids
+            .get(&pid)
+            .cloned()
+            .unwrap_or_else(|| pid.to_string());
+        out.push((id, PathBuf::from(format!("/proc/{pid}/ns/net"))));
+    }
+    out
 }
 
 async fn configure_inside(

@@ -446,6 +446,16 @@ pub async fn run(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Result<(),
             Some((icfg, persisted))
         }
     };
+    let attacher = Arc::new(attach::Attacher::new(
+        host.netlink.clone(),
+        host.bridge.index,
+        mtu,
+        state.clone(),
+    )?);
+    // Docker: without an engine the router runs all the same, and says so.
+    let docker = docker::Startup::connect(cfg.docker.as_ref(), name.to_string())
+        .await
+        .map_err(DaemonError::Config)?;
     let dns_domain = cfg
         .dns
         .as_ref()
@@ -458,6 +468,26 @@ pub async fn run(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Result<(),
         random_u64(),
     )
     .map_err(DaemonError::Config)?;
+    // Before the router serves anything: what the containers on the bridge still hold is
+    // claimed again, so it is never handed out twice, even when the saved state was lost.
+    if cfg.ipam.is_some() {
+        if attacher.has_unknown_ports().await {
+            let ids = match &docker.engine {
+                Some(e) => e.ids_by_pid().await,
+                None => Default::default(),
+            };
+            attacher.adopt_unknown(&ids).await;
+        }
+        let mut held = attacher.held().await;
+        if let Ok((_, exposed)) = attacher.exposed().await {
+            held.extend(
+                exposed
+                    .into_iter()
+                    .map(|n| (api::EXPOSE_IDENT.to_string(), n)),
+            );
+        }
+        node.ipam_reclaim(Instant::now(), held);
+    }
     if fast_devices.is_some() {
         node.enable_fastdp(
             Instant::now(),
@@ -521,12 +551,6 @@ pub async fn run(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Result<(),
         cfg.host,
         dns_shared.clone(),
     );
-    let attacher = Arc::new(attach::Attacher::new(
-        host.netlink.clone(),
-        host.bridge.index,
-        mtu,
-        state.clone(),
-    )?);
     let fast_task = match fast_devices {
         Some(devices) => {
             let (plan_tx, plan_rx) = watch::channel(Arc::default());
@@ -547,10 +571,6 @@ pub async fn run(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Result<(),
         }
         None => None,
     };
-    // Docker: without an engine the router runs all the same, and says so.
-    let docker = docker::Startup::connect(cfg.docker.as_ref(), name.to_string())
-        .await
-        .map_err(DaemonError::Config)?;
     let app = Arc::new(api::App {
         version: VERSION.to_string(),
         control: ctl_tx.clone(),

@@ -27,6 +27,11 @@ pub struct Link {
     pub master: Option<u32>,
     /// `bridge`, `veth`, `tun`... (`IFLA_INFO_KIND`), when the kernel reports one.
     pub kind: Option<String>,
+    /// A veth's peer's index (`IFLA_LINK`), in the peer's namespace.
+    pub peer_index: Option<u32>,
+    /// The id, in this namespace, of the namespace the peer is in (`IFLA_LINK_NETNSID`);
+    /// `None` when the peer is in this namespace.
+    pub peer_netnsid: Option<i32>,
 }
 
 impl Link {
@@ -39,6 +44,8 @@ impl Link {
             up: m.header.flags.contains(LinkFlags::Up),
             master: None,
             kind: None,
+            peer_index: None,
+            peer_netnsid: None,
         };
         for a in &m.attributes {
             match a {
@@ -48,6 +55,8 @@ impl Link {
                 }
                 LinkAttribute::Mtu(v) => l.mtu = *v,
                 LinkAttribute::Controller(i) => l.master = Some(*i),
+                LinkAttribute::Link(i) => l.peer_index = Some(*i),
+                LinkAttribute::LinkNetNsId(i) => l.peer_netnsid = Some(*i),
                 LinkAttribute::LinkInfo(infos) => {
                     for i in infos {
                         if let LinkInfo::Kind(k) = i {
@@ -213,6 +222,42 @@ impl Netlink {
             .execute()
             .await
             .map_err(|e| Error::netlink("deleting link", format!("#{index}"), e))
+    }
+
+    /// The id this namespace gives the namespace open at `fd` (what [`Link::peer_netnsid`]
+    /// holds for a veth whose peer is there); `None` if it has none.
+    pub async fn nsid_of(&self, fd: std::os::fd::RawFd) -> Result<Option<i32>> {
+        use rtnetlink::packet_core::{NLM_F_REQUEST, NetlinkMessage, NetlinkPayload};
+        use rtnetlink::packet_route::RouteNetlinkMessage;
+        use rtnetlink::packet_route::nsid::{NsidAttribute, NsidMessage};
+        let mut msg = NsidMessage::default();
+        msg.attributes.push(NsidAttribute::Fd(fd as u32));
+        let mut req = NetlinkMessage::from(RouteNetlinkMessage::GetNsId(msg));
+        req.header.flags = NLM_F_REQUEST;
+        let mut handle = self.handle.clone();
+        let mut replies = handle
+            .request(req)
+            .map_err(|e| Error::netlink("asking for a namespace id", "", e))?;
+        while let Some(m) = futures::StreamExt::next(&mut replies).await {
+            match m.payload {
+                NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewNsId(m)) => {
+                    return Ok(m.attributes.iter().find_map(|a| match a {
+                        // -1: NETNSA_NSID_NOT_ASSIGNED.
+                        NsidAttribute::Id(id) if *id >= 0 => Some(*id),
+                        _ => None,
+                    }));
+                }
+                NetlinkPayload::Error(e) => {
+                    return Err(Error::netlink(
+                        "asking for a namespace id",
+                        "",
+                        rtnetlink::Error::NetlinkError(e),
+                    ));
+                }
+                _ => {}
+            }
+        }
+        Ok(None)
     }
 
     /// IPv4 and IPv6 addresses on a link (or all links with `None`), with prefix lengths.

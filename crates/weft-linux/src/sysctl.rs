@@ -33,6 +33,12 @@ pub fn hairpin(ifname: &str) -> Result<()> {
     write(&format!("/sys/class/net/{ifname}/brport/hairpin_mode"), "1")
 }
 
+/// Whether a bridge port has hairpin mode on (false if it cannot be read).
+pub fn hairpin_enabled(ifname: &str) -> bool {
+    std::fs::read_to_string(format!("/sys/class/net/{ifname}/brport/hairpin_mode"))
+        .is_ok_and(|v| v.trim() == "1")
+}
+
 /// Lets gratuitous ARPs create neighbour entries on a container interface, as Weave set it
 /// (`arp_accept`); existing entries are updated by them either way.
 pub fn accept_arp(ifname: &str) -> Result<()> {

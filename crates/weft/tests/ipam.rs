@@ -501,9 +501,8 @@ fn reset_starts_clean_and_a_new_name_sets_the_old_state_aside() -> Result<()> {
     let d = tb.container("d")?;
     assert!(attach(&tb, 1, &[], &d)?.starts_with("10."));
 
-    // Another name against the saved state: starts, and keeps the old state aside. (d is
-    // detached first: re-claiming live containers' addresses at launch is still to come.)
-    tb.weft_ok(1, &["detach", &d])?;
+    // Another name against the saved state: starts, and keeps the old state aside; d keeps
+    // its address in the new peer's ring.
     tb.weft_ok(1, &["stop"])?;
     tb.launch(1, &["--name=12:34:56:78:9a:bc"])?;
     let e = tb.container("e")?;
@@ -516,7 +515,6 @@ fn reset_starts_clean_and_a_new_name_sets_the_old_state_aside() -> Result<()> {
         tb.router_log(1)
     );
     // The log's advice works: the old name again takes its state up again.
-    tb.weft_ok(1, &["detach", &e])?;
     tb.weft_ok(1, &["stop"])?;
     tb.launch(1, &[&format!("--name={second}")])?;
     assert!(!aside.exists(), "{} still aside", aside.display());
@@ -578,5 +576,66 @@ fn addresses_outside_the_range_answer_at_once_and_make_no_ring() -> Result<()> {
     assert_eq!(tb.weft_ok(1, &["status", "ipam"])?, "");
     let status = tb.weft_ok(1, &["status"])?;
     assert!(status.contains("Status: idle"), "{status}");
+    Ok(())
+}
+
+/// Weave's "claim" sequence: both hosts lose everything they saved (the whole state
+/// directory) while their containers run, and form a blank ring, the other host first. The
+/// containers are found on the bridge again and their addresses re-claimed before anything is
+/// handed out: the first address the other host would give is the one host 1's container
+/// holds, and it is not given.
+#[test]
+fn lost_state_never_hands_out_a_running_containers_address() -> Result<()> {
+    let Some(mut tb) = testbed("slo", 2) else {
+        return Ok(());
+    };
+    let range = "--ipalloc-range=10.2.0.0/16";
+    let (h1, h2) = (tb.host(1).ip.to_string(), tb.host(2).ip.to_string());
+    tb.launch(1, &[range, &h2])?;
+    tb.launch(2, &[range, &h1])?;
+    wait_peers(&tb, &[1, 2], "Peers: 2 (with 2 established connections)")?;
+    let c1 = tb.container("c1")?;
+    assert_eq!(attach(&tb, 1, &["10.2.0.1/16"], &c1)?, "10.2.0.1");
+    let exposed = tb.weft_ok(1, &["expose"])?.trim().to_string();
+    let c2 = tb.container("c2")?;
+    let a2 = attach(&tb, 2, &[], &c2)?;
+    tb.wait_ping(&c2, "10.2.0.1", CONVERGE)?;
+    tb.weft_ok(1, &["stop"])?;
+    tb.weft_ok(2, &["stop"])?;
+    for i in [1, 2] {
+        std::fs::remove_dir_all(&tb.host(i).state_dir)?;
+    }
+
+    tb.launch(2, &[range])?;
+    tb.launch(1, &[range, &h2])?;
+    wait_peers(&tb, &[1, 2], "Peers: 2 (with 2 established connections)")?;
+    Testbed::wait_for(CONVERGE, || {
+        let log = tb.router_log(1);
+        if log.contains("reclaimed 10.2.0.1 for") && log.contains(&format!("reclaimed {exposed}")) {
+            Ok(())
+        } else {
+            bail!("host 1 has not reclaimed its container's address:\n{log}")
+        }
+    })?;
+    let ps = tb.weft_ok(1, &["ps"])?;
+    assert!(
+        ps.contains("10.2.0.1/16"),
+        "the container is listed again: {ps}"
+    );
+    assert!(
+        ps.contains(&format!("weave:expose")) && ps.contains(&exposed),
+        "{ps}"
+    );
+    let c3 = tb.container("c3")?;
+    let a3 = attach(&tb, 2, &[], &c3)?;
+    assert!(
+        a3 != "10.2.0.1" && a3 != a2 && a3 != exposed,
+        "handed out {a3} again"
+    );
+    tb.wait_ping(&c1, &a3, CONVERGE)?;
+    // The container is released as any once it goes.
+    tb.weft_ok(1, &["detach", &c1])?;
+    let (_, body) = http(&tb, 1, "GET", &format!("/ip/{c1}"));
+    assert!(!body.contains("10.2.0.1"), "{body}");
     Ok(())
 }

@@ -133,6 +133,11 @@ pub struct Node {
     pub persisted: Option<Persisted>,
     /// Answers to IPAM requests.
     pub results: BTreeMap<OpId, Result<Ipv4Net, IpamError>>,
+    /// The ident each IPAM request asked for (the container the answer goes to).
+    requests: BTreeMap<OpId, String>,
+    /// What the host's containers really hold: every address an IPAM answer gave them, until
+    /// released. Outlives the router (a crash, or lost state) like containers do.
+    pub containers: BTreeMap<String, BTreeSet<Ipv4Net>>,
     /// Crashed for good (its containers are gone; candidates for rmpeer).
     pub dead: bool,
     /// Accepted passwords (first used to dial); empty: unencrypted.
@@ -290,6 +295,8 @@ impl Sim {
             incarnation: 0,
             persisted: None,
             results: BTreeMap::new(),
+            requests: BTreeMap::new(),
+            containers: BTreeMap::new(),
             dead: false,
             passwords,
             static_key,
@@ -439,10 +446,19 @@ impl Sim {
         n.node = node;
         n.plan = Arc::default();
         n.results.clear();
+        n.requests.clear();
         n.forwarder = Forwarder::new(name);
         n.incarnation = inc;
         n.alive = true;
         n.injected.clear();
+        // As the daemon: the containers still attached are reclaimed before anything else.
+        let held: Vec<(String, Ipv4Net)> = self.nodes[i]
+            .containers
+            .iter()
+            .flat_map(|(ident, nets)| nets.iter().map(move |n| (ident.clone(), *n)))
+            .collect();
+        let now = self.now;
+        self.nodes[i].node.ipam_reclaim(now, held);
         self.start_node(i);
         let known: Vec<usize> = std::mem::take(&mut self.nodes[i].known_peers)
             .into_iter()
@@ -465,6 +481,16 @@ impl Sim {
             self.nodes[i].node.fastdp_local_macs(now, macs);
             self.drain(i);
         }
+    }
+
+    /// Restarts host `i` with its saved IPAM state gone (disk replaced, state directory
+    /// wiped) while its containers keep their addresses.
+    pub fn lose_state(&mut self, i: usize) {
+        if self.nodes[i].alive {
+            self.crash(i);
+        }
+        self.nodes[i].persisted = None;
+        self.restart(i);
     }
 
     /// Cuts every link between a host in `a` and a host in `b`.
@@ -531,6 +557,9 @@ impl Sim {
                     NodeEvent::TargetsChanged(_) => {}
                     NodeEvent::IpamPersist(p) => n.persisted = Some(p),
                     NodeEvent::IpamDone { op, result } => {
+                        if let (Ok(net), Some(ident)) = (&result, n.requests.remove(&op)) {
+                            n.containers.entry(ident).or_default().insert(*net);
+                        }
                         n.results.insert(op, result);
                     }
                 }
@@ -1010,6 +1039,7 @@ impl Sim {
     pub fn allocate(&mut self, i: usize, ident: &str, subnet: Option<Ipv4Net>) -> OpId {
         let op = self.op();
         let now = self.now;
+        self.nodes[i].requests.insert(op, ident.to_string());
         self.nodes[i].node.ipam_allocate(now, op, ident, subnet);
         self.drain(i);
         op
@@ -1018,6 +1048,7 @@ impl Sim {
     pub fn claim(&mut self, i: usize, ident: &str, net: Ipv4Net) -> OpId {
         let op = self.op();
         let now = self.now;
+        self.nodes[i].requests.insert(op, ident.to_string());
         self.nodes[i].node.ipam_claim(now, op, ident, net);
         self.drain(i);
         op
@@ -1026,6 +1057,7 @@ impl Sim {
     pub fn release(&mut self, i: usize, ident: &str) -> Vec<Ipv4Net> {
         let now = self.now;
         let r = self.nodes[i].node.ipam_release(now, ident, None);
+        self.nodes[i].containers.remove(ident);
         self.drain(i);
         r
     }
@@ -1076,17 +1108,32 @@ impl Sim {
         out
     }
 
-    /// No address is held by two containers.
+    /// No address is held by two containers: neither in the allocators' books nor in what
+    /// the containers really have (the two differ once a host lost its saved state).
     pub fn addresses_unique(&self) -> Result<(), String> {
         let mut seen: BTreeMap<std::net::Ipv4Addr, (usize, String)> = BTreeMap::new();
         for (a, i, ident) in self.held_addresses() {
             if let Some((j, other)) = seen.get(&a) {
                 return Err(format!(
-                    "{a} held twice: h{j}/{other} and h{i}/{ident} (seed {})",
+                    "{a} allocated twice: h{j}/{other} and h{i}/{ident} (seed {})",
                     self.seed
                 ));
             }
             seen.insert(a, (i, ident));
+        }
+        let mut seen: BTreeMap<std::net::Ipv4Addr, (usize, &str)> = BTreeMap::new();
+        for (i, n) in self.nodes.iter().enumerate().filter(|(_, n)| !n.dead) {
+            for (ident, nets) in &n.containers {
+                for net in nets {
+                    if let Some((j, other)) = seen.insert(net.addr(), (i, ident)) {
+                        return Err(format!(
+                            "{} held by two containers: h{j}/{other} and h{i}/{ident} (seed {})",
+                            net.addr(),
+                            self.seed
+                        ));
+                    }
+                }
+            }
         }
         Ok(())
     }

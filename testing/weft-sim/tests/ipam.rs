@@ -220,6 +220,65 @@ fn restart_keeps_allocations() {
     sim.addresses_unique().unwrap();
 }
 
+/// Saved state lost (disk replaced, state directory wiped) while containers kept running: the
+/// restarted router reclaims their addresses from the ring its peers kept, before it serves
+/// any allocation, so none is handed out again.
+#[test]
+fn lost_state_reclaims_what_containers_hold() {
+    let mut sim = Sim::new(test_seed(31));
+    sim.ipam = Some(consensus(default_quorum(0)));
+    sim.add_node(&[], true);
+    sim.ipam = Some(consensus(default_quorum(1)));
+    sim.add_node(&[0], true);
+    alloc(&mut sim, 0, "x");
+    let a = alloc(&mut sim, 1, "a");
+    let b = alloc(&mut sim, 1, "b");
+    sim.lose_state(1);
+    // Asked at once, before the ring has even come back from h0.
+    let op = sim.allocate(1, "c", None);
+    let c = answer(&mut sim, 1, op).unwrap();
+    assert_ne!(c, a);
+    assert_ne!(c, b);
+    assert_eq!(alloc(&mut sim, 1, "a"), a, "a's address is a's again");
+    sim.addresses_unique().unwrap();
+}
+
+/// Weave's "claim" sequence: both hosts lose their state and form a blank ring, the other
+/// one first, so the addresses of the second one's containers must be claimed from it.
+#[test]
+fn blank_ring_after_state_loss_claims_from_the_new_owner() {
+    let mut sim = Sim::new(test_seed(32));
+    sim.ipam = Some(consensus(default_quorum(0)));
+    sim.add_node(&[], true);
+    sim.ipam = Some(consensus(default_quorum(1)));
+    sim.add_node(&[0], true);
+    let c1 = net("10.40.0.1/12");
+    let op = sim.claim(1, "c1", c1);
+    assert_eq!(answer(&mut sim, 1, op).unwrap(), c1);
+    let c2 = alloc(&mut sim, 0, "c2");
+    sim.crash(0);
+    sim.crash(1);
+    sim.nodes[0].persisted = None;
+    sim.nodes[1].persisted = None;
+    sim.restart(0);
+    sim.run_for(Duration::from_secs(1));
+    sim.restart(1);
+    sim.run_until(Duration::from_secs(60), CHECK, |s| {
+        match s.nodes[1].node.ipam().unwrap().reclaims_pending() {
+            0 => Ok(()),
+            n => Err(format!("h1 still reclaiming {n}")),
+        }
+    })
+    .unwrap();
+    let st = sim.nodes[1].node.ipam_status().unwrap();
+    assert!(st.conflicts.is_empty(), "{:?}", st.conflicts);
+    for k in 0..4 {
+        let got = alloc(&mut sim, 0, &format!("n{k}"));
+        assert!(got != c1 && got != c2, "h0 handed out {got} again");
+    }
+    sim.addresses_unique().unwrap();
+}
+
 #[test]
 fn claims_in_own_range_in_anothers_and_in_use() {
     let mut sim = Sim::new(test_seed(28));
@@ -300,7 +359,7 @@ fn reset_hands_space_to_a_live_peer() {
 }
 
 /// Randomized schedules of allocate / release / claim / restart / partition / heal / crash +
-/// rmpeer across 3–50 peers: at no point is an address held twice; after the faults stop the
+/// rmpeer / lost state across 3–50 peers: at no point is an address held twice; after the faults stop the
 /// rings converge and all space belongs to live peers.
 #[test]
 fn random_schedules_never_hand_out_an_address_twice() {
@@ -334,7 +393,7 @@ fn random_schedules_never_hand_out_an_address_twice() {
         let mut gone = 0;
         for step in 0..60 {
             let i = rng.below(n as u64) as usize;
-            match rng.below(12) {
+            match rng.below(13) {
                 0..=4 if sim.nodes[i].alive => {
                     next += 1;
                     let ident = format!("k{next}");
@@ -373,6 +432,10 @@ fn random_schedules_never_hand_out_an_address_twice() {
                     sim.crash(i);
                     sim.nodes[i].dead = true;
                     gone += 1;
+                }
+                12 if !sim.nodes[i].dead => {
+                    // The state directory is wiped; the containers keep running.
+                    sim.lose_state(i);
                 }
                 _ => {}
             }

@@ -120,7 +120,8 @@ enum OpKind {
 struct Op {
     id: OpId,
     kind: OpKind,
-    deadline: Instant,
+    /// `None`: a reclaim at launch, which nobody waits for and which never expires.
+    deadline: Option<Instant>,
     /// The donor asked for space and when.
     asked: Option<(PeerName, Instant)>,
     denied: BTreeSet<PeerName>,
@@ -275,7 +276,7 @@ impl Ipam {
     }
 
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let op_deadline = self.ops.iter().map(|o| o.deadline).min();
+        let op_deadline = self.ops.iter().filter_map(|o| o.deadline).min();
         let tick = (!self.ops.is_empty() || self.paxos.is_proposing() && self.ring.is_none())
             .then_some(self.next_tick);
         [op_deadline, tick, self.broadcast_at]
@@ -309,12 +310,12 @@ impl Ipam {
         let expired: Vec<Op> = self
             .ops
             .iter()
-            .filter(|o| o.deadline <= now)
+            .filter(|o| o.deadline.is_some_and(|d| d <= now))
             .cloned()
             .collect();
         if !expired.is_empty() {
             let status = self.status_line();
-            self.ops.retain(|o| o.deadline > now);
+            self.ops.retain(|o| o.deadline.is_none_or(|d| d > now));
             for op in expired {
                 let what = match &op.kind {
                     OpKind::Allocate { subnet, .. } => format!("a free address in {subnet}"),
@@ -397,11 +398,42 @@ impl Ipam {
         self.push_op(now, op, OpKind::Prime);
     }
 
+    /// At launch: the addresses this host's containers (and its expose) still hold. They are
+    /// claimed in the ring before any allocation is served, so that they are never handed out
+    /// again even when the saved state was lost; one in a range another peer now owns is asked
+    /// for as any claim is. Nobody waits for these: they are retried until the ring exists
+    /// and the owner answers, and a refusal is logged as a conflict.
+    pub fn reclaim(&mut self, now: Instant, held: Vec<(String, Ipv4Net)>) {
+        for (ident, net) in held {
+            if !self.cfg.universe.contains(&net.addr()) {
+                // Outside the range: never the allocator's business.
+                continue;
+            }
+            if self.space.owner_of(net.addr()) == Some(ident.as_str()) {
+                continue;
+            }
+            self.ops.push(Op {
+                id: 0,
+                kind: OpKind::Claim { ident, net },
+                deadline: None,
+                asked: None,
+                denied: BTreeSet::new(),
+                tries: 0,
+            });
+        }
+        self.try_ops(now);
+    }
+
+    /// Reclaims at launch still waiting (for the ring, or for another peer's answer).
+    pub fn reclaims_pending(&self) -> usize {
+        self.ops.iter().filter(|o| o.deadline.is_none()).count()
+    }
+
     fn push_op(&mut self, now: Instant, id: OpId, kind: OpKind) {
         self.ops.push(Op {
             id,
             kind,
-            deadline: now + self.cfg.request_timeout,
+            deadline: Some(now + self.cfg.request_timeout),
             asked: None,
             denied: BTreeSet::new(),
             tries: 0,
@@ -421,7 +453,7 @@ impl Ipam {
                     OpKind::Prime => false,
                 });
         self.ops = keep;
-        for o in gone {
+        for o in gone.into_iter().filter(|o| o.deadline.is_some()) {
             self.done(o.id, Err(IpamError::Cancelled));
         }
     }
@@ -432,6 +464,12 @@ impl Ipam {
 
     /// Frees the ident's addresses (one, or all); returns what was freed.
     pub fn release(&mut self, now: Instant, ident: &str, addr: Option<Ipv4Addr>) -> Vec<Ipv4Net> {
+        // A container that went before its address was reclaimed needs it no more.
+        self.ops.retain(|o| {
+            o.deadline.is_some()
+                || !matches!(&o.kind, OpKind::Claim { ident: i, net }
+                    if i == ident && addr.is_none_or(|a| a == net.addr()))
+        });
         let freed = self.space.release(ident, addr);
         if !freed.is_empty() {
             self.persist_due = true;
@@ -494,7 +532,12 @@ impl Ipam {
     /// Leaving for good: hands all our ranges to a reachable peer and forgets our
     /// allocations. Returns the heir, if there was one.
     pub fn shutdown(&mut self, now: Instant) -> Option<PeerName> {
-        let pending: Vec<OpId> = self.ops.iter().map(|o| o.id).collect();
+        let pending: Vec<OpId> = self
+            .ops
+            .iter()
+            .filter(|o| o.deadline.is_some())
+            .map(|o| o.id)
+            .collect();
         self.ops.clear();
         for op in pending {
             self.done(op, Err(IpamError::Cancelled));
@@ -547,6 +590,31 @@ impl Ipam {
     fn broadcast_soon(&mut self, now: Instant) {
         if self.broadcast_at.is_none() {
             self.broadcast_at = Some(now + self.cfg.broadcast_delay);
+        }
+    }
+
+    fn reclaimed(&mut self, op: &Op, result: Result<Ipv4Net, IpamError>) {
+        let OpKind::Claim { ident, net } = &op.kind else {
+            return;
+        };
+        match result {
+            Ok(_) => info!(
+                "[allocator {}] reclaimed {} for {ident}, which still holds it",
+                self.me,
+                net.addr()
+            ),
+            Err(e) => {
+                warn!(
+                    "[allocator {}] could not reclaim {} held by {ident}: {e}",
+                    self.me,
+                    net.addr()
+                );
+                self.conflicts
+                    .push_back(format!("{} held by {ident} here: {e}", net.addr()));
+                while self.conflicts.len() > 5 {
+                    self.conflicts.pop_front();
+                }
+            }
         }
     }
 
@@ -794,10 +862,19 @@ impl Ipam {
                 return;
             }
         }
-        let ops = std::mem::take(&mut self.ops);
+        let mut ops = std::mem::take(&mut self.ops);
+        // As Weave: primes, then claims (reclaims at launch first of all), then allocations,
+        // so an address a container holds is never handed to another one first.
+        ops.sort_by_key(|o| match o.kind {
+            OpKind::Prime => 0,
+            OpKind::Claim { .. } if o.deadline.is_none() => 1,
+            OpKind::Claim { .. } => 2,
+            OpKind::Allocate { .. } => 3,
+        });
         let mut keep = Vec::new();
         for mut op in ops {
             match self.serve(now, &mut op) {
+                Some(result) if op.deadline.is_none() => self.reclaimed(&op, result),
                 Some(result) => self.done(op.id, result),
                 None => keep.push(op),
             }
@@ -890,7 +967,11 @@ impl Ipam {
                         self.refresh_free(now);
                         Some(Ok(net))
                     }
-                    Some(p) if op.denied.contains(&p) || op.tries > 5 => {
+                    // A reclaim keeps asking an owner that is away: the address is in use here
+                    // whatever the owner's answer, and it must not be handed out meanwhile.
+                    Some(p)
+                        if op.denied.contains(&p) || (op.deadline.is_some() && op.tries > 5) =>
+                    {
                         Some(Err(IpamError::OwnedByPeer {
                             addr,
                             peer: self.who(p),

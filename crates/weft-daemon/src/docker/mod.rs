@@ -13,7 +13,7 @@ pub mod plugin;
 pub mod proxy;
 pub mod rewrite;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -206,6 +206,28 @@ impl Engine {
         let i = self.client.inspect_image(image).await.ok()?;
         let c = i.config.unwrap_or_default();
         Some((c.entrypoint.unwrap_or_default(), c.cmd.unwrap_or_default()))
+    }
+
+    /// The running containers' ids by their first process's PID (to name containers found on
+    /// the bridge with no record, see [`crate::attach::Attacher::adopt_unknown`]).
+    pub async fn ids_by_pid(&self) -> BTreeMap<u32, String> {
+        let mut out = BTreeMap::new();
+        let Ok(list) = self
+            .client
+            .list_containers(Some(ListContainersOptions::default()))
+            .await
+        else {
+            return out;
+        };
+        for c in list {
+            let Some(id) = c.id else { continue };
+            if let Ok(i) = self.inspect(&id).await
+                && let Some(pid) = i.state.and_then(|s| s.pid).filter(|p| *p > 0)
+            {
+                out.insert(pid as u32, id);
+            }
+        }
+        out
     }
 
     pub async fn kill(&self, id: &str) {
