@@ -90,6 +90,44 @@ fn discovery_turns_a_line_into_a_full_mesh() {
     .unwrap();
 }
 
+/// A peer learned from gossip is dialled at once, and kept until tried even when the only
+/// peer that reported it goes at that very moment: h0 learns of h2 from h1 alone, h1 dies
+/// as h0 hears of h2, and h0 and h2 still find each other.
+#[test]
+fn a_discovered_peer_is_dialled_even_when_its_reporter_dies() {
+    for k in 0..10 {
+        let mut sim = Sim::new(test_seed(40) + k);
+        sim.add_node(&[], true);
+        sim.add_node(&[0], true);
+        sim.run_until(Duration::from_secs(30), CHECK, |s| s.converged(&[0, 1]))
+            .unwrap();
+        // h2 does not dial what it learns: only h0's discovery can bring the two together.
+        sim.add_node(&[1], false);
+        let h2 = sim.name_of(2);
+        sim.run_until(Duration::from_secs(30), Duration::from_millis(1), |s| {
+            if s.nodes[0].router().topology().get(&h2).is_some() {
+                Ok(())
+            } else {
+                Err("h0 has not heard of h2".into())
+            }
+        })
+        .unwrap();
+        sim.crash(1);
+        sim.nodes[1].dead = true;
+        let start = sim.elapsed();
+        sim.run_until(Duration::from_secs(30), Duration::from_millis(10), |s| {
+            s.converged(&[0, 2])
+        })
+        .unwrap_or_else(|e| panic!("seed {}: {e}", sim.seed));
+        let took = sim.elapsed() - start;
+        assert!(
+            took < Duration::from_secs(2),
+            "seed {}: h0 and h2 met only after {took:?}",
+            sim.seed
+        );
+    }
+}
+
 #[test]
 fn simultaneous_dials_leave_one_connection() {
     for seed in 0..20 {

@@ -3,7 +3,8 @@
 //!
 //! Targets are either *direct* (given on the command line or with `weft connect`, kept until
 //! `weft forget`) or *discovered* (addresses of peers that other peers report being connected
-//! to; dropped when nobody reports them any more). A target is tried at once when added; after
+//! to; dropped when nobody reports them any more, once tried). A target is tried at once
+//! when added (a discovered one within a small jitter); after
 //! a failure the next try is uniformly random in `[i/2, 3i/2)` where `i` starts at
 //! [`Backoff::initial`] and grows by [`Backoff::factor`] per failure up to [`Backoff::max`]. A
 //! connection that lived longer than [`Backoff::reset_after`] resets the interval, so a peer
@@ -66,6 +67,8 @@ pub struct Target {
     pub port_given: bool,
     /// The peer last seen at this address.
     pub peer: Option<PeerName>,
+    /// That peer's incarnation (UID) as gossip last showed it (discovered targets).
+    pub peer_uid: Option<u64>,
     /// The connection currently attempting or serving this target.
     pub conn: Option<super::ConnId>,
     pub attempts: u32,
@@ -82,6 +85,7 @@ impl Target {
             addr,
             port_given,
             peer: None,
+            peer_uid: None,
             conn: None,
             attempts: 0,
             interval: backoff.initial,

@@ -62,8 +62,12 @@ pub struct Timing {
     /// Relayed topology entries wait this long per neighbour so that a burst of changes goes
     /// out as one message (newer entries replace older ones while waiting).
     pub gossip_coalesce: Duration,
-    /// Addresses for discovery are recomputed at most this often.
+    /// Topology changes are coalesced this long before discovery looks at them (zero: the
+    /// changes of one burst of gossip, handled together).
     pub discovery_interval: Duration,
+    /// A newly discovered peer is dialled within this (uniformly random), so that a mesh
+    /// learning of a new peer all at once does not dial it all at once.
+    pub discovery_jitter: Duration,
     pub backoff: Backoff,
 }
 
@@ -81,7 +85,10 @@ impl Default for Timing {
             route_delay: Duration::from_millis(50),
             gossip_request_interval: Duration::from_secs(1),
             gossip_coalesce: Duration::from_millis(20),
-            discovery_interval: Duration::from_millis(200),
+            // As Weave: a peer learned from gossip is dialled at once. Waiting longer risks
+            // losing it: if the only peer that reported it goes, nobody reports it again.
+            discovery_interval: Duration::ZERO,
+            discovery_jitter: Duration::from_millis(50),
             backoff: Backoff::default(),
         }
     }
@@ -1596,7 +1603,7 @@ impl Router {
             .filter(|(k, _)| matches!(k, TargetKey::Direct(_)))
             .map(|(_, t)| t.addr)
             .collect();
-        let mut candidates: BTreeMap<SocketAddr, PeerName> = BTreeMap::new();
+        let mut candidates: BTreeMap<SocketAddr, (PeerName, Option<u64>)> = BTreeMap::new();
         for reporter in self.topology.peers() {
             for c in &reporter.connections {
                 if c.peer == self.cfg.name || self.by_peer.contains_key(&c.peer) {
@@ -1613,21 +1620,42 @@ impl Router {
                     SocketAddr::new(c.addr.ip(), port)
                 };
                 if !direct_addrs.contains(&addr) {
-                    candidates.insert(addr, c.peer);
+                    let uid = self.topology.get(&c.peer).map(|p| p.uid);
+                    candidates.insert(addr, (c.peer, uid));
                 }
             }
         }
+        // A discovered peer nobody reports any more is dropped, but not before it was tried
+        // once: the peer that reported it may have gone while the peer itself is alive.
         self.targets.retain(|k, t| match k {
-            TargetKey::Discovered(a) => t.conn.is_some() || candidates.contains_key(a),
+            TargetKey::Discovered(a) => {
+                t.conn.is_some() || t.attempts == 0 || candidates.contains_key(a)
+            }
             TargetKey::Direct(_) => true,
         });
         let backoff = &self.cfg.timing.backoff;
-        for (addr, peer) in candidates {
-            self.targets
+        let jitter = self.cfg.timing.discovery_jitter.as_micros() as u64;
+        for (addr, (peer, uid)) in candidates {
+            let soon = now + Duration::from_micros(self.rng.below(jitter.max(1)));
+            let t = self
+                .targets
                 .entry(TargetKey::Discovered(addr))
-                .or_insert_with(|| Target::new(addr, true, now, backoff))
-                .peer
-                .get_or_insert(peer);
+                .or_insert_with(|| {
+                    let mut t = Target::new(addr, true, now, backoff);
+                    t.retry_at = soon;
+                    t
+                });
+            t.peer.get_or_insert(peer);
+            // The peer restarted (gossip shows a new incarnation): whatever made our dials
+            // fail may be gone, so try again now rather than after the backoff.
+            if t.conn.is_none() && t.attempts > 0 && uid.is_some() && t.peer_uid != uid {
+                t.attempts = 0;
+                t.interval = backoff.initial;
+                t.retry_at = soon;
+            }
+            if uid.is_some() {
+                t.peer_uid = uid;
+            }
         }
     }
 
