@@ -116,18 +116,14 @@ fn namespace_alive(a: &Attachment) -> bool {
         .is_ok_and(|id| id == a.ns_id)
 }
 
-/// Rejects addresses that cannot name a host: the network and broadcast addresses of their
-/// subnet (unless the subnet is a /31 or /32).
+/// Rejects addresses that cannot name a host: the broadcast address of their subnet (unless
+/// the subnet is a /31 or /32), unspecified, loopback and multicast addresses. The network
+/// address is accepted, as Weave did (Linux takes it as any other; see [`network_address`]).
 pub fn check_cidr(c: &Ipv4Net) -> Result<(), AttachError> {
-    if c.prefix_len() < 31 && (c.addr() == c.network() || c.addr() == c.broadcast()) {
+    if c.prefix_len() < 31 && c.addr() == c.broadcast() {
         return Err(AttachError::Invalid(format!(
-            "{c}: {} is the {} address of its subnet; choose a host address",
-            c.addr(),
-            if c.addr() == c.network() {
-                "network"
-            } else {
-                "broadcast"
-            }
+            "{c}: {} is the broadcast address of its subnet; choose a host address",
+            c.addr()
         )));
     }
     if c.addr().is_unspecified() || c.addr().is_loopback() || c.addr().is_multicast() {
@@ -135,7 +131,22 @@ pub fn check_cidr(c: &Ipv4Net) -> Result<(), AttachError> {
             "{c} is not a usable host address"
         )));
     }
+    if let Some(w) = network_address(c) {
+        warn!("{w}");
+    }
     Ok(())
+}
+
+/// The warning for an address that is its subnet's network address (accepted, but some
+/// hosts treat it as a broadcast address).
+pub fn network_address(c: &Ipv4Net) -> Option<String> {
+    (c.prefix_len() < 31 && c.addr() == c.network()).then(|| {
+        format!(
+            "{} is the network address of {}: accepted, but some systems will not talk to it",
+            c.addr(),
+            c.trunc()
+        )
+    })
 }
 
 /// A veth pair whose `host_if` end is up on the bridge (an earlier one of that name is
@@ -903,7 +914,10 @@ mod tests {
     #[test]
     fn cidr_checks() {
         assert!(check_cidr(&"10.32.0.1/12".parse().unwrap()).is_ok());
-        assert!(check_cidr(&"10.32.0.0/12".parse().unwrap()).is_err());
+        // The network address is accepted with a warning, as Weave did.
+        assert!(check_cidr(&"10.2.1.0/24".parse().unwrap()).is_ok());
+        assert!(network_address(&"10.2.1.0/24".parse().unwrap()).is_some());
+        assert!(network_address(&"10.2.1.1/24".parse().unwrap()).is_none());
         assert!(check_cidr(&"10.47.255.255/12".parse().unwrap()).is_err());
         assert!(check_cidr(&"10.0.0.0/31".parse().unwrap()).is_ok());
         assert!(check_cidr(&"127.0.0.2/8".parse().unwrap()).is_err());

@@ -164,6 +164,11 @@ pub enum ControlMsg {
     RekeyDone {
         epoch: u8,
     },
+    /// The sender is closing the connection because it refuses us, and why (e.g. our IP
+    /// allocation rings differ), so both sides can show the reason.
+    Refused {
+        reason: String,
+    },
 }
 
 impl ControlMsg {

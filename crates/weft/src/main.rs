@@ -677,9 +677,7 @@ fn real_main(cli: Cli) -> Result<()> {
             })
         }
         Cmd::Expose { addrs, .. } | Cmd::Hide { addrs } => {
-            for a in addrs {
-                a.parse::<AddrSpec>().map_err(anyhow::Error::msg)?;
-            }
+            check_addr_args(addrs)?;
             let path = if matches!(cli.cmd, Cmd::Expose { .. }) {
                 "/expose"
             } else {
@@ -916,10 +914,21 @@ fn split_container(args: &[String]) -> Result<(Vec<String>, String)> {
     {
         bail!("the last argument must be the container, not an address ({container})");
     }
-    for a in rest {
-        a.parse::<AddrSpec>().map_err(anyhow::Error::msg)?;
-    }
+    check_addr_args(rest)?;
     Ok((rest.to_vec(), container.clone()))
+}
+
+/// Parses address arguments; a subnet's network address given as an address is accepted
+/// with a warning, as Weave did.
+fn check_addr_args(args: &[String]) -> Result<()> {
+    for a in args {
+        if let AddrSpec::Exact(net) = a.parse::<AddrSpec>().map_err(anyhow::Error::msg)?
+            && let Some(w) = weft_daemon::attach::network_address(&net)
+        {
+            eprintln!("Warning: {w}");
+        }
+    }
+    Ok(())
 }
 
 /// `[IP...] [CONTAINER]`: addresses, and the one argument that is not an address.

@@ -222,16 +222,23 @@ fn separately_started_clusters_refuse_to_join_and_keep_working() -> Result<()> {
     let a2 = attach(&tb, 2, &[], &c2)?;
     assert_eq!(a1, a2, "both seeded their own ring");
     tb.weft_ok(2, &["connect", &tb.host(1).ip.to_string()])?;
-    let conns = Testbed::wait_for(CONVERGE, || {
-        let c = tb.weft_ok(2, &["status", "connections"])?;
-        if c.contains("seeded by different peers") {
-            Ok(c)
-        } else {
-            bail!("{c}")
-        }
-    })?;
-    assert!(conns.contains("failed"), "{conns}");
-    assert!(conns.contains("weft reset"), "says what to do: {conns}");
+    // Whichever side refused, both show why: the dialling side on its target, the other on
+    // the refused inbound connection.
+    for i in [2, 1] {
+        let conns = Testbed::wait_for(CONVERGE, || {
+            let c = tb.weft_ok(i, &["status", "connections"])?;
+            if c.contains("seeded by different peers") {
+                Ok(c)
+            } else {
+                bail!("h{i}: {c}")
+            }
+        })?;
+        assert!(conns.contains("failed"), "h{i}: {conns}");
+        assert!(
+            conns.contains("weft reset"),
+            "h{i} says what to do: {conns}"
+        );
+    }
     for i in [1, 2] {
         // Each side notices when it gets the other's ring (on this or a retried connection).
         Testbed::wait_for(CONVERGE, || {
@@ -622,10 +629,7 @@ fn lost_state_never_hands_out_a_running_containers_address() -> Result<()> {
         ps.contains("10.2.0.1/16"),
         "the container is listed again: {ps}"
     );
-    assert!(
-        ps.contains(&format!("weave:expose")) && ps.contains(&exposed),
-        "{ps}"
-    );
+    assert!(ps.contains("weave:expose") && ps.contains(&exposed), "{ps}");
     let c3 = tb.container("c3")?;
     let a3 = attach(&tb, 2, &[], &c3)?;
     assert!(
@@ -637,5 +641,34 @@ fn lost_state_never_hands_out_a_running_containers_address() -> Result<()> {
     tb.weft_ok(1, &["detach", &c1])?;
     let (_, body) = http(&tb, 1, "GET", &format!("/ip/{c1}"));
     assert!(!body.contains("10.2.0.1"), "{body}");
+    Ok(())
+}
+
+/// A subnet's network address given as an address (`10.2.1.0/24`) is accepted, with a
+/// warning, as Weave did; the broadcast address is still refused with what to do.
+#[test]
+fn a_subnets_network_address_is_accepted_with_a_warning() -> Result<()> {
+    let Some(mut tb) = testbed("nwa", 1) else {
+        return Ok(());
+    };
+    tb.launch(1, &[])?;
+    let c = tb.container("c")?;
+    let out = tb.weft(1, &["attach", "10.2.1.0/24", &c]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "10.2.1.0");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("network address of 10.2.1.0/24"), "{err}");
+    let ps = tb.weft_ok(1, &["ps", &c])?;
+    assert!(ps.contains("10.2.1.0/24"), "{ps}");
+    let exposed = tb.weft(1, &["expose", "10.2.2.0/24"]);
+    assert!(exposed.status.success(), "{exposed:?}");
+    let d = tb.container("d")?;
+    let bad = tb.weft(1, &["attach", "10.2.1.255/24", &d]);
+    assert!(!bad.status.success());
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        err.contains("broadcast address") && err.contains("choose a host address"),
+        "{err}"
+    );
     Ok(())
 }

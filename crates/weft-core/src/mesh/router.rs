@@ -318,6 +318,9 @@ enum Close {
     Duplicate(String),
     /// Never retry this target.
     Suspend(String),
+    /// One side refuses the other (e.g. their IP allocation rings differ): retried with
+    /// backoff like a failure, and shown on both sides even without a target.
+    Refused(String),
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -961,6 +964,9 @@ impl Router {
         match msg {
             ControlMsg::Hello(_) => return Err(Close::Failure("unexpected second hello".into())),
             ControlMsg::Heartbeat => {}
+            ControlMsg::Refused { reason } => {
+                return Err(Close::Refused(format!("refused by the peer: {reason}")));
+            }
             ControlMsg::Gossip { channel, payload } if channel == Channel::TOPOLOGY => {
                 let update =
                     TopologyUpdate::decode(&payload).map_err(|e| Close::Failure(e.to_string()))?;
@@ -1300,7 +1306,9 @@ impl Router {
             self.actions.push_back(Action::Close { conn: id });
         }
         let reason = match &why {
-            Close::Failure(r) | Close::Duplicate(r) | Close::Suspend(r) => r.clone(),
+            Close::Failure(r) | Close::Duplicate(r) | Close::Suspend(r) | Close::Refused(r) => {
+                r.clone()
+            }
         };
         let dir = if c.outbound { "->" } else { "<-" };
         let who = match &c.remote {
@@ -1325,9 +1333,11 @@ impl Router {
                 }
             }
             self.local_connections_changed(now);
-        } else if !c.outbound && c.phase != Phase::Header {
-            // An inbound connection that failed before it was ready has no target to show the
-            // reason: keep it for status.
+        }
+        let refused_untargeted = c.target.is_none() && matches!(why, Close::Refused(_));
+        if refused_untargeted || (!c.outbound && !matches!(c.phase, Phase::Header | Phase::Ready)) {
+            // An inbound connection that failed (before it was ready, or refused later) has no
+            // target to show the reason: keep it for status.
             if !self
                 .recent_failures
                 .iter()
@@ -1348,10 +1358,12 @@ impl Router {
                 match why {
                     Close::Duplicate(_) => t.conn = None,
                     Close::Suspend(r) => t.suspend(r),
-                    Close::Failure(r) if c.phase == Phase::Ready => {
+                    Close::Failure(r) | Close::Refused(r) if c.phase == Phase::Ready => {
                         t.disconnected(now, c.ready_at, r, &backoff, &mut self.rng)
                     }
-                    Close::Failure(r) => t.failed(now, r, &backoff, &mut self.rng),
+                    Close::Failure(r) | Close::Refused(r) => {
+                        t.failed(now, r, &backoff, &mut self.rng)
+                    }
                 }
             }
         }
@@ -1806,7 +1818,15 @@ impl Router {
     /// backoff.
     pub fn reject_peer(&mut self, now: Instant, peer: PeerName, reason: String) {
         if let Some(&id) = self.by_peer.get(&peer) {
-            self.close(now, id, Close::Failure(reason), true);
+            // Said before closing (the shell sends what is queued first), so the peer's status
+            // shows why rather than a bare end of connection.
+            self.send_msg(
+                id,
+                &ControlMsg::Refused {
+                    reason: reason.clone(),
+                },
+            );
+            self.close(now, id, Close::Refused(reason), true);
             self.after(now);
         }
     }
@@ -2012,6 +2032,7 @@ fn msg_name(m: &ControlMsg) -> &'static str {
     match m {
         ControlMsg::Hello(_) => "hello",
         ControlMsg::Heartbeat => "heartbeat",
+        ControlMsg::Refused { .. } => "refusal",
         ControlMsg::Gossip { .. } => "gossip",
         ControlMsg::GossipBroadcast { .. } => "gossip broadcast",
         ControlMsg::GossipUnicast { .. } => "gossip unicast",
