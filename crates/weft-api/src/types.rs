@@ -290,6 +290,13 @@ pub struct AttachRequest {
     /// Routes to add in the container (CNI's `ipam.routes`).
     #[serde(default)]
     pub routes: Vec<RouteSpec>,
+    /// Rewrite the container's `/etc/hosts` so its name resolves to its weft addresses
+    /// (Weave's `attach --rewrite-hosts`).
+    #[serde(default)]
+    pub rewrite_hosts: bool,
+    /// Extra `NAME:IP` lines for that `/etc/hosts` (Weave's `attach --add-host`).
+    #[serde(default)]
+    pub add_hosts: Vec<String>,
 }
 
 /// A route inside a container: to `dst`, via `gw` or straight out of the interface.
@@ -313,6 +320,8 @@ impl AttachRequest {
             gateway: false,
             hairpin: false,
             routes: Vec::new(),
+            rewrite_hosts: false,
+            add_hosts: Vec::new(),
         }
     }
 }

@@ -754,7 +754,99 @@ async fn attach(State(app): AppState, body: Bytes) -> Result<Response, ApiError>
     {
         req.hostname = Some(h);
     }
-    Ok(axum::Json(attach_container(&app, req, ident).await?).into_response())
+    for h in &req.add_hosts {
+        check_add_host(h)?;
+    }
+    let rewrite = req.rewrite_hosts || !req.add_hosts.is_empty();
+    if rewrite && docker.is_none() {
+        // Refused before anything is attached.
+        let ns = weft_linux::netns::resolve(&req.container)
+            .map_err(|e| ApiError::new(StatusCode::NOT_FOUND, e.to_string()))?;
+        if crate::attach::etc_hosts_path(&ns).is_none() {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "cannot rewrite the /etc/hosts of {}: it has no file system of its own (that would be the host's /etc/hosts); attach it by its ip netns name, or by the PID of a process in its own mount namespace, to use --rewrite-hosts",
+                    req.container
+                ),
+            ));
+        }
+    }
+    let extra = req.add_hosts.clone();
+    let r = attach_container(&app, req, ident).await?;
+    if rewrite {
+        rewrite_etc_hosts(&app, &r, docker.as_ref(), &extra).await?;
+    }
+    Ok(axum::Json(r).into_response())
+}
+
+/// `--add-host NAME:IP`, as Docker and Weave take it.
+fn check_add_host(h: &str) -> Result<(), ApiError> {
+    match h.split_once(':') {
+        Some((name, ip)) if !name.is_empty() && ip.parse::<std::net::IpAddr>().is_ok() => Ok(()),
+        _ => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("--add-host {h:?}: give NAME:IP, like --add-host db.example:10.2.1.9"),
+        )),
+    }
+}
+
+/// `attach --rewrite-hosts`: the container's `/etc/hosts` names it with its weft addresses
+/// (and the `--add-host` names), as Weave's did.
+async fn rewrite_etc_hosts(
+    app: &App,
+    r: &AttachResponse,
+    docker: Option<&crate::docker::Container>,
+    extra: &[String],
+) -> Result<(), ApiError> {
+    let ips: Vec<std::net::IpAddr> = r
+        .addresses
+        .iter()
+        .map(|n| std::net::IpAddr::V4(n.addr()))
+        .collect();
+    if let Some(c) = docker {
+        let (host, domain) = c.host_and_domain();
+        let text = crate::docker::rewrite::hosts_file(&host, &domain, &ips, extra);
+        let path = c.hosts_path().ok_or_else(|| {
+            ApiError::new(
+                StatusCode::CONFLICT,
+                format!(
+                    "container {} has no /etc/hosts of Docker's to rewrite",
+                    c.name
+                ),
+            )
+        })?;
+        return std::fs::write(&path, text).map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("rewriting {path}: {e}"),
+            )
+        });
+    }
+    let ident = &r.container.id;
+    let a = app.attacher.lookup_ident(ident).await;
+    let name = match a.as_ref().and_then(|a| a.hostname.clone()) {
+        Some(h) => h.trim_end_matches('.').to_string(),
+        None => match a
+            .as_ref()
+            .and_then(|a| a.netns.to_str().map(str::to_string))
+        {
+            Some(p) => match p
+                .strip_prefix("/proc/")
+                .and_then(|r| r.strip_suffix("/ns/net"))
+                .and_then(|pid| pid.parse::<u32>().ok())
+            {
+                Some(pid) => weft_linux::netns::uts_hostname(pid)
+                    .await
+                    .unwrap_or_else(|| ident.clone()),
+                None => p.rsplit('/').next().unwrap_or(ident).to_string(),
+            },
+            None => ident.clone(),
+        },
+    };
+    let text = crate::docker::rewrite::hosts_file(&name, "", &ips, extra);
+    app.attacher.write_etc_hosts(ident, &text).await?;
+    Ok(())
 }
 
 /// Attach: address arguments become addresses (allocated, claimed, or taken as given when IP
@@ -799,7 +891,9 @@ pub async fn attach_container(
         .ifname
         .unwrap_or_else(|| crate::attach::CONTAINER_IFNAME.to_string());
     check_ifname(&ifname)?;
-    let hostname = if req.without_dns || app.dns.is_none() {
+    // A name asked for while DNS is off is kept with the attachment all the same: a later
+    // launch with DNS registers it, as Weave's did for containers it found on the bridge.
+    let hostname = if req.without_dns {
         None
     } else {
         match &req.hostname {
@@ -836,7 +930,7 @@ pub async fn attach_container(
         .await
     {
         Ok(entry) => {
-            if let Some(h) = &hostname {
+            if let Some(h) = hostname.as_ref().filter(|_| app.dns.is_some()) {
                 let addrs: Vec<_> = nets.iter().map(|n| n.addr()).collect();
                 crate::dns_api::register(app, h, &ident, &addrs).await?;
             }

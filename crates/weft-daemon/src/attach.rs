@@ -12,6 +12,7 @@
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
+use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 
 use ipnet::{IpNet, Ipv4Net};
@@ -64,6 +65,10 @@ pub struct Attachment {
     /// Hairpin mode on the bridge port (restored if the port has to be plugged in again).
     #[serde(default)]
     pub hairpin: bool,
+    /// The `/etc/netns/NAME/hosts` weft wrote for an `ip netns` container (`--rewrite-hosts`),
+    /// removed with the attachment.
+    #[serde(default)]
+    pub etc_hosts: Option<PathBuf>,
 }
 
 fn default_ifname() -> String {
@@ -241,6 +246,7 @@ impl Attacher {
             self.save(&entries);
             for a in &gone {
                 info!(container = %a.id, "container gone; detached");
+                remove_etc_hosts(a);
                 if let Ok(Some(l)) = self.nl.link_by_name(&a.host_if).await {
                     let _ = self.nl.delete_link(l.index).await;
                 }
@@ -403,6 +409,7 @@ impl Attacher {
                 hostname: None,
                 ifname: link.name,
                 hairpin: sysctl::hairpin_enabled(&port.name),
+                etc_hosts: None,
             };
             warn!(container = %id, port = %a.host_if, cidrs = ?a.cidrs, "found a container on the bridge that weft had no record of (its state was lost); registered it again");
             entries.insert(id, a);
@@ -436,6 +443,33 @@ impl Attacher {
         !self.unknown_ports(&entries).await.is_empty()
     }
 
+    /// Writes `text` as the `/etc/hosts` of the attached container `ident`: through
+    /// `/proc/PID/root` for a process's namespace, as `/etc/netns/NAME/hosts` (which
+    /// `ip netns exec` puts in place) for an `ip netns` one.
+    pub async fn write_etc_hosts(&self, ident: &str, text: &str) -> Result<PathBuf, AttachError> {
+        let mut entries = self.entries.lock().await;
+        let a = entries
+            .get_mut(ident)
+            .ok_or_else(|| AttachError::NotFound(format!("{ident} is not attached")))?;
+        let (path, ours) = etc_hosts_path(&a.netns).ok_or_else(|| {
+            AttachError::Invalid(format!(
+                "cannot rewrite the /etc/hosts of {ident} (namespace {}): it has no file system of its own (that would be the host's /etc/hosts); attach it by its ip netns name, or by the PID of a process in its own mount namespace, to use --rewrite-hosts",
+                a.netns.display()
+            ))
+        })?;
+        if ours && let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| AttachError::Internal(format!("creating {}: {e}", dir.display())))?;
+        }
+        std::fs::write(&path, text)
+            .map_err(|e| AttachError::Internal(format!("writing {}: {e}", path.display())))?;
+        if ours {
+            a.etc_hosts = Some(path.clone());
+            self.save(&entries);
+        }
+        Ok(path)
+    }
+
     /// Every address the live containers hold, by the ident they are allocated under.
     pub async fn held(&self) -> Vec<(String, Ipv4Net)> {
         self.attachments()
@@ -446,6 +480,11 @@ impl Attacher {
                 a.cidrs.into_iter().map(move |c| (id.clone(), c))
             })
             .collect()
+    }
+
+    /// The attachment filed under `ident`.
+    pub async fn lookup_ident(&self, ident: &str) -> Option<Attachment> {
+        self.entries.lock().await.get(ident).cloned()
     }
 
     /// The attachment of a container, if it is attached.
@@ -569,6 +608,7 @@ impl Attacher {
                 hostname: None,
                 ifname: opts.ifname,
                 hairpin: opts.hairpin,
+                etc_hosts: None,
             }),
             Err(e) => {
                 // Deleting one end of a veth pair deletes both, wherever the other end is.
@@ -617,6 +657,7 @@ impl Attacher {
         netns::run_in(&t.ns, move || unconfigure_inside(ifname, rm, delete)).await??;
         if keep.is_empty() {
             entries.remove(&a.id);
+            remove_etc_hosts(&a);
         } else if let Some(e) = entries.get_mut(&a.id) {
             e.cidrs = keep;
         }
@@ -630,6 +671,7 @@ impl Attacher {
     pub async fn detach_ident(&self, ident: &str) -> Option<Attachment> {
         let mut entries = self.entries.lock().await;
         let a = entries.remove(ident)?;
+        remove_etc_hosts(&a);
         self.save(&entries);
         drop(entries);
         if namespace_alive(&a)
@@ -736,6 +778,40 @@ impl Attacher {
                 .await?;
         }
         Ok(())
+    }
+}
+
+/// Where the `/etc/hosts` of the container in namespace `netns` is, and whether it is a file
+/// weft makes (and removes again).
+pub fn etc_hosts_path(netns: &std::path::Path) -> Option<(PathBuf, bool)> {
+    let s = netns.to_str()?;
+    if let Some(pid) = s
+        .strip_prefix("/proc/")
+        .and_then(|r| r.strip_suffix("/ns/net"))
+        .filter(|p| p.bytes().all(|b| b.is_ascii_digit()))
+    {
+        // A process whose root is the host's (one started with `ip netns exec`, say, even
+        // though that has a mount namespace of its own) sees the host's own /etc/hosts
+        // there: never that. Unknown counts as shared.
+        let root = |p: &str| std::fs::metadata(p).map(|m| (m.dev(), m.ino())).ok();
+        let theirs = root(&format!("/proc/{pid}/root/"))?;
+        if Some(theirs) == root("/") || Some(theirs) == root("/proc/1/root/") {
+            return None;
+        }
+        return Some((PathBuf::from(format!("/proc/{pid}/root/etc/hosts")), false));
+    }
+    let name = netns.strip_prefix(netns::NAMED_NETNS_DIR).ok()?.to_str()?;
+    (!name.is_empty() && !name.contains('/'))
+        .then(|| (PathBuf::from(format!("/etc/netns/{name}/hosts")), true))
+}
+
+fn remove_etc_hosts(a: &Attachment) {
+    if let Some(p) = &a.etc_hosts {
+        let _ = std::fs::remove_file(p);
+        if let Some(dir) = p.parent() {
+            // Only if empty: someone else's files there stay.
+            let _ = std::fs::remove_dir(dir);
+        }
     }
 }
 

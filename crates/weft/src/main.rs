@@ -98,6 +98,12 @@ enum Cmd {
         /// Do not register a name in weftDNS.
         #[arg(long)]
         without_dns: bool,
+        /// Rewrite the container's /etc/hosts so its name resolves to its weft addresses.
+        #[arg(long)]
+        rewrite_hosts: bool,
+        /// An extra NAME:IP line for the container's /etc/hosts (implies --rewrite-hosts).
+        #[arg(long = "add-host", value_name = "NAME:IP")]
+        add_host: Vec<String>,
         #[arg(long, action = clap::ArgAction::Help)]
         help: Option<bool>,
         #[arg(required = true, value_name = "[ADDR...] CONTAINER")]
@@ -640,6 +646,8 @@ fn real_main(cli: Cli) -> Result<()> {
             no_multicast_route,
             hostname,
             without_dns,
+            rewrite_hosts,
+            add_host,
             args,
             ..
         } => {
@@ -650,6 +658,8 @@ fn real_main(cli: Cli) -> Result<()> {
                     multicast_route: !no_multicast_route,
                     hostname: hostname.clone(),
                     without_dns: *without_dns,
+                    rewrite_hosts: *rewrite_hosts,
+                    add_hosts: add_host.clone(),
                     ..AttachRequest::new(container)
                 };
                 let body = client().post_json("/attach", &req).await?;

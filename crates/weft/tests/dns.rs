@@ -415,3 +415,102 @@ fn containers_ping_each_other_by_name() -> Result<()> {
     })?;
     Ok(())
 }
+
+/// Weave's "with or without DNS": `attach --rewrite-hosts --add-host NAME:IP` writes the
+/// container's /etc/hosts (which works with DNS off), and a container attached with `-h`
+/// while DNS was off is registered once a later launch turns DNS on; one attached with
+/// `--without-dns` is not.
+#[test]
+fn rewrite_hosts_and_names_kept_while_dns_was_off() -> Result<()> {
+    let Some(mut tb) = testbed("wod", 1) else {
+        return Ok(());
+    };
+    tb.launch(1, &["--no-dns"])?;
+    let target = tb.container("c2")?;
+    tb.weft_ok(
+        1,
+        &[
+            "attach",
+            "10.2.0.78/24",
+            "-h",
+            "seetwo.weave.local",
+            &target,
+        ],
+    )?;
+    let quiet = tb.container("q")?;
+    tb.weft_ok(
+        1,
+        &[
+            "attach",
+            "--without-dns",
+            "-h",
+            "quiet.weave.local",
+            "10.2.0.79/24",
+            &quiet,
+        ],
+    )?;
+    let c = tb.container("c")?;
+    let out = tb.weft_ok(
+        1,
+        &[
+            "attach",
+            "--rewrite-hosts",
+            "--add-host=static.name:10.9.9.9",
+            "10.2.0.34/24",
+            &c,
+        ],
+    )?;
+    assert_eq!(out.trim(), "10.2.0.34");
+    let getent = |name: &str| {
+        String::from_utf8_lossy(&tb.exec(&c, "getent", &["hosts", name]).stdout).into_owned()
+    };
+    assert!(
+        getent("static.name").contains("10.9.9.9"),
+        "{}",
+        getent("static.name")
+    );
+    assert!(
+        getent(&c).contains("10.2.0.34"),
+        "the container's own name: {}",
+        getent(&c)
+    );
+    // A process sharing the host's files would have it rewrite the host's /etc/hosts:
+    // refused, before anything is attached.
+    let p = tb.container("p")?;
+    let pid = tb.spawn(&p, "sleep", &["600"])?.to_string();
+    let before = std::fs::read("/etc/hosts").ok();
+    let shared = tb.weft(1, &["attach", "--rewrite-hosts", "10.2.0.40/24", &pid]);
+    assert!(!shared.status.success());
+    assert!(
+        String::from_utf8_lossy(&shared.stderr).contains("ip netns name"),
+        "{shared:?}"
+    );
+    assert_eq!(std::fs::read("/etc/hosts").ok(), before);
+    assert!(!tb.weft_ok(1, &["ps"])?.contains("10.2.0.40"));
+    let bad = tb.weft(1, &["attach", "--add-host=nonsense", "net:default", &c]);
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("NAME:IP"),
+        "{bad:?}"
+    );
+
+    tb.weft_ok(1, &["stop"])?;
+    tb.launch(1, &["--dns-listen-address=0.0.0.0:53"])?;
+    Testbed::wait_for(CONVERGE, || {
+        let st = tb.weft_ok(1, &["status", "dns"])?;
+        if st.contains("seetwo") && st.contains("10.2.0.78") {
+            Ok(st)
+        } else {
+            bail!("seetwo is not registered: {st}")
+        }
+    })?;
+    let st = tb.weft_ok(1, &["status", "dns"])?;
+    assert!(!st.contains("quiet") && !st.contains("10.2.0.79"), "{st}");
+
+    // The hosts file weft wrote goes with the attachment.
+    let file = std::path::Path::new("/etc/netns").join(&c).join("hosts");
+    assert!(file.exists());
+    tb.weft_ok(1, &["detach", "10.2.0.34/24", &c])?;
+    assert!(!file.exists(), "{} left behind", file.display());
+    Ok(())
+}

@@ -832,6 +832,11 @@ impl Drop for Testbed {
         for d in &self.etc_dirs {
             let _ = std::fs::remove_dir_all(d);
         }
+        // What a router wrote for `attach --rewrite-hosts` into a namespace of ours, had it
+        // no chance to remove it.
+        for ns in &self.containers {
+            let _ = std::fs::remove_dir_all(Path::new("/etc/netns").join(ns));
+        }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

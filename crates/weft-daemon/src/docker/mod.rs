@@ -281,6 +281,20 @@ impl Container {
         })
     }
 
+    /// The `/etc/hosts` Docker made for it (bind-mounted into the container).
+    pub fn hosts_path(&self) -> Option<String> {
+        self.inspect.hosts_path.clone().filter(|p| !p.is_empty())
+    }
+
+    /// Its configured hostname and domain name.
+    pub fn host_and_domain(&self) -> (String, String) {
+        let c = self.config();
+        (
+            c.and_then(|k| k.hostname.clone()).unwrap_or_default(),
+            c.and_then(|k| k.domainname.clone()).unwrap_or_default(),
+        )
+    }
+
     fn config(&self) -> Option<&bollard::models::ContainerConfig> {
         self.inspect.config.as_ref()
     }
