@@ -805,6 +805,15 @@ pub fn etc_hosts_path(netns: &std::path::Path) -> Option<(PathBuf, bool)> {
         .then(|| (PathBuf::from(format!("/etc/netns/{name}/hosts")), true))
 }
 
+/// `weft reset`: removes what weft wrote outside its state directory for the attachments
+/// saved there (the hosts files of `--rewrite-hosts`), before the state goes.
+pub fn forget_saved(state: &StateDir) {
+    let saved: Vec<Attachment> = state.load_json(FILE).unwrap_or_default();
+    for a in &saved {
+        remove_etc_hosts(a);
+    }
+}
+
 fn remove_etc_hosts(a: &Attachment) {
     if let Some(p) = &a.etc_hosts {
         let _ = std::fs::remove_file(p);

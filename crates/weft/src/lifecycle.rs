@@ -299,7 +299,9 @@ pub fn reset(cli: &Cli, force: bool, bridge: &str) -> Result<()> {
     }
     // Every state file (allocations, peer name, keys, targets, containers), so the next
     // launch starts as a new peer with nothing of this one's.
-    weft_daemon::state::StateDir::open(&cli.state_dir)?.remove_all()?;
+    let state = weft_daemon::state::StateDir::open(&cli.state_dir)?;
+    weft_daemon::attach::forget_saved(&state);
+    state.remove_all()?;
     let _ = std::fs::remove_file(cli.run_dir.join(PID_FILE));
     if !removed.is_empty() {
         eprintln!("removed {}", removed.join(", "));

@@ -381,3 +381,28 @@ fn the_proxy_also_listens_on_tcp() -> Result<()> {
     );
     Ok(())
 }
+
+/// The proxy without weft-wait refuses to create containers and says what to do; following
+/// the advice (relaunch with --wait-binary PATH) works.
+#[test]
+fn a_missing_weft_wait_is_reported_with_advice_that_works() -> Result<()> {
+    let Some(mut tb) = testbed("dkw", 1) else {
+        return Ok(());
+    };
+    let image = tb.busybox_image()?;
+    tb.launch(1, &["--wait-binary=/nonexistent/weft-wait"])?;
+    let c = tb.docker_name(DockerObject::Container, "w");
+    let out = tb
+        .docker_cmd(1, &["create", "--name", &c, &image, "true"])
+        .output()?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("relaunch with --wait-binary PATH"),
+        "{err}"
+    );
+    tb.weft_ok(1, &["stop"])?;
+    let wait = Path::new(WEFT).with_file_name("weft-wait");
+    tb.launch(1, &[&format!("--wait-binary={}", wait.display())])?;
+    tb.docker_ok(1, &["create", "--name", &c, &image, "true"])?;
+    Ok(())
+}

@@ -265,6 +265,14 @@ fn separately_started_clusters_refuse_to_join_and_keep_working() -> Result<()> {
     attach(&tb, 1, &[], &c3)?;
     attach(&tb, 2, &[], &c4)?;
     tb.wait_ping(&c3, &a1, CONVERGE)?;
+    // The advice works: reset one cluster's hosts and launch them with a peer of the other.
+    tb.weft_ok(2, &["reset"])?;
+    tb.launch(2, &[&tb.host(1).ip.to_string()])?;
+    wait_peers(&tb, &[1, 2], "Peers: 2 (with 2 established connections)")?;
+    let c5 = tb.container("e")?;
+    let a5 = attach(&tb, 2, &[], &c5)?;
+    assert!(a5 != a1, "one ring now: {a5}");
+    tb.wait_ping(&c5, &a1, CONVERGE)?;
     Ok(())
 }
 
@@ -293,6 +301,10 @@ fn rmpeer_frees_a_dead_hosts_space_and_reset_hands_over() -> Result<()> {
         }
     })?;
     assert!(ipam.contains("owned by unreachable peers"), "{ipam}");
+    assert!(
+        ipam.contains("run 'weft rmpeer PEER'"),
+        "says what to do: {ipam}"
+    );
     let out = tb.weft_ok(1, &["rmpeer", "host3"])?;
     assert!(out.contains("IPs taken over from host3"), "{out}");
     let n: u64 = out.split_whitespace().next().unwrap_or("0").parse()?;
