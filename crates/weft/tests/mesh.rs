@@ -410,7 +410,7 @@ fn bad_input_gets_clear_errors_and_leaves_nothing_behind() -> Result<()> {
         ),
         (vec!["attach", "10.32.0.1/33", &c], "not an IPv4 address"),
         (vec!["attach", "banana", &c], "not an IPv4 address"),
-        (vec!["attach", "10.32.0.0/12", &c], "network address"),
+        (vec!["attach", "10.47.255.255/12", &c], "broadcast address"),
         (vec!["detach", &c], "not attached"),
         (vec!["status", "bogus"], "Invalid 'weft status' sub-command"),
         (vec!["connect", "no-such-host.invalid"], "cannot resolve"),
@@ -470,5 +470,39 @@ fn garbage_on_the_wire_is_dropped_and_counted() -> Result<()> {
     );
     // The mesh is unharmed.
     wait_full_mesh(&tb, 2)?;
+    Ok(())
+}
+
+/// A peer learned from gossip is dialled at once: h1 learns of h3 only from h2 (h3 does not
+/// dial what it learns), and h2 dies the moment h1 hears of h3. h1 still dials h3; before,
+/// it waited, lost h3 with h2 and never heard of it again.
+#[test]
+fn a_discovered_peer_is_dialled_though_its_reporter_dies() -> Result<()> {
+    let Some(tb) = testbed("dsc", 3) else {
+        return Ok(());
+    };
+    launch_pair(&tb, &[])?;
+    tb.launch(3, &["--no-discovery", &tb.host(2).ip.to_string()])?;
+    let start = std::time::Instant::now();
+    loop {
+        if status(&tb, 1, &["peers"])?.contains("(host3)") {
+            break;
+        }
+        if start.elapsed() > CONVERGE {
+            bail!("h1 never heard of h3");
+        }
+    }
+    tb.kill_router(2)?;
+    Testbed::wait_for(CONVERGE, || {
+        let s = status(&tb, 3, &["connections"])?;
+        if s.contains("established") && s.contains(&tb.host(1).ip.to_string()) {
+            Ok(())
+        } else {
+            bail!(
+                "h3 is not connected to h1:\n{s}\nh1's log:\n{}",
+                tb.router_log(1)
+            )
+        }
+    })?;
     Ok(())
 }
