@@ -93,6 +93,9 @@ pub struct Attacher {
     bridge_index: u32,
     mtu: u32,
     host_ns: (u64, u64),
+    /// The machine's own namespace (PID 1's): never plugged, even when the router runs in
+    /// another one (a test bed), whatever the caller asked.
+    init_ns: Option<(u64, u64)>,
     state: StateDir,
     entries: tokio::sync::Mutex<BTreeMap<String, Attachment>>,
 }
@@ -205,6 +208,9 @@ impl Attacher {
         state: StateDir,
     ) -> Result<Self, AttachError> {
         let host_ns = Netns::current()?.id()?;
+        let init_ns = Netns::open(std::path::Path::new("/proc/1/ns/net"))
+            .and_then(|n| n.id())
+            .ok();
         let entries: Vec<Attachment> = state
             .load_json(FILE)
             .map_err(|e| AttachError::Internal(e.to_string()))?;
@@ -213,6 +219,7 @@ impl Attacher {
             bridge_index,
             mtu,
             host_ns,
+            init_ns,
             state,
             entries: tokio::sync::Mutex::new(
                 entries.into_iter().map(|a| (a.id.clone(), a)).collect(),
@@ -258,7 +265,8 @@ impl Attacher {
     /// Opens a container reference and refuses the host's own namespace.
     fn target(&self, container: &str) -> Result<Target, AttachError> {
         let t = open_target(container)?;
-        if t.ns_id == self.host_ns {
+        if t.ns_id == self.host_ns || Some(t.ns_id) == self.init_ns {
+            warn!(container = %container, "refused to plug an interface into the host's own network namespace");
             return Err(AttachError::Invalid(format!(
                 "container {container} is running in the host network namespace; weft cannot attach it"
             )));

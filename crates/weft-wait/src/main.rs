@@ -15,6 +15,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 const IFNAME: &str = "ethwe";
+const NOOP_PATH: &str = "/w/noop";
 /// 224.0.0.0 as /proc/net/route prints it (little-endian hex).
 const MULTICAST_DST: &str = "000000E0";
 
@@ -44,7 +45,10 @@ fn main() {
     }
     let start = Instant::now();
     let mut told = false;
-    loop {
+    // The proxy mounts this when the container is started into a network weft does not
+    // attach (the host's, another container's): there is nothing to wait for.
+    let noop = std::path::Path::new(NOOP_PATH).exists();
+    while !noop {
         let routes = std::fs::read_to_string("/proc/net/route").unwrap_or_default();
         if attached(&routes, mcast) {
             break;
@@ -57,8 +61,14 @@ fn main() {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+    // Docker's (and Weave's) words for a command that is not there, so scripts matching
+    // them keep working; Docker's exit code.
+    if !args[0].contains('/') && !in_path(&args[0], &std::env::var("PATH").unwrap_or_default()) {
+        eprintln!("exec: \"{}\": executable file not found in $PATH", args[0]);
+        std::process::exit(127);
+    }
     let err = Command::new(&args[0]).args(&args[1..]).exec();
-    eprintln!("weft-wait: cannot run {}: {err}", args[0]);
+    eprintln!("exec: \"{}\": {err}", args[0]);
     std::process::exit(if err.kind() == std::io::ErrorKind::NotFound {
         127
     } else {
@@ -66,9 +76,25 @@ fn main() {
     });
 }
 
+/// Whether `name` is an executable file in one of `path`'s directories.
+fn in_path(name: &str, path: &str) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    path.split(':').filter(|d| !d.is_empty()).any(|d| {
+        std::fs::metadata(std::path::Path::new(d).join(name))
+            .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn commands_are_looked_up_in_path() {
+        assert!(in_path("sh", "/nonexistent:/bin:/usr/bin"));
+        assert!(!in_path("no-such-command-here", "/bin:/usr/bin"));
+        assert!(!in_path("sh", ""));
+    }
 
     const TABLE: &str = "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n\
 eth0\t00000000\t010011AC\t0003\t0\t0\t0\t00000000\t0\t0\t0\n\

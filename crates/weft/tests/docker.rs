@@ -406,3 +406,117 @@ fn a_missing_weft_wait_is_reported_with_advice_that_works() -> Result<()> {
     tb.docker_ok(1, &["create", "--name", &c, &image, "true"])?;
     Ok(())
 }
+
+/// `curl` against a proxy socket: `(status, body)`.
+fn curl(sock: &str, method: &str, path: &str, body: &str) -> Result<(u16, String)> {
+    let out = std::process::Command::new("curl")
+        .args([
+            "-s",
+            "-o",
+            "-",
+            "-w",
+            "\n%{http_code}",
+            "--unix-socket",
+            sock,
+        ])
+        .args(["-X", method, "-H", "Content-Type: application/json"])
+        .args(["--data-binary", body])
+        .arg(format!("http://docker{path}"))
+        .output()
+        .context("running curl (apt-get install curl)")?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+    Ok((code.trim().parse().unwrap_or(0), body.to_string()))
+}
+
+/// Old clients (API < 1.24) send the HostConfig with `start`. One that says `--net=host` is
+/// honoured: nothing of weft's appears in the host's namespace at any moment (watched with
+/// `ip monitor`), and the command runs at once. One that drops weftDNS (`"Dns": null`) gets it
+/// back, and the container is attached as any.
+#[test]
+fn old_clients_start_bodies_are_rewritten_and_their_network_mode_honoured() -> Result<()> {
+    let Some(mut tb) = testbed("dko", 1) else {
+        return Ok(());
+    };
+    tb.launch(1, &["--dns-listen-address=0.0.0.0:53"])?;
+    tb.weft_ok(1, &["expose"])?;
+    let image = tb.busybox_image()?;
+    let proxy = tb.proxy(1);
+    let sock = proxy.trim_start_matches("unix://").to_string();
+    // The machine's own namespace, where a --net=host container lives: watched throughout.
+    let log = tb.dir().join("monitor.log");
+    let mut monitor = std::process::Command::new("ip")
+        .args(["-o", "monitor", "link", "address"])
+        .stdout(std::fs::File::create(&log)?)
+        .spawn()?;
+    let result = (|| -> Result<()> {
+        let host = tb.docker_name(DockerObject::Container, "oldhost");
+        let create = format!(r#"{{"Image":"{image}","Cmd":["sh","-c","echo started; sleep 60"]}}"#);
+        let (code, body) = curl(
+            &sock,
+            "POST",
+            &format!("/v1.23/containers/create?name={host}"),
+            &create,
+        )?;
+        assert_eq!(code, 201, "{body}");
+        let (code, body) = curl(
+            &sock,
+            "POST",
+            &format!("/v1.23/containers/{host}/start"),
+            r#"{"HostConfig":{"NetworkMode":"host"}}"#,
+        )?;
+        assert_eq!(code, 204, "{body}");
+        Testbed::wait_for(Duration::from_secs(20), || {
+            let logs = tb.docker_ok(0, &["logs", &host])?;
+            if logs.contains("started") {
+                Ok(())
+            } else {
+                bail!("the --net=host container's command has not run: {logs:?}")
+            }
+        })?;
+        let mode = tb.docker_ok(0, &["inspect", "-f", "{{.HostConfig.NetworkMode}}", &host])?;
+        assert_eq!(mode.trim(), "host");
+        let ps = tb.weft_ok(1, &["ps"])?;
+        assert!(
+            !ps.contains(&host[..12.min(host.len())]) && ps.lines().count() == 1,
+            "{ps}"
+        );
+
+        // "Dns": null would lose weftDNS; the proxy puts it back, and attaches as any.
+        let plain = tb.docker_name(DockerObject::Container, "oldplain");
+        let (code, body) = curl(
+            &sock,
+            "POST",
+            &format!("/v1.23/containers/create?name={plain}"),
+            &create,
+        )?;
+        assert_eq!(code, 201, "{body}");
+        let (code, body) = curl(
+            &sock,
+            "POST",
+            &format!("/v1.23/containers/{plain}/start"),
+            r#"{"HostConfig":{"Dns":null}}"#,
+        )?;
+        assert_eq!(code, 204, "{body}");
+        let dns = tb.weft_ok(1, &["dns-args"])?;
+        let ip = dns
+            .split_whitespace()
+            .find_map(|a| a.strip_prefix("--dns="))
+            .context("dns-args names the DNS address")?
+            .to_string();
+        let resolv = exec(&tb, &plain, &["cat", "/etc/resolv.conf"])?;
+        assert!(resolv.contains(&ip), "{resolv}");
+        let addr = exec(&tb, &plain, &["ip", "-4", "-o", "addr", "show", "ethwe"])?;
+        assert!(addr.contains("inet 10."), "{addr}");
+        Ok(())
+    })();
+    std::thread::sleep(Duration::from_millis(300));
+    let _ = monitor.kill();
+    let _ = monitor.wait();
+    let seen = std::fs::read_to_string(&log)?;
+    assert!(
+        !seen.contains("ethwe") && !seen.contains("inet 10."),
+        "weft touched the host's namespace:\n{seen}"
+    );
+    result
+}

@@ -230,6 +230,26 @@ impl Engine {
         out
     }
 
+    /// Whether our proxy made this container (running or not): weft-wait is its entrypoint
+    /// and it carries our router's label.
+    pub async fn made_by_our_proxy(&self, id: &str) -> bool {
+        let Ok(c) = self.inspect(id).await else {
+            return false;
+        };
+        let Some(cfg) = c.config else { return false };
+        let waits = cfg
+            .entrypoint
+            .as_ref()
+            .and_then(|e| e.first())
+            .is_some_and(|e| e == rewrite::WAIT_PATH);
+        let label = cfg
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(ROUTER_LABEL))
+            .map(String::as_str);
+        waits && label.is_none_or(|r| r == self.router)
+    }
+
     pub async fn kill(&self, id: &str) {
         let opts = KillContainerOptions {
             signal: "KILL".into(),
@@ -359,6 +379,18 @@ async fn attach_locked(app: &App, engine: &Engine, id: &str) -> Result<bool, Str
         Err(_) => return Ok(false),
     };
     if !c.proxied() || c.label(ROUTER_LABEL).is_some_and(|r| r != engine.router) {
+        return Ok(false);
+    }
+    // The network it was started into, wherever that was set (an old client's start body
+    // sets it there): only the default bridge, or none, is weft's to attach.
+    let mode = c
+        .inspect
+        .host_config
+        .as_ref()
+        .and_then(|h| h.network_mode.clone())
+        .unwrap_or_default();
+    if !rewrite::attachable_mode(&mode) {
+        info!(container = %c.id, name = %c.name, "leaving the container off weft: it has '--net={mode}'");
         return Ok(false);
     }
     let s = &engine.settings;

@@ -114,7 +114,12 @@ impl Proxy {
         if req.method() == Method::POST
             && let Some(id) = rewrite::started_container(&path).map(str::to_string)
         {
-            let resp = self.forward(req.map(BodyExt::boxed)).await;
+            let req = if unversioned.ends_with("/start") {
+                self.start_request(req, &id).await
+            } else {
+                req.map(BodyExt::boxed)
+            };
+            let resp = self.forward(req).await;
             if !resp.status().is_success() {
                 return resp;
             }
@@ -198,6 +203,14 @@ impl Proxy {
                 None => return Ok(None),
             }
         };
+        let settings = self.settings().await;
+        rewrite::rewrite_create(&mut body, name, image, &settings)?;
+        Ok(Some(body.to_string().into_bytes()))
+    }
+
+    /// How containers made through the proxy are rewritten, as things stand now.
+    async fn settings(&self) -> CreateSettings {
+        let s = &self.engine.settings;
         let dns = if s.without_dns {
             None
         } else {
@@ -218,15 +231,42 @@ impl Proxy {
                 _ => None,
             }
         };
-        let settings = CreateSettings {
+        CreateSettings {
             wait_binary: s.wait_binary.display().to_string(),
             dns,
             no_multicast_route: s.no_multicast_route,
             hostname_from_label: s.hostname_from_label.clone(),
             router_label: Some((super::ROUTER_LABEL.into(), self.engine.router.clone())),
+        }
+    }
+
+    /// An old client's start body (it carries the HostConfig) for a container our proxy made:
+    /// the create rewrite applied to it again (see [`rewrite::rewrite_start`]).
+    async fn start_request(&self, req: Request<Incoming>, id: &str) -> Request<Body> {
+        if !self.engine.made_by_our_proxy(id).await {
+            return req.map(BodyExt::boxed);
+        }
+        let (mut parts, body) = req.into_parts();
+        let bytes = match Limited::new(body, MAX_CREATE_BODY).collect().await {
+            Ok(b) => b.to_bytes(),
+            // The engine will not get a body it could use either: an empty one it answers.
+            Err(_) => Bytes::new(),
         };
-        rewrite::rewrite_create(&mut body, name, image, &settings)?;
-        Ok(Some(body.to_string().into_bytes()))
+        let body = match rewrite::rewrite_start(&bytes, &self.settings().await) {
+            Some(b) => {
+                debug!(container = %id, "rewrote an old client's start body");
+                parts
+                    .headers
+                    .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+                Bytes::from(b)
+            }
+            None => bytes,
+        };
+        parts.headers.remove(TRANSFER_ENCODING);
+        parts
+            .headers
+            .insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
+        Request::from_parts(parts, full(body))
     }
 
     /// Sends the request to the engine and returns its answer, splicing upgraded connections.

@@ -83,7 +83,7 @@ pub fn leave_alone(body: &Value, no_default: bool) -> Option<String> {
         .pointer("/HostConfig/NetworkMode")
         .and_then(Value::as_str)
         .unwrap_or("");
-    if !matches!(mode, "" | "default" | "bridge" | "none") {
+    if !attachable_mode(mode) {
         return Some(format!("the container has '--net={mode}'"));
     }
     match cidr_specs(cidr_env(&env_of(body)), no_default) {
@@ -196,9 +196,39 @@ pub fn rewrite_create(
     let Some(host) = host.as_object_mut() else {
         return Err("HostConfig is not a JSON object".into());
     };
+    rewrite_host_config(host, s, true);
+    Ok(())
+}
+
+/// Whether a network mode is one the proxy attaches containers in (Weave's rule: the default
+/// bridge, or none).
+pub fn attachable_mode(mode: &str) -> bool {
+    matches!(mode, "" | "default" | "bridge" | "none")
+}
+
+/// Where weft-wait looks for the sign that it must not wait (a container started into the
+/// host's or another container's network, or another network: weft does not attach it).
+pub const NOOP_PATH: &str = "/w/noop";
+
+/// The HostConfig part of the rewrite: weft-wait mounted, and for a container weft attaches,
+/// weftDNS as resolver with the domain as search path; for one it does not, the sign that
+/// tells weft-wait to run the command at once.
+fn rewrite_host_config(host: &mut Map<String, Value>, s: &CreateSettings, attach: bool) {
     let mut binds = str_list(host.get("Binds")).unwrap_or_default();
-    binds.push(format!("{}:{WAIT_PATH}:ro", s.wait_binary));
+    let wait = format!("{}:{WAIT_PATH}:ro", s.wait_binary);
+    if !binds.contains(&wait) {
+        binds.push(wait);
+    }
+    if !attach {
+        let noop = format!("{}:{NOOP_PATH}:ro", s.wait_binary);
+        if !binds.contains(&noop) {
+            binds.push(noop);
+        }
+    }
     host.insert("Binds".into(), json!(binds));
+    if !attach {
+        return;
+    }
     if let Some((dns_ip, domain)) = &s.dns {
         let mut dns = str_list(host.get("Dns")).unwrap_or_default();
         let ip = dns_ip.to_string();
@@ -211,7 +241,35 @@ pub fn rewrite_create(
             host.insert("DnsSearch".into(), json!([domain]));
         }
     }
-    Ok(())
+}
+
+/// Rewrites the body of `POST /containers/{id}/start` for a container the proxy made. Old
+/// clients (API < 1.24) send the HostConfig there, and Docker then replaces the one given at
+/// create: without this, the weft-wait mount and weftDNS would be lost, and a network mode
+/// set only here would go unnoticed. As Weave's proxy, a body with a `HostConfig` object is
+/// taken as one, and so is any other non-empty top-level object. Returns `None` when there
+/// is nothing to change.
+pub fn rewrite_start(body: &[u8], s: &CreateSettings) -> Option<Vec<u8>> {
+    let mut params: Value = serde_json::from_slice(body).ok()?;
+    let obj = params.as_object_mut()?;
+    let host = if obj.contains_key("HostConfig") {
+        let h = obj.get_mut("HostConfig")?;
+        if h.is_null() {
+            *h = Value::Object(Map::new());
+        }
+        h.as_object_mut()?
+    } else if !obj.is_empty() {
+        obj
+    } else {
+        return None;
+    };
+    let mode = host
+        .get("NetworkMode")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
+    rewrite_host_config(host, s, attachable_mode(&mode));
+    Some(params.to_string().into_bytes())
 }
 
 /// The container's `/etc/hosts` once attached: its overlay addresses name it, and Docker's
@@ -300,6 +358,41 @@ mod tests {
         assert_eq!(started_container("/containers/abc/restart"), Some("abc"));
         assert_eq!(started_container("/containers/abc/stop"), None);
         assert_eq!(started_container("/containers/create"), None);
+    }
+
+    #[test]
+    fn old_clients_start_bodies_keep_the_rewrite_and_their_network_mode() {
+        let s = settings();
+        let parse = |b: Vec<u8>| serde_json::from_slice::<Value>(&b).unwrap();
+        // A HostConfig that drops our DNS (`"Dns": null`) gets it back.
+        let b = parse(rewrite_start(br#"{"HostConfig":{"Dns":null}}"#, &s).unwrap());
+        assert_eq!(b["HostConfig"]["Dns"], json!(["10.32.0.1"]));
+        assert_eq!(b["HostConfig"]["DnsSearch"], json!(["weave.local"]));
+        assert_eq!(
+            b["HostConfig"]["Binds"],
+            json!(["/opt/weft/weft-wait:/w/w:ro"])
+        );
+        // An unnamed, top-level HostConfig, as some clients send it.
+        let b = parse(rewrite_start(br#"{"Binds":["/a:/b"]}"#, &s).unwrap());
+        assert_eq!(b["Binds"], json!(["/a:/b", "/opt/weft/weft-wait:/w/w:ro"]));
+        // The host's network: no DNS, and weft-wait is told not to wait.
+        for mode in ["host", "container:abc", "mynet"] {
+            let body = format!(r#"{{"HostConfig":{{"NetworkMode":"{mode}"}}}}"#);
+            let b = parse(rewrite_start(body.as_bytes(), &s).unwrap());
+            assert_eq!(
+                b["HostConfig"]["Binds"],
+                json!([
+                    "/opt/weft/weft-wait:/w/w:ro",
+                    "/opt/weft/weft-wait:/w/noop:ro"
+                ]),
+                "{mode}"
+            );
+            assert!(b["HostConfig"].get("Dns").is_none(), "{mode}");
+        }
+        // Nothing to change.
+        assert!(rewrite_start(b"", &s).is_none());
+        assert!(rewrite_start(b"{}", &s).is_none());
+        assert!(rewrite_start(b"not json", &s).is_none());
     }
 
     #[test]
