@@ -1257,8 +1257,48 @@ async fn leave(State(app): AppState) -> Result<Response, ApiError> {
 /// Releases the addresses and names of containers that went away.
 pub async fn release_gone(app: &App, gone: Vec<crate::attach::Attachment>) {
     for a in gone {
+        // A Docker container that stopped keeps its addresses, as Weave's did: a restart
+        // (by hand, by its restart policy, with the router restarted in between) gets them
+        // back. They go when the container is removed, or after a grace period if it never
+        // comes back (see `docker::DEAD_GRACE`). Its names go now, and come back with it.
+        if let Some(engine) = &app.docker
+            && crate::docker::is_container_id(&a.id)
+        {
+            crate::dns_api::unregister(app, &a.id, None).await;
+            engine.died(&a.id).await;
+            continue;
+        }
         let _ = forget_ident(app, &a.id).await;
     }
+}
+
+/// Releases the addresses of Docker containers that died longer than the grace period ago
+/// and did not come back.
+pub async fn release_dead(app: &App) {
+    let Some(engine) = &app.docker else { return };
+    for id in engine.expired_dead().await {
+        tracing::info!(container = %id, "the container did not come back: releasing its addresses");
+        let _ = forget_ident(app, &id).await;
+    }
+}
+
+/// A Docker container was removed: its addresses and names go at once.
+pub async fn container_destroyed(app: &App, id: &str) {
+    if let Some(engine) = &app.docker {
+        engine.started(id).await;
+    }
+    let _ = app.attacher.detach_ident(id).await;
+    let _ = forget_ident(app, id).await;
+}
+
+/// Every ident holding addresses in the allocator here.
+pub async fn owned_idents(app: &App) -> Vec<String> {
+    if !app.ipam_enabled {
+        return Vec::new();
+    }
+    crate::ipam_api::ipam(app, |reply| IpamCmd::Owned { reply })
+        .await
+        .unwrap_or_default()
 }
 
 /// `GET /proxyaddrs`: the Docker proxy's addresses, one per line (Weave's; `weft env` uses it).

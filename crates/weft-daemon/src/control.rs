@@ -111,6 +111,8 @@ pub enum IpamCmd {
         who: String,
         reply: oneshot::Sender<Result<u64, String>>,
     },
+    /// Every ident holding addresses here.
+    Owned { reply: oneshot::Sender<Vec<String>> },
     /// This peer leaves for good: hand our ranges to a live peer.
     Shutdown {
         reply: oneshot::Sender<Option<PeerName>>,
@@ -393,6 +395,14 @@ impl Control {
                 reply,
             } => {
                 let _ = reply.send(self.node.ipam_lookup(&ident, subnet));
+            }
+            IpamCmd::Owned { reply } => {
+                let idents = self
+                    .node
+                    .ipam()
+                    .map(|i| i.space().owned().keys().cloned().collect())
+                    .unwrap_or_default();
+                let _ = reply.send(idents);
             }
             IpamCmd::RmPeer { who, reply } => {
                 let r = self.node.ipam_rmpeer(now, &who);

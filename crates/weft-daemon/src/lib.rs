@@ -663,6 +663,7 @@ pub async fn run(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Result<(),
                     _ = tick.tick() => {
                         let gone = attacher.reap().await;
                         api::release_gone(&app, gone).await;
+                        api::release_dead(&app).await;
                     }
                     _ = sd.changed() => return,
                 }

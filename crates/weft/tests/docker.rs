@@ -520,3 +520,116 @@ fn old_clients_start_bodies_are_rewritten_and_their_network_mode_honoured() -> R
     );
     result
 }
+
+/// The weft address of a Docker container (its `ethwe`).
+fn ethwe_addr(tb: &Testbed, c: &str) -> Result<String> {
+    let out = exec(tb, c, &["ip", "-4", "-o", "addr", "show", "ethwe"])?;
+    out.split_whitespace()
+        .skip_while(|w| *w != "inet")
+        .nth(1)
+        .and_then(|a| a.split('/').next())
+        .map(str::to_string)
+        .with_context(|| format!("no address on ethwe: {out}"))
+}
+
+/// Addresses follow Docker's container lifecycle as Weave's did: a `--restart=always`
+/// container killed and restarted by Docker keeps its address while another container
+/// starts in between; `docker stop` / `docker start` keeps it; `docker rm` releases it.
+#[test]
+fn addresses_follow_the_containers_lifecycle() -> Result<()> {
+    let Some(mut tb) = testbed("dkl", 1) else {
+        return Ok(());
+    };
+    tb.launch(1, &["--dns-listen-address=0.0.0.0:53"])?;
+    let image = tb.busybox_image()?;
+    let x = tb.docker_name(DockerObject::Container, "x");
+    let y = tb.docker_name(DockerObject::Container, "y");
+    tb.docker_ok(
+        1,
+        &[
+            "run",
+            "-d",
+            "--restart=always",
+            "--name",
+            &x,
+            &image,
+            "sleep",
+            "600",
+        ],
+    )?;
+    let a = ethwe_addr(&tb, &x)?;
+    let id = tb
+        .docker_ok(0, &["inspect", "-f", "{{.Id}}", &x])?
+        .trim()
+        .to_string();
+    let pid = tb
+        .docker_ok(0, &["inspect", "-f", "{{.State.Pid}}", &x])?
+        .trim()
+        .to_string();
+    // Killed from outside: Docker's restart policy brings it back.
+    weft_testbed::run(std::process::Command::new("kill").args(["-9", &pid]))?;
+    tb.docker_ok(1, &["run", "-d", "--name", &y, &image, "sleep", "600"])?;
+    let b = ethwe_addr(&tb, &y)?;
+    assert_ne!(a, b, "the restarting container's address went to another");
+    Testbed::wait_for(Duration::from_secs(20), || {
+        let n = tb.docker_ok(
+            0,
+            &["inspect", "-f", "{{.RestartCount}} {{.State.Running}}", &x],
+        )?;
+        if n.trim() != "0 true" && n.trim().ends_with("true") {
+            Ok(())
+        } else {
+            bail!("not restarted yet: {n}")
+        }
+    })?;
+    Testbed::wait_for(Duration::from_secs(20), || {
+        let now = ethwe_addr(&tb, &x)?;
+        if now == a {
+            Ok(())
+        } else {
+            bail!("came back with {now}, not {a}")
+        }
+    })?;
+    // Stopped and started again.
+    tb.docker_ok(0, &["stop", "-t", "1", &x])?;
+    tb.docker_ok(1, &["start", &x])?;
+    assert_eq!(ethwe_addr(&tb, &x)?, a);
+    // Stopped while the router is away, started after it is back.
+    let dns = "--dns-listen-address=0.0.0.0:53";
+    tb.weft_ok(1, &["stop"])?;
+    tb.docker_ok(0, &["stop", "-t", "1", &x])?;
+    tb.launch(1, &[dns])?;
+    tb.docker_ok(1, &["start", &x])?;
+    assert_eq!(ethwe_addr(&tb, &x)?, a);
+    // Removed: released, whether the router saw it or not.
+    tb.docker_ok(0, &["rm", "-f", &x])?;
+    released(&tb, &id)?;
+    let yid = tb
+        .docker_ok(0, &["inspect", "-f", "{{.Id}}", &y])?
+        .trim()
+        .to_string();
+    tb.weft_ok(1, &["stop"])?;
+    tb.docker_ok(0, &["rm", "-f", &y])?;
+    tb.launch(1, &[dns])?;
+    released(&tb, &yid)?;
+    Ok(())
+}
+
+/// Waits until host 1's allocator holds nothing for `id` (`GET /ip/{id}` answers 404).
+fn released(tb: &Testbed, id: &str) -> Result<()> {
+    let ns = tb.host(1).netns.clone();
+    Testbed::wait_for(Duration::from_secs(10), || {
+        let url = format!("http://127.0.0.1:6784/ip/{id}");
+        let out = tb.exec(
+            &ns,
+            "curl",
+            &["-s", "-o", "/dev/null", "-w", "%{http_code}", &url],
+        );
+        let code = String::from_utf8_lossy(&out.stdout).into_owned();
+        if code == "404" {
+            Ok(())
+        } else {
+            bail!("GET /ip/{id}: {code}")
+        }
+    })
+}

@@ -154,6 +154,18 @@ pub struct Engine {
     attaching: Mutex<()>,
     /// Networks made with our plugin (id → multicast route), whose containers get DNS names.
     pub plugin_networks: Mutex<HashMap<String, bool>>,
+    /// Containers that stopped, and when: their addresses are kept for [`DEAD_GRACE`].
+    dead: Mutex<HashMap<String, tokio::time::Instant>>,
+}
+
+/// How long a stopped Docker container keeps its addresses if it is neither started again
+/// nor removed (Weave's 30 s). A removed container's go at once.
+pub const DEAD_GRACE: Duration = Duration::from_secs(30);
+
+/// Whether an ident is a Docker container id (64 hex digits), whose addresses follow the
+/// container's life rather than its namespace's.
+pub fn is_container_id(ident: &str) -> bool {
+    ident.len() == 64 && ident.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 /// What `status` says about the Docker integration.
@@ -191,6 +203,7 @@ impl Engine {
             settings,
             attaching: Mutex::new(()),
             plugin_networks: Mutex::new(HashMap::new()),
+            dead: Mutex::new(HashMap::new()),
         }))
     }
 
@@ -228,6 +241,35 @@ impl Engine {
             }
         }
         out
+    }
+
+    /// A container stopped: its addresses wait [`DEAD_GRACE`] for it to come back.
+    pub async fn died(&self, id: &str) {
+        self.dead
+            .lock()
+            .await
+            .entry(id.to_string())
+            .or_insert_with(tokio::time::Instant::now);
+    }
+
+    /// A container started (or went for good): no longer waited for.
+    pub async fn started(&self, id: &str) {
+        self.dead.lock().await.remove(id);
+    }
+
+    /// The stopped containers whose grace period is over (forgotten here).
+    pub async fn expired_dead(&self) -> Vec<String> {
+        let mut dead = self.dead.lock().await;
+        let now = tokio::time::Instant::now();
+        let gone: Vec<String> = dead
+            .iter()
+            .filter(|(_, t)| now.duration_since(**t) >= DEAD_GRACE)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in &gone {
+            dead.remove(id);
+        }
+        gone
     }
 
     /// Whether our proxy made this container (running or not): weft-wait is its entrypoint
@@ -479,7 +521,11 @@ pub async fn watch_events(app: Arc<App>, engine: Arc<Engine>, mut shutdown: watc
                 ("type".to_string(), vec!["container".to_string()]),
                 (
                     "event".to_string(),
-                    vec!["start".to_string(), "die".to_string()],
+                    vec![
+                        "start".to_string(),
+                        "die".to_string(),
+                        "destroy".to_string(),
+                    ],
                 ),
             ])),
             ..Default::default()
@@ -494,12 +540,17 @@ pub async fn watch_events(app: Arc<App>, engine: Arc<Engine>, mut shutdown: watc
                         match ev.action.as_deref() {
                             Some("start") => {
                                 let (app, engine) = (app.clone(), engine.clone());
+                                engine.started(&id).await;
                                 tokio::spawn(async move {
                                     if let Err(e) = ensure_attached(&app, &engine, &id).await {
                                         warn!(container = %id, "attaching the started container failed: {e}");
                                     }
                                     register_plugin_names(&app, &engine, &id).await;
                                 });
+                            }
+                            Some("destroy") => {
+                                debug!(container = %id, "container removed");
+                                api::container_destroyed(&app, &id).await;
                             }
                             Some("die") => {
                                 debug!(container = %id, "container died");
@@ -553,8 +604,42 @@ async fn recall_plugin_networks(engine: &Engine) {
     }
 }
 
+/// After a router restart, the addresses of Docker containers follow what happened while it
+/// was away, as Weave's pruning did: removed containers' are released, stopped ones' wait
+/// out the grace period.
+async fn prune_owned(app: &App, engine: &Engine) {
+    let opts = ListContainersOptions {
+        all: true,
+        ..Default::default()
+    };
+    let Ok(list) = engine.client.list_containers(Some(opts)).await else {
+        return;
+    };
+    let running: HashMap<String, bool> = list
+        .into_iter()
+        .filter_map(|c| {
+            let running = c.state.is_some_and(|s| s.to_string() == "running");
+            Some((c.id?, running))
+        })
+        .collect();
+    for ident in api::owned_idents(app).await {
+        if !is_container_id(&ident) {
+            continue;
+        }
+        match running.get(&ident) {
+            None => {
+                info!(container = %ident, "the container was removed while the router was away: releasing its addresses");
+                api::container_destroyed(app, &ident).await;
+            }
+            Some(false) => engine.died(&ident).await,
+            Some(true) => {}
+        }
+    }
+}
+
 async fn attach_running(app: &App, engine: &Engine) {
     recall_plugin_networks(engine).await;
+    prune_owned(app, engine).await;
     let list = match engine
         .client
         .list_containers(Some(ListContainersOptions::default()))
