@@ -28,6 +28,11 @@ fn running_pid(run_dir: &Path) -> Option<u32> {
 }
 
 fn is_weft_router(pid: u32) -> bool {
+    is_weft(pid, b"router")
+}
+
+/// Whether `pid` runs `weft <sub>`.
+fn is_weft(pid: u32, sub: &[u8]) -> bool {
     let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
         return false;
     };
@@ -35,7 +40,116 @@ fn is_weft_router(pid: u32) -> bool {
     let exe_is_weft = args
         .next()
         .is_some_and(|a| a.ends_with(b"weft") || a.ends_with(b"weft (deleted)"));
-    exe_is_weft && args.next() == Some(b"router".as_slice())
+    exe_is_weft && args.next() == Some(sub)
+}
+
+/// The supervisor's PID file, next to the router's.
+const SUPERVISOR_PID_FILE: &str = "weft-supervisor.pid";
+
+/// The running supervisor's PID, if any (checked as [`running_pid`] checks the router's).
+fn running_supervisor(run_dir: &Path) -> Option<u32> {
+    std::fs::read_to_string(run_dir.join(SUPERVISOR_PID_FILE))
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .filter(|&p| process::is_alive(p) && is_weft(p, b"supervise"))
+}
+
+/// A restarted router waits this long after the first unexpected exit; each exit soon after
+/// a start doubles it, up to [`RESTART_MAX`].
+const RESTART_MIN: Duration = Duration::from_secs(1);
+const RESTART_MAX: Duration = Duration::from_secs(30);
+/// A router that ran this long before exiting is restarted after [`RESTART_MIN`] again.
+const RESTART_RESET: Duration = Duration::from_secs(60);
+
+/// `weft supervise`: runs `weft router` with the same arguments and starts it again whenever
+/// it exits, except when it is told to stop (SIGTERM or SIGINT to the supervisor, which is
+/// what `weft stop` sends); it then stops the router and exits. A first run that exits during
+/// start-up (before its PID file names it) is not retried: `launch` reports its log.
+pub fn supervise(cli: &Cli, args: &RouterArgs) -> Result<()> {
+    let exe = std::env::current_exe().context("finding the weft executable")?;
+    let pid_file = cli.run_dir.join(SUPERVISOR_PID_FILE);
+    std::fs::write(&pid_file, format!("{}\n", std::process::id()))
+        .with_context(|| format!("writing {}", pid_file.display()))?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    // Into the router's log (our stderr), in its format.
+    tracing_subscriber::fmt()
+        .with_ansi(false)
+        .with_target(false)
+        .with_writer(std::io::stderr)
+        .init();
+    let result = rt.block_on(async {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        let mut delay = RESTART_MIN;
+        let mut first = true;
+        loop {
+            let started = Instant::now();
+            let mut child = Command::new(&exe)
+                .arg("router")
+                .args(args.to_argv())
+                .stdin(Stdio::null())
+                .spawn()
+                .context("starting the router")?;
+            // Up once it has written its PID file (its last start-up step).
+            let mut up = false;
+            let status = loop {
+                tokio::select! {
+                    _ = term.recv() => return stop_child(&mut child).await,
+                    _ = int.recv() => return stop_child(&mut child).await,
+                    _ = tokio::time::sleep(Duration::from_millis(100)) => {
+                        up |= read_pid(&cli.run_dir) == Some(child.id());
+                        if let Some(st) = child.try_wait()? {
+                            break st;
+                        }
+                    }
+                }
+            };
+            if first && !up {
+                // Never came up: a bad flag or a host it cannot run on. Restarting would
+                // only repeat that.
+                std::process::exit(status.code().unwrap_or(1));
+            }
+            first = false;
+            let ran = started.elapsed();
+            if ran >= RESTART_RESET {
+                delay = RESTART_MIN;
+            }
+            tracing::warn!(
+                "supervisor: the router (pid {}) exited unexpectedly ({status}) after {}s; starting it again in {}s",
+                child.id(),
+                ran.as_secs(),
+                delay.as_secs()
+            );
+            tokio::select! {
+                _ = term.recv() => return Ok(()),
+                _ = int.recv() => return Ok(()),
+                _ = tokio::time::sleep(delay) => {}
+            }
+            delay = (delay * 2).min(RESTART_MAX);
+        }
+    });
+    let _ = std::fs::remove_file(&pid_file);
+    result
+}
+
+/// SIGTERM to the router, SIGKILL if it has not gone within 10 s.
+async fn stop_child(child: &mut std::process::Child) -> Result<()> {
+    let _ = process::signal(child.id(), false);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if child.try_wait()?.is_some() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// `weft router`: the daemon in the foreground until SIGTERM or SIGINT.
@@ -145,7 +259,7 @@ pub fn router(cli: &Cli, args: &RouterArgs) -> Result<()> {
 
 /// `weft launch`: start `weft router` detached, wait until its API answers.
 pub fn launch(cli: &Cli, args: &RouterArgs) -> Result<()> {
-    if let Some(pid) = running_pid(&cli.run_dir) {
+    if let Some(pid) = running_pid(&cli.run_dir).or_else(|| running_supervisor(&cli.run_dir)) {
         bail!("weft is already running (pid {pid}); you can stop it with 'weft stop'");
     }
     if args.resume && !args.peers.is_empty() {
@@ -188,14 +302,18 @@ pub fn launch(cli: &Cli, args: &RouterArgs) -> Result<()> {
     {
         cmd.env(var, std::ffi::OsStr::from_bytes(p.as_bytes()));
     }
-    cmd.arg("router")
-        .args(args.to_argv())
-        .env("WEFT_STATE_DIR", &cli.state_dir)
-        .env("WEFT_RUN_DIR", &cli.run_dir)
-        .env("WEFT_HTTP_ADDR", cli.http_addr.to_string())
-        .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log);
+    cmd.arg(if args.no_restart {
+        "router"
+    } else {
+        "supervise"
+    })
+    .args(args.to_argv())
+    .env("WEFT_STATE_DIR", &cli.state_dir)
+    .env("WEFT_RUN_DIR", &cli.run_dir)
+    .env("WEFT_HTTP_ADDR", cli.http_addr.to_string())
+    .stdin(Stdio::null())
+    .stdout(log.try_clone()?)
+    .stderr(log);
     let pid = process::spawn_detached(&mut cmd)?;
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -249,12 +367,32 @@ fn log_tail(path: &Path, from: u64, lines: usize) -> String {
 
 /// `weft stop`: SIGTERM the router, wait for it, SIGKILL if it will not go.
 pub fn stop(cli: &Cli) -> Result<()> {
-    let Some(pid) = running_pid(&cli.run_dir) else {
+    if running_pid(&cli.run_dir).is_none() && running_supervisor(&cli.run_dir).is_none() {
         println!("weft is not running.");
         return Ok(());
-    };
-    stop_pid(pid)?;
-    let _ = std::fs::remove_file(cli.run_dir.join(PID_FILE));
+    }
+    stop_all(&cli.run_dir)
+}
+
+/// Stops the supervisor first (so nothing starts the router again), then the router if it
+/// is still there.
+fn stop_all(run_dir: &Path) -> Result<()> {
+    if let Some(pid) = running_supervisor(run_dir) {
+        // It stops the router itself, giving it 10 s before SIGKILL.
+        process::signal(pid, false)?;
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while process::is_alive(pid) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        if process::is_alive(pid) {
+            process::signal(pid, true)?;
+        }
+        let _ = std::fs::remove_file(run_dir.join(SUPERVISOR_PID_FILE));
+    }
+    if let Some(pid) = running_pid(run_dir) {
+        stop_pid(pid)?;
+    }
+    let _ = std::fs::remove_file(run_dir.join(PID_FILE));
     Ok(())
 }
 
@@ -280,11 +418,11 @@ pub fn reset(cli: &Cli, force: bool, bridge: &str) -> Result<()> {
     // `--force` is accepted for Weave compatibility: a router that is not running has nothing to
     // hand over to the mesh yet, so resetting without it loses nothing.
     let _ = force;
-    if let Some(pid) = running_pid(&cli.run_dir) {
+    if running_pid(&cli.run_dir).is_some() {
         // Tell the mesh we are leaving for good before going.
         let _ = rt.block_on(Client::new(cli.http_addr).delete("/peer"));
-        stop_pid(pid)?;
     }
+    stop_all(&cli.run_dir)?;
     let removed = rt.block_on(async {
         let nl = weft_linux::netlink::Netlink::new()?;
         weft_daemon::hostnet::teardown(&nl, bridge).await

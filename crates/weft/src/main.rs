@@ -49,6 +49,10 @@ enum Cmd {
     Launch(RouterArgs),
     /// Run the router in the foreground (what `launch` starts).
     Router(RouterArgs),
+    /// Keep a router running: start it again when it exits unexpectedly (what `launch`
+    /// starts unless `--no-restart`).
+    #[command(hide = true)]
+    Supervise(RouterArgs),
     /// Stop the router; the bridge and attached containers stay in place.
     Stop,
     /// Stop the router and remove the bridge, container links and all state.
@@ -236,6 +240,9 @@ pub struct RouterArgs {
     /// Reconnect to the peers of the previous run (no peer arguments allowed).
     #[arg(long)]
     resume: bool,
+    /// Do not start the router again when it exits unexpectedly (Weave's --no-restart).
+    #[arg(long)]
+    no_restart: bool,
     /// Overlay MTU (default: underlay MTU minus encapsulation overhead).
     #[arg(long, env = "WEFT_MTU")]
     mtu: Option<u32>,
@@ -596,6 +603,7 @@ fn real_main(cli: Cli) -> Result<()> {
     let client = || Client::new(cli.http_addr);
     match &cli.cmd {
         Cmd::Router(args) => lifecycle::router(&cli, args),
+        Cmd::Supervise(args) => lifecycle::supervise(&cli, args),
         Cmd::Launch(args) => lifecycle::launch(&cli, args),
         Cmd::Stop => lifecycle::stop(&cli),
         Cmd::Reset { force, bridge } => lifecycle::reset(&cli, *force, bridge),

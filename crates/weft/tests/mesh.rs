@@ -506,3 +506,52 @@ fn a_discovered_peer_is_dialled_though_its_reporter_dies() -> Result<()> {
     })?;
     Ok(())
 }
+
+/// Weave's router ran with Docker's restart policy: weft's supervisor starts a router that
+/// dies again (SIGKILL, or SIGTERM from outside), with its containers still attached and
+/// their names intact; `weft stop` stops it for good; `--no-restart` turns supervision off.
+#[test]
+fn a_router_that_dies_is_started_again() -> Result<()> {
+    let Some(mut tb) = testbed("sup", 1) else {
+        return Ok(());
+    };
+    tb.launch(1, &["--dns-listen-address=0.0.0.0:53"])?;
+    let c = tb.container("c")?;
+    let a = tb
+        .weft_ok(1, &["attach", "-h", "web", &c])?
+        .trim()
+        .to_string();
+    for signal in ["-9", "-TERM"] {
+        let old = tb.signal_router_only(1, signal)?;
+        Testbed::wait_for(Duration::from_secs(10), || {
+            match tb.our_router_pid(1) {
+                Some(p) if p != old => {}
+                _ => bail!("no new router after kill {signal}"),
+            }
+            let ps = tb.weft_ok(1, &["ps", &c])?;
+            let dns = status(&tb, 1, &["dns"])?;
+            if ps.contains(&a) && dns.contains("web") && dns.contains(&a) {
+                Ok(())
+            } else {
+                bail!("after kill {signal}: ps {ps:?}, dns {dns:?}")
+            }
+        })?;
+    }
+    assert!(
+        tb.router_log(1).contains("exited unexpectedly"),
+        "the log says why: {}",
+        tb.router_log(1)
+    );
+    tb.weft_ok(1, &["stop"])?;
+    assert!(tb.our_supervisor_pid(1).is_none() && tb.our_router_pid(1).is_none());
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(tb.our_router_pid(1).is_none(), "stop is for good");
+    assert!(!tb.weft(1, &["status"]).status.success());
+    // Without supervision a dead router stays dead.
+    tb.launch(1, &["--no-restart"])?;
+    assert!(tb.our_supervisor_pid(1).is_none());
+    tb.signal_router_only(1, "-9")?;
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(tb.our_router_pid(1).is_none());
+    Ok(())
+}

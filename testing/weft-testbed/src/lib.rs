@@ -758,7 +758,12 @@ impl Testbed {
     /// The router PID on host `i`, only if that process is alive and is ours (its environment
     /// names this host's run directory), so a recycled PID is never signalled.
     pub fn our_router_pid(&self, i: usize) -> Option<u32> {
-        let pid = self.router_pid(i)?;
+        self.ours(i, self.router_pid(i)?)
+    }
+
+    /// `pid` if that process is alive and runs for host `i` (its environment names the
+    /// host's run directory), so a recycled PID is never signalled.
+    fn ours(&self, i: usize, pid: u32) -> Option<u32> {
         let env = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
         let want = format!("WEFT_RUN_DIR={}", self.host(i).run_dir.display());
         env.split(|b| *b == 0)
@@ -766,19 +771,38 @@ impl Testbed {
             .then_some(pid)
     }
 
-    /// Kills the router on host `i` with SIGKILL, as a crash would.
+    /// The PID of host `i`'s supervisor (what `weft launch` starts to keep the router
+    /// running), only if it is alive and ours.
+    pub fn our_supervisor_pid(&self, i: usize) -> Option<u32> {
+        let pid = std::fs::read_to_string(self.host(i).run_dir.join("weft-supervisor.pid"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?;
+        self.ours(i, pid)
+    }
+
+    /// Kills weft on host `i` with SIGKILL, as a host crash would: the supervisor first (so
+    /// nothing starts the router again), then the router.
     pub fn kill_router(&self, i: usize) -> Result<()> {
+        if let Some(s) = self.our_supervisor_pid(i) {
+            kill_and_wait(s, "-9");
+        }
         let pid = self
             .our_router_pid(i)
             .context("no running router of ours")?;
-        run(Command::new("kill").args(["-9", &pid.to_string()]))?;
-        let start = Instant::now();
-        while std::path::Path::new(&format!("/proc/{pid}")).exists()
-            && start.elapsed() < Duration::from_secs(5)
-        {
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        kill_and_wait(pid, "-9");
         Ok(())
+    }
+
+    /// Sends `signal` (`-9`, `-TERM`) to host `i`'s router alone, as something outside weft
+    /// would: its supervisor is left to start it again. Returns the PID it had.
+    pub fn signal_router_only(&self, i: usize, signal: &str) -> Result<u32> {
+        let pid = self
+            .our_router_pid(i)
+            .context("no running router of ours")?;
+        kill_and_wait(pid, signal);
+        Ok(pid)
     }
 }
 
@@ -811,6 +835,9 @@ impl Drop for Testbed {
             }
         }
         for i in 1..=self.hosts.len() {
+            if let Some(pid) = self.our_supervisor_pid(i) {
+                let _ = Command::new("kill").args(["-9", &pid.to_string()]).output();
+            }
             if let Some(pid) = self.our_router_pid(i) {
                 let _ = Command::new("kill").args(["-9", &pid.to_string()]).output();
             }
@@ -838,6 +865,19 @@ impl Drop for Testbed {
             let _ = std::fs::remove_dir_all(Path::new("/etc/netns").join(ns));
         }
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Signals `pid` and waits (up to 5 s) until it has gone.
+fn kill_and_wait(pid: u32, signal: &str) {
+    let _ = Command::new("kill")
+        .args([signal, &pid.to_string()])
+        .output();
+    let start = Instant::now();
+    while std::path::Path::new(&format!("/proc/{pid}")).exists()
+        && start.elapsed() < Duration::from_secs(5)
+    {
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
