@@ -43,23 +43,10 @@ fn main() {
         eprintln!("weft-wait: No command specified");
         std::process::exit(127);
     }
-    let start = Instant::now();
-    let mut told = false;
     // The proxy mounts this when the container is started into a network weft does not
     // attach (the host's, another container's): there is nothing to wait for.
-    let noop = std::path::Path::new(NOOP_PATH).exists();
-    while !noop {
-        let routes = std::fs::read_to_string("/proc/net/route").unwrap_or_default();
-        if attached(&routes, mcast) {
-            break;
-        }
-        if !told && start.elapsed() > Duration::from_secs(10) {
-            eprintln!(
-                "weft-wait: still waiting for weft to attach {IFNAME}; is the weft router running?"
-            );
-            told = true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
+    if !std::path::Path::new(NOOP_PATH).exists() {
+        wait_attached(mcast);
     }
     // Docker's (and Weave's) words for a command that is not there, so scripts matching
     // them keep working; Docker's exit code.
@@ -74,6 +61,25 @@ fn main() {
     } else {
         126
     });
+}
+
+/// Returns once the router has attached `ethwe` (its route is there).
+fn wait_attached(mcast: bool) {
+    let start = Instant::now();
+    let mut told = false;
+    loop {
+        let routes = std::fs::read_to_string("/proc/net/route").unwrap_or_default();
+        if attached(&routes, mcast) {
+            return;
+        }
+        if !told && start.elapsed() > Duration::from_secs(10) {
+            eprintln!(
+                "weft-wait: still waiting for weft to attach {IFNAME}; is the weft router running?"
+            );
+            told = true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// Whether `name` is an executable file in one of `path`'s directories.
