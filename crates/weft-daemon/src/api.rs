@@ -1229,12 +1229,28 @@ async fn ps(State(app): AppState, RawQuery(q): RawQuery) -> Result<Response, Api
             cidrs: nets,
         });
     }
-    let mut containers = Vec::new();
-    for o in only.into_iter().filter(|o| o != EXPOSE_IDENT) {
-        containers.push(crate::docker::resolve(&app, &o).await?.0);
+    if everything {
+        list.extend(app.attacher.list(&[]).await?);
+        if let Some(engine) = &app.docker {
+            list.extend(crate::docker::plugin_entries(engine, None).await);
+        }
+        return Ok(axum::Json(list).into_response());
     }
-    if everything || !containers.is_empty() {
-        list.extend(app.attacher.list(&containers).await?);
+    // Each as named, the way Weave's ps echoed its arguments: by netns, or a Docker name or id.
+    for o in only.into_iter().filter(|o| o != EXPOSE_IDENT) {
+        let (netns, docker) = crate::docker::resolve(&app, &o).await?;
+        let mut found = app.attacher.list(std::slice::from_ref(&netns)).await?;
+        if found.is_empty()
+            && let (Some(engine), Some(c)) = (&app.docker, docker)
+        {
+            found = crate::docker::plugin_entries(engine, Some(&[(o.clone(), c.id)])).await;
+        }
+        for mut e in found {
+            if e.id != o && crate::docker::is_container_id(&e.id) {
+                e.id = o.clone();
+            }
+            list.push(e);
+        }
     }
     Ok(axum::Json(list).into_response())
 }

@@ -328,6 +328,10 @@ pub struct RouterArgs {
         default_value = "/run/docker/plugins/weft.sock"
     )]
     plugin_socket: PathBuf,
+    /// A Docker network of the plugin's made at launch for `docker run --net=NAME`, as
+    /// Weave's `weave` network (`""`: none).
+    #[arg(long, env = "WEFT_PLUGIN_NETWORK", default_value = "weave")]
+    plugin_network: String,
     /// Proxy: do not give containers weftDNS, a hostname in the domain, or DNS names.
     #[arg(long)]
     without_dns: bool,
@@ -397,6 +401,7 @@ impl RouterArgs {
             "plugin-socket",
             Some(self.plugin_socket.display().to_string()),
         );
+        opt("plugin-network", Some(self.plugin_network.clone()));
         opt("hostname-from-label", self.hostname_from_label.clone());
         opt(
             "wait-binary",
@@ -501,6 +506,8 @@ impl RouterArgs {
             api: self.docker_api.clone(),
             proxy_listen,
             plugin_socket: self.plugin.then(|| self.plugin_socket.clone()),
+            plugin_network: Some(self.plugin_network.clone())
+                .filter(|n| self.plugin && !n.is_empty()),
             without_dns: self.without_dns || self.no_dns,
             no_multicast_route: self.no_multicast_route,
             no_rewrite_hosts: self.no_rewrite_hosts,

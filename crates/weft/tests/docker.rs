@@ -56,6 +56,22 @@ fn launch(tb: &Testbed, n: usize) -> Result<()> {
     Ok(())
 }
 
+/// Waits until hosts 1..=n each see the full mesh.
+fn wait_for_peers(tb: &Testbed, n: usize) -> Result<()> {
+    let want = format!("Peers: {n} (with {} established connections)", n * (n - 1));
+    for i in 1..=n {
+        Testbed::wait_for(Duration::from_secs(30), || {
+            let s = tb.weft_ok(i, &["status"])?;
+            if s.contains(&want) {
+                Ok(())
+            } else {
+                bail!("h{i}:\n{s}")
+            }
+        })?;
+    }
+    Ok(())
+}
+
 /// `docker exec C ARGS` straight at the engine; stdout, or the failure with its output.
 fn exec(tb: &Testbed, c: &str, args: &[&str]) -> Result<String> {
     let mut a = vec!["exec", c];
@@ -124,9 +140,12 @@ fn docker_run_through_the_proxy_joins_the_overlay_and_dns() -> Result<()> {
     assert!(ping.contains(" 0% packet loss"), "{ping}");
 
     // weft's own commands take Docker names.
+    // Named as given, as Weave's ps echoed its arguments; by id when listing all.
     let ps = tb.weft_ok(1, &["ps", &s1])?;
+    assert!(ps.starts_with(&format!("{s1} ")), "{ps}");
     let id = tb.docker_ok(0, &["inspect", "-f", "{{.Id}}", &s1])?;
-    assert!(ps.starts_with(&id[..12]), "{ps}");
+    let all = tb.weft_ok(1, &["ps"])?;
+    assert!(all.lines().any(|l| l.starts_with(&id[..12])), "{all}");
     let dns = tb.weft_ok(2, &["status", "dns"])?;
     assert!(dns.contains(&s1) && dns.contains(&s2), "{dns}");
 
@@ -235,12 +254,25 @@ fn the_network_plugin_carries_traffic_across_hosts() -> Result<()> {
     launch(&tb, 2)?;
     let image = tb.busybox_image()?;
     // One network per host's driver (one engine, two "hosts"): same default subnet, one
-    // allocator.
+    // allocator. Host 1's is the ready-made one launch makes (Weave's `weave`).
     let (n1, n2) = (
         tb.docker_name(DockerObject::Network, "n1"),
         tb.docker_name(DockerObject::Network, "n2"),
     );
-    for (i, n) in [(1, &n1), (2, &n2)] {
+    let dns = "--dns-listen-address=0.0.0.0:53";
+    let with_network = format!("--plugin-network={n1}");
+    tb.weft_ok(1, &["stop"])?;
+    tb.launch(1, &[dns, &with_network])?;
+    Testbed::wait_for(Duration::from_secs(10), || {
+        let d = tb.docker_ok(0, &["network", "inspect", "-f", "{{.Driver}}", &n1])?;
+        if d.trim() == tb.plugin_driver(1) {
+            Ok(())
+        } else {
+            bail!("{n1} has driver {d}")
+        }
+    })?;
+    wait_for_peers(&tb, 2)?;
+    for (i, n) in [(2, &n2)] {
         let d = tb.plugin_driver(i);
         tb.docker_ok(
             0,
@@ -259,10 +291,22 @@ fn the_network_plugin_carries_traffic_across_hosts() -> Result<()> {
         tb.docker_name(DockerObject::Container, "pa"),
         tb.docker_name(DockerObject::Container, "pb"),
     );
+    // Docker 20.10 keeps a hostname with its domain whole: registered once, as given.
+    let a_fqdn = format!("{a}.weave.local");
     tb.docker_ok(
         0,
         &[
-            "run", "-d", "--net", &n1, "--name", &a, &image, "sleep", "600",
+            "run",
+            "-d",
+            "--net",
+            &n1,
+            "--hostname",
+            &a_fqdn,
+            "--name",
+            &a,
+            &image,
+            "sleep",
+            "600",
         ],
     )?;
     tb.docker_ok(
@@ -298,6 +342,32 @@ fn the_network_plugin_carries_traffic_across_hosts() -> Result<()> {
             Ok(())
         } else {
             bail!("{a} not in weftDNS:\n{d}")
+        }
+    })?;
+    let d = tb.weft_ok(2, &["status", "dns"])?;
+    assert!(!d.contains("weave.local.weave.local"), "{d}");
+    // weft ps lists plugin containers: all by id, or one by the name given.
+    let id = tb.docker_ok(0, &["inspect", "-f", "{{.Id}}", &a])?;
+    let ps = tb.weft_ok(1, &["ps"])?;
+    assert!(
+        ps.lines()
+            .any(|l| l.starts_with(&id[..12]) && l.contains(ipa.trim())),
+        "{ps}"
+    );
+    let ps = tb.weft_ok(1, &["ps", &a])?;
+    assert!(
+        ps.starts_with(&format!("{a} ")) && ps.contains(ipa.trim()),
+        "{ps}"
+    );
+    // A router restart brings the plugin containers' names back.
+    tb.weft_ok(1, &["stop"])?;
+    tb.launch(1, &[dns, &with_network])?;
+    Testbed::wait_for(Duration::from_secs(10), || {
+        let d = tb.weft_ok(1, &["status", "dns"])?;
+        if d.contains(&a) {
+            Ok(())
+        } else {
+            bail!("{a} not back in weftDNS after a restart:\n{d}")
         }
     })?;
     // Addresses go back when containers and networks go.

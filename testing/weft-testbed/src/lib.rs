@@ -380,7 +380,10 @@ impl Testbed {
             // One engine serves every host: each router gets its own plugin socket (the
             // driver is named after it).
             c.env_remove("WEFT_DOCKER_API")
-                .env("WEFT_PLUGIN_SOCKET", self.plugin_socket(i));
+                .env("WEFT_PLUGIN_SOCKET", self.plugin_socket(i))
+                // Network names are the engine's, shared by every host of every test bed:
+                // a test that wants the ready-made network names its own.
+                .env("WEFT_PLUGIN_NETWORK", "");
         } else {
             c.env("WEFT_DOCKER_API", "");
         }

@@ -44,6 +44,8 @@ pub struct DockerSettings {
     pub proxy_listen: Vec<String>,
     /// The network plugin's socket (`/run/docker/plugins/weft.sock`); `None`: no plugin.
     pub plugin_socket: Option<PathBuf>,
+    /// A network of the plugin's that launch makes if missing (Weave's `weave`).
+    pub plugin_network: Option<String>,
     pub without_dns: bool,
     pub no_multicast_route: bool,
     pub no_rewrite_hosts: bool,
@@ -135,6 +137,9 @@ impl Startup {
         if let Some(sock) = &engine.settings.plugin_socket {
             let p = plugin::Plugin::new(app.clone(), host.netlink.clone(), host.bridge.index, mtu);
             plugin::serve(p, sock, shutdown.clone()).await?;
+            // Docker calls back into the plugin to make it: not on the start-up path.
+            let engine = engine.clone();
+            tasks.spawn(async move { ensure_plugin_network(&engine).await });
         }
         tasks.spawn(watch_events(app.clone(), engine, shutdown.clone()));
         Ok(())
@@ -656,7 +661,118 @@ async fn attach_running(app: &App, engine: &Engine) {
         if let Err(e) = ensure_attached(app, engine, &id).await {
             warn!(container = %id, "re-attaching a running container failed: {e}");
         }
+        // Names of containers on our plugin's networks come back after a router restart.
+        register_plugin_names(app, engine, &id).await;
     }
+}
+
+/// Makes the plugin's ready-made network (`--plugin-network`, Weave's `weave`) unless it
+/// exists, so `docker run --net=weave` works without a `docker network create`.
+pub async fn ensure_plugin_network(engine: &Engine) {
+    let (Some(name), Some(sock)) = (
+        &engine.settings.plugin_network,
+        &engine.settings.plugin_socket,
+    ) else {
+        return;
+    };
+    let driver = plugin::driver_name(sock);
+    if let Ok(n) = engine
+        .client
+        .inspect_network(
+            name,
+            None::<bollard::query_parameters::InspectNetworkOptions>,
+        )
+        .await
+    {
+        if n.driver.as_deref() != Some(driver.as_str()) {
+            warn!(
+                network = %name,
+                "a Docker network of that name exists with driver {:?}, not {driver}: leaving it",
+                n.driver.unwrap_or_default()
+            );
+        }
+        return;
+    }
+    let req = bollard::models::NetworkCreateRequest {
+        name: name.clone(),
+        driver: Some(driver.clone()),
+        ipam: Some(bollard::models::Ipam {
+            driver: Some(driver.clone()),
+            ..Default::default()
+        }),
+        // As Weave's: multicast through the overlay.
+        options: Some(HashMap::from([(
+            plugin::MULTICAST_OPTIONS[0].to_string(),
+            "true".to_string(),
+        )])),
+        ..Default::default()
+    };
+    match engine.client.create_network(req).await {
+        Ok(_) => info!(network = %name, %driver, "created the Docker network for --net={name}"),
+        Err(e) => warn!(network = %name, "creating the Docker network: {e}"),
+    }
+}
+
+/// `weft ps` for containers on our plugin's networks (they are Docker's to plug, not weft's
+/// attacher's): each with its endpoint's MAC and addresses. `only`: (name as given, id).
+pub async fn plugin_entries(
+    engine: &Engine,
+    only: Option<&[(String, String)]>,
+) -> Vec<weft_api::types::ContainerEntry> {
+    let ours: Vec<String> = engine
+        .plugin_networks
+        .lock()
+        .await
+        .keys()
+        .cloned()
+        .collect();
+    if ours.is_empty() {
+        return Vec::new();
+    }
+    let wanted: Vec<(String, String)> = match only {
+        Some(o) => o.to_vec(),
+        None => {
+            let Ok(list) = engine
+                .client
+                .list_containers(Some(ListContainersOptions::default()))
+                .await
+            else {
+                return Vec::new();
+            };
+            list.into_iter()
+                .filter_map(|c| c.id)
+                .map(|id| (id.clone(), id))
+                .collect()
+        }
+    };
+    let mut out = Vec::new();
+    for (shown, id) in wanted {
+        let Ok(c) = engine.inspect(&id).await else {
+            continue;
+        };
+        let eps = c
+            .network_settings
+            .and_then(|n| n.networks)
+            .unwrap_or_default();
+        for ep in eps.values() {
+            if !ep.network_id.as_ref().is_some_and(|n| ours.contains(n)) {
+                continue;
+            }
+            let cidrs = ep
+                .ip_address
+                .as_deref()
+                .and_then(|a| a.parse().ok())
+                .and_then(|a| ipnet::Ipv4Net::new(a, ep.ip_prefix_len.unwrap_or(32) as u8).ok())
+                .into_iter()
+                .collect();
+            out.push(weft_api::types::ContainerEntry {
+                id: shown.clone(),
+                mac: ep.mac_address.clone().unwrap_or_default(),
+                cidrs,
+            });
+        }
+    }
+    out
 }
 
 /// Resolves a container argument of the CLI: a netns name, path or PID as before, else a
@@ -720,8 +836,11 @@ async fn register_plugin_names(app: &App, engine: &Engine, id: &str) {
             // Docker's default hostname is the short id: no name worth registering.
             .filter(|h| !h.is_empty() && !id.starts_with(h))
     {
+        // Docker 20.10 keeps `--hostname c1.weave.local` whole in Hostname, with no
+        // Domainname: a name that has its domain already gets none added.
         match cfg.domainname.as_deref().filter(|d| !d.is_empty()) {
             Some(d) => names.push(format!("{h}.{d}")),
+            None if h.contains('.') => names.push(h.to_string()),
             None => names.push(format!("{h}.{domain}")),
         }
     }
@@ -731,6 +850,10 @@ async fn register_plugin_names(app: &App, engine: &Engine, id: &str) {
             names.push(format!("{h}.{domain}"));
         }
     }
+    for n in &mut names {
+        *n = weft_core::dns::normalize(n);
+    }
+    names.sort();
     names.dedup();
     for n in names {
         if let Err(e) = crate::dns_api::register(app, &n, id, &addrs).await {
