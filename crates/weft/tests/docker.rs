@@ -701,3 +701,49 @@ fn released(tb: &Testbed, id: &str) -> Result<()> {
         }
     })
 }
+
+/// `--docker-api tcp://HOST:PORT`, as Weave took it: the router talks to an engine over TCP
+/// (here host 1's proxy, listening on TCP in front of the machine's engine), resolves Docker
+/// names through it and attaches their containers.
+#[test]
+fn an_engine_over_tcp_is_used() -> Result<()> {
+    let Some(mut tb) = testbed("dkc", 2) else {
+        return Ok(());
+    };
+    let image = tb.busybox_image()?;
+    let listen = format!("tcp://{}:12376", tb.host(1).ip);
+    tb.launch(1, &["-H", &listen])?;
+    let api = format!("--docker-api={listen}");
+    let out = tb
+        .weft_cmd(2, &["launch", &api, "--proxy=false", "--plugin=false"])
+        .output()?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(!err.contains("without the Docker"), "{err}");
+    let c = tb.docker_name(DockerObject::Container, "tcpc");
+    tb.docker_ok(
+        0,
+        &[
+            "run",
+            "-d",
+            "--net=none",
+            "--name",
+            &c,
+            &image,
+            "sleep",
+            "600",
+        ],
+    )?;
+    let addr = tb.weft_ok(2, &["attach", &c])?;
+    assert!(addr.trim().starts_with("10."), "{addr}");
+    assert_eq!(ethwe_addr(&tb, &c)?, addr.trim());
+    let bad = tb
+        .weft_cmd(2, &["launch", "--docker-api=tcp://nowhere"])
+        .output()?;
+    let e = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        !bad.status.success() || e.contains("tcp://HOST:PORT"),
+        "{e}"
+    );
+    Ok(())
+}

@@ -61,6 +61,80 @@ pub fn socket_path(api: &str) -> Option<PathBuf> {
     p.starts_with('/').then(|| PathBuf::from(p))
 }
 
+#[cfg(test)]
+mod engine_addr_tests {
+    use super::*;
+
+    #[test]
+    fn docker_api_addresses() {
+        assert_eq!(
+            EngineAddr::parse("unix:///var/run/docker.sock"),
+            Ok(EngineAddr::Unix("/var/run/docker.sock".into()))
+        );
+        assert_eq!(
+            EngineAddr::parse("/run/d.sock"),
+            Ok(EngineAddr::Unix("/run/d.sock".into()))
+        );
+        assert_eq!(
+            EngineAddr::parse("tcp://10.0.0.1:2375/"),
+            Ok(EngineAddr::Tcp("10.0.0.1:2375".into()))
+        );
+        assert_eq!(
+            EngineAddr::parse("tcp://docker.example:2376").map(|a| a.to_string()),
+            Ok("tcp://docker.example:2376".into())
+        );
+        for bad in [
+            "tcp://nowhere",
+            "tcp://:2375",
+            "http://x:1",
+            "relative.sock",
+        ] {
+            let e = EngineAddr::parse(bad).unwrap_err();
+            assert!(e.contains("tcp://HOST:PORT"), "{bad}: {e}");
+        }
+    }
+}
+
+/// Where the engine's API is: a unix socket, or `tcp://HOST:PORT` as Weave's `--docker-api`
+/// also took (no TLS: as the engine itself serves it then).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EngineAddr {
+    Unix(PathBuf),
+    Tcp(String),
+}
+
+impl EngineAddr {
+    pub fn parse(api: &str) -> Result<EngineAddr, String> {
+        if let Some(hp) = api.strip_prefix("tcp://") {
+            let hp = hp.trim_end_matches('/');
+            let ok = hp
+                .rsplit_once(':')
+                .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok());
+            return if ok {
+                Ok(EngineAddr::Tcp(hp.to_string()))
+            } else {
+                Err(format!(
+                    "--docker-api {api:?}: expected tcp://HOST:PORT (e.g. tcp://127.0.0.1:2375)"
+                ))
+            };
+        }
+        socket_path(api).map(EngineAddr::Unix).ok_or_else(|| {
+            format!(
+                "--docker-api {api:?}: expected unix:///PATH (default unix:///var/run/docker.sock) or tcp://HOST:PORT"
+            )
+        })
+    }
+}
+
+impl std::fmt::Display for EngineAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            EngineAddr::Unix(p) => write!(f, "unix://{}", p.display()),
+            EngineAddr::Tcp(hp) => write!(f, "tcp://{hp}"),
+        }
+    }
+}
+
 /// The Docker side of a starting router: the engine if it answers, and the proxy's bound
 /// listeners until the router's other parts exist to serve them.
 pub struct Startup {
@@ -94,7 +168,7 @@ impl Startup {
             }
         };
         for addr in &s.proxy_listen {
-            let (l, shown) = proxy::listen(addr, &engine.socket)?;
+            let (l, shown) = proxy::listen(addr, &engine.addr)?;
             st.status.proxy_addrs.push(shown);
             st.listeners.push(l);
         }
@@ -152,7 +226,7 @@ pub struct Engine {
     /// Our peer name: containers made through our proxy carry it in [`ROUTER_LABEL`], so
     /// routers sharing one engine (a test bed) each attach only their own.
     pub router: String,
-    pub socket: PathBuf,
+    pub addr: EngineAddr,
     pub settings: DockerSettings,
     /// One Docker attach at a time: the proxy's start and the start event race for the same
     /// container, and attaching takes milliseconds.
@@ -185,17 +259,17 @@ pub struct DockerStatus {
 impl Engine {
     /// Connects to the engine and checks it answers; `Err` says why not.
     pub async fn connect(settings: DockerSettings, router: String) -> Result<Arc<Engine>, String> {
-        let socket = socket_path(&settings.api).ok_or_else(|| {
-            format!(
-                "--docker-api {:?}: only unix sockets are supported (unix:///var/run/docker.sock)",
-                settings.api
-            )
-        })?;
-        let client = Docker::connect_with_unix(
-            &socket.display().to_string(),
-            120,
-            bollard::API_DEFAULT_VERSION,
-        )
+        let addr = EngineAddr::parse(&settings.api)?;
+        let client = match &addr {
+            EngineAddr::Unix(p) => Docker::connect_with_unix(
+                &p.display().to_string(),
+                120,
+                bollard::API_DEFAULT_VERSION,
+            ),
+            EngineAddr::Tcp(hp) => {
+                Docker::connect_with_http(&format!("tcp://{hp}"), 120, bollard::API_DEFAULT_VERSION)
+            }
+        }
         .map_err(|e| format!("{}: {e}", settings.api))?;
         let client = tokio::time::timeout(Duration::from_secs(3), client.negotiate_version())
             .await
@@ -204,7 +278,7 @@ impl Engine {
         Ok(Arc::new(Engine {
             client,
             router,
-            socket,
+            addr,
             settings,
             attaching: Mutex::new(()),
             plugin_networks: Mutex::new(HashMap::new()),

@@ -270,19 +270,39 @@ impl Proxy {
     }
 
     /// Sends the request to the engine and returns its answer, splicing upgraded connections.
-    async fn forward(&self, mut req: Request<Body>) -> Response<Body> {
-        let stream = match UnixStream::connect(&self.engine.socket).await {
-            Ok(s) => s,
-            Err(e) => {
-                return error(
-                    StatusCode::BAD_GATEWAY,
-                    &format!(
-                        "weft's Docker proxy cannot reach Docker at {}: {e}",
-                        self.engine.socket.display()
-                    ),
-                );
-            }
+    async fn forward(&self, req: Request<Body>) -> Response<Body> {
+        let unreachable = |e: std::io::Error| {
+            error(
+                StatusCode::BAD_GATEWAY,
+                &format!(
+                    "weft's Docker proxy cannot reach Docker at {}: {e}",
+                    self.engine.addr
+                ),
+            )
         };
+        match &self.engine.addr {
+            super::EngineAddr::Unix(p) => match UnixStream::connect(p).await {
+                Ok(s) => forward_on(s, req).await,
+                Err(e) => unreachable(e),
+            },
+            super::EngineAddr::Tcp(hp) => match tokio::net::TcpStream::connect(hp.as_str()).await {
+                Ok(s) => {
+                    let _ = s.set_nodelay(true);
+                    forward_on(s, req).await
+                }
+                Err(e) => unreachable(e),
+            },
+        }
+    }
+}
+
+/// Sends the request over `stream` to the engine and returns its answer, splicing upgraded
+/// connections.
+async fn forward_on<S>(stream: S, mut req: Request<Body>) -> Response<Body>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    {
         let (mut sender, conn) =
             match hyper::client::conn::http1::handshake::<_, Body>(TokioIo::new(stream)).await {
                 Ok(x) => x,
@@ -322,7 +342,7 @@ impl Proxy {
 /// Listens on `unix:///path` (or a bare path) or `tcp://host:port`. A unix socket gets the
 /// engine socket's mode and owner, so whoever may use Docker may use the proxy. TCP has no TLS
 /// here: anyone who reaches it controls the engine, so anything but loopback is warned about.
-pub fn listen(addr: &str, engine_socket: &std::path::Path) -> Result<(Listener, String), String> {
+pub fn listen(addr: &str, engine: &super::EngineAddr) -> Result<(Listener, String), String> {
     if let Some(hostport) = addr.strip_prefix("tcp://") {
         let sa: std::net::SocketAddr = hostport.trim_end_matches('/').parse().map_err(|_| {
             format!("-H {addr}: expected tcp://IP:PORT (e.g. tcp://127.0.0.1:12375)")
@@ -356,7 +376,10 @@ pub fn listen(addr: &str, engine_socket: &std::path::Path) -> Result<(Listener, 
     let _ = std::fs::remove_file(&path);
     let l = tokio::net::UnixListener::bind(&path)
         .map_err(|e| format!("listening on {}: {e}", path.display()))?;
-    if let Ok(meta) = std::fs::metadata(engine_socket) {
+    // An engine on TCP has no socket whose mode and owner to copy: the proxy's keeps ours.
+    if let super::EngineAddr::Unix(engine_socket) = engine
+        && let Ok(meta) = std::fs::metadata(engine_socket)
+    {
         use std::os::unix::fs::{MetadataExt, PermissionsExt};
         let _ =
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(meta.mode() & 0o777));
