@@ -426,3 +426,29 @@ fn a_narrow_path_is_learned_when_the_fast_path_falls_back() -> Result<()> {
     }
     Ok(())
 }
+
+/// Hairpin mode on the router's own bridge port (set by other software) is detected and
+/// logged, as Weave did.
+#[test]
+fn hairpin_mode_on_the_routers_port_is_logged() -> Result<()> {
+    let Some(tb) = testbed("hpn", 1) else {
+        return Ok(());
+    };
+    tb.launch(1, &[])?;
+    let ns = tb.host(1).netns.clone();
+    let out = tb.exec(
+        &ns,
+        "sh",
+        &["-c", "echo 1 > /sys/class/net/weft-tap/brport/hairpin_mode"],
+    );
+    assert!(out.status.success(), "{out:?}");
+    Testbed::wait_for(HEAL, || {
+        let log = tb.router_log(1);
+        if log.contains("Hairpin mode enabled on \"weft-tap\"") {
+            Ok(())
+        } else {
+            bail!("not logged:\n{log}")
+        }
+    })?;
+    Ok(())
+}

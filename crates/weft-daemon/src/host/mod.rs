@@ -186,6 +186,8 @@ pub struct FirewallTask {
     physdev: bool,
     requests: mpsc::Receiver<oneshot::Sender<Result<(), String>>>,
     no_masquerade: Arc<Mutex<BTreeSet<Ipv4Net>>>,
+    /// The router's ports last seen with hairpin mode on.
+    hairpin: BTreeSet<String>,
 }
 
 impl FirewallTask {
@@ -210,6 +212,7 @@ impl FirewallTask {
             physdev: true,
             requests: rx,
             no_masquerade: no_masquerade.clone(),
+            hairpin: BTreeSet::new(),
         };
         task.reconcile().await?;
         Ok((task, FirewallHandle { tx, no_masquerade }))
@@ -249,6 +252,7 @@ impl FirewallTask {
     /// One round: the bridge up, the rules in place, forwarding on if anything is exposed.
     async fn reconcile(&mut self) -> Result<(), HostError> {
         self.heal_bridge().await;
+        self.detect_hairpin();
         let spec = self.spec().await?;
         if !spec.exposed.is_empty() {
             enable_forwarding();
@@ -298,6 +302,25 @@ impl FirewallTask {
         .map_err(|e| HostError::Firewall(format!("the firewall check panicked: {e}")))?;
         self.firewall = Some(fw);
         result
+    }
+
+    /// As Weave did for its own bridge port: hairpin mode on the router's ports (the TAP,
+    /// the VXLAN device) reflects frames back into the overlay, duplicating them. weft never
+    /// sets it there, so something else did: said once each time it appears.
+    fn detect_hairpin(&mut self) {
+        for port in [
+            format!("{}-tap", self.fixed.bridge),
+            crate::fastdp::vxlan_name(&self.fixed.bridge),
+        ] {
+            let on = weft_linux::sysctl::hairpin_enabled(&port);
+            if on && self.hairpin.insert(port.clone()) {
+                tracing::error!(
+                    "Hairpin mode enabled on {port:?}: this may cause connectivity issues (frames come back to the overlay twice); it may have been enabled by other software on this machine"
+                );
+            } else if !on && self.hairpin.remove(&port) {
+                info!("hairpin mode is off again on {port:?}");
+            }
+        }
     }
 
     async fn heal_bridge(&self) {
