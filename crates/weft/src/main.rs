@@ -347,6 +347,17 @@ pub struct RouterArgs {
     /// Proxy: take containers' hostnames from this label when it is set.
     #[arg(long, value_name = "LABEL")]
     hostname_from_label: Option<String>,
+    /// Proxy: a regular expression applied to container names to make hostnames (Weave's
+    /// --hostname-match; e.g. '^aws-[0-9]+-(.*)$').
+    #[arg(long, default_value = "(.*)")]
+    hostname_match: String,
+    /// Proxy: what a --hostname-match match becomes ($1 for its first group; e.g. 'my-app-$1').
+    #[arg(long, default_value = "$1")]
+    hostname_replacement: String,
+    /// Proxy: docker inspect shows the container's weft address, MAC and prefix length in
+    /// NetworkSettings (Weave's --rewrite-inspect).
+    #[arg(long)]
+    rewrite_inspect: bool,
     /// The static weft-wait binary the proxy mounts into containers (default: next to weft).
     #[arg(long, env = "WEFT_WAIT_BINARY")]
     wait_binary: Option<PathBuf>,
@@ -403,6 +414,11 @@ impl RouterArgs {
         );
         opt("plugin-network", Some(self.plugin_network.clone()));
         opt("hostname-from-label", self.hostname_from_label.clone());
+        opt("hostname-match", Some(self.hostname_match.clone()));
+        opt(
+            "hostname-replacement",
+            Some(self.hostname_replacement.clone()),
+        );
         opt(
             "wait-binary",
             self.wait_binary.as_ref().map(|p| p.display().to_string()),
@@ -419,6 +435,7 @@ impl RouterArgs {
             (self.no_multicast_route, "--no-multicast-route"),
             (self.no_rewrite_hosts, "--no-rewrite-hosts"),
             (self.no_default_ipalloc, "--no-default-ipalloc"),
+            (self.rewrite_inspect, "--rewrite-inspect"),
         ] {
             if set {
                 v.push(flag.to_string());
@@ -497,6 +514,11 @@ impl RouterArgs {
                 .context("finding the weft executable")?
                 .with_file_name("weft-wait"),
         };
+        weft_daemon::docker::rewrite::hostname_match(
+            &self.hostname_match,
+            &self.hostname_replacement,
+        )
+        .map_err(anyhow::Error::msg)?;
         let proxy_listen = match (self.proxy, self.proxy_listen.is_empty()) {
             (false, _) => Vec::new(),
             (true, true) => vec![format!("unix://{}", run_dir.join("weft.sock").display())],
@@ -513,6 +535,9 @@ impl RouterArgs {
             no_rewrite_hosts: self.no_rewrite_hosts,
             no_default_ipalloc: self.no_default_ipalloc,
             hostname_from_label: self.hostname_from_label.clone(),
+            hostname_match: self.hostname_match.clone(),
+            hostname_replacement: self.hostname_replacement.clone(),
+            rewrite_inspect: self.rewrite_inspect,
             wait_binary,
         }))
     }

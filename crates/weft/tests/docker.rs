@@ -739,3 +739,53 @@ fn an_engine_over_tcp_is_used() -> Result<()> {
     assert_eq!(ethwe_addr(&tb, &c)?, addr.trim());
     Ok(())
 }
+
+/// Weave's `--hostname-match`/`--hostname-replacement` and `--rewrite-inspect`: a container
+/// name becomes the hostname the pattern makes of it, and `docker inspect` through the proxy
+/// shows the weft address and MAC.
+#[test]
+fn hostname_match_and_rewrite_inspect() -> Result<()> {
+    let Some(mut tb) = testbed("dkm", 1) else {
+        return Ok(());
+    };
+    let image = tb.busybox_image()?;
+    tb.launch(
+        1,
+        &[
+            "--dns-listen-address=0.0.0.0:53",
+            "--rewrite-inspect",
+            "--hostname-match=^.*-aws-[0-9]+-(.*)$",
+            "--hostname-replacement=my-app-$1",
+        ],
+    )?;
+    tb.weft_ok(1, &["expose"])?;
+    let c = tb.docker_name(DockerObject::Container, "aws-12798186823-foo");
+    tb.docker_ok(1, &["run", "-d", "--name", &c, &image, "sleep", "600"])?;
+    assert_eq!(exec(&tb, &c, &["hostname"])?, "my-app-foo");
+    let dns = tb.weft_ok(1, &["status", "dns"])?;
+    assert!(dns.contains("my-app-foo"), "{dns}");
+    let ip = ethwe_addr(&tb, &c)?;
+    let mac = exec(&tb, &c, &["cat", "/sys/class/net/ethwe/address"])?;
+    let shown = tb.docker_ok(
+        1,
+        &[
+            "inspect",
+            "-f",
+            "{{.NetworkSettings.IPAddress}}/{{.NetworkSettings.IPPrefixLen}} {{.NetworkSettings.MacAddress}}",
+            &c,
+        ],
+    )?;
+    assert_eq!(shown.trim(), format!("{ip}/12 {}", mac.trim()));
+    // Straight at the engine: Docker's own.
+    let raw = tb.docker_ok(0, &["inspect", "-f", "{{.NetworkSettings.IPAddress}}", &c])?;
+    assert_ne!(raw.trim(), ip);
+    // A pattern that does not compile is refused at launch.
+    tb.weft_ok(1, &["stop"])?;
+    let bad = tb.weft(1, &["launch", "--hostname-match=("]);
+    let e = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        !bad.status.success() && e.contains("--hostname-match"),
+        "{e}"
+    );
+    Ok(())
+}

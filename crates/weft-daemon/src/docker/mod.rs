@@ -51,6 +51,12 @@ pub struct DockerSettings {
     pub no_rewrite_hosts: bool,
     pub no_default_ipalloc: bool,
     pub hostname_from_label: Option<String>,
+    /// Container names become hostnames through this (Weave's `--hostname-match`, `(.*)`)...
+    pub hostname_match: String,
+    /// ...and this (`--hostname-replacement`, `$1`).
+    pub hostname_replacement: String,
+    /// `docker inspect` through the proxy shows the weft address (`--rewrite-inspect`).
+    pub rewrite_inspect: bool,
     /// The static weft-wait binary bind-mounted into containers.
     pub wait_binary: PathBuf,
 }
@@ -235,6 +241,8 @@ pub struct Engine {
     pub plugin_networks: Mutex<HashMap<String, bool>>,
     /// Containers that stopped, and when: their addresses are kept for [`DEAD_GRACE`].
     dead: Mutex<HashMap<String, tokio::time::Instant>>,
+    /// `--hostname-match`/`--hostname-replacement`, compiled.
+    pub hostname_match: Option<(regex_lite::Regex, String)>,
 }
 
 /// How long a stopped Docker container keeps its addresses if it is neither started again
@@ -260,6 +268,8 @@ impl Engine {
     /// Connects to the engine and checks it answers; `Err` says why not.
     pub async fn connect(settings: DockerSettings, router: String) -> Result<Arc<Engine>, String> {
         let addr = EngineAddr::parse(&settings.api)?;
+        let hostname_match =
+            rewrite::hostname_match(&settings.hostname_match, &settings.hostname_replacement)?;
         let client = match &addr {
             EngineAddr::Unix(p) => Docker::connect_with_unix(
                 &p.display().to_string(),
@@ -283,6 +293,7 @@ impl Engine {
             attaching: Mutex::new(()),
             plugin_networks: Mutex::new(HashMap::new()),
             dead: Mutex::new(HashMap::new()),
+            hostname_match,
         }))
     }
 

@@ -137,7 +137,50 @@ impl Proxy {
                 }
             };
         }
+        if req.method() == Method::GET
+            && self.engine.settings.rewrite_inspect
+            && let Some(id) = rewrite::inspected_container(&path).map(str::to_string)
+        {
+            let resp = self.forward(req.map(BodyExt::boxed)).await;
+            return self.inspected(resp, &id).await;
+        }
         self.forward(req.map(BodyExt::boxed)).await
+    }
+
+    /// `--rewrite-inspect`: the engine's answer with the container's weft interface in it.
+    async fn inspected(&self, resp: Response<Body>, id: &str) -> Response<Body> {
+        if resp.status() != StatusCode::OK {
+            return resp;
+        }
+        let (mut parts, body) = resp.into_parts();
+        let Ok(bytes) = Limited::new(body, MAX_CREATE_BODY).collect().await else {
+            return error(
+                StatusCode::BAD_GATEWAY,
+                &format!("reading Docker's answer to inspect {id}"),
+            );
+        };
+        let bytes = bytes.to_bytes();
+        let Ok(mut v) = serde_json::from_slice::<Value>(&bytes) else {
+            return Response::from_parts(parts, full(bytes));
+        };
+        let full_id = v
+            .get("Id")
+            .and_then(Value::as_str)
+            .unwrap_or(id)
+            .to_string();
+        let Some(a) = self.app.attacher.lookup_ident(&full_id).await else {
+            return Response::from_parts(parts, full(bytes));
+        };
+        let Some(first) = a.cidrs.first() else {
+            return Response::from_parts(parts, full(bytes));
+        };
+        rewrite::rewrite_inspect(&mut v, &a.mac, *first);
+        let out = Bytes::from(v.to_string());
+        parts.headers.remove(TRANSFER_ENCODING);
+        parts
+            .headers
+            .insert(CONTENT_LENGTH, HeaderValue::from(out.len()));
+        Response::from_parts(parts, full(out))
     }
 
     async fn create(&self, req: Request<Incoming>) -> Response<Body> {
@@ -237,6 +280,7 @@ impl Proxy {
             no_multicast_route: s.no_multicast_route,
             hostname_from_label: s.hostname_from_label.clone(),
             router_label: Some((super::ROUTER_LABEL.into(), self.engine.router.clone())),
+            hostname_match: self.engine.hostname_match.clone(),
         }
     }
 

@@ -31,6 +31,22 @@ pub struct CreateSettings {
     pub hostname_from_label: Option<String>,
     /// `(label, value)` marking the container as made through this router's proxy.
     pub router_label: Option<(String, String)>,
+    /// Container names become hostnames through this pattern and replacement (Weave's
+    /// `--hostname-match` and `--hostname-replacement`); `None`: as they are.
+    pub hostname_match: Option<(regex_lite::Regex, String)>,
+}
+
+/// Compiles `--hostname-match`; the default (`(.*)` → `$1`) needs no pattern at all.
+pub fn hostname_match(
+    pattern: &str,
+    replacement: &str,
+) -> Result<Option<(regex_lite::Regex, String)>, String> {
+    if pattern == "(.*)" && replacement == "$1" {
+        return Ok(None);
+    }
+    let re = regex_lite::Regex::new(pattern)
+        .map_err(|e| format!("--hostname-match {pattern:?}: {e}"))?;
+    Ok(Some((re, replacement.to_string())))
 }
 
 /// The value of `WEFT_CIDR` or `WEAVE_CIDR` in a Docker `Env` list (`KEY=VALUE` strings).
@@ -172,6 +188,10 @@ pub fn rewrite_create(
             });
             let derived = from_label
                 .or_else(|| name.map(str::to_string))
+                .map(|n| match &s.hostname_match {
+                    Some((re, rep)) => re.replace_all(&n, rep.as_str()).into_owned(),
+                    None => n,
+                })
                 .map(|n| hostname_from_name(&n))
                 .filter(|h| !h.is_empty());
             if let Some(h) = derived {
@@ -330,9 +350,47 @@ pub fn started_container(path: &str) -> Option<&str> {
     (matches!(action, "start" | "restart") && !id.is_empty()).then_some(id)
 }
 
+/// Matches `[/vX.Y]/containers/{id}/json` (`docker inspect`); returns the id.
+pub fn inspected_container(path: &str) -> Option<&str> {
+    let rest = unversioned(path).strip_prefix("/containers/")?;
+    let (id, action) = rest.split_once('/')?;
+    (action == "json" && !id.is_empty()).then_some(id)
+}
+
+/// `--rewrite-inspect`: the inspected container's NetworkSettings show its weft interface
+/// (MAC, first address and prefix length) instead of Docker's, as Weave's proxy did.
+pub fn rewrite_inspect(body: &mut Value, mac: &str, first: ipnet::Ipv4Net) {
+    if let Some(ns) = body
+        .get_mut("NetworkSettings")
+        .and_then(Value::as_object_mut)
+    {
+        ns.insert("MacAddress".into(), json!(mac));
+        ns.insert("IPAddress".into(), json!(first.addr().to_string()));
+        ns.insert("IPPrefixLen".into(), json!(first.prefix_len()));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn inspect_shows_the_weft_interface() {
+        assert_eq!(
+            inspected_container("/v1.41/containers/abc/json"),
+            Some("abc")
+        );
+        assert_eq!(inspected_container("/containers/abc/logs"), None);
+        let mut b = json!({"Id": "abc", "NetworkSettings": {"IPAddress": "172.17.0.2", "IPPrefixLen": 16, "MacAddress": "02:42:ac:11:00:02", "Networks": {}}});
+        rewrite_inspect(&mut b, "aa:bb:cc:dd:ee:ff", "10.32.0.5/12".parse().unwrap());
+        assert_eq!(b["NetworkSettings"]["IPAddress"], json!("10.32.0.5"));
+        assert_eq!(b["NetworkSettings"]["IPPrefixLen"], json!(12));
+        assert_eq!(
+            b["NetworkSettings"]["MacAddress"],
+            json!("aa:bb:cc:dd:ee:ff")
+        );
+        assert!(b["NetworkSettings"]["Networks"].is_object());
+    }
 
     fn settings() -> CreateSettings {
         CreateSettings {
@@ -358,6 +416,22 @@ mod tests {
         assert_eq!(started_container("/containers/abc/restart"), Some("abc"));
         assert_eq!(started_container("/containers/abc/stop"), None);
         assert_eq!(started_container("/containers/create"), None);
+    }
+
+    #[test]
+    fn hostname_match_and_replacement_as_weaves() {
+        let mut s = settings();
+        s.hostname_match = hostname_match("^aws-[0-9]+-(.*)$", "my-app-$1").unwrap();
+        let mut b = json!({"Image": "bb", "Cmd": ["true"]});
+        rewrite_create(&mut b, Some("aws-12798186823-foo"), None, &s).unwrap();
+        assert_eq!(b["Hostname"], json!("my-app-foo"));
+        // A name the pattern does not match stays as it is.
+        let mut b = json!({"Image": "bb", "Cmd": ["true"]});
+        rewrite_create(&mut b, Some("web"), None, &s).unwrap();
+        assert_eq!(b["Hostname"], json!("web"));
+        assert!(hostname_match("(.*)", "$1").unwrap().is_none());
+        let e = hostname_match("(", "$1").unwrap_err();
+        assert!(e.contains("--hostname-match"), "{e}");
     }
 
     #[test]
