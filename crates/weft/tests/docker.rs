@@ -779,6 +779,21 @@ fn hostname_match_and_rewrite_inspect() -> Result<()> {
     // Straight at the engine: Docker's own.
     let raw = tb.docker_ok(0, &["inspect", "-f", "{{.NetworkSettings.IPAddress}}", &c])?;
     assert_ne!(raw.trim(), ip);
+    // A command that is not there fails in Docker's (and Weave's) words.
+    let m = tb.docker_name(DockerObject::Container, "nocmd");
+    let out = tb
+        .docker_cmd(1, &["run", "--name", &m, &image, "no-such-command"])
+        .output()?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("exec: \"no-such-command\": executable file not found in $PATH"),
+        "{text}"
+    );
+    assert_eq!(out.status.code(), Some(127), "{text}");
     // A pattern that does not compile is refused at launch.
     tb.weft_ok(1, &["stop"])?;
     let bad = tb.weft(1, &["launch", "--hostname-match=("]);
