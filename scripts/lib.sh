@@ -25,7 +25,7 @@ install_packages() {
 # posture), ethtool (offloads off where a test emulates a narrow underlay path), ping, iperf3,
 # nft, ss, dig, dnsmasq (the upstream resolver in the DNS tests), taskset; the Docker Engine and
 # the static busybox the Docker tests build their image from.
-RUNTIME_PACKAGES=(iproute2 iptables curl ethtool iputils-ping iperf3 nftables procps dnsutils dnsmasq-base util-linux tcpdump docker.io busybox-static)
+RUNTIME_PACKAGES=(iproute2 iptables curl openssl ethtool iputils-ping iperf3 nftables procps dnsutils dnsmasq-base util-linux tcpdump docker.io busybox-static)
 # What the build needs beyond Rust: a C compiler and assembler for ring's ChaCha20-Poly1305,
 # and glibc's static archives for weft-wait (linked statically).
 BUILD_PACKAGES=(gcc libc6-dev)

@@ -449,6 +449,7 @@ mod tests {
         let mut d = r.clone();
         d.proxy = Some(ProxyReport {
             addresses: vec!["unix:///run/weft/weft.sock".into()],
+            tls: None,
         });
         d.plugin = Some(PluginReport {
             driver_name: "weft".into(),

@@ -57,6 +57,19 @@ impl Default for VersionCheckReport {
 pub struct ProxyReport {
     /// Listen addresses, e.g. `unix:///run/weft/weft.sock`.
     pub addresses: Vec<String>,
+    /// TLS on its TCP listeners.
+    #[serde(default, skip_serializing_if = "Option::is_none", rename = "TLS")]
+    pub tls: Option<ProxyTls>,
+}
+
+/// The proxy's TLS, as a client needs to know it.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ProxyTls {
+    /// Clients need a certificate signed by the CA (`--tlsverify`).
+    pub verify: bool,
+    /// The CA certificate's path; its directory is what `DOCKER_CERT_PATH` names.
+    pub ca_cert: String,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]

@@ -410,6 +410,14 @@ pub async fn build_report(app: &App) -> Result<Report, ApiError> {
         },
         proxy: (!app.docker_status.proxy_addrs.is_empty()).then(|| weft_api::types::ProxyReport {
             addresses: app.docker_status.proxy_addrs.clone(),
+            tls: app
+                .docker_status
+                .proxy_tls
+                .as_ref()
+                .map(|t| weft_api::types::ProxyTls {
+                    verify: t.verify,
+                    ca_cert: t.ca.display().to_string(),
+                }),
         }),
         plugin: app
             .docker_status

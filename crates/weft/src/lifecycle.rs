@@ -277,6 +277,13 @@ pub fn launch(cli: &Cli, args: &RouterArgs) -> Result<()> {
             cli.http_addr
         );
     }
+    // Checked here for an early error, before anything on the host changes; handed over in
+    // the environment, never in arguments (which every user of the host can read).
+    let passwords = args.passwords()?;
+    args.trusted_subnets()?;
+    args.listen_addrs()?;
+    // The Docker side too: TLS files, and no unauthenticated proxy on the network.
+    args.docker(&cli.run_dir)?;
     std::fs::create_dir_all(&cli.run_dir)
         .with_context(|| format!("creating {}", cli.run_dir.display()))?;
     let log_path = cli.run_dir.join(LOG_FILE);
@@ -286,11 +293,6 @@ pub fn launch(cli: &Cli, args: &RouterArgs) -> Result<()> {
         .open(&log_path)
         .with_context(|| format!("opening {}", log_path.display()))?;
     let log_start = log.seek(std::io::SeekFrom::End(0)).unwrap_or(0);
-    // Checked here for an early error; handed over in the environment, never in arguments
-    // (which every user of the host can read).
-    let passwords = args.passwords()?;
-    args.trusted_subnets()?;
-    args.listen_addrs()?;
     let exe = std::env::current_exe().context("finding the weft executable")?;
     let mut cmd = Command::new(exe);
     cmd.env_remove("WEAVE_PASSWORD")

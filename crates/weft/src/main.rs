@@ -314,6 +314,29 @@ pub struct RouterArgs {
     /// Serve the Docker API proxy (`--proxy=false` turns it off).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
     proxy: bool,
+    /// Proxy: TLS on its TCP listeners (Docker's and Weave's --tls).
+    #[arg(long)]
+    tls: bool,
+    /// Proxy: TLS, and clients need a certificate signed by --tlscacert (implies --tls).
+    #[arg(long)]
+    tlsverify: bool,
+    /// Proxy: the CA that client certificates must be signed by (default
+    /// $DOCKER_CERT_PATH/ca.pem, else ~/.docker/ca.pem).
+    #[arg(long, value_name = "FILE")]
+    tlscacert: Option<PathBuf>,
+    /// Proxy: its certificate (default cert.pem there).
+    #[arg(long, value_name = "FILE")]
+    tlscert: Option<PathBuf>,
+    /// Proxy: its key (default key.pem there).
+    #[arg(long, value_name = "FILE")]
+    tlskey: Option<PathBuf>,
+    /// Proxy: do not take TLS settings from the Docker daemon's when no TLS flag is given.
+    #[arg(long)]
+    no_detect_tls: bool,
+    /// Proxy: serve the Docker API on a non-loopback TCP address WITHOUT TLS. Anyone who
+    /// reaches it controls Docker, and so the host.
+    #[arg(long)]
+    insecure_proxy_without_tls: bool,
     /// Where the Docker proxy listens: unix:///PATH or tcp://IP:PORT (repeatable; default
     /// unix://<run dir>/weft.sock). TCP has no TLS: keep it on 127.0.0.1.
     #[arg(short = 'H', value_name = "ADDRESS")]
@@ -414,6 +437,13 @@ impl RouterArgs {
         );
         opt("plugin-network", Some(self.plugin_network.clone()));
         opt("hostname-from-label", self.hostname_from_label.clone());
+        for (k, v) in [
+            ("tlscacert", &self.tlscacert),
+            ("tlscert", &self.tlscert),
+            ("tlskey", &self.tlskey),
+        ] {
+            opt(k, v.as_ref().map(|p| p.display().to_string()));
+        }
         opt("hostname-match", Some(self.hostname_match.clone()));
         opt(
             "hostname-replacement",
@@ -436,6 +466,13 @@ impl RouterArgs {
             (self.no_rewrite_hosts, "--no-rewrite-hosts"),
             (self.no_default_ipalloc, "--no-default-ipalloc"),
             (self.rewrite_inspect, "--rewrite-inspect"),
+            (self.tls, "--tls"),
+            (self.tlsverify, "--tlsverify"),
+            (self.no_detect_tls, "--no-detect-tls"),
+            (
+                self.insecure_proxy_without_tls,
+                "--insecure-proxy-without-tls",
+            ),
         ] {
             if set {
                 v.push(flag.to_string());
@@ -524,10 +561,12 @@ impl RouterArgs {
             (true, true) => vec![format!("unix://{}", run_dir.join("weft.sock").display())],
             (true, false) => self.proxy_listen.clone(),
         };
+        let proxy_tls = self.proxy_tls(&proxy_listen)?;
         Ok(Some(weft_daemon::docker::DockerSettings {
             api: self.docker_api.clone(),
             proxy_listen,
             plugin_socket: self.plugin.then(|| self.plugin_socket.clone()),
+            proxy_tls,
             plugin_network: Some(self.plugin_network.clone())
                 .filter(|n| self.plugin && !n.is_empty()),
             without_dns: self.without_dns || self.no_dns,
@@ -540,6 +579,60 @@ impl RouterArgs {
             rewrite_inspect: self.rewrite_inspect,
             wait_binary,
         }))
+    }
+
+    /// TLS for the proxy's TCP listeners: from the flags, else (unless --no-detect-tls) from
+    /// the Docker daemon's own settings, as Weave did. The files are read and checked here,
+    /// before anything on the host changes; a non-loopback TCP listener without TLS is
+    /// refused unless --insecure-proxy-without-tls says otherwise.
+    fn proxy_tls(
+        &self,
+        listen: &[String],
+    ) -> Result<Option<weft_daemon::docker::tls::TlsSettings>> {
+        use weft_daemon::docker::tls::{self, TlsSettings};
+        let tcp: Vec<&str> = listen
+            .iter()
+            .filter_map(|a| a.strip_prefix("tcp://"))
+            .collect();
+        let explicit = self.tls
+            || self.tlsverify
+            || self.tlscacert.is_some()
+            || self.tlscert.is_some()
+            || self.tlskey.is_some();
+        let settings = if explicit {
+            Some(TlsSettings::with_defaults(
+                self.tlsverify,
+                self.tlscacert.clone(),
+                self.tlscert.clone(),
+                self.tlskey.clone(),
+            ))
+        } else if !self.no_detect_tls && !tcp.is_empty() {
+            let socket = weft_daemon::docker::socket_path(&self.docker_api);
+            tls::detect(socket.as_deref())
+        } else {
+            None
+        };
+        if let Some(t) = &settings {
+            t.server_config().map_err(anyhow::Error::msg)?;
+        }
+        for hp in tcp {
+            let loopback = hp
+                .trim_end_matches('/')
+                .parse::<std::net::SocketAddr>()
+                .is_ok_and(|a| a.ip().is_loopback());
+            if settings.is_some() || loopback {
+                continue;
+            }
+            if !self.insecure_proxy_without_tls {
+                bail!(
+                    "-H tcp://{hp} would serve the Docker API unauthenticated on the network (root on this host for anyone who reaches it): add --tlsverify --tlscacert CA.pem --tlscert CERT.pem --tlskey KEY.pem (or --tls for encryption only), listen on 127.0.0.1, or give --insecure-proxy-without-tls if you really mean it"
+                );
+            }
+            eprintln!(
+                "weft: WARNING: the Docker proxy serves tcp://{hp} WITHOUT TLS (--insecure-proxy-without-tls): anyone who can reach it controls Docker, and so this host"
+            );
+        }
+        Ok(settings)
     }
 
     fn trusted_subnets(&self) -> Result<Vec<Ipv4Net>> {
@@ -923,28 +1016,61 @@ fn real_main(cli: Cli) -> Result<()> {
             Ok(())
         }
         Cmd::Env { restore: false } => {
-            let addr = proxy_address(&runtime()?, &client())?;
+            let (addr, tls) = proxy_address(&runtime()?, &client())?;
             let old = std::env::var("DOCKER_HOST").unwrap_or_default();
+            let mut vars = format!("DOCKER_HOST={addr}");
+            // What the docker CLI needs to talk TLS to a TCP proxy.
+            if let Some(t) = tls.filter(|_| addr.starts_with("tcp://")) {
+                let dir = cert_dir(&t.ca_cert);
+                if t.verify {
+                    vars.push_str(&format!(" DOCKER_TLS_VERIFY=1 DOCKER_CERT_PATH={dir}"));
+                } else {
+                    vars.push_str(&format!(" DOCKER_TLS=1 DOCKER_CERT_PATH={dir}"));
+                }
+            }
             if old == addr {
-                println!("export DOCKER_HOST={addr}");
+                println!("export {vars}");
             } else {
-                println!("export DOCKER_HOST={addr} ORIG_DOCKER_HOST={old}");
+                println!("export {vars} ORIG_DOCKER_HOST={old}");
             }
             Ok(())
         }
         Cmd::Config => {
-            let addr = proxy_address(&runtime()?, &client())?;
-            println!("-H={addr}");
+            let (addr, tls) = proxy_address(&runtime()?, &client())?;
+            match tls.filter(|_| addr.starts_with("tcp://")) {
+                Some(t) if t.verify => {
+                    let dir = cert_dir(&t.ca_cert);
+                    println!(
+                        "-H={addr} --tlsverify --tlscacert={dir}/ca.pem --tlscert={dir}/cert.pem --tlskey={dir}/key.pem"
+                    );
+                }
+                Some(_) => println!("-H={addr} --tls"),
+                None => println!("-H={addr}"),
+            }
             Ok(())
         }
     }
 }
 
-/// The Docker proxy's first address, from the running router.
-fn proxy_address(rt: &tokio::runtime::Runtime, c: &Client) -> Result<String> {
+/// The directory a CA certificate is in (Docker's `DOCKER_CERT_PATH` convention: `ca.pem`,
+/// `cert.pem` and `key.pem` together).
+fn cert_dir(ca: &str) -> String {
+    std::path::Path::new(ca)
+        .parent()
+        .map(|d| d.display().to_string())
+        .unwrap_or_else(|| ".".into())
+}
+
+/// The Docker proxy's first address, and its TLS, from the running router.
+fn proxy_address(
+    rt: &tokio::runtime::Runtime,
+    c: &Client,
+) -> Result<(String, Option<weft_api::types::ProxyTls>)> {
     let r: Report = rt.block_on(c.get_json("/report"))?;
-    if let Some(a) = r.proxy.as_ref().and_then(|p| p.addresses.first()) {
-        return Ok(a.clone());
+    if let Some(p) = r.proxy.as_ref()
+        && let Some(a) = p.addresses.first()
+    {
+        return Ok((a.clone(), p.tls.clone()));
     }
     match r.docker_unavailable {
         Some(why) => bail!(

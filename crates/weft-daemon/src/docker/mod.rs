@@ -12,6 +12,7 @@
 pub mod plugin;
 pub mod proxy;
 pub mod rewrite;
+pub mod tls;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
@@ -46,6 +47,8 @@ pub struct DockerSettings {
     pub plugin_socket: Option<PathBuf>,
     /// A network of the plugin's that launch makes if missing (Weave's `weave`).
     pub plugin_network: Option<String>,
+    /// TLS on the proxy's TCP listeners (checked before the router starts).
+    pub proxy_tls: Option<tls::TlsSettings>,
     pub without_dns: bool,
     pub no_multicast_route: bool,
     pub no_rewrite_hosts: bool,
@@ -173,8 +176,14 @@ impl Startup {
                 return Ok(st);
             }
         };
+        let tls = s
+            .proxy_tls
+            .as_ref()
+            .map(|t| t.server_config())
+            .transpose()?;
+        st.status.proxy_tls = s.proxy_tls.clone();
         for addr in &s.proxy_listen {
-            let (l, shown) = proxy::listen(addr, &engine.addr)?;
+            let (l, shown) = proxy::listen(addr, &engine.addr, tls.clone())?;
             st.status.proxy_addrs.push(shown);
             st.listeners.push(l);
         }
@@ -259,6 +268,8 @@ pub fn is_container_id(ident: &str) -> bool {
 #[derive(Clone, Debug, Default)]
 pub struct DockerStatus {
     pub proxy_addrs: Vec<String>,
+    /// TLS on the proxy's TCP listeners, for `weft env` and `weft config`.
+    pub proxy_tls: Option<tls::TlsSettings>,
     pub plugin_driver: Option<String>,
     /// Why the proxy and plugin are off, when Docker could not be reached.
     pub unavailable: Option<String>,

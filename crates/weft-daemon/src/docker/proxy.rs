@@ -56,7 +56,8 @@ fn error(status: StatusCode, message: &str) -> Response<Body> {
 /// Where the proxy listens: a unix socket (the default) or TCP (`-H tcp://127.0.0.1:12375`).
 pub enum Listener {
     Unix(tokio::net::UnixListener),
-    Tcp(tokio::net::TcpListener),
+    /// With TLS when the proxy has it (`--tls`, `--tlsverify`, or the daemon's settings).
+    Tcp(tokio::net::TcpListener, Option<tokio_rustls::TlsAcceptor>),
 }
 
 /// Serves one listener until shutdown.
@@ -68,9 +69,22 @@ pub async fn serve(proxy: Arc<Proxy>, listener: Listener, mut shutdown: watch::R
                     Listener::Unix(l) => l.accept().await.map(|(s, _)| {
                         connection(proxy.clone(), s);
                     }),
-                    Listener::Tcp(l) => l.accept().await.map(|(s, _)| {
+                    Listener::Tcp(l, tls) => l.accept().await.map(|(s, peer)| {
                         let _ = s.set_nodelay(true);
-                        connection(proxy.clone(), s);
+                        match tls {
+                            None => connection(proxy.clone(), s),
+                            Some(acceptor) => {
+                                let (acceptor, proxy) = (acceptor.clone(), proxy.clone());
+                                // The handshake in the connection's own task: a slow or
+                                // silent client holds up no one else.
+                                tokio::spawn(async move {
+                                    match acceptor.accept(s).await {
+                                        Ok(t) => connection(proxy, t),
+                                        Err(e) => info!(%peer, "Docker proxy: TLS handshake refused: {e}"),
+                                    }
+                                });
+                            }
+                        }
                     }),
                 }
             } => r,
@@ -386,7 +400,11 @@ where
 /// Listens on `unix:///path` (or a bare path) or `tcp://host:port`. A unix socket gets the
 /// engine socket's mode and owner, so whoever may use Docker may use the proxy. TCP has no TLS
 /// here: anyone who reaches it controls the engine, so anything but loopback is warned about.
-pub fn listen(addr: &str, engine: &super::EngineAddr) -> Result<(Listener, String), String> {
+pub fn listen(
+    addr: &str,
+    engine: &super::EngineAddr,
+    tls: Option<std::sync::Arc<rustls::ServerConfig>>,
+) -> Result<(Listener, String), String> {
     if let Some(hostport) = addr.strip_prefix("tcp://") {
         let sa: std::net::SocketAddr = hostport.trim_end_matches('/').parse().map_err(|_| {
             format!("-H {addr}: expected tcp://IP:PORT (e.g. tcp://127.0.0.1:12375)")
@@ -396,12 +414,13 @@ pub fn listen(addr: &str, engine: &super::EngineAddr) -> Result<(Listener, Strin
             .and_then(tokio::net::TcpListener::from_std)
             .map_err(|e| format!("listening on {addr}: {e}"))?;
         let shown = format!("tcp://{}", l.local_addr().map_or(sa, |a| a));
-        if !sa.ip().is_loopback() {
+        if tls.is_none() && !sa.ip().is_loopback() {
             warn!(
-                "the Docker proxy listens on {shown} without TLS: anyone who can reach it controls Docker on this host"
+                "the Docker proxy listens on {shown} WITHOUT TLS (--insecure-proxy-without-tls): anyone who can reach it controls Docker on this host"
             );
         }
-        return Ok((Listener::Tcp(l), shown));
+        let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
+        return Ok((Listener::Tcp(l, acceptor), shown));
     }
     let path = match addr
         .strip_prefix("unix://")
