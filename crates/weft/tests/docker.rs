@@ -8,7 +8,7 @@
 //! rather than skip without it) and the static weft-wait next to weft
 //! (`scripts/build-wait.sh`).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
@@ -1044,5 +1044,184 @@ fn the_proxy_serves_tcp_with_tls() -> Result<()> {
         );
         assert!(!tb.host(3).run_dir.exists(), "nothing made");
     }
+    Ok(())
+}
+
+/// A second Docker daemon of the test's own (the machine's containerd, its own containerd
+/// namespace; no bridge, no firewall, no forwarding: it changes nothing on the host), with TLS
+/// on TCP. Stopped with SIGTERM, by PID, when dropped.
+struct TlsDaemon {
+    child: std::process::Child,
+    socket: PathBuf,
+}
+
+impl TlsDaemon {
+    fn start(dir: &Path, tag: &str, tcp: &str, tls: &[String]) -> Result<TlsDaemon> {
+        let containerd = [
+            "/var/run/docker/containerd/containerd.sock",
+            "/run/containerd/containerd.sock",
+        ]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .context("no containerd socket to share")?;
+        let socket = dir.join("d.sock");
+        let log = std::fs::File::create(dir.join("dockerd.log"))?;
+        let child = std::process::Command::new("dockerd")
+            .args(["--data-root", &dir.join("data").display().to_string()])
+            .args(["--exec-root", &dir.join("exec").display().to_string()])
+            .args(["--pidfile", &dir.join("pid").display().to_string()])
+            .args(["-H", &format!("unix://{}", socket.display()), "-H", tcp])
+            .args(tls)
+            .args(["--bridge=none", "--iptables=false", "--ip6tables=false"])
+            .args(["--ip-forward=false", "--ip-masq=false"])
+            .args(["--containerd", containerd])
+            .args([
+                "--containerd-namespace",
+                tag,
+                "--containerd-plugins-namespace",
+            ])
+            .arg(format!("{tag}-plugins"))
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()?;
+        let d = TlsDaemon { child, socket };
+        Testbed::wait_for(Duration::from_secs(30), || {
+            let out = std::process::Command::new("docker")
+                .args(["-H", &format!("unix://{}", d.socket.display()), "version"])
+                .env_remove("DOCKER_HOST")
+                .output()?;
+            if out.status.success() {
+                Ok(())
+            } else {
+                bail!("the second dockerd is not up")
+            }
+        })?;
+        Ok(d)
+    }
+}
+
+impl Drop for TlsDaemon {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .output();
+        let start = std::time::Instant::now();
+        while start.elapsed() < Duration::from_secs(15) {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// TLS detection as Weave's launch did it: with no TLS flag, the proxy takes the settings of
+/// the Docker daemon it fronts (one started with --tlsverify on TCP), so a TCP listener
+/// beyond loopback is served with them; `--no-detect-tls` leaves them alone (and such a
+/// listener is refused without TLS).
+#[test]
+fn the_proxy_takes_the_docker_daemons_tls_settings() -> Result<()> {
+    let Some(tb) = testbed("dkd", 2) else {
+        return Ok(());
+    };
+    let dir = tb.dir().join("d2");
+    std::fs::create_dir_all(&dir)?;
+    let h1 = tb.host(1).ip.to_string();
+    certs::ca(&dir, "good")?;
+    certs::signed(&dir, "good", "server", &[&h1, "127.0.0.1"])?;
+    certs::signed(&dir, "good", "client", &[])?;
+    let f = |n: &str| dir.join(n).display().to_string();
+    let tag = format!(
+        "weft-{}",
+        tb.dir()
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("test")
+    );
+    let daemon = TlsDaemon::start(
+        &dir,
+        &tag,
+        "tcp://127.0.0.1:23761",
+        &[
+            "--tlsverify".into(),
+            format!("--tlscacert={}", f("good-ca.pem")),
+            format!("--tlscert={}", f("server.pem")),
+            format!("--tlskey={}", f("server-key.pem")),
+        ],
+    )?;
+    let api = format!("--docker-api=unix://{}", daemon.socket.display());
+    let tcp = format!("tcp://{h1}:12382");
+    let refused = tb.weft(
+        1,
+        &[
+            "launch",
+            &api,
+            "-H",
+            &tcp,
+            "--no-detect-tls",
+            "--plugin=false",
+        ],
+    );
+    assert!(!refused.status.success(), "{refused:?}");
+    tb.launch(1, &[&api, "-H", &tcp, "--plugin=false"])?;
+    let env = tb.weft_ok(1, &["env"])?;
+    assert!(env.contains("DOCKER_TLS_VERIFY=1"), "{env}");
+    let ns2 = tb.host(2).netns.clone();
+    let docker = |extra: &[String]| {
+        tb.cmd_in(&ns2, "docker")
+            .args(["-H", &tcp])
+            .args(extra)
+            .arg("version")
+            .env_remove("DOCKER_HOST")
+            .output()
+    };
+    let out = docker(&[
+        "--tlsverify".into(),
+        format!("--tlscacert={}", f("good-ca.pem")),
+        format!("--tlscert={}", f("client.pem")),
+        format!("--tlskey={}", f("client-key.pem")),
+    ])?;
+    assert!(out.status.success(), "{out:?}");
+    assert!(!docker(&[])?.status.success(), "plain HTTP is refused");
+
+    // TLS towards an engine on TCP, as the docker CLI decides it (DOCKER_TLS_VERIFY,
+    // DOCKER_CERT_PATH): host 2 takes host 1's TLS proxy as its engine.
+    let client = dir.join("client-dir");
+    std::fs::create_dir_all(&client)?;
+    for (from, to) in [
+        ("good-ca.pem", "ca.pem"),
+        ("client.pem", "cert.pem"),
+        ("client-key.pem", "key.pem"),
+    ] {
+        std::fs::copy(dir.join(from), client.join(to))?;
+    }
+    let engine = format!("--docker-api={tcp}");
+    let args = ["launch", engine.as_str(), "--proxy=false", "--plugin=false"];
+    let out = tb
+        .weft_cmd(2, &args)
+        .env("DOCKER_TLS_VERIFY", "1")
+        .env("DOCKER_CERT_PATH", &client)
+        .output()?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && !err.contains("without the Docker"),
+        "{err}"
+    );
+    tb.weft_ok(2, &["stop"])?;
+    let out = tb
+        .weft_cmd(2, &args)
+        .env_remove("DOCKER_TLS_VERIFY")
+        .output()?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("without the Docker"),
+        "plain HTTP to a TLS engine: {err}"
+    );
+    tb.weft_ok(2, &["stop"])?;
+    tb.weft_ok(1, &["stop"])?;
+    drop(daemon);
     Ok(())
 }

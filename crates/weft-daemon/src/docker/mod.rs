@@ -252,6 +252,8 @@ pub struct Engine {
     dead: Mutex<HashMap<String, tokio::time::Instant>>,
     /// `--hostname-match`/`--hostname-replacement`, compiled.
     pub hostname_match: Option<(regex_lite::Regex, String)>,
+    /// TLS towards an engine on TCP (`DOCKER_TLS_VERIFY`), for the proxy's own connections.
+    pub engine_tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 /// How long a stopped Docker container keeps its addresses if it is neither started again
@@ -279,6 +281,12 @@ impl Engine {
     /// Connects to the engine and checks it answers; `Err` says why not.
     pub async fn connect(settings: DockerSettings, router: String) -> Result<Arc<Engine>, String> {
         let addr = EngineAddr::parse(&settings.api)?;
+        // TLS towards an engine on TCP, as the docker CLI would speak it (the environment).
+        let engine_tls = match &addr {
+            EngineAddr::Tcp(_) => tls::engine_tls_from_env(),
+            EngineAddr::Unix(_) => None,
+        };
+        let engine_client_tls = engine_tls.as_ref().map(|t| t.client_config()).transpose()?;
         let hostname_match =
             rewrite::hostname_match(&settings.hostname_match, &settings.hostname_replacement)?;
         let client = match &addr {
@@ -287,9 +295,21 @@ impl Engine {
                 120,
                 bollard::API_DEFAULT_VERSION,
             ),
-            EngineAddr::Tcp(hp) => {
-                Docker::connect_with_http(&format!("tcp://{hp}"), 120, bollard::API_DEFAULT_VERSION)
-            }
+            EngineAddr::Tcp(hp) => match &engine_tls {
+                None => Docker::connect_with_http(
+                    &format!("tcp://{hp}"),
+                    120,
+                    bollard::API_DEFAULT_VERSION,
+                ),
+                Some(t) => Docker::connect_with_ssl(
+                    &format!("tcp://{hp}"),
+                    &t.key,
+                    &t.cert,
+                    &t.ca,
+                    120,
+                    bollard::API_DEFAULT_VERSION,
+                ),
+            },
         }
         .map_err(|e| format!("{}: {e}", settings.api))?;
         let client = tokio::time::timeout(Duration::from_secs(3), client.negotiate_version())
@@ -305,6 +325,7 @@ impl Engine {
             plugin_networks: Mutex::new(HashMap::new()),
             dead: Mutex::new(HashMap::new()),
             hostname_match,
+            engine_tls: engine_client_tls,
         }))
     }
 

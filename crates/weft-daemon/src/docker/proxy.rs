@@ -343,13 +343,30 @@ impl Proxy {
                 Ok(s) => forward_on(s, req).await,
                 Err(e) => unreachable(e),
             },
-            super::EngineAddr::Tcp(hp) => match tokio::net::TcpStream::connect(hp.as_str()).await {
-                Ok(s) => {
-                    let _ = s.set_nodelay(true);
-                    forward_on(s, req).await
+            super::EngineAddr::Tcp(hp) => {
+                let s = match tokio::net::TcpStream::connect(hp.as_str()).await {
+                    Ok(s) => s,
+                    Err(e) => return unreachable(e),
+                };
+                let _ = s.set_nodelay(true);
+                let Some(config) = &self.engine.engine_tls else {
+                    return forward_on(s, req).await;
+                };
+                let host = hp.rsplit_once(':').map_or(hp.as_str(), |(h, _)| h);
+                let name = match rustls::pki_types::ServerName::try_from(
+                    host.trim_matches(|c| c == '[' || c == ']').to_string(),
+                ) {
+                    Ok(n) => n,
+                    Err(e) => return unreachable(std::io::Error::other(e)),
+                };
+                match tokio_rustls::TlsConnector::from(config.clone())
+                    .connect(name, s)
+                    .await
+                {
+                    Ok(t) => forward_on(t, req).await,
+                    Err(e) => unreachable(e),
                 }
-                Err(e) => unreachable(e),
-            },
+            }
         }
     }
 }

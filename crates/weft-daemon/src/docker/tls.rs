@@ -215,6 +215,48 @@ pub fn detect(socket: Option<&Path>) -> Option<TlsSettings> {
     from_daemon(&args, json.as_ref())
 }
 
+/// TLS towards an engine on TCP, decided as the docker CLI decides it: `DOCKER_TLS_VERIFY`
+/// set (and not `0`) means TLS with `ca.pem`, `cert.pem` and `key.pem` from
+/// `DOCKER_CERT_PATH` (default `~/.docker`).
+pub fn engine_tls_from_env() -> Option<TlsSettings> {
+    let on = std::env::var("DOCKER_TLS_VERIFY").is_ok_and(|v| !v.is_empty() && v != "0");
+    on.then(|| TlsSettings::with_defaults(true, None, None, None))
+}
+
+impl TlsSettings {
+    /// The client side, towards an engine: the engine's certificate checked against `ca`,
+    /// ours (`cert`, `key`) presented.
+    pub fn client_config(&self) -> Result<Arc<rustls::ClientConfig>, String> {
+        let mut roots = RootCertStore::empty();
+        for c in read_certs("DOCKER_CERT_PATH ca.pem", &self.ca)? {
+            roots
+                .add(c)
+                .map_err(|e| format!("{}: not a usable CA certificate: {e}", self.ca.display()))?;
+        }
+        let certs = read_certs("DOCKER_CERT_PATH cert.pem", &self.cert)?;
+        let key = PrivateKeyDer::from_pem_file(&self.key).map_err(|e| {
+            format!(
+                "DOCKER_CERT_PATH key.pem {}: {}",
+                self.key.display(),
+                pem_error(&e)
+            )
+        })?;
+        let config = rustls::ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| format!("TLS: {e}"))?
+            .with_root_certificates(roots)
+            .with_client_auth_cert(certs, key)
+            .map_err(|e| {
+                format!(
+                    "{} and {} do not go together: {e}",
+                    self.cert.display(),
+                    self.key.display()
+                )
+            })?;
+        Ok(Arc::new(config))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
