@@ -1047,16 +1047,18 @@ fn the_proxy_serves_tcp_with_tls() -> Result<()> {
     Ok(())
 }
 
-/// A second Docker daemon of the test's own (the machine's containerd, its own containerd
-/// namespace; no bridge, no firewall, no forwarding: it changes nothing on the host), with TLS
-/// on TCP. Stopped with SIGTERM, by PID, when dropped.
+/// A second Docker daemon of the test's own, with TLS on TCP: in a network namespace of the
+/// test's (entered with nsenter, which keeps the host's cgroups in view where `ip netns exec`
+/// would hide them), so what it does to links there (it deletes any docker0 when it runs
+/// without a bridge) stays there; the machine's containerd under a namespace of its own; no
+/// firewall, no forwarding. Stopped with SIGTERM, by PID, when dropped.
 struct TlsDaemon {
     child: std::process::Child,
     socket: PathBuf,
 }
 
 impl TlsDaemon {
-    fn start(dir: &Path, tag: &str, tcp: &str, tls: &[String]) -> Result<TlsDaemon> {
+    fn start(netns: &str, dir: &Path, tag: &str, tcp: &str, tls: &[String]) -> Result<TlsDaemon> {
         let containerd = [
             "/var/run/docker/containerd/containerd.sock",
             "/run/containerd/containerd.sock",
@@ -1066,7 +1068,9 @@ impl TlsDaemon {
         .context("no containerd socket to share")?;
         let socket = dir.join("d.sock");
         let log = std::fs::File::create(dir.join("dockerd.log"))?;
-        let child = std::process::Command::new("dockerd")
+        let child = std::process::Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{netns}"))
+            .arg("dockerd")
             .args(["--data-root", &dir.join("data").display().to_string()])
             .args(["--exec-root", &dir.join("exec").display().to_string()])
             .args(["--pidfile", &dir.join("pid").display().to_string()])
@@ -1124,7 +1128,7 @@ impl Drop for TlsDaemon {
 /// listener is refused without TLS).
 #[test]
 fn the_proxy_takes_the_docker_daemons_tls_settings() -> Result<()> {
-    let Some(tb) = testbed("dkd", 2) else {
+    let Some(mut tb) = testbed("dkd", 2) else {
         return Ok(());
     };
     let dir = tb.dir().join("d2");
@@ -1141,7 +1145,9 @@ fn the_proxy_takes_the_docker_daemons_tls_settings() -> Result<()> {
             .and_then(|n| n.to_str())
             .unwrap_or("test")
     );
+    let own = tb.container("dockerd")?;
     let daemon = TlsDaemon::start(
+        &own,
         &dir,
         &tag,
         "tcp://127.0.0.1:23761",
