@@ -616,11 +616,11 @@ impl RouterArgs {
             t.server_config().map_err(anyhow::Error::msg)?;
         }
         for hp in tcp {
-            let loopback = hp
-                .trim_end_matches('/')
-                .parse::<std::net::SocketAddr>()
-                .is_ok_and(|a| a.ip().is_loopback());
-            if settings.is_some() || loopback {
+            // An address that is not IP:PORT gets its own error from the listener.
+            let Ok(sa) = hp.trim_end_matches('/').parse::<std::net::SocketAddr>() else {
+                continue;
+            };
+            if settings.is_some() || sa.ip().is_loopback() {
                 continue;
             }
             if !self.insecure_proxy_without_tls {

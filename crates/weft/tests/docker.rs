@@ -712,7 +712,8 @@ fn an_engine_over_tcp_is_used() -> Result<()> {
     };
     let image = tb.busybox_image()?;
     let listen = format!("tcp://{}:12376", tb.host(1).ip);
-    tb.launch(1, &["-H", &listen])?;
+    // Plain TCP on purpose: this test is about the engine side.
+    tb.launch(1, &["-H", &listen, "--insecure-proxy-without-tls"])?;
     let api = format!("--docker-api={listen}");
     let out = tb
         .weft_cmd(2, &["launch", &api, "--proxy=false", "--plugin=false"])
