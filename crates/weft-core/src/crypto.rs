@@ -16,8 +16,9 @@
 //!   overlap for [`KEY_OVERLAP`] so nothing in flight is lost.
 //! - Data packets: ChaCha20-Poly1305 with the 64-bit packet counter as nonce, the clear header
 //!   as associated data, a sliding window that rejects replays and very old packets.
-//! - Every secret we hold (PSKs, keys, chaining keys) is wiped on drop (`zeroize`); the AEAD
-//!   is RustCrypto's `chacha20poly1305`, whose key state is wiped on drop as well.
+//! - Every secret we hold (PSKs, keys, chaining keys) is wiped on drop (`zeroize`). The
+//!   control channel's AEAD is RustCrypto's `chacha20poly1305` (its key state is wiped on drop
+//!   too); the data plane's is ring's, which does not wipe its key copy (see [`DataKey`]).
 
 use std::sync::{Arc, Mutex};
 

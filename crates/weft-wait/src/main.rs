@@ -10,6 +10,8 @@
 //! the namespace's routing table means "attached". std only, linked statically: it runs in
 //! images that have no C library.
 
+#![forbid(unsafe_code)]
+
 use std::os::unix::process::CommandExt;
 use std::process::Command;
 use std::time::{Duration, Instant};
