@@ -153,6 +153,65 @@ impl Default for IpamSettings {
     }
 }
 
+impl Config {
+    /// Every problem with the configuration at once, found without touching the host: run
+    /// starts with this, so a bad flag never leaves a bridge, a rule or a state file behind.
+    pub fn validate(&self) -> Result<(), DaemonError> {
+        let mut problems = Vec::new();
+        if self.resume && !self.peers.is_empty() {
+            problems.push(
+                "--resume cannot be combined with peer arguments: it reconnects to the peers of the previous run".to_string(),
+            );
+        }
+        if let Some(m) = self.mtu
+            && !(hostnet::MIN_MTU..=hostnet::MAX_MTU).contains(&m)
+        {
+            problems.push(format!(
+                "--mtu {m} is out of range; use {}..{}",
+                hostnet::MIN_MTU,
+                hostnet::MAX_MTU
+            ));
+        }
+        if self.bridge.is_empty() || self.bridge.len() > 11 {
+            // The bridge's devices are named after it with up to 4 more bytes (`-tap`), and
+            // Linux allows 15.
+            problems.push(format!(
+                "--bridge {:?}: give a name of 1 to 11 characters",
+                self.bridge
+            ));
+        }
+        if let Some(s) = &self.ipam {
+            if s.range.prefix_len() > 30 {
+                problems.push(format!(
+                    "--ipalloc-range {} is too small: it needs at least 4 addresses",
+                    s.range
+                ));
+            }
+            if let Some(d) = s.default_subnet
+                && !s.range.contains(&d.network())
+                && !d.contains(&s.range.network())
+            {
+                problems.push(format!(
+                    "--ipalloc-default-subnet {d} does not overlap --ipalloc-range {}",
+                    s.range
+                ));
+            }
+            let initial = if self.resume { 0 } else { self.peers.len() };
+            if let Err(e) = parse_ipalloc_init(s.init.as_deref(), initial) {
+                problems.push(e);
+            }
+        }
+        match problems.len() {
+            0 => Ok(()),
+            1 => Err(DaemonError::Config(problems.remove(0))),
+            n => Err(DaemonError::Config(format!(
+                "{n} problems with the configuration: {}",
+                problems.join("; ")
+            ))),
+        }
+    }
+}
+
 /// Parses `--ipalloc-init`; the default quorum counts the initial peers, as Weave does.
 pub fn parse_ipalloc_init(spec: Option<&str>, initial_peers: usize) -> Result<InitMode, String> {
     let bad = |s: &str| {
@@ -233,16 +292,12 @@ pub fn random_u64() -> u64 {
 
 /// Runs the router until `shutdown` becomes true.
 pub async fn run(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Result<(), DaemonError> {
+    cfg.validate()?;
     let state = StateDir::open(&cfg.state_dir)?;
     std::fs::create_dir_all(&cfg.run_dir)
         .map_err(io_err(format!("creating {}", cfg.run_dir.display())))?;
     let name = state.peer_name(cfg.name, random_u64())?;
     let targets: Vec<String> = if cfg.resume {
-        if !cfg.peers.is_empty() {
-            return Err(DaemonError::Config(
-                "--resume cannot be combined with peer arguments: it reconnects to the peers of the previous run".into(),
-            ));
-        }
         state.load_json(TARGETS_FILE)?
     } else {
         cfg.peers.clone()
@@ -270,14 +325,8 @@ pub async fn run(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Result<(),
     let underlay = hostnet::underlay(&nl, cfg.host, &ours).await;
     // Sleeve datagrams larger than one underlay packet are cut by weft (IPv4 20 + UDP 8).
     let path_payload = underlay.as_ref().ok().map(|(_, u)| *u as usize - 28);
+    // In range: checked by `Config::validate`.
     let mtu = match cfg.mtu {
-        Some(m) if !(hostnet::MIN_MTU..=hostnet::MAX_MTU).contains(&m) => {
-            return Err(DaemonError::Config(format!(
-                "--mtu {m} is out of range; use {}..{}",
-                hostnet::MIN_MTU,
-                hostnet::MAX_MTU
-            )));
-        }
         Some(m) => m,
         None => {
             let (ifname, under) = underlay?;
@@ -414,20 +463,9 @@ pub async fn run(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Result<(),
         Some(s) => {
             let init = parse_ipalloc_init(s.init.as_deref(), targets.len())
                 .map_err(DaemonError::Config)?;
-            if s.range.prefix_len() > 30 {
-                return Err(DaemonError::Config(format!(
-                    "--ipalloc-range {} is too small: it needs at least 4 addresses",
-                    s.range
-                )));
-            }
+            // Its size and the default subnet's overlap: checked by `Config::validate`.
             let mut icfg = IpamConfig::new(s.range, init);
             if let Some(d) = s.default_subnet {
-                if !s.range.contains(&d.network()) && !d.contains(&s.range.network()) {
-                    return Err(DaemonError::Config(format!(
-                        "--ipalloc-default-subnet {d} does not overlap --ipalloc-range {}",
-                        s.range
-                    )));
-                }
                 icfg.default_subnet = d.trunc();
             }
             icfg.request_timeout = s.timeout;
@@ -735,5 +773,65 @@ mod range_text_tests {
         let (start, end) = weft_core::ipam::range_of(&"10.2.0.0/16".parse().unwrap());
         assert_eq!(super::saved_range(start, end), "10.2.0.0/16");
         assert_eq!(super::range_tag("10.2.0.0/16"), "range-10.2.0.0-16");
+    }
+}
+
+#[cfg(test)]
+mod validate_tests {
+    use super::*;
+
+    fn config() -> Config {
+        Config {
+            name: None,
+            nickname: "h".into(),
+            host: None,
+            port: 6783,
+            http_addr: "127.0.0.1:6784".parse().unwrap(),
+            status_addr: None,
+            metrics_addr: None,
+            conn_limit: 0,
+            discovery: true,
+            resume: false,
+            peers: Vec::new(),
+            mtu: None,
+            bridge: "weft".into(),
+            state_dir: "/nonexistent/state".into(),
+            run_dir: "/nonexistent/run".into(),
+            timing: Timing::default(),
+            ipam: Some(IpamSettings::default()),
+            dns: None,
+            passwords: Vec::new(),
+            trusted_subnets: Vec::new(),
+            fastdp: true,
+            docker: None,
+        }
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        assert!(config().validate().is_ok());
+        let mut c = config();
+        c.mtu = Some(10);
+        c.resume = true;
+        c.peers = vec!["10.0.0.1".into()];
+        c.bridge = "a-very-long-bridge".into();
+        c.ipam = Some(IpamSettings {
+            range: "10.0.0.0/31".parse().unwrap(),
+            default_subnet: Some("192.168.0.0/24".parse().unwrap()),
+            init: Some("bogus".into()),
+            ..IpamSettings::default()
+        });
+        let e = c.validate().unwrap_err().to_string();
+        for want in [
+            "6 problems",
+            "--resume",
+            "--mtu 10",
+            "--bridge",
+            "too small",
+            "--ipalloc-default-subnet",
+            "--ipalloc-init",
+        ] {
+            assert!(e.contains(want), "{want}: {e}");
+        }
     }
 }

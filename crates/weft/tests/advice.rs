@@ -138,3 +138,35 @@ fn a_foreign_device_under_our_name_and_dns_without_address_advice_works() -> Res
     assert!(log.contains("created VXLAN fast path device"), "{log}");
     Ok(())
 }
+
+/// A bad configuration is reported whole, with what to change, before anything on the host
+/// is made: no bridge, no state file.
+#[test]
+fn a_bad_configuration_is_reported_whole_and_changes_nothing() -> Result<()> {
+    let Some(tb) = testbed("adv", 1) else {
+        return Ok(());
+    };
+    let err = fails_advising(
+        &tb,
+        1,
+        &[
+            "launch",
+            "--mtu=10",
+            "--ipalloc-range=10.0.0.0/31",
+            "--ipalloc-init=bogus",
+        ],
+        "3 problems with the configuration",
+    )?;
+    for want in ["--mtu 10", "too small", "--ipalloc-init"] {
+        assert!(err.contains(want), "{want}: {err}");
+    }
+    let ns = tb.host(1).netns.clone();
+    assert!(
+        !tb.exec(&ns, "ip", &["link", "show", "weft"])
+            .status
+            .success()
+    );
+    assert!(!tb.host(1).state_dir.join("targets.json").exists());
+    assert!(!tb.host(1).state_dir.join("peer-name").exists());
+    Ok(())
+}
