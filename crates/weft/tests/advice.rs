@@ -10,13 +10,6 @@ use weft_testbed::Testbed;
 
 const WEFT: &str = env!("CARGO_BIN_EXE_weft");
 
-fn testbed(tag: &str, n: usize) -> Option<Testbed> {
-    if !weft_testbed::require() {
-        return None;
-    }
-    Some(Testbed::new(tag, n, Path::new(WEFT)).expect("building the test bed"))
-}
-
 /// Runs `weft ARGS` on host `i`, which must fail saying `advice`; returns its stderr.
 fn fails_advising(tb: &Testbed, i: usize, args: &[&str], advice: &str) -> Result<String> {
     let out = tb.weft(i, args);
@@ -32,7 +25,7 @@ fn fails_advising(tb: &Testbed, i: usize, args: &[&str], advice: &str) -> Result
 
 #[test]
 fn launch_stop_and_rmpeer_advice_works() -> Result<()> {
-    let Some(tb) = testbed("adl", 1) else {
+    let Some(tb) = weft_testbed::for_test("adl", 1, Path::new(WEFT)) else {
         return Ok(());
     };
     fails_advising(&tb, 1, &["status"], "start it with 'weft launch'")?;
@@ -52,7 +45,7 @@ fn launch_stop_and_rmpeer_advice_works() -> Result<()> {
 /// again. A state file that cannot be read: reset.
 #[test]
 fn saved_range_and_corrupt_state_advice_works() -> Result<()> {
-    let Some(mut tb) = testbed("adr", 1) else {
+    let Some(mut tb) = weft_testbed::for_test("adr", 1, Path::new(WEFT)) else {
         return Ok(());
     };
     tb.launch(1, &[])?;
@@ -88,7 +81,7 @@ fn saved_range_and_corrupt_state_advice_works() -> Result<()> {
 
 #[test]
 fn a_foreign_device_under_our_name_and_dns_without_address_advice_works() -> Result<()> {
-    let Some(tb) = testbed("add", 1) else {
+    let Some(tb) = weft_testbed::for_test("add", 1, Path::new(WEFT)) else {
         return Ok(());
     };
     // Something that is not a bridge holds the bridge's name.
@@ -143,7 +136,7 @@ fn a_foreign_device_under_our_name_and_dns_without_address_advice_works() -> Res
 /// is made: no bridge, no state file.
 #[test]
 fn a_bad_configuration_is_reported_whole_and_changes_nothing() -> Result<()> {
-    let Some(tb) = testbed("adv", 1) else {
+    let Some(tb) = weft_testbed::for_test("adv", 1, Path::new(WEFT)) else {
         return Ok(());
     };
     let err = fails_advising(

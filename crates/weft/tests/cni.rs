@@ -18,14 +18,8 @@ const WEFT: &str = env!("CARGO_BIN_EXE_weft");
 const CONVERGE: Duration = Duration::from_secs(30);
 
 fn testbed(tag: &str, n: usize) -> Option<Testbed> {
-    if !weft_testbed::require() {
-        return None;
-    }
     // Pods live on Kubernetes nodes: Docker's posture and kube-proxy's chains.
-    Some(
-        Testbed::with_posture(tag, n, Path::new(WEFT), Posture::Kube)
-            .expect("building the test bed"),
-    )
+    weft_testbed::for_test_with(tag, n, Path::new(WEFT), Posture::Kube)
 }
 
 /// Two connected hosts, with the plugins installed by `weft setup-cni` into the test bed's

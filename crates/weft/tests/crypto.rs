@@ -17,19 +17,6 @@ const CONVERGE: Duration = Duration::from_secs(30);
 /// 16 bytes that `ping -p` repeats through every echo payload.
 const MARKER: &[u8; 16] = b"weft-SECRET-1234";
 
-fn testbed(tag: &str, n: usize) -> Option<Testbed> {
-    if !weft_testbed::require() {
-        return None;
-    }
-    Some(Testbed::new(tag, n, Path::new(WEFT)).expect("building the test bed"))
-}
-
-fn status(tb: &Testbed, i: usize, sub: &[&str]) -> Result<String> {
-    let mut args = vec!["status"];
-    args.extend_from_slice(sub);
-    tb.weft_ok(i, &args)
-}
-
 fn report(tb: &Testbed, i: usize) -> Result<Report> {
     Ok(serde_json::from_str(&tb.weft_ok(i, &["report"])?)?)
 }
@@ -66,7 +53,7 @@ fn ping_marker(tb: &Testbed, ns: &str, dst: &str, count: u32) -> Result<()> {
 
 fn wait_connections(tb: &Testbed, i: usize, want: &[&str]) -> Result<String> {
     Testbed::wait_for(CONVERGE, || {
-        let s = status(tb, i, &["connections"])?;
+        let s = tb.status(i, &["connections"])?;
         if want.iter().all(|w| s.contains(w)) {
             Ok(s)
         } else {
@@ -80,7 +67,7 @@ fn wait_connections(tb: &Testbed, i: usize, want: &[&str]) -> Result<String> {
 
 fn wait_established(tb: &Testbed, i: usize, n: usize) -> Result<()> {
     Testbed::wait_for(CONVERGE, || {
-        let s = status(tb, i, &["connections"])?;
+        let s = tb.status(i, &["connections"])?;
         let got = s.matches(" established ").count();
         if got == n {
             Ok(())
@@ -124,7 +111,7 @@ fn password_file(tb: &Testbed, i: usize, password: &str) -> Result<PathBuf> {
 /// out, and everybody says why.
 #[test]
 fn same_password_meshes_privately_and_others_are_refused() -> Result<()> {
-    let Some(mut tb) = testbed("enc", 4) else {
+    let Some(mut tb) = weft_testbed::for_test("enc", 4, Path::new(WEFT)) else {
         return Ok(());
     };
     let cap = tb.capture("udp or tcp or icmp")?;
@@ -142,9 +129,9 @@ fn same_password_meshes_privately_and_others_are_refused() -> Result<()> {
     tb.launch(3, &["--password=wrong password", &h1, &h2])?;
     tb.launch(4, &[&h1])?;
 
-    let s = status(&tb, 1, &[])?;
+    let s = tb.status(1, &[])?;
     assert!(s.contains("     Encryption: enabled\n"), "{s}");
-    let conns = status(&tb, 1, &["connections"])?;
+    let conns = tb.status(1, &["connections"])?;
     let line = conns
         .lines()
         .find(|l| l.contains("(host2)"))
@@ -182,12 +169,12 @@ fn same_password_meshes_privately_and_others_are_refused() -> Result<()> {
     wait_connections(&tb, 1, &["198.18.0.3", "authentication failed"])?;
     assert!(tb.router_log(1).contains("authentication failed"));
     wait_connections(&tb, 4, &["password"])?;
-    let peers = status(&tb, 1, &["peers"])?;
+    let peers = tb.status(1, &["peers"])?;
     assert!(
         !peers.contains("(host3)") && !peers.contains("(host4)"),
         "{peers}"
     );
-    assert!(status(&tb, 3, &["peers"])?.matches("(host").count() == 1);
+    assert!(tb.status(3, &["peers"])?.matches("(host").count() == 1);
 
     std::thread::sleep(Duration::from_millis(500));
     let packets = pcap::packets(&cap)?;
@@ -291,7 +278,7 @@ fn password_cmd(tb: &Testbed, i: usize, args: &[&str], stdin: Option<&str>) -> R
 /// password no longer lets a host in.
 #[test]
 fn rolling_password_change_keeps_pings_flowing() -> Result<()> {
-    let Some(mut tb) = testbed("roll", 4) else {
+    let Some(mut tb) = weft_testbed::for_test("roll", 4, Path::new(WEFT)) else {
         return Ok(());
     };
     let (h1, h2) = (tb.host(1).ip.to_string(), tb.host(2).ip.to_string());
@@ -373,7 +360,7 @@ fn rolling_password_change_keeps_pings_flowing() -> Result<()> {
 /// stays encrypted); a peer that trusts nobody still gets encrypted data.
 #[test]
 fn trusted_subnets_leave_data_in_clear_only_between_trusting_peers() -> Result<()> {
-    let Some(mut tb) = testbed("trust", 3) else {
+    let Some(mut tb) = weft_testbed::for_test("trust", 3, Path::new(WEFT)) else {
         return Ok(());
     };
     let cap12 = tb.capture("host 198.18.0.1 and host 198.18.0.2")?;
@@ -387,11 +374,11 @@ fn trusted_subnets_leave_data_in_clear_only_between_trusting_peers() -> Result<(
         wait_established(&tb, i, 2)?;
         wait_direct_routes(&tb, i, 2)?;
     }
-    let s = status(&tb, 1, &[])?;
+    let s = tb.status(1, &[])?;
     assert!(s.contains(" TrustedSubnets: 198.18.0.0/24\n"), "{s}");
     // Plaintext between trusting peers: the kernel's VXLAN fast path may carry it.
     let conns = Testbed::wait_for(CONVERGE, || {
-        let c = status(&tb, 1, &["connections"])?;
+        let c = tb.status(1, &["connections"])?;
         if c.contains(" unencrypted fastdp ") {
             Ok(c)
         } else {
@@ -440,7 +427,7 @@ fn trusted_subnets_leave_data_in_clear_only_between_trusting_peers() -> Result<(
     assert!(
         clear >= 2,
         "data between trusting peers is in clear: {clear} of {vxlan12} VXLAN packets carry the marker; h1 connections:\n{}",
-        status(&tb, 1, &["connections"])?
+        tb.status(1, &["connections"])?
     );
     assert_eq!(
         pcap::count_containing(&p12, b"hush-b7f3e1"),

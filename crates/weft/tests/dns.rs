@@ -12,13 +12,6 @@ use weft_testbed::Testbed;
 const WEFT: &str = env!("CARGO_BIN_EXE_weft");
 const CONVERGE: Duration = Duration::from_secs(30);
 
-fn testbed(tag: &str, n: usize) -> Option<Testbed> {
-    if !weft_testbed::require() {
-        return None;
-    }
-    Some(Testbed::new(tag, n, Path::new(WEFT)).expect("building the test bed"))
-}
-
 /// Launches weft on hosts 1..=n (each given the previous ones), each exposed so that its
 /// containers can reach its DNS server; returns each host's DNS address.
 fn launch(tb: &Testbed, n: usize, extra: &[&str]) -> Result<Vec<String>> {
@@ -75,7 +68,7 @@ fn short(tb: &Testbed, ns: &str, server: &str, name: &str) -> Vec<String> {
 
 #[test]
 fn names_resolve_across_hosts_with_load_balancing_and_ptr() -> Result<()> {
-    let Some(mut tb) = testbed("dns", 3) else {
+    let Some(mut tb) = weft_testbed::for_test("dns", 3, Path::new(WEFT)) else {
         return Ok(());
     };
     let dns = launch(&tb, 3, &[])?;
@@ -170,7 +163,7 @@ fn names_resolve_across_hosts_with_load_balancing_and_ptr() -> Result<()> {
 
 #[test]
 fn a_vanished_container_leaves_the_answers_within_two_seconds() -> Result<()> {
-    let Some(mut tb) = testbed("dgo", 2) else {
+    let Some(mut tb) = weft_testbed::for_test("dgo", 2, Path::new(WEFT)) else {
         return Ok(());
     };
     let dns = launch(&tb, 2, &[])?;
@@ -205,7 +198,7 @@ fn a_vanished_container_leaves_the_answers_within_two_seconds() -> Result<()> {
 
 #[test]
 fn fifty_addresses_truncate_over_udp_and_arrive_whole_over_tcp() -> Result<()> {
-    let Some(mut tb) = testbed("dtc", 2) else {
+    let Some(mut tb) = weft_testbed::for_test("dtc", 2, Path::new(WEFT)) else {
         return Ok(());
     };
     let dns = launch(&tb, 2, &[])?;
@@ -273,7 +266,7 @@ fn fifty_addresses_truncate_over_udp_and_arrive_whole_over_tcp() -> Result<()> {
 
 #[test]
 fn other_names_are_forwarded_to_the_upstream_resolver() -> Result<()> {
-    let Some(mut tb) = testbed("dup", 3) else {
+    let Some(mut tb) = weft_testbed::for_test("dup", 3, Path::new(WEFT)) else {
         return Ok(());
     };
     // Host 3 runs no weft, only dnsmasq: the site's resolver.
@@ -348,7 +341,7 @@ fn other_names_are_forwarded_to_the_upstream_resolver() -> Result<()> {
 
 #[test]
 fn names_come_back_after_a_restart_and_junk_queries_are_survived() -> Result<()> {
-    let Some(mut tb) = testbed("drs", 2) else {
+    let Some(mut tb) = weft_testbed::for_test("drs", 2, Path::new(WEFT)) else {
         return Ok(());
     };
     let dns = launch(&tb, 2, &[])?;
@@ -392,7 +385,7 @@ fn names_come_back_after_a_restart_and_junk_queries_are_survived() -> Result<()>
 /// The tutorial's headline: a container pings another, on another host, by its short name.
 #[test]
 fn containers_ping_each_other_by_name() -> Result<()> {
-    let Some(mut tb) = testbed("png", 2) else {
+    let Some(mut tb) = weft_testbed::for_test("png", 2, Path::new(WEFT)) else {
         return Ok(());
     };
     let dns = launch(&tb, 2, &[])?;
@@ -422,7 +415,7 @@ fn containers_ping_each_other_by_name() -> Result<()> {
 /// `--without-dns` is not.
 #[test]
 fn rewrite_hosts_and_names_kept_while_dns_was_off() -> Result<()> {
-    let Some(mut tb) = testbed("wod", 1) else {
+    let Some(mut tb) = weft_testbed::for_test("wod", 1, Path::new(WEFT)) else {
         return Ok(());
     };
     tb.launch(1, &["--no-dns"])?;

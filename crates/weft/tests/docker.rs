@@ -56,22 +56,6 @@ fn launch(tb: &Testbed, n: usize) -> Result<()> {
     Ok(())
 }
 
-/// Waits until hosts 1..=n each see the full mesh.
-fn wait_for_peers(tb: &Testbed, n: usize) -> Result<()> {
-    let want = format!("Peers: {n} (with {} established connections)", n * (n - 1));
-    for i in 1..=n {
-        Testbed::wait_for(Duration::from_secs(30), || {
-            let s = tb.weft_ok(i, &["status"])?;
-            if s.contains(&want) {
-                Ok(())
-            } else {
-                bail!("h{i}:\n{s}")
-            }
-        })?;
-    }
-    Ok(())
-}
-
 /// `docker exec C ARGS` straight at the engine; stdout, or the failure with its output.
 fn exec(tb: &Testbed, c: &str, args: &[&str]) -> Result<String> {
     let mut a = vec!["exec", c];
@@ -271,7 +255,7 @@ fn the_network_plugin_carries_traffic_across_hosts() -> Result<()> {
             bail!("{n1} has driver {d}")
         }
     })?;
-    wait_for_peers(&tb, 2)?;
+    tb.wait_full_mesh(2)?;
     let d = tb.plugin_driver(2);
     tb.docker_ok(
         0,

@@ -13,13 +13,6 @@ use weft_testbed::Testbed;
 const WEFT: &str = env!("CARGO_BIN_EXE_weft");
 const CONVERGE: Duration = Duration::from_secs(30);
 
-fn testbed(tag: &str, n: usize) -> Option<Testbed> {
-    if !weft_testbed::require() {
-        return None;
-    }
-    Some(Testbed::new(tag, n, Path::new(WEFT)).expect("building the test bed"))
-}
-
 fn connections(tb: &Testbed, i: usize) -> Result<String> {
     tb.weft_ok(i, &["status", "connections"])
 }
@@ -165,7 +158,7 @@ fn broadcast_counts(tb: &Testbed, ns: &str, receivers: &[&str], n: u32) -> Resul
 
 #[test]
 fn three_hosts_use_fastdp_fall_back_when_blocked_and_recover() -> Result<()> {
-    let Some(mut tb) = testbed("fdp", 3) else {
+    let Some(mut tb) = weft_testbed::for_test("fdp", 3, Path::new(WEFT)) else {
         return Ok(());
     };
     launch(&tb, 3, |_| vec![])?;
@@ -268,7 +261,7 @@ fn three_hosts_use_fastdp_fall_back_when_blocked_and_recover() -> Result<()> {
 
 #[test]
 fn mixed_mesh_and_relays_deliver_every_frame_once() -> Result<()> {
-    let Some(mut tb) = testbed("fdm", 4) else {
+    let Some(mut tb) = weft_testbed::for_test("fdm", 4, Path::new(WEFT)) else {
         return Ok(());
     };
     // h4 without the fast path; h1 and h3 cannot reach each other (h2 or h4 relays).
@@ -387,7 +380,7 @@ fn ping_across_a_restart(tb: &mut Testbed) -> Result<(String, Vec<u32>)> {
 /// entries for a while.
 #[test]
 fn kernel_keeps_forwarding_while_the_router_is_down() -> Result<()> {
-    let Some(mut tb) = testbed("fdr", 2) else {
+    let Some(mut tb) = weft_testbed::for_test("fdr", 2, Path::new(WEFT)) else {
         return Ok(());
     };
     let (text, answered) = ping_across_a_restart(&mut tb)?;
@@ -407,7 +400,7 @@ fn kernel_keeps_forwarding_while_the_router_is_down() -> Result<()> {
 /// gone, see the simulator's restart tests.)
 #[test]
 fn traffic_keeps_flowing_after_a_router_restart() -> Result<()> {
-    let Some(mut tb) = testbed("fdr2", 2) else {
+    let Some(mut tb) = weft_testbed::for_test("fdr2", 2, Path::new(WEFT)) else {
         return Ok(());
     };
     let (text, answered) = ping_across_a_restart(&mut tb)?;
@@ -417,7 +410,7 @@ fn traffic_keeps_flowing_after_a_router_restart() -> Result<()> {
 
 #[test]
 fn a_path_that_drops_large_vxlan_packets_is_named_and_avoided() -> Result<()> {
-    let Some(mut tb) = testbed("fdmtu", 2) else {
+    let Some(mut tb) = weft_testbed::for_test("fdmtu", 2, Path::new(WEFT)) else {
         return Ok(());
     };
     // The underlay switch port of h2 takes only 1400-byte packets, though both hosts' own
@@ -451,7 +444,7 @@ fn a_path_that_drops_large_vxlan_packets_is_named_and_avoided() -> Result<()> {
 /// while the router is down) or resumes within seconds, and is still going at the end.
 #[test]
 fn iperf3_keeps_going_across_a_router_restart() -> Result<()> {
-    let Some(mut tb) = testbed("fdri", 2) else {
+    let Some(mut tb) = weft_testbed::for_test("fdri", 2, Path::new(WEFT)) else {
         return Ok(());
     };
     launch(&tb, 2, |_| vec![])?;

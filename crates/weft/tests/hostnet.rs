@@ -17,13 +17,6 @@ const CONVERGE: Duration = Duration::from_secs(30);
 /// The firewall check runs every 5 s; a repair must land within about 10.
 const HEAL: Duration = Duration::from_secs(12);
 
-fn testbed(tag: &str, n: usize) -> Option<Testbed> {
-    if !weft_testbed::require() {
-        return None;
-    }
-    Some(Testbed::new(tag, n, Path::new(WEFT)).expect("building the test bed"))
-}
-
 fn launch(tb: &Testbed, n: usize, extra: &[&str]) -> Result<()> {
     tb.launch_mesh(n, extra)
 }
@@ -50,7 +43,7 @@ fn count(haystack: &str, needle: &str) -> usize {
 
 #[test]
 fn docker_hosts_forward_heal_survive_stop_and_reset_cleanly() -> Result<()> {
-    let Some(mut tb) = testbed("fw", 2) else {
+    let Some(mut tb) = weft_testbed::for_test("fw", 2, Path::new(WEFT)) else {
         return Ok(());
     };
     launch(&tb, 2, &[])?;
@@ -137,7 +130,7 @@ fn docker_hosts_forward_heal_survive_stop_and_reset_cleanly() -> Result<()> {
 
 #[test]
 fn containers_cannot_reach_the_routers_ports() -> Result<()> {
-    let Some(mut tb) = testbed("fwin", 1) else {
+    let Some(mut tb) = weft_testbed::for_test("fwin", 1, Path::new(WEFT)) else {
         return Ok(());
     };
     launch(&tb, 1, &[])?;
@@ -165,7 +158,7 @@ fn containers_cannot_reach_the_routers_ports() -> Result<()> {
 
 #[test]
 fn expose_routes_masquerades_and_isolates_subnets() -> Result<()> {
-    let Some(mut tb) = testbed("fwx", 2) else {
+    let Some(mut tb) = weft_testbed::for_test("fwx", 2, Path::new(WEFT)) else {
         return Ok(());
     };
     launch(&tb, 2, &[])?;
@@ -281,7 +274,7 @@ fn expose_routes_masquerades_and_isolates_subnets() -> Result<()> {
 /// A (on host 1) reaches B's address again after B is gone and C took it, C on host 1 and then
 /// on host 2; returns how long each took after C's attach returned.
 fn reused_address_reached(extra: &[&str], tag: &str) -> Result<Vec<Duration>> {
-    let Some(mut tb) = testbed(tag, 2) else {
+    let Some(mut tb) = weft_testbed::for_test(tag, 2, Path::new(WEFT)) else {
         return Ok(Vec::new());
     };
     launch(&tb, 2, extra)?;
@@ -329,7 +322,7 @@ fn a_reused_address_is_reached_quickly_on_the_fast_path() -> Result<()> {
 
 #[test]
 fn a_bridge_lost_while_the_router_was_away_comes_back_with_its_ports() -> Result<()> {
-    let Some(mut tb) = testbed("fwbr", 1) else {
+    let Some(mut tb) = weft_testbed::for_test("fwbr", 1, Path::new(WEFT)) else {
         return Ok(());
     };
     launch(&tb, 1, &[])?;
@@ -362,7 +355,7 @@ fn a_bridge_lost_while_the_router_was_away_comes_back_with_its_ports() -> Result
 /// without a word (no ICMP): the sleeve learns the path's limit and 10 KB pings pass. Returns
 /// how long after the mesh formed the first one did.
 fn small_path(extra: &[&str], tag: &str) -> Result<Option<Duration>> {
-    let Some(mut tb) = testbed(tag, 2) else {
+    let Some(mut tb) = weft_testbed::for_test(tag, 2, Path::new(WEFT)) else {
         return Ok(None);
     };
     tb.narrow_path(1, 2, 700)?;
@@ -431,7 +424,7 @@ fn a_narrow_path_is_learned_when_the_fast_path_falls_back() -> Result<()> {
 /// logged, as Weave did.
 #[test]
 fn hairpin_mode_on_the_routers_port_is_logged() -> Result<()> {
-    let Some(tb) = testbed("hpn", 1) else {
+    let Some(tb) = weft_testbed::for_test("hpn", 1, Path::new(WEFT)) else {
         return Ok(());
     };
     tb.launch(1, &[])?;

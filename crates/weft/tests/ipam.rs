@@ -12,13 +12,6 @@ use weft_testbed::Testbed;
 const WEFT: &str = env!("CARGO_BIN_EXE_weft");
 const CONVERGE: Duration = Duration::from_secs(30);
 
-fn testbed(tag: &str, n: usize) -> Option<Testbed> {
-    if !weft_testbed::require() {
-        return None;
-    }
-    Some(Testbed::new(tag, n, Path::new(WEFT)).expect("building the test bed"))
-}
-
 fn launch_tutorial(tb: &Testbed, extra: &[&str]) -> Result<()> {
     let h1 = tb.host(1).ip.to_string();
     let h2 = tb.host(2).ip.to_string();
@@ -28,29 +21,7 @@ fn launch_tutorial(tb: &Testbed, extra: &[&str]) -> Result<()> {
     tb.launch(2, &a)?;
     a.push(&h2);
     tb.launch(3, &a)?;
-    wait_peers(tb, &[1, 2, 3], "Peers: 3 (with 6 established connections)")
-}
-
-fn wait_peers(tb: &Testbed, hosts: &[usize], want: &str) -> Result<()> {
-    for &i in hosts {
-        Testbed::wait_for(CONVERGE, || {
-            let s = tb.weft_ok(i, &["status"])?;
-            if s.contains(want) {
-                Ok(())
-            } else {
-                bail!("h{i}: {s}")
-            }
-        })?;
-    }
-    Ok(())
-}
-
-/// `weft attach [args] CONTAINER` on host `i`; returns the address printed.
-fn attach(tb: &Testbed, i: usize, args: &[&str], container: &str) -> Result<String> {
-    let mut a = vec!["attach"];
-    a.extend_from_slice(args);
-    a.push(container);
-    Ok(tb.weft_ok(i, &a)?.trim().to_string())
+    tb.wait_status(&[1, 2, 3], "Peers: 3 (with 6 established connections)")
 }
 
 /// An HTTP request to host `i`'s API from inside its namespace; returns (status, body).
@@ -75,7 +46,7 @@ fn http(tb: &Testbed, i: usize, method: &str, path: &str) -> (u16, String) {
 
 #[test]
 fn containers_without_addresses_get_distinct_ones_and_ping() -> Result<()> {
-    let Some(mut tb) = testbed("ipa", 3) else {
+    let Some(mut tb) = weft_testbed::for_test("ipa", 3, Path::new(WEFT)) else {
         return Ok(());
     };
     launch_tutorial(&tb, &[])?;
@@ -84,7 +55,7 @@ fn containers_without_addresses_get_distinct_ones_and_ping() -> Result<()> {
     for i in 1..=3 {
         for k in 0..2 {
             let c = tb.container(&format!("h{i}k{k}"))?;
-            let a = attach(&tb, i, &[], &c)?;
+            let a = tb.attach(i, &[], &c)?;
             addrs.push(a.parse::<std::net::Ipv4Addr>()?);
             containers.push((i, c));
         }
@@ -130,7 +101,7 @@ fn containers_without_addresses_get_distinct_ones_and_ping() -> Result<()> {
         .map(|b| ipnet::Ipv4Net::new(std::net::Ipv4Addr::new(10, b, 0, 0), 16).unwrap())
         .find(|n| !addrs.iter().any(|a| n.contains(a)))
         .expect("a free /16");
-    let a = attach(&tb, 1, &[&format!("net:{subnet}")], c)?;
+    let a = tb.attach(1, &[&format!("net:{subnet}")], c)?;
     assert!(subnet.contains(&a.parse::<std::net::Ipv4Addr>()?), "{a}");
     let out = tb.weft_ok(1, &["ps", c])?;
     assert_eq!(out.split_whitespace().count(), 4, "{out}");
@@ -139,7 +110,7 @@ fn containers_without_addresses_get_distinct_ones_and_ping() -> Result<()> {
 
 #[test]
 fn ip_api_has_weaves_shapes() -> Result<()> {
-    let Some(tb) = testbed("api", 1) else {
+    let Some(tb) = weft_testbed::for_test("api", 1, Path::new(WEFT)) else {
         return Ok(());
     };
     tb.launch(1, &[])?;
@@ -180,20 +151,20 @@ fn ip_api_has_weaves_shapes() -> Result<()> {
 
 #[test]
 fn a_restarted_router_keeps_its_containers_addresses() -> Result<()> {
-    let Some(mut tb) = testbed("ipr", 2) else {
+    let Some(mut tb) = weft_testbed::for_test("ipr", 2, Path::new(WEFT)) else {
         return Ok(());
     };
     let h1 = tb.host(1).ip.to_string();
     tb.launch(1, &[])?;
     tb.launch(2, &[&h1])?;
-    wait_peers(&tb, &[1, 2], "Peers: 2 (with 2 established connections)")?;
+    tb.wait_status(&[1, 2], "Peers: 2 (with 2 established connections)")?;
     let c1 = tb.container("a")?;
     let c2 = tb.container("b")?;
-    let a1 = attach(&tb, 2, &[], &c1)?;
-    let a2 = attach(&tb, 2, &[], &c2)?;
+    let a1 = tb.attach(2, &[], &c1)?;
+    let a2 = tb.attach(2, &[], &c2)?;
     tb.kill_router(2)?;
     tb.launch(2, &["--resume"])?;
-    wait_peers(&tb, &[1, 2], "Peers: 2 (with 2 established connections)")?;
+    tb.wait_status(&[1, 2], "Peers: 2 (with 2 established connections)")?;
     let ps = tb.weft_ok(2, &["ps"])?;
     assert!(
         ps.contains(&format!("{a1}/12")) && ps.contains(&format!("{a2}/12")),
@@ -201,8 +172,8 @@ fn a_restarted_router_keeps_its_containers_addresses() -> Result<()> {
     );
     let c3 = tb.container("c")?;
     let c4 = tb.container("d")?;
-    let a3 = attach(&tb, 2, &[], &c3)?;
-    let a4 = attach(&tb, 1, &[], &c4)?;
+    let a3 = tb.attach(2, &[], &c3)?;
+    let a4 = tb.attach(1, &[], &c4)?;
     let all: BTreeSet<&String> = [&a1, &a2, &a3, &a4].into_iter().collect();
     assert_eq!(all.len(), 4, "{a1} {a2} {a3} {a4}");
     tb.wait_ping(&c1, &a4, CONVERGE)?;
@@ -211,15 +182,15 @@ fn a_restarted_router_keeps_its_containers_addresses() -> Result<()> {
 
 #[test]
 fn separately_started_clusters_refuse_to_join_and_keep_working() -> Result<()> {
-    let Some(mut tb) = testbed("spl", 2) else {
+    let Some(mut tb) = weft_testbed::for_test("spl", 2, Path::new(WEFT)) else {
         return Ok(());
     };
     tb.launch(1, &[])?;
     tb.launch(2, &[])?;
     let c1 = tb.container("a")?;
     let c2 = tb.container("b")?;
-    let a1 = attach(&tb, 1, &[], &c1)?;
-    let a2 = attach(&tb, 2, &[], &c2)?;
+    let a1 = tb.attach(1, &[], &c1)?;
+    let a2 = tb.attach(2, &[], &c2)?;
     assert_eq!(a1, a2, "both seeded their own ring");
     tb.weft_ok(2, &["connect", &tb.host(1).ip.to_string()])?;
     // Whichever side refused, both show why: the dialling side on its target, the other on
@@ -262,15 +233,15 @@ fn separately_started_clusters_refuse_to_join_and_keep_working() -> Result<()> {
     // Both keep working on their own.
     let c3 = tb.container("c")?;
     let c4 = tb.container("d")?;
-    attach(&tb, 1, &[], &c3)?;
-    attach(&tb, 2, &[], &c4)?;
+    tb.attach(1, &[], &c3)?;
+    tb.attach(2, &[], &c4)?;
     tb.wait_ping(&c3, &a1, CONVERGE)?;
     // The advice works: reset one cluster's hosts and launch them with a peer of the other.
     tb.weft_ok(2, &["reset"])?;
     tb.launch(2, &[&tb.host(1).ip.to_string()])?;
-    wait_peers(&tb, &[1, 2], "Peers: 2 (with 2 established connections)")?;
+    tb.wait_status(&[1, 2], "Peers: 2 (with 2 established connections)")?;
     let c5 = tb.container("e")?;
-    let a5 = attach(&tb, 2, &[], &c5)?;
+    let a5 = tb.attach(2, &[], &c5)?;
     assert!(a5 != a1, "one ring now: {a5}");
     tb.wait_ping(&c5, &a1, CONVERGE)?;
     Ok(())
@@ -278,13 +249,13 @@ fn separately_started_clusters_refuse_to_join_and_keep_working() -> Result<()> {
 
 #[test]
 fn rmpeer_frees_a_dead_hosts_space_and_reset_hands_over() -> Result<()> {
-    let Some(mut tb) = testbed("rmp", 3) else {
+    let Some(mut tb) = weft_testbed::for_test("rmp", 3, Path::new(WEFT)) else {
         return Ok(());
     };
     launch_tutorial(&tb, &[])?;
     for i in 1..=3 {
         let c = tb.container(&format!("c{i}"))?;
-        attach(&tb, i, &[], &c)?;
+        tb.attach(i, &[], &c)?;
     }
     // rmpeer of a live peer is refused.
     let out = tb.weft(1, &["rmpeer", "host2"]);
@@ -336,16 +307,16 @@ fn rmpeer_frees_a_dead_hosts_space_and_reset_hands_over() -> Result<()> {
 
 #[test]
 fn detach_and_vanished_containers_release_addresses() -> Result<()> {
-    let Some(mut tb) = testbed("rel", 1) else {
+    let Some(mut tb) = weft_testbed::for_test("rel", 1, Path::new(WEFT)) else {
         return Ok(());
     };
     tb.launch(1, &[])?;
     let c1 = tb.container("a")?;
-    assert_eq!(attach(&tb, 1, &[], &c1)?, "10.32.0.1");
+    assert_eq!(tb.attach(1, &[], &c1)?, "10.32.0.1");
     assert_eq!(tb.weft_ok(1, &["detach", &c1])?.trim(), "10.32.0.1");
     let c2 = tb.container("b")?;
     assert_eq!(
-        attach(&tb, 1, &[], &c2)?,
+        tb.attach(1, &[], &c2)?,
         "10.32.0.1",
         "the released address is reused"
     );
@@ -369,13 +340,13 @@ fn detach_and_vanished_containers_release_addresses() -> Result<()> {
         Ok(())
     );
     eprintln!("released {:?} after the namespace went", start.elapsed());
-    assert_eq!(attach(&tb, 1, &[], &c3)?, "10.32.0.1");
+    assert_eq!(tb.attach(1, &[], &c3)?, "10.32.0.1");
     Ok(())
 }
 
 #[test]
 fn waiting_for_consensus_fails_clearly_and_bad_ranges_are_reported() -> Result<()> {
-    let Some(mut tb) = testbed("tmo", 2) else {
+    let Some(mut tb) = weft_testbed::for_test("tmo", 2, Path::new(WEFT)) else {
         return Ok(());
     };
     // host2 expects host1 (quorum 2) but host1 is not up: the attach fails, bounded, saying why.
@@ -405,7 +376,7 @@ fn waiting_for_consensus_fails_clearly_and_bad_ranges_are_reported() -> Result<(
     // A changed --ipalloc-range against saved allocations starts the new range afresh, as
     // Weave did, and says what it did with the old state.
     tb.launch(1, &[])?;
-    attach(&tb, 1, &[], &c)?;
+    tb.attach(1, &[], &c)?;
     tb.weft_ok(1, &["stop"])?;
     tb.launch(1, &["--ipalloc-range=10.99.0.0/16"])?;
     let log = tb.router_log(1);
@@ -425,7 +396,7 @@ fn waiting_for_consensus_fails_clearly_and_bad_ranges_are_reported() -> Result<(
 /// allocation it had answered: after a restart every answered address is still there.
 #[test]
 fn kill_9_during_allocations_loses_no_answered_allocation() -> Result<()> {
-    let Some(tb) = testbed("k9", 1) else {
+    let Some(tb) = weft_testbed::for_test("k9", 1, Path::new(WEFT)) else {
         return Ok(());
     };
     tb.launch(1, &[])?;
@@ -464,15 +435,15 @@ fn kill_9_during_allocations_loses_no_answered_allocation() -> Result<()> {
 
 #[test]
 fn expose_gives_the_host_an_overlay_address() -> Result<()> {
-    let Some(mut tb) = testbed("exp", 2) else {
+    let Some(mut tb) = weft_testbed::for_test("exp", 2, Path::new(WEFT)) else {
         return Ok(());
     };
     let h1 = tb.host(1).ip.to_string();
     tb.launch(1, &[])?;
     tb.launch(2, &[&h1])?;
-    wait_peers(&tb, &[1, 2], "Peers: 2 (with 2 established connections)")?;
+    tb.wait_status(&[1, 2], "Peers: 2 (with 2 established connections)")?;
     let c = tb.container("c")?;
-    let a = attach(&tb, 2, &[], &c)?;
+    let a = tb.attach(2, &[], &c)?;
     let e = tb.weft_ok(1, &["expose"])?.trim().to_string();
     assert!(e.starts_with("10."), "{e}");
     // The host itself now reaches a container on the other host, and back.
@@ -502,13 +473,13 @@ fn expose_gives_the_host_an_overlay_address() -> Result<()> {
 /// state set aside (not refused, as before).
 #[test]
 fn reset_starts_clean_and_a_new_name_sets_the_old_state_aside() -> Result<()> {
-    let Some(mut tb) = testbed("rst", 1) else {
+    let Some(mut tb) = weft_testbed::for_test("rst", 1, Path::new(WEFT)) else {
         return Ok(());
     };
     let state = tb.host(1).state_dir.clone();
     let first = tb.launch(1, &[])?.trim().to_string();
     let c = tb.container("c")?;
-    let a = attach(&tb, 1, &[], &c)?;
+    let a = tb.attach(1, &[], &c)?;
     assert!(a.starts_with("10."), "{a}");
     assert!(state.join("ipam.json").exists());
     tb.weft_ok(1, &["reset"])?;
@@ -519,14 +490,14 @@ fn reset_starts_clean_and_a_new_name_sets_the_old_state_aside() -> Result<()> {
     let second = tb.launch(1, &[])?.trim().to_string();
     assert_ne!(first, second, "a reset host is a new peer");
     let d = tb.container("d")?;
-    assert!(attach(&tb, 1, &[], &d)?.starts_with("10."));
+    assert!(tb.attach(1, &[], &d)?.starts_with("10."));
 
     // Another name against the saved state: starts, and keeps the old state aside; d keeps
     // its address in the new peer's ring.
     tb.weft_ok(1, &["stop"])?;
     tb.launch(1, &["--name=12:34:56:78:9a:bc"])?;
     let e = tb.container("e")?;
-    assert!(attach(&tb, 1, &[], &e)?.starts_with("10."));
+    assert!(tb.attach(1, &[], &e)?.starts_with("10."));
     let aside = state.join(format!("ipam.json.{}", second.replace(':', "-")));
     assert!(aside.exists(), "no {}", aside.display());
     assert!(
@@ -550,13 +521,13 @@ fn reset_starts_clean_and_a_new_name_sets_the_old_state_aside() -> Result<()> {
 /// subnet's addresses) and prints it, leaving addresses in other subnets, as Weave's did.
 #[test]
 fn detach_without_addresses_takes_the_default_subnets() -> Result<()> {
-    let Some(mut tb) = testbed("dtd", 1) else {
+    let Some(mut tb) = weft_testbed::for_test("dtd", 1, Path::new(WEFT)) else {
         return Ok(());
     };
     tb.launch(1, &["--ipalloc-default-subnet=10.32.0.0/16"])?;
     let c = tb.container("c")?;
-    let default = attach(&tb, 1, &[], &c)?;
-    let other = attach(&tb, 1, &["net:10.33.0.0/16"], &c)?;
+    let default = tb.attach(1, &[], &c)?;
+    let other = tb.attach(1, &["net:10.33.0.0/16"], &c)?;
     assert!(default.starts_with("10.32.") && other.starts_with("10.33."));
     assert_eq!(tb.weft_ok(1, &["detach", &c])?.trim(), default);
     let ps = tb.weft_ok(1, &["ps", &c])?;
@@ -572,13 +543,13 @@ fn detach_without_addresses_takes_the_default_subnets() -> Result<()> {
 /// consensus it cannot reach, and they create no ring.
 #[test]
 fn addresses_outside_the_range_answer_at_once_and_make_no_ring() -> Result<()> {
-    let Some(mut tb) = testbed("oor", 1) else {
+    let Some(mut tb) = weft_testbed::for_test("oor", 1, Path::new(WEFT)) else {
         return Ok(());
     };
     tb.launch(1, &["--ipalloc-init=consensus=2", "--ipalloc-timeout=20"])?;
     let c = tb.container("c")?;
     let start = Instant::now();
-    assert_eq!(attach(&tb, 1, &["10.2.1.4/24"], &c)?, "10.2.1.4");
+    assert_eq!(tb.attach(1, &["10.2.1.4/24"], &c)?, "10.2.1.4");
     assert_eq!(
         tb.weft_ok(1, &["expose", "10.2.1.2/24"])?.trim(),
         "10.2.1.2"
@@ -606,19 +577,19 @@ fn addresses_outside_the_range_answer_at_once_and_make_no_ring() -> Result<()> {
 /// holds, and it is not given.
 #[test]
 fn lost_state_never_hands_out_a_running_containers_address() -> Result<()> {
-    let Some(mut tb) = testbed("slo", 2) else {
+    let Some(mut tb) = weft_testbed::for_test("slo", 2, Path::new(WEFT)) else {
         return Ok(());
     };
     let range = "--ipalloc-range=10.2.0.0/16";
     let (h1, h2) = (tb.host(1).ip.to_string(), tb.host(2).ip.to_string());
     tb.launch(1, &[range, &h2])?;
     tb.launch(2, &[range, &h1])?;
-    wait_peers(&tb, &[1, 2], "Peers: 2 (with 2 established connections)")?;
+    tb.wait_status(&[1, 2], "Peers: 2 (with 2 established connections)")?;
     let c1 = tb.container("c1")?;
-    assert_eq!(attach(&tb, 1, &["10.2.0.1/16"], &c1)?, "10.2.0.1");
+    assert_eq!(tb.attach(1, &["10.2.0.1/16"], &c1)?, "10.2.0.1");
     let exposed = tb.weft_ok(1, &["expose"])?.trim().to_string();
     let c2 = tb.container("c2")?;
-    let a2 = attach(&tb, 2, &[], &c2)?;
+    let a2 = tb.attach(2, &[], &c2)?;
     tb.wait_ping(&c2, "10.2.0.1", CONVERGE)?;
     tb.weft_ok(1, &["stop"])?;
     tb.weft_ok(2, &["stop"])?;
@@ -628,7 +599,7 @@ fn lost_state_never_hands_out_a_running_containers_address() -> Result<()> {
 
     tb.launch(2, &[range])?;
     tb.launch(1, &[range, &h2])?;
-    wait_peers(&tb, &[1, 2], "Peers: 2 (with 2 established connections)")?;
+    tb.wait_status(&[1, 2], "Peers: 2 (with 2 established connections)")?;
     Testbed::wait_for(CONVERGE, || {
         let log = tb.router_log(1);
         if log.contains("reclaimed 10.2.0.1 for") && log.contains(&format!("reclaimed {exposed}")) {
@@ -644,7 +615,7 @@ fn lost_state_never_hands_out_a_running_containers_address() -> Result<()> {
     );
     assert!(ps.contains("weave:expose") && ps.contains(&exposed), "{ps}");
     let c3 = tb.container("c3")?;
-    let a3 = attach(&tb, 2, &[], &c3)?;
+    let a3 = tb.attach(2, &[], &c3)?;
     assert!(
         a3 != "10.2.0.1" && a3 != a2 && a3 != exposed,
         "handed out {a3} again"
@@ -661,7 +632,7 @@ fn lost_state_never_hands_out_a_running_containers_address() -> Result<()> {
 /// warning, as Weave did; the broadcast address is still refused with what to do.
 #[test]
 fn a_subnets_network_address_is_accepted_with_a_warning() -> Result<()> {
-    let Some(mut tb) = testbed("nwa", 1) else {
+    let Some(mut tb) = weft_testbed::for_test("nwa", 1, Path::new(WEFT)) else {
         return Ok(());
     };
     tb.launch(1, &[])?;

@@ -11,19 +11,6 @@ use weft_testbed::Testbed;
 const WEFT: &str = env!("CARGO_BIN_EXE_weft");
 const CONVERGE: Duration = Duration::from_secs(30);
 
-fn testbed(tag: &str, n: usize) -> Option<Testbed> {
-    if !weft_testbed::require() {
-        return None;
-    }
-    Some(Testbed::new(tag, n, Path::new(WEFT)).expect("building the test bed"))
-}
-
-fn status(tb: &Testbed, i: usize, sub: &[&str]) -> Result<String> {
-    let mut args = vec!["status"];
-    args.extend_from_slice(sub);
-    tb.weft_ok(i, &args)
-}
-
 /// The tutorial's three hosts: h2 given h1, h3 given h1 and h2.
 fn launch_tutorial(tb: &Testbed) -> Result<()> {
     let h1 = tb.host(1).ip.to_string();
@@ -41,7 +28,7 @@ fn launch_pair(tb: &Testbed, extra: &[&str]) -> Result<()> {
     with_peer.push(&h1);
     tb.launch(1, extra)?;
     tb.launch(2, &with_peer)?;
-    wait_full_mesh(tb, 2)
+    tb.wait_full_mesh(2)
 }
 
 /// Attaches a fresh container `c<i>` with 10.32.0.<i>/12 on host `i`.
@@ -55,30 +42,15 @@ fn has_link(tb: &Testbed, ns: &str, link: &str) -> bool {
     tb.exec(ns, "ip", &["link", "show", link]).status.success()
 }
 
-fn wait_full_mesh(tb: &Testbed, n: usize) -> Result<()> {
-    let want = format!("Peers: {n} (with {} established connections)", n * (n - 1));
-    for i in 1..=n {
-        Testbed::wait_for(CONVERGE, || {
-            let s = status(tb, i, &[])?;
-            if s.contains(&want) {
-                Ok(())
-            } else {
-                bail!("h{i} status:\n{s}\nlog:\n{}", tb.router_log(i))
-            }
-        })?;
-    }
-    Ok(())
-}
-
 #[test]
 fn tutorial_three_hosts_mesh_and_ping() -> Result<()> {
-    let Some(mut tb) = testbed("tut", 3) else {
+    let Some(mut tb) = weft_testbed::for_test("tut", 3, Path::new(WEFT)) else {
         return Ok(());
     };
     launch_tutorial(&tb)?;
-    wait_full_mesh(&tb, 3)?;
+    tb.wait_full_mesh(3)?;
 
-    let s = status(&tb, 1, &[])?;
+    let s = tb.status(1, &[])?;
     for line in [
         "        Service: router",
         "       Protocol: weft 1",
@@ -91,13 +63,13 @@ fn tutorial_three_hosts_mesh_and_ping() -> Result<()> {
         assert!(s.contains(line), "missing {line:?} in\n{s}");
     }
     assert!(s.contains("(host1)"), "{s}");
-    let s3 = status(&tb, 3, &[])?;
+    let s3 = tb.status(3, &[])?;
     assert!(s3.contains("        Targets: 2"), "{s3}");
-    let targets = status(&tb, 3, &["targets"])?;
+    let targets = tb.status(3, &["targets"])?;
     assert_eq!(targets, "198.18.0.1\n198.18.0.2\n");
     // Within a second or two of heartbeats, both links are on the kernel's VXLAN fast path.
     let conns = Testbed::wait_for(CONVERGE, || {
-        let c = status(&tb, 1, &["connections"])?;
+        let c = tb.status(1, &["connections"])?;
         if c.matches(" established fastdp ").count() == 2 {
             Ok(c)
         } else {
@@ -115,7 +87,7 @@ fn tutorial_three_hosts_mesh_and_ping() -> Result<()> {
         m.contains(r#"weave_connections{state="established",type="fastdp",encryption=""} 2"#),
         "{m}"
     );
-    let peers = status(&tb, 2, &["peers"])?;
+    let peers = tb.status(2, &["peers"])?;
     for nick in ["(host1)", "(host2)", "(host3)"] {
         assert!(peers.contains(nick), "{peers}");
     }
@@ -157,9 +129,9 @@ fn tutorial_three_hosts_mesh_and_ping() -> Result<()> {
 
     // connect / forget change the targets (and what status shows).
     tb.weft_ok(1, &["connect", "198.18.0.9"])?;
-    assert_eq!(status(&tb, 1, &["targets"])?, "198.18.0.9\n");
+    assert_eq!(tb.status(1, &["targets"])?, "198.18.0.9\n");
     let conns = Testbed::wait_for(CONVERGE, || {
-        let c = status(&tb, 1, &["connections"])?;
+        let c = tb.status(1, &["connections"])?;
         if c.contains("-> 198.18.0.9:6783") {
             Ok(c)
         } else {
@@ -171,15 +143,12 @@ fn tutorial_three_hosts_mesh_and_ping() -> Result<()> {
         "{conns}"
     );
     tb.weft_ok(1, &["forget", "198.18.0.9"])?;
-    assert_eq!(status(&tb, 1, &["targets"])?, "");
+    assert_eq!(tb.status(1, &["targets"])?, "");
     tb.weft_ok(
         1,
         &["connect", "--replace", "198.18.0.2", "198.18.0.3:6783"],
     )?;
-    assert_eq!(
-        status(&tb, 1, &["targets"])?,
-        "198.18.0.2\n198.18.0.3:6783\n"
-    );
+    assert_eq!(tb.status(1, &["targets"])?, "198.18.0.2\n198.18.0.3:6783\n");
 
     // Detach: the address goes, and the interface with it.
     assert_eq!(tb.weft_ok(3, &["detach", &c3])?.trim(), "10.32.0.3");
@@ -193,7 +162,7 @@ fn tutorial_three_hosts_mesh_and_ping() -> Result<()> {
 
 #[test]
 fn relays_through_a_third_host_when_the_direct_path_is_blocked() -> Result<()> {
-    let Some(mut tb) = testbed("rly", 3) else {
+    let Some(mut tb) = weft_testbed::for_test("rly", 3, Path::new(WEFT)) else {
         return Ok(());
     };
     tb.block(1, 3)?;
@@ -201,7 +170,7 @@ fn relays_through_a_third_host_when_the_direct_path_is_blocked() -> Result<()> {
     // h1 and h3 each know all three peers, through h2.
     for i in [1, 3] {
         Testbed::wait_for(CONVERGE, || {
-            let s = status(&tb, i, &[])?;
+            let s = tb.status(i, &[])?;
             if s.contains("Peers: 3 (with 4 established connections)") {
                 Ok(())
             } else {
@@ -240,7 +209,7 @@ fn relays_through_a_third_host_when_the_direct_path_is_blocked() -> Result<()> {
     );
     // h3 dialled h1 and keeps failing; status says so.
     let conns = Testbed::wait_for(CONVERGE, || {
-        let c = status(&tb, 3, &["connections"])?;
+        let c = tb.status(3, &["connections"])?;
         let l = c
             .lines()
             .find(|l| l.starts_with("-> 198.18.0.1:6783"))
@@ -256,10 +225,13 @@ fn relays_through_a_third_host_when_the_direct_path_is_blocked() -> Result<()> {
         conns.contains("-> 198.18.0.2:6783       established"),
         "{conns}"
     );
-    assert!(status(&tb, 3, &[])?.contains("Connections: 2 (1 established, 1 "));
+    assert!(
+        tb.status(3, &[])?
+            .contains("Connections: 2 (1 established, 1 ")
+    );
     // h1 learned h3's address from h2 (discovery) and shows its own failing attempts.
     Testbed::wait_for(CONVERGE, || {
-        let c = status(&tb, 1, &["connections"])?;
+        let c = tb.status(1, &["connections"])?;
         let l = c
             .lines()
             .find(|l| l.starts_with("-> 198.18.0.3:6783"))
@@ -275,7 +247,7 @@ fn relays_through_a_third_host_when_the_direct_path_is_blocked() -> Result<()> {
 
 #[test]
 fn frames_bigger_than_the_underlay_mtu_are_fragmented_not_dropped() -> Result<()> {
-    let Some(mut tb) = testbed("frag", 2) else {
+    let Some(mut tb) = weft_testbed::for_test("frag", 2, Path::new(WEFT)) else {
         return Ok(());
     };
     launch_pair(&tb, &["--mtu=8000"])?;
@@ -309,7 +281,7 @@ fn frames_bigger_than_the_underlay_mtu_are_fragmented_not_dropped() -> Result<()
 
 #[test]
 fn containers_by_pid_and_by_namespace_path() -> Result<()> {
-    let Some(mut tb) = testbed("pid", 1) else {
+    let Some(mut tb) = weft_testbed::for_test("pid", 1, Path::new(WEFT)) else {
         return Ok(());
     };
     tb.launch(1, &[])?;
@@ -345,7 +317,7 @@ fn containers_by_pid_and_by_namespace_path() -> Result<()> {
 
 #[test]
 fn killed_router_resumes_its_peers_and_traffic() -> Result<()> {
-    let Some(mut tb) = testbed("res", 2) else {
+    let Some(mut tb) = weft_testbed::for_test("res", 2, Path::new(WEFT)) else {
         return Ok(());
     };
     let h1 = tb.host(1).ip.to_string();
@@ -361,8 +333,8 @@ fn killed_router_resumes_its_peers_and_traffic() -> Result<()> {
     assert!(!out.status.success());
     // ...and with --resume alone reconnects to h1.
     tb.launch(2, &["--resume"])?;
-    assert_eq!(status(&tb, 2, &["targets"])?, format!("{h1}\n"));
-    wait_full_mesh(&tb, 2)?;
+    assert_eq!(tb.status(2, &["targets"])?, format!("{h1}\n"));
+    tb.wait_full_mesh(2)?;
     let name_after = std::fs::read_to_string(tb.host(2).state_dir.join("peer-name"))?;
     assert_eq!(name_before, name_after, "the peer name survives restarts");
     // The bridge and the container's link survived; traffic flows again.
@@ -381,7 +353,7 @@ fn killed_router_resumes_its_peers_and_traffic() -> Result<()> {
 
 #[test]
 fn bad_input_gets_clear_errors_and_leaves_nothing_behind() -> Result<()> {
-    let Some(mut tb) = testbed("bad", 2) else {
+    let Some(mut tb) = weft_testbed::for_test("bad", 2, Path::new(WEFT)) else {
         return Ok(());
     };
     // A router that cannot start says why, from its log.
@@ -439,7 +411,7 @@ fn bad_input_gets_clear_errors_and_leaves_nothing_behind() -> Result<()> {
 
 #[test]
 fn garbage_on_the_wire_is_dropped_and_counted() -> Result<()> {
-    let Some(tb) = testbed("junk", 2) else {
+    let Some(tb) = weft_testbed::for_test("junk", 2, Path::new(WEFT)) else {
         return Ok(());
     };
     let h1 = tb.host(1).ip.to_string();
@@ -469,7 +441,7 @@ fn garbage_on_the_wire_is_dropped_and_counted() -> Result<()> {
         "{stats}"
     );
     // The mesh is unharmed.
-    wait_full_mesh(&tb, 2)?;
+    tb.wait_full_mesh(2)?;
     Ok(())
 }
 
@@ -478,14 +450,14 @@ fn garbage_on_the_wire_is_dropped_and_counted() -> Result<()> {
 /// it waited, lost h3 with h2 and never heard of it again.
 #[test]
 fn a_discovered_peer_is_dialled_though_its_reporter_dies() -> Result<()> {
-    let Some(tb) = testbed("dsc", 3) else {
+    let Some(tb) = weft_testbed::for_test("dsc", 3, Path::new(WEFT)) else {
         return Ok(());
     };
     launch_pair(&tb, &[])?;
     tb.launch(3, &["--no-discovery", &tb.host(2).ip.to_string()])?;
     let start = std::time::Instant::now();
     loop {
-        if status(&tb, 1, &["peers"])?.contains("(host3)") {
+        if tb.status(1, &["peers"])?.contains("(host3)") {
             break;
         }
         if start.elapsed() > CONVERGE {
@@ -494,7 +466,7 @@ fn a_discovered_peer_is_dialled_though_its_reporter_dies() -> Result<()> {
     }
     tb.kill_router(2)?;
     Testbed::wait_for(CONVERGE, || {
-        let s = status(&tb, 3, &["connections"])?;
+        let s = tb.status(3, &["connections"])?;
         if s.contains("established") && s.contains(&tb.host(1).ip.to_string()) {
             Ok(())
         } else {
@@ -512,7 +484,7 @@ fn a_discovered_peer_is_dialled_though_its_reporter_dies() -> Result<()> {
 /// their names intact; `weft stop` stops it for good; `--no-restart` turns supervision off.
 #[test]
 fn a_router_that_dies_is_started_again() -> Result<()> {
-    let Some(mut tb) = testbed("sup", 1) else {
+    let Some(mut tb) = weft_testbed::for_test("sup", 1, Path::new(WEFT)) else {
         return Ok(());
     };
     tb.launch(1, &["--dns-listen-address=0.0.0.0:53"])?;
@@ -529,7 +501,7 @@ fn a_router_that_dies_is_started_again() -> Result<()> {
                 _ => bail!("no new router after kill {signal}"),
             }
             let ps = tb.weft_ok(1, &["ps", &c])?;
-            let dns = status(&tb, 1, &["dns"])?;
+            let dns = tb.status(1, &["dns"])?;
             if ps.contains(&a) && dns.contains("web") && dns.contains(&a) {
                 Ok(())
             } else {

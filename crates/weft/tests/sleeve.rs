@@ -13,13 +13,6 @@ use weft_testbed::Testbed;
 const WEFT: &str = env!("CARGO_BIN_EXE_weft");
 const CONVERGE: Duration = Duration::from_secs(30);
 
-fn testbed(tag: &str, n: usize) -> Option<Testbed> {
-    if !weft_testbed::require() {
-        return None;
-    }
-    Some(Testbed::new(tag, n, Path::new(WEFT)).expect("building the test bed"))
-}
-
 /// Two sleeve-only hosts with `extra` flags and a container on each (10.32.0.1 and .2).
 fn pair(tb: &mut Testbed, extra: &[&str]) -> Result<(String, String)> {
     let h1 = tb.host(1).ip.to_string();
@@ -69,7 +62,7 @@ fn stats(tb: &Testbed, i: usize) -> Result<serde_json::Value> {
 #[test]
 fn big_frames_cross_fragmented_and_intact_or_not_at_all_plain_and_encrypted() -> Result<()> {
     for (tag, extra) in [("sfp", vec![]), ("sfe", vec!["--password=frag-test"])] {
-        let Some(mut tb) = testbed(tag, 2) else {
+        let Some(mut tb) = weft_testbed::for_test(tag, 2, Path::new(WEFT)) else {
             return Ok(());
         };
         // 7000-byte frames: each crosses as one sleeve datagram in five weft fragments.
@@ -158,7 +151,7 @@ fn big_frames_cross_fragmented_and_intact_or_not_at_all_plain_and_encrypted() ->
 #[test]
 fn offload_super_frames_carry_tcp_plain_and_encrypted() -> Result<()> {
     for (tag, extra) in [("sop", vec![]), ("soe", vec!["--password=offload-test"])] {
-        let Some(mut tb) = testbed(tag, 2) else {
+        let Some(mut tb) = weft_testbed::for_test(tag, 2, Path::new(WEFT)) else {
             return Ok(());
         };
         let (c1, c2) = pair(&mut tb, &extra)?;
@@ -180,7 +173,7 @@ fn offload_super_frames_carry_tcp_plain_and_encrypted() -> Result<()> {
 /// frames still get through.
 #[test]
 fn a_relaunch_with_another_mtu_updates_attached_containers() -> Result<()> {
-    let Some(mut tb) = testbed("smtu", 2) else {
+    let Some(mut tb) = weft_testbed::for_test("smtu", 2, Path::new(WEFT)) else {
         return Ok(());
     };
     let (c1, _c2) = pair(&mut tb, &[])?;

@@ -146,6 +146,17 @@ pub enum DockerObject {
     Image,
 }
 
+/// A test bed of `n` hosts with the default posture, or `None` when namespace tests are
+/// skipped here (see [`require`]): what every namespace test starts with.
+pub fn for_test(tag: &str, n: usize, weft: &Path) -> Option<Testbed> {
+    require().then(|| Testbed::new(tag, n, weft).expect("building the test bed"))
+}
+
+/// As [`for_test`], on hosts with `posture`.
+pub fn for_test_with(tag: &str, n: usize, weft: &Path, posture: Posture) -> Option<Testbed> {
+    require().then(|| Testbed::with_posture(tag, n, weft, posture).expect("building the test bed"))
+}
+
 /// Whether a Docker Engine answers here; with `WEFT_REQUIRE_DOCKER=1` (CI) its absence fails.
 pub fn docker_available() -> bool {
     let ok = Command::new("docker")
@@ -491,18 +502,44 @@ impl Testbed {
         if n < 2 {
             return Ok(());
         }
-        let want = format!("Peers: {n} (with {} established connections)", n * (n - 1));
-        for i in 1..=n {
+        self.wait_full_mesh(n)
+    }
+
+    /// `weft status [SUB...]` on host `i`.
+    pub fn status(&self, i: usize, sub: &[&str]) -> Result<String> {
+        let mut args = vec!["status"];
+        args.extend_from_slice(sub);
+        self.weft_ok(i, &args)
+    }
+
+    /// Waits (up to 30 s) until `weft status` on each of `hosts` contains `want`; the error
+    /// shows the last status and the router's log.
+    pub fn wait_status(&self, hosts: &[usize], want: &str) -> Result<()> {
+        for &i in hosts {
             Self::wait_for(Duration::from_secs(30), || {
-                let s = self.weft_ok(i, &["status"])?;
-                if s.contains(&want) {
+                let s = self.status(i, &[])?;
+                if s.contains(want) {
                     Ok(())
                 } else {
-                    bail!("h{i} is not meshed yet:\n{s}")
+                    bail!("h{i} status:\n{s}\nlog:\n{}", self.router_log(i))
                 }
             })?;
         }
         Ok(())
+    }
+
+    /// Waits until hosts 1..=n each see all n peers, fully connected.
+    pub fn wait_full_mesh(&self, n: usize) -> Result<()> {
+        let want = format!("Peers: {n} (with {} established connections)", n * (n - 1));
+        self.wait_status(&(1..=n).collect::<Vec<_>>(), &want)
+    }
+
+    /// `weft attach [ARGS...] CONTAINER` on host `i`; the address it printed.
+    pub fn attach(&self, i: usize, args: &[&str], container: &str) -> Result<String> {
+        let mut a = vec!["attach"];
+        a.extend_from_slice(args);
+        a.push(container);
+        Ok(self.weft_ok(i, &a)?.trim().to_string())
     }
 
     /// The router PID on host `i`, from its pid file.
