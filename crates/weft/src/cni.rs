@@ -476,7 +476,7 @@ async fn net_del(client: &Client, inv: &Invocation) -> Result<(), CniError> {
 async fn net_check(client: &Client, inv: &Invocation, conf: &NetConf) -> Result<(), CniError> {
     let netns = inv.netns.clone().unwrap_or_default();
     let list: Vec<ContainerEntry> = client
-        .get_json(&format!("/ps?container={}", crate::urlencode(&netns)))
+        .get_json(&format!("/ps?container={}", crate::cmd::urlencode(&netns)))
         .await
         .map_err(|e| router_error(e, client))?;
     let Some(c) = list.into_iter().find(|c| c.id == inv.container_id) else {

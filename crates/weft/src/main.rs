@@ -2,6 +2,7 @@
 //! daemon in the foreground, `weft launch` starts it in the background.
 #![forbid(unsafe_code)]
 
+mod cmd;
 mod cni;
 mod lifecycle;
 
@@ -11,10 +12,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use ipnet::Ipv4Net;
-use weft_api::types::{
-    AddrSpec, AttachRequest, AttachResponse, ContainerEntry, DetachRequest, PeersRequest, Report,
-};
-use weft_api::{Client, ClientError, render};
+use weft_api::{Client, ClientError};
 use weft_proto::PeerName;
 
 #[derive(Parser)]
@@ -717,216 +715,15 @@ fn removed_command(cmd: &str) -> Option<String> {
     ))
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")
-}
-
 fn real_main(cli: Cli) -> Result<()> {
-    let client = || Client::new(cli.http_addr);
+    use cmd::{containers, dns, docker, router};
+    let c = Client::new(cli.http_addr);
     match &cli.cmd {
         Cmd::Router(args) => lifecycle::router(&cli, args),
         Cmd::Supervise(args) => lifecycle::supervise(&cli, args),
         Cmd::Launch(args) => lifecycle::launch(&cli, args),
         Cmd::Stop => lifecycle::stop(&cli),
         Cmd::Reset { force, bridge } => lifecycle::reset(&cli, *force, bridge),
-        Cmd::Status { sub } => runtime()?.block_on(async {
-            match sub.as_deref() {
-                None => {
-                    let s = client().get("/status").await?;
-                    print!("\n{s}\n");
-                }
-                Some(sub @ ("targets" | "connections" | "peers" | "ipam" | "dns")) => {
-                    print!("{}", client().get(&format!("/status/{sub}")).await?);
-                }
-                Some(other) => bail!(
-                    "Invalid 'weft status' sub-command: {other} (use: weft status [targets | connections | peers | ipam | dns])"
-                ),
-            }
-            Ok(())
-        }),
-        Cmd::Report { format: None } => runtime()?.block_on(async {
-            let r: Report = client().get_json("/report").await?;
-            println!("{}", serde_json::to_string_pretty(&r)?);
-            Ok(())
-        }),
-        Cmd::Report { format: Some(t) } => runtime()?.block_on(async {
-            let body = client()
-                .get(&format!("/report?format={}", urlencode(t)))
-                .await?;
-            print!("{body}");
-            Ok(())
-        }),
-        Cmd::Connect { replace, peers } => runtime()?.block_on(async {
-            let req = PeersRequest {
-                peers: peers.clone(),
-                replace: *replace,
-            };
-            client().post_json("/connect", &req).await?;
-            Ok(())
-        }),
-        Cmd::Forget { peers } => runtime()?.block_on(async {
-            let req = PeersRequest {
-                peers: peers.clone(),
-                replace: false,
-            };
-            client().post_json("/forget", &req).await?;
-            Ok(())
-        }),
-        Cmd::Attach {
-            no_multicast_route,
-            hostname,
-            without_dns,
-            rewrite_hosts,
-            add_host,
-            args,
-            ..
-        } => {
-            let (addrs, container) = split_container(args)?;
-            runtime()?.block_on(async {
-                let req = AttachRequest {
-                    addrs,
-                    multicast_route: !no_multicast_route,
-                    hostname: hostname.clone(),
-                    without_dns: *without_dns,
-                    rewrite_hosts: *rewrite_hosts,
-                    add_hosts: add_host.clone(),
-                    ..AttachRequest::new(container)
-                };
-                let body = client().post_json("/attach", &req).await?;
-                let r: AttachResponse = serde_json::from_str(&body)?;
-                println!("{}", ips(&r.addresses));
-                Ok(())
-            })
-        }
-        Cmd::Detach { args } => {
-            let (addrs, container) = split_container(args)?;
-            runtime()?.block_on(async {
-                let body = client()
-                    .post_json(
-                        "/detach",
-                        &DetachRequest {
-                            container,
-                            ident: None,
-                            addrs,
-                        },
-                    )
-                    .await?;
-                let removed: Vec<Ipv4Net> = serde_json::from_str(&body)?;
-                println!("{}", ips(&removed));
-                Ok(())
-            })
-        }
-        Cmd::Expose { addrs, .. } | Cmd::Hide { addrs } => {
-            check_addr_args(addrs)?;
-            let path = if matches!(cli.cmd, Cmd::Expose { .. }) {
-                "/expose"
-            } else {
-                "/hide"
-            };
-            runtime()?.block_on(async {
-                let (hostname, without_masquerade) = match &cli.cmd {
-                    Cmd::Expose {
-                        hostname,
-                        without_masquerade,
-                        ..
-                    } => (hostname.clone(), *without_masquerade),
-                    _ => (None, false),
-                };
-                let req = weft_api::types::ExposeRequest {
-                    addrs: addrs.clone(),
-                    hostname,
-                    without_masquerade,
-                };
-                let body = client().post_json(path, &req).await?;
-                let nets: Vec<Ipv4Net> = serde_json::from_str(&body)?;
-                println!("{}", ips(&nets));
-                Ok(())
-            })
-        }
-        Cmd::DnsAdd { hostname, args, .. } => {
-            let (ips, container) = split_ips(args)?;
-            runtime()?.block_on(async {
-                let c = client();
-                let (ident, ips) = match container {
-                    Some(ct) if ips.is_empty() => {
-                        let ips = container_ips(&c, &ct).await?;
-                        (ct, ips)
-                    }
-                    Some(ct) => (ct, ips),
-                    None if ips.is_empty() => bail!("dns-add needs an IP address or a container"),
-                    None => ("weave:extern".to_string(), ips),
-                };
-                for ip in ips {
-                    let path = format!("/name/{}/{ip}?fqdn={}", urlencode(&ident), urlencode(hostname));
-                    c.request(hyper::Method::PUT, &path, None, Vec::new()).await?;
-                }
-                Ok(())
-            })
-        }
-        Cmd::DnsRemove { hostname, args, .. } => {
-            let (ips, container) = split_ips(args)?;
-            let ident = container.unwrap_or_else(|| "weave:extern".to_string());
-            runtime()?.block_on(async {
-                let c = client();
-                let q = hostname
-                    .as_ref()
-                    .map(|h| format!("?fqdn={}", urlencode(h)))
-                    .unwrap_or_default();
-                if ips.is_empty() {
-                    c.delete(&format!("/name/{}", urlencode(&ident))).await?;
-                }
-                for ip in ips {
-                    c.delete(&format!("/name/{}/{ip}{q}", urlencode(&ident))).await?;
-                }
-                Ok(())
-            })
-        }
-        Cmd::DnsLookup { name } => runtime()?.block_on(async {
-            let r: Report = client().get_json("/report").await?;
-            let Some(d) = r.dns else {
-                bail!("weftDNS is disabled (the router was launched with --no-dns)");
-            };
-            let mut server: SocketAddr = d.address.parse()?;
-            if server.ip().is_unspecified() {
-                server.set_ip(IpAddr::from([127, 0, 0, 1]));
-            }
-            for a in dns_lookup(server, name).await? {
-                println!("{a}");
-            }
-            Ok(())
-        }),
-        Cmd::DnsArgs => runtime()?.block_on(async {
-            let c = client();
-            match (c.get("/dns-address").await, c.get("/domain").await) {
-                (Ok(ip), Ok(domain)) => println!("--dns={} --dns-search={}", ip.trim(), domain.trim()),
-                (Err(ClientError::Status { status: 404, body }), _) if body.contains("disabled") => {}
-                (Err(e), _) | (_, Err(e)) => return Err(e.into()),
-            }
-            Ok(())
-        }),
-        Cmd::Rmpeer { peers } => runtime()?.block_on(async {
-            let mut failed = false;
-            for p in peers {
-                match client().delete(&format!("/peer/{}", urlencode(p))).await {
-                    Ok(msg) => print!("{msg}"),
-                    Err(e) => {
-                        eprintln!("weft: {e}");
-                        failed = true;
-                    }
-                }
-            }
-            if failed {
-                std::process::exit(1);
-            }
-            Ok(())
-        }),
-        Cmd::Prime => runtime()?.block_on(async {
-            client().get("/ring").await?;
-            Ok(())
-        }),
         Cmd::SetupCni {
             cni_bin_dir,
             cni_conf_dir,
@@ -937,248 +734,53 @@ fn real_main(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Cmd::Ps { containers } => runtime()?.block_on(async {
-            let q: String = containers
-                .iter()
-                .map(|c| format!("container={}", urlencode(c)))
-                .collect::<Vec<_>>()
-                .join("&");
-            let path = if q.is_empty() {
-                "/ps".to_string()
-            } else {
-                format!("/ps?{q}")
-            };
-            let list: Vec<ContainerEntry> = client().get_json(&path).await?;
-            print!("{}", render::ps(&list));
-            Ok(())
-        }),
+        Cmd::Status { sub } => router::status(&c, sub.as_deref()),
+        Cmd::Report { format } => router::report(&c, format.as_deref()),
+        Cmd::Connect { replace, peers } => router::peers(&c, peers, *replace, false),
+        Cmd::Forget { peers } => router::peers(&c, peers, false, true),
+        Cmd::Rmpeer { peers } => router::rmpeer(&c, peers),
+        Cmd::Prime => router::prime(&c),
         Cmd::Password {
             action,
             password,
             file,
-        } => {
-            let raw = zeroize::Zeroizing::new(match (password, file) {
-                (Some(p), _) => p.clone().into_bytes(),
-                (None, Some(f)) => std::fs::read(f)
-                    .with_context(|| format!("reading the password from {}", f.display()))?,
-                (None, None) => {
-                    let mut line = String::new();
-                    std::io::stdin()
-                        .read_line(&mut line)
-                        .context("reading the password from standard input")?;
-                    line.into_bytes()
-                }
-            });
-            let password = std::str::from_utf8(raw.trim_ascii())
-                .context("the password must be UTF-8 text")?
-                .to_string();
-            if password.is_empty() {
-                bail!("the password is empty; give it as an argument, with --file, or on standard input");
-            }
-            let action = match action {
-                PasswordAction::Add => "add",
-                PasswordAction::Use => "use",
-                PasswordAction::Drop => "drop",
-            };
-            let req = weft_api::types::PasswordRequest {
-                action: action.into(),
-                password,
-            };
-            let r: weft_api::types::PasswordResponse = runtime()?.block_on(async {
-                let body = client().post_json("/password", &req).await?;
-                serde_json::from_str(&body).context("the router's answer is not JSON")
-            })?;
-            let n = r.accepted;
-            println!(
-                "{n} password{} accepted",
-                if n == 1 { "" } else { "s" }
-            );
-            Ok(())
-        }
-        Cmd::Version => {
-            println!("weft {}", env!("CARGO_PKG_VERSION"));
-            let r = runtime()?.block_on(client().get_json::<Report>("/report"));
-            match r {
-                Ok(r) => println!("weft router {}", r.version),
-                Err(ClientError::NotRunning { .. }) => println!("weft router not running"),
-                Err(e) => return Err(e.into()),
-            }
-            Ok(())
-        }
-        Cmd::Env { restore: true } => {
-            match std::env::var("ORIG_DOCKER_HOST") {
-                Ok(o) if o.is_empty() => println!("unset DOCKER_HOST ORIG_DOCKER_HOST"),
-                Ok(o) => println!("export DOCKER_HOST={o}; unset ORIG_DOCKER_HOST"),
-                Err(_) => bail!(
-                    "Nothing to restore. This is most likely because there was no preceding invocation of 'eval $(weft env)' in this shell."
-                ),
-            }
-            Ok(())
-        }
-        Cmd::Env { restore: false } => {
-            let (addr, tls) = proxy_address(&runtime()?, &client())?;
-            let old = std::env::var("DOCKER_HOST").unwrap_or_default();
-            let mut vars = format!("DOCKER_HOST={addr}");
-            // What the docker CLI needs to talk TLS to a TCP proxy.
-            if let Some(t) = tls.filter(|_| addr.starts_with("tcp://")) {
-                let dir = cert_dir(&t.ca_cert);
-                if t.verify {
-                    vars.push_str(&format!(" DOCKER_TLS_VERIFY=1 DOCKER_CERT_PATH={dir}"));
-                } else {
-                    vars.push_str(&format!(" DOCKER_TLS=1 DOCKER_CERT_PATH={dir}"));
-                }
-            }
-            if old == addr {
-                println!("export {vars}");
-            } else {
-                println!("export {vars} ORIG_DOCKER_HOST={old}");
-            }
-            Ok(())
-        }
-        Cmd::Config => {
-            let (addr, tls) = proxy_address(&runtime()?, &client())?;
-            match tls.filter(|_| addr.starts_with("tcp://")) {
-                Some(t) if t.verify => {
-                    let dir = cert_dir(&t.ca_cert);
-                    println!(
-                        "-H={addr} --tlsverify --tlscacert={dir}/ca.pem --tlscert={dir}/cert.pem --tlskey={dir}/key.pem"
-                    );
-                }
-                Some(_) => println!("-H={addr} --tls"),
-                None => println!("-H={addr}"),
-            }
-            Ok(())
-        }
-    }
-}
-
-/// The directory a CA certificate is in (Docker's `DOCKER_CERT_PATH` convention: `ca.pem`,
-/// `cert.pem` and `key.pem` together).
-fn cert_dir(ca: &str) -> String {
-    std::path::Path::new(ca)
-        .parent()
-        .map(|d| d.display().to_string())
-        .unwrap_or_else(|| ".".into())
-}
-
-/// The Docker proxy's first address, and its TLS, from the running router.
-fn proxy_address(
-    rt: &tokio::runtime::Runtime,
-    c: &Client,
-) -> Result<(String, Option<weft_api::types::ProxyTls>)> {
-    let r: Report = rt.block_on(c.get_json("/report"))?;
-    if let Some(p) = r.proxy.as_ref()
-        && let Some(a) = p.addresses.first()
-    {
-        return Ok((a.clone(), p.tls.clone()));
-    }
-    match r.docker_unavailable {
-        Some(why) => bail!(
-            "weft's Docker proxy is not running: {why}; start Docker, then 'weft stop' and 'weft launch' again"
+        } => router::password(&c, action, password.as_deref(), file.as_deref()),
+        Cmd::Version => router::version(&c),
+        Cmd::Attach {
+            no_multicast_route,
+            hostname,
+            without_dns,
+            rewrite_hosts,
+            add_host,
+            args,
+            ..
+        } => containers::attach(
+            &c,
+            args,
+            containers::AttachOptions {
+                multicast_route: !no_multicast_route,
+                hostname: hostname.clone(),
+                without_dns: *without_dns,
+                rewrite_hosts: *rewrite_hosts,
+                add_hosts: add_host.clone(),
+            },
         ),
-        None => {
-            bail!("weft's Docker proxy is off (launched with --proxy=false or --docker-api \"\")")
-        }
+        Cmd::Detach { args } => containers::detach(&c, args),
+        Cmd::Expose {
+            addrs,
+            hostname,
+            without_masquerade,
+            ..
+        } => containers::expose_or_hide(&c, addrs, Some((hostname.clone(), *without_masquerade))),
+        Cmd::Hide { addrs } => containers::expose_or_hide(&c, addrs, None),
+        Cmd::Ps { containers } => containers::ps(&c, containers),
+        Cmd::DnsAdd { hostname, args, .. } => dns::add(&c, hostname, args),
+        Cmd::DnsRemove { hostname, args, .. } => dns::remove(&c, hostname.as_deref(), args),
+        Cmd::DnsLookup { name } => dns::lookup(&c, name),
+        Cmd::DnsArgs => dns::args(&c),
+        Cmd::Env { restore } => docker::env(&c, *restore),
+        Cmd::Config => docker::config(&c),
     }
-}
-
-/// `[ADDR...] CONTAINER` → the address arguments (checked here for an early, clear error)
-/// and the container.
-fn split_container(args: &[String]) -> Result<(Vec<String>, String)> {
-    let (container, rest) = args.split_last().context("no container given")?;
-    if container.parse::<AddrSpec>().is_ok() && (container.contains('/') || container.contains(':'))
-    {
-        bail!("the last argument must be the container, not an address ({container})");
-    }
-    check_addr_args(rest)?;
-    Ok((rest.to_vec(), container.clone()))
-}
-
-/// Parses address arguments; a subnet's network address given as an address is accepted
-/// with a warning, as Weave did.
-fn check_addr_args(args: &[String]) -> Result<()> {
-    for a in args {
-        if let AddrSpec::Exact(net) = a.parse::<AddrSpec>().map_err(anyhow::Error::msg)?
-            && let Some(w) = weft_daemon::attach::network_address(&net)
-        {
-            eprintln!("Warning: {w}");
-        }
-    }
-    Ok(())
-}
-
-/// `[IP...] [CONTAINER]`: addresses, and the one argument that is not an address.
-fn split_ips(args: &[String]) -> Result<(Vec<std::net::Ipv4Addr>, Option<String>)> {
-    let mut ips = Vec::new();
-    let mut container = None;
-    for a in args {
-        match a.parse::<std::net::Ipv4Addr>() {
-            Ok(ip) => ips.push(ip),
-            Err(_) if container.is_none() => container = Some(a.clone()),
-            Err(_) => {
-                bail!("{a:?}: more than one container given (IP addresses look like 10.32.0.1)")
-            }
-        }
-    }
-    Ok((ips, container))
-}
-
-/// The weft addresses of an attached container.
-async fn container_ips(c: &Client, container: &str) -> Result<Vec<std::net::Ipv4Addr>> {
-    let list: Vec<ContainerEntry> = c
-        .get_json(&format!("/ps?container={}", urlencode(container)))
-        .await?;
-    let ips: Vec<_> = list
-        .iter()
-        .flat_map(|e| e.cidrs.iter().map(|n| n.addr()))
-        .collect();
-    if ips.is_empty() {
-        bail!("container {container} has no weft addresses; give the IP addresses");
-    }
-    Ok(ips)
-}
-
-/// Asks a DNS server for the A records of `name` (as `dig +short` would).
-async fn dns_lookup(server: SocketAddr, name: &str) -> Result<Vec<std::net::Ipv4Addr>> {
-    use hickory_proto::op::{Message, Query};
-    use hickory_proto::rr::{Name, RData, RecordType};
-    let mut q = Message::query();
-    q.metadata.id = std::process::id() as u16;
-    q.metadata.recursion_desired = true;
-    q.add_query(Query::query(Name::from_ascii(name)?, RecordType::A));
-    let sock = tokio::net::UdpSocket::bind("0.0.0.0:0").await?;
-    sock.send_to(&q.to_vec()?, server).await?;
-    let mut buf = vec![0u8; 4096];
-    let (n, _) = tokio::time::timeout(std::time::Duration::from_secs(5), sock.recv_from(&mut buf))
-        .await
-        .map_err(|_| anyhow::anyhow!("no answer from the DNS server at {server}"))??;
-    let m = Message::from_vec(&buf[..n])?;
-    Ok(m.answers
-        .iter()
-        .filter_map(|r| match &r.data {
-            RData::A(a) => Some(a.0),
-            _ => None,
-        })
-        .collect())
-}
-
-fn ips(cidrs: &[Ipv4Net]) -> String {
-    cidrs
-        .iter()
-        .map(|c| c.addr().to_string())
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
-fn urlencode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 #[cfg(test)]
