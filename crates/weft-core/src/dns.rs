@@ -454,8 +454,8 @@ impl Dns {
         now: Instant,
         payload: &[u8],
         known: impl Fn(PeerName) -> bool,
-    ) -> Result<bool, String> {
-        let u = DnsUpdate::decode(payload).map_err(|e| e.to_string())?;
+    ) -> Result<bool, weft_proto::DecodeError> {
+        let u = DnsUpdate::decode(payload)?;
         let m = self.records.merge(now, u.entries, known);
         if !m.improved.is_empty() || !m.reasserted.is_empty() {
             self.generation += 1;

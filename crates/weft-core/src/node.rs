@@ -19,7 +19,9 @@ use weft_proto::ipam::{NodeId, Persisted};
 
 use crate::dns::{Dns, DnsError, DnsOutput, Records};
 use crate::fastdp::{FastDp, FastDpConfig, FastDpOutput, FastDpPlan, LinkStatus};
-use crate::ipam::{Ipam, IpamConfig, IpamError, IpamOutput, IpamStatus, OpId};
+use crate::ipam::{
+    Ipam, IpamConfig, IpamError, IpamOutput, IpamSetupError, IpamStatus, OpId, RmPeerError,
+};
 use crate::mesh::{Action, ConnId, DataPlaneTable, Event, Router, RouterConfig, RouterStatus};
 
 #[derive(Clone, Debug, PartialEq)]
@@ -61,7 +63,7 @@ impl Node {
         dns_domain: Option<&str>,
         now: Instant,
         seed: u64,
-    ) -> Result<Node, String> {
+    ) -> Result<Node, IpamSetupError> {
         let nickname = cfg.nickname.clone();
         let router = Router::new(cfg, now, seed);
         let me = NodeId {
@@ -301,9 +303,9 @@ impl Node {
             .unwrap_or_default()
     }
 
-    pub fn ipam_rmpeer(&mut self, now: Instant, who: &str) -> Result<u64, String> {
+    pub fn ipam_rmpeer(&mut self, now: Instant, who: &str) -> Result<u64, RmPeerError> {
         self.with_ipam(now, |i| i.rmpeer(now, who))
-            .unwrap_or_else(|| Err("IP address allocation is disabled".into()))
+            .unwrap_or(Err(RmPeerError::Disabled))
     }
 
     pub fn ipam_shutdown(&mut self, now: Instant) -> Option<PeerName> {
@@ -509,7 +511,7 @@ impl Node {
                 if let Some(i) = &mut self.ipam
                     && let Err(reason) = i.handle_message(now, from, &payload)
                 {
-                    self.router.reject_peer(now, from, reason);
+                    self.router.reject_peer(now, from, reason.to_string());
                 }
             }
             Event::Broadcast {
@@ -524,7 +526,7 @@ impl Node {
                             .router
                             .relay_broadcast(channel, src, payload, Some(from)),
                         Ok(false) => {}
-                        Err(reason) => self.router.reject_peer(now, from, reason),
+                        Err(reason) => self.router.reject_peer(now, from, reason.to_string()),
                     }
                 }
             }

@@ -109,7 +109,7 @@ pub enum IpamCmd {
     },
     RmPeer {
         who: String,
-        reply: oneshot::Sender<Result<u64, String>>,
+        reply: oneshot::Sender<Result<u64, weft_core::ipam::RmPeerError>>,
     },
     /// Every ident holding addresses here.
     Owned { reply: oneshot::Sender<Vec<String>> },
@@ -138,7 +138,10 @@ pub enum DnsCmd {
 /// An answer to give once the state it depends on is persisted.
 enum Deferred {
     Nets(oneshot::Sender<Vec<Ipv4Net>>, Vec<Ipv4Net>),
-    Count(oneshot::Sender<Result<u64, String>>, Result<u64, String>),
+    Count(
+        oneshot::Sender<Result<u64, weft_core::ipam::RmPeerError>>,
+        Result<u64, weft_core::ipam::RmPeerError>,
+    ),
     Heir(oneshot::Sender<Option<PeerName>>, Option<PeerName>),
 }
 

@@ -221,6 +221,6 @@ async fn rmpeer(State(app): State<Arc<App>>, Path(id): Path<String>) -> Result<R
     let r = ipam(&app, |reply| IpamCmd::RmPeer { who, reply }).await?;
     match r {
         Ok(n) => Ok(format!("{n} IPs taken over from {id}\n").into_response()),
-        Err(e) => Err(ApiError::new(StatusCode::BAD_REQUEST, e)),
+        Err(e) => Err(ApiError::new(StatusCode::BAD_REQUEST, e.to_string())),
     }
 }

@@ -540,7 +540,7 @@ pub async fn run(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Result<(),
         Instant::now(),
         random_u64(),
     )
-    .map_err(DaemonError::Config)?;
+    .map_err(|e| DaemonError::Config(e.to_string()))?;
     // Before the router serves anything: what the containers on the bridge still hold is
     // claimed again, so it is never handed out twice, even when the saved state was lost.
     if cfg.ipam.is_some() {

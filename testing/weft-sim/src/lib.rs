@@ -1062,7 +1062,7 @@ impl Sim {
         r
     }
 
-    pub fn rmpeer(&mut self, i: usize, who: &str) -> Result<u64, String> {
+    pub fn rmpeer(&mut self, i: usize, who: &str) -> Result<u64, weft_core::ipam::RmPeerError> {
         let now = self.now;
         let r = self.nodes[i].node.ipam_rmpeer(now, who);
         self.drain(i);

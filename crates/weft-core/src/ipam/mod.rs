@@ -29,7 +29,7 @@ use weft_proto::ipam::{IpamMsg, IpamState, NodeId, Persisted, RingState};
 
 use crate::rng::Rng;
 use paxos::Paxos;
-use ring::{MergeError, Ring};
+use ring::{MergeError, Ring, RingError};
 use space::{Space, host_range};
 
 /// How the ring comes into being.
@@ -92,6 +92,51 @@ pub enum IpamError {
     Cancelled,
     #[error("{0}")]
     Refused(String),
+}
+
+/// Why saved allocation state cannot be taken up.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IpamSetupError {
+    #[error(
+        "the saved IP allocation state belongs to peer {saved}, but this router is {ours}; launch with --name {saved} or run 'weft reset' to discard it"
+    )]
+    OtherPeer { saved: PeerName, ours: PeerName },
+    #[error(
+        "the saved IP allocation state is for range {saved}, but --ipalloc-range is {configured}; launch with --ipalloc-range {saved}, or run 'weft reset' to discard the saved state (attached containers then need new addresses)"
+    )]
+    OtherRange { saved: String, configured: Ipv4Net },
+    #[error("saved IP allocation state: {0}")]
+    Ring(#[from] RingError),
+}
+
+/// Why `rmpeer` will not take a peer's space.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RmPeerError {
+    #[error("cannot rmpeer ourselves; use 'weft reset' to leave the network")]
+    Ourselves,
+    #[error(
+        "peer {0} is still reachable; rmpeer is only for peers that are gone for good (stop or reset it first)"
+    )]
+    Reachable(String),
+    #[error("unknown peer {0:?}: give a peer name or a known nickname")]
+    Unknown(String),
+    #[error("nickname {0:?} is ambiguous; give the peer name")]
+    Ambiguous(String),
+    #[error("IP address allocation is disabled")]
+    Disabled,
+}
+
+/// Why IP allocation data from a peer is refused (and its connection with it).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IpamRefusal {
+    #[error("malformed IP allocation message: {0}")]
+    Malformed(String),
+    #[error(transparent)]
+    Merge(#[from] MergeError),
+    #[error(transparent)]
+    Ring(#[from] RingError),
+    #[error("peer {peer} owns {addr}, which is allocated here")]
+    HeldHere { peer: String, addr: Ipv4Addr },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -175,29 +220,27 @@ impl Ipam {
         persisted: Option<Persisted>,
         now: Instant,
         seed: u64,
-    ) -> Result<Ipam, String> {
+    ) -> Result<Ipam, IpamSetupError> {
         let (start, end) = range_of(&cfg.universe);
         let mut ring = None;
         let mut space = Space::default();
         if let Some(p) = persisted {
             if p.name != me.name {
-                return Err(format!(
-                    "the saved IP allocation state belongs to peer {}, but this router is {}; launch with --name {} or run 'weft reset' to discard it",
-                    p.name, me.name, p.name
-                ));
+                return Err(IpamSetupError::OtherPeer {
+                    saved: p.name,
+                    ours: me.name,
+                });
             }
             if (p.start, p.end) != (start, end) {
                 let saved = Ipv4Net::new(Ipv4Addr::from(p.start), prefix_of(p.start, p.end))
                     .map_or_else(|_| "?".to_string(), |n| n.to_string());
-                return Err(format!(
-                    "the saved IP allocation state is for range {saved}, but --ipalloc-range is {}; launch with --ipalloc-range {saved}, or run 'weft reset' to discard the saved state (attached containers then need new addresses)",
-                    cfg.universe
-                ));
+                return Err(IpamSetupError::OtherRange {
+                    saved,
+                    configured: cfg.universe,
+                });
             }
             if let Some(r) = p.ring {
-                ring = Some(
-                    Ring::from_state(r).map_err(|e| format!("saved IP allocation state: {e}"))?,
-                );
+                ring = Some(Ring::from_state(r)?);
             }
             let owned = p
                 .owned
@@ -481,16 +524,13 @@ impl Ipam {
 
     /// Takes over every range of a dead peer (by name or nickname); returns how many
     /// addresses came over.
-    pub fn rmpeer(&mut self, now: Instant, who: &str) -> Result<u64, String> {
+    pub fn rmpeer(&mut self, now: Instant, who: &str) -> Result<u64, RmPeerError> {
         let peer = self.resolve_peer(who)?;
         if peer == self.me {
-            return Err("cannot rmpeer ourselves; use 'weft reset' to leave the network".into());
+            return Err(RmPeerError::Ourselves);
         }
         if self.reachable.contains(&peer) {
-            return Err(format!(
-                "peer {} is still reachable; rmpeer is only for peers that are gone for good (stop or reset it first)",
-                self.who(peer)
-            ));
+            return Err(RmPeerError::Reachable(self.who(peer)));
         }
         let Some(ring) = self.ring.as_mut() else {
             return Ok(0);
@@ -510,7 +550,7 @@ impl Ipam {
         Ok(moved)
     }
 
-    fn resolve_peer(&self, who: &str) -> Result<PeerName, String> {
+    fn resolve_peer(&self, who: &str) -> Result<PeerName, RmPeerError> {
         if let Ok(p) = who.parse::<PeerName>() {
             return Ok(p);
         }
@@ -522,10 +562,8 @@ impl Ipam {
             .collect();
         match matches.as_slice() {
             [p] => Ok(*p),
-            [] => Err(format!(
-                "unknown peer {who:?}: give a peer name or a known nickname"
-            )),
-            _ => Err(format!("nickname {who:?} is ambiguous; give the peer name")),
+            [] => Err(RmPeerError::Unknown(who.to_string())),
+            _ => Err(RmPeerError::Ambiguous(who.to_string())),
         }
     }
 
@@ -629,8 +667,8 @@ impl Ipam {
         now: Instant,
         src: PeerName,
         payload: &[u8],
-    ) -> Result<bool, String> {
-        let msg = IpamMsg::decode(payload).map_err(|e| e.to_string())?;
+    ) -> Result<bool, IpamRefusal> {
+        let msg = IpamMsg::decode(payload).map_err(|e| IpamRefusal::Malformed(e.to_string()))?;
         let r = match msg {
             IpamMsg::State(st) => self.on_state(now, src, st),
             IpamMsg::RingUpdate(ring) => self.merge_ring(now, src, &ring),
@@ -664,7 +702,12 @@ impl Ipam {
         r
     }
 
-    fn on_state(&mut self, now: Instant, src: PeerName, st: IpamState) -> Result<bool, String> {
+    fn on_state(
+        &mut self,
+        now: Instant,
+        src: PeerName,
+        st: IpamState,
+    ) -> Result<bool, IpamRefusal> {
         let mut improved = false;
         for (p, n) in st.nicknames {
             if self.nicknames.get(&p) != Some(&n) {
@@ -733,7 +776,7 @@ impl Ipam {
         now: Instant,
         src: PeerName,
         theirs: &RingState,
-    ) -> Result<bool, String> {
+    ) -> Result<bool, IpamRefusal> {
         let (start, end) = range_of(&self.cfg.universe);
         let changed = match &mut self.ring {
             None => {
@@ -746,7 +789,7 @@ impl Ipam {
                             ring::ip(theirs.end.saturating_sub(1))
                         ),
                     }
-                    .to_string());
+                    .into());
                 }
                 let r = Ring::from_state(theirs.clone())?;
                 // Allocations we hold (persisted without a ring: not expected) must stay ours.
@@ -755,11 +798,10 @@ impl Ipam {
                     for n in nets {
                         let a = u64::from(u32::from(n.addr()));
                         if self.cfg.universe.contains(&n.addr()) && r.owner_of(a) != Some(me) {
-                            return Err(format!(
-                                "peer {} owns {}, which is allocated here",
-                                r.owner_of(a).map(|p| p.to_string()).unwrap_or_default(),
-                                n.addr()
-                            ));
+                            return Err(IpamRefusal::HeldHere {
+                                peer: r.owner_of(a).map(|p| p.to_string()).unwrap_or_default(),
+                                addr: n.addr(),
+                            });
                         }
                     }
                 }
@@ -774,8 +816,7 @@ impl Ipam {
             }
             Some(ours) => {
                 let space = &self.space;
-                ours.merge(theirs, self.me, |from, to| space.any_in(from, to))
-                    .map_err(|e| e.to_string())?
+                ours.merge(theirs, self.me, |from, to| space.any_in(from, to))?
             }
         };
         if changed {

@@ -44,6 +44,13 @@ pub enum MergeError {
     },
 }
 
+/// A ring that cannot be one (from a peer or a state file).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RingError {
+    #[error("malformed ring (entries out of order or outside the range)")]
+    Malformed,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Ring {
     state: RingState,
@@ -113,7 +120,7 @@ impl Ring {
         }
     }
 
-    pub fn from_state(state: RingState) -> Result<Ring, String> {
+    pub fn from_state(state: RingState) -> Result<Ring, RingError> {
         let ok_order = state.entries.windows(2).all(|w| w[0].token < w[1].token);
         let ok_start = state
             .entries
@@ -124,7 +131,7 @@ impl Ring {
             .last()
             .is_some_and(|e| u64::from(e.token) < state.end);
         if !(ok_order && ok_start && ok_end) || u64::from(state.start) >= state.end {
-            return Err("malformed ring (entries out of order or outside the range)".into());
+            return Err(RingError::Malformed);
         }
         Ok(Ring { state })
     }
