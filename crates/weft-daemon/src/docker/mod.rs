@@ -365,6 +365,11 @@ impl Engine {
         out
     }
 
+    /// The ids of the networks our plugin made.
+    pub async fn plugin_network_ids(&self) -> Vec<String> {
+        self.plugin_networks.lock().await.keys().cloned().collect()
+    }
+
     /// A container stopped: its addresses wait [`DEAD_GRACE`] for it to come back.
     pub async fn died(&self, id: &str) {
         self.dead
@@ -836,13 +841,7 @@ pub async fn plugin_entries(
     engine: &Engine,
     only: Option<&[(String, String)]>,
 ) -> Vec<weft_api::types::ContainerEntry> {
-    let ours: Vec<String> = engine
-        .plugin_networks
-        .lock()
-        .await
-        .keys()
-        .cloned()
-        .collect();
+    let ours = engine.plugin_network_ids().await;
     if ours.is_empty() {
         return Vec::new();
     }
@@ -919,13 +918,7 @@ async fn register_plugin_names(app: &App, engine: &Engine, id: &str) {
     if engine.settings.without_dns {
         return;
     }
-    let ours: Vec<String> = engine
-        .plugin_networks
-        .lock()
-        .await
-        .keys()
-        .cloned()
-        .collect();
+    let ours = engine.plugin_network_ids().await;
     if ours.is_empty() {
         return;
     }
