@@ -22,7 +22,7 @@ use weft_core::mesh::{Action, ConnId, RouterStatus};
 use weft_core::node::{Node, NodeEvent};
 use weft_proto::PeerName;
 
-use crate::dataplane::DataPlaneMsg;
+use crate::dataplane_msg::DataPlaneMsg;
 use crate::state::StateDir;
 
 /// How long a dial may take before it counts as failed.

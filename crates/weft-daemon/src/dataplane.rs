@@ -17,56 +17,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::net::UdpSocket;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 use tun_rs::AsyncDevice;
-use weft_core::crypto::PeerKeys;
-use weft_core::mesh::DataPlaneTable;
-use weft_core::overlay::{Forwarder, ForwarderStats, MacOwner, Output};
+use weft_core::overlay::{Forwarder, Output};
 use weft_proto::offload::{self, GSO_LEN, Gso};
-use weft_proto::{Mac, PeerName};
+use weft_proto::PeerName;
 
 use crate::control::ControlInput;
-
-/// Requests to the data plane.
-pub enum DataPlaneMsg {
-    Table(Arc<DataPlaneTable>),
-    ForgetPeer(PeerName),
-    /// A neighbour's data keys changed (empty: plaintext with this peer).
-    Keys(PeerName, PeerKeys),
-    /// A heartbeat from the control task for neighbour `peer` at `to`.
-    SendControl {
-        to: SocketAddr,
-        peer: PeerName,
-        bytes: Vec<u8>,
-    },
-    Snapshot(oneshot::Sender<DataPlaneSnapshot>),
-    /// Neighbours the kernel's VXLAN device now carries our containers' frames to.
-    Fast(std::collections::BTreeSet<PeerName>),
-    /// MACs of containers behind fast peers, whose ARP the bridge answers itself.
-    Proxied(std::collections::HashSet<Mac>),
-}
-
-#[derive(Clone, Debug, Default)]
-pub struct DataPlaneSnapshot {
-    pub stats: ForwarderStats,
-    pub io: IoStats,
-    pub macs: Vec<(Mac, MacOwner, Duration)>,
-    /// Neighbours whose data is encrypted.
-    pub encrypted_peers: Vec<PeerName>,
-    /// Each neighbour's path limit: the largest UDP payload sent to it in one datagram.
-    pub path_limits: Vec<(PeerName, usize)>,
-}
-
-#[derive(Clone, Copy, Debug, Default)]
-pub struct IoStats {
-    pub udp_send_errors: u64,
-    pub tap_write_errors: u64,
-    /// Heartbeats the control task was too busy to take.
-    pub heartbeats_dropped: u64,
-    /// Frames from the TAP with an offload header that did not fit them.
-    pub tap_bad_offload: u64,
-}
+pub use crate::dataplane_msg::{DataPlaneMsg, DataPlaneSnapshot, IoStats};
 
 struct Out<'a> {
     udp: &'a Arc<UdpSocket>,

@@ -13,6 +13,7 @@ pub mod api;
 pub mod attach;
 pub mod control;
 pub mod dataplane;
+pub mod dataplane_msg;
 pub mod dns;
 pub mod dns_api;
 pub mod docker;
