@@ -21,8 +21,8 @@ use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 use tun_rs::AsyncDevice;
 use weft_core::overlay::{Forwarder, Output};
-use weft_proto::offload::{self, GSO_LEN, Gso};
 use weft_proto::PeerName;
+use weft_proto::offload::{self, GSO_LEN, Gso};
 
 use crate::control::ControlInput;
 pub use crate::dataplane_msg::{DataPlaneMsg, DataPlaneSnapshot, IoStats};
