@@ -507,7 +507,21 @@ async fn status_sub(State(app): AppState, Path(sub): Path<String>) -> Result<Res
 }
 
 async fn metrics(State(app): AppState) -> Result<Response, ApiError> {
-    let body = crate::metrics::render(&app).await?;
+    let (router, ipam) = query_router(&app).await?;
+    let dataplane = query_dataplane(&app).await;
+    let local_dns_entries = app.dns.is_some().then(|| {
+        let me = router.name.to_string();
+        crate::dns_api::entry_reports(&app)
+            .iter()
+            .filter(|e| e.origin == me && !e.tombstone)
+            .count()
+    });
+    let body = crate::metrics::render(crate::metrics::Inputs {
+        router,
+        ipam,
+        dataplane,
+        local_dns_entries,
+    });
     Ok((
         [(
             header::CONTENT_TYPE,

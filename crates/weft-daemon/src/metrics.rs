@@ -9,7 +9,19 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-use crate::api::{ApiError, App};
+use weft_core::ipam::IpamStatus;
+use weft_core::mesh::RouterStatus;
+
+use crate::dataplane_msg::DataPlaneSnapshot;
+
+/// What the metrics are made of; gathered by whoever serves them.
+pub struct Inputs {
+    pub router: RouterStatus,
+    pub ipam: Option<IpamStatus>,
+    pub dataplane: DataPlaneSnapshot,
+    /// weftDNS names registered by this peer; `None` when DNS is off.
+    pub local_dns_entries: Option<usize>,
+}
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ConnLabels {
@@ -47,9 +59,14 @@ fn gauge(v: u64) -> Gauge {
     g
 }
 
-pub async fn render(app: &App) -> Result<String, ApiError> {
-    let (st, ipam) = crate::api::query_router(app).await?;
-    let dp = crate::api::query_dataplane(app).await;
+/// The Prometheus text (OpenMetrics) for `inputs`, with Weave's metric names.
+pub fn render(inputs: Inputs) -> String {
+    let Inputs {
+        router: st,
+        ipam,
+        dataplane: dp,
+        local_dns_entries,
+    } = inputs;
     let mut reg = Registry::default();
 
     let conns = Family::<ConnLabels, Gauge>::default();
@@ -132,12 +149,7 @@ pub async fn render(app: &App) -> Result<String, ApiError> {
             gauge(i.pending_claims as u64),
         );
     }
-    if app.dns.is_some() {
-        let me = st.name.to_string();
-        let local = crate::dns_api::entry_reports(app)
-            .iter()
-            .filter(|e| e.origin == me && !e.tombstone)
-            .count();
+    if let Some(local) = local_dns_entries {
         reg.register(
             "weave_dns_entries",
             "weftDNS names registered on this peer",
@@ -188,5 +200,5 @@ pub async fn render(app: &App) -> Result<String, ApiError> {
 
     let mut out = String::new();
     encode(&mut out, &reg).expect("writing to a String cannot fail");
-    Ok(out)
+    out
 }
