@@ -118,6 +118,7 @@ impl Netlink {
 
     /// Every AF_BRIDGE FDB entry (bridge tables and devices' own), or those on `ifindex`.
     pub async fn fdb(&self, ifindex: Option<u32>) -> Result<Vec<FdbRecord>> {
+        let _turn = self.one_dump().await;
         let mut s = self
             .handle()
             .neighbours()
@@ -210,6 +211,7 @@ impl Netlink {
     /// The IPv4 neighbour entries on `ifindex` that weft installed (state NOARP): address
     /// and MAC.
     pub async fn static_arp(&self, ifindex: u32) -> Result<Vec<(Ipv4Addr, [u8; 6])>> {
+        let _turn = self.one_dump().await;
         let mut s = self
             .handle()
             .neighbours()

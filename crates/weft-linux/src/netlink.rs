@@ -75,6 +75,10 @@ impl Link {
 #[derive(Clone)]
 pub struct Netlink {
     handle: Handle,
+    /// The kernel runs one dump per socket at a time and answers a second with EBUSY: the
+    /// fast path's FDB polls and anything listing links or addresses share this socket, so
+    /// dumps take turns.
+    dumps: std::sync::Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Netlink {
@@ -83,11 +87,19 @@ impl Netlink {
         let (conn, handle, _) =
             rtnetlink::new_connection().map_err(|e| Error::io("opening netlink socket", e))?;
         tokio::spawn(conn);
-        Ok(Netlink { handle })
+        Ok(Netlink {
+            handle,
+            dumps: Default::default(),
+        })
     }
 
     pub(crate) fn handle(&self) -> Handle {
         self.handle.clone()
+    }
+
+    /// Held while a dump's replies are read (see [`Netlink::dumps`]).
+    pub(crate) async fn one_dump(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.dumps.lock().await
     }
 
     pub async fn link_by_name(&self, name: &str) -> Result<Option<Link>> {
@@ -115,6 +127,7 @@ impl Netlink {
     }
 
     pub async fn links(&self) -> Result<Vec<Link>> {
+        let _turn = self.one_dump().await;
         let mut s = self.handle.link().get().execute();
         let mut out = Vec::new();
         while let Some(m) = s
@@ -262,6 +275,7 @@ impl Netlink {
 
     /// IPv4 and IPv6 addresses on a link (or all links with `None`), with prefix lengths.
     pub async fn addresses(&self, index: Option<u32>) -> Result<Vec<(u32, IpNet)>> {
+        let _turn = self.one_dump().await;
         let mut req = self.handle.address().get();
         if let Some(i) = index {
             req = req.set_link_index_filter(i);
@@ -295,6 +309,7 @@ impl Netlink {
     }
 
     pub async fn del_address(&self, index: u32, net: IpNet) -> Result<()> {
+        let _turn = self.one_dump().await;
         let mut s = self
             .handle
             .address()
@@ -352,6 +367,7 @@ impl Netlink {
 
     /// The interface of the IPv4 default route, if there is one.
     pub async fn default_route_link(&self) -> Result<Option<u32>> {
+        let _turn = self.one_dump().await;
         let msg = RouteMessageBuilder::<Ipv4Addr>::new().build();
         let mut s = self.handle.route().get(msg).execute();
         while let Some(r) = s
@@ -382,6 +398,7 @@ impl Netlink {
 
     /// The IPv4 routes of the main table as (destination, interface index).
     pub async fn routes_v4(&self) -> Result<Vec<(Ipv4Net, Option<u32>)>> {
+        let _turn = self.one_dump().await;
         let msg = RouteMessageBuilder::<Ipv4Addr>::new().build();
         let mut s = self.handle.route().get(msg).execute();
         let mut out = Vec::new();

@@ -77,11 +77,17 @@ fn cni(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let mut child = c.spawn().context("running the plugin")?;
-    child
+    // A plugin may answer without reading its configuration (VERSION) and be gone before
+    // it is written: that is no failure of the plugin's.
+    match child
         .stdin
         .take()
         .unwrap()
-        .write_all(conf.to_string().as_bytes())?;
+        .write_all(conf.to_string().as_bytes())
+    {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
+        other => other?,
+    }
     Ok(child.wait_with_output()?)
 }
 
