@@ -122,7 +122,7 @@ impl Records {
         match self.entries.get_mut(&k) {
             Some(s) if !s.entry.tombstone => Ok(None),
             Some(s) => {
-                e.version = s.entry.version + 1;
+                e.version = s.entry.version.saturating_add(1);
                 *s = Stored {
                     entry: e.clone(),
                     tombstoned_at: None,
@@ -163,7 +163,7 @@ impl Records {
                     .is_none_or(|h| *h == e.hostname.to_ascii_lowercase());
             if matches {
                 e.tombstone = true;
-                e.version += 1;
+                e.version = e.version.saturating_add(1);
                 s.tombstoned_at = Some(now);
                 out.push(e.clone());
             }
@@ -193,14 +193,14 @@ impl Records {
                         m.reasserted.push(ours.entry.clone())
                     }
                     Some(ours) => {
-                        ours.entry.version = e.version + 1;
+                        ours.entry.version = e.version.saturating_add(1);
                         m.reasserted.push(ours.entry.clone());
                     }
                     None if e.tombstone => {}
                     None => {
                         let mut t = e;
                         t.tombstone = true;
-                        t.version += 1;
+                        t.version = t.version.saturating_add(1);
                         self.entries.insert(
                             k,
                             Stored {
@@ -518,6 +518,31 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(e.version, 3);
+    }
+
+    /// Found by fuzzing: a peer handing us one of our own entries at the highest version
+    /// made the correction overflow. Versions from the wire saturate.
+    #[test]
+    fn our_entry_at_the_highest_version_does_not_overflow() {
+        let now = Instant::now();
+        let me = PeerName::from_u64(1);
+        let mut r = Records::new(me, "weave.local.");
+        let forged = DnsEntry {
+            hostname: "x.weave.local.".into(),
+            origin: me,
+            container: "c".into(),
+            addr: u32::from(ip("10.32.0.1")),
+            version: u64::MAX,
+            tombstone: false,
+        };
+        let m = r.merge(now, vec![forged.clone()], |_| true);
+        assert_eq!(m.reasserted.len(), 1);
+        assert!(m.reasserted[0].tombstone);
+        r.add("y.weave.local", "c", ip("10.32.0.2")).unwrap();
+        let mut again = forged;
+        again.hostname = "y.weave.local.".into();
+        again.addr = u32::from(ip("10.32.0.2"));
+        r.merge(now, vec![again], |_| true);
     }
 
     #[test]

@@ -309,7 +309,7 @@ impl FastDp {
 
     /// Our record changed: a new version, broadcast.
     fn announce_own(&mut self) {
-        self.own.version += 1;
+        self.own.version = self.own.version.saturating_add(1);
         self.out.push_back(FastDpOutput::Broadcast(
             FastDpMsg::Records(vec![self.own.clone()]).encode(),
         ));

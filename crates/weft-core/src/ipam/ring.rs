@@ -263,7 +263,7 @@ impl Ring {
                     let e = &mut ring.state.entries[i];
                     if e.peer != peer {
                         e.peer = peer;
-                        e.version += 1;
+                        e.version = e.version.saturating_add(1);
                     }
                 }
                 Err(i) => ring.state.entries.insert(
@@ -304,7 +304,7 @@ impl Ring {
             Ok(i) if self.state.entries[i].peer == me && self.state.entries[i].free != free => {
                 let e = &mut self.state.entries[i];
                 e.free = free;
-                e.version += 1;
+                e.version = e.version.saturating_add(1);
                 true
             }
             _ => false,
@@ -317,7 +317,7 @@ impl Ring {
         for e in &mut self.state.entries {
             if e.peer == from {
                 e.peer = to;
-                e.version += TAKEOVER_VERSION_BUMP;
+                e.version = e.version.saturating_add(TAKEOVER_VERSION_BUMP);
             }
         }
         moved

@@ -95,7 +95,7 @@ impl Topology {
         }
         let local = self.local_mut();
         local.connections = connections;
-        local.version += 1;
+        local.version = local.version.saturating_add(1);
         self.generation += 1;
         true
     }
