@@ -50,13 +50,6 @@ pub const TARGETS_FILE: &str = "targets.json";
 pub const KNOWN_PEERS_FILE: &str = "known-peers.json";
 pub const IPAM_FILE: &str = "ipam.json";
 
-/// A saved allocation range (`[start, end)`) as CIDR text.
-fn saved_range(start: u32, end: u64) -> String {
-    let size = end.saturating_sub(u64::from(start)).max(1);
-    let prefix = 32u32.saturating_sub(63 - size.leading_zeros()) as u8;
-    Ipv4Net::new(Ipv4Addr::from(start), prefix).map_or_else(|_| "?".into(), |n| n.to_string())
-}
-
 /// The tag a range's allocations are set aside under (`ipam.json.range-10.32.0.0-12`).
 fn range_tag(range: &str) -> String {
     format!("range-{}", range.replace('/', "-"))
@@ -498,7 +491,7 @@ pub async fn run(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Result<(),
             // afresh. The old state is kept aside, and taken up again with its range.
             let persisted = match persisted {
                 Some(p) if (p.start, p.end) != weft_core::ipam::range_of(&s.range) => {
-                    let saved = saved_range(p.start, p.end);
+                    let saved = weft_core::ipam::range_text(p.start, p.end);
                     let aside = state.set_aside(IPAM_FILE, &range_tag(&saved))?;
                     warn!(
                         "the saved IP allocation state is for range {saved}, but --ipalloc-range is {}: set it aside as {} and starting the new range afresh (launch with --ipalloc-range {saved} to take it up again)",
@@ -770,9 +763,9 @@ mod range_text_tests {
     #[test]
     fn saved_ranges_read_back_as_cidrs() {
         let (start, end) = weft_core::ipam::range_of(&"10.32.0.0/12".parse().unwrap());
-        assert_eq!(super::saved_range(start, end), "10.32.0.0/12");
+        assert_eq!(weft_core::ipam::range_text(start, end), "10.32.0.0/12");
         let (start, end) = weft_core::ipam::range_of(&"10.2.0.0/16".parse().unwrap());
-        assert_eq!(super::saved_range(start, end), "10.2.0.0/16");
+        assert_eq!(weft_core::ipam::range_text(start, end), "10.2.0.0/16");
         assert_eq!(super::range_tag("10.2.0.0/16"), "range-10.2.0.0-16");
     }
 }

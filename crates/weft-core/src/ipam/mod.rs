@@ -232,10 +232,8 @@ impl Ipam {
                 });
             }
             if (p.start, p.end) != (start, end) {
-                let saved = Ipv4Net::new(Ipv4Addr::from(p.start), prefix_of(p.start, p.end))
-                    .map_or_else(|_| "?".to_string(), |n| n.to_string());
                 return Err(IpamSetupError::OtherRange {
-                    saved,
+                    saved: range_text(p.start, p.end),
                     configured: cfg.universe,
                 });
             }
@@ -1215,9 +1213,12 @@ pub fn range_of(net: &Ipv4Net) -> (u32, u64) {
     (start, u64::from(start) + (1u64 << (32 - net.prefix_len())))
 }
 
-fn prefix_of(start: u32, end: u64) -> u8 {
-    let size = end - u64::from(start);
-    (32 - size.trailing_zeros().min(32)) as u8
+/// The range `[start, end)` as CIDR text (the inverse of [`range_of`]), for messages about
+/// saved state.
+pub fn range_text(start: u32, end: u64) -> String {
+    let size = end.saturating_sub(u64::from(start));
+    let prefix = (32 - size.trailing_zeros().min(32)) as u8;
+    Ipv4Net::new(Ipv4Addr::from(start), prefix).map_or_else(|_| "?".to_string(), |n| n.to_string())
 }
 
 /// Weave's default quorum: a majority of the initial peers plus ourselves.
