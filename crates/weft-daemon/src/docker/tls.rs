@@ -48,26 +48,12 @@ impl TlsSettings {
     pub fn server_config(&self) -> Result<Arc<ServerConfig>, String> {
         let provider = provider();
         let certs = read_certs("--tlscert", &self.cert)?;
-        let key = PrivateKeyDer::from_pem_file(&self.key).map_err(|e| {
-            format!(
-                "--tlskey {}: cannot read a PEM private key: {}",
-                self.key.display(),
-                pem_error(&e)
-            )
-        })?;
+        let key = read_key("--tlskey", &self.key)?;
         let builder = ServerConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
             .map_err(|e| format!("TLS: {e}"))?;
         let builder = if self.verify {
-            let mut roots = RootCertStore::empty();
-            for c in read_certs("--tlscacert", &self.ca)? {
-                roots.add(c).map_err(|e| {
-                    format!(
-                        "--tlscacert {}: not a usable CA certificate: {e}",
-                        self.ca.display()
-                    )
-                })?;
-            }
+            let roots = read_roots("--tlscacert", &self.ca)?;
             let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
                 .build()
                 .map_err(|e| format!("--tlscacert {}: {e}", self.ca.display()))?;
@@ -105,6 +91,29 @@ fn read_certs(flag: &str, path: &Path) -> Result<Vec<CertificateDer<'static>>, S
         ));
     }
     Ok(certs)
+}
+
+fn read_key(what: &str, path: &Path) -> Result<PrivateKeyDer<'static>, String> {
+    PrivateKeyDer::from_pem_file(path).map_err(|e| {
+        format!(
+            "{what} {}: cannot read a PEM private key: {}",
+            path.display(),
+            pem_error(&e)
+        )
+    })
+}
+
+fn read_roots(what: &str, path: &Path) -> Result<RootCertStore, String> {
+    let mut roots = RootCertStore::empty();
+    for c in read_certs(what, path)? {
+        roots.add(c).map_err(|e| {
+            format!(
+                "{what} {}: not a usable CA certificate: {e}",
+                path.display()
+            )
+        })?;
+    }
+    Ok(roots)
 }
 
 fn pem_error(e: &rustls::pki_types::pem::Error) -> String {
@@ -227,20 +236,9 @@ impl TlsSettings {
     /// The client side, towards an engine: the engine's certificate checked against `ca`,
     /// ours (`cert`, `key`) presented.
     pub fn client_config(&self) -> Result<Arc<rustls::ClientConfig>, String> {
-        let mut roots = RootCertStore::empty();
-        for c in read_certs("DOCKER_CERT_PATH ca.pem", &self.ca)? {
-            roots
-                .add(c)
-                .map_err(|e| format!("{}: not a usable CA certificate: {e}", self.ca.display()))?;
-        }
+        let roots = read_roots("DOCKER_CERT_PATH ca.pem", &self.ca)?;
         let certs = read_certs("DOCKER_CERT_PATH cert.pem", &self.cert)?;
-        let key = PrivateKeyDer::from_pem_file(&self.key).map_err(|e| {
-            format!(
-                "DOCKER_CERT_PATH key.pem {}: {}",
-                self.key.display(),
-                pem_error(&e)
-            )
-        })?;
+        let key = read_key("DOCKER_CERT_PATH key.pem", &self.key)?;
         let config = rustls::ClientConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
             .map_err(|e| format!("TLS: {e}"))?
