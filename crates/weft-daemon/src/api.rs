@@ -847,25 +847,19 @@ async fn rewrite_etc_hosts(
     }
     let ident = &r.container.id;
     let a = app.attacher.lookup_ident(ident).await;
-    let name = match a.as_ref().and_then(|a| a.hostname.clone()) {
-        Some(h) => h.trim_end_matches('.').to_string(),
-        None => match a
-            .as_ref()
-            .and_then(|a| a.netns.to_str().map(str::to_string))
-        {
-            Some(p) => match p
-                .strip_prefix("/proc/")
-                .and_then(|r| r.strip_suffix("/ns/net"))
-                .and_then(|pid| pid.parse::<u32>().ok())
-            {
-                Some(pid) => weft_linux::netns::uts_hostname(pid)
-                    .await
-                    .unwrap_or_else(|| ident.clone()),
-                None => p.rsplit('/').next().unwrap_or(ident).to_string(),
-            },
-            None => ident.clone(),
+    // The name it is registered under, else its process's hostname, else its netns name.
+    let name = match &a {
+        Some(a) => match (&a.hostname, weft_linux::netns::pid_of(&a.netns)) {
+            (Some(h), _) => Some(h.trim_end_matches('.').to_string()),
+            (None, Some(pid)) => weft_linux::netns::uts_hostname(pid).await,
+            (None, None) => a
+                .netns
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned()),
         },
-    };
+        None => None,
+    }
+    .unwrap_or_else(|| ident.clone());
     let text = crate::docker::rewrite::hosts_file(&name, "", &ips, extra);
     app.attacher.write_etc_hosts(ident, &text).await?;
     Ok(())

@@ -792,12 +792,7 @@ impl Attacher {
 /// Where the `/etc/hosts` of the container in namespace `netns` is, and whether it is a file
 /// weft makes (and removes again).
 pub fn etc_hosts_path(netns: &std::path::Path) -> Option<(PathBuf, bool)> {
-    let s = netns.to_str()?;
-    if let Some(pid) = s
-        .strip_prefix("/proc/")
-        .and_then(|r| r.strip_suffix("/ns/net"))
-        .filter(|p| p.bytes().all(|b| b.is_ascii_digit()))
-    {
+    if let Some(pid) = netns::pid_of(netns) {
         // A process whose root is the host's (one started with `ip netns exec`, say, even
         // though that has a mount namespace of its own) sees the host's own /etc/hosts
         // there: never that. Unknown counts as shared.

@@ -85,6 +85,15 @@ impl Netns {
     }
 }
 
+/// The PID a `/proc/PID/ns/net` path names (what [`resolve`] makes of a PID).
+pub fn pid_of(path: &Path) -> Option<u32> {
+    path.to_str()?
+        .strip_prefix("/proc/")?
+        .strip_suffix("/ns/net")?
+        .parse()
+        .ok()
+}
+
 /// Runs `f` on a new thread inside namespace `ns` and returns its output.
 pub async fn run_in<F, Fut, T>(ns: &Netns, f: F) -> Result<T>
 where
