@@ -14,12 +14,14 @@ use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use ipnet::{IpNet, Ipv4Net};
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 use weft_api::types::ContainerEntry;
-use weft_linux::netlink::{Link, LinkConfig, Netlink};
+use weft_linux::host::{At, HostOps, Ns, NsId, Op, Sysctl};
+use weft_linux::netlink::{Link, Netlink};
 use weft_linux::netns::{self, Netns};
 use weft_linux::sysctl;
 use weft_proto::Mac;
@@ -39,6 +41,12 @@ pub enum AttachError {
     Conflict(String),
     #[error("{0}")]
     Internal(String),
+}
+
+impl From<weft_linux::host::OpError> for AttachError {
+    fn from(e: weft_linux::host::OpError) -> Self {
+        e.source.into()
+    }
 }
 
 impl From<weft_linux::Error> for AttachError {
@@ -89,13 +97,16 @@ pub struct PlugOptions {
 }
 
 pub struct Attacher {
-    nl: Netlink,
+    /// Every change to links, addresses and routes goes through here.
+    host: Arc<dyn HostOps>,
+    /// Launch-time discovery of ports weft has no record of (namespace ids).
+    nl: Option<Netlink>,
     bridge_index: u32,
     mtu: u32,
-    host_ns: (u64, u64),
+    host_ns: NsId,
     /// The machine's own namespace (PID 1's): never plugged, even when the router runs in
     /// another one (a test bed), whatever the caller asked.
-    init_ns: Option<(u64, u64)>,
+    init_ns: Option<NsId>,
     state: StateDir,
     entries: tokio::sync::Mutex<BTreeMap<String, Attachment>>,
 }
@@ -103,25 +114,8 @@ pub struct Attacher {
 /// A container reference resolved to an open namespace.
 struct Target {
     id: String,
-    ns: Netns,
-    ns_id: (u64, u64),
-}
-
-fn open_target(spec: &str) -> Result<Target, AttachError> {
-    let path = netns::resolve(spec).map_err(|e| AttachError::NotFound(e.to_string()))?;
-    let ns = Netns::open(&path).map_err(|e| AttachError::NotFound(e.to_string()))?;
-    let ns_id = ns.id()?;
-    Ok(Target {
-        id: spec.to_string(),
-        ns,
-        ns_id,
-    })
-}
-
-fn namespace_alive(a: &Attachment) -> bool {
-    Netns::open(&a.netns)
-        .and_then(|ns| ns.id())
-        .is_ok_and(|id| id == a.ns_id)
+    ns: Ns,
+    ns_id: NsId,
 }
 
 /// Rejects addresses that cannot name a host: the broadcast address of their subnet (unless
@@ -157,38 +151,37 @@ pub fn network_address(c: &Ipv4Net) -> Option<String> {
     })
 }
 
-/// A veth pair whose `host_if` end is up on the bridge (an earlier one of that name is
-/// replaced); the other end is the caller's to move into a container. Nothing is left behind
-/// on failure.
-pub async fn bridged_veth(
-    nl: &Netlink,
-    bridge_index: u32,
-    host_if: &str,
-    peer_if: &str,
-    mtu: u32,
-) -> Result<(Link, Link), weft_linux::Error> {
-    // A leftover from an earlier container of that id or endpoint that has since gone.
-    if let Some(l) = nl.link_by_name(host_if).await? {
-        nl.delete_link(l.index).await?;
-    }
-    let (host, peer) = nl.create_veth(host_if, peer_if, mtu).await?;
-    let _ = sysctl::disable_ipv6(host_if);
-    let up = nl
-        .configure(
-            host.index,
-            LinkConfig {
-                master: Some(bridge_index),
-                up: true,
-                ..Default::default()
-            },
-        )
-        .await;
-    if let Err(e) = up {
-        // Deleting one end of a veth pair deletes both.
-        let _ = nl.delete_link(host.index).await;
-        return Err(e);
-    }
-    Ok((host, peer))
+/// A veth pair whose `host_if` end is up on the bridge (an earlier one of that name, a
+/// leftover from a container of that id or endpoint that has since gone, is replaced); the
+/// other end is the caller's to move into a container.
+pub fn bridged_veth(bridge_index: u32, host_if: &str, peer_if: &str, mtu: u32) -> Vec<Op> {
+    vec![
+        Op::DeleteLink {
+            link: host_if.into(),
+        },
+        Op::CreateVeth {
+            name: host_if.into(),
+            peer: peer_if.into(),
+            mtu,
+        },
+        Op::Sysctl {
+            setting: Sysctl::DisableIpv6(host_if.into()),
+            best_effort: true,
+        },
+        Op::SetLink {
+            link: host_if.into(),
+            rename: None,
+            mac: None,
+            mtu: None,
+            master: Some(bridge_index),
+            up: true,
+        },
+    ]
+}
+
+/// Deleting one end of a veth pair deletes both, wherever the other end is.
+fn delete(link: &str) -> Vec<Op> {
+    vec![Op::DeleteLink { link: link.into() }]
 }
 
 fn host_ifname(id: &str) -> (String, String) {
@@ -201,20 +194,22 @@ fn host_ifname(id: &str) -> (String, String) {
 }
 
 impl Attacher {
+    /// `nl` (the router namespace's netlink socket) finds ports weft has no record of at
+    /// launch; without it there is no such discovery (tests against a modelled host).
     pub fn new(
-        nl: Netlink,
+        host: Arc<dyn HostOps>,
+        nl: Option<Netlink>,
         bridge_index: u32,
         mtu: u32,
         state: StateDir,
     ) -> Result<Self, AttachError> {
-        let host_ns = Netns::current()?.id()?;
-        let init_ns = Netns::open(std::path::Path::new("/proc/1/ns/net"))
-            .and_then(|n| n.id())
-            .ok();
+        let host_ns = host.host_ns()?;
+        let init_ns = host.init_ns();
         let entries: Vec<Attachment> = state
             .load_json(FILE)
             .map_err(|e| AttachError::Internal(e.to_string()))?;
         Ok(Attacher {
+            host,
             nl,
             bridge_index,
             mtu,
@@ -234,11 +229,27 @@ impl Attacher {
         }
     }
 
+    fn alive(&self, a: &Attachment) -> bool {
+        self.host.ns_alive(&a.netns, a.ns_id)
+    }
+
+    fn open_target(&self, spec: &str) -> Result<Target, AttachError> {
+        let ns = self
+            .host
+            .open_ns(spec)
+            .map_err(|e| AttachError::NotFound(e.to_string()))?;
+        Ok(Target {
+            id: spec.to_string(),
+            ns_id: ns.id(),
+            ns,
+        })
+    }
+
     /// Drops entries whose namespace is gone; returns them.
-    fn prune(entries: &mut BTreeMap<String, Attachment>) -> Vec<Attachment> {
+    fn prune(&self, entries: &mut BTreeMap<String, Attachment>) -> Vec<Attachment> {
         let gone: Vec<String> = entries
             .values()
-            .filter(|a| !namespace_alive(a))
+            .filter(|a| !self.alive(a))
             .map(|a| a.id.clone())
             .collect();
         gone.iter().filter_map(|id| entries.remove(id)).collect()
@@ -248,15 +259,13 @@ impl Attacher {
     /// the kernel left it).
     pub async fn reap(&self) -> Vec<Attachment> {
         let mut entries = self.entries.lock().await;
-        let gone = Self::prune(&mut entries);
+        let gone = self.prune(&mut entries);
         if !gone.is_empty() {
             self.save(&entries);
             for a in &gone {
                 info!(container = %a.id, "container gone; detached");
                 remove_etc_hosts(a);
-                if let Ok(Some(l)) = self.nl.link_by_name(&a.host_if).await {
-                    let _ = self.nl.delete_link(l.index).await;
-                }
+                let _ = self.host.apply(&At::Host, delete(&a.host_if)).await;
             }
         }
         gone
@@ -264,7 +273,7 @@ impl Attacher {
 
     /// Opens a container reference and refuses the host's own namespace.
     fn target(&self, container: &str) -> Result<Target, AttachError> {
-        let t = open_target(container)?;
+        let t = self.open_target(container)?;
         if t.ns_id == self.host_ns || Some(t.ns_id) == self.init_ns {
             warn!(container = %container, "refused to plug an interface into the host's own network namespace");
             return Err(AttachError::Invalid(format!(
@@ -281,12 +290,12 @@ impl Attacher {
         let entries = self.entries.lock().await;
         Ok(entries
             .values()
-            .find(|a| a.ns_id == t.ns_id && namespace_alive(a))
+            .find(|a| a.ns_id == t.ns_id && self.alive(a))
             .map_or(t.id, |a| a.id.clone()))
     }
 
     async fn bridge(&self) -> Option<Link> {
-        let links = self.nl.links().await.ok()?;
+        let links = self.host.links().await.ok()?;
         links.into_iter().find(|l| l.index == self.bridge_index)
     }
 
@@ -297,20 +306,19 @@ impl Attacher {
     /// ports take would otherwise be dropped silently.
     pub async fn restore_ports(&self) {
         for a in self.attachments().await {
-            let Ok(Some(l)) = self.nl.link_by_name(&a.host_if).await else {
+            let Ok(Some(l)) = self.host.link(&At::Host, &a.host_if).await else {
                 continue;
             };
             if l.master != Some(self.bridge_index) || !l.up {
-                let plug = LinkConfig {
-                    master: Some(self.bridge_index),
-                    up: true,
-                    ..Default::default()
-                };
-                match self.nl.configure(l.index, plug).await {
+                let mut plug = vec![set_link(&a.host_if, Some(self.bridge_index), None, true)];
+                if a.hairpin {
+                    plug.push(Op::Sysctl {
+                        setting: Sysctl::Hairpin(a.host_if.clone()),
+                        best_effort: true,
+                    });
+                }
+                match self.host.apply(&At::Host, plug).await {
                     Ok(()) => {
-                        if a.hairpin {
-                            let _ = sysctl::hairpin(&a.host_if);
-                        }
                         warn!(container = %a.id, port = %a.host_if, "the container's port was off the bridge (the bridge was deleted or the port set down); plugged it back in");
                     }
                     Err(e) => {
@@ -323,30 +331,12 @@ impl Attacher {
             }
             let mtu = self.mtu;
             let set = async {
-                self.nl
-                    .configure(
-                        l.index,
-                        LinkConfig {
-                            mtu: Some(mtu),
-                            ..Default::default()
-                        },
-                    )
-                    .await?;
-                let ns = Netns::open(&a.netns)?;
-                let ifname = a.ifname.clone();
-                netns::run_in(&ns, move || async move {
-                    let nl = Netlink::new()?;
-                    let l = nl.require_link(&ifname).await?;
-                    nl.configure(
-                        l.index,
-                        LinkConfig {
-                            mtu: Some(mtu),
-                            ..Default::default()
-                        },
-                    )
-                    .await
-                })
-                .await?
+                let host_end = vec![set_link(&a.host_if, None, Some(mtu), false)];
+                self.host.apply(&At::Host, host_end).await?;
+                let ns = self.host.open_ns(&a.netns.display().to_string())?;
+                let inside = vec![set_link(&a.ifname, None, Some(mtu), false)];
+                self.host.apply(&At::Ns(ns), inside).await?;
+                Ok::<(), weft_linux::Error>(())
             };
             match set.await {
                 Ok(()) => {
@@ -380,7 +370,8 @@ impl Attacher {
                 continue;
             }
             let fd = std::os::fd::AsRawFd::as_raw_fd(ns.file());
-            let Ok(Some(nsid)) = self.nl.nsid_of(fd).await else {
+            let Some(nl) = &self.nl else { break };
+            let Ok(Some(nsid)) = nl.nsid_of(fd).await else {
                 continue;
             };
             let Some(k) = orphans.iter().position(|l| l.peer_netnsid == Some(nsid)) else {
@@ -431,7 +422,10 @@ impl Attacher {
 
     /// Container ports on the bridge (or left off it) that no attachment accounts for.
     async fn unknown_ports(&self, entries: &BTreeMap<String, Attachment>) -> Vec<Link> {
-        let Ok(links) = self.nl.links().await else {
+        if self.nl.is_none() {
+            return Vec::new();
+        }
+        let Ok(links) = self.host.links().await else {
             return Vec::new();
         };
         links
@@ -497,7 +491,7 @@ impl Attacher {
 
     /// The attachment of a container, if it is attached.
     pub async fn lookup(&self, container: &str) -> Result<Option<Attachment>, AttachError> {
-        let t = open_target(container)?;
+        let t = self.open_target(container)?;
         let entries = self.entries.lock().await;
         Ok(entries.values().find(|a| a.ns_id == t.ns_id).cloned())
     }
@@ -526,13 +520,11 @@ impl Attacher {
         // addresses; here they simply do not count.
         let existing = entries
             .values()
-            .find(|a| a.ns_id == t.ns_id && namespace_alive(a))
+            .find(|a| a.ns_id == t.ns_id && self.alive(a))
             .cloned();
         for c in &cidrs {
             let owner = entries.values().find(|a| {
-                a.ns_id != t.ns_id
-                    && a.cidrs.iter().any(|o| o.addr() == c.addr())
-                    && namespace_alive(a)
+                a.ns_id != t.ns_id && a.cidrs.iter().any(|o| o.addr() == c.addr()) && self.alive(a)
             });
             if let Some(o) = owner {
                 return Err(AttachError::Conflict(format!(
@@ -549,7 +541,9 @@ impl Attacher {
                     .filter(|c| !a.cidrs.contains(c))
                     .copied()
                     .collect();
-                add_addresses(&t.ns, &a.ifname, new.clone()).await?;
+                let mac = a.mac.parse::<Mac>().ok();
+                let ops = add_addresses(&a.ifname, mac, &new);
+                self.host.apply(&At::Ns(t.ns.clone()), ops).await?;
                 a.cidrs.extend(new);
                 if hostname.is_some() {
                     a.hostname = hostname;
@@ -581,27 +575,40 @@ impl Attacher {
         opts: PlugOptions,
     ) -> Result<Attachment, AttachError> {
         let (host_if, temp_if) = host_ifname(&t.id);
-        let (host, peer) =
-            bridged_veth(&self.nl, self.bridge_index, &host_if, &temp_if, self.mtu).await?;
+        let mut outside = bridged_veth(self.bridge_index, &host_if, &temp_if, self.mtu);
+        if opts.hairpin {
+            outside.push(Op::Sysctl {
+                setting: Sysctl::Hairpin(host_if.clone()),
+                best_effort: false,
+            });
+        }
+        outside.push(Op::MoveTo {
+            link: temp_if.clone(),
+            ns: t.ns.clone(),
+        });
+        let inside = At::Ns(t.ns.clone());
+        let mac = Mac::from_random(crate::random_u64());
         let result = async {
-            if opts.hairpin {
-                sysctl::hairpin(&host_if)?;
+            self.host.apply(&At::Host, outside).await?;
+            if self.host.link(&inside, &opts.ifname).await?.is_some() {
+                return Err(AttachError::Conflict(format!(
+                    "the container already has an interface named {} that weft did not create",
+                    opts.ifname
+                )));
             }
-            self.nl
-                .move_to_netns(peer.index, std::os::fd::AsRawFd::as_raw_fd(t.ns.file()))
-                .await?;
-            let mac = Mac::from_random(crate::random_u64());
-            let cidrs = cidrs.to_vec();
-            let (mtu, opts) = (self.mtu, opts.clone());
-            let (ifname, addrs) = (opts.ifname.clone(), cidrs.clone());
-            netns::run_in(&t.ns, move || {
-                configure_inside(temp_if, mac, mtu, cidrs, opts)
-            })
-            .await??;
+            let plan = configure_inside(&temp_if, mac, self.mtu, cidrs, &opts);
+            self.host.apply(&inside, plan).await?;
             // The bridge drops what a port sends until the port forwards, which it does only
             // once the kernel has seen the container's end come up: announce after that.
-            wait_forwarding(&host_if).await;
-            netns::run_in(&t.ns, move || async move { announce(&ifname, mac, &addrs) }).await?;
+            if !self.host.wait_forwarding(&host_if).await {
+                warn!(
+                    port = host_if,
+                    "the container's bridge port is not forwarding after 2 s"
+                );
+            }
+            self.host
+                .apply(&inside, vec![announce(&opts.ifname, mac, cidrs)])
+                .await?;
             Ok::<Mac, AttachError>(mac)
         }
         .await;
@@ -619,8 +626,7 @@ impl Attacher {
                 etc_hosts: None,
             }),
             Err(e) => {
-                // Deleting one end of a veth pair deletes both, wherever the other end is.
-                if let Err(de) = self.nl.delete_link(host.index).await {
+                if let Err(de) = self.host.apply(&At::Host, delete(&host_if)).await {
                     warn!("cleaning up {host_if} after a failed attach: {de}");
                 }
                 Err(e)
@@ -635,7 +641,7 @@ impl Attacher {
         container: &str,
         remove: Option<Vec<Ipv4Net>>,
     ) -> Result<(String, Vec<Ipv4Net>), AttachError> {
-        let t = open_target(container)?;
+        let t = self.open_target(container)?;
         let mut entries = self.entries.lock().await;
         let Some(a) = entries.values().find(|a| a.ns_id == t.ns_id).cloned() else {
             return Err(AttachError::NotFound(format!(
@@ -661,8 +667,19 @@ impl Attacher {
             .filter(|c| !remove.contains(c))
             .copied()
             .collect();
-        let (rm, delete, ifname) = (remove.clone(), keep.is_empty(), a.ifname.clone());
-        netns::run_in(&t.ns, move || unconfigure_inside(ifname, rm, delete)).await??;
+        let inside = At::Ns(t.ns.clone());
+        if keep.is_empty() {
+            self.host.apply(&inside, delete(&a.ifname)).await?;
+        } else if self.host.link(&inside, &a.ifname).await?.is_some() {
+            let ops = remove
+                .iter()
+                .map(|c| Op::DelAddress {
+                    link: a.ifname.clone(),
+                    net: *c,
+                })
+                .collect();
+            self.host.apply(&inside, ops).await?;
+        }
         if keep.is_empty() {
             entries.remove(&a.id);
             remove_etc_hosts(&a);
@@ -682,22 +699,14 @@ impl Attacher {
         remove_etc_hosts(&a);
         self.save(&entries);
         drop(entries);
-        if namespace_alive(&a)
-            && let Ok(ns) = Netns::open(&a.netns)
+        if self.alive(&a)
+            && let Ok(ns) = self.host.open_ns(&a.netns.display().to_string())
+            && let Err(e) = self.host.apply(&At::Ns(ns), delete(&a.ifname)).await
         {
-            let ifname = a.ifname.clone();
-            let removed = netns::run_in(&ns, move || unconfigure_inside(ifname, Vec::new(), true))
-                .await
-                .map_err(AttachError::from)
-                .and_then(|r| r);
-            if let Err(e) = removed {
-                warn!(container = %a.id, "removing its interface: {e}");
-            }
+            warn!(container = %a.id, "removing its interface: {e}");
         }
         // Gone with the namespace's end, unless the kernel has not got round to it.
-        if let Ok(Some(l)) = self.nl.link_by_name(&a.host_if).await {
-            let _ = self.nl.delete_link(l.index).await;
-        }
+        let _ = self.host.apply(&At::Host, delete(&a.host_if)).await;
         info!(container = %a.id, cidrs = ?a.cidrs, "detached");
         Some(a)
     }
@@ -710,14 +719,14 @@ impl Attacher {
         } else {
             Some(
                 only.iter()
-                    .map(|s| open_target(s).map(|t| t.ns_id))
+                    .map(|s| self.open_target(s).map(|t| t.ns_id))
                     .collect::<Result<_, _>>()?,
             )
         };
         Ok(entries
             .values()
             .filter(|a| wanted.as_ref().is_none_or(|w| w.contains(&a.ns_id)))
-            .filter(|a| namespace_alive(a))
+            .filter(|a| self.alive(a))
             .map(|a| ContainerEntry {
                 id: a.id.clone(),
                 mac: a.mac.clone(),
@@ -731,26 +740,23 @@ impl Attacher {
         let entries = self.entries.lock().await;
         entries
             .values()
-            .filter(|a| namespace_alive(a))
+            .filter(|a| self.alive(a))
             .cloned()
             .collect()
     }
 
     /// The host's own addresses on the weft bridge (`weft expose`), and the bridge's MAC.
     pub async fn exposed(&self) -> Result<(String, Vec<Ipv4Net>), AttachError> {
-        let addrs = self.nl.addresses(Some(self.bridge_index)).await?;
+        let addrs = self.host.addresses(self.bridge_index).await?;
         let mac = self
-            .nl
-            .links()
-            .await?
-            .into_iter()
-            .find(|l| l.index == self.bridge_index)
+            .bridge()
+            .await
             .and_then(|l| l.mac)
             .map(|m| Mac(m).to_string())
             .unwrap_or_default();
         let nets = addrs
             .into_iter()
-            .filter_map(|(_, n)| match n {
+            .filter_map(|n| match n {
                 IpNet::V4(v4) => Some(v4),
                 IpNet::V6(_) => None,
             })
@@ -758,33 +764,99 @@ impl Attacher {
         Ok((mac, nets))
     }
 
+    /// A Docker plugin endpoint: a veth pair with `host_if` on the bridge and `cont_if` (with
+    /// `mac`, or a random one) left for Docker to move into the container; if Docker runs in
+    /// another namespace than the router (`docker_pid`'s), the container end goes there.
+    /// Returns the MAC.
+    pub async fn plugin_endpoint(
+        &self,
+        host_if: &str,
+        cont_if: &str,
+        mac: Option<&str>,
+        docker_pid: Option<i32>,
+    ) -> Result<String, AttachError> {
+        let mac = match mac {
+            Some(m) => m
+                .parse::<Mac>()
+                .map_err(|e| AttachError::Invalid(format!("MAC {m}: {e}")))?,
+            None => Mac::from_random(crate::random_u64()),
+        };
+        let mut ops = bridged_veth(self.bridge_index, host_if, cont_if, self.mtu);
+        ops.push(Op::SetLink {
+            link: cont_if.into(),
+            rename: None,
+            mac: Some(mac.0),
+            mtu: Some(self.mtu),
+            master: None,
+            up: false,
+        });
+        // Docker takes the container end from its own namespace.
+        if let Some(pid) = docker_pid {
+            let theirs = self.host.open_ns(&pid.to_string())?;
+            if theirs.id() != self.host_ns {
+                ops.push(Op::MoveTo {
+                    link: cont_if.into(),
+                    ns: theirs,
+                });
+            }
+        }
+        if let Err(e) = self.host.apply(&At::Host, ops).await {
+            let _ = self.host.apply(&At::Host, delete(host_if)).await;
+            return Err(e.into());
+        }
+        Ok(mac.to_string())
+    }
+
+    /// Removes a plugin endpoint's veth by its host end (gone already is fine).
+    pub async fn remove_plugin_endpoint(&self, host_if: &str) -> Result<(), AttachError> {
+        self.host.apply(&At::Host, delete(host_if)).await?;
+        Ok(())
+    }
+
     /// Gives the host these addresses on the bridge, so it can reach the containers.
     pub async fn expose(&self, cidrs: &[Ipv4Net]) -> Result<(), AttachError> {
         let (_, have) = self.exposed().await?;
+        let bridge = self.bridge().await.ok_or_else(|| {
+            AttachError::Internal("the weft bridge is gone: relaunch the router".into())
+        })?;
+        let mut ops = Vec::new();
         let mut added = Vec::new();
         for c in cidrs {
             check_cidr(c)?;
             if !have.contains(c) {
-                self.nl
-                    .add_address(self.bridge_index, IpNet::V4(*c))
-                    .await?;
+                ops.push(Op::AddAddress {
+                    link: bridge.name.clone(),
+                    net: *c,
+                    exist_ok: false,
+                });
                 added.push(*c);
             }
         }
-        if let Some(bridge) = self.bridge().await {
-            announce(&bridge.name, Mac(bridge.mac.unwrap_or_default()), &added);
+        if !added.is_empty() {
+            ops.push(announce(
+                &bridge.name,
+                Mac(bridge.mac.unwrap_or_default()),
+                &added,
+            ));
         }
+        self.host.apply(&At::Host, ops).await?;
         info!(cidrs = ?cidrs, "exposed the host on the overlay");
         Ok(())
     }
 
-    /// Removes the host's addresses from the bridge.
+    /// Takes these addresses off the bridge.
     pub async fn hide(&self, cidrs: &[Ipv4Net]) -> Result<(), AttachError> {
-        for c in cidrs {
-            self.nl
-                .del_address(self.bridge_index, IpNet::V4(*c))
-                .await?;
-        }
+        let Some(bridge) = self.bridge().await else {
+            return Ok(());
+        };
+        let ops = cidrs
+            .iter()
+            .map(|c| Op::DelAddress {
+                link: bridge.name.clone(),
+                net: *c,
+            })
+            .collect();
+        self.host.apply(&At::Host, ops).await?;
         Ok(())
     }
 }
@@ -860,139 +932,109 @@ fn namespace_candidates(docker_ids: &BTreeMap<u32, String>) -> Vec<(String, Path
     out
 }
 
-async fn configure_inside(
-    temp: String,
+fn set_link(link: &str, master: Option<u32>, mtu: Option<u32>, up: bool) -> Op {
+    Op::SetLink {
+        link: link.into(),
+        rename: None,
+        mac: None,
+        mtu,
+        master,
+        up,
+    }
+}
+
+/// Inside the container: the moved veth end renamed to `opts.ifname` with its MAC and MTU,
+/// up, with its addresses and routes (a gateway outside the container's subnets reached by a
+/// host route first) and the multicast route if asked for.
+fn configure_inside(
+    temp: &str,
     mac: Mac,
     mtu: u32,
-    cidrs: Vec<Ipv4Net>,
-    opts: PlugOptions,
-) -> Result<(), AttachError> {
-    let nl = Netlink::new()?;
+    cidrs: &[Ipv4Net],
+    opts: &PlugOptions,
+) -> Vec<Op> {
     let ifname = opts.ifname.as_str();
-    if nl.link_by_name(ifname).await?.is_some() {
-        return Err(AttachError::Conflict(format!(
-            "the container already has an interface named {ifname} that weft did not create"
-        )));
-    }
-    let l = nl.require_link(&temp).await?;
     // Rename needs the link down, which a freshly moved veth is.
-    nl.configure(
-        l.index,
-        LinkConfig {
-            name: Some(ifname),
-            mac: Some(mac.0),
-            mtu: Some(mtu),
-            ..Default::default()
-        },
-    )
-    .await?;
-    let _ = sysctl::disable_ipv6(ifname);
-    let _ = sysctl::fast_arp(ifname);
-    let _ = sysctl::accept_arp(ifname);
-    nl.configure(
-        l.index,
-        LinkConfig {
-            up: true,
-            ..Default::default()
-        },
-    )
-    .await?;
-    for c in &cidrs {
-        nl.add_address(l.index, IpNet::V4(*c)).await?;
+    let mut ops = vec![Op::SetLink {
+        link: temp.into(),
+        rename: Some(ifname.into()),
+        mac: Some(mac.0),
+        mtu: Some(mtu),
+        master: None,
+        up: false,
+    }];
+    for setting in [
+        Sysctl::DisableIpv6(ifname.into()),
+        Sysctl::FastArp(ifname.into()),
+        Sysctl::AcceptArp(ifname.into()),
+    ] {
+        ops.push(Op::Sysctl {
+            setting,
+            best_effort: true,
+        });
     }
+    ops.push(set_link(ifname, None, None, true));
+    ops.extend(cidrs.iter().map(|c| Op::AddAddress {
+        link: ifname.into(),
+        net: *c,
+        exist_ok: false,
+    }));
     let mut reached: Vec<Ipv4Addr> = Vec::new();
     for r in &opts.routes {
-        let added = match r.gw {
-            Some(gw) => {
-                // A gateway outside the container's subnets is reached by a host route first.
-                if !cidrs.iter().any(|c| c.contains(&gw)) && !reached.contains(&gw) {
-                    let host = Ipv4Net::new(gw, 32).expect("valid prefix");
-                    nl.add_link_route(l.index, host).await?;
-                    reached.push(gw);
-                }
-                nl.add_gateway_route(l.index, r.dst, gw).await
-            }
-            None => nl.add_link_route(l.index, r.dst).await,
-        };
-        match added {
-            // A route the kernel made already (the container's own subnet, which CNI
-            // configurations often list): there, as asked, as with the reference plugins.
-            Err(e) if e.is_exists() => {}
-            r => r?,
+        if let Some(gw) = r.gw
+            && !cidrs.iter().any(|c| c.contains(&gw))
+            && !reached.contains(&gw)
+        {
+            ops.push(Op::AddRoute {
+                link: ifname.into(),
+                dst: Ipv4Net::new(gw, 32).expect("valid prefix"),
+                via: None,
+            });
+            reached.push(gw);
         }
+        // A route the kernel made already (the container's own subnet, which CNI
+        // configurations often list) is there, as asked, as with the reference plugins.
+        ops.push(Op::AddRoute {
+            link: ifname.into(),
+            dst: r.dst,
+            via: r.gw,
+        });
     }
     if opts.multicast_route {
-        let mcast = Ipv4Net::new(Ipv4Addr::new(224, 0, 0, 0), 4).expect("valid prefix");
-        match nl.add_link_route(l.index, mcast).await {
-            Err(e) if !e.is_exists() => return Err(e.into()),
-            _ => {}
-        }
+        ops.push(Op::AddRoute {
+            link: ifname.into(),
+            dst: Ipv4Net::new(Ipv4Addr::new(224, 0, 0, 0), 4).expect("valid prefix"),
+            via: None,
+        });
     }
-    Ok(())
+    ops
 }
 
-async fn add_addresses(ns: &Netns, ifname: &str, cidrs: Vec<Ipv4Net>) -> Result<(), AttachError> {
-    let ifname = ifname.to_string();
-    netns::run_in(ns, move || async move {
-        let nl = Netlink::new()?;
-        let l = nl.require_link(&ifname).await?;
-        for c in &cidrs {
-            match nl.add_address(l.index, IpNet::V4(*c)).await {
-                Err(e) if !e.is_exists() => return Err(AttachError::from(e)),
-                _ => {}
-            }
-        }
-        if let Some(mac) = l.mac {
-            announce(&ifname, Mac(mac), &cidrs);
-        }
-        Ok(())
-    })
-    .await?
-}
-
-/// Waits (up to 2 s) until bridge port `host_if` forwards frames.
-async fn wait_forwarding(host_if: &str) {
-    const FORWARDING: &str = "3";
-    let path = format!("/sys/class/net/{host_if}/brport/state");
-    for _ in 0..200 {
-        if std::fs::read_to_string(&path).is_ok_and(|s| s.trim() == FORWARDING) {
-            return;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+/// More addresses for a plugged-in container (those it has already are fine), announced.
+fn add_addresses(ifname: &str, mac: Option<Mac>, cidrs: &[Ipv4Net]) -> Vec<Op> {
+    let mut ops: Vec<Op> = cidrs
+        .iter()
+        .map(|c| Op::AddAddress {
+            link: ifname.into(),
+            net: *c,
+            exist_ok: true,
+        })
+        .collect();
+    if let Some(mac) = mac {
+        ops.push(announce(ifname, mac, cidrs));
     }
-    warn!(
-        port = host_if,
-        "the container's bridge port is not forwarding after 2 s"
-    );
+    ops
 }
 
 /// Gratuitous ARP for freshly added addresses, so neighbours that knew an earlier holder of
 /// one reach the new holder at once. Best effort: without it they still get there after their
 /// neighbour entry goes stale.
-fn announce(ifname: &str, mac: Mac, cidrs: &[Ipv4Net]) {
-    let ips: Vec<Ipv4Addr> = cidrs.iter().map(|c| c.addr()).collect();
-    if let Err(e) = weft_linux::arp::announce(ifname, mac.0, &ips) {
-        warn!("{e}");
+fn announce(ifname: &str, mac: Mac, cidrs: &[Ipv4Net]) -> Op {
+    Op::Announce {
+        link: ifname.into(),
+        mac: mac.0,
+        ips: cidrs.iter().map(|c| c.addr()).collect(),
     }
-}
-
-async fn unconfigure_inside(
-    ifname: String,
-    cidrs: Vec<Ipv4Net>,
-    delete: bool,
-) -> Result<(), AttachError> {
-    let nl = Netlink::new()?;
-    let Some(l) = nl.link_by_name(&ifname).await? else {
-        return Ok(());
-    };
-    if delete {
-        nl.delete_link(l.index).await?;
-        return Ok(());
-    }
-    for c in cidrs {
-        nl.del_address(l.index, IpNet::V4(c)).await?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -1016,5 +1058,391 @@ mod tests {
         let (a, b) = host_ifname("a-very-long-container-name-indeed");
         assert!(a.len() <= 15 && b.len() <= 15);
         assert_ne!(host_ifname("x").0, host_ifname("y").0);
+    }
+
+    /// Attach, detach, expose and the plugin's endpoints against a modelled host: the
+    /// operations issued, exactly, and what the host holds afterwards.
+    mod through_the_host {
+        use std::sync::atomic::{AtomicU32, Ordering};
+
+        use weft_api::types::RouteSpec;
+        use weft_linux::host::fake::FakeHost;
+
+        use super::*;
+
+        const MTU: u32 = 1376;
+
+        struct Bed {
+            host: Arc<FakeHost>,
+            bridge: u32,
+            attacher: Attacher,
+            dir: PathBuf,
+        }
+
+        impl Drop for Bed {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_dir_all(&self.dir);
+            }
+        }
+
+        fn bed() -> Bed {
+            static N: AtomicU32 = AtomicU32::new(0);
+            let dir = std::env::temp_dir().join(format!(
+                "weft-attach-unit-{}-{}",
+                std::process::id(),
+                N.fetch_add(1, Ordering::Relaxed)
+            ));
+            let host = Arc::new(FakeHost::new());
+            let bridge = host.add_link("weft", "bridge", MTU);
+            let state = StateDir::open(&dir).expect("a state directory");
+            let attacher =
+                Attacher::new(host.clone(), None, bridge, MTU, state).expect("an attacher");
+            Bed {
+                host,
+                bridge,
+                attacher,
+                dir,
+            }
+        }
+
+        fn opts() -> PlugOptions {
+            PlugOptions {
+                ifname: "ethwe".into(),
+                multicast_route: false,
+                hairpin: false,
+                routes: Vec::new(),
+            }
+        }
+
+        fn net(s: &str) -> Ipv4Net {
+            s.parse().expect("a CIDR")
+        }
+
+        /// The operations with random MACs blanked, as `where: op`.
+        fn issued(host: &FakeHost) -> Vec<String> {
+            host.take_ops()
+                .into_iter()
+                .map(|(at, mut op)| {
+                    match &mut op {
+                        Op::SetLink { mac, .. } if mac.is_some() => *mac = Some([0; 6]),
+                        Op::Announce { mac, .. } => *mac = [0; 6],
+                        _ => {}
+                    }
+                    format!("{at}: {op:?}")
+                })
+                .collect()
+        }
+
+        #[tokio::test]
+        async fn attach_plugs_a_veth_into_the_bridge_and_configures_the_container_end() {
+            let b = bed();
+            let ns = b.host.add_namespace("c1");
+            let mut o = opts();
+            o.multicast_route = true;
+            let e = b
+                .attacher
+                .attach("c1", "c1", vec![net("10.32.0.5/12")], o, None)
+                .await
+                .expect("attached");
+            assert_eq!(e.cidrs, vec![net("10.32.0.5/12")]);
+            let (host_if, temp_if) = host_ifname("c1");
+            let bridge = b.bridge;
+            let expected = vec![
+                format!("host: DeleteLink {{ link: \"{host_if}\" }}"),
+                format!(
+                    "host: CreateVeth {{ name: \"{host_if}\", peer: \"{temp_if}\", mtu: {MTU} }}"
+                ),
+                format!(
+                    "host: Sysctl {{ setting: DisableIpv6(\"{host_if}\"), best_effort: true }}"
+                ),
+                format!(
+                    "host: SetLink {{ link: \"{host_if}\", rename: None, mac: None, mtu: None, master: Some({bridge}), up: true }}"
+                ),
+                format!("host: MoveTo {{ link: \"{temp_if}\", ns: /run/netns/c1 }}"),
+                format!(
+                    "/run/netns/c1: SetLink {{ link: \"{temp_if}\", rename: Some(\"ethwe\"), mac: Some([0, 0, 0, 0, 0, 0]), mtu: Some({MTU}), master: None, up: false }}"
+                ),
+                "/run/netns/c1: Sysctl { setting: DisableIpv6(\"ethwe\"), best_effort: true }".into(),
+                "/run/netns/c1: Sysctl { setting: FastArp(\"ethwe\"), best_effort: true }".into(),
+                "/run/netns/c1: Sysctl { setting: AcceptArp(\"ethwe\"), best_effort: true }".into(),
+                "/run/netns/c1: SetLink { link: \"ethwe\", rename: None, mac: None, mtu: None, master: None, up: true }".into(),
+                "/run/netns/c1: AddAddress { link: \"ethwe\", net: 10.32.0.5/12, exist_ok: false }".into(),
+                "/run/netns/c1: AddRoute { link: \"ethwe\", dst: 224.0.0.0/4, via: None }".into(),
+                "/run/netns/c1: Announce { link: \"ethwe\", mac: [0, 0, 0, 0, 0, 0], ips: [10.32.0.5] }".into(),
+            ];
+            assert_eq!(issued(&b.host), expected);
+            // What the host holds now: the port on the bridge, the interface inside.
+            let port = b
+                .host
+                .links_in(None)
+                .into_iter()
+                .find(|l| l.name == host_if)
+                .expect("the host end");
+            assert_eq!((port.master, port.up), (Some(b.bridge), true));
+            let inside = b.host.links_in(Some(&ns));
+            assert_eq!(inside.len(), 1);
+            assert_eq!(inside[0].name, "ethwe");
+            assert_eq!(
+                b.host.addresses_of(inside[0].index),
+                vec![net("10.32.0.5/12")]
+            );
+            assert_eq!(
+                inside[0].mac.map(|m| Mac(m).to_string()),
+                Some(e.mac.clone())
+            );
+        }
+
+        #[tokio::test]
+        async fn a_failed_attach_leaves_nothing_behind() {
+            let b = bed();
+            let ns = b.host.add_namespace("c1");
+            b.host
+                .fail_when(|_, op| matches!(op, Op::AddAddress { .. }));
+            let r = b
+                .attacher
+                .attach("c1", "c1", vec![net("10.32.0.5/12")], opts(), None)
+                .await;
+            assert!(r.is_err());
+            let (host_if, _) = host_ifname("c1");
+            let ops = issued(&b.host);
+            assert_eq!(
+                ops.last().map(String::as_str),
+                Some(format!("host: DeleteLink {{ link: \"{host_if}\" }}").as_str()),
+                "{ops:#?}"
+            );
+            assert!(b.host.links_in(Some(&ns)).is_empty());
+            assert_eq!(b.host.links_in(None).len(), 1, "only the bridge is left");
+            assert!(b.attacher.list(&[]).await.expect("a list").is_empty());
+        }
+
+        #[tokio::test]
+        async fn the_hosts_namespace_is_refused_before_anything_changes() {
+            let b = bed();
+            let r = b
+                .attacher
+                .attach("host", "host", vec![net("10.32.0.5/12")], opts(), None)
+                .await;
+            assert!(matches!(r, Err(AttachError::Invalid(_))), "{r:?}");
+            assert!(issued(&b.host).is_empty());
+        }
+
+        #[tokio::test]
+        async fn an_interface_name_the_container_has_already_is_a_conflict() {
+            let b = bed();
+            let ns = b.host.add_namespace("c1");
+            let mine = vec![Op::CreateVeth {
+                name: "ethwe".into(),
+                peer: "other".into(),
+                mtu: 1500,
+            }];
+            b.host.apply(&At::Ns(ns), mine).await.expect("made");
+            let r = b
+                .attacher
+                .attach("c1", "c1", vec![net("10.32.0.5/12")], opts(), None)
+                .await;
+            assert!(matches!(r, Err(AttachError::Conflict(_))), "{r:?}");
+            let (host_if, _) = host_ifname("c1");
+            assert!(!b.host.links_in(None).iter().any(|l| l.name == host_if));
+        }
+
+        #[tokio::test]
+        async fn cni_routes_reach_a_gateway_outside_the_subnet_by_a_host_route() {
+            let b = bed();
+            b.host.add_namespace("pod");
+            let mut o = opts();
+            o.routes = vec![
+                RouteSpec {
+                    dst: net("0.0.0.0/0"),
+                    gw: Some("10.96.0.1".parse().expect("an address")),
+                },
+                RouteSpec {
+                    dst: net("10.50.0.0/16"),
+                    gw: Some("10.32.0.1".parse().expect("an address")),
+                },
+                RouteSpec {
+                    dst: net("10.60.0.0/16"),
+                    gw: None,
+                },
+            ];
+            b.attacher
+                .attach("pod", "pod-id", vec![net("10.32.0.5/12")], o, None)
+                .await
+                .expect("attached");
+            let routes: Vec<String> = issued(&b.host)
+                .into_iter()
+                .filter(|o| o.contains("AddRoute"))
+                .collect();
+            assert_eq!(
+                routes,
+                vec![
+                    "/run/netns/pod: AddRoute { link: \"ethwe\", dst: 10.96.0.1/32, via: None }",
+                    "/run/netns/pod: AddRoute { link: \"ethwe\", dst: 0.0.0.0/0, via: Some(10.96.0.1) }",
+                    "/run/netns/pod: AddRoute { link: \"ethwe\", dst: 10.50.0.0/16, via: Some(10.32.0.1) }",
+                    "/run/netns/pod: AddRoute { link: \"ethwe\", dst: 10.60.0.0/16, via: None }",
+                ]
+            );
+        }
+
+        #[tokio::test]
+        async fn detach_removes_addresses_then_the_interface() {
+            let b = bed();
+            let ns = b.host.add_namespace("c1");
+            let nets = vec![net("10.32.0.5/12"), net("10.40.0.5/16")];
+            b.attacher
+                .attach("c1", "c1", nets.clone(), opts(), None)
+                .await
+                .expect("attached");
+            b.host.take_ops();
+            let (id, gone) = b
+                .attacher
+                .detach("c1", Some(vec![nets[1]]))
+                .await
+                .expect("detached one");
+            assert_eq!((id.as_str(), gone), ("c1", vec![nets[1]]));
+            assert_eq!(
+                issued(&b.host),
+                vec!["/run/netns/c1: DelAddress { link: \"ethwe\", net: 10.40.0.5/16 }"]
+            );
+            let (_, gone) = b.attacher.detach("c1", None).await.expect("detached");
+            assert_eq!(gone, vec![nets[0]]);
+            assert_eq!(
+                issued(&b.host),
+                vec!["/run/netns/c1: DeleteLink { link: \"ethwe\" }"]
+            );
+            assert!(b.host.links_in(Some(&ns)).is_empty());
+            assert!(
+                b.host.links_in(None).len() == 1,
+                "the veth's host end went with it"
+            );
+        }
+
+        #[tokio::test]
+        async fn more_addresses_for_an_attached_container_are_added_and_announced() {
+            let b = bed();
+            b.host.add_namespace("c1");
+            b.attacher
+                .attach("c1", "c1", vec![net("10.32.0.5/12")], opts(), None)
+                .await
+                .expect("attached");
+            b.host.take_ops();
+            b.attacher
+                .attach("c1", "c1", vec![net("10.40.0.5/16")], opts(), None)
+                .await
+                .expect("attached again");
+            assert_eq!(
+                issued(&b.host),
+                vec![
+                    "/run/netns/c1: AddAddress { link: \"ethwe\", net: 10.40.0.5/16, exist_ok: true }",
+                    "/run/netns/c1: Announce { link: \"ethwe\", mac: [0, 0, 0, 0, 0, 0], ips: [10.40.0.5] }",
+                ]
+            );
+        }
+
+        #[tokio::test]
+        async fn an_address_held_by_another_container_is_a_conflict() {
+            let b = bed();
+            b.host.add_namespace("c1");
+            b.host.add_namespace("c2");
+            b.attacher
+                .attach("c1", "c1", vec![net("10.32.0.5/12")], opts(), None)
+                .await
+                .expect("attached");
+            b.host.take_ops();
+            let r = b
+                .attacher
+                .attach("c2", "c2", vec![net("10.32.0.5/12")], opts(), None)
+                .await;
+            assert!(matches!(r, Err(AttachError::Conflict(_))), "{r:?}");
+            assert!(issued(&b.host).is_empty());
+        }
+
+        #[tokio::test]
+        async fn a_container_that_went_away_is_reaped_with_its_port() {
+            let b = bed();
+            b.host.add_namespace("c1");
+            b.attacher
+                .attach("c1", "c1", vec![net("10.32.0.5/12")], opts(), None)
+                .await
+                .expect("attached");
+            b.host.take_ops();
+            b.host.remove_namespace("c1");
+            let gone = b.attacher.reap().await;
+            assert_eq!(gone.len(), 1);
+            let (host_if, _) = host_ifname("c1");
+            assert_eq!(
+                issued(&b.host),
+                vec![format!("host: DeleteLink {{ link: \"{host_if}\" }}")]
+            );
+            assert!(b.attacher.attachments().await.is_empty());
+        }
+
+        #[tokio::test]
+        async fn expose_puts_addresses_on_the_bridge_once_and_hide_takes_them_off() {
+            let b = bed();
+            b.attacher
+                .expose(&[net("10.32.0.1/12")])
+                .await
+                .expect("exposed");
+            let mac = b.host.links_in(None)[0].mac.expect("the bridge's MAC");
+            let ops: Vec<String> = b
+                .host
+                .take_ops()
+                .into_iter()
+                .map(|(at, op)| format!("{at}: {op:?}"))
+                .collect();
+            assert_eq!(
+                ops,
+                vec![
+                    "host: AddAddress { link: \"weft\", net: 10.32.0.1/12, exist_ok: false }"
+                        .to_string(),
+                    format!("host: Announce {{ link: \"weft\", mac: {mac:?}, ips: [10.32.0.1] }}"),
+                ]
+            );
+            // Again: nothing to add.
+            b.attacher
+                .expose(&[net("10.32.0.1/12")])
+                .await
+                .expect("exposed");
+            assert!(issued(&b.host).is_empty());
+            let (_, have) = b.attacher.exposed().await.expect("the bridge's addresses");
+            assert_eq!(have, vec![net("10.32.0.1/12")]);
+            b.attacher.hide(&have).await.expect("hidden");
+            assert_eq!(
+                issued(&b.host),
+                vec!["host: DelAddress { link: \"weft\", net: 10.32.0.1/12 }"]
+            );
+            assert!(b.host.addresses_of(b.bridge).is_empty());
+        }
+
+        #[tokio::test]
+        async fn a_plugin_endpoint_is_a_bridged_veth_with_docker_s_mac() {
+            let b = bed();
+            let mac = b
+                .attacher
+                .plugin_endpoint("vethwl123", "vethwg123", Some("02:42:0a:20:00:05"), None)
+                .await
+                .expect("made");
+            assert_eq!(mac, "02:42:0a:20:00:05");
+            let ops = issued(&b.host);
+            assert_eq!(
+                ops.last().map(String::as_str),
+                Some(
+                    format!(
+                        "host: SetLink {{ link: \"vethwg123\", rename: None, mac: Some([0, 0, 0, 0, 0, 0]), mtu: Some({MTU}), master: None, up: false }}"
+                    )
+                    .as_str()
+                )
+            );
+            b.attacher
+                .remove_plugin_endpoint("vethwl123")
+                .await
+                .expect("removed");
+            assert_eq!(b.host.links_in(None).len(), 1, "only the bridge is left");
+            // Gone already is no failure.
+            b.attacher
+                .remove_plugin_endpoint("vethwl123")
+                .await
+                .expect("removed again");
+        }
     }
 }

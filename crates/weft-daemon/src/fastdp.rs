@@ -23,6 +23,7 @@ use tracing::{debug, info, warn};
 use tun_rs::AsyncDevice;
 use weft_core::fastdp::{FastDpPlan, FdbEntry, HEARTBEAT_INTERVAL};
 use weft_linux::fdb::{FdbState, PortFlags};
+use weft_linux::host::{At, HostOps, Op};
 use weft_linux::netlink::{Link, LinkConfig, Netlink};
 use weft_linux::{sysctl, tap};
 use weft_proto::fastdp::{self, HEARTBEAT_MIN_LEN};
@@ -168,20 +169,47 @@ pub async fn remove(nl: &Netlink, bridge: &str) -> Result<(), DaemonError> {
 }
 
 pub struct FastDpTask {
-    pub nl: Netlink,
     pub devices: Devices,
     pub local: PeerName,
     pub bridge_index: u32,
     pub tap_index: u32,
     pub mtu: u32,
+    /// The kernel's forwarding and neighbour tables, made to match the plan.
+    pub kernel: Reconciler,
     pub plan: watch::Receiver<Arc<FastDpPlan>>,
     pub control: mpsc::Sender<ControlInput>,
     pub dataplane: mpsc::Sender<DataPlaneMsg>,
     /// Where our containers' addresses and MACs come from (announced for peers' ARP answers).
     pub attacher: Arc<crate::attach::Attacher>,
+}
+
+/// Makes the kernel's VXLAN forwarding database and the bridge's neighbour entries match the
+/// fast-path plan, through the host-operations seam (so it is tested against a model).
+pub struct Reconciler {
+    pub host: Arc<dyn HostOps>,
+    pub bridge_index: u32,
+    pub vx_index: u32,
+    /// The sleeve's port on the bridge.
+    pub tap_index: u32,
     /// Addresses behind fast peers whose entry went recently, and when: one that comes back
     /// (with another container's MAC, most likely) is announced to our containers.
     pub departed: std::sync::Mutex<BTreeMap<Ipv4Addr, Instant>>,
+}
+
+impl Reconciler {
+    pub fn new(host: Arc<dyn HostOps>, bridge_index: u32, vx_index: u32, tap_index: u32) -> Self {
+        Reconciler {
+            host,
+            bridge_index,
+            vx_index,
+            tap_index,
+            departed: Default::default(),
+        }
+    }
+
+    async fn apply(&self, op: Op) -> Result<(), weft_linux::Error> {
+        Ok(self.host.apply(&At::Host, vec![op]).await?)
+    }
 }
 
 /// At most this many addresses new to the fast path in one round are announced to our
@@ -269,7 +297,8 @@ impl FastDpTask {
     async fn container_macs(&self) -> Result<Vec<Mac>, weft_linux::Error> {
         let ours = [self.tap_index, self.devices.vx.index, self.devices.hb_index];
         let mut macs: Vec<Mac> = self
-            .nl
+            .kernel
+            .host
             .fdb(None)
             .await?
             .into_iter()
@@ -304,15 +333,66 @@ impl FastDpTask {
         n
     }
 
+    /// Makes the kernel match `plan` (see [`Reconciler::reconcile`]), telling the data plane
+    /// which peers the sleeve stops (and starts again) carrying.
+    async fn reconcile(
+        &self,
+        plan: &FastDpPlan,
+        fast: &mut BTreeSet<PeerName>,
+        grace_until: Option<Instant>,
+    ) -> BTreeSet<PeerName> {
+        let now_fast = plan.fast_peers();
+        if *fast != now_fast {
+            let keep: BTreeSet<PeerName> = fast.intersection(&now_fast).copied().collect();
+            let _ = self.dataplane.send(DataPlaneMsg::Fast(keep)).await;
+        }
+        let (ready, moved) = self.kernel.reconcile(plan, fast, grace_until).await;
+        self.announce_to_containers(&moved).await;
+        if *fast != now_fast {
+            let _ = self
+                .dataplane
+                .send(DataPlaneMsg::Fast(now_fast.clone()))
+                .await;
+            *fast = now_fast;
+        }
+        ready
+    }
+
+    /// An address behind a fast peer now belongs to another MAC: our containers may still hold
+    /// the old one, and the bridge does not pass gratuitous ARP across the VXLAN port (it has
+    /// `neigh_suppress`), so the announcement is made here, into each container's port.
+    async fn announce_to_containers(&self, moved: &[(Ipv4Addr, Mac)]) {
+        if moved.is_empty() {
+            return;
+        }
+        for a in self.attacher.attachments().await {
+            let ops = moved
+                .iter()
+                .map(|(ip, mac)| Op::Announce {
+                    link: a.host_if.clone(),
+                    mac: mac.0,
+                    ips: vec![*ip],
+                })
+                .collect();
+            if let Err(e) = self.kernel.host.apply(&At::Host, ops).await {
+                debug!(container = %a.id, "{e}");
+            }
+        }
+        debug!(addresses = ?moved, "announced moved addresses to local containers");
+    }
+}
+
+impl Reconciler {
     /// The bridge device's ARP entries for containers behind fast peers: what it answers for
     /// them (the VXLAN port has `neigh_suppress`). Only entries in state NOARP are ours.
-    async fn reconcile_arp(&self, plan: &FastDpPlan, grace: bool) {
+    /// Returns the addresses to announce to our containers (moved, or new in small numbers).
+    async fn reconcile_arp(&self, plan: &FastDpPlan, grace: bool) -> Vec<(Ipv4Addr, Mac)> {
         let br = self.bridge_index;
-        let actual: BTreeMap<Ipv4Addr, [u8; 6]> = match self.nl.static_arp(br).await {
+        let actual: BTreeMap<Ipv4Addr, [u8; 6]> = match self.host.static_arp(br).await {
             Ok(v) => v.into_iter().collect(),
             Err(e) => {
                 warn!("reading the bridge's neighbour entries failed: {e}");
-                return;
+                return Vec::new();
             }
         };
         let now = Instant::now();
@@ -340,59 +420,45 @@ impl FastDpTask {
         }
         for (ip, mac) in &plan.neighbours {
             if actual.get(ip) != Some(&mac.0)
-                && let Err(e) = self.nl.arp_replace_static(br, *ip, mac.0).await
+                && let Err(e) = self
+                    .apply(Op::ArpReplaceStatic {
+                        index: br,
+                        ip: *ip,
+                        mac: mac.0,
+                    })
+                    .await
             {
                 warn!(%ip, "adding a neighbour entry failed: {e}");
             }
         }
-        self.announce_to_containers(&moved).await;
         if grace {
-            return;
+            return moved;
         }
         for ip in actual.keys().filter(|ip| !plan.neighbours.contains_key(ip)) {
-            if let Err(e) = self.nl.arp_del(br, *ip).await
+            if let Err(e) = self.apply(Op::ArpDel { index: br, ip: *ip }).await
                 && !e.is_no_device()
             {
                 debug!(%ip, "removing a neighbour entry failed: {e}");
             }
             self.departed.lock().expect("not poisoned").insert(*ip, now);
         }
-    }
-
-    /// An address behind a fast peer now belongs to another MAC: our containers may still hold
-    /// the old one, and the bridge does not pass gratuitous ARP across the VXLAN port (it has
-    /// `neigh_suppress`), so the announcement is made here, into each container's port.
-    async fn announce_to_containers(&self, moved: &[(Ipv4Addr, Mac)]) {
-        if moved.is_empty() {
-            return;
-        }
-        for a in self.attacher.attachments().await {
-            for (ip, mac) in moved {
-                if let Err(e) = weft_linux::arp::announce(&a.host_if, mac.0, &[*ip]) {
-                    debug!(container = %a.id, "{e}");
-                }
-            }
-        }
-        debug!(addresses = ?moved, "announced moved addresses to local containers");
+        moved
     }
 
     /// Makes the kernel match `plan`: new entries first, then the sleeve stops carrying what
     /// VXLAN now does; peers leaving the fast path go back to the sleeve before their entries
     /// go, so no frame is lost in between (a few may arrive twice).
-    /// Returns the peers whose heartbeat entries are in place.
-    async fn reconcile(
+    /// `fast`: the peers on the fast path until now. Returns the peers whose heartbeat
+    /// entries are in place, and the addresses to announce to our containers.
+    pub async fn reconcile(
         &self,
         plan: &FastDpPlan,
-        fast: &mut BTreeSet<PeerName>,
+        fast: &BTreeSet<PeerName>,
         grace_until: Option<Instant>,
-    ) -> BTreeSet<PeerName> {
+    ) -> (BTreeSet<PeerName>, Vec<(Ipv4Addr, Mac)>) {
         let now_fast = plan.fast_peers();
-        if *fast != now_fast {
-            let keep: BTreeSet<PeerName> = fast.intersection(&now_fast).copied().collect();
-            let _ = self.dataplane.send(DataPlaneMsg::Fast(keep)).await;
-        }
-        let vx = self.devices.vx.index;
-        let actual: BTreeSet<FdbEntry> = match self.nl.fdb(Some(vx)).await {
+        let vx = self.vx_index;
+        let actual: BTreeSet<FdbEntry> = match self.host.fdb(Some(vx)).await {
             Ok(records) => records
                 .into_iter()
                 .filter_map(|r| match (r.master, r.dst, r.state) {
@@ -406,7 +472,7 @@ impl FastDpTask {
                 .collect(),
             Err(e) => {
                 warn!("reading the VXLAN forwarding database failed: {e}");
-                return BTreeSet::new();
+                return (BTreeSet::new(), Vec::new());
             }
         };
         let desired = plan.fdb();
@@ -416,14 +482,31 @@ impl FastDpTask {
         // longer carries our frames to that peer. Installed entries replace most, the flush
         // catches the rest (sleeve peers' MACs are relearnt from their next frame).
         if now_fast.difference(fast).next().is_some()
-            && let Err(e) = self.nl.flush_learned(self.tap_index).await
+            && let Err(e) = self
+                .apply(Op::FlushLearned {
+                    index: self.tap_index,
+                })
+                .await
         {
             warn!("flushing the sleeve port's learnt addresses failed: {e}");
         }
         for e in desired.difference(&actual) {
             let r = match *e {
-                FdbEntry::Vxlan { mac, dst } => self.nl.fdb_append_remote(vx, mac.0, dst).await,
-                FdbEntry::Bridge { mac } => self.nl.fdb_replace_static(vx, mac.0).await,
+                FdbEntry::Vxlan { mac, dst } => {
+                    self.apply(Op::FdbAppendRemote {
+                        index: vx,
+                        mac: mac.0,
+                        dst,
+                    })
+                    .await
+                }
+                FdbEntry::Bridge { mac } => {
+                    self.apply(Op::FdbReplaceStatic {
+                        index: vx,
+                        mac: mac.0,
+                    })
+                    .await
+                }
             };
             if let Err(err) = r {
                 warn!(entry = ?e, "programming the fast path failed: {err}");
@@ -432,29 +515,32 @@ impl FastDpTask {
         }
         if grace_until.is_none_or(|t| Instant::now() >= t) {
             for e in actual.difference(&desired) {
-                let r = match *e {
-                    FdbEntry::Vxlan { mac, dst } => {
-                        self.nl.fdb_del(vx, mac.0, Some(dst), false).await
-                    }
-                    FdbEntry::Bridge { mac } => self.nl.fdb_del(vx, mac.0, None, true).await,
+                let op = match *e {
+                    FdbEntry::Vxlan { mac, dst } => Op::FdbDel {
+                        index: vx,
+                        mac: mac.0,
+                        dst: Some(dst),
+                        master: false,
+                    },
+                    FdbEntry::Bridge { mac } => Op::FdbDel {
+                        index: vx,
+                        mac: mac.0,
+                        dst: None,
+                        master: true,
+                    },
                 };
-                if let Err(err) = r
+                if let Err(err) = self.apply(op).await
                     && !err.is_no_device()
                 {
                     warn!(entry = ?e, "removing a fast-path entry failed: {err}");
                 }
             }
         }
-        self.reconcile_arp(plan, grace_until.is_some_and(|t| Instant::now() < t))
+        let moved = self
+            .reconcile_arp(plan, grace_until.is_some_and(|t| Instant::now() < t))
             .await;
-        if *fast != now_fast {
-            let _ = self
-                .dataplane
-                .send(DataPlaneMsg::Fast(now_fast.clone()))
-                .await;
-            *fast = now_fast;
-        }
-        plan.heartbeat
+        let ready = plan
+            .heartbeat
             .keys()
             .filter(|p| {
                 let mac = fastdp::heartbeat_mac(**p);
@@ -463,6 +549,163 @@ impl FastDpTask {
                 })
             })
             .copied()
-            .collect()
+            .collect();
+        (ready, moved)
+    }
+}
+
+/// Fast-path reconciliation against a modelled host: what is programmed, what is left alone,
+/// and what happens when the kernel refuses an entry.
+#[cfg(test)]
+mod tests {
+    use weft_core::fastdp::FastDpPlan;
+    use weft_linux::host::fake::FakeHost;
+
+    use super::*;
+
+    const UNDERLAY: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
+    const CONTAINER: Ipv4Addr = Ipv4Addr::new(10, 32, 0, 9);
+    const CONTAINER_MAC: Mac = Mac([0x02, 0xaa, 0, 0, 0, 9]);
+
+    fn bed() -> (Arc<FakeHost>, Reconciler) {
+        let host = Arc::new(FakeHost::new());
+        let bridge = host.add_link("weft", "bridge", 1376);
+        let vx = host.add_link("weft-vx", "vxlan", 1376);
+        let tap = host.add_link("weft-tap", "tun", 1376);
+        let r = Reconciler::new(host.clone(), bridge, vx, tap);
+        (host, r)
+    }
+
+    fn peer() -> PeerName {
+        PeerName::from_bytes([0x0a, 0, 0, 0, 0, 2])
+    }
+
+    fn plan() -> FastDpPlan {
+        let p = peer();
+        let mut plan = FastDpPlan::default();
+        plan.heartbeat.insert(p, UNDERLAY);
+        plan.fast.insert(p, UNDERLAY);
+        plan.macs.insert(p, vec![CONTAINER_MAC]);
+        plan.neighbours.insert(CONTAINER, CONTAINER_MAC);
+        plan
+    }
+
+    fn ops(host: &FakeHost) -> Vec<Op> {
+        host.take_ops().into_iter().map(|(_, op)| op).collect()
+    }
+
+    #[tokio::test]
+    async fn a_new_fast_peer_gets_its_entries_and_the_sleeve_port_forgets_its_macs() {
+        let (host, r) = bed();
+        let (ready, moved) = r.reconcile(&plan(), &BTreeSet::new(), None).await;
+        assert_eq!(ready, BTreeSet::from([peer()]));
+        assert_eq!(moved, vec![(CONTAINER, CONTAINER_MAC)], "new, so announced");
+        let issued = ops(&host);
+        assert_eq!(issued[0], Op::FlushLearned { index: r.tap_index });
+        let hb = fastdp::heartbeat_mac(peer()).0;
+        for want in [
+            Op::FdbAppendRemote {
+                index: r.vx_index,
+                mac: [0; 6],
+                dst: UNDERLAY,
+            },
+            Op::FdbAppendRemote {
+                index: r.vx_index,
+                mac: CONTAINER_MAC.0,
+                dst: UNDERLAY,
+            },
+            Op::FdbAppendRemote {
+                index: r.vx_index,
+                mac: hb,
+                dst: UNDERLAY,
+            },
+            Op::FdbReplaceStatic {
+                index: r.vx_index,
+                mac: hb,
+            },
+            Op::ArpReplaceStatic {
+                index: r.bridge_index,
+                ip: CONTAINER,
+                mac: CONTAINER_MAC.0,
+            },
+        ] {
+            assert!(issued.contains(&want), "{want:?} missing from {issued:#?}");
+        }
+        assert!(
+            !issued
+                .iter()
+                .any(|o| matches!(o, Op::FdbDel { .. } | Op::ArpDel { .. })),
+            "{issued:#?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_kernel_that_matches_the_plan_is_left_alone() {
+        let (host, r) = bed();
+        let fast = BTreeSet::from([peer()]);
+        r.reconcile(&plan(), &BTreeSet::new(), None).await;
+        host.take_ops();
+        let (ready, moved) = r.reconcile(&plan(), &fast, None).await;
+        assert_eq!(ready, fast);
+        assert!(moved.is_empty());
+        assert_eq!(ops(&host), Vec::new());
+    }
+
+    #[tokio::test]
+    async fn entries_of_a_departed_peer_stay_through_the_restart_grace_then_go() {
+        let (host, r) = bed();
+        let fast = BTreeSet::from([peer()]);
+        r.reconcile(&plan(), &BTreeSet::new(), None).await;
+        host.take_ops();
+        let empty = FastDpPlan::default();
+        let grace = Some(Instant::now() + Duration::from_secs(60));
+        r.reconcile(&empty, &fast, grace).await;
+        assert_eq!(
+            ops(&host),
+            Vec::new(),
+            "nothing removed in the grace period"
+        );
+        r.reconcile(&empty, &fast, None).await;
+        let issued = ops(&host);
+        let dels = issued
+            .iter()
+            .filter(|o| matches!(o, Op::FdbDel { .. }))
+            .count();
+        assert_eq!(dels, plan().fdb().len(), "{issued:#?}");
+        assert!(issued.contains(&Op::ArpDel {
+            index: r.bridge_index,
+            ip: CONTAINER
+        }));
+        assert!(host.fdb_entries().is_empty());
+        assert!(host.arp().is_empty());
+        // The address comes back with another MAC: announced as moved.
+        let mut back = plan();
+        let other = Mac([0x02, 0xbb, 0, 0, 0, 9]);
+        back.neighbours.insert(CONTAINER, other);
+        let (_, moved) = r.reconcile(&back, &BTreeSet::new(), None).await;
+        assert_eq!(moved, vec![(CONTAINER, other)]);
+    }
+
+    #[tokio::test]
+    async fn a_peer_whose_heartbeat_entry_the_kernel_refuses_gets_no_heartbeats() {
+        let (host, r) = bed();
+        let hb = fastdp::heartbeat_mac(peer()).0;
+        host.fail_when(move |_, op| matches!(op, Op::FdbAppendRemote { mac, .. } if *mac == hb));
+        let (ready, _) = r.reconcile(&plan(), &BTreeSet::new(), None).await;
+        assert!(ready.is_empty());
+        // The rest is programmed all the same.
+        assert!(host.fdb_entries().iter().any(|e| e.mac == CONTAINER_MAC.0));
+    }
+
+    #[tokio::test]
+    async fn a_whole_peer_s_worth_of_new_addresses_is_not_announced() {
+        let (_, r) = bed();
+        let mut many = plan();
+        for i in 0..(FRESH_ANNOUNCE_MAX as u8 + 1) {
+            many.neighbours
+                .insert(Ipv4Addr::new(10, 33, 0, i), Mac([2, 0, 0, 0, 1, i]));
+        }
+        let (_, moved) = r.reconcile(&many, &BTreeSet::new(), None).await;
+        assert!(moved.is_empty());
     }
 }

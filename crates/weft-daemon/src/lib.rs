@@ -9,20 +9,20 @@
 //! - the HTTP API ([`api`]) and a reaper that notices containers that went away.
 #![forbid(unsafe_code)]
 
-pub mod api;
 pub mod attach;
 pub mod control;
 pub mod dataplane;
 pub mod dataplane_msg;
 pub mod dns;
-pub mod dns_api;
 pub mod docker;
+pub mod engine;
 pub mod fastdp;
 pub mod host;
 pub mod hostnet;
-pub mod ipam_api;
+pub mod http;
 pub mod metrics;
 pub mod secrets;
+pub mod service;
 pub mod state;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -90,7 +90,7 @@ pub struct Config {
     /// Use the kernel's VXLAN fast path where it works (`--no-fastdp` turns it off).
     pub fastdp: bool,
     /// The Docker proxy and plugin; `None`: no Docker integration (`--docker-api ""`).
-    pub docker: Option<docker::DockerSettings>,
+    pub docker: Option<engine::DockerSettings>,
 }
 
 #[derive(Clone, Debug)]
@@ -296,7 +296,7 @@ pub async fn run(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Result<(),
     } else {
         cfg.peers.clone()
     };
-    let resolved = api::resolve_peers(&targets, cfg.port)
+    let resolved = service::resolve_peers(&targets, cfg.port)
         .await
         .map_err(|e| DaemonError::Config(e.join("; ")))?;
     state.save_json(TARGETS_FILE, &targets)?;
@@ -513,16 +513,24 @@ pub async fn run(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Result<(),
             Some((icfg, persisted))
         }
     };
+    let host_ops: Arc<dyn weft_linux::host::HostOps> =
+        weft_linux::host::LinuxHost::new(host.netlink.clone());
     let attacher = Arc::new(attach::Attacher::new(
-        host.netlink.clone(),
+        host_ops.clone(),
+        Some(host.netlink.clone()),
         host.bridge.index,
         mtu,
         state.clone(),
     )?);
     // Docker: without an engine the router runs all the same, and says so.
-    let docker = docker::Startup::connect(cfg.docker.as_ref(), name.to_string())
-        .await
-        .map_err(DaemonError::Config)?;
+    let mut docker = engine::Startup::connect(cfg.docker.as_ref(), name.to_string()).await;
+    let proxy_listeners = match (&docker.engine, &cfg.docker) {
+        (Some(engine), Some(settings)) => {
+            http::docker_proxy::bind(settings, engine, &mut docker.status)
+                .map_err(DaemonError::Config)?
+        }
+        _ => Vec::new(),
+    };
     let dns_domain = cfg
         .dns
         .as_ref()
@@ -550,7 +558,7 @@ pub async fn run(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Result<(),
             held.extend(
                 exposed
                     .into_iter()
-                    .map(|n| (api::EXPOSE_IDENT.to_string(), n)),
+                    .map(|n| (service::EXPOSE_IDENT.to_string(), n)),
             );
         }
         node.ipam_reclaim(Instant::now(), held);
@@ -569,7 +577,7 @@ pub async fn run(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Result<(),
     if cfg.resume {
         let known: Vec<String> = state.load_json(KNOWN_PEERS_FILE).unwrap_or_default();
         // Unresolvable ones are skipped: they were addresses, and gossip finds the rest.
-        if let Ok(extra) = api::resolve_peers(&known, cfg.port).await {
+        if let Ok(extra) = service::resolve_peers(&known, cfg.port).await {
             for e in extra {
                 if !dial.iter().any(|d| d.1 == e.1) {
                     dial.push(e);
@@ -622,8 +630,14 @@ pub async fn run(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Result<(),
         Some(devices) => {
             let (plan_tx, plan_rx) = watch::channel(Arc::default());
             control = control.with_fastdp(plan_tx);
+            let kernel = fastdp::Reconciler::new(
+                host_ops.clone(),
+                host.bridge.index,
+                devices.vx.index,
+                tap_index,
+            );
             Some(fastdp::FastDpTask {
-                nl: nl.clone(),
+                kernel,
                 devices,
                 local: name,
                 bridge_index: host.bridge.index,
@@ -633,12 +647,11 @@ pub async fn run(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Result<(),
                 control: ctl_tx.clone(),
                 dataplane: dp_tx.clone(),
                 attacher: attacher.clone(),
-                departed: Default::default(),
             })
         }
         None => None,
     };
-    let app = Arc::new(api::App {
+    let service = service::Service::new(service::Parts {
         version: VERSION.to_string(),
         control: ctl_tx.clone(),
         dataplane: dp_tx.clone(),
@@ -659,17 +672,40 @@ pub async fn run(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Result<(),
         firewall,
     });
 
-    app.attacher.restore_ports().await;
+    service.attacher.restore_ports().await;
     let mut tasks = tokio::task::JoinSet::new();
     {
         // Names of containers attached before a restart come back once the router runs.
-        let app = app.clone();
-        tasks.spawn(async move { api::reregister(&app).await });
+        let service = service.clone();
+        tasks.spawn(async move { service.reregister().await });
     }
-    docker
-        .serve(&app, &host, mtu, &mut tasks, &shutdown)
-        .await
-        .map_err(DaemonError::Config)?;
+    if let Some(engine) = docker.engine.clone() {
+        let proxy = Arc::new(http::docker_proxy::Proxy {
+            service: service.clone(),
+            engine: engine.clone(),
+        });
+        for l in proxy_listeners {
+            tasks.spawn(http::docker_proxy::serve(
+                proxy.clone(),
+                l,
+                shutdown.clone(),
+            ));
+        }
+        if let Some(sock) = &engine.settings.plugin_socket {
+            let p = http::plugin::Plugin::new(service.clone());
+            http::plugin::serve(p, sock, shutdown.clone())
+                .await
+                .map_err(DaemonError::Config)?;
+            // Docker calls back into the plugin to make it: not on the start-up path.
+            let engine = engine.clone();
+            tasks.spawn(async move { engine::ensure_plugin_network(&engine).await });
+        }
+        tasks.spawn(docker::watch_events(
+            service.clone(),
+            engine,
+            shutdown.clone(),
+        ));
+    }
     if let Some((_, mut server)) = dns {
         let mut sd = shutdown.clone();
         tasks.spawn(async move {
@@ -695,9 +731,9 @@ pub async fn run(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Result<(),
     for (listener, metrics_only) in extra_http {
         let mut sd = shutdown.clone();
         let routes = if metrics_only {
-            api::metrics_router(app.clone())
+            http::metrics_router(service.clone())
         } else {
-            api::read_only_router(app.clone())
+            http::read_only_router(service.clone())
         };
         tasks.spawn(async move {
             let serve = axum::serve(listener, routes).with_graceful_shutdown(async move {
@@ -710,7 +746,7 @@ pub async fn run(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Result<(),
     }
     {
         let mut sd = shutdown.clone();
-        let app_router = api::router(app.clone());
+        let app_router = http::router(service.clone());
         tasks.spawn(async move {
             let serve = axum::serve(http, app_router).with_graceful_shutdown(async move {
                 let _ = sd.changed().await;
@@ -722,15 +758,15 @@ pub async fn run(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Result<(),
     }
     {
         let mut sd = shutdown.clone();
-        let app = app.clone();
+        let service = service.clone();
         tasks.spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
             loop {
                 tokio::select! {
                     _ = tick.tick() => {
                         let gone = attacher.reap().await;
-                        api::release_gone(&app, gone).await;
-                        api::release_dead(&app).await;
+                        service.release_gone(gone).await;
+                        service.release_dead().await;
                     }
                     _ = sd.changed() => return,
                 }
@@ -750,7 +786,7 @@ pub async fn run(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Result<(),
     })
     .await;
     let _ = std::fs::remove_file(&pid_file);
-    for a in &app.docker_status.proxy_addrs {
+    for a in &service.docker_status.proxy_addrs {
         if let Some(p) = a.strip_prefix("unix://") {
             let _ = std::fs::remove_file(p);
         }

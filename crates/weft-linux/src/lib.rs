@@ -10,6 +10,7 @@
 
 pub mod arp;
 pub mod fdb;
+pub mod host;
 pub mod iptables;
 pub mod netlink;
 pub mod netns;

@@ -307,7 +307,7 @@ pub struct RouterArgs {
     #[arg(long, env = "WEFT_METRICS_ADDR", default_value = "")]
     metrics_addr: String,
     /// The Docker Engine's API ("" turns the Docker proxy and plugin off).
-    #[arg(long, env = "WEFT_DOCKER_API", default_value = weft_daemon::docker::DEFAULT_DOCKER_API)]
+    #[arg(long, env = "WEFT_DOCKER_API", default_value = weft_daemon::engine::DEFAULT_DOCKER_API)]
     docker_api: String,
     /// Serve the Docker API proxy (`--proxy=false` turns it off).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
@@ -539,7 +539,7 @@ impl RouterArgs {
     fn docker(
         &self,
         run_dir: &std::path::Path,
-    ) -> Result<Option<weft_daemon::docker::DockerSettings>> {
+    ) -> Result<Option<weft_daemon::engine::DockerSettings>> {
         if self.docker_api.trim().is_empty() {
             return Ok(None);
         }
@@ -549,7 +549,7 @@ impl RouterArgs {
                 .context("finding the weft executable")?
                 .with_file_name("weft-wait"),
         };
-        weft_daemon::docker::rewrite::hostname_match(
+        weft_daemon::engine::rewrite::hostname_match(
             &self.hostname_match,
             &self.hostname_replacement,
         )
@@ -560,7 +560,7 @@ impl RouterArgs {
             (true, false) => self.proxy_listen.clone(),
         };
         let proxy_tls = self.proxy_tls(&proxy_listen)?;
-        Ok(Some(weft_daemon::docker::DockerSettings {
+        Ok(Some(weft_daemon::engine::DockerSettings {
             api: self.docker_api.clone(),
             proxy_listen,
             plugin_socket: self.plugin.then(|| self.plugin_socket.clone()),
@@ -586,8 +586,8 @@ impl RouterArgs {
     fn proxy_tls(
         &self,
         listen: &[String],
-    ) -> Result<Option<weft_daemon::docker::tls::TlsSettings>> {
-        use weft_daemon::docker::tls::{self, TlsSettings};
+    ) -> Result<Option<weft_daemon::engine::tls::TlsSettings>> {
+        use weft_daemon::engine::tls::{self, TlsSettings};
         let tcp: Vec<&str> = listen
             .iter()
             .filter_map(|a| a.strip_prefix("tcp://"))
@@ -605,7 +605,7 @@ impl RouterArgs {
                 self.tlskey.clone(),
             ))
         } else if !self.no_detect_tls && !tcp.is_empty() {
-            let socket = weft_daemon::docker::socket_path(&self.docker_api);
+            let socket = weft_daemon::engine::socket_path(&self.docker_api);
             tls::detect(socket.as_deref())
         } else {
             None

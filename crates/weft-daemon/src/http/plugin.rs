@@ -29,39 +29,25 @@ use ipnet::Ipv4Net;
 use serde_json::{Value, json};
 use tokio::sync::Mutex;
 use tracing::{info, warn};
-use weft_core::ipam::IpamError;
-use weft_linux::netlink::{LinkConfig, Netlink};
-use weft_linux::netns::Netns;
-use weft_proto::Mac;
 
-use crate::api::App;
-use crate::control::IpamCmd;
-use crate::ipam_api::ipam;
+use crate::engine::MULTICAST_OPTIONS;
+use crate::service::Service;
 
 const CONTENT_TYPE: &str = "application/vnd.docker.plugins.v1.2+json";
-pub const MULTICAST_OPTIONS: [&str; 2] = ["weft.multicast", "works.weave.multicast"];
 
 pub struct Plugin {
-    pub app: Arc<App>,
-    pub nl: Netlink,
-    pub bridge_index: u32,
-    pub mtu: u32,
+    pub service: Service,
 }
 
 impl Plugin {
-    pub fn new(app: Arc<App>, nl: Netlink, bridge_index: u32, mtu: u32) -> Arc<Plugin> {
-        Arc::new(Plugin {
-            app,
-            nl,
-            bridge_index,
-            mtu,
-        })
+    pub fn new(service: Service) -> Arc<Plugin> {
+        Arc::new(Plugin { service })
     }
 
     /// Networks created through us, with whether containers get the multicast route.
     fn networks(&self) -> &Mutex<HashMap<String, bool>> {
         &self
-            .app
+            .service
             .docker
             .as_ref()
             .expect("the plugin runs only with Docker")
@@ -163,14 +149,6 @@ pub async fn serve(
     Ok(())
 }
 
-/// The driver's name: the socket's file name without `.sock`.
-pub fn driver_name(socket: &Path) -> String {
-    socket
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "weft".into())
-}
-
 async fn activate() -> Response {
     reply(json!({ "Implements": ["NetworkDriver", "IpamDriver"] }))
 }
@@ -239,7 +217,9 @@ async fn create_endpoint(State(p): S, ConnectInfo(peer): ConnectInfo<Peer>, b: B
         .map(str::to_string);
     let (host_if, cont_if) = veth_names(eid);
     match p
-        .make_veth(&host_if, &cont_if, given_mac.as_deref(), peer.pid)
+        .service
+        .attacher
+        .plugin_endpoint(&host_if, &cont_if, given_mac.as_deref(), peer.pid)
         .await
     {
         Ok(mac) => {
@@ -254,61 +234,10 @@ async fn create_endpoint(State(p): S, ConnectInfo(peer): ConnectInfo<Peer>, b: B
     }
 }
 
-impl Plugin {
-    async fn make_veth(
-        &self,
-        host_if: &str,
-        cont_if: &str,
-        mac: Option<&str>,
-        docker_pid: Option<i32>,
-    ) -> Result<String, String> {
-        let mac = match mac {
-            Some(m) => m.parse::<Mac>().map_err(|e| format!("MAC {m}: {e}"))?,
-            None => Mac::from_random(crate::random_u64()),
-        };
-        let (host, peer) =
-            crate::attach::bridged_veth(&self.nl, self.bridge_index, host_if, cont_if, self.mtu)
-                .await
-                .map_err(|e| e.to_string())?;
-        let r = async {
-            self.nl
-                .configure(
-                    peer.index,
-                    LinkConfig {
-                        mac: Some(mac.0),
-                        mtu: Some(self.mtu),
-                        ..Default::default()
-                    },
-                )
-                .await?;
-            // Docker takes the container end from its own namespace.
-            if let Some(pid) = docker_pid {
-                let theirs = Netns::open(Path::new(&format!("/proc/{pid}/ns/net")))?;
-                let ours = Netns::current()?;
-                if theirs.id()? != ours.id()? {
-                    self.nl
-                        .move_to_netns(peer.index, std::os::fd::AsRawFd::as_raw_fd(theirs.file()))
-                        .await?;
-                }
-            }
-            Ok::<(), weft_linux::Error>(())
-        }
-        .await;
-        if let Err(e) = r {
-            let _ = self.nl.delete_link(host.index).await;
-            return Err(e.to_string());
-        }
-        Ok(mac.to_string())
-    }
-}
-
 async fn delete_endpoint(State(p): S, b: Bytes) -> Response {
     let req = body(&b);
     let (host_if, _) = veth_names(text(&req, "EndpointID"));
-    if let Ok(Some(l)) = p.nl.link_by_name(&host_if).await
-        && let Err(e) = p.nl.delete_link(l.index).await
-        && !e.is_no_device()
-    {
+    if let Err(e) = p.service.attacher.remove_plugin_endpoint(&host_if).await {
         return err(format!("deleting {host_if}: {e}"));
     }
     empty().await
@@ -370,7 +299,7 @@ async fn request_pool(State(p): S, b: Bytes) -> Response {
     if req.get("V6").and_then(Value::as_bool) == Some(true) {
         return err("weft's IPAM driver has no IPv6 pools");
     }
-    if !p.app.ipam_enabled {
+    if !p.service.ipam_enabled {
         return err("IP address allocation is disabled on this router (--ipalloc-range \"\")");
     }
     let parse = |k: &str| -> Result<Option<Ipv4Net>, String> {
@@ -386,7 +315,7 @@ async fn request_pool(State(p): S, b: Bytes) -> Response {
         (Ok(p), Ok(s)) => (p, s),
         (Err(e), _) | (_, Err(e)) => return err(e),
     };
-    let pool = pool.unwrap_or(p.app.default_subnet);
+    let pool = pool.unwrap_or(p.service.default_subnet);
     let gateway = Ipv4Net::new(pool.network(), pool.prefix_len()).expect("valid prefix");
     reply(json!({
         "PoolID": pool_id(pool, sub),
@@ -418,34 +347,21 @@ async fn request_address(State(p): S, b: Bytes) -> Response {
     let r = match asked {
         Some(ip) => {
             let net = Ipv4Net::new(ip, pool.prefix_len()).expect("valid prefix");
-            ipam(&p.app, |reply| IpamCmd::Claim {
-                ident: format!("weft:plugin:{ip}"),
-                net,
-                reply,
-            })
-            .await
+            p.service
+                .claim_exact(format!("weft:plugin:{ip}"), net)
+                .await
         }
         None => {
             let ident = format!("weft:plugin:{:016x}", crate::random_u64());
-            ipam(&p.app, |reply| IpamCmd::Allocate {
-                ident,
-                subnet: Some(sub.unwrap_or(pool)),
-                reply,
-            })
-            .await
+            p.service.allocate(ident, Some(sub.unwrap_or(pool))).await
         }
     };
     match r {
-        Ok(Ok(net)) => reply(json!({
+        Ok(net) => reply(json!({
             "Address": format!("{}/{}", net.addr(), pool.prefix_len())
         })),
-        Ok(Err(e)) => err(ipam_message(e)),
-        Err(e) => err(e.message().to_string()),
+        Err(e) => err(e.to_string()),
     }
-}
-
-fn ipam_message(e: IpamError) -> String {
-    e.to_string()
 }
 
 async fn release_address(State(p): S, b: Bytes) -> Response {
@@ -453,12 +369,7 @@ async fn release_address(State(p): S, b: Bytes) -> Response {
     let Ok(ip) = text(&req, "Address").parse::<Ipv4Addr>() else {
         return empty().await;
     };
-    let _ = ipam(&p.app, |reply| IpamCmd::Release {
-        ident: String::new(),
-        addr: Some(ip),
-        reply,
-    })
-    .await;
+    let _ = p.service.release(String::new(), Some(ip)).await;
     empty().await
 }
 
@@ -492,7 +403,7 @@ mod tests {
         assert!(multicast_option(&on));
         assert!(!multicast_option(&json!({"Options": {}})));
         assert_eq!(
-            driver_name(Path::new("/run/docker/plugins/weft.sock")),
+            crate::engine::plugin_driver_name(Path::new("/run/docker/plugins/weft.sock")),
             "weft"
         );
     }

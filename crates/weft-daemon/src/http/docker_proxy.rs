@@ -3,7 +3,7 @@
 //!
 //! Requests pass through untouched — bodies streamed both ways, long polls without timeouts,
 //! and `attach`/`exec` connection upgrades (101) spliced into a byte pipe — except two:
-//! - `POST /containers/create` of a qualifying container is rewritten ([`super::rewrite`]):
+//! - `POST /containers/create` of a qualifying container is rewritten ([`crate::engine::rewrite`]):
 //!   weft-wait as entrypoint, hostname in the weft domain, weftDNS as resolver;
 //! - `POST /containers/{id}/start` (and `/restart`) is answered only once the container is
 //!   attached; if attaching fails the container is killed and the client gets the reason, so
@@ -25,9 +25,9 @@ use tokio::net::UnixStream;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
-use super::rewrite::{self, CreateSettings};
-use super::{Engine, ensure_attached};
-use crate::api::App;
+use crate::engine::rewrite::{self, CreateSettings};
+use crate::engine::{DockerSettings, DockerStatus, Engine, ROUTER_LABEL, tls};
+use crate::service::Service;
 
 type Body = BoxBody<Bytes, hyper::Error>;
 
@@ -35,7 +35,7 @@ type Body = BoxBody<Bytes, hyper::Error>;
 const MAX_CREATE_BODY: usize = 16 << 20;
 
 pub struct Proxy {
-    pub app: Arc<App>,
+    pub service: Service,
     pub engine: Arc<Engine>,
 }
 
@@ -137,7 +137,7 @@ impl Proxy {
             if !resp.status().is_success() {
                 return resp;
             }
-            return match ensure_attached(&self.app, &self.engine, &id).await {
+            return match self.service.ensure_attached(&id).await {
                 Ok(_) => resp,
                 Err(e) => {
                     warn!(container = %id, "attaching failed, stopping the container: {e}");
@@ -182,7 +182,7 @@ impl Proxy {
             .and_then(Value::as_str)
             .unwrap_or(id)
             .to_string();
-        let Some(a) = self.app.attacher.lookup_ident(&full_id).await else {
+        let Some(a) = self.service.attacher.lookup_ident(&full_id).await else {
             return Response::from_parts(parts, full(bytes));
         };
         let Some(first) = a.cidrs.first() else {
@@ -272,11 +272,11 @@ impl Proxy {
             None
         } else {
             let domain = self
-                .app
+                .service
                 .dns
                 .as_ref()
                 .map(|d| d.config.domain.trim_end_matches('.').to_string());
-            let addr = crate::dns_api::container_facing(&self.app).await;
+            let addr = self.service.container_facing_dns().await;
             match (addr, domain) {
                 (Some(a), Some(d)) => Some((a.ip(), d)),
                 (None, Some(_)) => {
@@ -293,7 +293,7 @@ impl Proxy {
             dns,
             no_multicast_route: s.no_multicast_route,
             hostname_from_label: s.hostname_from_label.clone(),
-            router_label: Some((super::ROUTER_LABEL.into(), self.engine.router.clone())),
+            router_label: Some((ROUTER_LABEL.into(), self.engine.router.clone())),
             hostname_match: self.engine.hostname_match.clone(),
         }
     }
@@ -339,11 +339,11 @@ impl Proxy {
             )
         };
         match &self.engine.addr {
-            super::EngineAddr::Unix(p) => match UnixStream::connect(p).await {
+            crate::engine::EngineAddr::Unix(p) => match UnixStream::connect(p).await {
                 Ok(s) => forward_on(s, req).await,
                 Err(e) => unreachable(e),
             },
-            super::EngineAddr::Tcp(hp) => {
+            crate::engine::EngineAddr::Tcp(hp) => {
                 let s = match tokio::net::TcpStream::connect(hp.as_str()).await {
                     Ok(s) => s,
                     Err(e) => return unreachable(e),
@@ -419,7 +419,7 @@ where
 /// here: anyone who reaches it controls the engine, so anything but loopback is warned about.
 pub fn listen(
     addr: &str,
-    engine: &super::EngineAddr,
+    engine: &crate::engine::EngineAddr,
     tls: Option<std::sync::Arc<rustls::ServerConfig>>,
 ) -> Result<(Listener, String), String> {
     if let Some(hostport) = addr.strip_prefix("tcp://") {
@@ -457,7 +457,7 @@ pub fn listen(
     let l = tokio::net::UnixListener::bind(&path)
         .map_err(|e| format!("listening on {}: {e}", path.display()))?;
     // An engine on TCP has no socket whose mode and owner to copy: the proxy's keeps ours.
-    if let super::EngineAddr::Unix(engine_socket) = engine
+    if let crate::engine::EngineAddr::Unix(engine_socket) = engine
         && let Ok(meta) = std::fs::metadata(engine_socket)
     {
         use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -466,4 +466,37 @@ pub fn listen(
         let _ = std::os::unix::fs::chown(&path, Some(meta.uid()), Some(meta.gid()));
     }
     Ok((Listener::Unix(l), format!("unix://{}", path.display())))
+}
+
+/// Binds every proxy address of `settings` (with TLS where configured), recording what is
+/// listened on in `status`; an address that cannot be bound is an error.
+pub fn bind(
+    settings: &DockerSettings,
+    engine: &Engine,
+    status: &mut DockerStatus,
+) -> Result<Vec<Listener>, String> {
+    let tls = settings
+        .proxy_tls
+        .as_ref()
+        .map(tls::TlsSettings::server_config)
+        .transpose()?;
+    let mut listeners = Vec::new();
+    for addr in &settings.proxy_listen {
+        let (l, shown) = listen(addr, &engine.addr, tls.clone())?;
+        status.proxy_addrs.push(shown);
+        listeners.push(l);
+    }
+    if !settings.wait_binary.is_file() && !settings.proxy_listen.is_empty() {
+        warn!(
+            "weft-wait is missing at {}: containers created through the Docker proxy will not start (build it with scripts/build-wait.sh, or give --wait-binary)",
+            settings.wait_binary.display()
+        );
+    }
+    info!(
+        api = %settings.api,
+        proxy = ?status.proxy_addrs,
+        plugin = ?status.plugin_driver,
+        "Docker integration on"
+    );
+    Ok(listeners)
 }

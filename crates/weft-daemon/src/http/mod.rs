@@ -1,0 +1,147 @@
+//! Every HTTP server the daemon runs, each a thin adapter over the [`Service`]: weft's own API
+//! (default `127.0.0.1:6784`: status text in Weave's layouts, the JSON report, metrics, and
+//! the control endpoints the CLI and the CNI plugin use), the Docker API proxy, and the Docker
+//! network plugin. Requests are parsed here, answered by the service, and its errors become
+//! HTTP statuses in one place ([`ApiError`]'s `From<ServiceError>`).
+//!
+//! weft's API answers errors with a status code and a one-line plain-text reason that the CLI
+//! prints as is, so every message must say what went wrong and, where it can, what to do.
+
+mod api;
+mod dns;
+pub mod docker_proxy;
+mod ipam;
+pub mod plugin;
+
+use axum::Router as Http;
+use axum::body::Bytes;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use weft_core::ipam::IpamError;
+
+use crate::attach::AttachError;
+use crate::service::{Service, ServiceError};
+
+pub use api::{metrics_router, read_only_router};
+
+/// weft's whole API: read-only parts, controls, IP allocation and DNS.
+pub fn router(service: Service) -> Http {
+    api::routes()
+        .merge(ipam::routes())
+        .merge(dns::routes())
+        .with_state(service)
+}
+
+/// An error answer: a status and a one-line reason.
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+impl ApiError {
+    fn bad_request(message: impl Into<String>) -> Self {
+        ApiError {
+            status: StatusCode::BAD_REQUEST,
+            message: message.into(),
+        }
+    }
+
+    fn not_found(message: impl Into<String>) -> Self {
+        ApiError {
+            status: StatusCode::NOT_FOUND,
+            message: message.into(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut body = self.message;
+        body.push('\n');
+        (self.status, body).into_response()
+    }
+}
+
+/// What each service error means in HTTP: the one place that decides.
+pub fn status_of(e: &ServiceError) -> StatusCode {
+    match e {
+        ServiceError::Invalid(_) | ServiceError::IpamDisabled | ServiceError::Name(_) => {
+            StatusCode::BAD_REQUEST
+        }
+        ServiceError::NotFound(_) | ServiceError::DnsDisabled => StatusCode::NOT_FOUND,
+        ServiceError::Conflict(_) | ServiceError::Password(_) => StatusCode::CONFLICT,
+        ServiceError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+        ServiceError::Ipam(e) => match e {
+            IpamError::InUse { .. } | IpamError::OwnedByPeer { .. } | IpamError::Cancelled => {
+                StatusCode::CONFLICT
+            }
+            IpamError::OutOfRange { .. } | IpamError::InvalidSubnet(_) => StatusCode::BAD_REQUEST,
+            IpamError::Timeout { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            IpamError::Refused(_) => StatusCode::NOT_FOUND,
+        },
+        ServiceError::RmPeer(_) => StatusCode::BAD_REQUEST,
+        ServiceError::Attach(e) => match e {
+            AttachError::NotFound(_) => StatusCode::NOT_FOUND,
+            AttachError::Invalid(_) => StatusCode::BAD_REQUEST,
+            AttachError::Conflict(_) => StatusCode::CONFLICT,
+            AttachError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        },
+        ServiceError::Firewall(_) | ServiceError::HostsFile { .. } => {
+            StatusCode::INTERNAL_SERVER_ERROR
+        }
+    }
+}
+
+impl From<ServiceError> for ApiError {
+    fn from(e: ServiceError) -> Self {
+        ApiError {
+            status: status_of(&e),
+            message: e.to_string(),
+        }
+    }
+}
+
+fn json_body<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("bad request body: {e}")))
+}
+
+/// `key=value` from the query string or a form body (the query first), as Weave's API reads.
+fn form_value(query: Option<String>, body: &Bytes, key: &str) -> Option<String> {
+    for part in [
+        query.unwrap_or_default(),
+        String::from_utf8_lossy(body).into_owned(),
+    ] {
+        let pairs: Vec<(String, String)> = serde_urlencoded::from_str(&part).unwrap_or_default();
+        if let Some((_, v)) = pairs.into_iter().find(|(k, _)| k == key) {
+            return Some(v);
+        }
+    }
+    None
+}
+
+fn no_content() -> Response {
+    StatusCode::NO_CONTENT.into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn service_errors_keep_their_statuses() {
+        let cases = [
+            (ServiceError::Invalid("x".into()), 400),
+            (ServiceError::NotFound("x".into()), 404),
+            (ServiceError::Conflict("x".into()), 409),
+            (ServiceError::DnsDisabled, 404),
+            (ServiceError::IpamDisabled, 400),
+            (ServiceError::ShuttingDown, 503),
+            (ServiceError::Password("x".into()), 409),
+            (ServiceError::Firewall("x".into()), 500),
+        ];
+        for (e, code) in cases {
+            assert_eq!(status_of(&e).as_u16(), code, "{e}");
+        }
+    }
+}
