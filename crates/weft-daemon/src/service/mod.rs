@@ -15,6 +15,8 @@ mod docker;
 mod mesh;
 mod names;
 mod report;
+#[cfg(test)]
+mod tests;
 
 use std::sync::Arc;
 
