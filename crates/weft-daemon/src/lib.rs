@@ -148,9 +148,15 @@ impl Default for IpamSettings {
 }
 
 impl Config {
-    /// Every problem with the configuration at once, found without touching the host: run
-    /// starts with this, so a bad flag never leaves a bridge, a rule or a state file behind.
-    pub fn validate(&self) -> Result<(), DaemonError> {
+    /// The first of the three steps of a start (then [`Listeners::bind`], then [`run_with`]):
+    /// every problem with the configuration at once, found without touching the host, so a
+    /// bad flag never leaves a bridge, a rule or a state file behind.
+    pub fn validate(self) -> Result<Valid, DaemonError> {
+        self.check().map(|()| Valid(self))
+    }
+
+    /// As [`Config::validate`], keeping the configuration.
+    pub fn check(&self) -> Result<(), DaemonError> {
         let mut problems = Vec::new();
         if self.resume && !self.peers.is_empty() {
             problems.push(
@@ -284,9 +290,100 @@ pub fn random_u64() -> u64 {
     u64::from_ne_bytes(b)
 }
 
-/// Runs the router until `shutdown` becomes true.
-pub async fn run(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Result<(), DaemonError> {
-    cfg.validate()?;
+/// A configuration [`Config::validate`] accepted: the only kind a router runs with.
+#[derive(Debug)]
+pub struct Valid(Config);
+
+impl Valid {
+    pub fn config(&self) -> &Config {
+        &self.0
+    }
+}
+
+/// The sockets a router serves, bound before anything on the host changes: an address in use
+/// (another router running) fails the start with nothing to undo. Ports 0 take any free port
+/// (tests running routers side by side).
+pub struct Listeners {
+    control: TcpListener,
+    sleeve: Arc<UdpSocket>,
+    http: TcpListener,
+    /// `--status-addr` and `--metrics-addr` (true: metrics only).
+    extra_http: Vec<(TcpListener, bool)>,
+}
+
+impl Listeners {
+    pub async fn bind(valid: &Valid) -> Result<Listeners, DaemonError> {
+        let cfg = valid.config();
+        let bind_ip = cfg.host.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+        let control_addr = SocketAddr::new(bind_ip, cfg.port);
+        let control = TcpListener::bind(control_addr)
+            .await
+            .map_err(io_err(format!(
+                "listening on TCP {control_addr} (is another weft router running here?)"
+            )))?;
+        // The sleeve shares the control port's number, as Weave's did (6783 on TCP and UDP).
+        let sleeve_addr = control.local_addr().unwrap_or(control_addr);
+        let udp = weft_linux::udp::bind_sleeve(sleeve_addr)?;
+        let sleeve = Arc::new(
+            UdpSocket::from_std(udp).map_err(io_err(format!("registering UDP {sleeve_addr}")))?,
+        );
+        let http = TcpListener::bind(cfg.http_addr)
+            .await
+            .map_err(io_err(format!("listening on HTTP {}", cfg.http_addr)))?;
+        let mut extra_http = Vec::new();
+        for (addr, flag, metrics_only) in [
+            (cfg.status_addr, "--status-addr", false),
+            (cfg.metrics_addr, "--metrics-addr", true),
+        ] {
+            if let Some(addr) = addr {
+                let l = TcpListener::bind(addr).await.map_err(io_err(format!(
+                    "listening on {flag} {addr} (give another address, or \"\" to turn it off)"
+                )))?;
+                extra_http.push((l, metrics_only));
+            }
+        }
+        Ok(Listeners {
+            control,
+            sleeve,
+            http,
+            extra_http,
+        })
+    }
+
+    /// Where weft's HTTP API listens.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http.local_addr().ok()
+    }
+
+    /// Where the control port listens.
+    pub fn control_addr(&self) -> Option<SocketAddr> {
+        self.control.local_addr().ok()
+    }
+}
+
+/// Runs the router until `shutdown` becomes true: [`Config::validate`], [`Listeners::bind`],
+/// [`run_with`].
+pub async fn run(cfg: Config, shutdown: watch::Receiver<bool>) -> Result<(), DaemonError> {
+    let valid = cfg.validate()?;
+    let listeners = Listeners::bind(&valid).await?;
+    run_with(valid, listeners, shutdown).await
+}
+
+/// Runs a validated router on bound listeners until `shutdown` becomes true.
+pub async fn run_with(
+    valid: Valid,
+    listeners: Listeners,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), DaemonError> {
+    let cfg = valid.0;
+    let Listeners {
+        control: listener,
+        sleeve: udp,
+        http,
+        extra_http,
+    } = listeners;
+    // The port as bound (the one asked for, or a free one for port 0).
+    let port = listener.local_addr().map_or(cfg.port, |a| a.port());
     let state = StateDir::open(&cfg.state_dir)?;
     std::fs::create_dir_all(&cfg.run_dir)
         .map_err(io_err(format!("creating {}", cfg.run_dir.display())))?;
@@ -358,7 +455,7 @@ pub async fn run(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Result<(),
         host.bridge.index,
         host::FixedSpec {
             bridge: cfg.bridge.clone(),
-            port: cfg.port,
+            port,
             vxlan_port: fastdp::VXLAN_PORT,
             local_only: [Some(cfg.http_addr), cfg.status_addr]
                 .into_iter()
@@ -393,33 +490,6 @@ pub async fn run(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Result<(),
         None
     };
 
-    let bind_ip = cfg.host.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
-    let control_addr = SocketAddr::new(bind_ip, cfg.port);
-    let listener = TcpListener::bind(control_addr)
-        .await
-        .map_err(io_err(format!(
-            "listening on TCP {control_addr} (is another weft router running here?)"
-        )))?;
-    let udp = weft_linux::udp::bind_sleeve(control_addr)?;
-    let udp = Arc::new(
-        UdpSocket::from_std(udp).map_err(io_err(format!("registering UDP {control_addr}")))?,
-    );
-    let http = TcpListener::bind(cfg.http_addr)
-        .await
-        .map_err(io_err(format!("listening on HTTP {}", cfg.http_addr)))?;
-    let mut extra_http = Vec::new();
-    for (addr, flag, metrics_only) in [
-        (cfg.status_addr, "--status-addr", false),
-        (cfg.metrics_addr, "--metrics-addr", true),
-    ] {
-        if let Some(addr) = addr {
-            let l = TcpListener::bind(addr).await.map_err(io_err(format!(
-                "listening on {flag} {addr} (give another address, or \"\" to turn it off)"
-            )))?;
-            extra_http.push((l, metrics_only));
-        }
-    }
-
     let crypto = if cfg.passwords.is_empty() {
         if !cfg.trusted_subnets.is_empty() {
             warn!("--trusted-subnets has no effect without a password: all traffic is unencrypted");
@@ -444,8 +514,8 @@ pub async fn run(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Result<(),
     let router_cfg = RouterConfig {
         name,
         nickname: cfg.nickname.clone(),
-        tcp_port: cfg.port,
-        udp_port: cfg.port,
+        tcp_port: port,
+        udp_port: port,
         conn_limit: cfg.conn_limit,
         discovery: cfg.discovery,
         mtu,
@@ -588,7 +658,7 @@ pub async fn run(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Result<(),
     node.connect(Instant::now(), dial, false);
     info!(
         "weft router {VERSION} starting: peer {name}({}), port {}, overlay MTU {mtu}",
-        cfg.nickname, cfg.port
+        cfg.nickname, port
     );
 
     let dns = match (&cfg.dns, node.dns()) {
@@ -851,7 +921,7 @@ mod validate_tests {
             init: Some("bogus".into()),
             ..IpamSettings::default()
         });
-        let e = c.validate().unwrap_err().to_string();
+        let e = c.check().unwrap_err().to_string();
         for want in [
             "6 problems",
             "--resume",
