@@ -6,7 +6,14 @@
 //! ([`Router::poll_action`]: dial, send bytes, close, send a UDP datagram) and what it wants
 //! known ([`Router::poll_event`]: new data-plane routes, targets to persist, peers gone). It
 //! never reads the clock or does I/O, so the simulator runs hundreds of them deterministically.
+//!
+//! Inside: [`router`] is the endpoint (connections by id, targets, topology, routes);
+//! [`connection`] is one control connection's state machine with its own timer table;
+//! [`gossip`] moves topology updates and the other channels' messages; [`maker`] decides
+//! when to dial; [`secure`] is a connection's crypto.
 
+mod connection;
+mod gossip;
 mod maker;
 mod router;
 pub mod routes;

@@ -1,10 +1,9 @@
 //! [`Router`]: the mesh state machine. See the module doc of [`crate::mesh`].
 //!
-//! Connection life cycle (per TCP connection):
-//! `Dialing` (outbound only) → `Header` (both sides send `weft`+versions) → `Hello` (identities)
-//! → `Ready` (registered; gossip flows; UDP heartbeats start) → *established* once the peer
-//! acknowledges one of our UDP heartbeats over TCP. Only connections that both ends report
-//! established carry data.
+//! The router is the endpoint: it owns the connections (each its own state machine, see
+//! [`super::connection`]), decides what only the endpoint can (duplicates, the connection
+//! limit, which targets to dial), keeps the topology and routes, and moves gossip (see
+//! [`super::gossip`]). Only connections that both ends report established carry data.
 //!
 //! Invariants:
 //! - at most one `Ready` connection per remote peer name (`by_peer`); duplicates are resolved by
@@ -20,12 +19,15 @@ use std::time::{Duration, Instant};
 use tracing::{debug, info, warn};
 use weft_proto::PeerName;
 use weft_proto::control::{
-    self, Channel, ConnectionSummary, ControlMsg, FrameReader, Hello, OverlayMsg, PeerSummary,
-    TopologyUpdate,
+    self, Channel, ConnectionSummary, ControlMsg, Hello, OverlayMsg, PeerSummary, TopologyUpdate,
 };
-use weft_proto::sleeve::{self, Datagram};
+use weft_proto::sleeve::Datagram;
 
 use super::ConnId;
+use super::connection::{
+    Close, Connection, Expired, Identity, MAX_PRE_HELLO_FRAME, Phase, msg_name,
+};
+use super::gossip::{Outbox, merge_entries};
 use super::maker::{Backoff, Target, TargetKey};
 use super::routes::{Graph, Variant};
 use super::status::{
@@ -33,9 +35,6 @@ use super::status::{
 };
 use super::topology::{MAX_NICKNAME_LEN, Topology};
 use crate::rng::Rng;
-
-/// Largest message accepted before the peer has said who it is.
-const MAX_PRE_HELLO_FRAME: usize = 64 * 1024;
 
 #[derive(Clone, Debug)]
 pub struct Timing {
@@ -211,177 +210,47 @@ pub struct DataPlaneTable {
     pub relay_children: BTreeSet<PeerName>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Phase {
-    Dialing,
-    Header,
-    /// Noise handshake (encrypted connections only).
-    Handshake,
-    Hello,
-    Ready,
-}
-
-#[derive(Debug)]
-struct Remote {
-    name: PeerName,
-    nickname: String,
-    conn_uid: u64,
-}
-
-#[derive(Debug)]
-struct Conn {
-    outbound: bool,
-    addr: SocketAddr,
-    phase: Phase,
-    /// Negotiated protocol version, once headers are exchanged.
-    version: u8,
-    reader: FrameReader,
-    our_conn_id: u64,
-    started: Instant,
-    last_rx: Instant,
-    next_heartbeat: Instant,
-    remote: Option<Remote>,
-    target: Option<TargetKey>,
-    ready_at: Instant,
-    /// Where the peer's sleeve is: known at once when we dialled, learned from its first
-    /// heartbeat when it dialled us (which also follows NAT rebinding).
-    udp_addr: Option<SocketAddr>,
-    /// The peer acknowledged one of our UDP heartbeats.
-    established: bool,
-    /// We acknowledged one of the peer's.
-    acked_remote: bool,
-    last_udp_rx: Option<Instant>,
-    next_udp_heartbeat: Instant,
-    last_gossip_request: Option<Instant>,
-    secure: super::secure::Secure,
-}
-
-impl std::fmt::Debug for super::secure::Secure {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Secure")
-            .field("data_encrypted", &self.data_encrypted)
-            .finish_non_exhaustive()
-    }
-}
-
-impl Conn {
-    fn new(outbound: bool, addr: SocketAddr, phase: Phase, now: Instant, conn_id: u64) -> Self {
-        Conn {
-            outbound,
-            addr,
-            phase,
-            version: 0,
-            reader: FrameReader::default(),
-            our_conn_id: conn_id,
-            started: now,
-            last_rx: now,
-            next_heartbeat: now,
-            remote: None,
-            target: None,
-            ready_at: now,
-            udp_addr: None,
-            established: false,
-            acked_remote: false,
-            last_udp_rx: None,
-            next_udp_heartbeat: now,
-            last_gossip_request: None,
-            secure: Default::default(),
-        }
-    }
-
-    fn deadline(&self, t: &Timing) -> Instant {
-        if self.phase != Phase::Ready {
-            return self.started + t.handshake_timeout;
-        }
-        let mut d = self
-            .next_heartbeat
-            .min(self.last_rx + t.read_timeout)
-            .min(self.last_udp_rx.unwrap_or(self.ready_at) + t.udp_heartbeat_timeout);
-        if self.udp_addr.is_some() {
-            d = d.min(self.next_udp_heartbeat);
-        }
-        for t in [self.secure.next_rekey, self.secure.retire_at]
-            .into_iter()
-            .flatten()
-        {
-            d = d.min(t);
-        }
-        d
-    }
-}
-
-/// Why a connection is being closed, which decides what happens to its target.
-enum Close {
-    /// Retry later with backoff.
-    Failure(String),
-    /// Another connection to the same peer won the tie-break; nothing to retry.
-    Duplicate(String),
-    /// Never retry this target.
-    Suspend(String),
-    /// One side refuses the other (e.g. their IP allocation rings differ): retried with
-    /// backoff like a failure, and shown on both sides even without a target.
-    Refused(String),
-}
-
 #[derive(Debug, Default, Clone, Copy)]
-struct Stats {
-    terminations: u64,
+pub(super) struct Stats {
+    pub(super) terminations: u64,
     /// Connections closed for breaking the protocol (bad header, undecodable message...).
-    protocol_errors: u64,
+    pub(super) protocol_errors: u64,
     /// Invalid entries in topology updates, ignored.
-    invalid_entries: u64,
+    pub(super) invalid_entries: u64,
     /// UDP control datagrams that matched no connection or did not decode.
-    udp_unexpected: u64,
-}
-
-/// Topology entries waiting to be sent to one neighbour.
-#[derive(Debug, Default)]
-struct Outbox {
-    gossip: BTreeMap<PeerName, PeerSummary>,
-    /// Per broadcast source.
-    broadcast: BTreeMap<PeerName, BTreeMap<PeerName, PeerSummary>>,
-}
-
-/// Adds `entries` to `pending`, keeping the newer of two entries for one peer.
-fn merge_entries(pending: &mut BTreeMap<PeerName, PeerSummary>, entries: &[PeerSummary]) {
-    for e in entries {
-        match pending.get(&e.name) {
-            Some(p) if (p.version, p.uid) >= (e.version, e.uid) => {}
-            _ => {
-                pending.insert(e.name, e.clone());
-            }
-        }
-    }
+    pub(super) udp_unexpected: u64,
 }
 
 pub struct Router {
-    cfg: RouterConfig,
-    uid: u64,
-    rng: Rng,
-    topology: Topology,
-    conns: BTreeMap<ConnId, Conn>,
-    next_conn: u64,
-    by_peer: BTreeMap<PeerName, ConnId>,
-    targets: BTreeMap<TargetKey, Target>,
-    actions: VecDeque<Action>,
-    events: VecDeque<Event>,
-    broadcast_at: Option<Instant>,
-    next_gossip: Instant,
-    dataplane_at: Option<Instant>,
-    last_dataplane: Option<Arc<DataPlaneTable>>,
-    maker_dirty: bool,
-    maker_wake: Option<Instant>,
-    discovered_gen: Option<u64>,
-    discovery_at: Option<Instant>,
-    outbox: BTreeMap<ConnId, Outbox>,
-    outbox_at: Option<Instant>,
+    pub(super) cfg: RouterConfig,
+    pub(super) uid: u64,
+    /// What our hellos say.
+    pub(super) me: Identity,
+    pub(super) rng: Rng,
+    pub(super) topology: Topology,
+    pub(super) conns: BTreeMap<ConnId, Connection>,
+    pub(super) next_conn: u64,
+    pub(super) by_peer: BTreeMap<PeerName, ConnId>,
+    pub(super) targets: BTreeMap<TargetKey, Target>,
+    pub(super) actions: VecDeque<Action>,
+    pub(super) events: VecDeque<Event>,
+    pub(super) broadcast_at: Option<Instant>,
+    pub(super) next_gossip: Instant,
+    pub(super) dataplane_at: Option<Instant>,
+    pub(super) last_dataplane: Option<Arc<DataPlaneTable>>,
+    pub(super) maker_dirty: bool,
+    pub(super) maker_wake: Option<Instant>,
+    pub(super) discovered_gen: Option<u64>,
+    pub(super) discovery_at: Option<Instant>,
+    pub(super) outbox: BTreeMap<ConnId, Outbox>,
+    pub(super) outbox_at: Option<Instant>,
     /// Gossip broadcast trees by source, valid for one topology generation.
-    trees: (u64, BTreeMap<PeerName, Vec<PeerName>>),
+    pub(super) trees: (u64, BTreeMap<PeerName, Vec<PeerName>>),
     /// Next hops for gossip unicasts, valid for one topology generation.
-    unicast_all: (u64, BTreeMap<PeerName, PeerName>),
+    pub(super) unicast_all: (u64, BTreeMap<PeerName, PeerName>),
     /// Inbound connections that failed recently (shown in status: they have no target).
-    recent_failures: VecDeque<(SocketAddr, String, Instant)>,
-    stats: Stats,
+    pub(super) recent_failures: VecDeque<(SocketAddr, String, Instant)>,
+    pub(super) stats: Stats,
 }
 
 impl Router {
@@ -398,9 +267,17 @@ impl Router {
             connections: Vec::new(),
         };
         let next_gossip = now + rng.jitter(cfg.timing.gossip_interval);
+        let me = Identity {
+            name: cfg.name,
+            nickname: cfg.nickname.clone(),
+            uid,
+            tcp_port: cfg.tcp_port,
+            udp_port: cfg.udp_port,
+        };
         Router {
             cfg,
             uid,
+            me,
             rng,
             topology: Topology::new(local),
             conns: BTreeMap::new(),
@@ -458,8 +335,7 @@ impl Router {
 
     /// When [`Router::handle_timeout`] must next be called.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let t = &self.cfg.timing;
-        let conns = self.conns.values().map(|c| c.deadline(t));
+        let conns = self.conns.values().filter_map(Connection::next_timeout);
         [
             self.broadcast_at,
             Some(self.next_gossip),
@@ -535,9 +411,10 @@ impl Router {
         }
         let id = self.alloc_conn();
         let conn_id = self.rng.nonzero_u64();
-        self.conns
-            .insert(id, Conn::new(false, remote, Phase::Header, now, conn_id));
-        self.send_header(id);
+        let t = &self.cfg.timing;
+        let c = Connection::new(id, false, remote, Phase::Header, now, conn_id, t);
+        c.send_header(self.cfg.crypto.is_some(), &mut self.actions);
+        self.conns.insert(id, c);
         self.after(now);
         Some(id)
     }
@@ -547,10 +424,8 @@ impl Router {
         match result {
             Ok(()) => {
                 if let Some(c) = self.conns.get_mut(&conn) {
-                    c.phase = Phase::Header;
-                    c.started = now;
-                    c.last_rx = now;
-                    self.send_header(conn);
+                    c.handle_dialed(now, &self.cfg.timing);
+                    c.send_header(self.cfg.crypto.is_some(), &mut self.actions);
                 }
             }
             Err(e) => self.close(now, conn, Close::Failure(e), false),
@@ -563,11 +438,16 @@ impl Router {
         let Some(c) = self.conns.get_mut(&conn) else {
             return;
         };
-        c.last_rx = now;
-        c.reader.push(bytes);
+        c.handle_data(now, bytes, &self.cfg.timing);
+        let addr = c.addr;
         if let Err(close) = self.process_conn(now, conn) {
-            if let Close::Failure(_) = &close {
-                self.stats.protocol_errors += 1;
+            match &close {
+                Close::Failure(_) => self.stats.protocol_errors += 1,
+                Close::AuthFailed(why) => {
+                    self.stats.protocol_errors += 1;
+                    self.note_inbound_failure(now, addr, &why.clone());
+                }
+                _ => {}
             }
             self.close(now, conn, close, true);
         }
@@ -604,11 +484,19 @@ impl Router {
         let due: Vec<ConnId> = self
             .conns
             .iter()
-            .filter(|(_, c)| c.deadline(&t) <= now)
+            .filter(|(_, c)| c.next_timeout().is_some_and(|at| at <= now))
             .map(|(id, _)| *id)
             .collect();
         for id in due {
-            self.conn_timers(now, id, &t);
+            let Some(c) = self.conns.get_mut(&id) else {
+                continue;
+            };
+            let crypto = self.cfg.crypto.as_ref();
+            match c.handle_timeout(now, &t, self.cfg.name, crypto, &mut self.actions) {
+                Some(Expired::Close(why)) => self.close(now, id, Close::Failure(why), true),
+                Some(Expired::Keys(keys)) => self.emit_keys(id, keys),
+                None => {}
+            }
         }
         if self.broadcast_at.is_some_and(|at| at <= now) {
             self.broadcast_at = None;
@@ -659,80 +547,24 @@ impl Router {
             let Some(c) = self.conns.get_mut(&id) else {
                 return Ok(());
             };
+            let crypto = self.cfg.crypto.as_ref();
             match c.phase {
                 Phase::Dialing => return Ok(()),
                 Phase::Header => {
-                    let Some(h) = c.reader.take_raw(control::HEADER_LEN) else {
+                    if !c.handle_header(&self.me, crypto, &mut self.actions)? {
                         return Ok(());
-                    };
-                    let header: [u8; control::HEADER_LEN] = h
-                        .try_into()
-                        .expect("take_raw returns exactly HEADER_LEN bytes");
-                    let (version, flags) =
-                        control::negotiate(&header, control::PROTOCOL_MIN, control::PROTOCOL_MAX)
-                            .map_err(|e| Close::Failure(e.to_string()))?;
-                    c.version = version;
-                    let remote_encrypted = flags & control::FLAG_ENCRYPTED != 0;
-                    match (&self.cfg.crypto, remote_encrypted) {
-                        (Some(_), false) => {
-                            return Err(Close::Failure(
-                                "password specified, but the peer requested an unencrypted connection".into(),
-                            ));
-                        }
-                        (None, true) => {
-                            return Err(Close::Failure(
-                                "no password specified, but the peer requested an encrypted connection".into(),
-                            ));
-                        }
-                        (None, false) => {
-                            c.phase = Phase::Hello;
-                            self.send_hello(id);
-                        }
-                        (Some(cr), true) => {
-                            c.phase = Phase::Handshake;
-                            let failed = |e: crate::crypto::CryptoError| {
-                                Close::Failure(format!("handshake: {e}"))
-                            };
-                            if c.outbound {
-                                let (hs, m1) = crate::crypto::Handshake::initiator(
-                                    &cr.static_key,
-                                    &cr.psks[0],
-                                    &cr.entropy,
-                                )
-                                .map_err(failed)?;
-                                c.secure.handshake = Some(hs);
-                                self.send_handshake(id, control::HANDSHAKE_MSG, &m1);
-                            } else {
-                                let hs = crate::crypto::Handshake::responder(
-                                    &cr.static_key,
-                                    &cr.psks,
-                                    &cr.entropy,
-                                )
-                                .map_err(failed)?;
-                                c.secure.handshake = Some(hs);
-                            }
-                        }
                     }
                 }
                 Phase::Handshake => {
-                    let Some(body) = c
-                        .reader
-                        .next_frame(MAX_PRE_HELLO_FRAME)
-                        .map_err(|e| Close::Failure(e.to_string()))?
-                    else {
+                    let Some(body) = c.poll_frame(MAX_PRE_HELLO_FRAME)? else {
                         return Ok(());
                     };
-                    self.on_handshake(now, id, &body)?;
+                    c.handle_handshake(&body, &self.me, crypto, &mut self.actions)?;
                 }
                 Phase::Hello => {
-                    let Some(body) = c
-                        .reader
-                        .next_frame(MAX_PRE_HELLO_FRAME)
-                        .map_err(|e| Close::Failure(e.to_string()))?
-                    else {
+                    let Some(body) = c.poll_frame(MAX_PRE_HELLO_FRAME)? else {
                         return Ok(());
                     };
-                    let body = open(c, body)?;
                     match ControlMsg::decode(&body).map_err(|e| Close::Failure(e.to_string()))? {
                         ControlMsg::Hello(h) => self.on_hello(now, id, h)?,
                         other => {
@@ -744,112 +576,14 @@ impl Router {
                     }
                 }
                 Phase::Ready => {
-                    let Some(body) = c
-                        .reader
-                        .next_frame(control::MAX_FRAME_LEN)
-                        .map_err(|e| Close::Failure(e.to_string()))?
-                    else {
+                    let Some(body) = c.poll_frame(control::MAX_FRAME_LEN)? else {
                         return Ok(());
                     };
-                    let body = open(c, body)?;
                     let msg =
                         ControlMsg::decode(&body).map_err(|e| Close::Failure(e.to_string()))?;
                     self.on_message(now, id, msg)?;
                 }
             }
-        }
-    }
-
-    /// One Noise handshake frame from the peer.
-    fn on_handshake(&mut self, now: Instant, id: ConnId, body: &[u8]) -> Result<(), Close> {
-        let (kind, msg) = body
-            .split_first()
-            .ok_or_else(|| Close::Failure("empty handshake message".into()))?;
-        let c = self
-            .conns
-            .get_mut(&id)
-            .expect("caller holds a live connection");
-        let addr = c.addr;
-        if *kind == control::HANDSHAKE_ERROR {
-            return Err(Close::Failure(
-                "authentication failed: the peer refused our password (every peer needs the same --password)".into(),
-            ));
-        }
-        if *kind != control::HANDSHAKE_MSG {
-            return Err(Close::Failure("malformed handshake message".into()));
-        }
-        let hs = c
-            .secure
-            .handshake
-            .as_mut()
-            .ok_or_else(|| Close::Failure("unexpected handshake message".into()))?;
-        match hs.read(msg) {
-            Err(crate::crypto::CryptoError::AuthFailed) => {
-                // Tell the peer, so both sides can say what is wrong; nothing else is revealed.
-                self.send_handshake(id, control::HANDSHAKE_ERROR, b"authentication failed");
-                self.note_inbound_failure(
-                    now,
-                    addr,
-                    "authentication failed: the peer's password differs from ours",
-                );
-                Err(Close::Failure(
-                    "authentication failed: the peer's password differs from ours".into(),
-                ))
-            }
-            Err(e) => Err(Close::Failure(format!("handshake: {e}"))),
-            Ok(reply) => {
-                let finished = hs.is_finished();
-                if let Some(r) = reply {
-                    self.send_handshake(id, control::HANDSHAKE_MSG, &r);
-                }
-                if finished {
-                    let c = self.conns.get_mut(&id).expect("still live");
-                    let hs = c.secure.handshake.take().expect("checked above");
-                    let keys = hs
-                        .finish()
-                        .map_err(|e| Close::Failure(format!("handshake: {e}")))?;
-                    c.secure.cipher = Some(crate::crypto::ControlCipher::new(&keys));
-                    let psk = self
-                        .cfg
-                        .crypto
-                        .as_ref()
-                        .and_then(|cr| cr.psks.get(keys.psk_index).cloned());
-                    c.secure.handshake_done(keys, psk);
-                    c.phase = Phase::Hello;
-                    self.send_hello(id);
-                }
-                Ok(())
-            }
-        }
-    }
-
-    fn send_handshake(&mut self, id: ConnId, kind: u8, msg: &[u8]) {
-        let mut body = Vec::with_capacity(1 + msg.len());
-        body.push(kind);
-        body.extend_from_slice(msg);
-        self.send_raw(id, control::frame(&body));
-    }
-
-    fn send_hello(&mut self, id: ConnId) {
-        let c = &self.conns[&id];
-        let trusts_you = self.trusts(c.addr);
-        let hello = ControlMsg::Hello(Hello {
-            name: self.cfg.name,
-            nickname: self.cfg.nickname.clone(),
-            uid: self.uid,
-            conn_id: c.our_conn_id,
-            tcp_port: self.cfg.tcp_port,
-            udp_port: self.cfg.udp_port,
-            trusts_you,
-        });
-        self.send_msg(id, &hello);
-    }
-
-    /// Whether we trust a peer at `addr` with unencrypted data.
-    fn trusts(&self, addr: SocketAddr) -> bool {
-        match (&self.cfg.crypto, addr.ip()) {
-            (Some(cr), std::net::IpAddr::V4(ip)) => cr.trusted.iter().any(|n| n.contains(&ip)),
-            _ => false,
         }
     }
 
@@ -881,12 +615,15 @@ impl Router {
                 self.cfg.conn_limit
             )));
         }
-        let c = self.conns.get(&id).expect("caller holds a live connection");
+        let Some(c) = self.conns.get(&id) else {
+            return Ok(());
+        };
         let conn_uid = c.our_conn_id ^ hello.conn_id;
         if let Some(&existing) = self.by_peer.get(&hello.name) {
-            let existing_uid = self.conns[&existing]
-                .remote
-                .as_ref()
+            let existing_uid = self
+                .conns
+                .get(&existing)
+                .and_then(|c| c.remote.as_ref())
                 .map_or(0, |r| r.conn_uid);
             let msg = format!(
                 "multiple connections to {}({}) added to {}",
@@ -902,51 +639,22 @@ impl Router {
             }
             self.close(now, existing, Close::Duplicate(msg), true);
         }
-        let t = &self.cfg.timing;
-        let c = self
-            .conns
-            .get_mut(&id)
-            .expect("caller holds a live connection");
-        let version = c.version;
-        c.remote = Some(Remote {
-            name: hello.name,
-            nickname: hello.nickname.clone(),
-            conn_uid,
-        });
-        c.phase = Phase::Ready;
-        c.ready_at = now;
-        c.next_heartbeat = now + t.heartbeat_interval;
-        c.next_udp_heartbeat = now;
-        if c.outbound {
-            c.udp_addr = Some(SocketAddr::new(c.addr.ip(), hello.udp_port));
-        }
-        let dir = if c.outbound { "->" } else { "<-" };
-        info!(
-            "{dir}[{}|{}({})]: connection ready; using protocol version {version}",
-            c.addr, hello.name, hello.nickname
-        );
-        self.by_peer.insert(hello.name, id);
-        self.note_target_peer(id, hello.name);
+        let Some(c) = self.conns.get_mut(&id) else {
+            return Ok(());
+        };
+        c.handle_ready(now, &hello, conn_uid, &self.cfg.timing);
         // Data keys reach the data plane before anything is sent over UDP.
         if let Some(cr) = &self.cfg.crypto {
-            let c = self
-                .conns
-                .get_mut(&id)
-                .expect("caller holds a live connection");
-            let trusted_pair = cr.trusted.iter().any(|n| match c.addr.ip() {
-                std::net::IpAddr::V4(ip) => n.contains(&ip),
-                std::net::IpAddr::V6(_) => false,
-            }) && hello.trusts_you;
-            if let Some(keys) =
-                c.secure
-                    .start_data(!trusted_pair, c.outbound, now, cr.rekey_interval)
-            {
+            let trusted_pair = super::connection::trusts(Some(cr), c.addr) && hello.trusts_you;
+            if let Some(keys) = c.start_data(!trusted_pair, now, cr.rekey_interval) {
                 self.events.push_back(Event::DataKeys {
                     peer: hello.name,
                     keys,
                 });
             }
         }
+        self.by_peer.insert(hello.name, id);
+        self.note_target_peer(id, hello.name);
         self.local_connections_changed(now);
         self.events.push_back(Event::NeighbourUp(hello.name));
         let full = self.topology.full_update().encode();
@@ -1046,40 +754,25 @@ impl Router {
                 );
             }
             ControlMsg::Overlay(OverlayMsg::HeartbeatAck { conn_uid }) => {
-                let c = self
+                let t = &self.cfg.timing;
+                if self
                     .conns
                     .get_mut(&id)
-                    .expect("caller holds a live connection");
-                let ours = c.remote.as_ref().is_some_and(|r| r.conn_uid == conn_uid);
-                if ours && !c.established {
-                    c.established = true;
-                    c.next_udp_heartbeat = now + self.cfg.timing.udp_slow_heartbeat;
-                    let r = c.remote.as_ref().expect("ready connections have a remote");
-                    info!(
-                        "{}[{}|{}({})]: connection fully established",
-                        if c.outbound { "->" } else { "<-" },
-                        c.addr,
-                        r.name,
-                        r.nickname
-                    );
+                    .is_some_and(|c| c.handle_heartbeat_ack(now, conn_uid, t))
+                {
                     self.local_connections_changed(now);
                 }
             }
             ControlMsg::Rekey { epoch, msg } => {
-                let entropy = self.crypto_entropy()?;
-                let psks = self
-                    .cfg
-                    .crypto
-                    .as_ref()
-                    .map(|c| c.psks.clone())
-                    .unwrap_or_default();
-                let c = self
-                    .conns
-                    .get_mut(&id)
-                    .expect("caller holds a live connection");
+                let cr =
+                    self.cfg.crypto.as_ref().ok_or_else(|| {
+                        Close::Failure("rekey on an unencrypted connection".into())
+                    })?;
+                let Some(c) = self.conns.get_mut(&id) else {
+                    return Ok(());
+                };
                 let (reply, keys) = c
-                    .secure
-                    .on_rekey(epoch, &msg, &psks, &entropy)
+                    .handle_rekey(epoch, &msg, cr)
                     .map_err(|e| match e {
                         crate::crypto::CryptoError::AuthFailed => Close::Failure(
                             "authentication failed: the peer renewed its keys with a password we no longer accept".into(),
@@ -1095,86 +788,28 @@ impl Router {
                     .crypto
                     .as_ref()
                     .map_or(crate::crypto::REKEY_INTERVAL, |c| c.rekey_interval);
-                let c = self
-                    .conns
-                    .get_mut(&id)
-                    .expect("caller holds a live connection");
+                let Some(c) = self.conns.get_mut(&id) else {
+                    return Ok(());
+                };
                 let (done, keys) = c
-                    .secure
-                    .on_rekey_ack(epoch, &msg, now, interval)
+                    .handle_rekey_ack(epoch, &msg, now, interval)
                     .map_err(|e| Close::Failure(format!("rekey: {e}")))?;
                 debug!(epoch, "data keys renewed");
                 self.emit_keys(id, keys);
                 self.send_msg(id, &done);
             }
             ControlMsg::RekeyDone { epoch } => {
-                let c = self
-                    .conns
-                    .get_mut(&id)
-                    .expect("caller holds a live connection");
+                let Some(c) = self.conns.get_mut(&id) else {
+                    return Ok(());
+                };
                 let keys = c
-                    .secure
-                    .on_rekey_done(epoch, now)
+                    .handle_rekey_done(epoch, now)
                     .map_err(|e| Close::Failure(format!("rekey: {e}")))?;
                 debug!(epoch, "data keys renewed");
                 self.emit_keys(id, keys);
             }
         }
         Ok(())
-    }
-
-    fn crypto_entropy(&self) -> Result<crate::crypto::SharedEntropy, Close> {
-        self.cfg
-            .crypto
-            .as_ref()
-            .map(|c| c.entropy.clone())
-            .ok_or_else(|| Close::Failure("rekey on an unencrypted connection".into()))
-    }
-
-    /// Merges a topology update from connection `from`; returns the part that was new.
-    fn apply_topology(
-        &mut self,
-        now: Instant,
-        from: ConnId,
-        update: TopologyUpdate,
-    ) -> TopologyUpdate {
-        let applied = self.topology.apply(update);
-        if applied.invalid > 0 {
-            self.stats.invalid_entries += applied.invalid as u64;
-            warn!(
-                count = applied.invalid,
-                "ignored invalid peer entries in topology update"
-            );
-        }
-        if applied.overrode_stale_self {
-            self.schedule_broadcast(now);
-        }
-        if applied.unknown_referenced {
-            let interval = self.cfg.timing.gossip_request_interval;
-            if let Some(c) = self.conns.get_mut(&from)
-                && c.last_gossip_request.is_none_or(|t| now >= t + interval)
-            {
-                c.last_gossip_request = Some(now);
-                self.send_msg(
-                    from,
-                    &ControlMsg::GossipRequest {
-                        channel: Channel::TOPOLOGY,
-                    },
-                );
-            }
-        }
-        if !applied.improved.is_empty() || applied.overrode_stale_self {
-            self.topology_changed(now);
-        }
-        // Entries that garbage collection dropped at once describe peers nobody reaches any
-        // more; relaying them would only make every other peer add and drop them in turn.
-        let mut improved = applied.improved;
-        improved.retain(|p| {
-            self.topology
-                .get(&p.name)
-                .is_some_and(|q| q.uid == p.uid && q.version == p.version)
-        });
-        TopologyUpdate { peers: improved }
     }
 
     fn on_udp_heartbeat(
@@ -1188,22 +823,15 @@ impl Router {
             self.stats.udp_unexpected += 1;
             return;
         };
-        let c = self
+        let t = &self.cfg.timing;
+        let Some((ack, addr_changed)) = self
             .conns
             .get_mut(&id)
-            .expect("by_peer points at live connections");
-        if c.remote.as_ref().is_none_or(|r| r.conn_uid != conn_uid) {
+            .and_then(|c| c.handle_udp_heartbeat(now, from, conn_uid, t))
+        else {
             self.stats.udp_unexpected += 1;
             return;
-        }
-        c.last_udp_rx = Some(now);
-        let addr_changed = c.udp_addr != Some(from);
-        if addr_changed {
-            c.udp_addr = Some(from);
-            c.next_udp_heartbeat = now;
-        }
-        let ack = !c.acked_remote;
-        c.acked_remote = true;
+        };
         if ack {
             self.send_msg(
                 id,
@@ -1212,78 +840,6 @@ impl Router {
         }
         if addr_changed {
             self.dataplane_changed(now);
-        }
-    }
-
-    fn conn_timers(&mut self, now: Instant, id: ConnId, t: &Timing) {
-        let Some(c) = self.conns.get_mut(&id) else {
-            return;
-        };
-        if c.phase != Phase::Ready {
-            if now >= c.started + t.handshake_timeout {
-                self.close(now, id, Close::Failure("handshake timed out".into()), true);
-            }
-            return;
-        }
-        if now >= c.last_rx + t.read_timeout {
-            let secs = t.read_timeout.as_secs();
-            self.close(
-                now,
-                id,
-                Close::Failure(format!("no message received for {secs}s; connection dead")),
-                true,
-            );
-            return;
-        }
-        if now >= c.last_udp_rx.unwrap_or(c.ready_at) + t.udp_heartbeat_timeout {
-            self.close(
-                now,
-                id,
-                Close::Failure("timed out waiting for UDP heartbeat".into()),
-                true,
-            );
-            return;
-        }
-        if now >= c.next_heartbeat {
-            c.next_heartbeat = now + t.heartbeat_interval;
-            self.send_msg(id, &ControlMsg::Heartbeat);
-        }
-        let c = self.conns.get_mut(&id).expect("still live");
-        if let Some(to) = c.udp_addr
-            && now >= c.next_udp_heartbeat
-        {
-            c.next_udp_heartbeat = now
-                + if c.established {
-                    t.udp_slow_heartbeat
-                } else {
-                    t.udp_fast_heartbeat
-                };
-            let (conn_uid, peer) = c
-                .remote
-                .as_ref()
-                .map_or((0, weft_proto::BROADCAST_PEER), |r| (r.conn_uid, r.name));
-            let bytes = sleeve::encode_heartbeat(self.cfg.name, conn_uid).to_vec();
-            self.actions.push_back(Action::SendUdp { to, peer, bytes });
-        }
-        let c = self.conns.get_mut(&id).expect("still live");
-        if c.secure.next_rekey.is_some_and(|t| now >= t) {
-            let msg = match &self.cfg.crypto {
-                Some(cr) => c.secure.begin_rekey(&cr.psks[0], &cr.entropy),
-                None => Ok(None),
-            };
-            match msg {
-                Ok(Some(m)) => self.send_msg(id, &m),
-                Ok(None) => {}
-                Err(e) => {
-                    self.close(now, id, Close::Failure(format!("rekey: {e}")), true);
-                    return;
-                }
-            }
-        }
-        let c = self.conns.get_mut(&id).expect("still live");
-        if c.secure.retire_at.is_some_and(|t| now >= t) {
-            let keys = c.secure.retire();
-            self.emit_keys(id, keys);
         }
     }
 
@@ -1298,19 +854,15 @@ impl Router {
     }
 
     /// Forgets a connection. `tell_shell`: the socket is still open and must be closed.
-    fn close(&mut self, now: Instant, id: ConnId, why: Close, tell_shell: bool) {
+    pub(super) fn close(&mut self, now: Instant, id: ConnId, why: Close, tell_shell: bool) {
         let Some(c) = self.conns.remove(&id) else {
             return;
         };
         if tell_shell {
             self.actions.push_back(Action::Close { conn: id });
         }
-        let reason = match &why {
-            Close::Failure(r) | Close::Duplicate(r) | Close::Suspend(r) | Close::Refused(r) => {
-                r.clone()
-            }
-        };
-        let dir = if c.outbound { "->" } else { "<-" };
+        let reason = why.reason().to_string();
+        let dir = c.arrow();
         let who = match &c.remote {
             Some(r) if c.phase == Phase::Ready => format!("{}|{}({})", c.addr, r.name, r.nickname),
             _ => c.addr.to_string(),
@@ -1325,7 +877,7 @@ impl Router {
                 && self.by_peer.get(&r.name) == Some(&id)
             {
                 self.by_peer.remove(&r.name);
-                if !c.secure.keys().recv.is_empty() || c.secure.keys().send.is_some() {
+                if !c.secure().keys().recv.is_empty() || c.secure().keys().send.is_some() {
                     self.events.push_back(Event::DataKeys {
                         peer: r.name,
                         keys: Default::default(),
@@ -1358,10 +910,12 @@ impl Router {
                 match why {
                     Close::Duplicate(_) => t.conn = None,
                     Close::Suspend(r) => t.suspend(r),
-                    Close::Failure(r) | Close::Refused(r) if c.phase == Phase::Ready => {
+                    Close::Failure(r) | Close::AuthFailed(r) | Close::Refused(r)
+                        if c.phase == Phase::Ready =>
+                    {
                         t.disconnected(now, c.ready_at, r, &backoff, &mut self.rng)
                     }
-                    Close::Failure(r) | Close::Refused(r) => {
+                    Close::Failure(r) | Close::AuthFailed(r) | Close::Refused(r) => {
                         t.failed(now, r, &backoff, &mut self.rng)
                     }
                 }
@@ -1392,7 +946,7 @@ impl Router {
         }
     }
 
-    fn topology_changed(&mut self, now: Instant) {
+    pub(super) fn topology_changed(&mut self, now: Instant) {
         for gone in self.topology.garbage_collect() {
             info!("Removed unreachable peer {gone}");
             self.events.push_back(Event::PeerRemoved(gone));
@@ -1409,118 +963,10 @@ impl Router {
         }
     }
 
-    fn schedule_broadcast(&mut self, now: Instant) {
+    pub(super) fn schedule_broadcast(&mut self, now: Instant) {
         if self.broadcast_at.is_none() {
             self.broadcast_at = Some(now + self.cfg.timing.broadcast_delay);
         }
-    }
-
-    /// Our children in `src`'s gossip broadcast tree: BFS from `src` over the connections
-    /// each peer reports (any state), neighbours in name order.
-    fn gossip_children(&mut self, src: PeerName) -> Vec<PeerName> {
-        let generation = self.topology.generation();
-        if self.trees.0 != generation {
-            self.trees = (generation, BTreeMap::new());
-        }
-        if let Some(c) = self.trees.1.get(&src) {
-            return c.clone();
-        }
-        let local = self.cfg.name;
-        let mut children = Vec::new();
-        if self.topology.get(&src).is_some() {
-            let mut seen = BTreeSet::from([src]);
-            let mut queue = VecDeque::from([src]);
-            while let Some(p) = queue.pop_front() {
-                let Some(summary) = self.topology.get(&p) else {
-                    continue;
-                };
-                for c in &summary.connections {
-                    if seen.insert(c.peer) {
-                        if p == local {
-                            children.push(c.peer);
-                        }
-                        queue.push_back(c.peer);
-                    }
-                }
-            }
-        }
-        self.trees.1.insert(src, children.clone());
-        children
-    }
-
-    /// Queues topology entries for our children in `src`'s broadcast tree.
-    fn relay_topology(
-        &mut self,
-        now: Instant,
-        src: PeerName,
-        entries: &[PeerSummary],
-        from: Option<ConnId>,
-    ) {
-        for child in self.gossip_children(src) {
-            if let Some(&id) = self.by_peer.get(&child)
-                && Some(id) != from
-            {
-                let ob = self.outbox.entry(id).or_default();
-                merge_entries(ob.broadcast.entry(src).or_default(), entries);
-            }
-        }
-        self.outbox_due(now);
-    }
-
-    fn outbox_due(&mut self, now: Instant) {
-        if !self.outbox.is_empty() && self.outbox_at.is_none() {
-            self.outbox_at = Some(now + self.cfg.timing.gossip_coalesce);
-        }
-    }
-
-    fn flush_outbox(&mut self) {
-        for (id, ob) in std::mem::take(&mut self.outbox) {
-            if !self.conns.get(&id).is_some_and(|c| c.phase == Phase::Ready) {
-                continue;
-            }
-            for (src, entries) in ob.broadcast {
-                let payload = TopologyUpdate {
-                    peers: entries.into_values().collect(),
-                }
-                .encode();
-                self.send_msg(
-                    id,
-                    &ControlMsg::GossipBroadcast {
-                        channel: Channel::TOPOLOGY,
-                        src,
-                        payload,
-                    },
-                );
-            }
-            if !ob.gossip.is_empty() {
-                let payload = TopologyUpdate {
-                    peers: ob.gossip.into_values().collect(),
-                }
-                .encode();
-                self.send_msg(
-                    id,
-                    &ControlMsg::Gossip {
-                        channel: Channel::TOPOLOGY,
-                        payload,
-                    },
-                );
-            }
-        }
-    }
-
-    /// A random subset of connected neighbours for gossip: about 2·log2(peers) of them.
-    fn random_neighbours(&mut self, exclude: Option<ConnId>) -> Vec<ConnId> {
-        let mut ids: Vec<ConnId> = self
-            .by_peer
-            .values()
-            .copied()
-            .filter(|id| Some(*id) != exclude)
-            .collect();
-        let n = self.topology.len().max(2) as f64;
-        let k = ((2.0 * n.log2()).ceil() as usize).max(2);
-        self.rng.shuffle(&mut ids);
-        ids.truncate(k);
-        ids
     }
 
     fn compute_dataplane(&self) -> DataPlaneTable {
@@ -1596,7 +1042,7 @@ impl Router {
     }
 
     /// Runs pending bookkeeping at the end of every input.
-    fn after(&mut self, now: Instant) {
+    pub(super) fn after(&mut self, now: Instant) {
         if self.maker_dirty {
             self.maker_dirty = false;
             self.run_maker(now);
@@ -1711,7 +1157,15 @@ impl Router {
             let addr = t.addr;
             let id = self.alloc_conn();
             let conn_id = self.rng.nonzero_u64();
-            let mut c = Conn::new(true, addr, Phase::Dialing, now, conn_id);
+            let mut c = Connection::new(
+                id,
+                true,
+                addr,
+                Phase::Dialing,
+                now,
+                conn_id,
+                &self.cfg.timing,
+            );
             c.target = Some(key.clone());
             self.conns.insert(id, c);
             self.targets.get_mut(&key).expect("key from map").conn = Some(id);
@@ -1719,98 +1173,6 @@ impl Router {
             self.actions.push_back(Action::Dial { conn: id, addr });
         }
         self.maker_wake = wake;
-    }
-
-    // ---- gossip channels other than topology ---------------------------------------------
-
-    fn remote_name(&self, id: ConnId) -> PeerName {
-        self.conns
-            .get(&id)
-            .and_then(|c| c.remote.as_ref())
-            .map_or(weft_proto::BROADCAST_PEER, |r| r.name)
-    }
-
-    /// Broadcasts `payload` from us to every peer (along our tree).
-    pub fn broadcast(&mut self, channel: Channel, payload: Vec<u8>) {
-        let src = self.cfg.name;
-        self.relay_broadcast(channel, src, payload, None);
-    }
-
-    /// Passes a broadcast from `src` on to our children in its tree (not back to `from`).
-    pub fn relay_broadcast(
-        &mut self,
-        channel: Channel,
-        src: PeerName,
-        payload: Vec<u8>,
-        from: Option<PeerName>,
-    ) {
-        let body = ControlMsg::GossipBroadcast {
-            channel,
-            src,
-            payload,
-        }
-        .encode_body();
-        for child in self.gossip_children(src) {
-            if Some(child) == from {
-                continue;
-            }
-            if let Some(&id) = self.by_peer.get(&child) {
-                self.send_body(id, body.clone());
-            }
-        }
-    }
-
-    /// Sends `payload` to `dst`, hop by hop. Returns false if there is no route.
-    pub fn unicast(&mut self, channel: Channel, dst: PeerName, payload: Vec<u8>) -> bool {
-        let src = self.cfg.name;
-        self.send_unicast(ControlMsg::GossipUnicast {
-            channel,
-            src,
-            dst,
-            payload,
-        })
-    }
-
-    fn send_unicast(&mut self, msg: ControlMsg) -> bool {
-        let ControlMsg::GossipUnicast { dst, .. } = &msg else {
-            return false;
-        };
-        let dst = *dst;
-        let hop = if self.by_peer.contains_key(&dst) {
-            Some(dst)
-        } else {
-            let generation = self.topology.generation();
-            if self.unicast_all.0 != generation {
-                let g = Graph::from_topology(&self.topology, Variant::All);
-                self.unicast_all = (generation, g.unicast_from(self.cfg.name));
-            }
-            self.unicast_all.1.get(&dst).copied()
-        };
-        match hop.and_then(|h| self.by_peer.get(&h)).copied() {
-            Some(id) => {
-                self.send_msg(id, &msg);
-                true
-            }
-            None => {
-                debug!(%dst, "no route for a gossip unicast; dropped");
-                false
-            }
-        }
-    }
-
-    /// Sends `payload` on `channel` to one neighbour.
-    pub fn gossip_to(&mut self, peer: PeerName, channel: Channel, payload: Vec<u8>) {
-        if let Some(&id) = self.by_peer.get(&peer) {
-            self.send_msg(id, &ControlMsg::Gossip { channel, payload });
-        }
-    }
-
-    /// Sends `payload` on `channel` to a few random neighbours (periodic gossip).
-    pub fn gossip_random(&mut self, channel: Channel, payload: Vec<u8>) {
-        let body = ControlMsg::Gossip { channel, payload }.encode_body();
-        for id in self.random_neighbours(None) {
-            self.send_body(id, body.clone());
-        }
     }
 
     /// Closes the connection to `peer` because a higher layer refuses it (e.g. its IP
@@ -1833,30 +1195,11 @@ impl Router {
 
     // ---- output helpers -----------------------------------------------------------------
 
-    fn send_raw(&mut self, conn: ConnId, bytes: Vec<u8>) {
-        self.actions.push_back(Action::Send { conn, bytes });
-    }
-
-    fn send_header(&mut self, conn: ConnId) {
-        let flags = if self.cfg.crypto.is_some() {
-            control::FLAG_ENCRYPTED
-        } else {
-            0
-        };
-        let h = control::encode_header(control::PROTOCOL_MIN, control::PROTOCOL_MAX, flags);
-        self.send_raw(conn, h.to_vec());
-    }
-
-    /// Frames a message body, encrypting it first on encrypted connections.
-    fn send_body(&mut self, conn: ConnId, body: Vec<u8>) {
-        let Some(c) = self.conns.get_mut(&conn) else {
-            return;
-        };
-        let body = match &mut c.secure.cipher {
-            Some(cipher) => cipher.seal(body),
-            None => body,
-        };
-        self.send_raw(conn, control::frame(&body));
+    /// Frames a message body on `conn`, encrypted on encrypted connections.
+    pub(super) fn send_body(&mut self, conn: ConnId, body: Vec<u8>) {
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.send_body(body, &mut self.actions);
+        }
     }
 
     /// Replaces the accepted passwords (`psks[0]` is used to dial and rekey). Existing
@@ -1873,14 +1216,7 @@ impl Router {
         cr.psks = psks;
         let accepted = cr.psks.clone();
         for c in self.conns.values_mut() {
-            let stale = c
-                .secure
-                .auth_psk
-                .as_ref()
-                .is_some_and(|p| !accepted.iter().any(|a| **a == **p));
-            if stale && c.outbound && c.secure.next_rekey.is_some() {
-                c.secure.next_rekey = Some(now);
-            }
+            c.reprove_password(now, &accepted);
         }
     }
 
@@ -1889,7 +1225,7 @@ impl Router {
         self.cfg.crypto.as_ref().map_or(&[], |c| &c.psks)
     }
 
-    fn send_msg(&mut self, conn: ConnId, msg: &ControlMsg) {
+    pub(super) fn send_msg(&mut self, conn: ConnId, msg: &ControlMsg) {
         self.send_body(conn, msg.encode_body());
     }
 
@@ -1937,8 +1273,8 @@ impl Router {
                 overlay: Some("sleeve"),
                 overlay_reason: None,
                 mtu: Some(self.cfg.mtu),
-                encrypted: self.cfg.crypto.as_ref().map(|_| c.secure.data_encrypted),
-                key_epoch: c.secure.data_encrypted.then(|| c.secure.epoch()),
+                encrypted: self.cfg.crypto.as_ref().map(|_| c.secure().data_encrypted),
+                key_epoch: c.secure().data_encrypted.then(|| c.secure().epoch()),
                 error: None,
                 retry_in: None,
             });
@@ -2012,34 +1348,6 @@ impl Router {
             protocol_errors: self.stats.protocol_errors,
             invalid_entries: self.stats.invalid_entries,
             udp_unexpected: self.stats.udp_unexpected,
-        }
-    }
-}
-
-/// Decrypts a frame body on encrypted connections.
-fn open(c: &mut Conn, body: Vec<u8>) -> Result<Vec<u8>, Close> {
-    match &mut c.secure.cipher {
-        Some(cipher) => cipher.open(body).map_err(|_| {
-            Close::Failure(
-                "control message failed to decrypt (tampered with, or out of order)".into(),
-            )
-        }),
-        None => Ok(body),
-    }
-}
-
-fn msg_name(m: &ControlMsg) -> &'static str {
-    match m {
-        ControlMsg::Hello(_) => "hello",
-        ControlMsg::Heartbeat => "heartbeat",
-        ControlMsg::Refused { .. } => "refusal",
-        ControlMsg::Gossip { .. } => "gossip",
-        ControlMsg::GossipBroadcast { .. } => "gossip broadcast",
-        ControlMsg::GossipUnicast { .. } => "gossip unicast",
-        ControlMsg::GossipRequest { .. } => "gossip request",
-        ControlMsg::Overlay(_) => "overlay message",
-        ControlMsg::Rekey { .. } | ControlMsg::RekeyAck { .. } | ControlMsg::RekeyDone { .. } => {
-            "rekey message"
         }
     }
 }

@@ -46,6 +46,14 @@ pub(super) struct Secure {
     pub retire_at: Option<Instant>,
 }
 
+impl std::fmt::Debug for Secure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Secure")
+            .field("data_encrypted", &self.data_encrypted)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Secure {
     pub fn handshake_done(&mut self, keys: SessionKeys, psk: Option<Secret>) {
         self.auth_psk = psk;

@@ -1,0 +1,287 @@
+//! Gossip and broadcast: topology updates merged and passed on (to random neighbours, and
+//! along each source's broadcast tree, coalesced per neighbour), and the other channels'
+//! broadcasts, unicasts and periodic gossip that the IPAM and DNS layers send through the
+//! router.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::time::Instant;
+
+use tracing::{debug, warn};
+use weft_proto::PeerName;
+use weft_proto::control::{Channel, ControlMsg, PeerSummary, TopologyUpdate};
+
+use super::ConnId;
+use super::connection::Phase;
+use super::router::Router;
+use super::routes::{Graph, Variant};
+
+/// Topology entries waiting to be sent to one neighbour.
+#[derive(Debug, Default)]
+pub(super) struct Outbox {
+    pub gossip: BTreeMap<PeerName, PeerSummary>,
+    /// Per broadcast source.
+    pub broadcast: BTreeMap<PeerName, BTreeMap<PeerName, PeerSummary>>,
+}
+
+/// Adds `entries` to `pending`, keeping the newer of two entries for one peer.
+pub(super) fn merge_entries(
+    pending: &mut BTreeMap<PeerName, PeerSummary>,
+    entries: &[PeerSummary],
+) {
+    for e in entries {
+        match pending.get(&e.name) {
+            Some(p) if (p.version, p.uid) >= (e.version, e.uid) => {}
+            _ => {
+                pending.insert(e.name, e.clone());
+            }
+        }
+    }
+}
+
+impl Router {
+    /// Merges a topology update from connection `from`; returns the part that was new.
+    pub(super) fn apply_topology(
+        &mut self,
+        now: Instant,
+        from: ConnId,
+        update: TopologyUpdate,
+    ) -> TopologyUpdate {
+        let applied = self.topology.apply(update);
+        if applied.invalid > 0 {
+            self.stats.invalid_entries += applied.invalid as u64;
+            warn!(
+                count = applied.invalid,
+                "ignored invalid peer entries in topology update"
+            );
+        }
+        if applied.overrode_stale_self {
+            self.schedule_broadcast(now);
+        }
+        if applied.unknown_referenced {
+            let interval = self.cfg.timing.gossip_request_interval;
+            if let Some(c) = self.conns.get_mut(&from)
+                && c.last_gossip_request.is_none_or(|t| now >= t + interval)
+            {
+                c.last_gossip_request = Some(now);
+                self.send_msg(
+                    from,
+                    &ControlMsg::GossipRequest {
+                        channel: Channel::TOPOLOGY,
+                    },
+                );
+            }
+        }
+        if !applied.improved.is_empty() || applied.overrode_stale_self {
+            self.topology_changed(now);
+        }
+        // Entries that garbage collection dropped at once describe peers nobody reaches any
+        // more; relaying them would only make every other peer add and drop them in turn.
+        let mut improved = applied.improved;
+        improved.retain(|p| {
+            self.topology
+                .get(&p.name)
+                .is_some_and(|q| q.uid == p.uid && q.version == p.version)
+        });
+        TopologyUpdate { peers: improved }
+    }
+
+    /// Our children in `src`'s gossip broadcast tree: BFS from `src` over the connections
+    /// each peer reports (any state), neighbours in name order.
+    fn gossip_children(&mut self, src: PeerName) -> Vec<PeerName> {
+        let generation = self.topology.generation();
+        if self.trees.0 != generation {
+            self.trees = (generation, BTreeMap::new());
+        }
+        if let Some(c) = self.trees.1.get(&src) {
+            return c.clone();
+        }
+        let local = self.cfg.name;
+        let mut children = Vec::new();
+        if self.topology.get(&src).is_some() {
+            let mut seen = BTreeSet::from([src]);
+            let mut queue = VecDeque::from([src]);
+            while let Some(p) = queue.pop_front() {
+                let Some(summary) = self.topology.get(&p) else {
+                    continue;
+                };
+                for c in &summary.connections {
+                    if seen.insert(c.peer) {
+                        if p == local {
+                            children.push(c.peer);
+                        }
+                        queue.push_back(c.peer);
+                    }
+                }
+            }
+        }
+        self.trees.1.insert(src, children.clone());
+        children
+    }
+
+    /// Queues topology entries for our children in `src`'s broadcast tree.
+    pub(super) fn relay_topology(
+        &mut self,
+        now: Instant,
+        src: PeerName,
+        entries: &[PeerSummary],
+        from: Option<ConnId>,
+    ) {
+        for child in self.gossip_children(src) {
+            if let Some(&id) = self.by_peer.get(&child)
+                && Some(id) != from
+            {
+                let ob = self.outbox.entry(id).or_default();
+                merge_entries(ob.broadcast.entry(src).or_default(), entries);
+            }
+        }
+        self.outbox_due(now);
+    }
+
+    pub(super) fn outbox_due(&mut self, now: Instant) {
+        if !self.outbox.is_empty() && self.outbox_at.is_none() {
+            self.outbox_at = Some(now + self.cfg.timing.gossip_coalesce);
+        }
+    }
+
+    pub(super) fn flush_outbox(&mut self) {
+        for (id, ob) in std::mem::take(&mut self.outbox) {
+            if !self.conns.get(&id).is_some_and(|c| c.phase == Phase::Ready) {
+                continue;
+            }
+            for (src, entries) in ob.broadcast {
+                let payload = TopologyUpdate {
+                    peers: entries.into_values().collect(),
+                }
+                .encode();
+                self.send_msg(
+                    id,
+                    &ControlMsg::GossipBroadcast {
+                        channel: Channel::TOPOLOGY,
+                        src,
+                        payload,
+                    },
+                );
+            }
+            if !ob.gossip.is_empty() {
+                let payload = TopologyUpdate {
+                    peers: ob.gossip.into_values().collect(),
+                }
+                .encode();
+                self.send_msg(
+                    id,
+                    &ControlMsg::Gossip {
+                        channel: Channel::TOPOLOGY,
+                        payload,
+                    },
+                );
+            }
+        }
+    }
+
+    /// A random subset of connected neighbours for gossip: about 2·log2(peers) of them.
+    pub(super) fn random_neighbours(&mut self, exclude: Option<ConnId>) -> Vec<ConnId> {
+        let mut ids: Vec<ConnId> = self
+            .by_peer
+            .values()
+            .copied()
+            .filter(|id| Some(*id) != exclude)
+            .collect();
+        let n = self.topology.len().max(2) as f64;
+        let k = ((2.0 * n.log2()).ceil() as usize).max(2);
+        self.rng.shuffle(&mut ids);
+        ids.truncate(k);
+        ids
+    }
+
+    // ---- gossip channels other than topology ---------------------------------------------
+
+    pub(super) fn remote_name(&self, id: ConnId) -> PeerName {
+        self.conns
+            .get(&id)
+            .and_then(|c| c.remote.as_ref())
+            .map_or(weft_proto::BROADCAST_PEER, |r| r.name)
+    }
+
+    /// Broadcasts `payload` from us to every peer (along our tree).
+    pub fn broadcast(&mut self, channel: Channel, payload: Vec<u8>) {
+        let src = self.cfg.name;
+        self.relay_broadcast(channel, src, payload, None);
+    }
+
+    /// Passes a broadcast from `src` on to our children in its tree (not back to `from`).
+    pub fn relay_broadcast(
+        &mut self,
+        channel: Channel,
+        src: PeerName,
+        payload: Vec<u8>,
+        from: Option<PeerName>,
+    ) {
+        let body = ControlMsg::GossipBroadcast {
+            channel,
+            src,
+            payload,
+        }
+        .encode_body();
+        for child in self.gossip_children(src) {
+            if Some(child) == from {
+                continue;
+            }
+            if let Some(&id) = self.by_peer.get(&child) {
+                self.send_body(id, body.clone());
+            }
+        }
+    }
+
+    /// Sends `payload` to `dst`, hop by hop. Returns false if there is no route.
+    pub fn unicast(&mut self, channel: Channel, dst: PeerName, payload: Vec<u8>) -> bool {
+        let src = self.cfg.name;
+        self.send_unicast(ControlMsg::GossipUnicast {
+            channel,
+            src,
+            dst,
+            payload,
+        })
+    }
+
+    pub(super) fn send_unicast(&mut self, msg: ControlMsg) -> bool {
+        let ControlMsg::GossipUnicast { dst, .. } = &msg else {
+            return false;
+        };
+        let dst = *dst;
+        let hop = if self.by_peer.contains_key(&dst) {
+            Some(dst)
+        } else {
+            let generation = self.topology.generation();
+            if self.unicast_all.0 != generation {
+                let g = Graph::from_topology(&self.topology, Variant::All);
+                self.unicast_all = (generation, g.unicast_from(self.cfg.name));
+            }
+            self.unicast_all.1.get(&dst).copied()
+        };
+        match hop.and_then(|h| self.by_peer.get(&h)).copied() {
+            Some(id) => {
+                self.send_msg(id, &msg);
+                true
+            }
+            None => {
+                debug!(%dst, "no route for a gossip unicast; dropped");
+                false
+            }
+        }
+    }
+
+    /// Sends `payload` on `channel` to one neighbour.
+    pub fn gossip_to(&mut self, peer: PeerName, channel: Channel, payload: Vec<u8>) {
+        if let Some(&id) = self.by_peer.get(&peer) {
+            self.send_msg(id, &ControlMsg::Gossip { channel, payload });
+        }
+    }
+
+    /// Sends `payload` on `channel` to a few random neighbours (periodic gossip).
+    pub fn gossip_random(&mut self, channel: Channel, payload: Vec<u8>) {
+        let body = ControlMsg::Gossip { channel, payload }.encode_body();
+        for id in self.random_neighbours(None) {
+            self.send_body(id, body.clone());
+        }
+    }
+}
