@@ -7,10 +7,10 @@
 //! known ([`Router::poll_event`]: new data-plane routes, targets to persist, peers gone). It
 //! never reads the clock or does I/O, so the simulator runs hundreds of them deterministically.
 //!
-//! Inside: [`router`] is the endpoint (connections by id, targets, topology, routes);
-//! [`connection`] is one control connection's state machine with its own timer table;
-//! [`gossip`] moves topology updates and the other channels' messages; [`maker`] decides
-//! when to dial; [`secure`] is a connection's crypto.
+//! Inside: `router` is the endpoint (connections by id, targets, topology, routes);
+//! `connection` is one control connection's state machine with its own timer table;
+//! `gossip` moves topology updates and the other channels' messages; `maker` decides
+//! when to dial; `secure` is a connection's crypto.
 
 mod connection;
 mod gossip;
