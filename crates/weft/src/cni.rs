@@ -164,19 +164,35 @@ pub struct NetConf {
     pub prev_result: Option<Value>,
 }
 
-fn field<'a>(v: &'a Value, k: &str) -> Option<&'a Value> {
-    v.get(k).filter(|x| !x.is_null())
+/// The configuration as CNI hands it over: only what weft reads, typed. Unknown fields are
+/// other plugins' business; `null` counts as absent.
+#[derive(Debug, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawConf {
+    cni_version: Option<String>,
+    name: Option<String>,
+    /// Refused when true (network plugin); anything else is not ours to judge.
+    is_gateway: Option<Value>,
+    ip_masq: Option<Value>,
+    hairpin_mode: Option<bool>,
+    ipam: Option<RawIpam>,
+    dns: Option<Value>,
+    prev_result: Option<Value>,
 }
 
-fn str_field(v: &Value, k: &str) -> Result<Option<String>, CniError> {
-    match field(v, k) {
-        None => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s.clone())),
-        Some(_) => Err(CniError::new(
-            code::INVALID_CONFIG,
-            format!("{k} must be a string"),
-        )),
-    }
+#[derive(Debug, Default, serde::Deserialize)]
+struct RawIpam {
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    subnet: Option<String>,
+    gateway: Option<String>,
+    routes: Option<Vec<RawRoute>>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct RawRoute {
+    dst: Option<String>,
+    gw: Option<String>,
 }
 
 fn parse<T: std::str::FromStr>(k: &str, s: &str) -> Result<T, CniError> {
@@ -196,7 +212,11 @@ impl NetConf {
                 "the network configuration is not a JSON object",
             ));
         }
-        let cni_version = str_field(&v, "cniVersion")?.unwrap_or_else(|| "0.1.0".into());
+        let raw: RawConf = serde_path_to_error::deserialize(v).map_err(|e| {
+            let field = e.path().to_string();
+            CniError::new(code::INVALID_CONFIG, format!("{field}: {}", e.into_inner()))
+        })?;
+        let cni_version = raw.cni_version.unwrap_or_else(|| "0.1.0".into());
         if !SUPPORTED.contains(&cni_version.as_str()) {
             return Err(CniError::new(
                 code::INCOMPATIBLE_VERSION,
@@ -208,8 +228,8 @@ impl NetConf {
         }
         if plugin == Plugin::Net {
             // Weave refused these rather than silently not doing them.
-            for k in ["isGateway", "ipMasq"] {
-                if field(&v, k).and_then(Value::as_bool) == Some(true) {
+            for (k, f) in [("isGateway", &raw.is_gateway), ("ipMasq", &raw.ip_masq)] {
+                if f.as_ref().and_then(Value::as_bool) == Some(true) {
                     return Err(CniError::new(
                         code::UNSUPPORTED_FIELD,
                         format!(
@@ -219,19 +239,9 @@ impl NetConf {
                 }
             }
         }
-        let hairpin = match field(&v, "hairpinMode") {
-            None => true,
-            Some(Value::Bool(b)) => *b,
-            Some(_) => {
-                return Err(CniError::new(
-                    code::INVALID_CONFIG,
-                    "hairpinMode must be true or false",
-                ));
-            }
-        };
-        let ipam = field(&v, "ipam").cloned().unwrap_or(json!({}));
+        let ipam = raw.ipam.unwrap_or_default();
         if plugin == Plugin::Net
-            && let Some(t) = str_field(&ipam, "type")?
+            && let Some(t) = &ipam.kind
             && !t.is_empty()
             && t != "weft-ipam"
         {
@@ -242,38 +252,33 @@ impl NetConf {
                 ),
             ));
         }
-        let subnet = str_field(&ipam, "subnet")?
+        let subnet = ipam
+            .subnet
             .map(|s| parse::<Ipv4Net>("ipam.subnet", &s).map(|n| n.trunc()))
             .transpose()?;
-        let gateway = str_field(&ipam, "gateway")?
+        let gateway = ipam
+            .gateway
             .map(|s| parse::<Ipv4Addr>("ipam.gateway", &s))
             .transpose()?;
         let mut routes = Vec::new();
-        if let Some(list) = field(&ipam, "routes") {
-            let list = list
-                .as_array()
-                .ok_or_else(|| CniError::new(code::INVALID_CONFIG, "ipam.routes must be a list"))?;
-            for r in list {
-                let dst = str_field(r, "dst")?.ok_or_else(|| {
-                    CniError::new(code::INVALID_CONFIG, "every ipam.routes entry needs a dst")
-                })?;
-                routes.push(RouteSpec {
-                    dst: parse("ipam.routes.dst", &dst)?,
-                    gw: str_field(r, "gw")?
-                        .map(|g| parse("ipam.routes.gw", &g))
-                        .transpose()?,
-                });
-            }
+        for r in ipam.routes.unwrap_or_default() {
+            let dst = r.dst.ok_or_else(|| {
+                CniError::new(code::INVALID_CONFIG, "every ipam.routes entry needs a dst")
+            })?;
+            routes.push(RouteSpec {
+                dst: parse("ipam.routes.dst", &dst)?,
+                gw: r.gw.map(|g| parse("ipam.routes.gw", &g)).transpose()?,
+            });
         }
         Ok(NetConf {
             cni_version,
-            name: str_field(&v, "name")?.unwrap_or_default(),
-            hairpin,
+            name: raw.name.unwrap_or_default(),
+            hairpin: raw.hairpin_mode.unwrap_or(true),
             subnet,
             gateway,
             routes,
-            dns: field(&v, "dns").cloned(),
-            prev_result: field(&v, "prevResult").cloned(),
+            dns: raw.dns.filter(|d| !d.is_null()),
+            prev_result: raw.prev_result.filter(|p| !p.is_null()),
         })
     }
 }

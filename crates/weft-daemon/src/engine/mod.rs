@@ -232,7 +232,11 @@ impl Engine {
             EngineAddr::Tcp(_) => tls::engine_tls_from_env(),
             EngineAddr::Unix(_) => None,
         };
-        let engine_client_tls = engine_tls.as_ref().map(|t| t.client_config()).transpose()?;
+        let engine_client_tls = engine_tls
+            .as_ref()
+            .map(|t| t.client_config())
+            .transpose()
+            .map_err(|e| e.to_string())?;
         let hostname_match =
             rewrite::hostname_match(&settings.hostname_match, &settings.hostname_replacement)?;
         let client = match &addr {

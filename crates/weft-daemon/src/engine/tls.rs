@@ -45,29 +45,32 @@ impl TlsSettings {
     }
 
     /// Reads and checks the files; the error names the file and what is wrong with it.
-    pub fn server_config(&self) -> Result<Arc<ServerConfig>, String> {
+    pub fn server_config(&self) -> Result<Arc<ServerConfig>, TlsError> {
         let provider = provider();
         let certs = read_certs("--tlscert", &self.cert)?;
         let key = read_key("--tlskey", &self.key)?;
         let builder = ServerConfig::builder_with_provider(provider.clone())
-            .with_safe_default_protocol_versions()
-            .map_err(|e| format!("TLS: {e}"))?;
+            .with_safe_default_protocol_versions()?;
         let builder = if self.verify {
             let roots = read_roots("--tlscacert", &self.ca)?;
             let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
                 .build()
-                .map_err(|e| format!("--tlscacert {}: {e}", self.ca.display()))?;
+                .map_err(|e| TlsError::File {
+                    what: "--tlscacert".into(),
+                    path: self.ca.clone(),
+                    detail: e.to_string(),
+                })?;
             builder.with_client_cert_verifier(verifier)
         } else {
             builder.with_no_client_auth()
         };
-        let config = builder.with_single_cert(certs, key).map_err(|e| {
-            format!(
-                "--tlscert {} and --tlskey {} do not go together: {e}",
-                self.cert.display(),
-                self.key.display()
-            )
-        })?;
+        let config = builder
+            .with_single_cert(certs, key)
+            .map_err(|e| TlsError::Pair {
+                cert: format!("--tlscert {}", self.cert.display()),
+                key: format!("--tlskey {}", self.key.display()),
+                detail: e.to_string(),
+            })?;
         Ok(Arc::new(config))
     }
 }
@@ -80,38 +83,63 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-fn read_certs(flag: &str, path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+/// Why TLS cannot be set up: each names the file (and the flag that gave it).
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("{what} {}: {detail}", path.display())]
+    File {
+        what: String,
+        path: std::path::PathBuf,
+        detail: String,
+    },
+    #[error("{cert} and {key} do not go together: {detail}")]
+    Pair {
+        cert: String,
+        key: String,
+        detail: String,
+    },
+    #[error("TLS: {0}")]
+    Rustls(#[from] rustls::Error),
+}
+
+fn file_error(what: &str, path: &Path, detail: String) -> TlsError {
+    TlsError::File {
+        what: what.to_string(),
+        path: path.to_path_buf(),
+        detail,
+    }
+}
+
+fn read_certs(flag: &str, path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
         .and_then(|it| it.collect::<Result<_, _>>())
-        .map_err(|e| format!("{flag} {}: {}", path.display(), pem_error(&e)))?;
+        .map_err(|e| file_error(flag, path, pem_error(&e)))?;
     if certs.is_empty() {
-        return Err(format!(
-            "{flag} {}: no PEM certificate in the file",
-            path.display()
+        return Err(file_error(
+            flag,
+            path,
+            "no PEM certificate in the file".into(),
         ));
     }
     Ok(certs)
 }
 
-fn read_key(what: &str, path: &Path) -> Result<PrivateKeyDer<'static>, String> {
+fn read_key(what: &str, path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
     PrivateKeyDer::from_pem_file(path).map_err(|e| {
-        format!(
-            "{what} {}: cannot read a PEM private key: {}",
-            path.display(),
-            pem_error(&e)
+        file_error(
+            what,
+            path,
+            format!("cannot read a PEM private key: {}", pem_error(&e)),
         )
     })
 }
 
-fn read_roots(what: &str, path: &Path) -> Result<RootCertStore, String> {
+fn read_roots(what: &str, path: &Path) -> Result<RootCertStore, TlsError> {
     let mut roots = RootCertStore::empty();
     for c in read_certs(what, path)? {
-        roots.add(c).map_err(|e| {
-            format!(
-                "{what} {}: not a usable CA certificate: {e}",
-                path.display()
-            )
-        })?;
+        roots
+            .add(c)
+            .map_err(|e| file_error(what, path, format!("not a usable CA certificate: {e}")))?;
     }
     Ok(roots)
 }
@@ -235,21 +263,18 @@ pub fn engine_tls_from_env() -> Option<TlsSettings> {
 impl TlsSettings {
     /// The client side, towards an engine: the engine's certificate checked against `ca`,
     /// ours (`cert`, `key`) presented.
-    pub fn client_config(&self) -> Result<Arc<rustls::ClientConfig>, String> {
+    pub fn client_config(&self) -> Result<Arc<rustls::ClientConfig>, TlsError> {
         let roots = read_roots("DOCKER_CERT_PATH ca.pem", &self.ca)?;
         let certs = read_certs("DOCKER_CERT_PATH cert.pem", &self.cert)?;
         let key = read_key("DOCKER_CERT_PATH key.pem", &self.key)?;
         let config = rustls::ClientConfig::builder_with_provider(provider())
-            .with_safe_default_protocol_versions()
-            .map_err(|e| format!("TLS: {e}"))?
+            .with_safe_default_protocol_versions()?
             .with_root_certificates(roots)
             .with_client_auth_cert(certs, key)
-            .map_err(|e| {
-                format!(
-                    "{} and {} do not go together: {e}",
-                    self.cert.display(),
-                    self.key.display()
-                )
+            .map_err(|e| TlsError::Pair {
+                cert: self.cert.display().to_string(),
+                key: self.key.display().to_string(),
+                detail: e.to_string(),
             })?;
         Ok(Arc::new(config))
     }
@@ -292,7 +317,7 @@ mod tests {
             cert: "/nonexistent/cert.pem".into(),
             key: "/nonexistent/key.pem".into(),
         };
-        let e = t.server_config().unwrap_err();
+        let e = t.server_config().unwrap_err().to_string();
         assert!(e.contains("--tlscert /nonexistent/cert.pem"), "{e}");
     }
 }

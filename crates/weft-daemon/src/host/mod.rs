@@ -30,7 +30,12 @@ pub enum HostError {
     Firewall(String),
     #[error(transparent)]
     Linux(#[from] weft_linux::Error),
+    #[error("the firewall task has stopped")]
+    Stopped,
 }
+
+/// A sync request: answered once the rules match the bridge, or with why not.
+type SyncReply = oneshot::Sender<Result<(), HostError>>;
 
 /// Reads and writes whole tables in the host's firewall.
 pub trait FirewallBackend: Send + Sync + 'static {
@@ -151,7 +156,7 @@ pub struct FixedSpec {
 /// choose per subnet whether exposing it masquerades.
 #[derive(Clone)]
 pub struct FirewallHandle {
-    tx: mpsc::Sender<oneshot::Sender<Result<(), String>>>,
+    tx: mpsc::Sender<SyncReply>,
     no_masquerade: Arc<Mutex<BTreeSet<Ipv4Net>>>,
 }
 
@@ -159,7 +164,7 @@ impl FirewallHandle {
     /// A handle with no firewall task behind it, for a router that leaves the host firewall
     /// alone (a router run in-process by tests against a modelled host): every sync succeeds.
     pub fn inert() -> FirewallHandle {
-        let (tx, mut rx) = mpsc::channel::<oneshot::Sender<Result<(), String>>>(1);
+        let (tx, mut rx) = mpsc::channel::<SyncReply>(1);
         tokio::spawn(async move {
             while let Some(reply) = rx.recv().await {
                 let _ = reply.send(Ok(()));
@@ -172,13 +177,12 @@ impl FirewallHandle {
     }
 
     /// Reconciles now and waits for it: when this returns Ok, the rules match the bridge.
-    pub async fn sync(&self) -> Result<(), String> {
+    pub async fn sync(&self) -> Result<(), HostError> {
         let (tx, rx) = oneshot::channel();
         if self.tx.send(tx).await.is_err() {
-            return Err("the firewall task has stopped".into());
+            return Err(HostError::Stopped);
         }
-        rx.await
-            .unwrap_or_else(|_| Err("the firewall task has stopped".into()))
+        rx.await.unwrap_or(Err(HostError::Stopped))
     }
 
     /// Whether traffic of exposed subnet `cidr` is masqueraded (Weave's `--without-masquerade`).
@@ -199,7 +203,7 @@ pub struct FirewallTask {
     nl: Netlink,
     bridge_index: u32,
     physdev: bool,
-    requests: mpsc::Receiver<oneshot::Sender<Result<(), String>>>,
+    requests: mpsc::Receiver<SyncReply>,
     no_masquerade: Arc<Mutex<BTreeSet<Ipv4Net>>>,
     /// The router's ports last seen with hairpin mode on.
     hairpin: BTreeSet<String>,
@@ -366,8 +370,7 @@ impl FirewallTask {
                     }
                 }
                 Some(reply) = self.requests.recv() => {
-                    let r = self.reconcile().await.map_err(|e| e.to_string());
-                    let _ = reply.send(r);
+                    let _ = reply.send(self.reconcile().await);
                 }
                 _ = shutdown.changed() => return,
             }

@@ -479,7 +479,8 @@ pub fn bind(
         .proxy_tls
         .as_ref()
         .map(tls::TlsSettings::server_config)
-        .transpose()?;
+        .transpose()
+        .map_err(|e| e.to_string())?;
     let mut listeners = Vec::new();
     for addr in &settings.proxy_listen {
         let (l, shown) = listen(addr, &engine.addr, tls.clone())?;

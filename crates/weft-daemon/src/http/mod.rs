@@ -138,7 +138,7 @@ mod tests {
             (ServiceError::IpamDisabled, 400),
             (ServiceError::ShuttingDown, 503),
             (ServiceError::Password("x".into()), 409),
-            (ServiceError::Firewall("x".into()), 500),
+            (ServiceError::Firewall(crate::host::HostError::Stopped), 500),
         ];
         for (e, code) in cases {
             assert_eq!(status_of(&e).as_u16(), code, "{e}");

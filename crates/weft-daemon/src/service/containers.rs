@@ -299,10 +299,7 @@ impl Service {
     }
 
     async fn sync_firewall(&self) -> Result<()> {
-        self.firewall
-            .sync()
-            .await
-            .map_err(|e| ServiceError::Firewall(e.to_string()))
+        self.firewall.sync().await.map_err(ServiceError::Firewall)
     }
 
     /// `weft expose`: addresses for the host itself on the bridge (allocated like a

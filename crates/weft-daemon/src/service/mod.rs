@@ -69,7 +69,7 @@ pub enum ServiceError {
     Password(String),
     /// The addresses are on the bridge but the host firewall refused weft's rules for them.
     #[error("the addresses are on the bridge, but the firewall rules for them failed: {0}")]
-    Firewall(String),
+    Firewall(#[source] crate::host::HostError),
     /// Writing a container's `/etc/hosts`.
     #[error("rewriting {path}: {source}")]
     HostsFile {
