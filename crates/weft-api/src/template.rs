@@ -32,17 +32,23 @@ enum Node {
 
 /// Renders `template` over `data`; a malformed template or an unknown function is an error
 /// that names it.
-pub fn render(template: &str, data: &Value) -> Result<String, String> {
+pub fn render(template: &str, data: &Value) -> Result<String, TemplateError> {
     let tokens = lex(template)?;
     let mut pos = 0;
     let (nodes, stop) = parse(&tokens, &mut pos, 0)?;
     if let Some(s) = stop {
-        return Err(format!("template: unexpected {{{{{s}}}}}"));
+        return Err(TemplateError(format!("unexpected {{{{{s}}}}}")));
     }
     let mut out = String::new();
     exec(&nodes, data, &mut out)?;
     Ok(out)
 }
+
+/// A template that cannot be rendered, and why (in the words of Go's templates, which
+/// `weave report -f` used).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("template: {0}")]
+pub struct TemplateError(String);
 
 #[derive(Debug)]
 enum Token {
@@ -50,7 +56,7 @@ enum Token {
     Action(String),
 }
 
-fn lex(t: &str) -> Result<Vec<Token>, String> {
+fn lex(t: &str) -> Result<Vec<Token>, TemplateError> {
     let mut out: Vec<Token> = Vec::new();
     let mut rest = t;
     while let Some(open) = rest.find("{{") {
@@ -62,7 +68,7 @@ fn lex(t: &str) -> Result<Vec<Token>, String> {
         };
         let close = after
             .find("}}")
-            .ok_or_else(|| "template: unclosed action (missing }})".to_string())?;
+            .ok_or_else(|| TemplateError("unclosed action (missing }})".into()))?;
         let mut inner = &after[..close];
         let trim_right = inner.ends_with(" -");
         if trim_right {
@@ -86,7 +92,7 @@ fn lex(t: &str) -> Result<Vec<Token>, String> {
     Ok(out)
 }
 
-fn words(action: &str) -> Result<Vec<String>, String> {
+fn words(action: &str) -> Result<Vec<String>, TemplateError> {
     let mut out = Vec::new();
     let mut chars = action.chars().peekable();
     while let Some(&c) = chars.peek() {
@@ -112,7 +118,9 @@ fn words(action: &str) -> Result<Vec<String>, String> {
                 }
             }
             if !closed {
-                return Err(format!("template: unterminated string in {{{{{action}}}}}"));
+                return Err(TemplateError(format!(
+                    "unterminated string in {{{{{action}}}}}"
+                )));
             }
             out.push(s);
         } else {
@@ -130,7 +138,7 @@ fn words(action: &str) -> Result<Vec<String>, String> {
     Ok(out)
 }
 
-fn arg(w: &str) -> Result<Arg, String> {
+fn arg(w: &str) -> Result<Arg, TemplateError> {
     if let Some(s) = w.strip_prefix('"') {
         return Ok(Arg::Str(s.to_string()));
     }
@@ -142,18 +150,18 @@ fn arg(w: &str) -> Result<Arg, String> {
     }
     w.parse()
         .map(Arg::Num)
-        .map_err(|_| format!("template: unknown argument {w:?}"))
+        .map_err(|_| TemplateError(format!("unknown argument {w:?}")))
 }
 
-fn expr(ws: &[String]) -> Result<Expr, String> {
+fn expr(ws: &[String]) -> Result<Expr, TemplateError> {
     match ws {
-        [] => Err("template: empty action".into()),
+        [] => Err(TemplateError("empty action".into())),
         [one] => arg(one).map(Expr::Arg),
         [f, rest @ ..] if matches!(f.as_str(), "json" | "len" | "printf") => Ok(Expr::Call(
             f.clone(),
             rest.iter().map(|w| arg(w)).collect::<Result<_, _>>()?,
         )),
-        [f, ..] => Err(format!("template: function {f:?} not defined")),
+        [f, ..] => Err(TemplateError(format!("function {f:?} not defined"))),
     }
 }
 
@@ -166,9 +174,9 @@ fn parse(
     tokens: &[Token],
     pos: &mut usize,
     depth: usize,
-) -> Result<(Vec<Node>, Option<String>), String> {
+) -> Result<(Vec<Node>, Option<String>), TemplateError> {
     if depth > MAX_DEPTH {
-        return Err(format!("template: nested more than {MAX_DEPTH} deep"));
+        return Err(TemplateError(format!("nested more than {MAX_DEPTH} deep")));
     }
     let mut nodes = Vec::new();
     while *pos < tokens.len() {
@@ -188,12 +196,16 @@ fn parse(
                             Some("else") => match parse(tokens, pos, depth + 1)? {
                                 (o, Some(s)) if s == "end" => o,
                                 _ => {
-                                    return Err(format!(
-                                        "template: {{{{{kw}}}}} without {{{{end}}}}"
-                                    ));
+                                    return Err(TemplateError(format!(
+                                        "{{{{{kw}}}}} without {{{{end}}}}"
+                                    )));
                                 }
                             },
-                            _ => return Err(format!("template: {{{{{kw}}}}} without {{{{end}}}}")),
+                            _ => {
+                                return Err(TemplateError(format!(
+                                    "{{{{{kw}}}}} without {{{{end}}}}"
+                                )));
+                            }
                         };
                         nodes.push(match kw {
                             "range" => Node::Range(e, body, otherwise),
@@ -202,7 +214,7 @@ fn parse(
                         });
                     }
                     Some(_) => nodes.push(Node::Print(expr(&ws)?)),
-                    None => return Err("template: empty action".into()),
+                    None => return Err(TemplateError("empty action".into())),
                 }
             }
         }
@@ -229,7 +241,7 @@ fn eval_arg(a: &Arg, dot: &Value) -> Value {
     }
 }
 
-fn eval(e: &Expr, dot: &Value) -> Result<Value, String> {
+fn eval(e: &Expr, dot: &Value) -> Result<Value, TemplateError> {
     match e {
         Expr::Arg(a) => Ok(eval_arg(a, dot)),
         Expr::Call(f, args) => {
@@ -237,24 +249,24 @@ fn eval(e: &Expr, dot: &Value) -> Result<Value, String> {
             match f.as_str() {
                 "json" => match vals.as_slice() {
                     [v] => Ok(Value::String(v.to_string())),
-                    _ => Err("template: json takes one argument".into()),
+                    _ => Err(TemplateError("json takes one argument".into())),
                 },
                 "len" => match vals.as_slice() {
                     [Value::Array(a)] => Ok(a.len().into()),
                     [Value::Object(o)] => Ok(o.len().into()),
                     [Value::String(s)] => Ok(s.len().into()),
-                    _ => Err("template: len of a value without a length".into()),
+                    _ => Err(TemplateError("len of a value without a length".into())),
                 },
                 _ => match vals.split_first() {
                     Some((Value::String(fmt), rest)) => printf(fmt, rest).map(Value::String),
-                    _ => Err("template: printf needs a format string".into()),
+                    _ => Err(TemplateError("printf needs a format string".into())),
                 },
             }
         }
     }
 }
 
-fn printf(fmt: &str, args: &[Value]) -> Result<String, String> {
+fn printf(fmt: &str, args: &[Value]) -> Result<String, TemplateError> {
     let mut out = String::new();
     let mut args = args.iter();
     let mut chars = fmt.chars();
@@ -276,7 +288,7 @@ fn printf(fmt: &str, args: &[Value]) -> Result<String, String> {
                     out.push_str(&go_string(a));
                 }
             }
-            Some(o) => return Err(format!("template: printf verb %{o} is not supported")),
+            Some(o) => return Err(TemplateError(format!("printf verb %{o} is not supported"))),
             None => out.push('%'),
         }
     }
@@ -316,7 +328,7 @@ fn truthy(v: &Value) -> bool {
     }
 }
 
-fn exec(nodes: &[Node], dot: &Value, out: &mut String) -> Result<(), String> {
+fn exec(nodes: &[Node], dot: &Value, out: &mut String) -> Result<(), TemplateError> {
     for n in nodes {
         match n {
             Node::Text(s) => out.push_str(s),
@@ -338,7 +350,9 @@ fn exec(nodes: &[Node], dot: &Value, out: &mut String) -> Result<(), String> {
                     Value::Array(a) => a,
                     Value::Object(o) => o.into_iter().map(|(_, v)| v).collect(),
                     Value::Null => Vec::new(),
-                    other => return Err(format!("template: range over {}", go_string(&other))),
+                    other => {
+                        return Err(TemplateError(format!("range over {}", go_string(&other))));
+                    }
                 };
                 if items.is_empty() {
                     exec(otherwise, dot, out)?;
@@ -433,11 +447,16 @@ mod tests {
             ("{{range .Version}}{{end}}", "range over"),
             ("{{}}", "empty"),
         ] {
-            let e = render(t, &data()).unwrap_err();
+            let e = render(t, &data()).unwrap_err().to_string();
             assert!(e.contains(want), "{t}: {e}");
         }
         let deep = "{{if .Ready}}".repeat(100_000);
-        assert!(render(&deep, &data()).unwrap_err().contains("nested"));
+        assert!(
+            render(&deep, &data())
+                .unwrap_err()
+                .to_string()
+                .contains("nested")
+        );
         // Odd inputs give an answer or an error, never a panic.
         for t in [
             "{{ -}}",

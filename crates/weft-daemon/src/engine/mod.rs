@@ -71,20 +71,22 @@ mod engine_addr_tests {
     #[test]
     fn docker_api_addresses() {
         assert_eq!(
-            EngineAddr::parse("unix:///var/run/docker.sock"),
-            Ok(EngineAddr::Unix("/var/run/docker.sock".into()))
+            EngineAddr::parse("unix:///var/run/docker.sock").ok(),
+            Some(EngineAddr::Unix("/var/run/docker.sock".into()))
         );
         assert_eq!(
-            EngineAddr::parse("/run/d.sock"),
-            Ok(EngineAddr::Unix("/run/d.sock".into()))
+            EngineAddr::parse("/run/d.sock").ok(),
+            Some(EngineAddr::Unix("/run/d.sock".into()))
         );
         assert_eq!(
-            EngineAddr::parse("tcp://10.0.0.1:2375/"),
-            Ok(EngineAddr::Tcp("10.0.0.1:2375".into()))
+            EngineAddr::parse("tcp://10.0.0.1:2375/").ok(),
+            Some(EngineAddr::Tcp("10.0.0.1:2375".into()))
         );
         assert_eq!(
-            EngineAddr::parse("tcp://docker.example:2376").map(|a| a.to_string()),
-            Ok("tcp://docker.example:2376".into())
+            EngineAddr::parse("tcp://docker.example:2376")
+                .ok()
+                .map(|a| a.to_string()),
+            Some("tcp://docker.example:2376".into())
         );
         for bad in [
             "tcp://nowhere",
@@ -92,7 +94,7 @@ mod engine_addr_tests {
             "http://x:1",
             "relative.sock",
         ] {
-            let e = EngineAddr::parse(bad).unwrap_err();
+            let e = EngineAddr::parse(bad).unwrap_err().to_string();
             assert!(e.contains("tcp://HOST:PORT"), "{bad}: {e}");
         }
     }
@@ -106,8 +108,26 @@ pub enum EngineAddr {
     Tcp(String),
 }
 
+/// Why the router cannot use a Docker Engine: each names the address or flag concerned.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// `--docker-api` is not an address weft can use.
+    #[error("--docker-api {api:?}: expected {expected}")]
+    BadAddress { api: String, expected: &'static str },
+    #[error("--hostname-match {pattern:?}: {detail}")]
+    HostnameMatch { pattern: String, detail: String },
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    #[error("{api}: {detail}")]
+    Client { api: String, detail: String },
+    #[error("Docker at {api} did not answer within 3 s")]
+    Timeout { api: String },
+    #[error("Docker is not running at {api}: {detail}")]
+    NotRunning { api: String, detail: String },
+}
+
 impl EngineAddr {
-    pub fn parse(api: &str) -> Result<EngineAddr, String> {
+    pub fn parse(api: &str) -> Result<EngineAddr, EngineError> {
         if let Some(hp) = api.strip_prefix("tcp://") {
             let hp = hp.trim_end_matches('/');
             let ok = hp
@@ -116,16 +136,18 @@ impl EngineAddr {
             return if ok {
                 Ok(EngineAddr::Tcp(hp.to_string()))
             } else {
-                Err(format!(
-                    "--docker-api {api:?}: expected tcp://HOST:PORT (e.g. tcp://127.0.0.1:2375)"
-                ))
+                Err(EngineError::BadAddress {
+                    api: api.to_string(),
+                    expected: "tcp://HOST:PORT (e.g. tcp://127.0.0.1:2375)",
+                })
             };
         }
-        socket_path(api).map(EngineAddr::Unix).ok_or_else(|| {
-            format!(
-                "--docker-api {api:?}: expected unix:///PATH (default unix:///var/run/docker.sock) or tcp://HOST:PORT"
-            )
-        })
+        socket_path(api)
+            .map(EngineAddr::Unix)
+            .ok_or_else(|| EngineError::BadAddress {
+                api: api.to_string(),
+                expected: "unix:///PATH (default unix:///var/run/docker.sock) or tcp://HOST:PORT",
+            })
     }
 }
 
@@ -163,7 +185,7 @@ impl Startup {
             }
             Err(why) => {
                 warn!("{why}: running without the Docker proxy and plugin");
-                st.status.unavailable = Some(why);
+                st.status.unavailable = Some(why.to_string());
             }
         }
         st
@@ -225,18 +247,17 @@ pub struct DockerStatus {
 
 impl Engine {
     /// Connects to the engine and checks it answers; `Err` says why not.
-    pub async fn connect(settings: DockerSettings, router: String) -> Result<Arc<Engine>, String> {
+    pub async fn connect(
+        settings: DockerSettings,
+        router: String,
+    ) -> Result<Arc<Engine>, EngineError> {
         let addr = EngineAddr::parse(&settings.api)?;
         // TLS towards an engine on TCP, as the docker CLI would speak it (the environment).
         let engine_tls = match &addr {
             EngineAddr::Tcp(_) => tls::engine_tls_from_env(),
             EngineAddr::Unix(_) => None,
         };
-        let engine_client_tls = engine_tls
-            .as_ref()
-            .map(|t| t.client_config())
-            .transpose()
-            .map_err(|e| e.to_string())?;
+        let engine_client_tls = engine_tls.as_ref().map(|t| t.client_config()).transpose()?;
         let hostname_match =
             rewrite::hostname_match(&settings.hostname_match, &settings.hostname_replacement)?;
         let client = match &addr {
@@ -261,11 +282,19 @@ impl Engine {
                 ),
             },
         }
-        .map_err(|e| format!("{}: {e}", settings.api))?;
+        .map_err(|e| EngineError::Client {
+            api: settings.api.clone(),
+            detail: e.to_string(),
+        })?;
         let client = tokio::time::timeout(Duration::from_secs(3), client.negotiate_version())
             .await
-            .map_err(|_| format!("Docker at {} did not answer within 3 s", settings.api))?
-            .map_err(|e| format!("Docker is not running at {}: {e}", settings.api))?;
+            .map_err(|_| EngineError::Timeout {
+                api: settings.api.clone(),
+            })?
+            .map_err(|e| EngineError::NotRunning {
+                api: settings.api.clone(),
+                detail: e.to_string(),
+            })?;
         Ok(Arc::new(Engine {
             client,
             router,

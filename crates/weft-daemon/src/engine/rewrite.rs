@@ -40,12 +40,14 @@ pub struct CreateSettings {
 pub fn hostname_match(
     pattern: &str,
     replacement: &str,
-) -> Result<Option<(regex_lite::Regex, String)>, String> {
+) -> Result<Option<(regex_lite::Regex, String)>, super::EngineError> {
     if pattern == "(.*)" && replacement == "$1" {
         return Ok(None);
     }
-    let re = regex_lite::Regex::new(pattern)
-        .map_err(|e| format!("--hostname-match {pattern:?}: {e}"))?;
+    let re = regex_lite::Regex::new(pattern).map_err(|e| super::EngineError::HostnameMatch {
+        pattern: pattern.to_string(),
+        detail: e.to_string(),
+    })?;
     Ok(Some((re, replacement.to_string())))
 }
 
@@ -430,7 +432,7 @@ mod tests {
         rewrite_create(&mut b, Some("web"), None, &s).unwrap();
         assert_eq!(b["Hostname"], json!("web"));
         assert!(hostname_match("(.*)", "$1").unwrap().is_none());
-        let e = hostname_match("(", "$1").unwrap_err();
+        let e = hostname_match("(", "$1").unwrap_err().to_string();
         assert!(e.contains("--hostname-match"), "{e}");
     }
 

@@ -107,7 +107,7 @@ async fn report(State(service): S, RawQuery(q): RawQuery) -> Result<Response, Ap
             let v = serde_json::to_value(&r).expect("report serializes");
             weft_api::template::render(t, &v)
                 .map(IntoResponse::into_response)
-                .map_err(ApiError::bad_request)
+                .map_err(|e| ApiError::bad_request(e.to_string()))
         }
         _ => Err(ApiError::bad_request(
             "error: must supply one format parameter",
