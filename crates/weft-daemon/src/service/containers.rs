@@ -59,15 +59,7 @@ impl Service {
         req: AttachRequest,
         ident: Option<String>,
     ) -> Result<AttachResponse> {
-        let mut specs = parse_specs(&req.addrs)?;
-        if specs.is_empty() {
-            specs.push(AddrSpec::DefaultSubnet);
-        }
-        for spec in &specs {
-            if let AddrSpec::Exact(net) = spec {
-                check_cidr(net)?;
-            }
-        }
+        let specs = address_specs(&req.addrs)?;
         let runtime_ident = req.ident.is_some();
         let ident = match (
             self.attacher.lookup(&req.container).await?,
@@ -305,15 +297,7 @@ impl Service {
     /// `weft expose`: addresses for the host itself on the bridge (allocated like a
     /// container's), optionally named in weftDNS.
     pub async fn expose(&self, req: ExposeRequest) -> Result<Vec<Ipv4Net>> {
-        let mut specs = parse_specs(&req.addrs)?;
-        if specs.is_empty() {
-            specs.push(AddrSpec::DefaultSubnet);
-        }
-        for spec in &specs {
-            if let AddrSpec::Exact(net) = spec {
-                check_cidr(net)?;
-            }
-        }
+        let specs = address_specs(&req.addrs)?;
         let nets = self.expose_addrs(specs, !req.without_masquerade).await?;
         if let (Some(h), Some(_)) = (&req.hostname, &self.dns) {
             let addrs: Vec<_> = nets.iter().map(|n| n.addr()).collect();
@@ -442,6 +426,21 @@ impl Service {
         let _ = self.attacher.detach_ident(id).await;
         let _ = self.forget_ident(id).await;
     }
+}
+
+/// Address arguments of attach and expose: none means the default subnet's; exact
+/// addresses must be usable by a host.
+fn address_specs(addrs: &[String]) -> Result<Vec<AddrSpec>> {
+    let mut specs = parse_specs(addrs)?;
+    if specs.is_empty() {
+        specs.push(AddrSpec::DefaultSubnet);
+    }
+    for spec in &specs {
+        if let AddrSpec::Exact(net) = spec {
+            check_cidr(net)?;
+        }
+    }
+    Ok(specs)
 }
 
 /// Interface names the kernel takes: 1–15 bytes, no `/`, whitespace or `:`.
