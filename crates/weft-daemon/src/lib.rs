@@ -366,13 +366,16 @@ impl Listeners {
 pub async fn run(cfg: Config, shutdown: watch::Receiver<bool>) -> Result<(), DaemonError> {
     let valid = cfg.validate()?;
     let listeners = Listeners::bind(&valid).await?;
-    run_with(valid, listeners, shutdown).await
+    let host = weft_linux::host::LinuxHost::new(Netlink::new()?);
+    run_with(valid, listeners, host, shutdown).await
 }
 
-/// Runs a validated router on bound listeners until `shutdown` becomes true.
+/// Runs a validated router on bound listeners until `shutdown` becomes true; containers are
+/// plugged and the fast path programmed through `host`.
 pub async fn run_with(
     valid: Valid,
     listeners: Listeners,
+    host_ops: Arc<dyn weft_linux::host::HostOps>,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), DaemonError> {
     let cfg = valid.0;
@@ -583,8 +586,6 @@ pub async fn run_with(
             Some((icfg, persisted))
         }
     };
-    let host_ops: Arc<dyn weft_linux::host::HostOps> =
-        weft_linux::host::LinuxHost::new(host.netlink.clone());
     let attacher = Arc::new(attach::Attacher::new(
         host_ops.clone(),
         Some(host.netlink.clone()),

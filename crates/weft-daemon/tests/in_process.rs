@@ -58,7 +58,8 @@ async fn routers_run_in_process_mesh_and_stop_when_told() {
                     Some(6783),
                     "the control port as asked"
                 );
-                weft_daemon::run_with(valid, listeners, stopped).await
+                let host = weft_linux::host::LinuxHost::new(weft_linux::netlink::Netlink::new()?);
+                weft_daemon::run_with(valid, listeners, host, stopped).await
             })
             .await
         }));
