@@ -610,30 +610,81 @@ async fn dial(addr: SocketAddr, bind: Option<IpAddr>) -> Result<TcpStream, Strin
     }
 }
 
-/// Accepts control connections, at most `burst` at once and `rate` per second after that, so
-/// a flood of connection attempts cannot starve the router.
+/// How fast connections are taken, per source address and in all: a stranger opening
+/// connections as fast as it can spends its own budget (its excess is closed at once), not
+/// the one real peers need.
+struct AcceptBudget {
+    sources: HashMap<IpAddr, (f64, Instant)>,
+    global: (f64, Instant),
+}
+
+impl AcceptBudget {
+    const SOURCE_BURST: f64 = 10.0;
+    const SOURCE_RATE: f64 = 5.0;
+    const GLOBAL_BURST: f64 = 200.0;
+    const GLOBAL_RATE: f64 = 100.0;
+    /// Sources remembered at most (those with a full budget are forgotten first).
+    const MAX_SOURCES: usize = 4096;
+
+    fn new(now: Instant) -> Self {
+        AcceptBudget {
+            sources: HashMap::new(),
+            global: (Self::GLOBAL_BURST, now),
+        }
+    }
+
+    fn refill((tokens, last): &mut (f64, Instant), now: Instant, rate: f64, burst: f64) {
+        *tokens = (*tokens + now.saturating_duration_since(*last).as_secs_f64() * rate).min(burst);
+        *last = now;
+    }
+
+    /// Whether a connection from `ip` is taken; if so, how long to wait first (the global
+    /// budget is spent: everyone waits a little).
+    fn admit(&mut self, ip: IpAddr, now: Instant) -> Option<Duration> {
+        if self.sources.len() >= Self::MAX_SOURCES && !self.sources.contains_key(&ip) {
+            self.sources.retain(|_, b| {
+                let mut b2 = *b;
+                Self::refill(&mut b2, now, Self::SOURCE_RATE, Self::SOURCE_BURST);
+                b2.0 < Self::SOURCE_BURST
+            });
+            if self.sources.len() >= Self::MAX_SOURCES {
+                return None;
+            }
+        }
+        let b = self.sources.entry(ip).or_insert((Self::SOURCE_BURST, now));
+        Self::refill(b, now, Self::SOURCE_RATE, Self::SOURCE_BURST);
+        if b.0 < 1.0 {
+            return None;
+        }
+        b.0 -= 1.0;
+        let g = &mut self.global;
+        Self::refill(g, now, Self::GLOBAL_RATE, Self::GLOBAL_BURST);
+        g.0 -= 1.0;
+        Some(if g.0 < 0.0 {
+            Duration::from_secs_f64(-g.0 / Self::GLOBAL_RATE)
+        } else {
+            Duration::ZERO
+        })
+    }
+}
+
 pub async fn accept_loop(
     listener: TcpListener,
     tx: mpsc::Sender<ControlInput>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    const BURST: f64 = 20.0;
-    const PER_SEC: f64 = 20.0;
-    let mut tokens = BURST;
-    let mut last = Instant::now();
+    let mut budget = AcceptBudget::new(Instant::now());
     loop {
         tokio::select! {
             r = listener.accept() => match r {
                 Ok((stream, remote)) => {
-                    let now = Instant::now();
-                    tokens = (tokens + now.duration_since(last).as_secs_f64() * PER_SEC).min(BURST);
-                    last = now;
-                    if tokens < 1.0 {
-                        tokio::time::sleep(Duration::from_secs_f64((1.0 - tokens) / PER_SEC)).await;
-                        tokens = 1.0;
-                        last = Instant::now();
+                    let Some(wait) = budget.admit(remote.ip(), Instant::now()) else {
+                        debug!(%remote, "too many connections from one address; closed");
+                        continue;
+                    };
+                    if !wait.is_zero() {
+                        tokio::time::sleep(wait).await;
                     }
-                    tokens -= 1.0;
                     if tx.send(ControlInput::Accepted { stream, remote }).await.is_err() {
                         return;
                     }
@@ -648,5 +699,41 @@ pub async fn accept_loop(
                 return;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod accept_tests {
+    use super::*;
+
+    #[test]
+    fn one_flooding_source_does_not_spend_everyones_budget() {
+        let now = Instant::now();
+        let mut b = AcceptBudget::new(now);
+        let stranger: IpAddr = "198.18.9.9".parse().expect("an address");
+        let peer: IpAddr = "198.18.0.2".parse().expect("an address");
+        let taken = (0..100)
+            .filter(|_| b.admit(stranger, now).is_some())
+            .count();
+        assert_eq!(taken, AcceptBudget::SOURCE_BURST as usize);
+        assert_eq!(b.admit(peer, now), Some(Duration::ZERO));
+        // The stranger's budget comes back at its own rate.
+        let later = now + Duration::from_secs(1);
+        let again = (0..100)
+            .filter(|_| b.admit(stranger, later).is_some())
+            .count();
+        assert_eq!(again, AcceptBudget::SOURCE_RATE as usize);
+    }
+
+    #[test]
+    fn a_flood_from_many_sources_is_slowed_not_refused() {
+        let now = Instant::now();
+        let mut b = AcceptBudget::new(now);
+        let mut waited = Duration::ZERO;
+        for i in 0..400u32 {
+            let ip = IpAddr::V4(std::net::Ipv4Addr::from(0xc612_0000 + i));
+            waited = waited.max(b.admit(ip, now).expect("taken"));
+        }
+        assert!(waited > Duration::ZERO);
     }
 }

@@ -59,6 +59,9 @@ pub(super) enum Close {
     AuthFailed(String),
     /// Another connection to the same peer won the tie-break; nothing to retry.
     Duplicate(String),
+    /// A half-open inbound connection dropped to make room (a flood of them): not worth a
+    /// log line or a status entry each.
+    Shed(String),
     /// Never retry this target.
     Suspend(String),
     /// One side refuses the other (e.g. their IP allocation rings differ): retried with
@@ -72,6 +75,7 @@ impl Close {
             Close::Failure(r)
             | Close::AuthFailed(r)
             | Close::Duplicate(r)
+            | Close::Shed(r)
             | Close::Suspend(r)
             | Close::Refused(r) => r,
         }
@@ -189,7 +193,12 @@ impl Connection {
         t: &Timing,
     ) -> Self {
         let mut timers = TimerTable::default();
-        timers.set(Timer::Handshake, now + t.handshake_timeout);
+        let deadline = if outbound {
+            t.handshake_timeout
+        } else {
+            t.pending_timeout
+        };
+        timers.set(Timer::Handshake, now + deadline);
         Connection {
             id,
             outbound,

@@ -36,10 +36,17 @@ use super::status::{
 use super::topology::{MAX_NICKNAME_LEN, Topology};
 use crate::rng::Rng;
 
+/// Half-open inbound connections (not yet past the hello) taken at once...
+pub const MAX_PENDING_INBOUND: usize = 64;
+/// ...and from one IP address.
+pub const MAX_PENDING_PER_SOURCE: usize = 8;
+
 #[derive(Clone, Debug)]
 pub struct Timing {
-    /// Header and hello must complete within this.
+    /// Header and hello must complete within this on a connection we dialled...
     pub handshake_timeout: Duration,
+    /// ...and on one we accepted: a stranger's half-open connection is dropped quickly.
+    pub pending_timeout: Duration,
     /// A TCP heartbeat is sent this often on every connection.
     pub heartbeat_interval: Duration,
     /// A connection that receives nothing for this long is dead.
@@ -74,6 +81,7 @@ impl Default for Timing {
     fn default() -> Self {
         Timing {
             handshake_timeout: Duration::from_secs(10),
+            pending_timeout: Duration::from_secs(3),
             heartbeat_interval: Duration::from_secs(10),
             read_timeout: Duration::from_secs(35),
             udp_fast_heartbeat: Duration::from_millis(500),
@@ -213,6 +221,9 @@ pub struct DataPlaneTable {
 #[derive(Debug, Default, Clone, Copy)]
 pub(super) struct Stats {
     pub(super) terminations: u64,
+    /// Half-open inbound connections dropped: refused (too many from one address), or the
+    /// oldest shed to make room.
+    pub(super) refused_pending: u64,
     /// Connections closed for breaking the protocol (bad header, undecodable message...).
     pub(super) protocol_errors: u64,
     /// Invalid entries in topology updates, ignored.
@@ -405,6 +416,11 @@ impl Router {
 
     /// A TCP connection arrived. `None` means refuse it (connection limit).
     pub fn handle_accept(&mut self, now: Instant, remote: SocketAddr) -> Option<ConnId> {
+        if !self.admit_pending(now, remote) {
+            // Not logged per connection: a flood would flood the log too.
+            self.stats.refused_pending += 1;
+            return None;
+        }
         if self.at_conn_limit() {
             warn!(%remote, limit = self.cfg.conn_limit, "connection limit reached; refusing connection");
             return None;
@@ -609,7 +625,7 @@ impl Router {
         if hello.name == weft_proto::BROADCAST_PEER || hello.nickname.len() > MAX_NICKNAME_LEN {
             return Err(Close::Failure("invalid peer identity in hello".into()));
         }
-        if self.at_conn_limit_excluding(id) {
+        if self.at_conn_limit_excluding(Some(id)) {
             return Err(Close::Failure(format!(
                 "connection limit reached ({})",
                 self.cfg.conn_limit
@@ -868,7 +884,9 @@ impl Router {
             _ => c.addr.to_string(),
         };
         match &why {
-            Close::Duplicate(_) => debug!("{dir}[{who}]: connection deleted: {reason}"),
+            Close::Duplicate(_) | Close::Shed(_) => {
+                debug!("{dir}[{who}]: connection deleted: {reason}")
+            }
             _ => info!("{dir}[{who}]: connection shutting down due to error: {reason}"),
         }
         if c.phase == Phase::Ready {
@@ -887,7 +905,10 @@ impl Router {
             self.local_connections_changed(now);
         }
         let refused_untargeted = c.target.is_none() && matches!(why, Close::Refused(_));
-        if refused_untargeted || (!c.outbound && !matches!(c.phase, Phase::Header | Phase::Ready)) {
+        let shed = matches!(why, Close::Shed(_));
+        if refused_untargeted
+            || (!shed && !c.outbound && !matches!(c.phase, Phase::Header | Phase::Ready))
+        {
             // An inbound connection that failed (before it was ready, or refused later) has no
             // target to show the reason: keep it for status.
             if !self
@@ -908,7 +929,7 @@ impl Router {
                 && t.conn == Some(id)
             {
                 match why {
-                    Close::Duplicate(_) => t.conn = None,
+                    Close::Duplicate(_) | Close::Shed(_) => t.conn = None,
                     Close::Suspend(r) => t.suspend(r),
                     Close::Failure(r) | Close::AuthFailed(r) | Close::Refused(r)
                         if c.phase == Phase::Ready =>
@@ -1026,13 +1047,51 @@ impl Router {
         }
     }
 
+    /// Whether `--conn-limit` is reached. Only connections that proved who they are, and our
+    /// own dials, count: half-open inbound connections have limits of their own
+    /// ([`MAX_PENDING_INBOUND`], [`MAX_PENDING_PER_SOURCE`]), so strangers cannot use up the
+    /// limit and lock real peers out or stop our dials.
     fn at_conn_limit(&self) -> bool {
-        self.cfg.conn_limit > 0 && self.conns.len() >= self.cfg.conn_limit
+        self.at_conn_limit_excluding(None)
     }
 
-    fn at_conn_limit_excluding(&self, id: ConnId) -> bool {
-        let others = self.conns.keys().filter(|k| **k != id).count();
-        self.cfg.conn_limit > 0 && others >= self.cfg.conn_limit
+    fn at_conn_limit_excluding(&self, id: Option<ConnId>) -> bool {
+        let counted = self
+            .conns
+            .values()
+            .filter(|c| Some(c.id) != id && (c.outbound || c.phase == Phase::Ready))
+            .count();
+        self.cfg.conn_limit > 0 && counted >= self.cfg.conn_limit
+    }
+
+    /// Makes room for another half-open inbound connection from `remote`: refused if that
+    /// address has too many already; if all together are too many, the oldest goes (so a
+    /// real peer's connection gets in however many a stranger keeps open, and finishes its
+    /// handshake long before it would be the oldest).
+    fn admit_pending(&mut self, now: Instant, remote: SocketAddr) -> bool {
+        let mut all = 0;
+        let mut same_source = 0;
+        let mut oldest = None;
+        for c in self.conns.values() {
+            if !c.outbound && c.phase != Phase::Ready {
+                all += 1;
+                oldest.get_or_insert(c.id);
+                if c.addr.ip() == remote.ip() {
+                    same_source += 1;
+                }
+            }
+        }
+        if same_source >= MAX_PENDING_PER_SOURCE {
+            return false;
+        }
+        if all >= MAX_PENDING_INBOUND
+            && let Some(id) = oldest
+        {
+            let why = Close::Shed("too many half-open connections: dropped the oldest".into());
+            self.stats.refused_pending += 1;
+            self.close(now, id, why, true);
+        }
+        true
     }
 
     fn alloc_conn(&mut self) -> ConnId {
@@ -1348,6 +1407,134 @@ impl Router {
             protocol_errors: self.stats.protocol_errors,
             invalid_entries: self.stats.invalid_entries,
             udp_unexpected: self.stats.udp_unexpected,
+            refused_pending: self.stats.refused_pending,
         }
+    }
+}
+
+#[cfg(test)]
+mod admission_tests {
+    //! Half-open connections from strangers against a real peer's, with two routers wired
+    //! back to back by hand.
+
+    use super::*;
+
+    fn router(last: u8, conn_limit: usize) -> Router {
+        let cfg = RouterConfig {
+            name: PeerName::from_bytes([0x0a, 0, 0, 0, 0, last]),
+            nickname: format!("r{last}"),
+            tcp_port: 6783,
+            udp_port: 6783,
+            conn_limit,
+            discovery: false,
+            mtu: 1376,
+            timing: Timing::default(),
+            crypto: None,
+        };
+        Router::new(cfg, Instant::now(), u64::from(last))
+    }
+
+    fn addr(last: u8) -> SocketAddr {
+        SocketAddr::from(([198, 18, 0, last], 6783))
+    }
+
+    /// Passes what each router sends to the other until both are quiet; `a` dials `b`.
+    fn pump(now: Instant, a: &mut Router, b: &mut Router) {
+        let (mut a2b, mut b2a) = (BTreeMap::new(), BTreeMap::new());
+        loop {
+            let mut moved = false;
+            while let Some(act) = a.poll_action() {
+                moved = true;
+                match act {
+                    Action::Dial { conn, addr: to } => {
+                        assert_eq!(to, addr(2));
+                        let theirs = b.handle_accept(now, addr(1)).expect("accepted");
+                        a2b.insert(conn, theirs);
+                        b2a.insert(theirs, conn);
+                        a.handle_dialed(now, conn, Ok(()));
+                    }
+                    Action::Send { conn, bytes } => {
+                        if let Some(&t) = a2b.get(&conn) {
+                            b.handle_conn_data(now, t, &bytes);
+                        }
+                    }
+                    Action::SendUdp { bytes, .. } => b.handle_udp(now, addr(1), &bytes),
+                    Action::Close { .. } => {}
+                }
+            }
+            while let Some(act) = b.poll_action() {
+                moved = true;
+                match act {
+                    Action::Send { conn, bytes } => {
+                        if let Some(&t) = b2a.get(&conn) {
+                            a.handle_conn_data(now, t, &bytes);
+                        }
+                    }
+                    Action::SendUdp { bytes, .. } => a.handle_udp(now, addr(2), &bytes),
+                    Action::Dial { .. } | Action::Close { .. } => {}
+                }
+            }
+            if !moved {
+                return;
+            }
+        }
+    }
+
+    /// Strangers at many addresses open connections to `b` and never say anything.
+    fn flood(now: Instant, b: &mut Router, n: u32) {
+        for i in 0..n {
+            let ip = std::net::Ipv4Addr::from(0xc612_1000 + i / 2);
+            let _ = b.handle_accept(now, SocketAddr::from((ip, 40000 + i as u16)));
+        }
+        while b.poll_action().is_some() {}
+    }
+
+    fn half_open(b: &Router) -> usize {
+        b.conns
+            .values()
+            .filter(|c| !c.outbound && c.phase != Phase::Ready)
+            .count()
+    }
+
+    #[test]
+    fn a_peer_joins_at_once_however_many_half_open_connections_strangers_keep() {
+        let now = Instant::now();
+        let (mut a, mut b) = (router(1, 200), router(2, 200));
+        flood(now, &mut b, 400);
+        assert_eq!(half_open(&b), MAX_PENDING_INBOUND);
+        a.connect(now, vec![("b".into(), addr(2), true)], false);
+        pump(now, &mut a, &mut b);
+        assert!(a.connected_peers().any(|p| *p == b.name()));
+        assert!(b.connected_peers().any(|p| *p == a.name()));
+        assert!(b.status(now).refused_pending >= 400 - MAX_PENDING_INBOUND as u64);
+        // The strangers' connections go within the short deadline.
+        let later = now + Timing::default().pending_timeout;
+        b.handle_timeout(later);
+        assert_eq!(half_open(&b), 0);
+        assert_eq!(b.conns.len(), 1);
+    }
+
+    #[test]
+    fn one_address_gets_a_few_half_open_connections_only() {
+        let now = Instant::now();
+        let mut b = router(2, 200);
+        let stranger = addr(9);
+        let taken = (0..50)
+            .filter(|_| b.handle_accept(now, stranger).is_some())
+            .count();
+        assert_eq!(taken, MAX_PENDING_PER_SOURCE);
+    }
+
+    #[test]
+    fn half_open_connections_use_up_neither_the_limit_nor_our_dials() {
+        let now = Instant::now();
+        let (mut a, mut b) = (router(1, 2), router(2, 2));
+        flood(now, &mut a, 100);
+        flood(now, &mut b, 100);
+        // a still dials (its table is full of strangers, but they do not count)...
+        a.connect(now, vec![("b".into(), addr(2), true)], false);
+        // ...and b still takes a real peer.
+        pump(now, &mut a, &mut b);
+        assert!(a.connected_peers().any(|p| *p == b.name()));
     }
 }

@@ -32,6 +32,8 @@ pub struct RouterStatus {
     pub protocol_errors: u64,
     pub invalid_entries: u64,
     pub udp_unexpected: u64,
+    /// Accepted connections dropped at once: too many half-open ones.
+    pub refused_pending: u64,
 }
 
 #[derive(Clone, Debug)]

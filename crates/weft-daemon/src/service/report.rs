@@ -203,6 +203,7 @@ impl Service {
             ("control_protocol_errors", st.protocol_errors),
             ("control_invalid_topology_entries", st.invalid_entries),
             ("control_udp_unexpected", st.udp_unexpected),
+            ("control_refused_half_open", st.refused_pending),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
