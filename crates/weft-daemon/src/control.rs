@@ -119,6 +119,9 @@ pub enum IpamCmd {
     },
 }
 
+/// Why a router without a password takes none at run time.
+pub const ENCRYPTION_OFF: &str = "encryption is off: a router launched without --password cannot take one at run time; relaunch it with --password";
+
 /// Changes to our DNS names.
 pub enum DnsCmd {
     Add {
@@ -314,7 +317,7 @@ impl Control {
             }
             ControlInput::Password { change, psk, reply } => {
                 let r = if self.node.psks().is_empty() {
-                    Err("encryption is off: a router launched without --password cannot take one at run time; relaunch it with --password".to_string())
+                    Err(ENCRYPTION_OFF.to_string())
                 } else {
                     weft_core::crypto::change_psks(self.node.psks(), change, psk)
                         .map(|next| {

@@ -736,6 +736,7 @@ pub async fn run_with(
             .map(|i| i.default_subnet.unwrap_or(i.range).trunc())
             .unwrap_or_else(|| "10.32.0.0/12".parse().expect("valid CIDR")),
         ipam_enabled: cfg.ipam.is_some(),
+        encryption: !cfg.passwords.is_empty(),
         ipam_range: cfg.ipam.as_ref().map(|i| i.range),
         dns: dns_shared,
         docker: docker.engine.clone(),

@@ -39,10 +39,23 @@ impl Service {
                 )));
             }
         };
+        // Refused before the (deliberately slow, memory-hard) derivation, which a caller could
+        // otherwise have the router run for nothing.
+        if !self.encryption {
+            return Err(ServiceError::Password(
+                crate::control::ENCRYPTION_OFF.into(),
+            ));
+        }
         let Some(pw) = crate::secrets::Password::new(password.as_bytes()) else {
             return Err(ServiceError::Invalid("the password is empty".into()));
         };
-        let psk = pw.derive().await;
+        // One derivation at a time (64 MiB each): a burst of requests queues, it does not add
+        // up.
+        static DERIVING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+        let psk = {
+            let _one = DERIVING.lock().await;
+            pw.derive().await
+        };
         self.ask(|reply| ControlInput::Password { change, psk, reply })
             .await?
             .map_err(ServiceError::Password)

@@ -92,6 +92,8 @@ pub struct Parts {
     /// The IPAM default subnet (for `PUT /ip/{id}/{ip}`, `GET /ip/{id}`).
     pub default_subnet: Ipv4Net,
     pub ipam_enabled: bool,
+    /// Launched with a password: control connections and (untrusted) data are encrypted.
+    pub encryption: bool,
     /// The allocation range (`--ipalloc-range`), when allocation is on.
     pub ipam_range: Option<Ipv4Net>,
     pub dns: Option<Arc<crate::dns::DnsShared>>,

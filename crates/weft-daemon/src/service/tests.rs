@@ -105,6 +105,7 @@ fn router(ipam: bool) -> Router {
         default_port: 6783,
         default_subnet: range(),
         ipam_enabled: ipam,
+        encryption: false,
         ipam_range: ipam.then(range),
         dns: None,
         docker: None,
@@ -320,4 +321,16 @@ async fn expose_allocates_for_the_host_and_hide_gives_it_back() {
     let report = timeout(r.service.report()).await.expect("a report");
     assert_eq!(report.router.name, "0a:00:00:00:00:01");
     let _ = r.host.links().await;
+}
+
+#[tokio::test]
+async fn a_password_for_a_router_without_encryption_is_refused_before_any_derivation() {
+    let r = router(true);
+    let e = timeout(r.service.password("add", "secret"))
+        .await
+        .expect_err("refused");
+    assert!(
+        matches!(&e, ServiceError::Password(m) if m.contains("encryption is off")),
+        "{e:?}"
+    );
 }
