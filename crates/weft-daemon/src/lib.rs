@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 use ipnet::Ipv4Net;
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::{mpsc, watch};
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 use weft_core::ipam::{InitMode, IpamConfig, default_quorum};
 use weft_core::mesh::{CryptoSettings, RouterConfig, Timing};
 use weft_core::node::Node;
@@ -261,6 +261,9 @@ pub enum DaemonError {
     State(#[from] StateError),
     #[error(transparent)]
     Attach(#[from] attach::AttachError),
+    /// A task the router cannot run without ended.
+    #[error("{0}")]
+    TaskDied(String),
     #[error("{what}: {source}")]
     Io {
         what: String,
@@ -785,21 +788,41 @@ pub async fn run_with(
             let _ = server.shutdown_gracefully().await;
         });
     }
-    tasks.spawn(control.run(shutdown.clone()));
+    // The tasks without which the router carries nothing: if one ends (an error on the TAP
+    // or a socket, a panic), the router exits non-zero rather than answering its API as if
+    // all were well.
+    let mut critical: tokio::task::JoinSet<&'static str> = tokio::task::JoinSet::new();
+    {
+        let sd = shutdown.clone();
+        critical.spawn(async move {
+            control.run(sd).await;
+            "control task"
+        });
+    }
     tasks.spawn(firewall_task.run(shutdown.clone()));
     if let Some(t) = fast_task {
         tasks.spawn(t.run(shutdown.clone()));
     }
-    tasks.spawn(dataplane::run(
-        name,
-        tap,
-        udp,
-        path_payload,
-        dp_rx,
-        ctl_tx.clone(),
-        shutdown.clone(),
-    ));
-    tasks.spawn(control::accept_loop(listener, ctl_tx, shutdown.clone()));
+    {
+        let dataplane = dataplane::run(
+            name,
+            tap,
+            udp,
+            path_payload,
+            dp_rx,
+            ctl_tx.clone(),
+            shutdown.clone(),
+        );
+        critical.spawn(async move {
+            dataplane.await;
+            "data plane"
+        });
+        let accept = control::accept_loop(listener, ctl_tx, shutdown.clone());
+        critical.spawn(async move {
+            accept.await;
+            "control port's accept loop"
+        });
+    }
     for (listener, metrics_only) in extra_http {
         let mut sd = shutdown.clone();
         let routes = if metrics_only {
@@ -819,13 +842,14 @@ pub async fn run_with(
     {
         let mut sd = shutdown.clone();
         let app_router = http::router(service.clone());
-        tasks.spawn(async move {
+        critical.spawn(async move {
             let serve = axum::serve(http, app_router).with_graceful_shutdown(async move {
                 let _ = sd.changed().await;
             });
             if let Err(e) = serve.await {
                 warn!("HTTP API stopped: {e}");
             }
+            "HTTP API"
         });
     }
     {
@@ -850,20 +874,39 @@ pub async fn run_with(
     std::fs::write(&pid_file, format!("{}\n", std::process::id()))
         .map_err(io_err(format!("writing {}", pid_file.display())))?;
 
-    let _ = shutdown.changed().await;
-    info!("shutting down; the bridge and attached containers stay in place");
+    let died = tokio::select! {
+        biased;
+        _ = shutdown.changed() => None,
+        ended = critical.join_next() => Some(match ended {
+            Some(Ok(what)) => format!("the {what} stopped"),
+            Some(Err(e)) if e.is_panic() => format!("a router task panicked: {e}"),
+            Some(Err(e)) => format!("a router task ended: {e}"),
+            None => "no router task is left".to_string(),
+        }),
+    };
+    if let Some(why) = &died {
+        error!("{why}: the router exits, leaving the bridge and containers in place");
+    } else {
+        info!("shutting down; the bridge and attached containers stay in place");
+    }
     // Give tasks a moment to close connections cleanly.
     let _ = tokio::time::timeout(Duration::from_secs(2), async {
         while tasks.join_next().await.is_some() {}
+        while critical.join_next().await.is_some() {}
     })
     .await;
+    tasks.abort_all();
+    critical.abort_all();
     let _ = std::fs::remove_file(&pid_file);
     for a in &service.docker_status.proxy_addrs {
         if let Some(p) = a.strip_prefix("unix://") {
             let _ = std::fs::remove_file(p);
         }
     }
-    Ok(())
+    match died {
+        Some(why) => Err(DaemonError::TaskDied(why)),
+        None => Ok(()),
+    }
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use weft_testbed::Testbed;
 
 const WEFT: &str = env!("CARGO_BIN_EXE_weft");
@@ -525,5 +525,40 @@ fn a_router_that_dies_is_started_again() -> Result<()> {
     tb.signal_router_only(1, "-9")?;
     std::thread::sleep(Duration::from_secs(2));
     assert!(tb.our_router_pid(1).is_none());
+    Ok(())
+}
+
+/// A router whose data plane dies (its TAP device deleted under it) does not linger,
+/// answering its API while carrying nothing: it exits non-zero, saying why, and the
+/// supervisor starts one that makes the device again and carries traffic.
+#[test]
+fn a_router_whose_data_plane_dies_exits_and_comes_back() -> Result<()> {
+    let Some(mut tb) = weft_testbed::for_test("tapdie", 2, Path::new(WEFT)) else {
+        return Ok(());
+    };
+    tb.launch_mesh(2, &["--no-fastdp"])?;
+    let a = tb.container("a")?;
+    let b = tb.container("b")?;
+    let ip_a = tb.weft_ok(1, &["attach", &a])?.trim().to_string();
+    tb.weft_ok(2, &["attach", &b])?;
+    tb.wait_ping(&b, &ip_a, Duration::from_secs(20))?;
+    let old = tb.our_router_pid(1).context("a router")?;
+    let ns = tb.host(1).netns.clone();
+    weft_testbed::run(
+        std::process::Command::new("ip").args(["-n", &ns, "link", "del", "weft-tap"]),
+    )?;
+    Testbed::wait_for(Duration::from_secs(20), || {
+        let log = tb.router_log(1);
+        if log.contains("the data plane stopped") && log.contains("(exit status: 1)") {
+            Ok(())
+        } else {
+            bail!("log: {log}")
+        }
+    })?;
+    Testbed::wait_for(Duration::from_secs(30), || match tb.our_router_pid(1) {
+        Some(p) if p != old => Ok(()),
+        _ => bail!("no new router"),
+    })?;
+    tb.wait_ping(&b, &ip_a, Duration::from_secs(30))?;
     Ok(())
 }
