@@ -50,7 +50,12 @@ pub struct DnsStats {
     pub nxdomain: AtomicU64,
     pub forwarded: AtomicU64,
     pub upstream_failures: AtomicU64,
+    /// Queries from outside the containers and the host: refused.
+    pub refused: AtomicU64,
 }
+
+/// Forwarded queries in flight at most: more get SERVFAIL at once rather than piling up.
+pub const MAX_FORWARDS: usize = 64;
 
 #[derive(Debug)]
 struct Upstream {
@@ -109,6 +114,11 @@ pub struct DnsShared {
     pub stats: DnsStats,
     upstream: Mutex<Upstream>,
     rng: Mutex<Rng>,
+    /// Who may ask: the subnets of the host's bridges (weft's, docker0), the allocation
+    /// range, loopback, and the host's own addresses. Not the underlay's subnet, nor the
+    /// internet: weftDNS is not an open resolver.
+    clients: RwLock<Vec<ipnet::IpNet>>,
+    forwards: tokio::sync::Semaphore,
 }
 
 impl DnsShared {
@@ -125,7 +135,29 @@ impl DnsShared {
             stats: DnsStats::default(),
             upstream: Mutex::new(upstream),
             rng: Mutex::new(Rng::new(seed)),
+            clients: RwLock::new(Vec::new()),
+            forwards: tokio::sync::Semaphore::new(MAX_FORWARDS),
         }
+    }
+
+    /// Sets who may ask (see [`DnsShared::client_allowed`]); loopback always may.
+    pub fn set_clients(&self, clients: Vec<ipnet::IpNet>) {
+        *self.clients.write().expect("clients lock") = clients;
+    }
+
+    /// Whether a query from `ip` is answered.
+    pub fn client_allowed(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+            v4 => v4,
+        };
+        ip.is_loopback()
+            || self
+                .clients
+                .read()
+                .expect("clients lock")
+                .iter()
+                .any(|n| n.contains(&ip))
     }
 
     pub fn publish(&self, records: Records) {
@@ -228,6 +260,10 @@ impl RequestHandler for Handler {
         let s = &self.shared;
         s.stats.queries.fetch_add(1, Ordering::Relaxed);
         let edns = edns_for(request);
+        if !s.client_allowed(request.src().ip()) {
+            s.stats.refused.fetch_add(1, Ordering::Relaxed);
+            return error(rh, request, ResponseCode::Refused, edns.as_ref()).await;
+        }
         if request.metadata.message_type != MessageType::Query
             || request.metadata.op_code != OpCode::Query
         {
@@ -277,6 +313,10 @@ impl RequestHandler for Handler {
             }
             Resolution::Forward => {
                 s.stats.forwarded.fetch_add(1, Ordering::Relaxed);
+                let Ok(_slot) = s.forwards.try_acquire() else {
+                    s.stats.upstream_failures.fetch_add(1, Ordering::Relaxed);
+                    return error(rh, request, ResponseCode::ServFail, edns.as_ref()).await;
+                };
                 match self.forward(request).await {
                     Some(reply) => {
                         let mut m = reply.metadata;
@@ -373,6 +413,42 @@ async fn tcp_exchange(server: SocketAddr, query: &[u8]) -> std::io::Result<Vec<u
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_containers_and_the_host_may_ask() {
+        let shared = DnsShared::new(
+            DnsConfig {
+                domain: "weave.local.".into(),
+                listen: "0.0.0.0:53".parse().unwrap(),
+                ttl: 1,
+                resolv_conf: "/nonexistent".into(),
+                fallback_timeout: Duration::from_secs(1),
+            },
+            Records::new(
+                weft_proto::PeerName::from_bytes([2, 0, 0, 0, 0, 1]),
+                "weave.local.",
+            ),
+            1,
+        );
+        shared.set_clients(vec![
+            "10.32.0.0/12".parse().unwrap(),
+            "172.17.0.0/16".parse().unwrap(),
+            "198.18.0.1/32".parse().unwrap(),
+        ]);
+        for ok in [
+            "127.0.0.1",
+            "::1",
+            "10.32.4.5",
+            "172.17.0.2",
+            "198.18.0.1",
+            "::ffff:10.32.0.9",
+        ] {
+            assert!(shared.client_allowed(ok.parse().unwrap()), "{ok}");
+        }
+        for no in ["198.18.0.2", "8.8.8.8", "2001:db8::1"] {
+            assert!(!shared.client_allowed(no.parse().unwrap()), "{no}");
+        }
+    }
 
     #[test]
     fn resolv_conf_parsing() {

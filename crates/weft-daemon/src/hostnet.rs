@@ -164,3 +164,30 @@ pub async fn teardown(nl: &Netlink, bridge_name: &str) -> Result<Vec<String>, Da
     }
     Ok(removed)
 }
+
+/// Who may use weftDNS: the subnets of the host's bridges (weft's, docker0: the containers),
+/// `extra` (the allocation range), and each of the host's own addresses on its own. The
+/// underlay's subnet is not among them, so a stranger there cannot use weftDNS, let alone
+/// make it forward for them.
+pub async fn dns_clients(
+    nl: &Netlink,
+    extra: &[ipnet::IpNet],
+) -> Result<Vec<ipnet::IpNet>, DaemonError> {
+    let bridges: Vec<u32> = nl
+        .links()
+        .await?
+        .into_iter()
+        .filter(|l| l.kind.as_deref() == Some("bridge"))
+        .map(|l| l.index)
+        .collect();
+    let mut out: Vec<ipnet::IpNet> = extra.to_vec();
+    for (index, net) in nl.addresses(None).await? {
+        if bridges.contains(&index) {
+            out.push(net.trunc());
+        }
+        out.push(ipnet::IpNet::from(net.addr()));
+    }
+    out.sort();
+    out.dedup();
+    Ok(out)
+}

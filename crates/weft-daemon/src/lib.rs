@@ -682,7 +682,25 @@ pub async fn run_with(
                 records.clone(),
                 random_u64(),
             ));
+            let range: Vec<ipnet::IpNet> = cfg.ipam.iter().map(|i| i.range.into()).collect();
+            shared.set_clients(hostnet::dns_clients(&nl, &range).await?);
             let server = dns::start(shared.clone()).await?;
+            {
+                // Bridges and exposed addresses come and go: who may ask follows them.
+                let (shared, nl, mut sd) = (shared.clone(), nl.clone(), shutdown.clone());
+                tokio::spawn(async move {
+                    let mut tick = tokio::time::interval(Duration::from_secs(5));
+                    loop {
+                        tokio::select! {
+                            _ = tick.tick() => match hostnet::dns_clients(&nl, &range).await {
+                                Ok(c) => shared.set_clients(c),
+                                Err(e) => warn!("listing the host's addresses for weftDNS: {e}"),
+                            },
+                            _ = sd.changed() => return,
+                        }
+                    }
+                });
+            }
             Some((shared, server))
         }
         _ => None,

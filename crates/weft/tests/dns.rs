@@ -313,6 +313,12 @@ fn other_names_are_forwarded_to_the_upstream_resolver() -> Result<()> {
         .trim(),
         "192.0.2.7"
     );
+    // Not an open resolver: a stranger on the underlay is refused, for our names and others.
+    let h2 = tb.host(2).ip.to_string();
+    for name in ["www.upstream.test", "c.weave.local"] {
+        let out = dig(&tb, &h3, &h2, &[name]);
+        assert!(out.contains("status: REFUSED"), "{name}: {out}");
+    }
     // Reverse lookups of addresses that are not ours are forwarded as well: we relay exactly
     // the status dnsmasq gives when asked directly.
     let status = |out: &str| {

@@ -271,6 +271,7 @@ impl Service {
                         ("nxdomain", &d.stats.nxdomain),
                         ("forwarded", &d.stats.forwarded),
                         ("upstream_failures", &d.stats.upstream_failures),
+                        ("refused", &d.stats.refused),
                     ]
                     .into_iter()
                     .map(|(k, v)| (k.to_string(), v.load(std::sync::atomic::Ordering::Relaxed)))
