@@ -859,7 +859,16 @@ pub async fn run_with(
     }
     {
         let mut sd = shutdown.clone();
-        let app_router = http::router(service.clone());
+        let local = http
+            .local_addr()
+            .map_err(io_err("reading the HTTP API's address"))?;
+        if !local.ip().is_loopback() {
+            warn!(
+                "the HTTP API listens on {local}, not on loopback: anyone who can reach it can change this router's network (--http-addr 127.0.0.1:6784 keeps it local)"
+            );
+        }
+        let app_router = http::router(service.clone(), local)
+            .into_make_service_with_connect_info::<SocketAddr>();
         critical.spawn(async move {
             let serve = axum::serve(http, app_router).with_graceful_shutdown(async move {
                 let _ = sd.changed().await;

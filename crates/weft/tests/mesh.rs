@@ -562,3 +562,43 @@ fn a_router_whose_data_plane_dies_exits_and_comes_back() -> Result<()> {
     tb.wait_ping(&b, &ip_a, Duration::from_secs(30))?;
     Ok(())
 }
+
+/// The loopback API is not everyone's: an unprivileged local user reads status, as with Weave,
+/// but cannot change the network; root (the CLI) can.
+#[test]
+fn unprivileged_local_users_read_status_but_change_nothing() -> Result<()> {
+    let Some(tb) = weft_testbed::for_test("apiuid", 1, Path::new(WEFT)) else {
+        return Ok(());
+    };
+    tb.launch(1, &[])?;
+    let ns = tb.host(1).netns.clone();
+    let as_nobody = |request: &str| -> Result<String> {
+        let script = format!(
+            "exec 3<>/dev/tcp/127.0.0.1/6784 && printf '{request} HTTP/1.0\\r\\nContent-Length: 0\\r\\n\\r\\n' >&3 && cat <&3"
+        );
+        let out = weft_testbed::run(tb.cmd_in(&ns, "setpriv").args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "bash",
+            "-c",
+            &script,
+        ]))?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let status = as_nobody("GET /status")?;
+    assert!(status.starts_with("HTTP/1.0 200"), "{status}");
+    for change in [
+        "POST /forget",
+        "DELETE /peer",
+        "POST /expose",
+        "DELETE /ip/x",
+    ] {
+        let r = as_nobody(change)?;
+        assert!(r.starts_with("HTTP/1.0 403"), "{change}: {r}");
+        assert!(r.contains("needs root") && r.contains("uid 65534"), "{r}");
+    }
+    // Root, through the CLI, still can.
+    tb.weft_ok(1, &["expose"])?;
+    Ok(())
+}

@@ -13,9 +13,13 @@ pub mod docker_proxy;
 mod ipam;
 pub mod plugin;
 
+use std::net::SocketAddr;
+
 use axum::Router as Http;
 use axum::body::Bytes;
-use axum::http::StatusCode;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{Method, StatusCode};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use weft_core::ipam::IpamError;
 
@@ -24,12 +28,52 @@ use crate::service::{Service, ServiceError};
 
 pub use api::{metrics_router, read_only_router};
 
-/// weft's whole API: read-only parts, controls, IP allocation and DNS.
-pub fn router(service: Service) -> Http {
+/// weft's whole API: read-only parts, controls, IP allocation and DNS, served at `local`.
+/// Serve it with `into_make_service_with_connect_info::<SocketAddr>()`: requests that change
+/// the network are checked against who sent them (see [`privileged_only`]).
+pub fn router(service: Service, local: SocketAddr) -> Http {
     api::routes()
         .merge(ipam::routes())
         .merge(dns::routes())
         .with_state(service)
+        .layer(axum::middleware::from_fn_with_state(local, privileged_only))
+}
+
+/// Our own uid (the router's user may change what the router does).
+fn own_uid() -> Option<u32> {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+}
+
+/// Requests that change the network (any method but GET and HEAD: attach, detach, passwords,
+/// IP release, DNS, reset's hand-over...) come from root or the router's own user: an
+/// unprivileged local user reading status over loopback, as in Weave, is fine; one changing
+/// the network is not. A caller on another host (a non-loopback `--http-addr`, warned about at
+/// launch) has no local identity to check.
+async fn privileged_only(
+    State(local): State<SocketAddr>,
+    ConnectInfo(remote): ConnectInfo<SocketAddr>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let method = req.method();
+    if method == Method::GET || method == Method::HEAD || !remote.ip().is_loopback() {
+        return next.run(req).await;
+    }
+    match weft_linux::peer::tcp_uid(remote, local) {
+        Some(uid) if uid == 0 || Some(uid) == own_uid() => next.run(req).await,
+        who => ApiError {
+            status: StatusCode::FORBIDDEN,
+            message: format!(
+                "changing the network needs root (this request came from {}): run the command with sudo",
+                who.map_or("an unknown user".to_string(), |u| format!("uid {u}"))
+            ),
+        }
+        .into_response(),
+    }
 }
 
 /// An error answer: a status and a one-line reason.
