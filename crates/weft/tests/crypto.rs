@@ -441,3 +441,60 @@ fn trusted_subnets_leave_data_in_clear_only_between_trusting_peers() -> Result<(
     );
     Ok(())
 }
+
+/// A stranger on the underlay keeps hundreds of connections open to an encrypted router's
+/// control port and never says a word: a peer with the password still joins at once, the
+/// router does not refuse it for a full table, and stays small.
+#[test]
+fn a_peer_joins_while_a_stranger_holds_hundreds_of_silent_connections() -> Result<()> {
+    let Some(tb) = weft_testbed::for_test("silent", 3, Path::new(WEFT)) else {
+        return Ok(());
+    };
+    let pw = "--password=correct horse battery";
+    tb.launch(1, &[pw])?;
+    let target = std::net::SocketAddr::from((tb.host(1).ip, 6783));
+    // The stranger: host 3's namespace, no weft. Sockets keep the namespace they were made in.
+    let stranger = weft_linux::netns::Netns::open(
+        &Path::new(weft_linux::netns::NAMED_NETNS_DIR).join(&tb.host(3).netns),
+    )?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let open = |n: usize| -> Result<Vec<std::net::TcpStream>> {
+        let held = rt.block_on(weft_linux::netns::run_in(&stranger, move || async move {
+            (0..n)
+                .filter_map(|_| {
+                    std::net::TcpStream::connect_timeout(&target, Duration::from_millis(300)).ok()
+                })
+                .collect::<Vec<_>>()
+        }))?;
+        Ok(held)
+    };
+    let mut held = open(400)?;
+    let started = std::time::Instant::now();
+    tb.launch(2, &[pw, &tb.host(1).ip.to_string()])?;
+    // The stranger keeps at it while the peer joins.
+    held.extend(open(200)?);
+    wait_established(&tb, 2, 1)?;
+    let joined = started.elapsed();
+    eprintln!(
+        "joined {joined:?} after launch, with {} stranger connections made",
+        held.len()
+    );
+    assert!(joined < CONVERGE);
+    let log = tb.router_log(1);
+    assert!(!log.contains("connection limit reached"), "{log}");
+    let report: Report = serde_json::from_str(&tb.weft_ok(1, &["report"])?)?;
+    let dropped = report.router.stats["control_refused_half_open"];
+    eprintln!("half-open connections refused or shed: {dropped}");
+    let pid = tb.our_router_pid(1).context("router 1")?;
+    let rss_kib: u64 = std::fs::read_to_string(format!("/proc/{pid}/status"))?
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .context("VmRSS")?;
+    eprintln!("router 1 RSS: {} MiB", rss_kib / 1024);
+    assert!(rss_kib < 256 * 1024, "router 1 RSS {rss_kib} KiB");
+    drop(held);
+    Ok(())
+}
