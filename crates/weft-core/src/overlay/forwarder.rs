@@ -83,6 +83,9 @@ pub struct ForwarderStats {
     pub heartbeats_in: u64,
     pub dropped_malformed: u64,
     pub dropped_unknown_sender: u64,
+    /// Plaintext datagrams (or fragments) naming a neighbour as sender but coming from
+    /// another address: forged, or from a stranger.
+    pub dropped_wrong_source: u64,
     pub dropped_no_route: u64,
     pub dropped_loop: u64,
     pub dropped_stp: u64,
@@ -519,6 +522,22 @@ impl Forwarder {
         }
     }
 
+    /// Whether a plaintext datagram naming neighbour `sender` came from that neighbour's
+    /// address: nothing authenticates it otherwise (encrypted ones carry their proof).
+    fn from_neighbour(&mut self, sender: PeerName, from: SocketAddr) -> bool {
+        match self.table.neighbours.get(&sender) {
+            None => {
+                self.stats.dropped_unknown_sender += 1;
+                false
+            }
+            Some(a) if *a != from => {
+                self.stats.dropped_wrong_source += 1;
+                false
+            }
+            Some(_) => true,
+        }
+    }
+
     /// A datagram from the sleeve socket, sent by `from`. Heartbeats go to
     /// [`Output::to_control`]; frames are delivered or relayed. Encrypted datagrams are
     /// decrypted in place.
@@ -537,9 +556,8 @@ impl Forwarder {
             payload,
         }) = Datagram::decode(datagram)
         {
-            // Only neighbours may make us hold memory for their datagrams.
-            if !self.table.neighbours.contains_key(&sender) {
-                self.stats.dropped_unknown_sender += 1;
+            // Only neighbours may make us hold memory for their datagrams, from their address.
+            if !self.from_neighbour(sender, from) {
                 return;
             }
             if self
@@ -572,6 +590,9 @@ impl Forwarder {
                         self.stats.dropped_plaintext += 1;
                         return;
                     }
+                    if !self.from_neighbour(sender, from) {
+                        return;
+                    }
                     let at = if gso.is_some() {
                         sleeve::GSO_FRAME_HEADER_LEN
                     } else {
@@ -596,6 +617,9 @@ impl Forwarder {
                 }) => {
                     if self.crypto.contains_key(&sender) {
                         self.stats.dropped_plaintext += 1;
+                        return;
+                    }
+                    if !self.from_neighbour(sender, from) {
                         return;
                     }
                     let len = datagram.len();
@@ -1009,7 +1033,7 @@ mod tests {
         // b answers from peer 3, relayed by 2.
         let mut reply = sleeve::frame_header(pn(2), pn(3), pn(1)).to_vec();
         reply.extend(frame(a, b));
-        f.handle_datagram(now, addr(9), &mut reply, &mut out);
+        f.handle_datagram(now, addr(2), &mut reply, &mut out);
         assert_eq!(out.injected.len(), 1);
         // Now b is known behind 3: unicast via 2 with dst peer 3.
         f.handle_local_frame(now, &frame(b, a), &mut out);
@@ -1031,17 +1055,22 @@ mod tests {
         f.handle_datagram(now, addr(9), &mut d, &mut out);
         let mut d = sleeve::frame_header(pn(2), pn(1), pn(1)).to_vec();
         d.extend(frame([2; 6], [4; 6]));
-        f.handle_datagram(now, addr(9), &mut d, &mut out);
+        f.handle_datagram(now, addr(2), &mut d, &mut out);
         let mut junk = vec![0x10, 0, 1, 2];
         f.handle_datagram(now, addr(9), &mut junk, &mut out);
+        // A plaintext frame naming neighbour 2 but sent from elsewhere: forged.
+        let mut forged = sleeve::frame_header(pn(2), pn(3), pn(1)).to_vec();
+        forged.extend(frame([2; 6], [4; 6]));
+        f.handle_datagram(now, addr(9), &mut forged, &mut out);
         let s = f.stats();
         assert_eq!(
             (
                 s.dropped_unknown_sender,
                 s.dropped_loop,
-                s.dropped_malformed
+                s.dropped_malformed,
+                s.dropped_wrong_source
             ),
-            (1, 1, 1)
+            (1, 1, 1, 1)
         );
         assert!(out.sent.is_empty() && out.injected.is_empty());
     }
@@ -1061,7 +1090,7 @@ mod tests {
         let mut out = Rec::default();
         let mut d = sleeve::frame_header(pn(1), pn(1), pn(3)).to_vec();
         d.extend(frame([2; 6], [4; 6]));
-        f.handle_datagram(now, addr(9), &mut d, &mut out);
+        f.handle_datagram(now, addr(1), &mut d, &mut out);
         assert!(out.injected.is_empty());
         assert_eq!(out.sent.len(), 1);
         assert_eq!(out.sent[0].0, addr(3));
@@ -1071,7 +1100,7 @@ mod tests {
         // A flood from 1 is injected here and passed on to 3.
         let mut d = sleeve::frame_header(pn(1), pn(1), BROADCAST_PEER).to_vec();
         d.extend(frame([0xff; 6], [4; 6]));
-        f.handle_datagram(now, addr(9), &mut d, &mut out);
+        f.handle_datagram(now, addr(1), &mut d, &mut out);
         assert_eq!(out.injected.len(), 1);
         assert_eq!(out.sent.len(), 2);
     }

@@ -170,6 +170,7 @@ impl Service {
             ("datagrams_sent", s.sent_datagrams),
             ("dropped_malformed", s.dropped_malformed),
             ("dropped_unknown_sender", s.dropped_unknown_sender),
+            ("dropped_wrong_source", s.dropped_wrong_source),
             ("dropped_no_route", s.dropped_no_route),
             ("dropped_loop", s.dropped_loop),
             ("dropped_stp", s.dropped_stp),
