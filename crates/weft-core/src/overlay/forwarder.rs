@@ -524,7 +524,7 @@ impl Forwarder {
 
     /// Whether a plaintext datagram naming neighbour `sender` came from that neighbour's
     /// address: nothing authenticates it otherwise (encrypted ones carry their proof).
-    fn from_neighbour(&mut self, sender: PeerName, from: SocketAddr) -> bool {
+    fn sent_by_neighbour(&mut self, sender: PeerName, from: SocketAddr) -> bool {
         match self.table.neighbours.get(&sender) {
             None => {
                 self.stats.dropped_unknown_sender += 1;
@@ -557,7 +557,7 @@ impl Forwarder {
         }) = Datagram::decode(datagram)
         {
             // Only neighbours may make us hold memory for their datagrams, from their address.
-            if !self.from_neighbour(sender, from) {
+            if !self.sent_by_neighbour(sender, from) {
                 return;
             }
             if self
@@ -590,7 +590,7 @@ impl Forwarder {
                         self.stats.dropped_plaintext += 1;
                         return;
                     }
-                    if !self.from_neighbour(sender, from) {
+                    if !self.sent_by_neighbour(sender, from) {
                         return;
                     }
                     let at = if gso.is_some() {
@@ -619,7 +619,7 @@ impl Forwarder {
                         self.stats.dropped_plaintext += 1;
                         return;
                     }
-                    if !self.from_neighbour(sender, from) {
+                    if !self.sent_by_neighbour(sender, from) {
                         return;
                     }
                     let len = datagram.len();
