@@ -551,7 +551,7 @@ impl Connection {
     ) -> Result<(ControlMsg, PeerKeys), CryptoError> {
         let r = self
             .secure
-            .on_rekey(epoch, msg, &crypto.psks, &crypto.entropy);
+            .on_rekey(self.outbound, epoch, msg, &crypto.psks, &crypto.entropy);
         self.sync_crypto_timers();
         r
     }

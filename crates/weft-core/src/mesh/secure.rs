@@ -117,19 +117,26 @@ impl Secure {
     }
 
     /// Responder: answer a rekey made with any of our accepted `psks`; accept the new epoch
-    /// now, send with it later.
+    /// now, send with it later. Only the side that dialled starts one (`outbound` is ours),
+    /// one at a time, each for the next epoch: anything else is a broken peer, and would
+    /// otherwise make us hold keys without end.
     pub fn on_rekey(
         &mut self,
+        outbound: bool,
         epoch: u8,
         msg: &[u8],
         psks: &[Secret],
         entropy: &SharedEntropy,
     ) -> Result<(ControlMsg, PeerKeys), CryptoError> {
+        if outbound || self.pending_send.is_some() || epoch != self.epoch.wrapping_add(1) {
+            return Err(CryptoError::Malformed);
+        }
         let chaining = self.chaining.as_ref().ok_or(CryptoError::Malformed)?;
         let (reply, k, idx) = Rekey::respond(chaining, psks, msg, entropy)?;
         self.auth_psk = Some(psks[idx].clone());
         self.chaining = Some(k.chaining);
         self.keys.recv.push((epoch, Arc::new(k.recv)));
+        bound_recv_keys(&mut self.keys);
         self.pending_send = Some((epoch, Arc::new(k.send)));
         Ok((
             ControlMsg::RekeyAck { epoch, msg: reply },
@@ -155,6 +162,7 @@ impl Secure {
         self.epoch = epoch;
         self.keys.send = Some((epoch, Arc::new(k.send)));
         self.keys.recv.push((epoch, Arc::new(k.recv)));
+        bound_recv_keys(&mut self.keys);
         self.retire_at = Some(now + crypto::KEY_OVERLAP);
         self.next_rekey = Some(now + interval);
         Ok((ControlMsg::RekeyDone { epoch }, self.keys.clone()))
@@ -182,5 +190,98 @@ impl Secure {
             .recv
             .retain(|(e, _)| *e == current || Some(*e) == pending);
         self.keys.clone()
+    }
+}
+
+/// Receive keys held at most: the current epoch's, the one before it (still in flight during
+/// the overlap) and the next one (accepted before we send with it).
+pub(super) const MAX_RECV_KEYS: usize = 3;
+
+fn bound_recv_keys(keys: &mut PeerKeys) {
+    let excess = keys.recv.len().saturating_sub(MAX_RECV_KEYS);
+    keys.recv.drain(..excess);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::{SeededEntropy, derive_psk_with, generate_static_key};
+
+    /// Both ends of a connection after the handshake and the hello, data encrypted:
+    /// (initiator, responder, the password, entropy).
+    fn pair() -> (Secure, Secure, Secret, SharedEntropy) {
+        let e: SharedEntropy = SeededEntropy::new(3);
+        let psk = derive_psk_with(b"secret", 64, 1);
+        let (si, sr) = (generate_static_key(&e).0, generate_static_key(&e).0);
+        let (mut i, m1) = Handshake::initiator(&si, &psk, &e).unwrap();
+        let mut r = Handshake::responder(&sr, std::slice::from_ref(&psk), &e).unwrap();
+        let m2 = r.read(&m1).unwrap().unwrap();
+        let m3 = i.read(&m2).unwrap().unwrap();
+        r.read(&m3).unwrap();
+        let now = Instant::now();
+        let interval = std::time::Duration::from_secs(60);
+        let (mut a, mut b) = (Secure::default(), Secure::default());
+        a.handshake_done(i.finish().unwrap(), Some(psk.clone()));
+        b.handshake_done(r.finish().unwrap(), Some(psk.clone()));
+        a.start_data(true, true, now, interval);
+        b.start_data(true, false, now, interval);
+        (a, b, psk, e)
+    }
+
+    fn rekey(a: &mut Secure, b: &mut Secure, psk: &Secret, e: &SharedEntropy) {
+        let now = Instant::now();
+        let interval = std::time::Duration::from_secs(60);
+        let Some(ControlMsg::Rekey { epoch, msg }) = a.begin_rekey(psk, e).unwrap() else {
+            panic!("a rekey starts");
+        };
+        let (ack, _) = b
+            .on_rekey(false, epoch, &msg, std::slice::from_ref(psk), e)
+            .unwrap();
+        let ControlMsg::RekeyAck { epoch, msg } = ack else {
+            panic!("an ack");
+        };
+        let (done, _) = a.on_rekey_ack(epoch, &msg, now, interval).unwrap();
+        let ControlMsg::RekeyDone { epoch } = done else {
+            panic!("done");
+        };
+        b.on_rekey_done(epoch, now).unwrap();
+    }
+
+    #[test]
+    fn only_the_dialling_side_starts_a_rekey_and_one_at_a_time() {
+        let (mut a, mut b, psk, e) = pair();
+        let Some(ControlMsg::Rekey { epoch, msg }) = a.begin_rekey(&psk, &e).unwrap() else {
+            panic!("a rekey starts");
+        };
+        let psks = std::slice::from_ref(&psk);
+        // Arriving at the side that dialled: refused.
+        assert!(a.on_rekey(true, epoch, &msg, psks, &e).is_err());
+        // A skipped epoch: refused.
+        assert!(
+            b.on_rekey(false, epoch.wrapping_add(1), &msg, psks, &e)
+                .is_err()
+        );
+        b.on_rekey(false, epoch, &msg, psks, &e).unwrap();
+        // A second one while the first is not done: refused.
+        assert!(
+            b.on_rekey(false, epoch.wrapping_add(1), &msg, psks, &e)
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn receive_keys_stay_bounded_however_many_rekeys() {
+        let (mut a, mut b, psk, e) = pair();
+        for _ in 0..10 {
+            rekey(&mut a, &mut b, &psk, &e);
+            assert!(a.keys().recv.len() <= MAX_RECV_KEYS);
+            assert!(b.keys().recv.len() <= MAX_RECV_KEYS);
+        }
+        assert_eq!(a.epoch(), 10);
+        assert_eq!(b.epoch(), 10);
+        assert_eq!(
+            a.keys().send.as_ref().map(|k| k.0),
+            b.keys().recv.last().map(|k| k.0)
+        );
     }
 }
