@@ -169,6 +169,10 @@ pub struct Control {
     fastdp_plan: Option<watch::Sender<Arc<weft_core::fastdp::FastDpPlan>>>,
     /// What `known-peers.json` holds: our data-plane neighbours' addresses, as last saved.
     known_peers: Vec<String>,
+    /// Allocation state not yet on disk (its last write failed).
+    unsaved: Option<weft_proto::ipam::Persisted>,
+    /// Why it could not be written: new addresses are refused until it can.
+    persist_error: Option<String>,
 }
 
 impl Control {
@@ -197,6 +201,8 @@ impl Control {
             dns_published: u64::MAX,
             fastdp_plan: None,
             known_peers: Vec::new(),
+            unsaved: None,
+            persist_error: None,
         }
     }
 
@@ -342,7 +348,52 @@ impl Control {
         }
     }
 
+    /// Writes the allocation state not yet on disk; a failure is remembered (and new
+    /// addresses refused with it) rather than fatal: the router keeps forwarding.
+    fn persist(&mut self) {
+        let Some(p) = &self.unsaved else { return };
+        match self.state.save_json_compact(crate::IPAM_FILE, p) {
+            Ok(()) => {
+                self.unsaved = None;
+                if self.persist_error.take().is_some() {
+                    info!("the IP allocation state is saved again: addresses are handed out again");
+                }
+            }
+            Err(e) => {
+                let why = e.to_string();
+                if self.persist_error.is_none() {
+                    error!(
+                        "cannot save the IP allocation state: {why}; refusing new addresses until it can be saved (traffic keeps flowing)"
+                    );
+                }
+                self.persist_error = Some(why);
+            }
+        }
+    }
+
+    /// `Err` with the reason while the allocation state cannot be saved (tried again first).
+    fn durable(&mut self) -> Result<(), IpamError> {
+        if self.persist_error.is_some() {
+            self.persist();
+        }
+        match &self.persist_error {
+            Some(why) => Err(IpamError::NotDurable(why.clone())),
+            None => Ok(()),
+        }
+    }
+
     fn ipam(&mut self, now: Instant, cmd: IpamCmd) {
+        if let IpamCmd::Allocate { .. } | IpamCmd::Claim { .. } = &cmd
+            && let Err(e) = self.durable()
+        {
+            match cmd {
+                IpamCmd::Allocate { reply, .. } | IpamCmd::Claim { reply, .. } => {
+                    let _ = reply.send(Err(e));
+                }
+                _ => unreachable!("matched above"),
+            }
+            return;
+        }
         let disabled = || {
             IpamError::Refused(
                 "IP address allocation is disabled (launched with --ipalloc-range \"\")".into(),
@@ -435,12 +486,9 @@ impl Control {
             if let Some(p) = events.iter().rev().find_map(|e| match e {
                 NodeEvent::IpamPersist(p) => Some(p),
                 _ => None,
-            }) && let Err(e) = self.state.save_json_compact(crate::IPAM_FILE, p)
-            {
-                // Answering now could hand out an address twice after a crash: better to
-                // stop than to continue without durable state.
-                error!("cannot persist IP allocation state: {e}; stopping");
-                std::process::exit(1);
+            }) {
+                self.unsaved = Some(p.clone());
+                self.persist();
             }
             for e in events {
                 match e {
@@ -468,6 +516,12 @@ impl Control {
                     }
                     NodeEvent::IpamDone { op, result } => {
                         if let Some(reply) = self.pending.remove(&op) {
+                            // An address that is not on disk could be handed out twice after
+                            // a crash: it is not given.
+                            let result = match (&self.persist_error, result) {
+                                (Some(why), Ok(_)) => Err(IpamError::NotDurable(why.clone())),
+                                (_, r) => r,
+                            };
                             let _ = reply.send(result);
                         }
                     }

@@ -656,3 +656,70 @@ fn a_subnets_network_address_is_accepted_with_a_warning() -> Result<()> {
     );
     Ok(())
 }
+
+/// The state directory made read-only for the router: a read-only bind mount over it, made
+/// in the router's own mount namespace (nothing else sees it), removed when the test ends,
+/// however it ends.
+struct ReadOnly {
+    pid: u32,
+    dir: String,
+}
+
+impl ReadOnly {
+    fn mount(pid: u32, args: &[&str]) -> Result<()> {
+        let t = pid.to_string();
+        weft_testbed::run(
+            std::process::Command::new("nsenter")
+                .args(["--target", &t, "--mount", "--", "mount"])
+                .args(args),
+        )
+        .map(drop)
+    }
+
+    fn over(pid: u32, dir: &Path) -> Result<ReadOnly> {
+        let d = dir.to_str().expect("a UTF-8 path").to_string();
+        Self::mount(pid, &["--bind", &d, &d])?;
+        let ro = ReadOnly { pid, dir: d };
+        Self::mount(pid, &["-o", "remount,bind,ro", &ro.dir, &ro.dir])?;
+        Ok(ro)
+    }
+}
+
+impl Drop for ReadOnly {
+    fn drop(&mut self) {
+        let t = self.pid.to_string();
+        let _ = std::process::Command::new("nsenter")
+            .args(["--target", &t, "--mount", "--", "umount", &self.dir])
+            .status();
+    }
+}
+
+/// A state directory that cannot be written (a full disk, a read-only mount): the router
+/// refuses new addresses and says why, keeps carrying traffic and does not exit; once the
+/// state can be saved again, addresses are handed out again.
+#[test]
+fn an_unwritable_state_dir_refuses_new_addresses_and_keeps_traffic() -> Result<()> {
+    let Some(mut tb) = weft_testbed::for_test("rostate", 2, Path::new(WEFT)) else {
+        return Ok(());
+    };
+    tb.launch_mesh(2, &[])?;
+    let a = tb.container("a")?;
+    let b = tb.container("b")?;
+    let c = tb.container("c")?;
+    let ip_a = tb.weft_ok(1, &["attach", &a])?.trim().to_string();
+    tb.weft_ok(2, &["attach", &b])?;
+    tb.wait_ping(&b, &ip_a, CONVERGE)?;
+    let pid = tb.our_router_pid(1);
+    {
+        let _ro = ReadOnly::over(pid.expect("a router"), &tb.host(1).state_dir)?;
+        let out = tb.weft(1, &["attach", &c]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "attached with no durable state");
+        assert!(err.contains("cannot save the IP allocation state"), "{err}");
+        tb.wait_ping(&b, &ip_a, Duration::from_secs(5))?;
+        assert_eq!(tb.our_router_pid(1), pid, "the router did not exit");
+    }
+    let ip_c = tb.weft_ok(1, &["attach", &c])?.trim().to_string();
+    tb.wait_ping(&b, &ip_c, CONVERGE)?;
+    Ok(())
+}

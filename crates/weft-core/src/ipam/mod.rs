@@ -92,6 +92,12 @@ pub enum IpamError {
     Cancelled,
     #[error("{0}")]
     Refused(String),
+    /// The shell cannot save the allocation state (a full disk, a read-only state
+    /// directory): handing out an address it could forget in a crash is refused.
+    #[error(
+        "cannot save the IP allocation state ({0}): no new addresses until it can be saved; traffic keeps flowing"
+    )]
+    NotDurable(String),
 }
 
 /// Why saved allocation state cannot be taken up.

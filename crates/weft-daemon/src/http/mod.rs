@@ -122,6 +122,7 @@ pub fn status_of(e: &ServiceError) -> StatusCode {
             IpamError::OutOfRange { .. } | IpamError::InvalidSubnet(_) => StatusCode::BAD_REQUEST,
             IpamError::Timeout { .. } => StatusCode::SERVICE_UNAVAILABLE,
             IpamError::Refused(_) => StatusCode::NOT_FOUND,
+            IpamError::NotDurable(_) => StatusCode::SERVICE_UNAVAILABLE,
         },
         ServiceError::RmPeer(_) => StatusCode::BAD_REQUEST,
         ServiceError::Attach(e) => match e {
