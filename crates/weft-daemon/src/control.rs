@@ -29,6 +29,9 @@ use crate::state::StateDir;
 const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
 /// Messages queued for one connection before we decide the peer is not reading.
 const SEND_QUEUE: usize = 4096;
+/// Bytes queued for one connection at most: a peer that does not read (or reads slowly on
+/// purpose) costs this much memory, not whatever we would have sent it.
+const SEND_QUEUE_BYTES: usize = 8 << 20;
 
 pub enum ControlInput {
     Accepted {
@@ -151,6 +154,25 @@ enum Deferred {
 struct ConnIo {
     tx: mpsc::Sender<Vec<u8>>,
     reader: JoinHandle<()>,
+    /// Bytes handed to the writer and not yet written.
+    queued: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl ConnIo {
+    /// Queues `bytes`; false if that would pass the connection's bounds.
+    fn send(&self, bytes: Vec<u8>) -> bool {
+        use std::sync::atomic::Ordering;
+        let n = bytes.len();
+        if self.queued.load(Ordering::Relaxed) + n > SEND_QUEUE_BYTES {
+            return false;
+        }
+        self.queued.fetch_add(n, Ordering::Relaxed);
+        if self.tx.try_send(bytes).is_err() {
+            self.queued.fetch_sub(n, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
 }
 
 pub struct Control {
@@ -572,7 +594,7 @@ impl Control {
             }
             Action::Send { conn, bytes } => {
                 let overflow = match self.conns.get(&conn) {
-                    Some(io) => io.tx.try_send(bytes).is_err(),
+                    Some(io) => !io.send(bytes),
                     None => false,
                 };
                 if overflow {
@@ -582,7 +604,7 @@ impl Control {
                     self.node.handle_conn_closed(
                         Instant::now(),
                         conn,
-                        "peer is not reading its messages (send queue full)".into(),
+                        "peer is not reading its messages (send queue full: 8 MiB or 4096 messages)".into(),
                     );
                 }
             }
@@ -610,10 +632,14 @@ impl Control {
         let _ = stream.set_nodelay(true);
         let (mut rd, mut wr) = stream.into_split();
         let (tx, mut rx) = mpsc::channel::<Vec<u8>>(SEND_QUEUE);
+        let queued = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let ctl = self.tx.clone();
+        let written = queued.clone();
         tokio::spawn(async move {
             while let Some(b) = rx.recv().await {
-                if let Err(e) = wr.write_all(&b).await {
+                let r = wr.write_all(&b).await;
+                written.fetch_sub(b.len(), std::sync::atomic::Ordering::Relaxed);
+                if let Err(e) = r {
                     let _ = ctl
                         .send(ControlInput::Closed {
                             conn,
@@ -645,7 +671,7 @@ impl Control {
             };
             let _ = ctl.send(ControlInput::Closed { conn, reason }).await;
         });
-        self.conns.insert(conn, ConnIo { tx, reader });
+        self.conns.insert(conn, ConnIo { tx, reader, queued });
     }
 }
 
@@ -792,5 +818,30 @@ mod accept_tests {
             waited = waited.max(b.admit(ip, now).expect("taken"));
         }
         assert!(waited > Duration::ZERO);
+    }
+}
+
+#[cfg(test)]
+mod send_queue_tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_connection_queues_bytes_up_to_its_bound() {
+        let (tx, mut rx) = mpsc::channel::<Vec<u8>>(SEND_QUEUE);
+        let io = ConnIo {
+            tx,
+            reader: tokio::spawn(async {}),
+            queued: Default::default(),
+        };
+        let big = 3 << 20;
+        assert!(io.send(vec![0; big]));
+        assert!(io.send(vec![0; big]));
+        assert!(!io.send(vec![0; big]), "9 MiB would pass 8");
+        assert!(io.send(vec![0; 1 << 20]), "small ones still fit");
+        // The writer takes one: room again.
+        let b = rx.recv().await.expect("queued");
+        io.queued
+            .fetch_sub(b.len(), std::sync::atomic::Ordering::Relaxed);
+        assert!(io.send(vec![0; big]));
     }
 }
