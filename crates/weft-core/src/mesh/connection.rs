@@ -178,6 +178,8 @@ pub(super) struct Connection {
     /// We acknowledged one of the peer's.
     acked_remote: bool,
     pub last_gossip_request: Option<Instant>,
+    /// When we last answered the peer's request for our full topology.
+    pub last_full_reply: Option<Instant>,
     secure: Secure,
     timers: TimerTable,
 }
@@ -214,6 +216,7 @@ impl Connection {
             established: false,
             acked_remote: false,
             last_gossip_request: None,
+            last_full_reply: None,
             secure: Secure::default(),
             timers,
         }

@@ -36,6 +36,9 @@ use super::status::{
 use super::topology::{MAX_NICKNAME_LEN, Topology};
 use crate::rng::Rng;
 
+/// A full topology is sent in answer to a neighbour's request at most this often.
+pub const FULL_REPLY_INTERVAL: Duration = Duration::from_secs(1);
+
 /// Half-open inbound connections (not yet past the hello) taken at once...
 pub const MAX_PENDING_INBOUND: usize = 64;
 /// ...and from one IP address.
@@ -718,8 +721,21 @@ impl Router {
                 }
             }
             ControlMsg::GossipRequest { channel } if channel == Channel::TOPOLOGY => {
-                let payload = self.topology.full_update().encode();
-                self.send_msg(id, &ControlMsg::Gossip { channel, payload });
+                // A full state at most once a second per connection: a peer asking in a loop
+                // gets the periodic gossip, not a copy of everything per request.
+                let due = self.conns.get_mut(&id).is_some_and(|c| {
+                    let due = c
+                        .last_full_reply
+                        .is_none_or(|t| now >= t + FULL_REPLY_INTERVAL);
+                    if due {
+                        c.last_full_reply = Some(now);
+                    }
+                    due
+                });
+                if due {
+                    let payload = self.topology.full_update().encode();
+                    self.send_msg(id, &ControlMsg::Gossip { channel, payload });
+                }
             }
             ControlMsg::Gossip { channel, payload } => {
                 let from = self.remote_name(id);
@@ -1512,6 +1528,37 @@ mod admission_tests {
         b.handle_timeout(later);
         assert_eq!(half_open(&b), 0);
         assert_eq!(b.conns.len(), 1);
+    }
+
+    #[test]
+    fn a_neighbour_asking_for_the_full_state_in_a_loop_gets_it_once_a_second() {
+        let now = Instant::now();
+        let (mut a, mut b) = (router(1, 200), router(2, 200));
+        a.connect(now, vec![("b".into(), addr(2), true)], false);
+        pump(now, &mut a, &mut b);
+        let id = *a.by_peer.get(&b.name()).expect("connected");
+        let ask = ControlMsg::GossipRequest {
+            channel: Channel::TOPOLOGY,
+        };
+        let mut asks = Vec::new();
+        for _ in 0..20 {
+            a.send_msg(id, &ask);
+        }
+        while let Some(Action::Send { bytes, .. }) = a.poll_action() {
+            asks.push(bytes);
+        }
+        assert_eq!(asks.len(), 20);
+        let theirs = *b.by_peer.get(&a.name()).expect("connected");
+        let replies = |b: &mut Router, at: Instant| {
+            for q in &asks {
+                b.handle_conn_data(at, theirs, q);
+            }
+            std::iter::from_fn(|| b.poll_action())
+                .filter(|x| matches!(x, Action::Send { .. }))
+                .count()
+        };
+        assert_eq!(replies(&mut b, now), 1);
+        assert_eq!(replies(&mut b, now + FULL_REPLY_INTERVAL), 1);
     }
 
     #[test]
