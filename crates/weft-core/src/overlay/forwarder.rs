@@ -522,15 +522,16 @@ impl Forwarder {
         }
     }
 
-    /// Whether a plaintext datagram naming neighbour `sender` came from that neighbour's
-    /// address: nothing authenticates it otherwise (encrypted ones carry their proof).
-    fn sent_by_neighbour(&mut self, sender: PeerName, from: SocketAddr) -> bool {
+    /// Whether `sender` is a neighbour and, for a plaintext datagram (`from` given), sent it
+    /// from that neighbour's address: nothing authenticates a plaintext one otherwise
+    /// (encrypted ones carry their proof, and pass `None`).
+    fn sent_by_neighbour(&mut self, sender: PeerName, from: Option<SocketAddr>) -> bool {
         match self.table.neighbours.get(&sender) {
             None => {
                 self.stats.dropped_unknown_sender += 1;
                 false
             }
-            Some(a) if *a != from => {
+            Some(a) if from.is_some_and(|f| f != *a) => {
                 self.stats.dropped_wrong_source += 1;
                 false
             }
@@ -557,7 +558,7 @@ impl Forwarder {
         }) = Datagram::decode(datagram)
         {
             // Only neighbours may make us hold memory for their datagrams, from their address.
-            if !self.sent_by_neighbour(sender, from) {
+            if !self.sent_by_neighbour(sender, Some(from)) {
                 return;
             }
             if self
@@ -590,9 +591,6 @@ impl Forwarder {
                         self.stats.dropped_plaintext += 1;
                         return;
                     }
-                    if !self.sent_by_neighbour(sender, from) {
-                        return;
-                    }
                     let at = if gso.is_some() {
                         sleeve::GSO_FRAME_HEADER_LEN
                     } else {
@@ -619,7 +617,7 @@ impl Forwarder {
                         self.stats.dropped_plaintext += 1;
                         return;
                     }
-                    if !self.sent_by_neighbour(sender, from) {
+                    if !self.sent_by_neighbour(sender, Some(from)) {
                         return;
                     }
                     let len = datagram.len();
@@ -706,8 +704,10 @@ impl Forwarder {
                     return;
                 }
             };
-        if !self.table.neighbours.contains_key(&sender) {
-            self.stats.dropped_unknown_sender += 1;
+        // One lookup per datagram: the sender is a neighbour, and a plaintext one came from
+        // its address.
+        let plaintext = Datagram::kind(datagram) != Some(sleeve::Kind::Encrypted);
+        if !self.sent_by_neighbour(sender, plaintext.then_some(from)) {
             return;
         }
         let local = self.table.local;

@@ -60,51 +60,38 @@ impl MacCache {
             && self.counts.get(&owner).copied().unwrap_or(0) < Self::MAX_PER_OWNER
     }
 
-    /// Records `mac` behind `owner`; returns the previous owner if it moved.
+    /// Records `mac` behind `owner`; returns the previous owner if it moved. Runs for every
+    /// frame: a MAC seen again behind the same owner costs one lookup.
     pub fn learn(&mut self, now: Instant, mac: Mac, owner: MacOwner) -> Option<MacOwner> {
-        match self.entries.get(&mac).copied() {
+        let old = match self.entries.get_mut(&mac) {
             Some(e) if e.owner == owner => {
-                if let Some(e) = self.entries.get_mut(&mac) {
-                    e.last_seen = now;
-                }
-                None
+                e.last_seen = now;
+                return None;
             }
-            Some(e) => {
-                if !self.has_room(owner) {
-                    // It moved, but its new owner is at its share: forget it rather than
-                    // keep sending to where it was.
-                    self.entries.remove(&mac);
-                    self.count(e.owner, false);
-                    self.refused += 1;
-                    return Some(e.owner);
-                }
-                self.count(e.owner, false);
-                self.count(owner, true);
-                self.entries.insert(
-                    mac,
-                    Entry {
-                        owner,
-                        last_seen: now,
-                    },
-                );
-                Some(e.owner)
-            }
-            None => {
-                if !self.has_room(owner) {
-                    self.refused += 1;
-                    return None;
-                }
-                self.count(owner, true);
-                self.entries.insert(
-                    mac,
-                    Entry {
-                        owner,
-                        last_seen: now,
-                    },
-                );
-                None
-            }
+            Some(e) => Some(e.owner),
+            None => None,
+        };
+        if let Some(o) = old {
+            self.count(o, false);
         }
+        if !self.has_room(owner) {
+            // New, or moved to an owner at its share: not kept (a moved one is forgotten
+            // rather than sent to where it was).
+            if old.is_some() {
+                self.entries.remove(&mac);
+            }
+            self.refused += 1;
+            return old;
+        }
+        self.count(owner, true);
+        self.entries.insert(
+            mac,
+            Entry {
+                owner,
+                last_seen: now,
+            },
+        );
+        old
     }
 
     pub fn lookup(&self, mac: &Mac) -> Option<MacOwner> {
