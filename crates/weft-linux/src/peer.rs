@@ -4,6 +4,15 @@
 
 use std::net::{IpAddr, SocketAddr};
 
+/// The uid this process runs as (from `/proc/self/status`).
+pub fn own_uid() -> Option<u32> {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+}
+
 /// The uid owning the socket at `client` connected to `server`, if both ends are in this
 /// network namespace (a connection from another host has no entry).
 pub fn tcp_uid(client: SocketAddr, server: SocketAddr) -> Option<u32> {
@@ -79,12 +88,6 @@ mod tests {
         let server = l.local_addr().unwrap();
         let s = std::net::TcpStream::connect(server).unwrap();
         let client = s.local_addr().unwrap();
-        let me: u32 = std::fs::read_to_string("/proc/self/status")
-            .unwrap()
-            .lines()
-            .find_map(|l| l.strip_prefix("Uid:"))
-            .and_then(|v| v.split_whitespace().next()?.parse().ok())
-            .unwrap();
-        assert_eq!(tcp_uid(client, server), Some(me));
+        assert_eq!(tcp_uid(client, server), own_uid());
     }
 }

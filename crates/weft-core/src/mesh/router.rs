@@ -464,7 +464,7 @@ impl Router {
                 Close::Failure(_) => self.stats.protocol_errors += 1,
                 Close::AuthFailed(why) => {
                     self.stats.protocol_errors += 1;
-                    self.note_inbound_failure(now, addr, &why.clone());
+                    self.note_inbound_failure(now, addr, why);
                 }
                 _ => {}
             }

@@ -526,33 +526,30 @@ pub async fn find(engine: &Engine, spec: &str) -> Result<Container, String> {
     }
 }
 
-/// After a restart: the networks our plugin made earlier (Docker does not create them again).
 impl Engine {
+    /// After a restart: the networks our plugin made earlier (Docker does not create them
+    /// again).
     pub async fn recall_plugin_networks(&self) {
-        recall_plugin_networks(self).await
-    }
-}
-
-async fn recall_plugin_networks(engine: &Engine) {
-    let Some(sock) = &engine.settings.plugin_socket else {
-        return;
-    };
-    let driver = plugin_driver_name(sock);
-    let opts = bollard::query_parameters::ListNetworksOptions {
-        filters: Some(HashMap::from([("driver".to_string(), vec![driver])])),
-    };
-    let Ok(list) = engine.client.list_networks(Some(opts)).await else {
-        return;
-    };
-    let mut nets = engine.plugin_networks.lock().await;
-    for n in list {
-        if let Some(id) = n.id {
-            let mcast = n
-                .options
-                .unwrap_or_default()
-                .iter()
-                .any(|(k, v)| MULTICAST_OPTIONS.contains(&k.as_str()) && v != "false");
-            nets.entry(id).or_insert(mcast);
+        let Some(sock) = &self.settings.plugin_socket else {
+            return;
+        };
+        let driver = plugin_driver_name(sock);
+        let opts = bollard::query_parameters::ListNetworksOptions {
+            filters: Some(HashMap::from([("driver".to_string(), vec![driver])])),
+        };
+        let Ok(list) = self.client.list_networks(Some(opts)).await else {
+            return;
+        };
+        let mut nets = self.plugin_networks.lock().await;
+        for n in list {
+            if let Some(id) = n.id {
+                let mcast = n
+                    .options
+                    .unwrap_or_default()
+                    .iter()
+                    .any(|(k, v)| MULTICAST_OPTIONS.contains(&k.as_str()) && v != "false");
+                nets.entry(id).or_insert(mcast);
+            }
         }
     }
 }

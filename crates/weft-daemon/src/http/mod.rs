@@ -36,16 +36,21 @@ pub fn router(service: Service, local: SocketAddr) -> Http {
         .merge(ipam::routes())
         .merge(dns::routes())
         .with_state(service)
-        .layer(axum::middleware::from_fn_with_state(local, privileged_only))
+        .layer(axum::middleware::from_fn_with_state(
+            Callers {
+                local,
+                own_uid: weft_linux::peer::own_uid(),
+            },
+            privileged_only,
+        ))
 }
 
-/// Our own uid (the router's user may change what the router does).
-fn own_uid() -> Option<u32> {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()?
-        .lines()
-        .find_map(|l| l.strip_prefix("Uid:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+/// What the caller check needs: where the API listens, and the router's own uid (its user
+/// may change what the router does).
+#[derive(Clone, Copy)]
+struct Callers {
+    local: SocketAddr,
+    own_uid: Option<u32>,
 }
 
 /// Requests that change the network (any method but GET and HEAD: attach, detach, passwords,
@@ -54,7 +59,7 @@ fn own_uid() -> Option<u32> {
 /// the network is not. A caller on another host (a non-loopback `--http-addr`, warned about at
 /// launch) has no local identity to check.
 async fn privileged_only(
-    State(local): State<SocketAddr>,
+    State(callers): State<Callers>,
     ConnectInfo(remote): ConnectInfo<SocketAddr>,
     req: Request,
     next: Next,
@@ -63,8 +68,8 @@ async fn privileged_only(
     if method == Method::GET || method == Method::HEAD || !remote.ip().is_loopback() {
         return next.run(req).await;
     }
-    match weft_linux::peer::tcp_uid(remote, local) {
-        Some(uid) if uid == 0 || Some(uid) == own_uid() => next.run(req).await,
+    match weft_linux::peer::tcp_uid(remote, callers.local) {
+        Some(uid) if uid == 0 || Some(uid) == callers.own_uid => next.run(req).await,
         who => ApiError {
             status: StatusCode::FORBIDDEN,
             message: format!(
