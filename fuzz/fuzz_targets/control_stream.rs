@@ -51,6 +51,7 @@ fn node(encrypted: bool) -> Node {
         mtu: 1376,
         timing: Timing::default(),
         crypto: encrypted.then(crypto_settings),
+        gossip_chunk: weft_proto::MAX_GOSSIP_CHUNK,
     };
     let ipam = (!encrypted).then(|| {
         (

@@ -21,6 +21,12 @@ use weft_proto::dns::{DnsEntry, DnsUpdate};
 
 /// How long a removal is remembered (to beat stale copies) before it is forgotten.
 pub const TOMBSTONE_TTL: Duration = Duration::from_secs(30 * 60);
+/// Entries (tombstones included) one origin may have in our records: a busy host's
+/// containers and half an hour of their churn fit many times over; one peer inventing names
+/// does not crowd out everyone else's.
+pub const MAX_ENTRIES_PER_ORIGIN: usize = 16_384;
+/// Entries over all origins.
+pub const MAX_ENTRIES: usize = 131_072;
 
 type Key = (String, PeerName, String, u32);
 
@@ -48,6 +54,11 @@ pub enum DnsError {
     NotInDomain { name: String, domain: String },
     #[error("invalid hostname {0:?}")]
     Invalid(String),
+    #[error(
+        "this peer already has {MAX_ENTRIES_PER_ORIGIN} DNS entries (removed ones count for {} minutes); remove some first",
+        TOMBSTONE_TTL.as_secs() / 60
+    )]
+    Full,
 }
 
 #[derive(Debug, Clone)]
@@ -61,6 +72,8 @@ pub struct Records {
     me: PeerName,
     domain: String,
     entries: BTreeMap<Key, Stored>,
+    /// Entries per origin, kept in step with `entries`.
+    per_origin: BTreeMap<PeerName, usize>,
 }
 
 /// What merging an update did.
@@ -68,6 +81,8 @@ pub struct Records {
 pub struct Merged {
     /// Entries that were new or newer: worth relaying.
     pub improved: Vec<DnsEntry>,
+    /// New entries refused: their origin, or the records, were at their bound.
+    pub over_limit: usize,
     /// Our own entries that others had wrong, re-announced at a higher version.
     pub reasserted: Vec<DnsEntry>,
 }
@@ -78,6 +93,25 @@ impl Records {
             me,
             domain: normalize(domain),
             entries: BTreeMap::new(),
+            per_origin: BTreeMap::new(),
+        }
+    }
+
+    /// Whether a new entry of `origin` fits the bounds.
+    fn has_room(&self, origin: PeerName) -> bool {
+        self.entries.len() < MAX_ENTRIES
+            && self.per_origin.get(&origin).copied().unwrap_or(0) < MAX_ENTRIES_PER_ORIGIN
+    }
+
+    fn insert_new(&mut self, k: Key, s: Stored) {
+        *self.per_origin.entry(s.entry.origin).or_default() += 1;
+        self.entries.insert(k, s);
+    }
+
+    fn recount(&mut self) {
+        self.per_origin.clear();
+        for (_, o, _, _) in self.entries.keys() {
+            *self.per_origin.entry(*o).or_default() += 1;
         }
     }
 
@@ -119,6 +153,7 @@ impl Records {
             tombstone: false,
         };
         let k = key(&e);
+        let room = self.has_room(self.me);
         match self.entries.get_mut(&k) {
             Some(s) if !s.entry.tombstone => Ok(None),
             Some(s) => {
@@ -129,8 +164,9 @@ impl Records {
                 };
                 Ok(Some(e))
             }
+            None if !room => Err(DnsError::Full),
             None => {
-                self.entries.insert(
+                self.insert_new(
                     k,
                     Stored {
                         entry: e.clone(),
@@ -186,6 +222,7 @@ impl Records {
             }
             let k = key(&e);
             if e.origin == self.me {
+                let room = self.has_room(self.me);
                 // Only we write our entries: correct anyone who has them differently.
                 match self.entries.get_mut(&k) {
                     Some(ours) if ours.entry.version >= e.version && ours.entry == e => {}
@@ -197,11 +234,12 @@ impl Records {
                         m.reasserted.push(ours.entry.clone());
                     }
                     None if e.tombstone => {}
+                    None if !room => m.over_limit += 1,
                     None => {
                         let mut t = e;
                         t.tombstone = true;
                         t.version = t.version.saturating_add(1);
-                        self.entries.insert(
+                        self.insert_new(
                             k,
                             Stored {
                                 entry: t.clone(),
@@ -216,24 +254,27 @@ impl Records {
             if !known(e.origin) {
                 continue;
             }
-            let newer = match self.entries.get(&k) {
-                None => true,
-                Some(s) => {
-                    e.version > s.entry.version
-                        || (e.version == s.entry.version && e.tombstone && !s.entry.tombstone)
-                }
-            };
-            if newer {
-                let tombstoned_at = e.tombstone.then_some(now);
-                self.entries.insert(
-                    k,
-                    Stored {
-                        entry: e.clone(),
-                        tombstoned_at,
-                    },
-                );
-                m.improved.push(e);
+            let existing = self.entries.get(&k);
+            let newer = existing.is_none_or(|s| {
+                e.version > s.entry.version
+                    || (e.version == s.entry.version && e.tombstone && !s.entry.tombstone)
+            });
+            if !newer {
+                continue;
             }
+            let stored = Stored {
+                tombstoned_at: e.tombstone.then_some(now),
+                entry: e.clone(),
+            };
+            if existing.is_some() {
+                self.entries.insert(k, stored);
+            } else if self.has_room(e.origin) {
+                self.insert_new(k, stored);
+            } else {
+                m.over_limit += 1;
+                continue;
+            }
+            m.improved.push(e);
         }
         m
     }
@@ -242,6 +283,7 @@ impl Records {
     pub fn peer_removed(&mut self, peer: PeerName) -> usize {
         let before = self.entries.len();
         self.entries.retain(|(_, o, _, _), _| *o != peer);
+        self.per_origin.remove(&peer);
         before - self.entries.len()
     }
 
@@ -251,6 +293,7 @@ impl Records {
             s.tombstoned_at
                 .is_none_or(|t| now.saturating_duration_since(t) < TOMBSTONE_TTL)
         });
+        self.recount();
     }
 
     /// Live addresses for a normalized name, without duplicates.
@@ -363,6 +406,8 @@ pub struct Dns {
     next_purge: Instant,
     /// Bumped on every change of the records (so readers know when to refresh a copy).
     generation: u64,
+    /// Gossiped entries refused at the bounds.
+    over_limit: u64,
 }
 
 impl Dns {
@@ -372,6 +417,7 @@ impl Dns {
             out: VecDeque::new(),
             next_purge: now + Duration::from_secs(60),
             generation: 0,
+            over_limit: 0,
         }
     }
 
@@ -441,11 +487,17 @@ impl Dns {
         n
     }
 
-    pub fn full_state(&self) -> Vec<u8> {
-        DnsUpdate {
-            entries: self.records.all(),
-        }
-        .encode()
+    /// Every entry, tombstones included, in payloads of at most `max` bytes.
+    pub fn full_state(&self, max: usize) -> Vec<Vec<u8>> {
+        weft_proto::chunk_by_size(self.records.all(), max)
+            .into_iter()
+            .map(|entries| DnsUpdate { entries }.encode())
+            .collect()
+    }
+
+    /// Gossiped entries refused because the records were at their bounds.
+    pub fn over_limit(&self) -> u64 {
+        self.over_limit
     }
 
     /// A DNS gossip message; returns whether it told us something new (relay broadcasts).
@@ -457,6 +509,7 @@ impl Dns {
     ) -> Result<bool, weft_proto::DecodeError> {
         let u = DnsUpdate::decode(payload)?;
         let m = self.records.merge(now, u.entries, known);
+        self.over_limit += m.over_limit as u64;
         if !m.improved.is_empty() || !m.reasserted.is_empty() {
             self.generation += 1;
         }
@@ -477,6 +530,52 @@ mod tests {
 
     fn ip(s: &str) -> Ipv4Addr {
         s.parse().unwrap()
+    }
+
+    #[test]
+    fn one_origin_cannot_crowd_out_the_rest() {
+        let me = PeerName::from_u64(1);
+        let mut r = Records::new(me, "weave.local.");
+        let flood = |origin: u64, n: usize| -> Vec<DnsEntry> {
+            (0..n)
+                .map(|i| DnsEntry {
+                    hostname: format!("n{i}.weave.local."),
+                    origin: PeerName::from_u64(origin),
+                    container: "c".into(),
+                    addr: i as u32,
+                    version: 1,
+                    tombstone: false,
+                })
+                .collect()
+        };
+        let now = Instant::now();
+        let m = r.merge(now, flood(2, MAX_ENTRIES_PER_ORIGIN + 10), |_| true);
+        assert_eq!(m.improved.len(), MAX_ENTRIES_PER_ORIGIN);
+        assert_eq!(m.over_limit, 10);
+        // Another peer's names still get in, and so do ours.
+        assert_eq!(r.merge(now, flood(3, 5), |_| true).improved.len(), 5);
+        assert!(
+            r.add("web.weave.local", "c1", ip("10.32.0.1"))
+                .unwrap()
+                .is_some()
+        );
+        // The flooder leaving frees its share.
+        r.peer_removed(PeerName::from_u64(2));
+        assert_eq!(r.merge(now, flood(4, 100), |_| true).improved.len(), 100);
+        assert_eq!(r.per_origin.values().sum::<usize>(), r.entries.len());
+    }
+
+    #[test]
+    fn our_own_names_are_bounded_too() {
+        let mut r = Records::new(PeerName::from_u64(1), "weave.local.");
+        for i in 0..MAX_ENTRIES_PER_ORIGIN {
+            r.add(&format!("n{i}.weave.local"), "c", ip("10.32.0.1"))
+                .unwrap();
+        }
+        assert_eq!(
+            r.add("one-more.weave.local", "c", ip("10.32.0.1")),
+            Err(DnsError::Full)
+        );
     }
 
     #[test]

@@ -48,6 +48,10 @@ pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
 /// A fast neighbour whose connection dropped keeps its kernel entries this long: its kernel
 /// goes on forwarding while its router restarts, so the containers' traffic need not stop.
 pub const LINGER: Duration = Duration::from_secs(20);
+/// How long a record whose origin the topology does not show is kept.
+pub const UNVERIFIED_TTL: Duration = Duration::from_secs(60);
+/// Records (and early reports) held for peers the topology does not show.
+pub const MAX_UNVERIFIED: usize = 256;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Mode {
@@ -220,6 +224,11 @@ pub struct FastDp {
     departed: BTreeSet<PeerName>,
     /// Reports from peers that are not (yet) data-plane neighbours.
     early_reports: BTreeMap<PeerName, (bool, bool)>,
+    /// Records taken before the topology showed their origin, and when: kept while the
+    /// topology catches up, dropped if it never does.
+    unverified: BTreeMap<PeerName, Instant>,
+    /// Records and reports refused at the bounds.
+    over_limit: u64,
     plan: Arc<FastDpPlan>,
     out: VecDeque<FastDpOutput>,
     next_eval: Option<Instant>,
@@ -255,6 +264,8 @@ impl FastDp {
             encrypted: BTreeSet::new(),
             departed: BTreeSet::new(),
             early_reports: BTreeMap::new(),
+            unverified: BTreeMap::new(),
+            over_limit: 0,
             plan: Arc::default(),
             out: VecDeque::new(),
             next_eval: None,
@@ -273,11 +284,41 @@ impl FastDp {
         self.next_eval
     }
 
-    /// Our records and everyone else's, for periodic gossip and new neighbours.
-    pub fn full_state(&self) -> Vec<u8> {
-        let mut all: Vec<MacRecord> = self.records.values().cloned().collect();
-        all.push(self.own.clone());
-        FastDpMsg::Records(all).encode()
+    /// Our record and everyone else's, for periodic gossip and new neighbours, in payloads
+    /// of at most `max` bytes.
+    pub fn full_state(&self, max: usize) -> Vec<Vec<u8>> {
+        let mut all = vec![self.own.clone()];
+        all.extend(self.records.values().cloned());
+        weft_proto::chunk_by_size(all, max)
+            .into_iter()
+            .map(|records| FastDpMsg::Records(records).encode())
+            .collect()
+    }
+
+    /// Records and reports refused because their tables were full.
+    pub fn over_limit(&self) -> u64 {
+        self.over_limit
+    }
+
+    /// The topology changed (or time passed): records whose origin it now shows are
+    /// verified; those whose origin it still does not show after [`UNVERIFIED_TTL`] are
+    /// dropped, so invented origins cannot pile up.
+    pub fn verify_origins(&mut self, now: Instant, known: impl Fn(PeerName) -> bool) {
+        let before = self.records.len();
+        let records = &mut self.records;
+        self.unverified.retain(|p, since| {
+            if known(*p) {
+                return false;
+            }
+            if now.saturating_duration_since(*since) >= UNVERIFIED_TTL {
+                records.remove(p);
+                return false;
+            }
+            true
+        });
+        if self.records.len() != before {
+            self.evaluate(now);
+        }
     }
 
     pub fn link_status(&self, peer: PeerName) -> Option<LinkStatus> {
@@ -374,6 +415,7 @@ impl FastDp {
 
     pub fn peer_removed(&mut self, now: Instant, peer: PeerName) {
         self.early_reports.remove(&peer);
+        self.unverified.remove(&peer);
         // A lingering link still needs the peer's MACs; they go with the link.
         match self.links.get_mut(&peer) {
             // Unreachable means no longer a neighbour, whichever event says so first.
@@ -447,6 +489,15 @@ impl FastDp {
                     if current.is_some_and(|u| u != r.uid) {
                         continue;
                     }
+                    if current.is_some() {
+                        self.unverified.remove(&r.origin);
+                    } else if !self.records.contains_key(&r.origin) {
+                        if self.unverified.len() >= MAX_UNVERIFIED {
+                            self.over_limit += 1;
+                            continue;
+                        }
+                        self.unverified.insert(r.origin, now);
+                    }
                     let newer = self.records.get(&r.origin).is_none_or(|cur| {
                         if cur.uid == r.uid {
                             cur.version < r.version
@@ -473,6 +524,11 @@ impl FastDp {
                     // The peer's data-plane link can come up after its report (reports go
                     // over the control connection at once): keep it for the link, or the
                     // link would wait for the next periodic report.
+                    None if self.early_reports.len() >= MAX_UNVERIFIED
+                        && !self.early_reports.contains_key(&src) =>
+                    {
+                        self.over_limit += 1;
+                    }
                     None => {
                         self.early_reports.insert(src, (small, big));
                     }
@@ -690,6 +746,27 @@ mod tests {
         f
     }
 
+    #[test]
+    fn records_of_unknown_origins_are_bounded_and_dropped_unless_the_topology_catches_up() {
+        let t0 = Instant::now();
+        let mut f = FastDp::new(pn(1), 100, FastDpConfig::default());
+        let unknown = |_| None;
+        for o in 10..10 + MAX_UNVERIFIED as u64 + 5 {
+            f.handle_message(t0, pn(o), &record(o, o, 1, true, &[1]), unknown)
+                .unwrap();
+        }
+        assert_eq!(f.records.len(), MAX_UNVERIFIED);
+        assert_eq!(f.over_limit(), 5);
+        // The topology learns of peer 10; nobody else ever shows up.
+        f.verify_origins(t0, |p| p == pn(10));
+        f.verify_origins(t0 + UNVERIFIED_TTL, |p| p == pn(10));
+        assert_eq!(f.records.keys().copied().collect::<Vec<_>>(), vec![pn(10)]);
+        // Room again for a newcomer's early record.
+        f.handle_message(t0, pn(9), &record(9, 9, 1, true, &[1]), unknown)
+            .unwrap();
+        assert!(f.records.contains_key(&pn(9)));
+    }
+
     fn drain(f: &mut FastDp) -> Vec<FastDpOutput> {
         std::iter::from_fn(|| f.poll_output()).collect()
     }
@@ -894,7 +971,7 @@ mod tests {
         assert!(off.link_status(pn(2)).unwrap().reason.unwrap().chosen());
         assert!(off.plan().heartbeat.is_empty());
         // It still announces itself, so peers say why.
-        assert!(FastDpMsg::decode(&off.full_state()).is_ok());
+        assert!(FastDpMsg::decode(&off.full_state(weft_proto::MAX_GOSSIP_CHUNK)[0]).is_ok());
     }
 
     #[test]

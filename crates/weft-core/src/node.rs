@@ -52,6 +52,8 @@ pub struct Node {
     fastdp: FastDp,
     events: VecDeque<NodeEvent>,
     reachable_gen: Option<u64>,
+    /// The topology generation the fast path's record origins were last checked against.
+    verified_gen: Option<u64>,
 }
 
 impl Node {
@@ -99,6 +101,7 @@ impl Node {
             fastdp,
             events: VecDeque::new(),
             reachable_gen: None,
+            verified_gen: None,
         };
         n.pump(now);
         Ok(n)
@@ -187,6 +190,9 @@ impl Node {
     /// The router's status, with each connection's overlay (fastdp or sleeve, and why).
     pub fn status(&mut self, now: Instant) -> RouterStatus {
         let mut st = self.router.status(now);
+        st.over_limit += self.fastdp.over_limit()
+            + self.dns.as_ref().map_or(0, Dns::over_limit)
+            + self.ipam.as_ref().map_or(0, Ipam::over_limit);
         for c in &mut st.connections {
             let link = c
                 .peer
@@ -209,8 +215,9 @@ impl Node {
         if let Some(t) = self.router.dataplane() {
             self.fastdp.set_neighbours(now, &t.neighbours);
         }
-        self.router
-            .broadcast(Channel::FASTDP, self.fastdp.full_state());
+        for payload in self.fastdp.full_state(self.router.gossip_chunk()) {
+            self.router.broadcast(Channel::FASTDP, payload);
+        }
         self.pump(now);
     }
 
@@ -384,6 +391,12 @@ impl Node {
                     .collect();
                 ipam.set_reachable(peers);
             }
+            if self.verified_gen != Some(generation) {
+                self.verified_gen = Some(generation);
+                let topology = self.router.topology();
+                self.fastdp
+                    .verify_origins(now, |p| topology.get(&p).is_some());
+            }
             while let Some(DnsOutput::Broadcast(payload)) =
                 self.dns.as_mut().and_then(Dns::poll_output)
             {
@@ -454,25 +467,32 @@ impl Node {
                 self.events.push_back(NodeEvent::PeerRemoved(p))
             }
             Event::NeighbourUp(p) => {
+                let chunk = self.router.gossip_chunk();
                 if let Some(i) = &self.ipam {
-                    self.router.gossip_to(p, Channel::IPAM, i.full_state());
+                    self.router
+                        .gossip_to(p, Channel::IPAM, vec![i.full_state()]);
                 }
                 if let Some(d) = &self.dns {
-                    self.router.gossip_to(p, Channel::DNS, d.full_state());
+                    self.router.gossip_to(p, Channel::DNS, d.full_state(chunk));
                 }
                 self.router
-                    .gossip_to(p, Channel::FASTDP, self.fastdp.full_state());
+                    .gossip_to(p, Channel::FASTDP, self.fastdp.full_state(chunk));
                 self.fastdp.neighbour_up(now, p);
             }
             Event::GossipTick => {
+                let chunk = self.router.gossip_chunk();
                 if let Some(i) = &self.ipam {
-                    self.router.gossip_random(Channel::IPAM, i.full_state());
+                    self.router
+                        .gossip_random(Channel::IPAM, vec![i.full_state()]);
                 }
                 if let Some(d) = &self.dns {
-                    self.router.gossip_random(Channel::DNS, d.full_state());
+                    self.router.gossip_random(Channel::DNS, d.full_state(chunk));
                 }
                 self.router
-                    .gossip_random(Channel::FASTDP, self.fastdp.full_state());
+                    .gossip_random(Channel::FASTDP, self.fastdp.full_state(chunk));
+                let topology = self.router.topology();
+                self.fastdp
+                    .verify_origins(now, |p| topology.get(&p).is_some());
             }
             Event::Gossip {
                 channel,

@@ -527,6 +527,7 @@ pub async fn run_with(
         mtu,
         timing: cfg.timing.clone(),
         crypto,
+        gossip_chunk: weft_proto::MAX_GOSSIP_CHUNK,
     };
     let ipam = match &cfg.ipam {
         None => None,

@@ -15,6 +15,39 @@ pub mod peer;
 pub mod sleeve;
 
 pub use ether::{EtherFrame, Mac};
+
+use serde::Serialize;
+
+/// The largest gossip payload a full state is sent in. Full states (topology, DNS records,
+/// fast-path records) are lists of independently mergeable entries, so they are cut into
+/// payloads of at most this size instead of one message that could outgrow
+/// [`control::MAX_FRAME_LEN`], which every receiver would refuse (and then redial, in a loop).
+pub const MAX_GOSSIP_CHUNK: usize = 1 << 20;
+
+/// Cuts `items` into runs whose postcard encoding (as a sequence) stays within `max` bytes.
+/// An item larger than `max` on its own travels alone. An empty list gives one empty run, so
+/// "I know nothing" is still said.
+pub fn chunk_by_size<T: Serialize>(items: Vec<T>, max: usize) -> Vec<Vec<T>> {
+    // Room for the sequence's length prefix (a varint of at most 5 bytes for our counts) and
+    // an enclosing enum tag.
+    let budget = max.saturating_sub(8);
+    let mut runs = vec![Vec::new()];
+    let mut used = 0;
+    let mut scratch = Vec::new();
+    for item in items {
+        scratch.clear();
+        scratch = postcard::to_extend(&item, scratch).expect("postcard encoding to a Vec");
+        let size = scratch.len();
+        let run = runs.last_mut().expect("never empty");
+        if !run.is_empty() && used + size > budget {
+            runs.push(Vec::new());
+            used = 0;
+        }
+        used += size;
+        runs.last_mut().expect("never empty").push(item);
+    }
+    runs
+}
 pub use peer::{BROADCAST_PEER, PeerName, PeerNameError};
 
 /// Why a sequence of bytes from a peer or the kernel was refused.
@@ -34,4 +67,27 @@ pub enum DecodeError {
     },
     #[error("malformed {what}: {detail}")]
     Malformed { what: &'static str, detail: String },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn chunks_keep_every_item_in_order_and_fit(
+            items in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..40), 0..200),
+            max in 64usize..400,
+        ) {
+            let runs = chunk_by_size(items.clone(), max);
+            prop_assert!(!runs.is_empty());
+            for r in &runs {
+                let encoded = postcard::to_allocvec(r).unwrap();
+                prop_assert!(encoded.len() <= max, "{} > {max}", encoded.len());
+            }
+            let back: Vec<Vec<u8>> = runs.into_iter().flatten().collect();
+            prop_assert_eq!(back, items);
+        }
+    }
 }

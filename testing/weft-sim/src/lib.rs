@@ -175,6 +175,10 @@ pub struct Sim {
     pub password: Option<String>,
     /// Whether routers added from now on run the VXLAN fast path.
     pub fastdp: bool,
+    /// Largest gossip payload of routers added from now on (full states are cut to it).
+    pub gossip_chunk: usize,
+    /// The largest control message any router has sent so far (bytes on the wire).
+    pub max_message: usize,
     /// Host pairs between which VXLAN is blocked.
     vxlan_cut: BTreeSet<(usize, usize)>,
     /// Derived keys by password: the KDF is costly, and hundreds of hosts share one.
@@ -213,6 +217,8 @@ impl Sim {
             dns_domain: None,
             password: None,
             fastdp: false,
+            gossip_chunk: weft_proto::MAX_GOSSIP_CHUNK,
+            max_message: 0,
             vxlan_cut: BTreeSet::new(),
             psk_cache: BTreeMap::new(),
             wire_needle: None,
@@ -339,6 +345,7 @@ impl Sim {
             mtu: 1438,
             timing: self.timing.clone(),
             crypto,
+            gossip_chunk: self.gossip_chunk,
         };
         let ipam = self.ipam.clone().map(|c| (c, persisted));
         let mut node = CoreNode::new(cfg, ipam, self.dns_domain.as_deref(), self.now, seed)
@@ -606,7 +613,10 @@ impl Sim {
                     },
                 );
             }
-            Action::Send { conn, bytes } => self.pipe_send((i, conn), PipeItem::Data(bytes)),
+            Action::Send { conn, bytes } => {
+                self.max_message = self.max_message.max(bytes.len());
+                self.pipe_send((i, conn), PipeItem::Data(bytes))
+            }
             Action::Close { conn } => self.close_pipe(i, conn),
             Action::SendUdp { to, peer, bytes } => {
                 let mut out = SimOutput::default();

@@ -28,7 +28,7 @@ use weft_proto::PeerName;
 use weft_proto::ipam::{IpamMsg, IpamState, NodeId, Persisted, RingState};
 
 use crate::rng::Rng;
-use paxos::Paxos;
+use paxos::{MAX_PAXOS_CLAIMS, Paxos};
 use ring::{MergeError, Ring, RingError};
 use space::{Space, host_range};
 
@@ -211,6 +211,8 @@ pub struct Ipam {
     broadcast_at: Option<Instant>,
     next_tick: Instant,
     nicknames: BTreeMap<PeerName, String>,
+    /// Gossiped entries refused at the bounds.
+    over_limit: u64,
     reachable: BTreeSet<PeerName>,
     conflicts: VecDeque<String>,
     last_paxos_change: Instant,
@@ -278,6 +280,7 @@ impl Ipam {
             broadcast_at: None,
             next_tick: now,
             nicknames,
+            over_limit: 0,
             reachable: BTreeSet::new(),
             conflicts: VecDeque::new(),
             last_paxos_change: now,
@@ -601,9 +604,15 @@ impl Ipam {
 
     // ---- gossip ------------------------------------------------------------------------
 
-    /// Our full state, for a new neighbour or periodic gossip.
+    /// Our full state, for a new neighbour or periodic gossip. Not cut into chunks: a ring
+    /// travels whole, and its bound ([`ring::MAX_RING_ENTRIES`]) keeps it under one.
     pub fn full_state(&self) -> Vec<u8> {
         IpamMsg::State(self.state_msg()).encode()
+    }
+
+    /// Gossiped entries refused at the bounds.
+    pub fn over_limit(&self) -> u64 {
+        self.over_limit
     }
 
     fn state_msg(&self) -> IpamState {
@@ -713,7 +722,25 @@ impl Ipam {
         st: IpamState,
     ) -> Result<bool, IpamRefusal> {
         let mut improved = false;
+        if st.paxos.len() > MAX_PAXOS_CLAIMS
+            || st
+                .paxos
+                .iter()
+                .any(|(_, c)| c.value.len() > MAX_PAXOS_CLAIMS)
+        {
+            return Err(IpamRefusal::Malformed(format!(
+                "{} consensus claims (at most {MAX_PAXOS_CLAIMS})",
+                st.paxos.len()
+            )));
+        }
         for (p, n) in st.nicknames {
+            let fits = n.len() <= crate::mesh::topology::MAX_NICKNAME_LEN
+                && (self.nicknames.len() < crate::mesh::topology::MAX_PEERS
+                    || self.nicknames.contains_key(&p));
+            if !fits {
+                self.over_limit += 1;
+                continue;
+            }
             if self.nicknames.get(&p) != Some(&n) {
                 self.nicknames.insert(p, n);
                 improved = true;

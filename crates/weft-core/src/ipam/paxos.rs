@@ -19,6 +19,10 @@ use std::collections::BTreeMap;
 use weft_proto::PeerName;
 use weft_proto::ipam::{Claims, NodeId, ProposalId};
 
+/// Consensus participants (and seeds in a claimed value) one peer keeps track of: one per
+/// peer incarnation seen before the ring exists.
+pub const MAX_PAXOS_CLAIMS: usize = crate::mesh::topology::MAX_PEERS;
+
 #[derive(Clone, Debug)]
 pub struct Paxos {
     me: NodeId,
@@ -83,6 +87,7 @@ impl Paxos {
             }
             match self.knows.get(node) {
                 Some(old) if !newer(c, old) => {}
+                None if self.knows.len() >= MAX_PAXOS_CLAIMS => {}
                 _ => {
                     self.knows.insert(*node, c.clone());
                     changed = true;

@@ -42,6 +42,8 @@ pub enum MergeError {
         from: String,
         to: String,
     },
+    #[error("merged ring would have {0} entries, more than the {MAX_RING_ENTRIES} allowed")]
+    TooLarge(usize),
 }
 
 /// A ring that cannot be one (from a peer or a state file).
@@ -49,7 +51,14 @@ pub enum MergeError {
 pub enum RingError {
     #[error("malformed ring (entries out of order or outside the range)")]
     Malformed,
+    #[error("ring of {0} entries: more than the {MAX_RING_ENTRIES} any real cluster makes")]
+    TooLarge(usize),
 }
+
+/// Entries a ring may have. Each peer holds a handful of spans (more after many donations);
+/// a thousand-host cluster has a few thousand entries. The bound keeps a ring state, which
+/// travels whole, far below one gossip chunk (about 22 bytes an entry).
+pub const MAX_RING_ENTRIES: usize = 32_768;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Ring {
@@ -132,6 +141,9 @@ impl Ring {
             .is_some_and(|e| u64::from(e.token) < state.end);
         if !(ok_order && ok_start && ok_end) || u64::from(state.start) >= state.end {
             return Err(RingError::Malformed);
+        }
+        if state.entries.len() > MAX_RING_ENTRIES {
+            return Err(RingError::TooLarge(state.entries.len()));
         }
         Ok(Ring { state })
     }
@@ -229,6 +241,9 @@ impl Ring {
         }
         if !changed {
             return Ok(false);
+        }
+        if merged.len() > MAX_RING_ENTRIES {
+            return Err(MergeError::TooLarge(merged.len()));
         }
         let candidate = Ring {
             state: RingState {
@@ -359,6 +374,33 @@ mod tests {
 
     fn pn(n: u64) -> PeerName {
         PeerName::from_u64(n)
+    }
+
+    #[test]
+    fn rings_past_the_bound_are_refused() {
+        let state = |n: u32| RingState {
+            start: 0,
+            end: 1 << 24,
+            seeds: vec![PeerName::from_u64(1)],
+            entries: (0..n)
+                .map(|t| Entry {
+                    token: t,
+                    peer: PeerName::from_u64(1),
+                    version: 1,
+                    free: 0,
+                })
+                .collect(),
+        };
+        let big = MAX_RING_ENTRIES as u32 + 1;
+        assert_eq!(
+            Ring::from_state(state(big)).err(),
+            Some(RingError::TooLarge(big as usize))
+        );
+        let mut ours = Ring::from_state(state(1)).unwrap();
+        assert!(matches!(
+            ours.merge(&state(big), PeerName::from_u64(2), |_, _| false),
+            Err(MergeError::TooLarge(_))
+        ));
     }
 
     #[test]

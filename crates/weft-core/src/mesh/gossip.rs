@@ -54,6 +54,13 @@ impl Router {
                 "ignored invalid peer entries in topology update"
             );
         }
+        if applied.over_limit > 0 {
+            self.stats.over_limit += applied.over_limit as u64;
+            debug!(
+                count = applied.over_limit,
+                "topology full: ignored entries for new peers"
+            );
+        }
         if applied.overrode_stale_self {
             self.schedule_broadcast(now);
         }
@@ -148,32 +155,31 @@ impl Router {
             if !self.conns.get(&id).is_some_and(|c| c.phase == Phase::Ready) {
                 continue;
             }
+            let chunk = self.cfg.gossip_chunk;
             for (src, entries) in ob.broadcast {
-                let payload = TopologyUpdate {
-                    peers: entries.into_values().collect(),
+                for peers in weft_proto::chunk_by_size(entries.into_values().collect(), chunk) {
+                    let payload = TopologyUpdate { peers }.encode();
+                    self.send_msg(
+                        id,
+                        &ControlMsg::GossipBroadcast {
+                            channel: Channel::TOPOLOGY,
+                            src,
+                            payload,
+                        },
+                    );
                 }
-                .encode();
-                self.send_msg(
-                    id,
-                    &ControlMsg::GossipBroadcast {
-                        channel: Channel::TOPOLOGY,
-                        src,
-                        payload,
-                    },
-                );
             }
             if !ob.gossip.is_empty() {
-                let payload = TopologyUpdate {
-                    peers: ob.gossip.into_values().collect(),
+                for peers in weft_proto::chunk_by_size(ob.gossip.into_values().collect(), chunk) {
+                    let payload = TopologyUpdate { peers }.encode();
+                    self.send_msg(
+                        id,
+                        &ControlMsg::Gossip {
+                            channel: Channel::TOPOLOGY,
+                            payload,
+                        },
+                    );
                 }
-                .encode();
-                self.send_msg(
-                    id,
-                    &ControlMsg::Gossip {
-                        channel: Channel::TOPOLOGY,
-                        payload,
-                    },
-                );
             }
         }
     }
@@ -270,18 +276,28 @@ impl Router {
         }
     }
 
-    /// Sends `payload` on `channel` to one neighbour.
-    pub fn gossip_to(&mut self, peer: PeerName, channel: Channel, payload: Vec<u8>) {
+    /// Sends `payloads` on `channel` to one neighbour.
+    pub fn gossip_to(&mut self, peer: PeerName, channel: Channel, payloads: Vec<Vec<u8>>) {
         if let Some(&id) = self.by_peer.get(&peer) {
-            self.send_msg(id, &ControlMsg::Gossip { channel, payload });
+            for payload in payloads {
+                self.send_msg(id, &ControlMsg::Gossip { channel, payload });
+            }
         }
     }
 
-    /// Sends `payload` on `channel` to a few random neighbours (periodic gossip).
-    pub fn gossip_random(&mut self, channel: Channel, payload: Vec<u8>) {
-        let body = ControlMsg::Gossip { channel, payload }.encode_body();
-        for id in self.random_neighbours(None) {
-            self.send_body(id, body.clone());
+    /// Sends `payloads` on `channel` to a few random neighbours (periodic gossip).
+    pub fn gossip_random(&mut self, channel: Channel, payloads: Vec<Vec<u8>>) {
+        let targets = self.random_neighbours(None);
+        for payload in payloads {
+            let body = ControlMsg::Gossip { channel, payload }.encode_body();
+            for &id in &targets {
+                self.send_body(id, body.clone());
+            }
         }
+    }
+
+    /// The size full states are cut to.
+    pub fn gossip_chunk(&self) -> usize {
+        self.cfg.gossip_chunk
     }
 }

@@ -121,6 +121,9 @@ pub struct RouterConfig {
     pub timing: Timing,
     /// Password-based encryption; `None` runs in the clear.
     pub crypto: Option<CryptoSettings>,
+    /// Full states are cut into gossip payloads of at most this many bytes
+    /// ([`weft_proto::MAX_GOSSIP_CHUNK`] unless a test wants to see the cutting).
+    pub gossip_chunk: usize,
 }
 
 /// What encryption needs: our static key, the accepted passwords' keys, trusted subnets.
@@ -231,6 +234,8 @@ pub(super) struct Stats {
     pub(super) protocol_errors: u64,
     /// Invalid entries in topology updates, ignored.
     pub(super) invalid_entries: u64,
+    /// Gossiped entries refused because a table was at its bound.
+    pub(super) over_limit: u64,
     /// UDP control datagrams that matched no connection or did not decode.
     pub(super) udp_unexpected: u64,
 }
@@ -534,15 +539,16 @@ impl Router {
         if self.next_gossip <= now {
             self.next_gossip = now + self.rng.jitter(t.gossip_interval);
             self.events.push_back(Event::GossipTick);
-            let payload = self.topology.full_update().encode();
-            for id in self.random_neighbours(None) {
-                self.send_msg(
-                    id,
-                    &ControlMsg::Gossip {
-                        channel: Channel::TOPOLOGY,
-                        payload: payload.clone(),
-                    },
-                );
+            let targets = self.random_neighbours(None);
+            for payload in self.topology.full_update_chunks(self.cfg.gossip_chunk) {
+                let body = ControlMsg::Gossip {
+                    channel: Channel::TOPOLOGY,
+                    payload,
+                }
+                .encode_body();
+                for &id in &targets {
+                    self.send_body(id, body.clone());
+                }
             }
         }
         if self.maker_wake.is_some_and(|at| at <= now) {
@@ -676,15 +682,20 @@ impl Router {
         self.note_target_peer(id, hello.name);
         self.local_connections_changed(now);
         self.events.push_back(Event::NeighbourUp(hello.name));
-        let full = self.topology.full_update().encode();
-        self.send_msg(
-            id,
-            &ControlMsg::Gossip {
-                channel: Channel::TOPOLOGY,
-                payload: full,
-            },
-        );
+        self.send_full_topology(id);
         Ok(())
+    }
+
+    fn send_full_topology(&mut self, id: ConnId) {
+        for payload in self.topology.full_update_chunks(self.cfg.gossip_chunk) {
+            self.send_msg(
+                id,
+                &ControlMsg::Gossip {
+                    channel: Channel::TOPOLOGY,
+                    payload,
+                },
+            );
+        }
     }
 
     fn on_message(&mut self, now: Instant, id: ConnId, msg: ControlMsg) -> Result<(), Close> {
@@ -733,8 +744,7 @@ impl Router {
                     due
                 });
                 if due {
-                    let payload = self.topology.full_update().encode();
-                    self.send_msg(id, &ControlMsg::Gossip { channel, payload });
+                    self.send_full_topology(id);
                 }
             }
             ControlMsg::Gossip { channel, payload } => {
@@ -1422,6 +1432,7 @@ impl Router {
             termination_count: self.stats.terminations,
             protocol_errors: self.stats.protocol_errors,
             invalid_entries: self.stats.invalid_entries,
+            over_limit: self.stats.over_limit,
             udp_unexpected: self.stats.udp_unexpected,
             refused_pending: self.stats.refused_pending,
         }
@@ -1446,6 +1457,7 @@ mod admission_tests {
             mtu: 1376,
             timing: Timing::default(),
             crypto: None,
+            gossip_chunk: weft_proto::MAX_GOSSIP_CHUNK,
         };
         Router::new(cfg, Instant::now(), u64::from(last))
     }

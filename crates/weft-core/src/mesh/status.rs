@@ -31,6 +31,9 @@ pub struct RouterStatus {
     pub termination_count: u64,
     pub protocol_errors: u64,
     pub invalid_entries: u64,
+    /// Gossiped entries refused because a table (topology, DNS, fast-path records, IP
+    /// allocation ring) was at its bound.
+    pub over_limit: u64,
     pub udp_unexpected: u64,
     /// Accepted connections dropped at once: too many half-open ones.
     pub refused_pending: u64,

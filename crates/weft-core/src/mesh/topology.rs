@@ -17,11 +17,19 @@ use weft_proto::control::{ConnectionSummary, PeerSummary, TopologyUpdate};
 /// Limits on what a peer may claim, so one bad update cannot bloat every peer's memory.
 pub const MAX_NICKNAME_LEN: usize = 255;
 pub const MAX_CONNECTIONS_PER_PEER: usize = 10_000;
+/// Peers one topology holds. Far above any mesh weft is meant for (the scale target is a few
+/// thousand hosts); a flood of invented peers stops here instead of at the memory limit.
+pub const MAX_PEERS: usize = 16_384;
+/// Connection entries over all peers: a full topology at this bound is about 9 MB in postcard,
+/// well inside one frame even before it is cut into chunks.
+pub const MAX_TOTAL_CONNECTIONS: usize = 1 << 19;
 
 #[derive(Debug)]
 pub struct Topology {
     local: PeerName,
     peers: BTreeMap<PeerName, PeerSummary>,
+    /// Connection entries over all peers (kept in step with `peers`).
+    connections: usize,
     /// Bumped on every change so that derived data (routes) knows when to recompute.
     generation: u64,
 }
@@ -35,6 +43,9 @@ pub struct Applied {
     pub unknown_referenced: bool,
     /// Entries refused as invalid (bad name, oversize fields).
     pub invalid: usize,
+    /// Entries refused because taking them would pass [`MAX_PEERS`] or
+    /// [`MAX_TOTAL_CONNECTIONS`].
+    pub over_limit: usize,
     /// Someone holds a version of our own entry we did not write; we bumped past it.
     pub overrode_stale_self: bool,
 }
@@ -42,11 +53,13 @@ pub struct Applied {
 impl Topology {
     pub fn new(local: PeerSummary) -> Self {
         let name = local.name;
+        let connections = local.connections.len();
         let mut peers = BTreeMap::new();
         peers.insert(name, local);
         Topology {
             local: name,
             peers,
+            connections,
             generation: 0,
         }
     }
@@ -93,6 +106,7 @@ impl Topology {
         if self.local().connections == connections {
             return false;
         }
+        self.connections = self.connections - self.local().connections.len() + connections.len();
         let local = self.local_mut();
         local.connections = connections;
         local.version = local.version.saturating_add(1);
@@ -121,18 +135,26 @@ impl Topology {
                 }
                 continue;
             }
-            let newer = match self.peers.get(&summary.name) {
-                None => true,
-                Some(existing) => {
-                    summary.version > existing.version
-                        || (summary.version == existing.version && summary.uid > existing.uid)
-                }
-            };
-            if newer {
-                self.peers.insert(summary.name, summary.clone());
-                applied.improved.push(summary);
-                self.generation += 1;
+            let existing = self.peers.get(&summary.name);
+            let newer = existing.is_none_or(|existing| {
+                summary.version > existing.version
+                    || (summary.version == existing.version && summary.uid > existing.uid)
+            });
+            if !newer {
+                continue;
             }
+            let replaced = existing.map_or(0, |e| e.connections.len());
+            let connections = self.connections - replaced + summary.connections.len();
+            if (existing.is_none() && self.peers.len() >= MAX_PEERS)
+                || connections > MAX_TOTAL_CONNECTIONS
+            {
+                applied.over_limit += 1;
+                continue;
+            }
+            self.connections = connections;
+            self.peers.insert(summary.name, summary.clone());
+            applied.improved.push(summary);
+            self.generation += 1;
         }
         applied.unknown_referenced = applied.improved.iter().any(|s| {
             s.connections
@@ -147,6 +169,39 @@ impl Topology {
         TopologyUpdate {
             peers: self.peers.values().cloned().collect(),
         }
+    }
+
+    /// Everything we know as encoded payloads of at most `max` bytes each. Entries go in
+    /// breadth-first order from us along reported connections, so each chunk's peers hang
+    /// off peers the receiver already has (us, and earlier chunks): its garbage collection,
+    /// which runs after every chunk, keeps them rather than dropping what a later chunk
+    /// would have linked.
+    pub fn full_update_chunks(&self, max: usize) -> Vec<Vec<u8>> {
+        let mut order = Vec::with_capacity(self.peers.len());
+        let mut seen = BTreeSet::from([self.local]);
+        let mut queue = VecDeque::from([self.local]);
+        while let Some(p) = queue.pop_front() {
+            let Some(s) = self.peers.get(&p) else {
+                continue;
+            };
+            order.push(s.clone());
+            for c in &s.connections {
+                if self.peers.contains_key(&c.peer) && seen.insert(c.peer) {
+                    queue.push_back(c.peer);
+                }
+            }
+        }
+        // Not reached from us (only between a change and its garbage collection).
+        order.extend(
+            self.peers
+                .values()
+                .filter(|p| !seen.contains(&p.name))
+                .cloned(),
+        );
+        weft_proto::chunk_by_size(order, max)
+            .into_iter()
+            .map(|peers| TopologyUpdate { peers }.encode())
+            .collect()
     }
 
     /// Just our own entry: what we broadcast after our connections change.
@@ -177,7 +232,9 @@ impl Topology {
             .copied()
             .collect();
         for n in &gone {
-            self.peers.remove(n);
+            if let Some(s) = self.peers.remove(n) {
+                self.connections -= s.connections.len();
+            }
         }
         if !gone.is_empty() {
             self.generation += 1;
@@ -212,7 +269,9 @@ mod tests {
                 .iter()
                 .map(|&c| ConnectionSummary {
                     peer: pn(c),
-                    addr: format!("10.0.0.{c}:6783").parse().unwrap(),
+                    addr: format!("10.0.{}.{}:6783", c / 250 % 250, c % 250)
+                        .parse()
+                        .unwrap(),
                     outbound: true,
                     established: true,
                 })
@@ -236,6 +295,81 @@ mod tests {
         });
         assert!(a.improved.is_empty(), "older entry ignored");
         assert_eq!(t.get(&pn(2)).unwrap().version, 3);
+    }
+
+    #[test]
+    fn the_tables_stop_at_their_bounds_and_make_room_as_peers_go() {
+        let mut t = Topology::new(summary(1, 11, 1, &[2]));
+        // Invented peers, all hanging off peer 2 so garbage collection keeps them.
+        let fake: Vec<u64> = (3..3 + MAX_PEERS as u64).collect();
+        let mut hub = summary(2, 22, 1, &[1]);
+        let a = t.apply(TopologyUpdate {
+            peers: fake.iter().map(|&n| summary(n, n, 1, &[2])).collect(),
+        });
+        assert_eq!(t.len(), MAX_PEERS, "the table is full");
+        assert_eq!(a.over_limit, 1, "the one past the bound was refused");
+        // A known peer may still change within the bounds; a new one may not come in.
+        hub.version = 2;
+        assert_eq!(t.apply(TopologyUpdate { peers: vec![hub] }).over_limit, 1);
+        let known = *fake.first().unwrap();
+        assert_eq!(
+            t.apply(TopologyUpdate {
+                peers: vec![summary(known, known, 2, &[2, 1])]
+            })
+            .improved
+            .len(),
+            1
+        );
+        // Peers nobody links to any more are collected, and their room is free again.
+        t.set_local_connections(Vec::new());
+        t.garbage_collect();
+        assert_eq!(t.len(), 1);
+        let a = t.apply(TopologyUpdate {
+            peers: vec![summary(2, 22, 5, &[1])],
+        });
+        assert_eq!((a.improved.len(), a.over_limit), (1, 0));
+    }
+
+    #[test]
+    fn connections_are_bounded_over_all_peers() {
+        let mut t = Topology::new(summary(1, 11, 1, &[]));
+        let wide: Vec<u64> = (1000..1000 + MAX_CONNECTIONS_PER_PEER as u64).collect();
+        let per = MAX_TOTAL_CONNECTIONS / MAX_CONNECTIONS_PER_PEER;
+        let a = t.apply(TopologyUpdate {
+            peers: (2..per as u64 + 4)
+                .map(|n| summary(n, n, 1, &wide))
+                .collect(),
+        });
+        assert_eq!(a.improved.len(), per);
+        assert_eq!(a.over_limit, 2);
+        assert!(t.connections <= MAX_TOTAL_CONNECTIONS);
+    }
+
+    #[test]
+    fn full_state_chunks_each_hang_off_what_came_before() {
+        // A line 1-2-3-...-200 seen from 1, cut into small chunks: applying them one at a
+        // time, with garbage collection after each, on a fresh peer 0 connected only to 1,
+        // loses nobody.
+        let n = 200u64;
+        let mut t = Topology::new(summary(1, 11, 1, &[0, 2]));
+        t.apply(TopologyUpdate {
+            peers: (2..=n)
+                .rev()
+                .map(|i| {
+                    let next: Vec<u64> = [i - 1, i + 1].into_iter().filter(|&x| x <= n).collect();
+                    summary(i, i, 1, &next)
+                })
+                .collect(),
+        });
+        let chunks = t.full_update_chunks(300);
+        assert!(chunks.len() > 10);
+        let mut fresh = Topology::new(summary(0, 10, 1, &[1]));
+        for c in &chunks {
+            assert!(c.len() <= 300);
+            fresh.apply(TopologyUpdate::decode(c).unwrap());
+            assert!(fresh.garbage_collect().is_empty());
+        }
+        assert_eq!(fresh.len() as u64, n + 1);
     }
 
     #[test]

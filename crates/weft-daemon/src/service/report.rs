@@ -203,6 +203,7 @@ impl Service {
             ("udp_heartbeats_dropped", dp.io.heartbeats_dropped),
             ("control_protocol_errors", st.protocol_errors),
             ("control_invalid_topology_entries", st.invalid_entries),
+            ("gossip_entries_over_limit", st.over_limit),
             ("control_udp_unexpected", st.udp_unexpected),
             ("control_refused_half_open", st.refused_pending),
         ]

@@ -66,6 +66,7 @@ fn router(ipam: bool) -> Router {
         mtu: MTU,
         timing: Timing::default(),
         crypto: None,
+        gossip_chunk: weft_proto::MAX_GOSSIP_CHUNK,
     };
     let ipam_cfg = ipam.then(|| {
         (
