@@ -19,6 +19,12 @@ use weft_proto::sleeve::{FRAGMENT_HEADER_LEN, fragment_header};
 pub const REASSEMBLY_TIMEOUT: Duration = Duration::from_secs(1);
 /// Datagrams in reassembly per sender; more push out the oldest (lost, surely).
 pub const MAX_PENDING_PER_SENDER: usize = 64;
+/// Bytes held for one sender's datagrams in reassembly: as many whole super-frames as
+/// [`MAX_PENDING_PER_SENDER`]...
+pub const MAX_PENDING_BYTES_PER_SENDER: usize = MAX_PENDING_PER_SENDER * 64 * 1024;
+/// ...and over all senders, so that hundreds of neighbours cannot together hold hundreds of
+/// megabytes. Past it, the sender holding the most gives up its oldest.
+pub const MAX_PENDING_BYTES: usize = 32 << 20;
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FragmentStats {
@@ -31,7 +37,12 @@ pub struct FragmentStats {
     pub inconsistent: u64,
 }
 
+/// One datagram in reassembly. Memory follows what arrived: the first fragment is kept as
+/// it came, and the datagram's whole buffer is made only when a second one arrives, so a
+/// lone forged fragment claiming a 64 KiB datagram costs its own size, not 64 KiB.
 struct Pending {
+    total: u16,
+    first: Vec<u8>,
     buf: Vec<u8>,
     /// Byte ranges received, as (offset, len).
     have: Vec<(u16, u16)>,
@@ -39,12 +50,45 @@ struct Pending {
     started: Instant,
 }
 
+impl Pending {
+    /// Bytes this datagram holds.
+    fn held(&self) -> usize {
+        self.first.capacity() + self.buf.capacity()
+    }
+}
+
+/// One sender's datagrams in reassembly, oldest first.
+#[derive(Default)]
+struct Sender {
+    pending: HashMap<u32, Pending>,
+    order: VecDeque<u32>,
+    bytes: usize,
+}
+
+impl Sender {
+    fn remove(&mut self, id: u32) -> Option<Pending> {
+        let p = self.pending.remove(&id)?;
+        self.bytes -= p.held();
+        if let Some(i) = self.order.iter().position(|&x| x == id) {
+            self.order.remove(i);
+        }
+        Some(p)
+    }
+
+    fn pop_oldest(&mut self) -> Option<Pending> {
+        let id = *self.order.front()?;
+        self.remove(id)
+    }
+}
+
 /// Datagrams just completed, so a late duplicate fragment does not start them over.
 const RECENT: usize = 256;
 
 #[derive(Default)]
 pub struct Reassembler {
-    pending: HashMap<(PeerName, u32), Pending>,
+    senders: HashMap<PeerName, Sender>,
+    /// Bytes held over all senders.
+    bytes: usize,
     /// The same keys, oldest first, and as a set for the per-fragment lookup.
     recent: VecDeque<(PeerName, u32)>,
     recent_set: HashSet<(PeerName, u32)>,
@@ -54,7 +98,8 @@ pub struct Reassembler {
 impl std::fmt::Debug for Reassembler {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Reassembler")
-            .field("pending", &self.pending.len())
+            .field("pending", &self.pending_count())
+            .field("bytes", &self.bytes)
             .field("stats", &self.stats)
             .finish()
     }
@@ -63,6 +108,16 @@ impl std::fmt::Debug for Reassembler {
 impl Reassembler {
     pub fn stats(&self) -> FragmentStats {
         self.stats
+    }
+
+    /// Datagrams in reassembly.
+    pub fn pending_count(&self) -> usize {
+        self.senders.values().map(|s| s.pending.len()).sum()
+    }
+
+    /// Bytes held for datagrams in reassembly.
+    pub fn pending_bytes(&self) -> usize {
+        self.bytes
     }
 
     /// Takes one fragment (already decoded: `offset + payload.len() <= total`); returns the
@@ -81,23 +136,36 @@ impl Reassembler {
         if self.recent_set.contains(&key) {
             return None;
         }
-        if !self.pending.contains_key(&key) {
-            self.make_room(sender);
-            self.pending.insert(
-                key,
-                Pending {
-                    buf: vec![0; usize::from(total)],
-                    have: Vec::new(),
-                    got: 0,
-                    started: now,
-                },
-            );
-        }
-        let p = self.pending.get_mut(&key).expect("inserted above");
         let len = payload.len() as u16;
+        let s = self.senders.entry(sender).or_default();
+        let Some(p) = s.pending.get_mut(&id) else {
+            if usize::from(offset) + payload.len() > usize::from(total) {
+                self.stats.inconsistent += 1;
+                return None;
+            }
+            if payload.len() == usize::from(total) {
+                // A whole datagram in one fragment: nothing to wait for.
+                return Some(self.completed(key, payload.to_vec()));
+            }
+            let p = Pending {
+                total,
+                first: payload.to_vec(),
+                buf: Vec::new(),
+                have: vec![(offset, len)],
+                got: payload.len(),
+                started: now,
+            };
+            let held = p.held();
+            s.pending.insert(id, p);
+            s.order.push_back(id);
+            s.bytes += held;
+            self.bytes += held;
+            self.make_room(sender);
+            return None;
+        };
         let end = |o: u16, l: u16| u32::from(o) + u32::from(l);
-        let consistent = p.buf.len() == usize::from(total)
-            && usize::from(offset) + payload.len() <= p.buf.len()
+        let consistent = p.total == total
+            && usize::from(offset) + payload.len() <= usize::from(total)
             && p.have.iter().all(|&(o, l)| {
                 // The same fragment again is harmless; any other overlap is a contradiction.
                 (o, l) == (offset, len)
@@ -105,21 +173,42 @@ impl Reassembler {
                     || end(offset, len) <= u32::from(o)
             });
         if !consistent {
-            self.pending.remove(&key);
+            let p = s.remove(id).expect("present");
+            self.bytes -= p.held();
             self.stats.inconsistent += 1;
             return None;
         }
         if p.have.contains(&(offset, len)) {
             return None;
         }
+        let before = p.held();
+        if p.buf.is_empty() {
+            // The second fragment: now the datagram is worth its buffer.
+            p.buf = vec![0; usize::from(total)];
+            let (o, _) = p.have[0];
+            let at = usize::from(o);
+            p.buf[at..at + p.first.len()].copy_from_slice(&p.first);
+            p.first = Vec::new();
+        }
         let at = usize::from(offset);
         p.buf[at..at + payload.len()].copy_from_slice(payload);
         p.have.push((offset, len));
         p.got += payload.len();
-        if p.got < p.buf.len() {
+        let grown = p.held() - before.min(p.held());
+        let shrunk = before.saturating_sub(p.held());
+        let complete = p.got >= usize::from(total);
+        s.bytes = s.bytes + grown - shrunk;
+        self.bytes = self.bytes + grown - shrunk;
+        if !complete {
+            self.make_room(sender);
             return None;
         }
-        let p = self.pending.remove(&key).expect("present");
+        let p = s.remove(id).expect("present");
+        self.bytes -= p.held();
+        Some(self.completed(key, p.buf))
+    }
+
+    fn completed(&mut self, key: (PeerName, u32), whole: Vec<u8>) -> Vec<u8> {
         if self.recent.len() == RECENT
             && let Some(old) = self.recent.pop_front()
         {
@@ -128,39 +217,58 @@ impl Reassembler {
         self.recent.push_back(key);
         self.recent_set.insert(key);
         self.stats.reassembled += 1;
-        Some(p.buf)
+        whole
     }
 
-    /// Drops the oldest pending datagram of `sender` when it has too many.
+    /// Gives up on the oldest datagrams of `sender` while it holds too many or too much, and
+    /// on the oldest of the biggest holder while everyone together holds too much.
     fn make_room(&mut self, sender: PeerName) {
-        let mut count = 0;
-        let mut oldest: Option<(&(PeerName, u32), Instant)> = None;
-        for (k, p) in self.pending.iter().filter(|(k, _)| k.0 == sender) {
-            count += 1;
-            if oldest.is_none_or(|(_, t)| p.started < t) {
-                oldest = Some((k, p.started));
+        if let Some(s) = self.senders.get_mut(&sender) {
+            while s.pending.len() > MAX_PENDING_PER_SENDER || s.bytes > MAX_PENDING_BYTES_PER_SENDER
+            {
+                let Some(p) = s.pop_oldest() else { break };
+                self.bytes -= p.held();
+                self.stats.incomplete += 1;
             }
         }
-        if count < MAX_PENDING_PER_SENDER {
-            return;
-        }
-        if let Some(k) = oldest.map(|(k, _)| *k) {
-            self.pending.remove(&k);
+        while self.bytes > MAX_PENDING_BYTES {
+            // Rare (only past the global budget), so a scan of the senders is fine here.
+            let Some(s) = self.senders.values_mut().max_by_key(|s| s.bytes) else {
+                break;
+            };
+            let Some(p) = s.pop_oldest() else { break };
+            self.bytes -= p.held();
             self.stats.incomplete += 1;
         }
     }
 
     /// Gives up on datagrams whose fragments stopped coming.
     pub fn expire(&mut self, now: Instant) {
-        let before = self.pending.len();
-        self.pending
-            .retain(|_, p| now.saturating_duration_since(p.started) < REASSEMBLY_TIMEOUT);
-        self.stats.incomplete += (before - self.pending.len()) as u64;
+        let mut freed = 0;
+        let mut dropped = 0;
+        for s in self.senders.values_mut() {
+            while let Some(&id) = s.order.front() {
+                let old = s.pending.get(&id).is_some_and(|p| {
+                    now.saturating_duration_since(p.started) >= REASSEMBLY_TIMEOUT
+                });
+                if !old {
+                    break;
+                }
+                let p = s.pop_oldest().expect("present");
+                freed += p.held();
+                dropped += 1;
+            }
+        }
+        self.senders.retain(|_, s| !s.pending.is_empty());
+        self.bytes -= freed;
+        self.stats.incomplete += dropped;
     }
 
     /// Forgets a peer's pending datagrams.
     pub fn forget(&mut self, sender: PeerName) {
-        self.pending.retain(|k, _| k.0 != sender);
+        if let Some(s) = self.senders.remove(&sender) {
+            self.bytes -= s.bytes;
+        }
     }
 }
 
@@ -279,6 +387,36 @@ mod tests {
         for id in 100..100 + MAX_PENDING_PER_SENDER as u32 + 5 {
             r.push(now, me, id, 0, 3000, &[0; 10]);
         }
-        assert_eq!(r.pending.len(), MAX_PENDING_PER_SENDER);
+        assert_eq!(r.pending_count(), MAX_PENDING_PER_SENDER);
+    }
+
+    #[test]
+    fn memory_follows_what_arrived_and_stays_within_the_budgets() {
+        let now = Instant::now();
+        let mut r = Reassembler::default();
+        // Lone forged fragments claiming 64 KiB datagrams hold only their own bytes.
+        let me = PeerName::from_u64(1);
+        for id in 0..MAX_PENDING_PER_SENDER as u32 {
+            r.push(now, me, id, 0, 65_000, &[0; 100]);
+        }
+        assert!(r.pending_bytes() <= MAX_PENDING_PER_SENDER * 128);
+        // Hundreds of senders each nearly finishing big datagrams stay within the global
+        // budget; the biggest holders give up their oldest first.
+        for sender in 2..300u64 {
+            let p = PeerName::from_u64(sender);
+            for id in 0..8 {
+                r.push(now, p, id, 0, 65_000, &[0; 1400]);
+                r.push(now, p, id, 1400, 65_000, &[0; 1400]);
+            }
+            assert!(
+                r.pending_bytes() <= MAX_PENDING_BYTES,
+                "{}",
+                r.pending_bytes()
+            );
+        }
+        assert!(r.stats().incomplete > 0);
+        // Everything expires, and the accounting comes back to zero.
+        r.expire(now + REASSEMBLY_TIMEOUT);
+        assert_eq!((r.pending_count(), r.pending_bytes()), (0, 0));
     }
 }
