@@ -70,10 +70,13 @@ pub async fn setup(
     tap_index: u32,
     local: PeerName,
     mtu: u32,
+    bind: Option<std::net::Ipv4Addr>,
 ) -> Result<Devices, DaemonError> {
     let vx_name = vxlan_name(&bridge.name);
     let adopted = nl.link_by_name(&vx_name).await?.is_some();
-    let vx = nl.ensure_vxlan(&vx_name, VNI, VXLAN_PORT, mtu).await?;
+    let vx = nl
+        .ensure_vxlan(&vx_name, VNI, VXLAN_PORT, mtu, bind)
+        .await?;
     sysctl::disable_ipv6(&vx_name)?;
     nl.configure(
         vx.index,

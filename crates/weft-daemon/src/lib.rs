@@ -456,7 +456,7 @@ pub async fn run_with(
     let (host, tap) = hostnet::setup(nl.clone(), &cfg.bridge, name, mtu).await?;
     // Before anything is attached: on a host whose FORWARD policy is DROP (Docker's), nothing
     // crosses the bridge until these rules are in.
-    let (firewall_task, firewall) = host::FirewallTask::start(
+    let (mut firewall_task, firewall) = host::FirewallTask::start(
         nl.clone(),
         host.bridge.index,
         host::FixedSpec {
@@ -473,8 +473,12 @@ pub async fn run_with(
     .await
     .map_err(|e| DaemonError::Config(e.to_string()))?;
     let tap_index = nl.require_link(&host.tap_name).await?.index;
+    let vxlan_local = match cfg.host {
+        Some(IpAddr::V4(a)) if !a.is_unspecified() => Some(a),
+        _ => None,
+    };
     let fast_devices = if use_fastdp {
-        match fastdp::setup(&nl, &host.bridge, tap_index, name, mtu).await {
+        match fastdp::setup(&nl, &host.bridge, tap_index, name, mtu, vxlan_local).await {
             Ok(d) => Some(d),
             // Like Weave without its datapath: the sleeve carries everything, and peers are
             // told (our fast-path announcement says it is off).
@@ -723,6 +727,7 @@ pub async fn run_with(
         Some(devices) => {
             let (plan_tx, plan_rx) = watch::channel(Arc::default());
             control = control.with_fastdp(plan_tx);
+            firewall_task = firewall_task.with_fastdp(plan_rx.clone(), vxlan_local);
             let kernel = fastdp::Reconciler::new(
                 host_ops.clone(),
                 host.bridge.index,

@@ -64,7 +64,16 @@ pub struct PortFlags {
 impl Netlink {
     /// Creates the VXLAN device (learning off, UDP `port`, one constant VNI) or adopts an
     /// existing one of that name; its MTU is set either way.
-    pub async fn ensure_vxlan(&self, name: &str, vni: u32, port: u16, mtu: u32) -> Result<Link> {
+    /// The VXLAN device `name`, created if missing; `local` is the source address of what it
+    /// sends (the router's `--host`), else the kernel picks one per route.
+    pub async fn ensure_vxlan(
+        &self,
+        name: &str,
+        vni: u32,
+        port: u16,
+        mtu: u32,
+        local: Option<std::net::Ipv4Addr>,
+    ) -> Result<Link> {
         if let Some(l) = self.link_by_name(name).await? {
             if l.kind.as_deref() != Some("vxlan") {
                 return Err(Error::Other(format!(
@@ -74,11 +83,14 @@ impl Netlink {
             }
             return Ok(l);
         }
-        let msg = LinkVxlan::new(name, vni)
+        let mut vx = LinkVxlan::new(name, vni)
             .port(port)
             .learning(false)
-            .mtu(mtu)
-            .build();
+            .mtu(mtu);
+        if let Some(a) = local {
+            vx = vx.local(a);
+        }
+        let msg = vx.build();
         self.handle()
             .link()
             .add(msg)

@@ -484,3 +484,85 @@ fn iperf3_keeps_going_across_a_router_restart() -> Result<()> {
     }
     Ok(())
 }
+
+/// VXLAN carries no authentication: a host on the underlay that is not a neighbour sends
+/// VXLAN with weft's VNI straight at a router's port, and nothing of it reaches the bridge
+/// (the host firewall drops it and counts it), while the neighbours keep their fast path.
+#[test]
+fn vxlan_from_a_host_that_is_not_a_neighbour_is_dropped() -> Result<()> {
+    let Some(mut tb) = weft_testbed::for_test("fdpsrc", 3, Path::new(WEFT)) else {
+        return Ok(());
+    };
+    launch(&tb, 2, |_| vec![])?;
+    wait_overlay(&tb, 1, 2, "fastdp", CONVERGE)?;
+    let c1 = container(&mut tb, 1)?;
+    let _c2 = container(&mut tb, 2)?;
+    ping_clean(&tb, &c1, "10.32.0.2", 3)?;
+
+    // Host 3 runs no router: it makes its own VXLAN device with weft's VNI and port, aimed at
+    // host 1, and asks for c1's address on it.
+    let h3 = tb.host(3).netns.clone();
+    let h1_ip = tb.host(1).ip.to_string();
+    let vni = (0x7765u32).to_string();
+    for args in [
+        vec![
+            "link",
+            "add",
+            "evil",
+            "type",
+            "vxlan",
+            "id",
+            &vni,
+            "dstport",
+            "6784",
+            "remote",
+            &h1_ip,
+            "nolearning",
+        ],
+        vec!["addr", "add", "10.32.0.99/12", "dev", "evil"],
+        vec!["link", "set", "evil", "up"],
+    ] {
+        let out = tb.exec(&h3, "ip", &args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let sniff = tb
+        .cmd_in(&c1, "timeout")
+        .args(["4", "tcpdump", "-i", "ethwe", "-n", "-l", "arp or icmp"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    std::thread::sleep(Duration::from_millis(1200));
+    let out = tb.exec(
+        &h3,
+        "ping",
+        &["-c", "3", "-i", "0.3", "-W", "1", "10.32.0.1"],
+    );
+    assert!(!out.status.success(), "the stranger reached c1");
+    let seen = String::from_utf8_lossy(&sniff.wait_with_output()?.stdout).into_owned();
+    assert!(
+        !seen.contains("10.32.0.99"),
+        "the stranger's frames reached c1:\n{seen}"
+    );
+    // Dropped by weft's rule, which says so in its counter.
+    let rules = tb.exec(
+        &tb.host(1).netns,
+        "iptables",
+        &["-L", "WEFT-INPUT", "-v", "-n", "-x"],
+    );
+    let rules = String::from_utf8_lossy(&rules.stdout).into_owned();
+    let dropped: u64 = rules
+        .lines()
+        .find(|l| l.contains("not a neighbour"))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .with_context(|| format!("no VXLAN drop rule on h1:\n{rules}"))?;
+    assert!(dropped >= 3, "{rules}");
+    // The neighbour is untouched.
+    assert!(line_to(&tb, 1, 2)?.contains(" established fastdp "));
+    ping_clean(&tb, &c1, "10.32.0.2", 3)?;
+    Ok(())
+}

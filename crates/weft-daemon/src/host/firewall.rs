@@ -8,7 +8,7 @@
 //! |---|---|---|---|
 //! | filter | FORWARD | `WEFT-FORWARD` | frames between ports of the bridge (containers, sleeve, VXLAN) are accepted, which Docker's FORWARD policy DROP would otherwise drop once `br_netfilter` passes bridged frames through iptables; traffic routed from one overlay subnet to another through this host is dropped (subnets stay isolated); containers' traffic leaving the bridge, and replies to it, is accepted; traffic entering the bridge goes through `WEFT-EXPOSE` |
 //! | filter | – | `WEFT-EXPOSE` | one ACCEPT per exposed subnet: only those are reachable from the host's other interfaces |
-//! | filter | INPUT | `WEFT-INPUT` | containers (on docker0 or the bridge) cannot reach the router's own ports; docker0's containers can reach weftDNS; the HTTP API on loopback refuses sources that are not local (kube-proxy's `route_localnet` would otherwise open it) |
+//! | filter | INPUT | `WEFT-INPUT` | containers (on docker0 or the bridge) cannot reach the router's own ports; docker0's containers can reach weftDNS; the HTTP API on loopback refuses sources that are not local (kube-proxy's `route_localnet` would otherwise open it); VXLAN datagrams are taken only from neighbours' addresses (VXLAN carries no authentication: anyone who could send to the port could put frames on the bridge) |
 //! | nat | POSTROUTING | `WEFT` | per exposed subnet without `--without-masquerade`: multicast left alone, traffic entering it from outside masqueraded (replies route back through this host), traffic leaving it for anywhere else masqueraded (containers and pods reach the world) |
 //!
 //! Invariants: every rule weft adds is in a `WEFT*` chain or is a jump to one, so removing
@@ -17,7 +17,7 @@
 //! jumps are added only when missing), so a relaunch never duplicates rules.
 
 use std::collections::BTreeSet;
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 
 use ipnet::Ipv4Net;
 
@@ -38,6 +38,9 @@ pub struct FirewallSpec {
     pub port: u16,
     /// The VXLAN fast path's UDP port.
     pub vxlan_port: u16,
+    /// When the fast path runs: the neighbours' addresses VXLAN may come from (all others
+    /// are dropped), and the address it must be sent to (`--host`), if bound to one.
+    pub vxlan_from: Option<VxlanSources>,
     /// Loopback listeners (the HTTP API, the status address) that non-local sources must not
     /// reach.
     pub local_only: Vec<SocketAddr>,
@@ -50,6 +53,13 @@ pub struct FirewallSpec {
     /// Whether the `physdev` match is usable: it tells bridged frames from routed packets.
     /// Without it, routed traffic between subnets on the bridge is accepted as bridged is.
     pub physdev: bool,
+}
+
+/// Who may send VXLAN to this host.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct VxlanSources {
+    pub neighbours: BTreeSet<Ipv4Addr>,
+    pub local: Option<Ipv4Addr>,
 }
 
 /// One table's part of the rule set.
@@ -106,6 +116,19 @@ pub fn rules(spec: &FirewallSpec) -> [TableRules; 2] {
         input.push(format!("-i {side} -p udp --dport {} -j DROP", spec.port));
         input.push(format!(
             "-i {side} -p udp --dport {} -j DROP",
+            spec.vxlan_port
+        ));
+    }
+    if let Some(v) = &spec.vxlan_from {
+        let to = v.local.map(|a| format!(" -d {a}/32")).unwrap_or_default();
+        for n in &v.neighbours {
+            input.push(format!(
+                "-s {n}/32{to} -p udp --dport {} -j ACCEPT",
+                spec.vxlan_port
+            ));
+        }
+        input.push(format!(
+            "-p udp --dport {} -m comment --comment \"weft: VXLAN from a host that is not a neighbour\" -j DROP",
             spec.vxlan_port
         ));
     }
@@ -250,6 +273,7 @@ mod tests {
             docker_bridge: Some("docker0".into()),
             port: 6783,
             vxlan_port: 6784,
+            vxlan_from: None,
             local_only: vec![
                 "127.0.0.1:6784".parse().unwrap(),
                 "127.0.0.1:6782".parse().unwrap(),
@@ -287,6 +311,39 @@ mod tests {
                 ("INPUT", "-j WEFT-INPUT".to_string())
             ]
         );
+    }
+
+    #[test]
+    fn vxlan_comes_only_from_neighbours_when_the_fast_path_runs() {
+        let [filter, _] = rules(&spec());
+        assert!(
+            !chain(&filter, "WEFT-INPUT")
+                .iter()
+                .any(|r| r.contains("--dport 6784 -m comment")),
+            "no fast path, no rule"
+        );
+        let mut s = spec();
+        s.vxlan_from = Some(VxlanSources {
+            neighbours: BTreeSet::from([Ipv4Addr::new(198, 18, 0, 2)]),
+            local: Some(Ipv4Addr::new(198, 18, 0, 1)),
+        });
+        let [filter, _] = rules(&s);
+        let input = chain(&filter, "WEFT-INPUT");
+        let accept = input
+            .iter()
+            .position(|r| r == "-s 198.18.0.2/32 -d 198.18.0.1/32 -p udp --dport 6784 -j ACCEPT")
+            .unwrap();
+        let drop = input
+            .iter()
+            .position(|r| r.starts_with("-p udp --dport 6784 -m comment") && r.ends_with("-j DROP"))
+            .unwrap();
+        assert!(accept < drop);
+        // Containers are refused before any neighbour rule could accept them.
+        let container = input
+            .iter()
+            .position(|r| r == "-i weft -p udp --dport 6784 -j DROP")
+            .unwrap();
+        assert!(container < accept);
     }
 
     #[test]

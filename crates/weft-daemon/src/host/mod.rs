@@ -10,16 +10,17 @@
 pub mod firewall;
 
 use std::collections::BTreeSet;
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ipnet::{IpNet, Ipv4Net};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{info, warn};
+use weft_core::fastdp::FastDpPlan;
 use weft_linux::netlink::{LinkConfig, Netlink};
 
-use self::firewall::FirewallSpec;
+use self::firewall::{FirewallSpec, VxlanSources};
 
 /// How often the rules and the bridge are checked when nothing asked for a change.
 pub const CHECK_INTERVAL: Duration = Duration::from_secs(5);
@@ -207,6 +208,11 @@ pub struct FirewallTask {
     no_masquerade: Arc<Mutex<BTreeSet<Ipv4Net>>>,
     /// The router's ports last seen with hairpin mode on.
     hairpin: BTreeSet<String>,
+    /// The fast path's plan, when it runs: its neighbours may send VXLAN.
+    fastdp: Option<watch::Receiver<Arc<FastDpPlan>>>,
+    vxlan_from: Option<VxlanSources>,
+    /// The address VXLAN is bound to (`--host`).
+    vxlan_local: Option<Ipv4Addr>,
 }
 
 impl FirewallTask {
@@ -232,9 +238,25 @@ impl FirewallTask {
             requests: rx,
             no_masquerade: no_masquerade.clone(),
             hairpin: BTreeSet::new(),
+            fastdp: None,
+            vxlan_from: None,
+            vxlan_local: None,
         };
         task.reconcile().await?;
         Ok((task, FirewallHandle { tx, no_masquerade }))
+    }
+
+    /// The fast path runs, bound to `local` if set: from now on only the plan's neighbours
+    /// may send to the VXLAN port.
+    pub fn with_fastdp(
+        mut self,
+        plan: watch::Receiver<Arc<FastDpPlan>>,
+        local: Option<Ipv4Addr>,
+    ) -> Self {
+        self.vxlan_local = local;
+        self.vxlan_from = Some(vxlan_sources(&plan.borrow(), local));
+        self.fastdp = Some(plan);
+        self
     }
 
     async fn spec(&self) -> Result<FirewallSpec, HostError> {
@@ -260,6 +282,7 @@ impl FirewallTask {
             docker_bridge,
             port: self.fixed.port,
             vxlan_port: self.fixed.vxlan_port,
+            vxlan_from: self.vxlan_from.clone(),
             local_only: self.fixed.local_only.clone(),
             dns_port: self.fixed.dns_port,
             no_masquerade: no_masquerade.intersection(&exposed).copied().collect(),
@@ -372,9 +395,42 @@ impl FirewallTask {
                 Some(reply) = self.requests.recv() => {
                     let _ = reply.send(self.reconcile().await);
                 }
+                Ok(()) = changed(&mut self.fastdp) => {
+                    let now = self.fastdp.as_ref().map(|p| vxlan_sources(&p.borrow(), self.vxlan_local));
+                    if now != self.vxlan_from {
+                        self.vxlan_from = now;
+                        if let Err(e) = self.reconcile().await {
+                            warn!("host firewall: {e}");
+                        }
+                    }
+                }
                 _ = shutdown.changed() => return,
             }
         }
+    }
+}
+
+/// Waits for the plan to change; never, without a fast path.
+async fn changed(
+    plan: &mut Option<watch::Receiver<Arc<FastDpPlan>>>,
+) -> Result<(), watch::error::RecvError> {
+    match plan {
+        Some(p) => p.changed().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The addresses VXLAN may come from: every neighbour we exchange heartbeats with or send to
+/// by VXLAN (a lingering fast neighbour included).
+fn vxlan_sources(plan: &FastDpPlan, local: Option<Ipv4Addr>) -> VxlanSources {
+    VxlanSources {
+        neighbours: plan
+            .heartbeat
+            .values()
+            .chain(plan.fast.values())
+            .copied()
+            .collect(),
+        local,
     }
 }
 
@@ -446,6 +502,7 @@ mod tests {
             docker_bridge: None,
             port: 6783,
             vxlan_port: 6784,
+            vxlan_from: None,
             local_only: vec![],
             dns_port: None,
             exposed: BTreeSet::new(),
