@@ -263,12 +263,12 @@ impl Control {
             tokio::select! {
                 m = self.rx.recv() => match m {
                     Some(m) => {
-                        self.handle(m);
+                        self.handle(m).await;
                         // Take whatever else is already waiting before carrying out, so that
                         // concurrent requests share one write of the IPAM state.
                         for _ in 0..64 {
                             match self.rx.try_recv() {
-                                Ok(m) => self.handle(m),
+                                Ok(m) => self.handle(m).await,
                                 Err(_) => break,
                             }
                         }
@@ -284,7 +284,7 @@ impl Control {
         }
     }
 
-    fn handle(&mut self, m: ControlInput) {
+    async fn handle(&mut self, m: ControlInput) {
         let now = Instant::now();
         match m {
             ControlInput::Accepted { stream, remote } => {
@@ -311,7 +311,7 @@ impl Control {
                 let ipam = self.node.ipam_status();
                 let _ = reply.send((self.node.status(now), ipam));
             }
-            ControlInput::Ipam(cmd) => self.ipam(now, cmd),
+            ControlInput::Ipam(cmd) => self.ipam(now, cmd).await,
             ControlInput::Dns(DnsCmd::Add {
                 hostname,
                 container,
@@ -372,17 +372,30 @@ impl Control {
 
     /// Writes the allocation state not yet on disk; a failure is remembered (and new
     /// addresses refused with it) rather than fatal: the router keeps forwarding.
-    fn persist(&mut self) {
-        let Some(p) = &self.unsaved else { return };
-        match self.state.save_json_compact(crate::IPAM_FILE, p) {
+    /// Writes the IPAM state that is not on disk yet. The write (and its fsync) runs on a
+    /// blocking thread: the control task waits for it, since nothing that depends on the
+    /// state may leave before it is durable, but the runtime's workers, and with them the
+    /// other tasks (DNS, the API, the data plane's helpers), do not.
+    async fn persist(&mut self) {
+        let Some(p) = self.unsaved.clone() else {
+            return;
+        };
+        let state = self.state.clone();
+        let r = tokio::task::spawn_blocking(move || {
+            state
+                .save_json_compact(crate::IPAM_FILE, &p)
+                .map_err(|e| e.to_string())
+        })
+        .await
+        .unwrap_or_else(|e| Err(format!("the write panicked: {e}")));
+        match r {
             Ok(()) => {
                 self.unsaved = None;
                 if self.persist_error.take().is_some() {
                     info!("the IP allocation state is saved again: addresses are handed out again");
                 }
             }
-            Err(e) => {
-                let why = e.to_string();
+            Err(why) => {
                 if self.persist_error.is_none() {
                     error!(
                         "cannot save the IP allocation state: {why}; refusing new addresses until it can be saved (traffic keeps flowing)"
@@ -394,9 +407,9 @@ impl Control {
     }
 
     /// `Err` with the reason while the allocation state cannot be saved (tried again first).
-    fn durable(&mut self) -> Result<(), IpamError> {
+    async fn durable(&mut self) -> Result<(), IpamError> {
         if self.persist_error.is_some() {
-            self.persist();
+            self.persist().await;
         }
         match &self.persist_error {
             Some(why) => Err(IpamError::NotDurable(why.clone())),
@@ -404,9 +417,9 @@ impl Control {
         }
     }
 
-    fn ipam(&mut self, now: Instant, cmd: IpamCmd) {
+    async fn ipam(&mut self, now: Instant, cmd: IpamCmd) {
         if let IpamCmd::Allocate { .. } | IpamCmd::Claim { .. } = &cmd
-            && let Err(e) = self.durable()
+            && let Err(e) = self.durable().await
         {
             match cmd {
                 IpamCmd::Allocate { reply, .. } | IpamCmd::Claim { reply, .. } => {
@@ -510,7 +523,7 @@ impl Control {
                 _ => None,
             }) {
                 self.unsaved = Some(p.clone());
-                self.persist();
+                self.persist().await;
             }
             for e in events {
                 match e {
