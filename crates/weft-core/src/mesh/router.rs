@@ -29,7 +29,7 @@ use super::connection::{
 };
 use super::gossip::{Outbox, merge_entries};
 use super::maker::{Backoff, Target, TargetKey};
-use super::routes::{Graph, Variant};
+use super::routes::{BroadcastTrees, Graph, Variant};
 use super::status::{
     ConnectionState, ConnectionStatus, PeerConnectionStatus, PeerStatus, RouterStatus,
 };
@@ -38,6 +38,9 @@ use crate::rng::Rng;
 
 /// A full topology is sent in answer to a neighbour's request at most this often.
 pub const FULL_REPLY_INTERVAL: Duration = Duration::from_secs(1);
+/// Status shows our children in every source's broadcast tree up to this many peers (one
+/// search each); past it, only in our own tree.
+const STATUS_ALL_TREES: usize = 512;
 
 /// Half-open inbound connections (not yet past the hello) taken at once...
 pub const MAX_PENDING_INBOUND: usize = 64;
@@ -215,8 +218,8 @@ pub struct DataPlaneTable {
     pub local: PeerName,
     /// Destination peer → next hop.
     pub unicast: BTreeMap<PeerName, PeerName>,
-    /// Source peer → our children in its broadcast tree.
-    pub broadcast: BTreeMap<PeerName, Vec<PeerName>>,
+    /// Source peer → our children in its broadcast tree (computed per source on demand).
+    pub broadcast: BroadcastTrees,
     /// Next hop → its sleeve UDP address.
     pub neighbours: BTreeMap<PeerName, SocketAddr>,
     /// Our children in our own broadcast tree that have children of their own there: a
@@ -1032,22 +1035,13 @@ impl Router {
             .into_iter()
             .filter(|(_, hop)| neighbours.contains_key(hop))
             .collect();
-        let broadcast = g
-            .all_broadcast_children(local)
-            .into_iter()
-            .map(|(src, kids)| {
-                let kids = kids
-                    .into_iter()
-                    .filter(|k| neighbours.contains_key(k))
-                    .collect();
-                (src, kids)
-            })
-            .collect();
+        let parents = g.tree_parents(local);
         let relay_children = neighbours
             .keys()
-            .filter(|&&n| !g.broadcast_children(local, n).is_empty())
+            .filter(|n| parents.contains(n))
             .copied()
             .collect();
+        let broadcast = BroadcastTrees::new(g, local, neighbours.keys().copied().collect());
         DataPlaneTable {
             local,
             unicast,
@@ -1428,7 +1422,13 @@ impl Router {
             connections,
             targets: self.direct_targets(),
             unicast_routes: g.unicast_from(local).into_iter().collect(),
-            broadcast_routes: g.all_broadcast_children(local).into_iter().collect(),
+            broadcast_routes: if self.topology.len() <= STATUS_ALL_TREES {
+                g.adj_sources()
+                    .map(|src| (src, g.broadcast_children(src, local)))
+                    .collect()
+            } else {
+                vec![(local, g.broadcast_children(local, local))]
+            },
             termination_count: self.stats.terminations,
             protocol_errors: self.stats.protocol_errors,
             invalid_entries: self.stats.invalid_entries,

@@ -15,7 +15,8 @@
 //! that shares our view of the topology computes the same tree, so each peer receives a flooded
 //! frame exactly once, from its parent.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
 
 use weft_proto::PeerName;
 
@@ -28,28 +29,38 @@ pub enum Variant {
 }
 
 /// An undirected graph over peer names with sorted adjacency lists.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Graph {
     adj: BTreeMap<PeerName, BTreeSet<PeerName>>,
 }
 
 impl Graph {
     pub fn from_topology(topology: &Topology, variant: Variant) -> Self {
+        // Established connections as reported, to find the other end's report in O(1): a
+        // scan of the other end's list per connection is quadratic in a peer's connections.
+        let established: HashSet<(PeerName, PeerName)> = match variant {
+            Variant::All => HashSet::new(),
+            Variant::Established => topology
+                .peers()
+                .flat_map(|p| {
+                    p.connections
+                        .iter()
+                        .filter(|c| c.established)
+                        .map(move |c| (p.name, c.peer))
+                })
+                .collect(),
+        };
         let mut adj: BTreeMap<PeerName, BTreeSet<PeerName>> = BTreeMap::new();
         for p in topology.peers() {
             adj.entry(p.name).or_default();
             for c in &p.connections {
-                let Some(remote) = topology.get(&c.peer) else {
+                if topology.get(&c.peer).is_none() {
                     continue;
-                };
+                }
                 let keep = match variant {
                     Variant::All => true,
                     Variant::Established => {
-                        c.established
-                            && remote
-                                .connections
-                                .iter()
-                                .any(|rc| rc.peer == p.name && rc.established)
+                        c.established && established.contains(&(c.peer, p.name))
                     }
                 };
                 if keep {
@@ -59,6 +70,11 @@ impl Graph {
             }
         }
         Graph { adj }
+    }
+
+    /// Every peer in the graph.
+    pub fn adj_sources(&self) -> impl Iterator<Item = PeerName> + '_ {
+        self.adj.keys().copied()
     }
 
     pub fn neighbours(&self, p: &PeerName) -> impl Iterator<Item = &PeerName> {
@@ -111,14 +127,93 @@ impl Graph {
             .collect()
     }
 
-    /// Our children in every source's tree, computed in one pass per source.
-    pub fn all_broadcast_children(&self, local: PeerName) -> BTreeMap<PeerName, Vec<PeerName>> {
-        self.adj
-            .keys()
-            .map(|&src| (src, self.broadcast_children(src, local)))
-            .collect()
+    /// The peers that have children in `root`'s broadcast tree (one search).
+    pub fn tree_parents(&self, root: PeerName) -> BTreeSet<PeerName> {
+        self.bfs_parents(root).into_values().collect()
     }
 }
+
+/// Our children in every source's broadcast tree, each source's tree computed the first time
+/// it is asked for. Computing them all at once is a breadth-first search per peer, quadratic
+/// in the mesh: at thousands of peers (or a peer inventing them) it held the control task for
+/// tens of seconds on every topology change, while flooded frames come from few sources at a
+/// time. The table is shared (`Arc`) by the router and the data plane, and so is what has
+/// been computed.
+#[derive(Debug, Default)]
+pub struct BroadcastTrees {
+    graph: Graph,
+    local: PeerName,
+    /// Children count only if they are data-plane neighbours.
+    neighbours: BTreeSet<PeerName>,
+    /// Given outright (tests): used as is, before the graph.
+    fixed: BTreeMap<PeerName, Vec<PeerName>>,
+    computed: Mutex<BTreeMap<PeerName, Arc<[PeerName]>>>,
+}
+
+impl BroadcastTrees {
+    pub fn new(graph: Graph, local: PeerName, neighbours: BTreeSet<PeerName>) -> Self {
+        BroadcastTrees {
+            graph,
+            local,
+            neighbours,
+            fixed: BTreeMap::new(),
+            computed: Mutex::default(),
+        }
+    }
+
+    /// Trees given outright, source → our children.
+    pub fn fixed(fixed: BTreeMap<PeerName, Vec<PeerName>>) -> Self {
+        BroadcastTrees {
+            fixed,
+            ..Default::default()
+        }
+    }
+
+    /// Our children (that are neighbours) in `src`'s tree; empty for a source we do not know.
+    pub fn children(&self, src: PeerName) -> Arc<[PeerName]> {
+        if let Some(f) = self.fixed.get(&src) {
+            return f.as_slice().into();
+        }
+        let mut computed = self.computed.lock().expect("not poisoned");
+        computed
+            .entry(src)
+            .or_insert_with(|| {
+                self.graph
+                    .broadcast_children(src, self.local)
+                    .into_iter()
+                    .filter(|k| self.neighbours.contains(k))
+                    .collect()
+            })
+            .clone()
+    }
+
+    /// Every source we know of, for status.
+    pub fn sources(&self) -> impl Iterator<Item = PeerName> + '_ {
+        self.fixed.keys().chain(self.graph.adj.keys()).copied()
+    }
+}
+
+impl Clone for BroadcastTrees {
+    fn clone(&self) -> Self {
+        BroadcastTrees {
+            graph: self.graph.clone(),
+            local: self.local,
+            neighbours: self.neighbours.clone(),
+            fixed: self.fixed.clone(),
+            computed: Mutex::default(),
+        }
+    }
+}
+
+/// Equal when they would give the same answers, whatever each has computed so far.
+impl PartialEq for BroadcastTrees {
+    fn eq(&self, other: &Self) -> bool {
+        (&self.graph, self.local, &self.neighbours, &self.fixed)
+            == (&other.graph, other.local, &other.neighbours, &other.fixed)
+    }
+}
+
+impl Eq for BroadcastTrees {}
 
 #[cfg(test)]
 mod tests {
@@ -220,5 +315,25 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn trees_on_demand_give_what_a_search_gives_restricted_to_neighbours() {
+        let t = topo(1, &[(1, 2), (1, 3), (2, 4), (3, 4), (4, 5)], true);
+        let g = Graph::from_topology(&t, Variant::Established);
+        let trees = BroadcastTrees::new(g.clone(), pn(1), BTreeSet::from([pn(2)]));
+        for src in 1..=5 {
+            let want: Vec<PeerName> = g
+                .broadcast_children(pn(src), pn(1))
+                .into_iter()
+                .filter(|&k| k == pn(2))
+                .collect();
+            assert_eq!(&*trees.children(pn(src)), &want[..], "src {src}");
+            // Asked again: the same answer, from what was kept.
+            assert_eq!(&*trees.children(pn(src)), &want[..]);
+        }
+        assert!(trees.children(pn(99)).is_empty());
+        // What was computed does not make two tables differ.
+        assert_eq!(trees.clone(), trees);
     }
 }

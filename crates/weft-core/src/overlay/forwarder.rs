@@ -114,6 +114,8 @@ pub struct ForwarderStats {
     pub dropped_fragments_incomplete: u64,
     /// Datagrams dropped because their fragments contradicted each other.
     pub dropped_fragments_inconsistent: u64,
+    /// Source MACs not learnt: the MAC cache, or the owner's share of it, was full.
+    pub macs_refused: u64,
 }
 
 struct SendKey {
@@ -453,6 +455,7 @@ impl Forwarder {
             reassembled: r.reassembled,
             dropped_fragments_incomplete: r.incomplete,
             dropped_fragments_inconsistent: r.inconsistent,
+            macs_refused: self.macs.refused,
             ..self.stats
         }
     }
@@ -826,11 +829,9 @@ impl Forwarder {
     /// Floods a frame from `src` to our children in `src`'s broadcast tree.
     fn flood(&mut self, src: PeerName, gso: Option<&Gso>, frame: &[u8], out: &mut impl Output) {
         let table = self.table.clone();
-        let Some(children) = table.broadcast.get(&src) else {
-            return;
-        };
+        let children = table.broadcast.children(src);
         let local = table.local;
-        for child in children {
+        for child in children.iter() {
             let Some(&to) = table.neighbours.get(child) else {
                 continue;
             };
@@ -948,6 +949,7 @@ fn peer_at(b: &[u8], at: usize) -> PeerName {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::mesh::routes::BroadcastTrees;
     use std::collections::BTreeMap;
 
     #[derive(Default)]
@@ -993,7 +995,11 @@ mod tests {
         Arc::new(DataPlaneTable {
             local: pn(1),
             unicast: BTreeMap::from([(pn(2), pn(2)), (pn(3), pn(2))]),
-            broadcast: BTreeMap::from([(pn(1), vec![pn(2)]), (pn(2), vec![]), (pn(3), vec![])]),
+            broadcast: BroadcastTrees::fixed(BTreeMap::from([
+                (pn(1), vec![pn(2)]),
+                (pn(2), vec![]),
+                (pn(3), vec![]),
+            ])),
             neighbours: BTreeMap::from([(pn(2), addr(2))]),
             ..Default::default()
         })
@@ -1083,7 +1089,10 @@ mod tests {
         f.set_table(Arc::new(DataPlaneTable {
             local: pn(2),
             unicast: BTreeMap::from([(pn(1), pn(1)), (pn(3), pn(3))]),
-            broadcast: BTreeMap::from([(pn(1), vec![pn(3)]), (pn(3), vec![pn(1)])]),
+            broadcast: BroadcastTrees::fixed(BTreeMap::from([
+                (pn(1), vec![pn(3)]),
+                (pn(3), vec![pn(1)]),
+            ])),
             neighbours: BTreeMap::from([(pn(1), addr(1)), (pn(3), addr(3))]),
             ..Default::default()
         }));
@@ -1132,14 +1141,20 @@ mod tests {
         a.set_table(Arc::new(DataPlaneTable {
             local: pn(1),
             unicast: BTreeMap::from([(pn(2), pn(2))]),
-            broadcast: BTreeMap::from([(pn(1), vec![pn(2)]), (pn(2), vec![])]),
+            broadcast: BroadcastTrees::fixed(BTreeMap::from([
+                (pn(1), vec![pn(2)]),
+                (pn(2), vec![]),
+            ])),
             neighbours: BTreeMap::from([(pn(2), addr(2))]),
             ..Default::default()
         }));
         b.set_table(Arc::new(DataPlaneTable {
             local: pn(2),
             unicast: BTreeMap::from([(pn(1), pn(1))]),
-            broadcast: BTreeMap::from([(pn(2), vec![pn(1)]), (pn(1), vec![])]),
+            broadcast: BroadcastTrees::fixed(BTreeMap::from([
+                (pn(2), vec![pn(1)]),
+                (pn(1), vec![]),
+            ])),
             neighbours: BTreeMap::from([(pn(1), addr(1))]),
             ..Default::default()
         }));
@@ -1488,14 +1503,21 @@ mod tests {
         f2.set_table(Arc::new(DataPlaneTable {
             local: pn(2),
             unicast: BTreeMap::from([(pn(1), pn(1)), (pn(3), pn(3))]),
-            broadcast: BTreeMap::from([(pn(1), vec![pn(3)]), (pn(3), vec![pn(1)])]),
+            broadcast: BroadcastTrees::fixed(BTreeMap::from([
+                (pn(1), vec![pn(3)]),
+                (pn(3), vec![pn(1)]),
+            ])),
             neighbours: BTreeMap::from([(pn(1), addr(1)), (pn(3), addr(3))]),
             ..Default::default()
         }));
         f3.set_table(Arc::new(DataPlaneTable {
             local: pn(3),
             unicast: BTreeMap::from([(pn(2), pn(2)), (pn(1), pn(2))]),
-            broadcast: BTreeMap::from([(pn(3), vec![pn(2)]), (pn(1), vec![]), (pn(2), vec![])]),
+            broadcast: BroadcastTrees::fixed(BTreeMap::from([
+                (pn(3), vec![pn(2)]),
+                (pn(1), vec![]),
+                (pn(2), vec![]),
+            ])),
             neighbours: BTreeMap::from([(pn(2), addr(2))]),
             ..Default::default()
         }));
@@ -1568,7 +1590,10 @@ mod tests {
                 (pn(4), pn(4)),
                 (pn(5), pn(3)),
             ]),
-            broadcast: BTreeMap::from([(pn(1), vec![pn(2), pn(3), pn(4)]), (pn(4), vec![pn(2)])]),
+            broadcast: BroadcastTrees::fixed(BTreeMap::from([
+                (pn(1), vec![pn(2), pn(3), pn(4)]),
+                (pn(4), vec![pn(2)]),
+            ])),
             neighbours: BTreeMap::from([(pn(2), addr(2)), (pn(3), addr(3)), (pn(4), addr(4))]),
             relay_children: BTreeSet::from([pn(3)]),
         }));
