@@ -199,6 +199,7 @@ impl Service {
                 "dropped_fragments_inconsistent",
                 s.dropped_fragments_inconsistent,
             ),
+            ("macs_refused", s.macs_refused),
             ("udp_heartbeats_received", s.heartbeats_in),
             ("udp_heartbeats_dropped", dp.io.heartbeats_dropped),
             ("control_protocol_errors", st.protocol_errors),
