@@ -70,3 +70,24 @@ fn a_newcomer_gets_full_states_many_chunks_long() {
         sim.max_message
     );
 }
+
+#[test]
+fn discovered_targets_stay_within_twice_the_connection_limit() {
+    let mut sim = Sim::new(test_seed(92));
+    sim.conn_limit = 3;
+    for i in 0..16usize {
+        let t: Vec<usize> = if i == 0 { vec![] } else { vec![i - 1] };
+        sim.add_node(&t, true);
+    }
+    sim.run_for(Duration::from_secs(60));
+    for i in sim.all() {
+        let r = sim.nodes[i].router();
+        assert_eq!(r.topology().len(), 16, "h{i} knows everyone");
+        // One given target at most, and at most 2 × 3 discovered.
+        assert!(
+            r.target_count() <= 1 + 6,
+            "h{i} keeps {} targets",
+            r.target_count()
+        );
+    }
+}

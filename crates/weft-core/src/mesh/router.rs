@@ -415,6 +415,11 @@ impl Router {
     }
 
     /// Direct targets as given, in order.
+    /// How many addresses we keep as targets, given and discovered, connected or not.
+    pub fn target_count(&self) -> usize {
+        self.targets.len()
+    }
+
     pub fn direct_targets(&self) -> Vec<String> {
         self.targets
             .keys()
@@ -1172,16 +1177,29 @@ impl Router {
         });
         let backoff = &self.cfg.timing.backoff;
         let jitter = self.cfg.timing.discovery_jitter.as_micros() as u64;
+        let mut discovered = self
+            .targets
+            .keys()
+            .filter(|k| matches!(k, TargetKey::Discovered(_)))
+            .count();
+        let cap = self.max_discovered();
         for (addr, (peer, uid)) in candidates {
+            let key = TargetKey::Discovered(addr);
+            if !self.targets.contains_key(&key) {
+                if discovered >= cap {
+                    // Peers learned from gossip are not all dialled at once: a peer that
+                    // invents thousands of them would otherwise have every router dial
+                    // thousands of addresses it chose.
+                    continue;
+                }
+                discovered += 1;
+            }
             let soon = now + Duration::from_micros(self.rng.below(jitter.max(1)));
-            let t = self
-                .targets
-                .entry(TargetKey::Discovered(addr))
-                .or_insert_with(|| {
-                    let mut t = Target::new(addr, true, now, backoff);
-                    t.retry_at = soon;
-                    t
-                });
+            let t = self.targets.entry(key).or_insert_with(|| {
+                let mut t = Target::new(addr, true, now, backoff);
+                t.retry_at = soon;
+                t
+            });
             t.peer.get_or_insert(peer);
             // The peer restarted (gossip shows a new incarnation): whatever made our dials
             // fail may be gone, so try again now rather than after the backoff.
@@ -1193,6 +1211,16 @@ impl Router {
             if uid.is_some() {
                 t.peer_uid = uid;
             }
+        }
+    }
+
+    /// Discovered addresses we keep as targets at once: twice the connection limit (we could
+    /// not hold more connections anyway; the rest are taken as these are connected or
+    /// dropped), or 1,024 without a limit.
+    fn max_discovered(&self) -> usize {
+        match self.cfg.conn_limit {
+            0 => 1024,
+            n => 2 * n,
         }
     }
 
