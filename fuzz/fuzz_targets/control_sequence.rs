@@ -88,9 +88,7 @@ fn dns(u: &mut Unstructured) -> Result<Vec<u8>> {
 }
 
 fn ring(u: &mut Unstructured) -> Result<RingState> {
-    let mut tokens: Vec<u32> = small_vec(u, 5, |u| {
-        Ok(START + u.int_in_range(0..=4)? * 0x4_0000)
-    })?;
+    let mut tokens: Vec<u32> = small_vec(u, 5, |u| Ok(START + u.int_in_range(0..=4)? * 0x4_0000))?;
     tokens.push(START);
     tokens.sort();
     tokens.dedup();
@@ -283,7 +281,11 @@ fn neighbours(n: &mut Node, now: Instant) -> Vec<(ConnId, SocketAddr, PeerName)>
         };
         let name = PeerName::from_u64(u64::from(i));
         n.handle_conn_data(now, conn, &control::encode_header(1, 1, 0));
-        n.handle_conn_data(now, conn, &ControlMsg::Hello(hello(name, 0)).encode_framed());
+        n.handle_conn_data(
+            now,
+            conn,
+            &ControlMsg::Hello(hello(name, 0)).encode_framed(),
+        );
         drain(n);
         out.push((conn, remote, name));
     }

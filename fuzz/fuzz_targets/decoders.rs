@@ -30,7 +30,11 @@ fuzz_target!(|data: &[u8]| {
         let g = weft_proto::offload::Gso(*h);
         let _ = g.validate(rest.len());
         let mut f = rest.to_vec();
-        let _ = weft_proto::offload::finish_checksum(&mut f, g.csum_start().into(), g.csum_offset().into());
+        let _ = weft_proto::offload::finish_checksum(
+            &mut f,
+            g.csum_start().into(),
+            g.csum_offset().into(),
+        );
     }
     let _ = Datagram::decode(data);
     let _ = Datagram::kind(data);

@@ -11,6 +11,7 @@ use std::time::Instant;
 use libfuzzer_sys::fuzz_target;
 use weft_core::crypto::{PeerKeys, Secret};
 use weft_core::mesh::DataPlaneTable;
+use weft_core::mesh::routes::BroadcastTrees;
 use weft_core::overlay::{Forwarder, Output};
 use weft_proto::PeerName;
 
@@ -34,7 +35,10 @@ fn forwarder() -> Forwarder {
     f.set_table(Arc::new(DataPlaneTable {
         local: pn(1),
         unicast: BTreeMap::from([(pn(2), pn(2)), (pn(3), pn(3))]),
-        broadcast: BTreeMap::from([(pn(1), vec![pn(2), pn(3)]), (pn(2), vec![pn(3)])]),
+        broadcast: BroadcastTrees::fixed(BTreeMap::from([
+            (pn(1), vec![pn(2), pn(3)]),
+            (pn(2), vec![pn(3)]),
+        ])),
         neighbours: BTreeMap::from([(pn(2), addr), (pn(3), addr)]),
         relay_children: [pn(2)].into(),
     }));
