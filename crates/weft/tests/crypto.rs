@@ -487,12 +487,7 @@ fn a_peer_joins_while_a_stranger_holds_hundreds_of_silent_connections() -> Resul
     let report: Report = serde_json::from_str(&tb.weft_ok(1, &["report"])?)?;
     let dropped = report.router.stats["control_refused_half_open"];
     eprintln!("half-open connections refused or shed: {dropped}");
-    let pid = tb.our_router_pid(1).context("router 1")?;
-    let rss_kib: u64 = std::fs::read_to_string(format!("/proc/{pid}/status"))?
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .context("VmRSS")?;
+    let rss_kib = tb.router_rss_kib(1)?;
     eprintln!("router 1 RSS: {} MiB", rss_kib / 1024);
     assert!(rss_kib < 256 * 1024, "router 1 RSS {rss_kib} KiB");
     drop(held);

@@ -24,15 +24,6 @@ fn report(tb: &Testbed, i: usize) -> Result<Report> {
     Ok(serde_json::from_str(&tb.weft_ok(i, &["report"])?)?)
 }
 
-fn rss_mib(pid: u32) -> Result<u64> {
-    let kib: u64 = std::fs::read_to_string(format!("/proc/{pid}/status"))?
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .context("VmRSS")?;
-    Ok(kib / 1024)
-}
-
 /// Lines of host `i`'s log saying a connection with one of `nicks` ended.
 fn flaps(tb: &Testbed, i: usize, nicks: &[&str]) -> Vec<String> {
     tb.router_log(i)
@@ -57,7 +48,7 @@ fn real_peers_shrug_off_a_hostile_one() -> Result<()> {
     tb.wait_ping(&c1, &ip2, CONVERGE)?;
     let h2_name: weft_proto::PeerName = report(&tb, 2)?.router.name.parse()?;
     let pid1 = tb.our_router_pid(1).context("router 1")?;
-    let rss_before = rss_mib(pid1)?;
+    let rss_before = tb.router_rss_kib(1)? / 1024;
 
     // The hostile peer lives in host 3's namespace (no router there); sockets keep the
     // namespace they were made in.
@@ -121,7 +112,7 @@ fn real_peers_shrug_off_a_hostile_one() -> Result<()> {
 
     let r1 = report(&tb, 1)?;
     let stat = |k: &str| r1.router.stats.get(k).copied().unwrap_or(0);
-    let rss = rss_mib(pid1)?;
+    let rss = tb.router_rss_kib(1)? / 1024;
     eprintln!(
         "router 1: RSS {rss_before} MiB before, {rss} MiB under attack; peers refused at the bound {}, MACs refused {}, fragments from the wrong source {}, unknown senders {}, half-open shed {}",
         stat("gossip_entries_over_limit"),

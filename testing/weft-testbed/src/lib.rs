@@ -801,6 +801,16 @@ impl Testbed {
         self.ours(i, self.router_pid(i)?)
     }
 
+    /// Resident memory of host `i`'s router, in KiB.
+    pub fn router_rss_kib(&self, i: usize) -> Result<u64> {
+        let pid = self.our_router_pid(i).context("no router running")?;
+        std::fs::read_to_string(format!("/proc/{pid}/status"))?
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .context("VmRSS")
+    }
+
     /// `pid` if that process is alive and runs for host `i` (its environment names the
     /// host's run directory), so a recycled PID is never signalled.
     fn ours(&self, i: usize, pid: u32) -> Option<u32> {
