@@ -24,11 +24,18 @@ install_packages() {
 # What the tests, demo and benchmark run: ip, iptables (weft's rules and the test hosts' Docker
 # posture), ethtool (offloads off where a test emulates a narrow underlay path), ping, iperf3,
 # nft, ss, dig, dnsmasq (the upstream resolver in the DNS tests), taskset; the Docker Engine and
-# the static busybox the Docker tests build their image from.
-RUNTIME_PACKAGES=(iproute2 iptables curl openssl ethtool iputils-ping iperf3 nftables procps dnsutils dnsmasq-base util-linux tcpdump docker.io busybox-static)
+# the static busybox the Docker tests build their image from; the Python Kubernetes client (a
+# real client checking the Kubernetes API stand-in; kubectl too, see install_kubectl).
+RUNTIME_PACKAGES=(iproute2 iptables curl openssl ethtool iputils-ping iperf3 nftables procps dnsutils dnsmasq-base util-linux tcpdump docker.io busybox-static python3-kubernetes)
 # What the build needs beyond Rust: a C compiler and assembler for ring's ChaCha20-Poly1305,
 # and glibc's static archives for weft-wait (linked statically).
 BUILD_PACKAGES=(gcc libc6-dev)
+
+# install_kubectl: kubectl for the Kubernetes tests. Machine images often carry a current one;
+# Debian's (kubernetes-client, older) only where none is found.
+install_kubectl() {
+    command -v kubectl >/dev/null 2>&1 || install_packages kubernetes-client
+}
 
 # start_dockerd: makes sure a Docker Engine answers on /var/run/docker.sock, starting dockerd
 # (Debian's docker.io) if none does. Leaves an engine it started running: CI's machine is
