@@ -1,0 +1,219 @@
+//! kube-peers on namespace hosts as nodes, against the API stand-in: routers launched by
+//! `weft-kube launch` find each other from the Nodes, follow Nodes that go and come back,
+//! and keep working while the API server is away for a minute (a router restarted meanwhile
+//! starts from the cached peers; addresses are still handed out); when it is back, the watch
+//! picks up again.
+//!
+//! Needs root; the weft binary is the workspace's (`cargo test --workspace` builds it).
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use serde_json::json;
+use weft_kube_api::store::resource;
+use weft_kube_api::{Options, Pki, StandIn};
+use weft_testbed::Testbed;
+
+const WEFT_KUBE: &str = env!("CARGO_BIN_EXE_weft-kube");
+const CONVERGE: Duration = Duration::from_secs(30);
+
+fn weft() -> PathBuf {
+    let p = Path::new(WEFT_KUBE).with_file_name("weft");
+    assert!(
+        p.exists(),
+        "{} is missing: build the workspace first (cargo test --workspace does)",
+        p.display()
+    );
+    p
+}
+
+/// A `weft-kube launch` on one host; SIGTERM on drop (it stops its router and exits).
+struct Launched(Child);
+
+impl Drop for Launched {
+    fn drop(&mut self) {
+        // `ip netns exec` replaced itself with weft-kube: this PID is ours.
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .output();
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_secs(5) {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn launch(tb: &Testbed, i: usize, kubeconfig: &Path, api_wait: u64) -> Result<Launched> {
+    let h = tb.host(i);
+    std::fs::create_dir_all(&h.run_dir)?;
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(h.run_dir.join("weft.log"))?;
+    let child = tb
+        .cmd_in(&h.netns, WEFT_KUBE)
+        .args(["launch", "--api-wait", &api_wait.to_string(), "--weft"])
+        .arg(weft())
+        .args(["--", &format!("--nickname=host{i}")])
+        .env("KUBECONFIG", kubeconfig)
+        .env("NODE_NAME", format!("node-{i}"))
+        .env("WEFT_STATE_DIR", &h.state_dir)
+        .env("WEFT_RUN_DIR", &h.run_dir)
+        .env("WEFT_DOCKER_API", "")
+        .env_remove("WEFT_HTTP_ADDR")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()?;
+    Ok(Launched(child))
+}
+
+fn node(i: usize, ip: Ipv4Addr) -> serde_json::Value {
+    json!({
+        "metadata": {"name": format!("node-{i}")},
+        "status": {"addresses": [{"type": "InternalIP", "address": ip.to_string()}]},
+    })
+}
+
+/// Host `i`'s targets (`weft status targets`).
+fn targets(tb: &Testbed, i: usize) -> Result<String> {
+    tb.status(i, &["targets"])
+}
+
+fn wait_targets(tb: &Testbed, i: usize, want: &[Ipv4Addr], not: &[Ipv4Addr]) -> Result<()> {
+    Testbed::wait_for(CONVERGE, || {
+        let t = targets(tb, i)?;
+        let has = |a: &Ipv4Addr| t.lines().any(|l| l.trim() == a.to_string());
+        if want.iter().all(has) && !not.iter().any(has) {
+            Ok(())
+        } else {
+            bail!(
+                "h{i} targets {t:?}, want {want:?} and not {not:?}\nlog:\n{}",
+                tail(&tb.router_log(i))
+            )
+        }
+    })
+}
+
+fn tail(log: &str) -> String {
+    let lines: Vec<&str> = log.lines().collect();
+    lines[lines.len().saturating_sub(20)..].join("\n")
+}
+
+/// Binds the API server's port on host `n` (a socket keeps the namespace it is made in).
+fn api_listener(tb: &Testbed, n: usize) -> Result<std::net::TcpListener> {
+    let ns = weft_linux::netns::Netns::open(
+        &Path::new(weft_linux::netns::NAMED_NETNS_DIR).join(&tb.host(n).netns),
+    )?;
+    let addr = SocketAddr::from((tb.host(n).ip, 6443));
+    let rt = tokio::runtime::Builder::new_current_thread().build()?;
+    let l = rt.block_on(weft_linux::netns::run_in(&ns, move || async move {
+        let l = std::net::TcpListener::bind(addr)?;
+        anyhow::Ok(l)
+    }))??;
+    Ok(l)
+}
+
+#[test]
+fn routers_follow_the_nodes_and_outlast_the_api_server() -> Result<()> {
+    let Some(mut tb) = weft_testbed::for_test("kpeers", 4, &weft()) else {
+        return Ok(());
+    };
+    // Host 4 is the API server; hosts 1 to 3 are nodes.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    let dir = tb.dir().join("kube");
+    let pki = Pki::generate(&dir, &[tb.host(4).ip.into()])?;
+    let api = {
+        let l = api_listener(&tb, 4)?;
+        let _guard = rt.enter();
+        StandIn::start(l, pki, Options::default())?
+    };
+    let kubeconfig = dir.join("kubeconfig");
+    api.pki.write_kubeconfig(&kubeconfig, api.addr)?;
+    let nodes = resource("v1", "nodes").context("nodes")?;
+    let ips: Vec<Ipv4Addr> = (0..=4)
+        .map(|i| {
+            if i == 0 {
+                Ipv4Addr::UNSPECIFIED
+            } else {
+                tb.host(i).ip
+            }
+        })
+        .collect();
+    let ip = |i: usize| ips[i];
+    for i in 1..=3 {
+        api.with_store(|s| s.create(&nodes, "", node(i, ip(i))))
+            .map_err(|e| anyhow::anyhow!("{}", e.message))?;
+    }
+
+    let mut launched: Vec<Option<Launched>> = Vec::new();
+    for i in 1..=3 {
+        launched.push(Some(launch(&tb, i, &kubeconfig, 10)?));
+    }
+    tb.wait_full_mesh(3)?;
+    wait_targets(&tb, 1, &[ip(2), ip(3)], &[ip(1)])?;
+
+    // A Node goes: the others stop dialling it; it comes back: they dial it again.
+    api.with_store(|s| s.delete(&nodes, "", "node-3"))
+        .map_err(|e| anyhow::anyhow!("{}", e.message))?;
+    wait_targets(&tb, 1, &[ip(2)], &[ip(3)])?;
+    wait_targets(&tb, 2, &[ip(1)], &[ip(3)])?;
+    api.with_store(|s| s.create(&nodes, "", node(3, ip(3))))
+        .map_err(|e| anyhow::anyhow!("{}", e.message))?;
+    wait_targets(&tb, 1, &[ip(2), ip(3)], &[])?;
+
+    // The API server goes away for a minute.
+    api.stop();
+    let down = Instant::now();
+    // Host 2's pod restarts meanwhile: its router starts from the cached peers.
+    launched[1] = None;
+    Testbed::wait_for(CONVERGE, || match tb.our_router_pid(2) {
+        None => Ok(()),
+        Some(p) => bail!("router 2 ({p}) still running"),
+    })?;
+    launched[1] = Some(launch(&tb, 2, &kubeconfig, 3)?);
+    tb.wait_full_mesh(3)?;
+    wait_targets(&tb, 2, &[ip(1), ip(3)], &[])?;
+    assert!(
+        tb.router_log(2).contains("the 2 peers last seen"),
+        "{}",
+        tail(&tb.router_log(2))
+    );
+    // Addresses are still handed out, and nobody gave up.
+    let c = tb.container("c1")?;
+    let addr = tb.weft_ok(1, &["attach", &c])?;
+    assert!(addr.trim().starts_with("10."), "{addr}");
+    let rest = Duration::from_secs(60).saturating_sub(down.elapsed());
+    std::thread::sleep(rest);
+    for (i, l) in launched.iter_mut().enumerate() {
+        let l = l.as_mut().context("launched")?;
+        assert!(
+            l.0.try_wait()?.is_none(),
+            "weft-kube on host {} exited while the API server was away",
+            i + 1
+        );
+    }
+    tb.wait_full_mesh(3)?;
+
+    // It is back: the watches pick up where they were.
+    {
+        let _guard = rt.enter();
+        api.resume(api_listener(&tb, 4)?)?;
+    }
+    api.with_store(|s| s.delete(&nodes, "", "node-2"))
+        .map_err(|e| anyhow::anyhow!("{}", e.message))?;
+    wait_targets(&tb, 1, &[ip(3)], &[ip(2)])?;
+    wait_targets(&tb, 3, &[ip(1)], &[ip(2)])?;
+    drop(launched);
+    Ok(())
+}
