@@ -16,15 +16,16 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::api::core::v1::{ConfigMap, Node};
 use kube::Api;
-use kube::api::ListParams;
+use kube::api::{ListParams, ObjectMeta, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::peers::Nodes;
+use crate::reclaim::{self, PeerList, Step};
 
 /// Where the last peers seen are kept, for a start while the API server is away.
 pub const CACHE_FILE: &str = "kube-peers.json";
@@ -134,6 +135,7 @@ async fn follow_nodes(
     node_name: Option<String>,
     own: BTreeSet<Ipv4Addr>,
     tx: watch::Sender<Vec<Ipv4Addr>>,
+    names: watch::Sender<Option<BTreeSet<String>>>,
 ) {
     let stream = watcher(api, watcher::Config::default()).default_backoff();
     futures::pin_mut!(stream);
@@ -181,6 +183,7 @@ async fn follow_nodes(
             if last_error.take().is_some() {
                 info!("watching the Nodes again");
             }
+            names.send_replace(Some(nodes.0.keys().cloned().collect()));
             let peers = nodes.peers(node_name.as_deref(), &own);
             tx.send_if_modified(|cur| {
                 let differs = *cur != peers;
@@ -227,7 +230,7 @@ pub async fn launch(cfg: LaunchConfig) -> Result<i32> {
     let client = kube::Client::try_default()
         .await
         .context("no Kubernetes configuration (in-cluster service account, or KUBECONFIG)")?;
-    let api: Api<Node> = Api::all(client);
+    let api: Api<Node> = Api::all(client.clone());
     let peers = initial_peers(&api, &cfg, &own).await;
     info!(peers = ?peers, "starting the router");
     let mut child = tokio::process::Command::new(&cfg.weft)
@@ -238,7 +241,22 @@ pub async fn launch(cfg: LaunchConfig) -> Result<i32> {
         .spawn()
         .with_context(|| format!("starting {} router", cfg.weft.display()))?;
     let (tx, rx) = watch::channel(peers);
-    let follow = tokio::spawn(follow_nodes(api, cfg.node_name.clone(), own, tx));
+    let (names_tx, names_rx) = watch::channel(None);
+    let follow = tokio::spawn(follow_nodes(api, cfg.node_name.clone(), own, tx, names_tx));
+    let reclaim = match cfg.node_name.clone() {
+        Some(node) => Some(tokio::spawn(reclaimer(
+            client,
+            cfg.http_addr,
+            node,
+            names_rx,
+        ))),
+        None => {
+            warn!(
+                "no node name (NODE_NAME): the space of deleted nodes is not reclaimed from here"
+            );
+            None
+        }
+    };
     let push = tokio::spawn(push_peers(cfg, rx));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let status = tokio::select! {
@@ -255,5 +273,158 @@ pub async fn launch(cfg: LaunchConfig) -> Result<i32> {
     };
     follow.abort();
     push.abort();
+    if let Some(r) = reclaim {
+        r.abort();
+    }
     Ok(status.code().unwrap_or(1))
+}
+
+/// Why a reclaim round stopped early.
+#[derive(Debug, thiserror::Error)]
+enum RoundError {
+    #[error("the peer list changed under us")]
+    Conflict,
+    #[error(transparent)]
+    Kube(#[from] kube::Error),
+    #[error("{0}")]
+    Router(String),
+}
+
+/// The shared peer list and the version it was read at (created empty if missing).
+async fn read_list(api: &Api<ConfigMap>) -> Result<(PeerList, ConfigMap), RoundError> {
+    match api.get_opt(reclaim::CONFIGMAP).await? {
+        Some(cm) => {
+            let list = PeerList::parse(
+                cm.data
+                    .as_ref()
+                    .and_then(|d| d.get(reclaim::KEY))
+                    .map(String::as_str),
+            );
+            Ok((list, cm))
+        }
+        None => {
+            let cm = ConfigMap {
+                metadata: ObjectMeta {
+                    name: Some(reclaim::CONFIGMAP.into()),
+                    ..Default::default()
+                },
+                data: Some([(reclaim::KEY.to_string(), PeerList::default().to_json())].into()),
+                ..Default::default()
+            };
+            match api.create(&PostParams::default(), &cm).await {
+                Ok(cm) => Ok((PeerList::default(), cm)),
+                Err(kube::Error::Api(e)) if e.code == 409 => Err(RoundError::Conflict),
+                Err(e) => Err(e.into()),
+            }
+        }
+    }
+}
+
+/// Writes `list` over the version `read` was: 409 means someone wrote first.
+async fn write_list(
+    api: &Api<ConfigMap>,
+    read: &ConfigMap,
+    list: &PeerList,
+) -> Result<(), RoundError> {
+    let mut cm = read.clone();
+    cm.data
+        .get_or_insert_default()
+        .insert(reclaim::KEY.into(), list.to_json());
+    match api
+        .replace(reclaim::CONFIGMAP, &PostParams::default(), &cm)
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 409 => Err(RoundError::Conflict),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// One pass: register ourselves, drop void claims, then claim, reclaim and finish each
+/// victim we can, re-reading after every write. Returns when nothing is left for us.
+async fn reclaim_round(
+    api: &Api<ConfigMap>,
+    router: &weft_api::Client,
+    me: &str,
+    node: &str,
+    nodes: &BTreeSet<String>,
+) -> Result<(), RoundError> {
+    loop {
+        let (list, cm) = read_list(api).await?;
+        if let Some(l) = list.registered(me, node) {
+            write_list(api, &cm, &l).await?;
+            continue;
+        }
+        if let Some(l) = list.tidied(nodes) {
+            write_list(api, &cm, &l).await?;
+            continue;
+        }
+        let mut wrote = false;
+        for victim in list.victims(nodes) {
+            match list.step(&victim, me, nodes) {
+                Step::Claim(l) => {
+                    info!("claiming the address space of {victim}, whose node is gone");
+                    write_list(api, &cm, &l).await?;
+                    wrote = true;
+                }
+                Step::Reclaim => {
+                    match router.delete(&format!("/peer/{victim}")).await {
+                        Ok(msg) => info!("reclaimed from {victim}: {}", msg.trim()),
+                        // Still reachable (its router has not stopped yet): later.
+                        Err(e) if e.status().map(|s| s.as_u16()) == Some(409) => {
+                            info!("{victim} is still reachable; reclaiming it later");
+                            continue;
+                        }
+                        Err(e) => return Err(RoundError::Router(e.to_string())),
+                    }
+                    write_list(api, &cm, &list.finished(&victim)).await?;
+                    wrote = true;
+                }
+                Step::Theirs(_) | Step::Nothing => continue,
+            }
+            break;
+        }
+        if !wrote {
+            return Ok(());
+        }
+    }
+}
+
+/// Reclaims the space of deleted nodes' peers: at start, whenever the Nodes change, and
+/// every minute (a victim that was still reachable, a claimer that died).
+async fn reclaimer(
+    client: kube::Client,
+    http_addr: SocketAddr,
+    node: String,
+    mut names: watch::Receiver<Option<BTreeSet<String>>>,
+) {
+    let api: Api<ConfigMap> = Api::namespaced(client, "kube-system");
+    let router = weft_api::Client::new(http_addr);
+    // Our peer name, once the router answers.
+    let me = loop {
+        match router.get_json::<weft_api::types::Report>("/report").await {
+            Ok(r) => break r.router.name,
+            Err(_) => tokio::time::sleep(Duration::from_secs(1)).await,
+        }
+    };
+    loop {
+        let nodes = names.borrow_and_update().clone();
+        if let Some(nodes) = nodes {
+            let mut conflicts = 0;
+            loop {
+                match reclaim_round(&api, &router, &me, &node, &nodes).await {
+                    Ok(()) => break,
+                    Err(RoundError::Conflict) if conflicts < 20 => conflicts += 1,
+                    Err(e) => {
+                        warn!("reclaiming address space: {e}; trying again later");
+                        break;
+                    }
+                }
+            }
+        }
+        tokio::select! {
+            r = names.changed() => if r.is_err() { return },
+            _ = tokio::time::sleep(Duration::from_secs(60)) => {}
+        }
+    }
 }

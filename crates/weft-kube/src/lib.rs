@@ -4,3 +4,4 @@
 
 pub mod launch;
 pub mod peers;
+pub mod reclaim;

@@ -217,3 +217,96 @@ fn routers_follow_the_nodes_and_outlast_the_api_server() -> Result<()> {
     drop(launched);
     Ok(())
 }
+
+/// The ConfigMap's peer list, as the reclaimers keep it.
+fn peer_list(api: &StandIn) -> weft_kube::reclaim::PeerList {
+    let cms = resource("v1", "configmaps").expect("configmaps");
+    let cm = api.with_store(|s| {
+        s.get(&cms, "kube-system", weft_kube::reclaim::CONFIGMAP)
+            .ok()
+    });
+    weft_kube::reclaim::PeerList::parse(
+        cm.as_ref()
+            .and_then(|c| c["data"][weft_kube::reclaim::KEY].as_str()),
+    )
+}
+
+#[test]
+fn a_deleted_nodes_space_is_taken_over_once() -> Result<()> {
+    let Some(mut tb) = weft_testbed::for_test("kreclaim", 4, &weft()) else {
+        return Ok(());
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    let dir = tb.dir().join("kube");
+    let pki = Pki::generate(&dir, &[tb.host(4).ip.into()])?;
+    let api = {
+        let l = api_listener(&tb, 4)?;
+        let _guard = rt.enter();
+        StandIn::start(l, pki, Options::default())?
+    };
+    let kubeconfig = dir.join("kubeconfig");
+    api.pki.write_kubeconfig(&kubeconfig, api.addr)?;
+    let nodes = resource("v1", "nodes").context("nodes")?;
+    for i in 1..=3 {
+        let ip = tb.host(i).ip;
+        api.with_store(|s| s.create(&nodes, "", node(i, ip)))
+            .map_err(|e| anyhow::anyhow!("{}", e.message))?;
+    }
+    let mut launched: Vec<Option<Launched>> = Vec::new();
+    for i in 1..=3 {
+        launched.push(Some(launch(&tb, i, &kubeconfig, 10)?));
+    }
+    tb.wait_full_mesh(3)?;
+    // Every node holds space: an address each.
+    for i in 1..=3 {
+        let c = tb.container(&format!("c{i}"))?;
+        tb.weft_ok(i, &["attach", &c])?;
+    }
+    let report: serde_json::Value = serde_json::from_str(&tb.weft_ok(3, &["report"])?)?;
+    let gone = report["Router"]["Name"]
+        .as_str()
+        .context("name")?
+        .to_string();
+    Testbed::wait_for(CONVERGE, || {
+        let l = peer_list(&api);
+        if l.peers.len() == 3 {
+            Ok(())
+        } else {
+            bail!("registered: {l:?}")
+        }
+    })?;
+
+    // Node 3 goes: its pod (and router) first, then the Node object.
+    launched[2] = None;
+    tb.wait_status(&[1, 2], "Peers: 2")?;
+    assert!(tb.status(1, &["ipam"])?.contains("unreachable"));
+    api.with_store(|s| s.delete(&nodes, "", "node-3"))
+        .map_err(|e| anyhow::anyhow!("{}", e.message))?;
+    for i in [1, 2] {
+        Testbed::wait_for(CONVERGE, || {
+            let s = tb.status(i, &["ipam"])?;
+            if s.contains("unreachable") {
+                bail!("h{i}:\n{s}\nlog:\n{}", tail(&tb.router_log(i)))
+            }
+            Ok(())
+        })?;
+    }
+    let takers: Vec<usize> = [1, 2]
+        .into_iter()
+        .filter(|&i| tb.router_log(i).contains(&format!("reclaimed from {gone}")))
+        .collect();
+    assert_eq!(takers.len(), 1, "taken over by hosts {takers:?}");
+    Testbed::wait_for(CONVERGE, || {
+        let l = peer_list(&api);
+        if l.peers.iter().all(|e| e.peer != gone) && l.claims.is_empty() {
+            Ok(())
+        } else {
+            bail!("peer list after the reclaim: {l:?}")
+        }
+    })?;
+    drop(launched);
+    Ok(())
+}

@@ -21,7 +21,7 @@ use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use weft_core::ipam::IpamError;
+use weft_core::ipam::{IpamError, RmPeerError};
 
 use crate::attach::AttachError;
 use crate::service::{Service, ServiceError};
@@ -129,7 +129,14 @@ pub fn status_of(e: &ServiceError) -> StatusCode {
             IpamError::Refused(_) => StatusCode::NOT_FOUND,
             IpamError::NotDurable(_) => StatusCode::SERVICE_UNAVAILABLE,
         },
-        ServiceError::RmPeer(_) => StatusCode::BAD_REQUEST,
+        ServiceError::RmPeer(e) => match e {
+            // The peer is alive: try again once it is gone (weft-kube's reclaim does).
+            RmPeerError::Reachable(_) => StatusCode::CONFLICT,
+            RmPeerError::Unknown(_) => StatusCode::NOT_FOUND,
+            RmPeerError::Ourselves | RmPeerError::Ambiguous(_) | RmPeerError::Disabled => {
+                StatusCode::BAD_REQUEST
+            }
+        },
         ServiceError::Attach(e) => match e {
             AttachError::NotFound(_) => StatusCode::NOT_FOUND,
             AttachError::Invalid(_) => StatusCode::BAD_REQUEST,
