@@ -36,7 +36,8 @@ pub struct LaunchConfig {
     pub node_name: Option<String>,
     /// The weft binary that runs the router (`weft router ...`).
     pub weft: PathBuf,
-    /// Arguments for `weft router`, before the peers.
+    /// Arguments for `weft router`, after those from the environment (see
+    /// [`crate::env`]) and before the peers.
     pub router_args: Vec<String>,
     pub state_dir: PathBuf,
     /// The router's HTTP API, to replace its peers.
@@ -233,9 +234,16 @@ pub async fn launch(cfg: LaunchConfig) -> Result<i32> {
     let api: Api<Node> = Api::all(client.clone());
     let peers = initial_peers(&api, &cfg, &own).await;
     info!(peers = ?peers, "starting the router");
-    let mut child = tokio::process::Command::new(&cfg.weft)
-        .arg("router")
-        .args(&cfg.router_args)
+    let var = |k: &str| std::env::var(k).ok();
+    let mut router = tokio::process::Command::new(&cfg.weft);
+    router.arg("router").args(crate::env::merged(
+        crate::env::router_args(var, peers.len()),
+        &cfg.router_args,
+    ));
+    if let Some(pw) = crate::env::password(var) {
+        router.env("WEFT_PASSWORD", pw);
+    }
+    let mut child = router
         .args(peers.iter().map(ToString::to_string))
         .kill_on_drop(true)
         .spawn()
