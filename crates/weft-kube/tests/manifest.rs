@@ -16,7 +16,11 @@ fn the_manifest_builds_and_holds_together() -> Result<()> {
     let Ok(out) = Command::new("kubectl").arg("kustomize").arg(&dir).output() else {
         bail!("kubectl is needed (scripts/test.sh installs it)");
     };
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let mut check = Command::new("/usr/bin/python3")
         .arg(dir.join("check_manifest.py"))
         .stdin(Stdio::piped())
@@ -39,7 +43,11 @@ fn the_manifest_builds_and_holds_together() -> Result<()> {
     // Every variable the manifest sets is one weft-kube or weft reads (by name, in their
     // sources), so a misspelt setting fails here rather than being ignored on a cluster.
     let mut sources = String::new();
-    for f in ["crates/weft-kube/src/env.rs", "crates/weft-kube/src/main.rs", "crates/weft/src/main.rs"] {
+    for f in [
+        "crates/weft-kube/src/env.rs",
+        "crates/weft-kube/src/main.rs",
+        "crates/weft/src/main.rs",
+    ] {
         sources.push_str(&std::fs::read_to_string(root.join(f))?);
     }
     for e in summary["env"].as_array().context("env")? {
