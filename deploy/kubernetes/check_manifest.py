@@ -43,6 +43,10 @@ for c in spec.init_containers + spec.containers:
     for m in c.volume_mounts or []:
         assert m.name in volumes, f"{c.name} mounts {m.name}, which is not a volume"
     assert c.security_context.privileged, f"{c.name} is not privileged"
+# The router enters pods' namespaces by the runtime's path: it must see new ones.
+assert spec.host_pid, "without the host's PIDs, /proc/<pid>/ns/net paths are not the pods'"
+netns = [m for m in spec.containers[0].volume_mounts if m.mount_path == "/var/run/netns"]
+assert netns and netns[0].mount_propagation == "HostToContainer", netns
 assert spec.service_account_name == objects["ServiceAccount"].metadata.name
 for binding in ("ClusterRoleBinding", "RoleBinding"):
     subj = objects[binding].subjects[0]
