@@ -2,16 +2,20 @@
 # Builds the weft image (default tag weft:latest) with the local Docker Engine:
 #   deploy/docker/build-image.sh [TAG]            # release binaries
 #   PROFILE=debug deploy/docker/build-image.sh    # the test build's binaries (faster to make)
+#   NO_BUILD=1 ...                                # take the binaries as they are (tests)
+# The engine is DOCKER_HOST's, else the local one.
 # The root file system holds weft and weft-kube, iptables (nft backend,
 # with the extensions weft's rules use) and every shared library these load, found with ldd.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 tag=${1:-weft:latest}
 profile=${PROFILE:-release}
-if [ "$profile" = release ]; then
-    cargo build --release -p weft -p weft-kube
-else
-    cargo build -p weft -p weft-kube
+if [ -z "${NO_BUILD:-}" ]; then
+    if [ "$profile" = release ]; then
+        cargo build --release -p weft -p weft-kube
+    else
+        cargo build -p weft -p weft-kube
+    fi
 fi
 bin=target/$profile
 ctx=$(mktemp -d)
@@ -39,5 +43,5 @@ done
 printf 'root:x:0:0:root:/:/usr/bin/weft\n' >"$root/etc/passwd"
 printf 'tcp 6 TCP\nudp 17 UDP\nicmp 1 ICMP\n' >"$root/etc/protocols"
 cp deploy/docker/Dockerfile "$ctx/"
-env -u DOCKER_HOST docker build -q -t "$tag" "$ctx"
+docker build -q -t "$tag" "$ctx" >/dev/null
 echo "built $tag" >&2

@@ -100,6 +100,19 @@ impl Netlink {
         self.require_link(name).await
     }
 
+    /// Hairpin mode on bridge port `index`: frames may leave by the port they came in by.
+    pub async fn set_hairpin(&self, index: u32, on: bool) -> Result<()> {
+        let msg = LinkBridgePort::new(index)
+            .append_info_data(InfoBridgePort::HairpinMode(on))
+            .build();
+        self.handle()
+            .link()
+            .set_port(msg)
+            .execute()
+            .await
+            .map_err(|e| Error::netlink("setting hairpin mode", format!("#{index}"), e))
+    }
+
     pub async fn set_port_flags(&self, index: u32, f: PortFlags) -> Result<()> {
         let msg = LinkBridgePort::new(index)
             .append_info_data(InfoBridgePort::Isolated(f.isolated))

@@ -359,10 +359,21 @@ async fn apply_one(nl: &Netlink, op: &Op) -> Result<()> {
         Op::Sysctl {
             setting,
             best_effort,
-        } => match setting.set() {
-            Err(_) if *best_effort => Ok(()),
-            r => r,
-        },
+        } => {
+            let r = match setting {
+                // Through netlink rather than /sys/class/net/*/brport: /sys is read-only
+                // where the router runs in a container without every privilege.
+                Sysctl::Hairpin(link) => match nl.require_link(link).await {
+                    Ok(l) => nl.set_hairpin(l.index, true).await,
+                    Err(e) => Err(e),
+                },
+                other => other.set(),
+            };
+            match r {
+                Err(_) if *best_effort => Ok(()),
+                r => r,
+            }
+        }
         Op::Announce { link, mac, ips } => {
             if let Err(e) = crate::arp::announce(link, *mac, ips) {
                 tracing::warn!("{e}");
