@@ -138,7 +138,17 @@ async fn follow_nodes(
     tx: watch::Sender<Vec<Ipv4Addr>>,
     names: watch::Sender<Option<BTreeSet<String>>>,
 ) {
-    let stream = watcher(api, watcher::Config::default()).default_backoff();
+    // client-go's backoff (kube's default) grows to 30 s and more with jitter: after a long
+    // outage a node would learn of changes up to a minute late. 10 s is still gentle on an
+    // API server that comes back to every node's watch at once.
+    let backoff = backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(800))
+        .with_max_delay(Duration::from_secs(10))
+        .with_factor(2.0)
+        .with_jitter()
+        .without_max_times();
+    let stream = watcher(api, watcher::Config::default())
+        .backoff(kube::runtime::watcher::ExponentialBackoff::from(backoff));
     futures::pin_mut!(stream);
     let mut nodes = Nodes::default();
     let mut listing = Nodes::default();

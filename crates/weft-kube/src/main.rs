@@ -62,7 +62,9 @@ async fn main() -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("WEFT_LOG")
-                .unwrap_or_else(|_| "info".into()),
+                // kube's client logs every failed retry as an error; weft-kube says what
+                // matters (when it changes, and once a minute while it lasts).
+                .unwrap_or_else(|_| "info,kube_client=off,kube_runtime=warn".into()),
         )
         .with_writer(std::io::stderr)
         .init();
