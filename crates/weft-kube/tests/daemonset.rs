@@ -11,14 +11,15 @@
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use serde_json::{Value, json};
-use weft_kube_api::store::resource;
-use weft_kube_api::{Options, Pki, StandIn};
+use serde_json::Value;
 use weft_testbed::Testbed;
+use weft_testbed::dockerd::Dockerd;
+
+mod common;
 
 const WEFT_KUBE: &str = env!("CARGO_BIN_EXE_weft-kube");
 
@@ -57,81 +58,6 @@ fn daemonset() -> Result<Value> {
     docs.into_iter()
         .find(|d| d["kind"] == "DaemonSet")
         .context("no DaemonSet in the manifest")
-}
-
-/// A Docker daemon of the test's in a node's namespace: "host network" there is the node's.
-struct Dockerd {
-    child: Child,
-    socket: PathBuf,
-}
-
-impl Dockerd {
-    fn start(netns: &str, dir: &Path, tag: &str) -> Result<Dockerd> {
-        let containerd = [
-            "/var/run/docker/containerd/containerd.sock",
-            "/run/containerd/containerd.sock",
-        ]
-        .into_iter()
-        .find(|p| Path::new(p).exists())
-        .context("no containerd socket to share")?;
-        std::fs::create_dir_all(dir)?;
-        let socket = dir.join("d.sock");
-        let log = std::fs::File::create(dir.join("dockerd.log"))?;
-        let child = Command::new("nsenter")
-            .arg(format!("--net=/run/netns/{netns}"))
-            .arg("dockerd")
-            .args(["--data-root", &dir.join("data").display().to_string()])
-            .args(["--exec-root", &dir.join("exec").display().to_string()])
-            .args(["--pidfile", &dir.join("pid").display().to_string()])
-            .args(["-H", &format!("unix://{}", socket.display())])
-            .args(["--bridge=none", "--iptables=false", "--ip6tables=false"])
-            .args(["--ip-forward=false", "--ip-masq=false"])
-            .args(["--containerd", containerd])
-            .args([
-                "--containerd-namespace",
-                tag,
-                "--containerd-plugins-namespace",
-            ])
-            .arg(format!("{tag}-plugins"))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()?;
-        let d = Dockerd { child, socket };
-        Testbed::wait_for(Duration::from_secs(30), || {
-            d.docker(&["version"]).map(|_| ())
-        })?;
-        Ok(d)
-    }
-
-    fn cmd(&self) -> Command {
-        let mut c = Command::new("docker");
-        c.args(["-H", &format!("unix://{}", self.socket.display())])
-            .env_remove("DOCKER_HOST");
-        c
-    }
-
-    fn docker(&self, args: &[&str]) -> Result<String> {
-        let out = run(self.cmd().args(args))?;
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    }
-}
-
-impl Drop for Dockerd {
-    fn drop(&mut self) {
-        let _ = self.docker(&["rm", "-f", "weft-init", "weft"]);
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .output();
-        for _ in 0..150 {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// `docker run` arguments for one of the pod's containers, from the manifest: its command,
@@ -211,18 +137,6 @@ fn run_args(
     Ok(a)
 }
 
-fn api_listener(tb: &Testbed, n: usize) -> Result<std::net::TcpListener> {
-    let ns = weft_linux::netns::Netns::open(
-        &Path::new(weft_linux::netns::NAMED_NETNS_DIR).join(&tb.host(n).netns),
-    )?;
-    let addr = std::net::SocketAddr::from((tb.host(n).ip, 6443));
-    let rt = tokio::runtime::Builder::new_current_thread().build()?;
-    let l = rt.block_on(weft_linux::netns::run_in(&ns, move || async move {
-        anyhow::Ok(std::net::TcpListener::bind(addr)?)
-    }))??;
-    Ok(l)
-}
-
 /// CNI ADD through the plugin `weft setup-cni` installed, as a runtime calls it.
 fn cni_add(tb: &Testbed, node: usize, cni: &Path, pod: &str) -> Result<Value> {
     let conflist: Value =
@@ -271,30 +185,8 @@ fn the_daemonset_runs_under_docker_against_the_stand_in() -> Result<()> {
     let image = format!("weft:{tag}");
 
     // The API server on host 3, nodes 1 and 2 in it.
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()?;
+    let common::Api { rt: _rt, api, .. } = common::api_on(&tb, 3, &[1, 2])?;
     let kdir = tb.dir().join("kube");
-    let pki = Pki::generate(&kdir, &[tb.host(3).ip.into()])?;
-    let api = {
-        let l = api_listener(&tb, 3)?;
-        let _g = rt.enter();
-        StandIn::start(l, pki, Options::default())?
-    };
-    let nodes = resource("v1", "nodes").context("nodes")?;
-    for i in 1..=2 {
-        let ip = tb.host(i).ip.to_string();
-        api.with_store(|s| {
-            s.create(
-                &nodes,
-                "",
-                json!({"metadata": {"name": format!("node-{i}")},
-                       "status": {"addresses": [{"type": "InternalIP", "address": ip}]}}),
-            )
-        })
-        .map_err(|e| anyhow::anyhow!("{}", e.message))?;
-    }
     let sa = kdir.join("sa");
     std::fs::create_dir_all(&sa)?;
     std::fs::copy(&api.pki.ca, sa.join("ca.crt"))?;
@@ -309,6 +201,7 @@ fn the_daemonset_runs_under_docker_against_the_stand_in() -> Result<()> {
             &tb.host(i).netns,
             &dir.join("docker"),
             &format!("{tag}-{i}"),
+            &[],
         )?;
         if i == 1 {
             run(Command::new(root().join("deploy/docker/build-image.sh"))
@@ -399,6 +292,9 @@ fn the_daemonset_runs_under_docker_against_the_stand_in() -> Result<()> {
     tb.wait_ping(&ips[0].0, &ips[1].1, Duration::from_secs(30))?;
     tb.wait_ping(&ips[1].0, &ips[0].1, Duration::from_secs(30))?;
     // The image lives in the test's daemons' data roots, which go with them.
+    for d in &daemons {
+        let _ = d.docker(&["rm", "-f", "weft-init", "weft"]);
+    }
     drop(daemons);
     Ok(())
 }

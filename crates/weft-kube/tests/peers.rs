@@ -6,16 +6,18 @@
 //!
 //! Needs root; the weft binary is the workspace's (`cargo test --workspace` builds it).
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use serde_json::json;
+use weft_kube_api::StandIn;
 use weft_kube_api::store::resource;
-use weft_kube_api::{Options, Pki, StandIn};
 use weft_testbed::Testbed;
+
+mod common;
+use common::{api_listener, api_on, create_node, delete_node};
 
 const WEFT_KUBE: &str = env!("CARGO_BIN_EXE_weft-kube");
 const CONVERGE: Duration = Duration::from_secs(30);
@@ -75,13 +77,6 @@ fn launch(tb: &Testbed, i: usize, kubeconfig: &Path, api_wait: u64) -> Result<La
     Ok(Launched(child))
 }
 
-fn node(i: usize, ip: Ipv4Addr) -> serde_json::Value {
-    json!({
-        "metadata": {"name": format!("node-{i}")},
-        "status": {"addresses": [{"type": "InternalIP", "address": ip.to_string()}]},
-    })
-}
-
 /// Host `i`'s targets (`weft status targets`).
 fn targets(tb: &Testbed, i: usize) -> Result<String> {
     tb.status(i, &["targets"])
@@ -107,40 +102,17 @@ fn tail(log: &str) -> String {
     lines[lines.len().saturating_sub(20)..].join("\n")
 }
 
-/// Binds the API server's port on host `n` (a socket keeps the namespace it is made in).
-fn api_listener(tb: &Testbed, n: usize) -> Result<std::net::TcpListener> {
-    let ns = weft_linux::netns::Netns::open(
-        &Path::new(weft_linux::netns::NAMED_NETNS_DIR).join(&tb.host(n).netns),
-    )?;
-    let addr = SocketAddr::from((tb.host(n).ip, 6443));
-    let rt = tokio::runtime::Builder::new_current_thread().build()?;
-    let l = rt.block_on(weft_linux::netns::run_in(&ns, move || async move {
-        let l = std::net::TcpListener::bind(addr)?;
-        anyhow::Ok(l)
-    }))??;
-    Ok(l)
-}
-
 #[test]
 fn routers_follow_the_nodes_and_outlast_the_api_server() -> Result<()> {
     let Some(mut tb) = weft_testbed::for_test("kpeers", 4, &weft()) else {
         return Ok(());
     };
     // Host 4 is the API server; hosts 1 to 3 are nodes.
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()?;
-    let dir = tb.dir().join("kube");
-    let pki = Pki::generate(&dir, &[tb.host(4).ip.into()])?;
-    let api = {
-        let l = api_listener(&tb, 4)?;
-        let _guard = rt.enter();
-        StandIn::start(l, pki, Options::default())?
-    };
-    let kubeconfig = dir.join("kubeconfig");
-    api.pki.write_kubeconfig(&kubeconfig, api.addr)?;
-    let nodes = resource("v1", "nodes").context("nodes")?;
+    let common::Api {
+        rt,
+        api,
+        kubeconfig,
+    } = api_on(&tb, 4, &[1, 2, 3])?;
     let ips: Vec<Ipv4Addr> = (0..=4)
         .map(|i| {
             if i == 0 {
@@ -151,11 +123,6 @@ fn routers_follow_the_nodes_and_outlast_the_api_server() -> Result<()> {
         })
         .collect();
     let ip = |i: usize| ips[i];
-    for i in 1..=3 {
-        api.with_store(|s| s.create(&nodes, "", node(i, ip(i))))
-            .map_err(|e| anyhow::anyhow!("{}", e.message))?;
-    }
-
     let mut launched: Vec<Option<Launched>> = Vec::new();
     for i in 1..=3 {
         launched.push(Some(launch(&tb, i, &kubeconfig, 10)?));
@@ -164,12 +131,10 @@ fn routers_follow_the_nodes_and_outlast_the_api_server() -> Result<()> {
     wait_targets(&tb, 1, &[ip(2), ip(3)], &[ip(1)])?;
 
     // A Node goes: the others stop dialling it; it comes back: they dial it again.
-    api.with_store(|s| s.delete(&nodes, "", "node-3"))
-        .map_err(|e| anyhow::anyhow!("{}", e.message))?;
+    delete_node(&api, 3)?;
     wait_targets(&tb, 1, &[ip(2)], &[ip(3)])?;
     wait_targets(&tb, 2, &[ip(1)], &[ip(3)])?;
-    api.with_store(|s| s.create(&nodes, "", node(3, ip(3))))
-        .map_err(|e| anyhow::anyhow!("{}", e.message))?;
+    create_node(&api, 3, ip(3))?;
     wait_targets(&tb, 1, &[ip(2), ip(3)], &[])?;
 
     // The API server goes away for a minute.
@@ -210,8 +175,7 @@ fn routers_follow_the_nodes_and_outlast_the_api_server() -> Result<()> {
         let _guard = rt.enter();
         api.resume(api_listener(&tb, 4)?)?;
     }
-    api.with_store(|s| s.delete(&nodes, "", "node-2"))
-        .map_err(|e| anyhow::anyhow!("{}", e.message))?;
+    delete_node(&api, 2)?;
     wait_targets(&tb, 1, &[ip(3)], &[ip(2)])?;
     wait_targets(&tb, 3, &[ip(1)], &[ip(2)])?;
     drop(launched);
@@ -236,25 +200,11 @@ fn a_deleted_nodes_space_is_taken_over_once() -> Result<()> {
     let Some(mut tb) = weft_testbed::for_test("kreclaim", 4, &weft()) else {
         return Ok(());
     };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()?;
-    let dir = tb.dir().join("kube");
-    let pki = Pki::generate(&dir, &[tb.host(4).ip.into()])?;
-    let api = {
-        let l = api_listener(&tb, 4)?;
-        let _guard = rt.enter();
-        StandIn::start(l, pki, Options::default())?
-    };
-    let kubeconfig = dir.join("kubeconfig");
-    api.pki.write_kubeconfig(&kubeconfig, api.addr)?;
-    let nodes = resource("v1", "nodes").context("nodes")?;
-    for i in 1..=3 {
-        let ip = tb.host(i).ip;
-        api.with_store(|s| s.create(&nodes, "", node(i, ip)))
-            .map_err(|e| anyhow::anyhow!("{}", e.message))?;
-    }
+    let common::Api {
+        rt: _rt,
+        api,
+        kubeconfig,
+    } = api_on(&tb, 4, &[1, 2, 3])?;
     let mut launched: Vec<Option<Launched>> = Vec::new();
     for i in 1..=3 {
         launched.push(Some(launch(&tb, i, &kubeconfig, 10)?));
@@ -283,8 +233,7 @@ fn a_deleted_nodes_space_is_taken_over_once() -> Result<()> {
     launched[2] = None;
     tb.wait_status(&[1, 2], "Peers: 2")?;
     assert!(tb.status(1, &["ipam"])?.contains("unreachable"));
-    api.with_store(|s| s.delete(&nodes, "", "node-3"))
-        .map_err(|e| anyhow::anyhow!("{}", e.message))?;
+    delete_node(&api, 3)?;
     for i in [1, 2] {
         Testbed::wait_for(CONVERGE, || {
             let s = tb.status(i, &["ipam"])?;

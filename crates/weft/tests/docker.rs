@@ -8,7 +8,7 @@
 //! rather than skip without it) and the static weft-wait next to weft
 //! (`scripts/build-wait.sh`).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
@@ -1032,81 +1032,6 @@ fn the_proxy_serves_tcp_with_tls() -> Result<()> {
     Ok(())
 }
 
-/// A second Docker daemon of the test's own, with TLS on TCP: in a network namespace of the
-/// test's (entered with nsenter, which keeps the host's cgroups in view where `ip netns exec`
-/// would hide them), so what it does to links there (it deletes any docker0 when it runs
-/// without a bridge) stays there; the machine's containerd under a namespace of its own; no
-/// firewall, no forwarding. Stopped with SIGTERM, by PID, when dropped.
-struct TlsDaemon {
-    child: std::process::Child,
-    socket: PathBuf,
-}
-
-impl TlsDaemon {
-    fn start(netns: &str, dir: &Path, tag: &str, tcp: &str, tls: &[String]) -> Result<TlsDaemon> {
-        let containerd = [
-            "/var/run/docker/containerd/containerd.sock",
-            "/run/containerd/containerd.sock",
-        ]
-        .into_iter()
-        .find(|p| Path::new(p).exists())
-        .context("no containerd socket to share")?;
-        let socket = dir.join("d.sock");
-        let log = std::fs::File::create(dir.join("dockerd.log"))?;
-        let child = std::process::Command::new("nsenter")
-            .arg(format!("--net=/run/netns/{netns}"))
-            .arg("dockerd")
-            .args(["--data-root", &dir.join("data").display().to_string()])
-            .args(["--exec-root", &dir.join("exec").display().to_string()])
-            .args(["--pidfile", &dir.join("pid").display().to_string()])
-            .args(["-H", &format!("unix://{}", socket.display()), "-H", tcp])
-            .args(tls)
-            .args(["--bridge=none", "--iptables=false", "--ip6tables=false"])
-            .args(["--ip-forward=false", "--ip-masq=false"])
-            .args(["--containerd", containerd])
-            .args([
-                "--containerd-namespace",
-                tag,
-                "--containerd-plugins-namespace",
-            ])
-            .arg(format!("{tag}-plugins"))
-            .stdin(std::process::Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()?;
-        let d = TlsDaemon { child, socket };
-        Testbed::wait_for(Duration::from_secs(30), || {
-            let out = std::process::Command::new("docker")
-                .args(["-H", &format!("unix://{}", d.socket.display()), "version"])
-                .env_remove("DOCKER_HOST")
-                .output()?;
-            if out.status.success() {
-                Ok(())
-            } else {
-                bail!("the second dockerd is not up")
-            }
-        })?;
-        Ok(d)
-    }
-}
-
-impl Drop for TlsDaemon {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .output();
-        let start = std::time::Instant::now();
-        while start.elapsed() < Duration::from_secs(15) {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// TLS detection as Weave's launch did it: with no TLS flag, the proxy takes the settings of
 /// the Docker daemon it fronts (one started with --tlsverify on TCP), so a TCP listener
 /// beyond loopback is served with them; `--no-detect-tls` leaves them alone (and such a
@@ -1131,12 +1056,14 @@ fn the_proxy_takes_the_docker_daemons_tls_settings() -> Result<()> {
             .unwrap_or("test")
     );
     let own = tb.container("dockerd")?;
-    let daemon = TlsDaemon::start(
+    // A second Docker daemon, with TLS on TCP.
+    let daemon = weft_testbed::dockerd::Dockerd::start(
         &own,
         &dir,
         &tag,
-        "tcp://127.0.0.1:23761",
         &[
+            "-H".into(),
+            "tcp://127.0.0.1:23761".into(),
             "--tlsverify".into(),
             format!("--tlscacert={}", f("good-ca.pem")),
             format!("--tlscert={}", f("server.pem")),

@@ -27,6 +27,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
+pub mod dockerd;
+
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
 /// Whether namespace tests can run here (root, `ip` present). Tests call [`require`].
