@@ -4,5 +4,6 @@
 
 pub mod env;
 pub mod launch;
+pub mod npc;
 pub mod peers;
 pub mod reclaim;
