@@ -51,9 +51,9 @@ pub struct Node {
     dns: Option<Dns>,
     fastdp: FastDp,
     events: VecDeque<NodeEvent>,
-    reachable_gen: Option<u64>,
-    /// The topology generation the fast path's record origins were last checked against.
-    verified_gen: Option<u64>,
+    /// The topology generation IPAM's reachable peers and the fast path's record origins
+    /// were last brought up to.
+    topology_gen: Option<u64>,
 }
 
 impl Node {
@@ -100,8 +100,7 @@ impl Node {
             dns,
             fastdp,
             events: VecDeque::new(),
-            reachable_gen: None,
-            verified_gen: None,
+            topology_gen: None,
         };
         n.pump(now);
         Ok(n)
@@ -377,23 +376,18 @@ impl Node {
                 self.on_router_event(now, e);
             }
             let generation = self.router.topology().generation();
-            if let Some(ipam) = &mut self.ipam
-                && self.reachable_gen != Some(generation)
-            {
-                self.reachable_gen = Some(generation);
-                let me = self.router.name();
-                let peers: BTreeSet<PeerName> = self
-                    .router
-                    .topology()
-                    .peers()
-                    .map(|p| p.name)
-                    .filter(|p| *p != me)
-                    .collect();
-                ipam.set_reachable(peers);
-            }
-            if self.verified_gen != Some(generation) {
-                self.verified_gen = Some(generation);
+            if self.topology_gen != Some(generation) {
+                self.topology_gen = Some(generation);
                 let topology = self.router.topology();
+                if let Some(ipam) = &mut self.ipam {
+                    let me = self.router.name();
+                    let peers: BTreeSet<PeerName> = topology
+                        .peers()
+                        .map(|p| p.name)
+                        .filter(|p| *p != me)
+                        .collect();
+                    ipam.set_reachable(peers);
+                }
                 self.fastdp
                     .verify_origins(now, |p| topology.get(&p).is_some());
             }

@@ -80,6 +80,12 @@ pub fn matches(sel: &LabelSelector, labels: &Labels) -> bool {
     by_labels && by_expr
 }
 
+/// A rule seen from either side: its peers (`from` or `to`) and its ports.
+type Rule<'a> = (
+    Option<&'a Vec<NetworkPolicyPeer>>,
+    Option<&'a Vec<NetworkPolicyPort>>,
+);
+
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Direction {
     Ingress,
@@ -193,38 +199,43 @@ impl Cluster {
         })
     }
 
-    fn ingress_allows(&self, src: End, dst: &Pod, protocol: &str, port: u16) -> bool {
+    /// Whether `pod`'s side (`dir`) lets the connection through: it is not isolated that
+    /// way, or a rule of a policy that isolates it allows the far end `other` on the port
+    /// (named ports are the destination `dst`'s).
+    fn side_allows(
+        &self,
+        pod: &Pod,
+        dir: Direction,
+        other: End,
+        dst: End,
+        protocol: &str,
+        port: u16,
+    ) -> bool {
         let mut isolated = false;
-        for p in self.selecting(dst, Direction::Ingress) {
+        for p in self.selecting(pod, dir) {
             isolated = true;
             let ns = p.metadata.namespace.as_deref().unwrap_or_default();
-            let rules = p.spec.as_ref().and_then(|s| s.ingress.as_ref());
-            let allowed = rules.into_iter().flatten().any(|r| {
-                let from_ok = match r.from.as_ref().filter(|f| !f.is_empty()) {
-                    None => true,
-                    Some(f) => f.iter().any(|peer| self.peer_is(peer, ns, src)),
-                };
-                from_ok && Self::port_is(r.ports.as_ref(), End::Pod(dst), protocol, port)
-            });
-            if allowed {
-                return true;
-            }
-        }
-        !isolated
-    }
-
-    fn egress_allows(&self, src: &Pod, dst: End, protocol: &str, port: u16) -> bool {
-        let mut isolated = false;
-        for p in self.selecting(src, Direction::Egress) {
-            isolated = true;
-            let ns = p.metadata.namespace.as_deref().unwrap_or_default();
-            let rules = p.spec.as_ref().and_then(|s| s.egress.as_ref());
-            let allowed = rules.into_iter().flatten().any(|r| {
-                let to_ok = match r.to.as_ref().filter(|t| !t.is_empty()) {
-                    None => true,
-                    Some(t) => t.iter().any(|peer| self.peer_is(peer, ns, dst)),
-                };
-                to_ok && Self::port_is(r.ports.as_ref(), dst, protocol, port)
+            let spec = p.spec.as_ref();
+            // Each rule as (its peers, its ports): `from` for ingress, `to` for egress.
+            let rules: Vec<Rule> = match dir {
+                Direction::Ingress => spec
+                    .and_then(|s| s.ingress.as_ref())
+                    .into_iter()
+                    .flatten()
+                    .map(|r| (r.from.as_ref(), r.ports.as_ref()))
+                    .collect(),
+                Direction::Egress => spec
+                    .and_then(|s| s.egress.as_ref())
+                    .into_iter()
+                    .flatten()
+                    .map(|r| (r.to.as_ref(), r.ports.as_ref()))
+                    .collect(),
+            };
+            let allowed = rules.into_iter().any(|(peers, ports)| {
+                let peer_ok = peers
+                    .filter(|p| !p.is_empty())
+                    .is_none_or(|ps| ps.iter().any(|peer| self.peer_is(peer, ns, other)));
+                peer_ok && Self::port_is(ports, dst, protocol, port)
             });
             if allowed {
                 return true;
@@ -237,11 +248,11 @@ impl Cluster {
     /// port `port` is allowed.
     pub fn allows(&self, src: End, dst: End, protocol: &str, port: u16) -> bool {
         let egress = match src {
-            End::Pod(s) => self.egress_allows(s, dst, protocol, port),
+            End::Pod(s) => self.side_allows(s, Direction::Egress, dst, dst, protocol, port),
             End::Address(_) => true,
         };
         let ingress = match dst {
-            End::Pod(d) => self.ingress_allows(src, d, protocol, port),
+            End::Pod(d) => self.side_allows(d, Direction::Ingress, src, dst, protocol, port),
             End::Address(_) => true,
         };
         egress && ingress

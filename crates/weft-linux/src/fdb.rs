@@ -12,7 +12,7 @@ use rtnetlink::packet_core::{
     NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE, NLM_F_REPLACE, NLM_F_REQUEST, NetlinkMessage,
     NetlinkPayload,
 };
-use rtnetlink::packet_route::link::InfoBridgePort;
+use rtnetlink::packet_route::link::{InfoBridgePort, LinkMessage};
 use rtnetlink::packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
 };
@@ -105,12 +105,16 @@ impl Netlink {
         let msg = LinkBridgePort::new(index)
             .append_info_data(InfoBridgePort::HairpinMode(on))
             .build();
+        self.set_port(index, msg, "setting hairpin mode").await
+    }
+
+    async fn set_port(&self, index: u32, msg: LinkMessage, what: &'static str) -> Result<()> {
         self.handle()
             .link()
             .set_port(msg)
             .execute()
             .await
-            .map_err(|e| Error::netlink("setting hairpin mode", format!("#{index}"), e))
+            .map_err(|e| Error::netlink(what, format!("#{index}"), e))
     }
 
     pub async fn set_port_flags(&self, index: u32, f: PortFlags) -> Result<()> {
@@ -122,23 +126,14 @@ impl Netlink {
             .append_info_data(InfoBridgePort::BroadcastFlood(f.flood))
             .append_info_data(InfoBridgePort::NeighSupress(f.neigh_suppress))
             .build();
-        self.handle()
-            .link()
-            .set_port(msg)
-            .execute()
-            .await
-            .map_err(|e| Error::netlink("setting bridge port flags", format!("#{index}"), e))
+        self.set_port(index, msg, "setting bridge port flags").await
     }
 
     /// Forgets the entries the bridge learnt on port `index` (installed ones stay).
     pub async fn flush_learned(&self, index: u32) -> Result<()> {
         let msg = LinkBridgePort::new(index).fdb_flush().build();
-        self.handle()
-            .link()
-            .set_port(msg)
-            .execute()
+        self.set_port(index, msg, "flushing learnt bridge entries")
             .await
-            .map_err(|e| Error::netlink("flushing learnt bridge entries", format!("#{index}"), e))
     }
 
     /// Every AF_BRIDGE FDB entry (bridge tables and devices' own), or those on `ifindex`.

@@ -1451,7 +1451,7 @@ impl Router {
             targets: self.direct_targets(),
             unicast_routes: g.unicast_from(local).into_iter().collect(),
             broadcast_routes: if self.topology.len() <= STATUS_ALL_TREES {
-                g.adj_sources()
+                g.peers()
                     .map(|src| (src, g.broadcast_children(src, local)))
                     .collect()
             } else {

@@ -73,7 +73,7 @@ impl Graph {
     }
 
     /// Every peer in the graph.
-    pub fn adj_sources(&self) -> impl Iterator<Item = PeerName> + '_ {
+    pub fn peers(&self) -> impl Iterator<Item = PeerName> + '_ {
         self.adj.keys().copied()
     }
 
@@ -185,11 +185,6 @@ impl BroadcastTrees {
                     .collect()
             })
             .clone()
-    }
-
-    /// Every source we know of, for status.
-    pub fn sources(&self) -> impl Iterator<Item = PeerName> + '_ {
-        self.fixed.keys().chain(self.graph.adj.keys()).copied()
     }
 }
 

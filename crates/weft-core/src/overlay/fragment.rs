@@ -194,11 +194,12 @@ impl Reassembler {
         p.buf[at..at + payload.len()].copy_from_slice(payload);
         p.have.push((offset, len));
         p.got += payload.len();
-        let grown = p.held() - before.min(p.held());
-        let shrunk = before.saturating_sub(p.held());
+        // Only the second fragment changes what is held, and only upwards (the whole
+        // buffer replaces the first fragment's copy).
+        let grown = p.held() - before;
         let complete = p.got >= usize::from(total);
-        s.bytes = s.bytes + grown - shrunk;
-        self.bytes = self.bytes + grown - shrunk;
+        s.bytes += grown;
+        self.bytes += grown;
         if !complete {
             self.make_room(sender);
             return None;
