@@ -149,6 +149,12 @@ impl Node {
         self.pump(now);
     }
 
+    /// The shell wrote everything up to an `Action::Mark` for `channel` on `conn`.
+    pub fn handle_written(&mut self, now: Instant, conn: ConnId, channel: Channel) {
+        self.router.handle_written(now, conn, channel);
+        self.pump(now);
+    }
+
     pub fn handle_conn_closed(&mut self, now: Instant, conn: ConnId, reason: String) {
         self.router.handle_conn_closed(now, conn, reason);
         self.pump(now);
@@ -441,6 +447,20 @@ impl Node {
         self.fastdp.handle_message(now, src, payload, uid_of)
     }
 
+    /// Sends our full state of `channel` (other than topology) to neighbour `peer`.
+    fn send_full_state(&mut self, peer: PeerName, channel: Channel) {
+        let chunk = self.router.gossip_chunk();
+        let payloads = match channel {
+            Channel::IPAM => self.ipam.as_ref().map(|i| vec![i.full_state()]),
+            Channel::DNS => self.dns.as_ref().map(|d| d.full_state(chunk)),
+            Channel::FASTDP => Some(self.fastdp.full_state(chunk)),
+            _ => None,
+        };
+        if let Some(p) = payloads {
+            self.router.gossip_to(peer, channel, p);
+        }
+    }
+
     fn on_router_event(&mut self, now: Instant, e: Event) {
         match e {
             Event::DataPlane(t) => {
@@ -461,18 +481,12 @@ impl Node {
                 self.events.push_back(NodeEvent::PeerRemoved(p))
             }
             Event::NeighbourUp(p) => {
-                let chunk = self.router.gossip_chunk();
-                if let Some(i) = &self.ipam {
-                    self.router
-                        .gossip_to(p, Channel::IPAM, vec![i.full_state()]);
+                for channel in [Channel::IPAM, Channel::DNS, Channel::FASTDP] {
+                    self.send_full_state(p, channel);
                 }
-                if let Some(d) = &self.dns {
-                    self.router.gossip_to(p, Channel::DNS, d.full_state(chunk));
-                }
-                self.router
-                    .gossip_to(p, Channel::FASTDP, self.fastdp.full_state(chunk));
                 self.fastdp.neighbour_up(now, p);
             }
+            Event::FullStateDue { peer, channel } => self.send_full_state(peer, channel),
             Event::GossipTick => {
                 let chunk = self.router.gossip_chunk();
                 if let Some(i) = &self.ipam {

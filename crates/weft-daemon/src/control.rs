@@ -21,6 +21,7 @@ use weft_core::ipam::{IpamError, IpamStatus, OpId};
 use weft_core::mesh::{Action, ConnId, RouterStatus};
 use weft_core::node::{Node, NodeEvent};
 use weft_proto::PeerName;
+use weft_proto::control::Channel;
 
 use crate::dataplane_msg::DataPlaneMsg;
 use crate::state::StateDir;
@@ -49,6 +50,11 @@ pub enum ControlInput {
     Closed {
         conn: ConnId,
         reason: String,
+    },
+    /// The writer reached an `Action::Mark`.
+    Written {
+        conn: ConnId,
+        channel: Channel,
     },
     Udp {
         from: SocketAddr,
@@ -151,8 +157,15 @@ enum Deferred {
     Heir(oneshot::Sender<Option<PeerName>>, Option<PeerName>),
 }
 
+/// What a connection's writer task takes, in order.
+enum Outgoing {
+    Bytes(Vec<u8>),
+    /// Report [`ControlInput::Written`] once everything before is written.
+    Mark(Channel),
+}
+
 struct ConnIo {
-    tx: mpsc::Sender<Vec<u8>>,
+    tx: mpsc::Sender<Outgoing>,
     reader: JoinHandle<()>,
     /// Bytes handed to the writer and not yet written.
     queued: Arc<std::sync::atomic::AtomicUsize>,
@@ -167,11 +180,16 @@ impl ConnIo {
             return false;
         }
         self.queued.fetch_add(n, Ordering::Relaxed);
-        if self.tx.try_send(bytes).is_err() {
+        if self.tx.try_send(Outgoing::Bytes(bytes)).is_err() {
             self.queued.fetch_sub(n, Ordering::Relaxed);
             return false;
         }
         true
+    }
+
+    /// Queues a mark; false if the queue is full.
+    fn mark(&self, channel: Channel) -> bool {
+        self.tx.try_send(Outgoing::Mark(channel)).is_ok()
     }
 }
 
@@ -305,6 +323,9 @@ impl Control {
                     io.reader.abort();
                 }
                 self.node.handle_conn_closed(now, conn, reason);
+            }
+            ControlInput::Written { conn, channel } => {
+                self.node.handle_written(now, conn, channel);
             }
             ControlInput::Udp { from, bytes } => self.node.handle_udp(now, from, &bytes),
             ControlInput::Status(reply) => {
@@ -605,22 +626,8 @@ impl Control {
                     let _ = tx.send(ControlInput::Dialed { conn, result }).await;
                 });
             }
-            Action::Send { conn, bytes } => {
-                let overflow = match self.conns.get(&conn) {
-                    Some(io) => !io.send(bytes),
-                    None => false,
-                };
-                if overflow {
-                    if let Some(io) = self.conns.remove(&conn) {
-                        io.reader.abort();
-                    }
-                    self.node.handle_conn_closed(
-                        Instant::now(),
-                        conn,
-                        "peer is not reading its messages (send queue full: 8 MiB or 4096 messages)".into(),
-                    );
-                }
-            }
+            Action::Send { conn, bytes } => self.queue(conn, |io| io.send(bytes)),
+            Action::Mark { conn, channel } => self.queue(conn, |io| io.mark(channel)),
             Action::Close { conn } => {
                 if let Some(io) = self.conns.remove(&conn) {
                     // Dropping the sender ends the writer task, which shuts the socket down.
@@ -641,15 +648,43 @@ impl Control {
         }
     }
 
+    /// Queues on `conn` with `put`; a peer whose queue is full is disconnected.
+    fn queue(&mut self, conn: ConnId, put: impl FnOnce(&ConnIo) -> bool) {
+        if self.conns.get(&conn).is_none_or(put) {
+            return;
+        }
+        if let Some(io) = self.conns.remove(&conn) {
+            io.reader.abort();
+        }
+        self.node.handle_conn_closed(
+            Instant::now(),
+            conn,
+            "peer is not reading its messages (send queue full: 8 MiB or 4096 messages)".into(),
+        );
+    }
+
     fn start_io(&mut self, conn: ConnId, stream: TcpStream) {
         let _ = stream.set_nodelay(true);
         let (mut rd, mut wr) = stream.into_split();
-        let (tx, mut rx) = mpsc::channel::<Vec<u8>>(SEND_QUEUE);
+        let (tx, mut rx) = mpsc::channel::<Outgoing>(SEND_QUEUE);
         let queued = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let ctl = self.tx.clone();
         let written = queued.clone();
         tokio::spawn(async move {
-            while let Some(b) = rx.recv().await {
+            while let Some(o) = rx.recv().await {
+                let b = match o {
+                    Outgoing::Bytes(b) => b,
+                    Outgoing::Mark(channel) => {
+                        if ctl
+                            .send(ControlInput::Written { conn, channel })
+                            .await
+                            .is_err()
+                        {
+                            return;
+                        }
+                        continue;
+                    }
+                };
                 let r = wr.write_all(&b).await;
                 written.fetch_sub(b.len(), std::sync::atomic::Ordering::Relaxed);
                 if let Err(e) = r {
@@ -840,7 +875,7 @@ mod send_queue_tests {
 
     #[tokio::test]
     async fn a_connection_queues_bytes_up_to_its_bound() {
-        let (tx, mut rx) = mpsc::channel::<Vec<u8>>(SEND_QUEUE);
+        let (tx, mut rx) = mpsc::channel::<Outgoing>(SEND_QUEUE);
         let io = ConnIo {
             tx,
             reader: tokio::spawn(async {}),
@@ -852,7 +887,9 @@ mod send_queue_tests {
         assert!(!io.send(vec![0; big]), "9 MiB would pass 8");
         assert!(io.send(vec![0; 1 << 20]), "small ones still fit");
         // The writer takes one: room again.
-        let b = rx.recv().await.expect("queued");
+        let Some(Outgoing::Bytes(b)) = rx.recv().await else {
+            panic!("bytes queued")
+        };
         io.queued
             .fetch_sub(b.len(), std::sync::atomic::Ordering::Relaxed);
         assert!(io.send(vec![0; big]));

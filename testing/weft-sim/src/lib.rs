@@ -31,6 +31,7 @@ use weft_core::mesh::{
 use weft_core::node::{Node as CoreNode, NodeEvent};
 use weft_core::overlay::{Forwarder, Output};
 use weft_core::rng::Rng;
+use weft_proto::control::Channel;
 use weft_proto::ipam::Persisted;
 use weft_proto::{Mac, PeerName};
 
@@ -81,6 +82,13 @@ enum Ev {
         from: SocketAddr,
         bytes: Vec<u8>,
     },
+    /// Host `node` wrote everything on `conn` up to a mark.
+    Written {
+        node: usize,
+        inc: u64,
+        conn: ConnId,
+        channel: Channel,
+    },
     /// A VXLAN packet reaching host `node`'s kernel.
     Vxlan { node: usize, item: VxItem },
     /// Time for host `node`'s fast path to send heartbeats.
@@ -96,6 +104,8 @@ enum VxItem {
 #[derive(Debug, Clone)]
 enum PipeItem {
     Data(Vec<u8>),
+    /// Not sent: the writer reports it once everything before it left.
+    Mark(Channel),
     Fin,
 }
 
@@ -617,6 +627,7 @@ impl Sim {
                 self.max_message = self.max_message.max(bytes.len());
                 self.pipe_send((i, conn), PipeItem::Data(bytes))
             }
+            Action::Mark { conn, channel } => self.pipe_send((i, conn), PipeItem::Mark(channel)),
             Action::Close { conn } => self.close_pipe(i, conn),
             Action::SendUdp { to, peer, bytes } => {
                 let mut out = SimOutput::default();
@@ -649,6 +660,16 @@ impl Sim {
         let p = self.pipes.get_mut(&key).expect("checked above");
         let mut deliveries = Vec::new();
         while let Some(item) = p.backlog.pop_front() {
+            if let PipeItem::Mark(channel) = item {
+                let ev = Ev::Written {
+                    node: key.0,
+                    inc: p.from_inc,
+                    conn: key.1,
+                    channel,
+                };
+                deliveries.push((self.now, ev));
+                continue;
+            }
             let at = (self.now + p.latency).max(p.last_delivery);
             p.last_delivery = at;
             deliveries.push((
@@ -815,6 +836,7 @@ impl Sim {
                         self.mix(bytes.len() as u64);
                         self.nodes[node].node.handle_conn_data(now, conn, &bytes)
                     }
+                    PipeItem::Mark(_) => unreachable!("marks stay with the writer"),
                     PipeItem::Fin => {
                         self.pipes.remove(&(node, conn));
                         self.nodes[node].node.handle_conn_closed(
@@ -824,6 +846,18 @@ impl Sim {
                         )
                     }
                 }
+                self.drain(node);
+            }
+            Ev::Written {
+                node,
+                inc,
+                conn,
+                channel,
+            } => {
+                if !self.nodes[node].alive || self.nodes[node].incarnation != inc {
+                    return;
+                }
+                self.nodes[node].node.handle_written(now, conn, channel);
                 self.drain(node);
             }
             ev @ (Ev::Vxlan { .. } | Ev::VxlanTick { .. }) => self.handle_vxlan(ev),

@@ -21,7 +21,7 @@ use std::time::Instant;
 
 use tracing::info;
 use weft_proto::PeerName;
-use weft_proto::control::{self, ControlMsg, FrameReader, Hello};
+use weft_proto::control::{self, Channel, ControlMsg, FrameReader, Hello};
 use weft_proto::sleeve;
 
 use super::ConnId;
@@ -180,6 +180,10 @@ pub(super) struct Connection {
     pub last_gossip_request: Option<Instant>,
     /// When we last answered the peer's request for our full topology.
     pub last_full_reply: Option<Instant>,
+    /// Channels whose last full state to this peer is still in the shell's queue.
+    pub full_unsent: Vec<Channel>,
+    /// Channels whose full state was held back meanwhile, to send once that one is out.
+    pub full_held: Vec<Channel>,
     secure: Secure,
     timers: TimerTable,
 }
@@ -217,6 +221,8 @@ impl Connection {
             acked_remote: false,
             last_gossip_request: None,
             last_full_reply: None,
+            full_unsent: Vec::new(),
+            full_held: Vec::new(),
             secure: Secure::default(),
             timers,
         }

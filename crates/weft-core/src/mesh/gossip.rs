@@ -12,7 +12,7 @@ use weft_proto::control::{Channel, ControlMsg, PeerSummary, TopologyUpdate};
 
 use super::ConnId;
 use super::connection::Phase;
-use super::router::Router;
+use super::router::{Action, Event, Router};
 use super::routes::{Graph, Variant};
 
 /// Topology entries waiting to be sent to one neighbour.
@@ -276,23 +276,76 @@ impl Router {
         }
     }
 
-    /// Sends `payloads` on `channel` to one neighbour.
+    /// Sends the full state `payloads` of `channel` to one neighbour.
     pub fn gossip_to(&mut self, peer: PeerName, channel: Channel, payloads: Vec<Vec<u8>>) {
-        if let Some(&id) = self.by_peer.get(&peer) {
+        if let Some(&id) = self.by_peer.get(&peer)
+            && self.full_state_may_send(id, channel)
+        {
             for payload in payloads {
                 self.send_msg(id, &ControlMsg::Gossip { channel, payload });
             }
+            self.full_state_sent(id, channel);
         }
     }
 
-    /// Sends `payloads` on `channel` to a few random neighbours (periodic gossip).
+    /// Sends the full state `payloads` of `channel` to a few random neighbours (periodic
+    /// gossip).
     pub fn gossip_random(&mut self, channel: Channel, payloads: Vec<Vec<u8>>) {
-        let targets = self.random_neighbours(None);
+        let targets: Vec<ConnId> = self
+            .random_neighbours(None)
+            .into_iter()
+            .filter(|&id| self.full_state_may_send(id, channel))
+            .collect();
         for payload in payloads {
             let body = ControlMsg::Gossip { channel, payload }.encode_body();
             for &id in &targets {
                 self.send_body(id, body.clone());
             }
+        }
+        for id in targets {
+            self.full_state_sent(id, channel);
+        }
+    }
+
+    /// Whether a full state of `channel` may be queued on `id` now. A neighbour that reads
+    /// slower than we gossip would otherwise collect copy after copy in our queue; while one
+    /// is unwritten the next is held back, and the newest goes once that one is out.
+    pub(super) fn full_state_may_send(&mut self, id: ConnId, channel: Channel) -> bool {
+        let Some(c) = self.conns.get_mut(&id) else {
+            return false;
+        };
+        if !c.full_unsent.contains(&channel) {
+            return true;
+        }
+        if !c.full_held.contains(&channel) {
+            c.full_held.push(channel);
+        }
+        self.stats.full_states_held += 1;
+        false
+    }
+
+    /// Notes a full state of `channel` queued on `id`; the shell tells us when it is written.
+    pub(super) fn full_state_sent(&mut self, id: ConnId, channel: Channel) {
+        if let Some(c) = self.conns.get_mut(&id) {
+            c.full_unsent.push(channel);
+            self.actions.push_back(Action::Mark { conn: id, channel });
+        }
+    }
+
+    pub(super) fn full_state_written(&mut self, id: ConnId, channel: Channel) {
+        let Some(c) = self.conns.get_mut(&id) else {
+            return;
+        };
+        c.full_unsent.retain(|&x| x != channel);
+        let before = c.full_held.len();
+        c.full_held.retain(|&x| x != channel);
+        if c.full_held.len() == before {
+            return;
+        }
+        if channel == Channel::TOPOLOGY {
+            self.send_full_topology(id);
+        } else if let Some(peer) = c.remote.as_ref().map(|r| r.name) {
+            self.events.push_back(Event::FullStateDue { peer, channel });
         }
     }
 

@@ -160,6 +160,10 @@ pub enum Action {
     Dial { conn: ConnId, addr: SocketAddr },
     /// Write these bytes to the connection, in order.
     Send { conn: ConnId, bytes: Vec<u8> },
+    /// Call [`Router::handle_written`] with `channel` once every byte sent on the connection
+    /// before this action is written to the socket (it follows the last frame of a full
+    /// state).
+    Mark { conn: ConnId, channel: Channel },
     /// Close the connection; the router has already forgotten it.
     Close { conn: ConnId },
     /// Send one UDP control datagram (heartbeat) to peer `peer` at `to` from the sleeve
@@ -182,6 +186,9 @@ pub enum Event {
     PeerRemoved(PeerName),
     /// A new neighbour: send it the full state of every other gossip channel.
     NeighbourUp(PeerName),
+    /// The full state of `channel` last sent to neighbour `peer` is out of our queue, and a
+    /// newer one was held back meanwhile: send the current full state now.
+    FullStateDue { peer: PeerName, channel: Channel },
     /// Time for periodic gossip: send each channel's full state with [`Router::gossip_random`].
     GossipTick,
     /// Channel gossip from neighbour `from`.
@@ -241,6 +248,8 @@ pub(super) struct Stats {
     pub(super) over_limit: u64,
     /// UDP control datagrams that matched no connection or did not decode.
     pub(super) udp_unexpected: u64,
+    /// Full states not queued because an earlier one to the same neighbour was unwritten.
+    pub(super) full_states_held: u64,
 }
 
 pub struct Router {
@@ -486,6 +495,12 @@ impl Router {
         self.after(now);
     }
 
+    /// Everything queued on `conn` up to an [`Action::Mark`] for `channel` is written.
+    pub fn handle_written(&mut self, now: Instant, conn: ConnId, channel: Channel) {
+        self.full_state_written(conn, channel);
+        self.after(now);
+    }
+
     /// The socket for `conn` closed (EOF or error) by itself.
     pub fn handle_conn_closed(&mut self, now: Instant, conn: ConnId, reason: String) {
         self.close(now, conn, Close::Failure(reason), false);
@@ -694,7 +709,10 @@ impl Router {
         Ok(())
     }
 
-    fn send_full_topology(&mut self, id: ConnId) {
+    pub(super) fn send_full_topology(&mut self, id: ConnId) {
+        if !self.full_state_may_send(id, Channel::TOPOLOGY) {
+            return;
+        }
         for payload in self.topology.full_update_chunks(self.cfg.gossip_chunk) {
             self.send_msg(
                 id,
@@ -704,6 +722,7 @@ impl Router {
                 },
             );
         }
+        self.full_state_sent(id, Channel::TOPOLOGY);
     }
 
     fn on_message(&mut self, now: Instant, id: ConnId, msg: ControlMsg) -> Result<(), Close> {
@@ -1462,6 +1481,7 @@ impl Router {
             invalid_entries: self.stats.invalid_entries,
             over_limit: self.stats.over_limit,
             udp_unexpected: self.stats.udp_unexpected,
+            full_states_held: self.stats.full_states_held,
             refused_pending: self.stats.refused_pending,
         }
     }
@@ -1515,6 +1535,7 @@ mod admission_tests {
                         }
                     }
                     Action::SendUdp { bytes, .. } => b.handle_udp(now, addr(1), &bytes),
+                    Action::Mark { conn, channel } => a.handle_written(now, conn, channel),
                     Action::Close { .. } => {}
                 }
             }
@@ -1527,6 +1548,7 @@ mod admission_tests {
                         }
                     }
                     Action::SendUdp { bytes, .. } => a.handle_udp(now, addr(2), &bytes),
+                    Action::Mark { conn, channel } => b.handle_written(now, conn, channel),
                     Action::Dial { .. } | Action::Close { .. } => {}
                 }
             }
@@ -1570,9 +1592,8 @@ mod admission_tests {
         assert_eq!(b.conns.len(), 1);
     }
 
-    #[test]
-    fn a_neighbour_asking_for_the_full_state_in_a_loop_gets_it_once_a_second() {
-        let now = Instant::now();
+    /// `a` and `b` connected, and 20 topology requests from `a` to `b`, encoded.
+    fn asks(now: Instant) -> (Router, Router, Vec<Vec<u8>>) {
         let (mut a, mut b) = (router(1, 200), router(2, 200));
         a.connect(now, vec![("b".into(), addr(2), true)], false);
         pump(now, &mut a, &mut b);
@@ -1580,25 +1601,87 @@ mod admission_tests {
         let ask = ControlMsg::GossipRequest {
             channel: Channel::TOPOLOGY,
         };
-        let mut asks = Vec::new();
         for _ in 0..20 {
             a.send_msg(id, &ask);
         }
-        while let Some(Action::Send { bytes, .. }) = a.poll_action() {
-            asks.push(bytes);
-        }
+        let asks: Vec<Vec<u8>> = std::iter::from_fn(|| a.poll_action())
+            .filter_map(|x| match x {
+                Action::Send { bytes, .. } => Some(bytes),
+                _ => None,
+            })
+            .collect();
         assert_eq!(asks.len(), 20);
+        (a, b, asks)
+    }
+
+    /// Feeds `asks` to `b` from `a`; the frames `b` queues in reply, and its marks.
+    fn replies(b: &mut Router, a: &Router, at: Instant, asks: &[Vec<u8>]) -> (usize, Vec<Channel>) {
         let theirs = *b.by_peer.get(&a.name()).expect("connected");
-        let replies = |b: &mut Router, at: Instant| {
-            for q in &asks {
-                b.handle_conn_data(at, theirs, q);
+        for q in asks {
+            b.handle_conn_data(at, theirs, q);
+        }
+        let (mut frames, mut marks) = (0, Vec::new());
+        while let Some(x) = b.poll_action() {
+            match x {
+                Action::Send { .. } => frames += 1,
+                Action::Mark { channel, .. } => marks.push(channel),
+                _ => {}
             }
-            std::iter::from_fn(|| b.poll_action())
-                .filter(|x| matches!(x, Action::Send { .. }))
-                .count()
-        };
-        assert_eq!(replies(&mut b, now), 1);
-        assert_eq!(replies(&mut b, now + FULL_REPLY_INTERVAL), 1);
+        }
+        (frames, marks)
+    }
+
+    #[test]
+    fn a_neighbour_asking_for_the_full_state_in_a_loop_gets_it_once_a_second() {
+        let now = Instant::now();
+        let (a, mut b, asks) = asks(now);
+        let theirs = *b.by_peer.get(&a.name()).expect("connected");
+        assert_eq!(
+            replies(&mut b, &a, now, &asks),
+            (1, vec![Channel::TOPOLOGY])
+        );
+        b.handle_written(now, theirs, Channel::TOPOLOGY);
+        assert_eq!(b.poll_action().map(|_| ()), None, "nothing was held back");
+        let later = now + FULL_REPLY_INTERVAL;
+        assert_eq!(replies(&mut b, &a, later, &asks).0, 1);
+    }
+
+    #[test]
+    fn a_neighbour_that_does_not_read_never_has_two_full_states_queued() {
+        let now = Instant::now();
+        let (a, mut b, asks) = asks(now);
+        let theirs = *b.by_peer.get(&a.name()).expect("connected");
+        assert_eq!(replies(&mut b, &a, now, &asks).0, 1);
+        // Ten seconds of asking while our shell never gets the first reply out.
+        for s in 1..=10 {
+            let at = now + FULL_REPLY_INTERVAL * s;
+            assert_eq!(replies(&mut b, &a, at, &asks), (0, vec![]), "second {s}");
+        }
+        // The same for the other channels' periodic and welcome full states.
+        b.gossip_to(a.name(), Channel::DNS, vec![vec![1]]);
+        b.gossip_to(a.name(), Channel::DNS, vec![vec![2]]);
+        b.gossip_random(Channel::DNS, vec![vec![3]]);
+        let sent: Vec<Action> = std::iter::from_fn(|| b.poll_action()).collect();
+        assert_eq!(sent.len(), 2, "one DNS full state and its mark: {sent:?}");
+        assert!(b.status(now).full_states_held >= 12);
+        // Once it is written, the newest goes, once.
+        let later = now + FULL_REPLY_INTERVAL * 11;
+        b.handle_written(later, theirs, Channel::TOPOLOGY);
+        let kinds: Vec<bool> = std::iter::from_fn(|| b.poll_action())
+            .map(|x| matches!(x, Action::Mark { .. }))
+            .collect();
+        assert_eq!(kinds, vec![false, true], "one full topology and its mark");
+        b.handle_written(later, theirs, Channel::DNS);
+        let due: Vec<Event> = std::iter::from_fn(|| b.poll_event())
+            .filter(|e| matches!(e, Event::FullStateDue { .. }))
+            .collect();
+        assert_eq!(
+            due,
+            vec![Event::FullStateDue {
+                peer: a.name(),
+                channel: Channel::DNS
+            }]
+        );
     }
 
     #[test]

@@ -35,6 +35,8 @@ pub struct RouterStatus {
     /// allocation ring) was at its bound.
     pub over_limit: u64,
     pub udp_unexpected: u64,
+    /// Full states held back: an earlier one to the same neighbour was not yet written.
+    pub full_states_held: u64,
     /// Accepted connections dropped at once: too many half-open ones.
     pub refused_pending: u64,
 }

@@ -206,6 +206,7 @@ impl Service {
             ("control_invalid_topology_entries", st.invalid_entries),
             ("gossip_entries_over_limit", st.over_limit),
             ("control_udp_unexpected", st.udp_unexpected),
+            ("control_full_states_held", st.full_states_held),
             ("control_refused_half_open", st.refused_pending),
         ]
         .into_iter()
