@@ -25,8 +25,9 @@ install_packages() {
 # posture), ethtool (offloads off where a test emulates a narrow underlay path), ping, iperf3,
 # nft, ss, dig, dnsmasq (the upstream resolver in the DNS tests), taskset; the Docker Engine and
 # the static busybox the Docker tests build their image from; the Python Kubernetes client (a
-# real client checking the Kubernetes API stand-in; kubectl too, see install_kubectl).
-RUNTIME_PACKAGES=(iproute2 iptables curl openssl ethtool iputils-ping iperf3 nftables procps dnsutils dnsmasq-base util-linux tcpdump docker.io busybox-static python3-kubernetes)
+# real client checking the Kubernetes API stand-in; kubectl too, see install_kubectl) and
+# Python's yaml (the NetworkPolicy cases are YAML; NCA checks them, see install_nca).
+RUNTIME_PACKAGES=(iproute2 iptables curl openssl ethtool iputils-ping iperf3 nftables procps dnsutils dnsmasq-base util-linux tcpdump docker.io busybox-static python3-kubernetes python3-yaml)
 # What the build needs beyond Rust: a C compiler and assembler for ring's ChaCha20-Poly1305,
 # and glibc's static archives for weft-wait (linked statically).
 BUILD_PACKAGES=(gcc libc6-dev)
@@ -56,4 +57,19 @@ start_dockerd() {
     echo "dockerd did not come up; its log says:" >&2
     tail -20 /var/log/weft-dockerd.log >&2
     return 1
+}
+
+# install_nca: IBM's network-config-analyzer (NCA), which tests/npc/nca_check.py asks for the
+# connectivity of each NetworkPolicy case, in its own venv at /opt/weft-nca (its entry point is
+# /opt/weft-nca/bin/nca). Pinned: nca_check.py uses NCA's Python API, not only its command line.
+NCA_VERSION=2.1.0
+install_nca() {
+    if [ -x /opt/weft-nca/bin/nca ]; then
+        return 0
+    fi
+    install_packages python3-venv
+    echo "installing network-config-analyzer $NCA_VERSION in /opt/weft-nca" >&2
+    rm -rf /opt/weft-nca
+    /usr/bin/python3 -m venv /opt/weft-nca
+    /opt/weft-nca/bin/pip install -q "network-config-analyzer==$NCA_VERSION"
 }

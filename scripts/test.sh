@@ -7,6 +7,7 @@ cd "$(dirname "$0")/.."
 need_root
 install_packages "${BUILD_PACKAGES[@]}" "${RUNTIME_PACKAGES[@]}"
 install_kubectl
+install_nca
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings
@@ -30,6 +31,7 @@ fi
 start_dockerd
 scripts/build-wait.sh
 export WEFT_REQUIRE_DOCKER=1
+export WEFT_REQUIRE_NCA=1
 cargo test --workspace
 
 # Every decoder a stranger can reach, fuzzed briefly: catches panics the unit tests missed.

@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 pub mod client;
+pub mod npc;
 pub mod render;
 pub mod template;
 pub mod types;

@@ -130,6 +130,18 @@ async fn initial_peers(
     }
 }
 
+/// How watches retry the API server. client-go's backoff (kube's default) grows to 30 s
+/// and more with jitter: after a long outage a node would learn of changes up to a minute
+/// late. 10 s is still gentle on an API server that comes back to every node's watch at once.
+pub(crate) fn api_backoff() -> backon::ExponentialBuilder {
+    backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(800))
+        .with_max_delay(Duration::from_secs(10))
+        .with_factor(2.0)
+        .with_jitter()
+        .without_max_times()
+}
+
 /// Follows the Nodes for ever and publishes the peer set whenever it changes.
 async fn follow_nodes(
     api: Api<Node>,
@@ -138,17 +150,9 @@ async fn follow_nodes(
     tx: watch::Sender<Vec<Ipv4Addr>>,
     names: watch::Sender<Option<BTreeSet<String>>>,
 ) {
-    // client-go's backoff (kube's default) grows to 30 s and more with jitter: after a long
-    // outage a node would learn of changes up to a minute late. 10 s is still gentle on an
-    // API server that comes back to every node's watch at once.
-    let backoff = backon::ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(800))
-        .with_max_delay(Duration::from_secs(10))
-        .with_factor(2.0)
-        .with_jitter()
-        .without_max_times();
-    let stream = watcher(api, watcher::Config::default())
-        .backoff(kube::runtime::watcher::ExponentialBackoff::from(backoff));
+    let stream = watcher(api, watcher::Config::default()).backoff(
+        kube::runtime::watcher::ExponentialBackoff::from(api_backoff()),
+    );
     futures::pin_mut!(stream);
     let mut nodes = Nodes::default();
     let mut listing = Nodes::default();

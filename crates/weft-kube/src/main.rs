@@ -3,6 +3,7 @@
 //! ```text
 //! weft-kube peers                      # the other nodes' addresses, one per line
 //! weft-kube launch -- ROUTER_ARGS...   # run `weft router ROUTER_ARGS... PEERS...`, follow the Nodes
+//! weft-kube npc                        # enforce NetworkPolicy on this node (Weave's weave-npc)
 //! ```
 //! The cluster comes from KUBECONFIG, else the in-cluster service account.
 
@@ -55,6 +56,15 @@ enum Cmd {
         #[arg(last = true)]
         router_args: Vec<String>,
     },
+    /// Enforce NetworkPolicy for this node's pods, in the nftables table `inet weft-npc`.
+    Npc {
+        /// Where the CNI plugin tells us about new pods.
+        #[arg(long, env = "WEFT_NPC_SOCKET", default_value = weft_api::npc::DEFAULT_SOCKET)]
+        socket: PathBuf,
+        /// Prometheus metrics address ("off" for none).
+        #[arg(long, env = "WEFT_NPC_METRICS_ADDR", default_value = "0.0.0.0:6781")]
+        metrics_addr: String,
+    },
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -94,6 +104,33 @@ async fn main() -> Result<()> {
             })
             .await?;
             std::process::exit(code);
+        }
+        Cmd::Npc {
+            socket,
+            metrics_addr,
+        } => {
+            let Some(node_name) = cli.node_name else {
+                anyhow::bail!(
+                    "weft-kube npc needs this node's name: set NODE_NAME (the DaemonSet sets it from spec.nodeName) or --node-name"
+                );
+            };
+            let metrics_addr =
+                match metrics_addr.as_str() {
+                    "off" | "" => None,
+                    a => Some(a.parse().map_err(|_| {
+                        anyhow::anyhow!("--metrics-addr {a:?}: give IP:PORT, or off")
+                    })?),
+                };
+            let client = kube::Client::try_default().await?;
+            weft_kube::npc::run::run(
+                client,
+                weft_kube::npc::run::NpcConfig {
+                    node_name,
+                    socket,
+                    metrics_addr,
+                },
+            )
+            .await
         }
     }
 }

@@ -28,14 +28,14 @@ pub struct Iptables {
 }
 
 /// Where the tools are looked for: `$PATH`, then the sbin directories a non-root `$PATH` lacks.
-fn search_path() -> Vec<PathBuf> {
+pub(crate) fn search_path() -> Vec<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
         .chain(["/usr/sbin", "/sbin"].map(PathBuf::from))
         .collect()
 }
 
-fn find_in(dirs: &[PathBuf], program: &str) -> Option<PathBuf> {
+pub(crate) fn find_in(dirs: &[PathBuf], program: &str) -> Option<PathBuf> {
     dirs.iter().map(|d| d.join(program)).find(|p| p.is_file())
 }
 

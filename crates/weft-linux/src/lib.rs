@@ -14,6 +14,7 @@ pub mod host;
 pub mod iptables;
 pub mod netlink;
 pub mod netns;
+pub mod nft;
 pub mod peer;
 pub mod process;
 pub mod sysctl;

@@ -571,9 +571,15 @@ async fn invoke(
     let conf = NetConf::parse(stdin, plugin).map_err(fail)?;
     let client = Client::new(router_addr(env).map_err(fail)?);
     let out = match (plugin, inv.command) {
-        (Plugin::Net, Command::Add) => net_add(&client, &inv, &conf)
-            .await
-            .map(|r| Some(r.to_json(&conf.cni_version))),
+        (Plugin::Net, Command::Add) => match net_add(&client, &inv, &conf).await {
+            Ok(r) => {
+                if let (Some(pod), Some((ip, _))) = (k8s_pod(env), r.ips.first()) {
+                    tell_npc(env, pod, ip.addr()).await;
+                }
+                Ok(Some(r.to_json(&conf.cni_version)))
+            }
+            Err(e) => Err(e),
+        },
         (Plugin::Net, Command::Del) => net_del(&client, &inv).await.map(|()| None),
         (Plugin::Net, Command::Check) => net_check(&client, &inv, &conf).await.map(|()| None),
         (Plugin::Ipam, Command::Add) => ipam_add(&client, &inv, &conf)
@@ -584,6 +590,56 @@ async fn invoke(
         (_, Command::Version) => unreachable!("answered above"),
     };
     out.map_err(|e| (e, conf.cni_version.clone()))
+}
+
+/// The pod (namespace, name) a Kubernetes runtime names in `CNI_ARGS`.
+fn k8s_pod(env: &BTreeMap<String, String>) -> Option<(String, String)> {
+    let args = env.get("CNI_ARGS")?;
+    let get = |k: &str| {
+        args.split(';')
+            .filter_map(|kv| kv.split_once('='))
+            .find(|(key, _)| *key == k)
+            .map(|(_, v)| v.to_string())
+            .filter(|v| !v.is_empty())
+    };
+    Some((get("K8S_POD_NAMESPACE")?, get("K8S_POD_NAME")?))
+}
+
+/// How long a new pod waits for the policy controller at most.
+const NPC_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Tells weft-kube's policy controller (when it runs on this node) which address the pod
+/// got, and waits until the node's rules know it: the pod's first packet must not meet
+/// rules that take it for a stranger. Without a controller, or when it cannot say yes in
+/// time, the pod starts anyway under the rules in force: policy must not stop pods from
+/// starting while the API server is away.
+async fn tell_npc(
+    env: &BTreeMap<String, String>,
+    (namespace, name): (String, String),
+    ip: Ipv4Addr,
+) {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    let path = env
+        .get("WEFT_NPC_SOCKET")
+        .map_or(weft_api::npc::DEFAULT_SOCKET, String::as_str);
+    let req = weft_api::npc::PodAddress {
+        namespace,
+        name,
+        ip,
+    };
+    let exchange = async {
+        let mut s = tokio::net::UnixStream::connect(path).await.ok()?;
+        let mut line = serde_json::to_vec(&req).ok()?;
+        line.push(b'\n');
+        s.write_all(&line).await.ok()?;
+        let mut reply = String::new();
+        tokio::io::BufReader::new(s)
+            .read_line(&mut reply)
+            .await
+            .ok()?;
+        serde_json::from_str::<weft_api::npc::Reply>(&reply).ok()
+    };
+    let _ = tokio::time::timeout(NPC_WAIT, exchange).await;
 }
 
 /// Runs the plugin: reads the environment and stdin, prints the result or the error.

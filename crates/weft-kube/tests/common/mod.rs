@@ -4,6 +4,8 @@
 // Each test file includes this module and uses part of it.
 #![allow(dead_code)]
 
+pub mod cases;
+
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
 

@@ -81,18 +81,37 @@ pub fn matches(sel: &LabelSelector, labels: &Labels) -> bool {
 }
 
 /// A rule seen from either side: its peers (`from` or `to`) and its ports.
-type Rule<'a> = (
+pub(crate) type Rule<'a> = (
     Option<&'a Vec<NetworkPolicyPeer>>,
     Option<&'a Vec<NetworkPolicyPort>>,
 );
 
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Direction {
+pub(crate) enum Direction {
     Ingress,
     Egress,
 }
 
-fn types(p: &NetworkPolicy) -> (bool, bool) {
+/// `p`'s rules for `dir`, each as (its peers, its ports): `from` for ingress, `to` for egress.
+pub(crate) fn rules_of(p: &NetworkPolicy, dir: Direction) -> Vec<Rule<'_>> {
+    let spec = p.spec.as_ref();
+    match dir {
+        Direction::Ingress => spec
+            .and_then(|s| s.ingress.as_ref())
+            .into_iter()
+            .flatten()
+            .map(|r| (r.from.as_ref(), r.ports.as_ref()))
+            .collect(),
+        Direction::Egress => spec
+            .and_then(|s| s.egress.as_ref())
+            .into_iter()
+            .flatten()
+            .map(|r| (r.to.as_ref(), r.ports.as_ref()))
+            .collect(),
+    }
+}
+
+pub(crate) fn types(p: &NetworkPolicy) -> (bool, bool) {
     let spec = p.spec.as_ref();
     match spec.and_then(|s| s.policy_types.as_ref()) {
         Some(t) => (
@@ -113,7 +132,7 @@ impl Cluster {
     }
 
     /// The policies that select `pod` for `dir`.
-    fn selecting<'a>(
+    pub(crate) fn selecting<'a>(
         &'a self,
         pod: &'a Pod,
         dir: Direction,
@@ -138,7 +157,7 @@ impl Cluster {
     }
 
     /// Whether a policy peer (in a policy of namespace `ns`) is `who`.
-    fn peer_is(&self, peer: &NetworkPolicyPeer, ns: &str, who: End) -> bool {
+    pub(crate) fn peer_is(&self, peer: &NetworkPolicyPeer, ns: &str, who: End) -> bool {
         if let Some(block) = &peer.ip_block {
             let Some(ip) = who.ip() else { return false };
             let Ok(cidr) = block.cidr.parse::<Ipv4Net>() else {
@@ -215,22 +234,7 @@ impl Cluster {
         for p in self.selecting(pod, dir) {
             isolated = true;
             let ns = p.metadata.namespace.as_deref().unwrap_or_default();
-            let spec = p.spec.as_ref();
-            // Each rule as (its peers, its ports): `from` for ingress, `to` for egress.
-            let rules: Vec<Rule> = match dir {
-                Direction::Ingress => spec
-                    .and_then(|s| s.ingress.as_ref())
-                    .into_iter()
-                    .flatten()
-                    .map(|r| (r.from.as_ref(), r.ports.as_ref()))
-                    .collect(),
-                Direction::Egress => spec
-                    .and_then(|s| s.egress.as_ref())
-                    .into_iter()
-                    .flatten()
-                    .map(|r| (r.to.as_ref(), r.ports.as_ref()))
-                    .collect(),
-            };
+            let rules = rules_of(p, dir);
             let allowed = rules.into_iter().any(|(peers, ports)| {
                 let peer_ok = peers
                     .filter(|p| !p.is_empty())

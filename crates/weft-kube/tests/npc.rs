@@ -1,0 +1,425 @@
+//! NetworkPolicy with real traffic: namespaces x, y, z × pods a, b, c as network namespaces
+//! on the weft bridges of two Docker-posture hosts, `weft-kube npc` on each host against the
+//! API stand-in, and for each case of tests/npc/cases its policies applied through the API
+//! and every pair probed on TCP and UDP ports 80 and 81; the measured table must be the
+//! case's (which NCA confirms offline). Then pods churn: a new pod's connections to an
+//! isolated pod that allows it are never dropped, and blocked connections are counted in
+//! the metrics and logged.
+//!
+//! Needs root; the weft binary is the workspace's (`cargo test --workspace` builds it).
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use serde_json::Value;
+use weft_kube_api::store::resource;
+use weft_linux::netns::{NAMED_NETNS_DIR, Netns, run_in};
+use weft_testbed::Testbed;
+
+mod common;
+use common::api_on;
+use common::cases::{self, PODS, PORTS, Table};
+
+const WEFT_KUBE: &str = env!("CARGO_BIN_EXE_weft-kube");
+const CONVERGE: Duration = Duration::from_secs(30);
+const METRICS: &str = "127.0.0.1:6781";
+
+fn weft() -> PathBuf {
+    let p = Path::new(WEFT_KUBE).with_file_name("weft");
+    assert!(
+        p.exists(),
+        "{} is missing: build the workspace first",
+        p.display()
+    );
+    p
+}
+
+/// A `weft-kube npc` on one host; SIGTERM on drop.
+struct Npc(Child);
+
+impl Drop for Npc {
+    fn drop(&mut self) {
+        // `ip netns exec` replaced itself with weft-kube: this PID is ours.
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .output();
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_secs(5) {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn npc(tb: &Testbed, i: usize, kubeconfig: &Path) -> Result<Npc> {
+    let h = tb.host(i);
+    std::fs::create_dir_all(&h.run_dir)?;
+    let log = std::fs::File::create(h.run_dir.join("npc.log"))?;
+    let child = tb
+        .cmd_in(&h.netns, WEFT_KUBE)
+        .arg("npc")
+        .env("KUBECONFIG", kubeconfig)
+        .env("NODE_NAME", format!("host{i}"))
+        .env("WEFT_NPC_SOCKET", h.run_dir.join("npc.sock"))
+        .env("WEFT_NPC_METRICS_ADDR", METRICS)
+        .env("WEFT_LOG", "info,kube_client=off")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()?;
+    Ok(Npc(child))
+}
+
+fn ns_of(name: &str) -> Result<Netns> {
+    Ok(Netns::open(&Path::new(NAMED_NETNS_DIR).join(name))?)
+}
+
+/// Host `i`'s npc metrics.
+fn metrics(rt: &tokio::runtime::Runtime, tb: &Testbed, i: usize) -> Result<BTreeMap<String, f64>> {
+    let ns = ns_of(&tb.host(i).netns)?;
+    let body = rt.block_on(run_in(&ns, || async {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(METRICS).await?;
+        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: npc\r\n\r\n")
+            .await?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).await?;
+        anyhow::Ok(out)
+    }))??;
+    Ok(body
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (k, v) = l.rsplit_once(' ')?;
+            Some((k.to_string(), v.parse().ok()?))
+        })
+        .collect())
+}
+
+/// Listeners on TCP and UDP ports 80 and 81 in a pod: TCP accepts and closes, UDP echoes.
+/// They stop when `stop` is set.
+fn serve(rt: &tokio::runtime::Runtime, netns: &str, stop: Arc<AtomicBool>) -> Result<()> {
+    let ns = ns_of(netns)?;
+    let (tcp, udp) = rt.block_on(run_in(&ns, || async {
+        let mut tcp = Vec::new();
+        let mut udp = Vec::new();
+        for port in [80, 81] {
+            let t = std::net::TcpListener::bind(("0.0.0.0", port))?;
+            t.set_nonblocking(true)?;
+            tcp.push(t);
+            let u = std::net::UdpSocket::bind(("0.0.0.0", port))?;
+            u.set_read_timeout(Some(Duration::from_millis(100)))?;
+            udp.push(u);
+        }
+        anyhow::Ok((tcp, udp))
+    }))??;
+    for t in tcp {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                match t.accept() {
+                    Ok((s, _)) => drop(s),
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+    }
+    for u in udp {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 64];
+            while !stop.load(Ordering::Relaxed) {
+                if let Ok((n, from)) = u.recv_from(&mut buf) {
+                    let _ = u.send_to(&buf[..n], from);
+                }
+            }
+        });
+    }
+    Ok(())
+}
+
+/// Whether a new connection from the pod whose namespace this runs in gets through.
+async fn probe(dst: Ipv4Addr, proto: &str, port: u16) -> bool {
+    let to = SocketAddr::from((dst, port));
+    if proto == "TCP" {
+        return matches!(
+            tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(to)).await,
+            Ok(Ok(_))
+        );
+    }
+    let Ok(s) = tokio::net::UdpSocket::bind("0.0.0.0:0").await else {
+        return false;
+    };
+    let mut buf = [0u8; 16];
+    for _ in 0..3 {
+        if s.send_to(b"probe", to).await.is_err() {
+            return false;
+        }
+        if let Ok(Ok(_)) =
+            tokio::time::timeout(Duration::from_millis(600), s.recv_from(&mut buf)).await
+        {
+            return true;
+        }
+    }
+    false
+}
+
+/// Every pair, every port: the table as measured.
+fn measure(
+    rt: &tokio::runtime::Runtime,
+    pods: &BTreeMap<String, (String, Ipv4Addr)>,
+) -> Result<Table> {
+    let mut runs = Vec::new();
+    for src in PODS {
+        let ns = ns_of(&pods[src].0)?;
+        let targets: Vec<(String, Ipv4Addr)> = PODS
+            .iter()
+            .filter(|d| **d != src)
+            .map(|d| (d.to_string(), pods[*d].1))
+            .collect();
+        runs.push(async move {
+            let r = run_in(&ns, move || async move {
+                let mut probes = Vec::new();
+                for (d, ip) in targets {
+                    for (proto, port) in PORTS {
+                        let d = d.clone();
+                        probes.push(async move {
+                            ((proto.to_string(), port), d, probe(ip, proto, port).await)
+                        });
+                    }
+                }
+                futures::future::join_all(probes).await
+            })
+            .await;
+            (src, r)
+        });
+    }
+    let mut t = Table::new();
+    for (src, r) in rt.block_on(futures::future::join_all(runs)) {
+        for (k, dst, ok) in r? {
+            t.entry(k).or_default().insert((src.to_string(), dst), ok);
+        }
+    }
+    Ok(t)
+}
+
+fn objects_of(api: &weft_kube_api::StandIn, plural: &str, version: &str) -> Result<Vec<Value>> {
+    let r = resource(version, plural).context("a resource")?;
+    let list = api.with_store(|s| s.list(&r, &Default::default()));
+    Ok(list["items"].as_array().cloned().unwrap_or_default())
+}
+
+fn kind_resource(o: &Value) -> Result<weft_kube_api::store::Resource> {
+    let (v, p) = match o["kind"].as_str() {
+        Some("Namespace") => ("v1", "namespaces"),
+        Some("Pod") => ("v1", "pods"),
+        Some("NetworkPolicy") => ("networking.k8s.io/v1", "networkpolicies"),
+        other => bail!("an object of kind {other:?}"),
+    };
+    resource(v, p).context("a resource")
+}
+
+/// Creates `o`, or replaces the object of that name.
+fn put(api: &weft_kube_api::StandIn, o: &Value) -> Result<()> {
+    let r = kind_resource(o)?;
+    let ns = o["metadata"]["namespace"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let name = o["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let mut body = o.clone();
+    if let Some(m) = body["metadata"].as_object_mut() {
+        m.remove("resourceVersion");
+    }
+    api.with_store(|s| match s.get(&r, &ns, &name) {
+        Ok(_) => s.update(&r, &ns, &name, body).map(|_| ()),
+        Err(_) => s.create(&r, &ns, body).map(|_| ()),
+    })
+    .map_err(|e| anyhow::anyhow!("{}", e.message))
+}
+
+fn delete(api: &weft_kube_api::StandIn, o: &Value) -> Result<()> {
+    let r = kind_resource(o)?;
+    let ns = o["metadata"]["namespace"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let name = o["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    api.with_store(|s| s.delete(&r, &ns, &name).map(|_| ()))
+        .map_err(|e| anyhow::anyhow!("{}", e.message))
+}
+
+/// Until both hosts' npc count `n` policies and have applied nothing new for half a second.
+fn settle(rt: &tokio::runtime::Runtime, tb: &Testbed, n: usize) -> Result<()> {
+    let mut last = (f64::NAN, f64::NAN);
+    let mut quiet_since = Instant::now();
+    Testbed::wait_for(CONVERGE, || {
+        let (m1, m2) = (metrics(rt, tb, 1)?, metrics(rt, tb, 2)?);
+        let pol = |m: &BTreeMap<String, f64>| m.get("weft_npc_policies").copied().unwrap_or(-1.0);
+        let upd = |m: &BTreeMap<String, f64>| {
+            m.get("weft_npc_rule_updates_total")
+                .copied()
+                .unwrap_or(-1.0)
+        };
+        let now = (upd(&m1), upd(&m2));
+        if now != last {
+            last = now;
+            quiet_since = Instant::now();
+        }
+        if pol(&m1) == n as f64
+            && pol(&m2) == n as f64
+            && quiet_since.elapsed() >= Duration::from_millis(500)
+        {
+            Ok(())
+        } else {
+            bail!(
+                "policies {} and {} of {n}; updates {now:?}",
+                pol(&m1),
+                pol(&m2)
+            )
+        }
+    })
+}
+
+struct World {
+    tb: Testbed,
+    rt: tokio::runtime::Runtime,
+    api: common::Api,
+    /// "x/a" → (network namespace, address).
+    pods: BTreeMap<String, (String, Ipv4Addr)>,
+    _npc: Vec<Npc>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+fn world(tag: &str) -> Result<Option<World>> {
+    let Some(mut tb) = weft_testbed::for_test(tag, 2, &weft()) else {
+        return Ok(None);
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let api = api_on(&tb, 1, &[])?;
+    for o in cases::cluster(&[])? {
+        put(&api.api, &o)?;
+    }
+    tb.launch(1, &[])?;
+    tb.launch(2, &[&tb.host(1).ip.to_string()])?;
+    let mut pods = BTreeMap::new();
+    let stop = Arc::new(AtomicBool::new(false));
+    for o in cases::cluster(&[])? {
+        if o["kind"] != "Pod" {
+            continue;
+        }
+        let id = format!(
+            "{}/{}",
+            o["metadata"]["namespace"].as_str().unwrap_or_default(),
+            o["metadata"]["name"].as_str().unwrap_or_default()
+        );
+        let ip: Ipv4Addr = o["status"]["podIP"].as_str().context("podIP")?.parse()?;
+        let host = if o["spec"]["nodeName"] == "host2" {
+            2
+        } else {
+            1
+        };
+        let ns = tb.container(&id.replace('/', "-"))?;
+        tb.weft_ok(host, &["attach", &format!("{ip}/12"), &ns])?;
+        serve(&rt, &ns, stop.clone())?;
+        pods.insert(id, (ns, ip));
+    }
+    // The mesh carries traffic both ways before any policy.
+    tb.wait_ping(&pods["x/a"].0, &pods["x/b"].1.to_string(), CONVERGE)?;
+    tb.wait_ping(&pods["y/b"].0, &pods["y/c"].1.to_string(), CONVERGE)?;
+    let npc = vec![npc(&tb, 1, &api.kubeconfig)?, npc(&tb, 2, &api.kubeconfig)?];
+    settle(&rt, &tb, 0)?;
+    Ok(Some(World {
+        tb,
+        rt,
+        api,
+        pods,
+        _npc: npc,
+        stop,
+    }))
+}
+
+#[test]
+fn every_case_measures_as_its_table() -> Result<()> {
+    let Some(w) = world("npc")? else {
+        return Ok(());
+    };
+    let started = Instant::now();
+    let all = cases::cases()?;
+    let mut wrong = Vec::new();
+    for case in &all {
+        for o in &case.replacements {
+            put(&w.api.api, o)?;
+        }
+        for p in &case.policies {
+            put(&w.api.api, p)?;
+        }
+        settle(&w.rt, &w.tb, case.policies.len())?;
+        let t0 = Instant::now();
+        let got = measure(&w.rt, &w.pods)?;
+        eprintln!("{}: measured in {:?}", case.name, t0.elapsed());
+        if got != case.expected {
+            wrong.push(format!(
+                "{}: measured\n{}expected\n{}",
+                case.name,
+                cases::render_table(&got),
+                cases::render_table(&case.expected)
+            ));
+        }
+        for p in objects_of(&w.api.api, "networkpolicies", "networking.k8s.io/v1")? {
+            delete(&w.api.api, &p)?;
+        }
+        // The cluster as it was.
+        let originals = cases::cluster(&[])?;
+        for r in &case.replacements {
+            match originals.iter().find(|o| {
+                o["kind"] == r["kind"]
+                    && o["metadata"]["name"] == r["metadata"]["name"]
+                    && o["metadata"]["namespace"] == r["metadata"]["namespace"]
+            }) {
+                Some(o) => put(&w.api.api, o)?,
+                None => delete(&w.api.api, r)?,
+            }
+        }
+    }
+    eprintln!(
+        "{} cases, {} probes each, in {:?}",
+        all.len(),
+        PODS.len() * (PODS.len() - 1) * PORTS.len(),
+        started.elapsed()
+    );
+    if !wrong.is_empty() {
+        for i in 1..=2 {
+            eprintln!(
+                "--- host{i} npc log:\n{}",
+                std::fs::read_to_string(w.tb.host(i).run_dir.join("npc.log")).unwrap_or_default()
+            );
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    Ok(())
+}
