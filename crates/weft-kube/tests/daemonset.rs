@@ -4,7 +4,8 @@
 //! two namespace hosts as nodes (a Docker daemon of the test's in each, so "host network" is
 //! the node's namespace), against the API stand-in on a third host through the in-cluster
 //! service-account path. Pods get addresses through the installed CNI plugin, as a runtime
-//! calls it, and reach each other across the nodes.
+//! calls it, and reach each other across the nodes; a NetworkPolicy created through the API
+//! cuts one direction off, and its deletion restores it.
 //!
 //! Needs root, a Docker Engine (its containerd is shared), kubectl and python3-kubernetes.
 
@@ -15,7 +16,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use serde_json::Value;
+use serde_json::{Value, json};
 use weft_testbed::Testbed;
 use weft_testbed::dockerd::Dockerd;
 
@@ -137,8 +138,16 @@ fn run_args(
     Ok(a)
 }
 
-/// CNI ADD through the plugin `weft setup-cni` installed, as a runtime calls it.
-fn cni_add(tb: &Testbed, node: usize, cni: &Path, pod: &str) -> Result<Value> {
+/// CNI ADD through the plugin `weft setup-cni` installed, as a runtime calls it, for the
+/// pod web/`name` (whose policy controller listens on `npc`).
+fn cni_add(
+    tb: &Testbed,
+    node: usize,
+    cni: &Path,
+    pod: &str,
+    name: &str,
+    npc: &Path,
+) -> Result<Value> {
     let conflist: Value =
         serde_json::from_str(&std::fs::read_to_string(cni.join("conf/10-weft.conflist"))?)?;
     let mut conf = conflist["plugins"][0].clone();
@@ -152,6 +161,11 @@ fn cni_add(tb: &Testbed, node: usize, cni: &Path, pod: &str) -> Result<Value> {
         .env("CNI_NETNS", format!("/var/run/netns/{pod}"))
         .env("CNI_IFNAME", "eth0")
         .env("CNI_PATH", cni.join("bin"))
+        .env(
+            "CNI_ARGS",
+            format!("IgnoreUnknown=1;K8S_POD_NAMESPACE=web;K8S_POD_NAME={name}"),
+        )
+        .env("WEFT_NPC_SOCKET", npc)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -247,10 +261,13 @@ fn the_daemonset_runs_under_docker_against_the_stand_in() -> Result<()> {
         }
         let spec = &ds["spec"]["template"]["spec"];
         let api_addr = api.addr.to_string();
-        for (c, detach) in [
-            (&spec["initContainers"][0], false),
-            (&spec["containers"][0], true),
-        ] {
+        let init = spec["initContainers"].as_array().context("init")?;
+        let main = spec["containers"].as_array().context("containers")?;
+        let runs = init
+            .iter()
+            .map(|c| (c, false))
+            .chain(main.iter().map(|c| (c, true)));
+        for (c, detach) in runs {
             let name = c["name"].as_str().context("name")?;
             let mut args = vec!["run".to_string(), format!("--name={name}")];
             if detach {
@@ -277,23 +294,76 @@ fn the_daemonset_runs_under_docker_against_the_stand_in() -> Result<()> {
         }
     }
     waited?;
-    // Pods, through the CNI plugin the init container installed.
+    // Pods, scheduled (in the API), then given their network through the CNI plugin the
+    // init container installed, as a runtime does; their addresses reported as the kubelet
+    // does.
+    common::put(
+        &api,
+        &json!({"kind": "Namespace", "metadata": {"name": "web"}}),
+    )?;
     let mut ips = Vec::new();
     for i in 1..=2 {
-        let pod = tb.container(&format!("pod{i}"))?;
-        let cni = tb.dir().join(format!("node-{i}")).join("cni");
-        let result = cni_add(&tb, i, &cni, &pod)?;
+        let name = format!("pod{i}");
+        let mut object = json!({
+            "kind": "Pod",
+            "metadata": {"name": name, "namespace": "web", "labels": {"app": name}},
+            "spec": {"nodeName": format!("node-{i}"), "containers": [{"name": "app", "image": "app"}]},
+        });
+        common::put(&api, &object)?;
+        let pod = tb.container(&name)?;
+        let node = tb.dir().join(format!("node-{i}"));
+        let result = cni_add(
+            &tb,
+            i,
+            &node.join("cni"),
+            &pod,
+            &name,
+            &node.join("run-weft/npc.sock"),
+        )?;
         let ip = result["ips"][0]["address"]
             .as_str()
             .or_else(|| result["ip4"]["ip"].as_str())
             .with_context(|| format!("no address in {result}"))?;
-        ips.push((pod, ip.split('/').next().unwrap_or(ip).to_string()));
+        let ip = ip.split('/').next().unwrap_or(ip).to_string();
+        object["status"] = json!({"phase": "Running", "podIP": ip});
+        common::put(&api, &object)?;
+        ips.push((pod, ip));
     }
     tb.wait_ping(&ips[0].0, &ips[1].1, Duration::from_secs(30))?;
     tb.wait_ping(&ips[1].0, &ips[0].1, Duration::from_secs(30))?;
+
+    // A NetworkPolicy through the API: nothing may reach pod2 any more; pod2 still reaches
+    // pod1 (and hears back).
+    let policy = json!({
+        "kind": "NetworkPolicy",
+        "apiVersion": "networking.k8s.io/v1",
+        "metadata": {"name": "pod2-isolated", "namespace": "web"},
+        "spec": {"podSelector": {"matchLabels": {"app": "pod2"}}, "policyTypes": ["Ingress"]},
+    });
+    common::put(&api, &policy)?;
+    let pings = |from: usize, to: usize| {
+        tb.exec(&ips[from].0, "ping", &["-c", "1", "-W", "1", &ips[to].1])
+            .status
+            .success()
+    };
+    let cut = Testbed::wait_for(Duration::from_secs(30), || {
+        if pings(0, 1) {
+            bail!("pod1 still reaches pod2")
+        }
+        Ok(())
+    });
+    if cut.is_err() {
+        for d in &daemons {
+            let _ = d.cmd().args(["logs", "weft-npc"]).status();
+        }
+    }
+    cut?;
+    assert!(pings(1, 0), "pod2 -> pod1 is not isolated");
+    common::delete(&api, &policy)?;
+    tb.wait_ping(&ips[0].0, &ips[1].1, Duration::from_secs(30))?;
     // The image lives in the test's daemons' data roots, which go with them.
     for d in &daemons {
-        let _ = d.docker(&["rm", "-f", "weft-init", "weft"]);
+        let _ = d.docker(&["rm", "-f", "weft-init", "weft", "weft-npc"]);
     }
     drop(daemons);
     Ok(())

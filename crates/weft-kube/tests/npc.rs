@@ -17,14 +17,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use serde_json::Value;
-use weft_kube_api::store::resource;
 use weft_linux::netns::{NAMED_NETNS_DIR, Netns, run_in};
 use weft_testbed::Testbed;
 
 mod common;
-use common::api_on;
 use common::cases::{self, PODS, PORTS, Table};
+use common::{api_on, delete, objects_of, put};
 
 const WEFT_KUBE: &str = env!("CARGO_BIN_EXE_weft-kube");
 const CONVERGE: Duration = Duration::from_secs(30);
@@ -210,58 +208,6 @@ fn measure(
         }
     }
     Ok(t)
-}
-
-fn objects_of(api: &weft_kube_api::StandIn, plural: &str, version: &str) -> Result<Vec<Value>> {
-    let r = resource(version, plural).context("a resource")?;
-    let list = api.with_store(|s| s.list(&r, &Default::default()));
-    Ok(list["items"].as_array().cloned().unwrap_or_default())
-}
-
-fn kind_resource(o: &Value) -> Result<weft_kube_api::store::Resource> {
-    let (v, p) = match o["kind"].as_str() {
-        Some("Namespace") => ("v1", "namespaces"),
-        Some("Pod") => ("v1", "pods"),
-        Some("NetworkPolicy") => ("networking.k8s.io/v1", "networkpolicies"),
-        other => bail!("an object of kind {other:?}"),
-    };
-    resource(v, p).context("a resource")
-}
-
-/// Creates `o`, or replaces the object of that name.
-fn put(api: &weft_kube_api::StandIn, o: &Value) -> Result<()> {
-    let r = kind_resource(o)?;
-    let ns = o["metadata"]["namespace"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
-    let name = o["metadata"]["name"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
-    let mut body = o.clone();
-    if let Some(m) = body["metadata"].as_object_mut() {
-        m.remove("resourceVersion");
-    }
-    api.with_store(|s| match s.get(&r, &ns, &name) {
-        Ok(_) => s.update(&r, &ns, &name, body).map(|_| ()),
-        Err(_) => s.create(&r, &ns, body).map(|_| ()),
-    })
-    .map_err(|e| anyhow::anyhow!("{}", e.message))
-}
-
-fn delete(api: &weft_kube_api::StandIn, o: &Value) -> Result<()> {
-    let r = kind_resource(o)?;
-    let ns = o["metadata"]["namespace"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
-    let name = o["metadata"]["name"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
-    api.with_store(|s| s.delete(&r, &ns, &name).map(|_| ()))
-        .map_err(|e| anyhow::anyhow!("{}", e.message))
 }
 
 /// Until both hosts' npc count `n` policies and have applied nothing new for half a second.

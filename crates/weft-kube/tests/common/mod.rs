@@ -9,8 +9,8 @@ pub mod cases;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
 
-use anyhow::{Context, Result};
-use serde_json::json;
+use anyhow::{Context, Result, bail};
+use serde_json::{Value, json};
 use weft_kube_api::store::resource;
 use weft_kube_api::{Options, Pki, StandIn};
 use weft_testbed::Testbed;
@@ -76,4 +76,56 @@ pub fn delete_node(api: &StandIn, i: usize) -> Result<()> {
     api.with_store(|s| s.delete(&nodes, "", &format!("node-{i}")))
         .map_err(|e| anyhow::anyhow!("{}", e.message))?;
     Ok(())
+}
+
+pub fn objects_of(api: &weft_kube_api::StandIn, plural: &str, version: &str) -> Result<Vec<Value>> {
+    let r = resource(version, plural).context("a resource")?;
+    let list = api.with_store(|s| s.list(&r, &Default::default()));
+    Ok(list["items"].as_array().cloned().unwrap_or_default())
+}
+
+pub fn kind_resource(o: &Value) -> Result<weft_kube_api::store::Resource> {
+    let (v, p) = match o["kind"].as_str() {
+        Some("Namespace") => ("v1", "namespaces"),
+        Some("Pod") => ("v1", "pods"),
+        Some("NetworkPolicy") => ("networking.k8s.io/v1", "networkpolicies"),
+        other => bail!("an object of kind {other:?}"),
+    };
+    resource(v, p).context("a resource")
+}
+
+/// Creates `o`, or replaces the object of that name.
+pub fn put(api: &weft_kube_api::StandIn, o: &Value) -> Result<()> {
+    let r = kind_resource(o)?;
+    let ns = o["metadata"]["namespace"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let name = o["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let mut body = o.clone();
+    if let Some(m) = body["metadata"].as_object_mut() {
+        m.remove("resourceVersion");
+    }
+    api.with_store(|s| match s.get(&r, &ns, &name) {
+        Ok(_) => s.update(&r, &ns, &name, body).map(|_| ()),
+        Err(_) => s.create(&r, &ns, body).map(|_| ()),
+    })
+    .map_err(|e| anyhow::anyhow!("{}", e.message))
+}
+
+pub fn delete(api: &weft_kube_api::StandIn, o: &Value) -> Result<()> {
+    let r = kind_resource(o)?;
+    let ns = o["metadata"]["namespace"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let name = o["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    api.with_store(|s| s.delete(&r, &ns, &name).map(|_| ()))
+        .map_err(|e| anyhow::anyhow!("{}", e.message))
 }
