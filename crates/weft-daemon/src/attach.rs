@@ -109,6 +109,9 @@ pub struct Attacher {
     init_ns: Option<NsId>,
     state: StateDir,
     entries: tokio::sync::Mutex<BTreeMap<String, Attachment>>,
+    /// Told of every change to the attachments (the fast path publishes our containers'
+    /// addresses at once: a peer's container may still hold a reused address's old MAC).
+    changed: tokio::sync::Notify,
 }
 
 /// A container reference resolved to an open namespace.
@@ -219,10 +222,17 @@ impl Attacher {
             entries: tokio::sync::Mutex::new(
                 entries.into_iter().map(|a| (a.id.clone(), a)).collect(),
             ),
+            changed: tokio::sync::Notify::new(),
         })
     }
 
+    /// Resolves after the attachments changed (at once if they did since the last call).
+    pub async fn changed(&self) {
+        self.changed.notified().await
+    }
+
     fn save(&self, entries: &BTreeMap<String, Attachment>) {
+        self.changed.notify_one();
         let list: Vec<&Attachment> = entries.values().collect();
         if let Err(e) = self.state.save_json(FILE, &list) {
             warn!("could not persist attached containers: {e}");

@@ -277,22 +277,37 @@ impl FastDpTask {
                     }
                 },
                 _ = mac_tick.tick() => {
-                    match self.container_macs().await {
-                        Ok(macs) if local_macs.as_ref() != Some(&macs) => {
-                            local_macs = Some(macs.clone());
-                            let _ = self.control.send(ControlInput::LocalMacs(macs)).await;
-                        }
-                        Ok(_) => {}
-                        Err(e) => warn!("reading the bridge's forwarding database failed: {e}"),
-                    }
-                    let n = self.container_neighbours().await;
-                    if local_neighbours.as_ref() != Some(&n) {
-                        local_neighbours = Some(n.clone());
-                        let _ = self.control.send(ControlInput::LocalNeighbours(n)).await;
-                    }
+                    self.publish_local(&mut local_macs, &mut local_neighbours).await;
+                }
+                // A container attached or detached: its address goes out now, not at the
+                // next tick, so peers' containers holding a reused address's old MAC are
+                // told before the new container's first packets.
+                _ = self.attacher.changed() => {
+                    self.publish_local(&mut local_macs, &mut local_neighbours).await;
                 }
                 _ = shutdown.changed() => return,
             }
+        }
+    }
+
+    /// Tells the control task our containers' MACs and addresses when they changed.
+    async fn publish_local(
+        &self,
+        local_macs: &mut Option<Vec<Mac>>,
+        local_neighbours: &mut Option<Vec<(Ipv4Addr, Mac)>>,
+    ) {
+        match self.container_macs().await {
+            Ok(macs) if local_macs.as_ref() != Some(&macs) => {
+                *local_macs = Some(macs.clone());
+                let _ = self.control.send(ControlInput::LocalMacs(macs)).await;
+            }
+            Ok(_) => {}
+            Err(e) => warn!("reading the bridge's forwarding database failed: {e}"),
+        }
+        let n = self.container_neighbours().await;
+        if local_neighbours.as_ref() != Some(&n) {
+            *local_neighbours = Some(n.clone());
+            let _ = self.control.send(ControlInput::LocalNeighbours(n)).await;
         }
     }
 

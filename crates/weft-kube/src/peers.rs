@@ -9,14 +9,26 @@ use k8s_openapi::api::core::v1::Node;
 
 /// A node's address for the overlay: its IPv4 InternalIP, else its IPv4 ExternalIP.
 pub fn node_address(node: &Node) -> Option<Ipv4Addr> {
-    let addrs = node.status.as_ref()?.addresses.as_ref()?;
-    let of = |kind: &str| {
-        addrs
-            .iter()
-            .filter(|a| a.type_ == kind)
-            .find_map(|a| a.address.parse::<Ipv4Addr>().ok())
-    };
-    of("InternalIP").or_else(|| of("ExternalIP"))
+    node_addresses(node).first().copied()
+}
+
+/// A node's IPv4 addresses: InternalIPs first, then ExternalIPs.
+pub fn node_addresses(node: &Node) -> Vec<Ipv4Addr> {
+    let addrs = node
+        .status
+        .as_ref()
+        .and_then(|s| s.addresses.as_ref())
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    ["InternalIP", "ExternalIP"]
+        .iter()
+        .flat_map(|kind| {
+            addrs
+                .iter()
+                .filter(move |a| a.type_ == *kind)
+                .filter_map(|a| a.address.parse::<Ipv4Addr>().ok())
+        })
+        .collect()
 }
 
 /// The Nodes as kube-peers follows them: name → address (if it has one yet).

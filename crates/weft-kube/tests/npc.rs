@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use serde_json::Value;
 use weft_linux::netns::{NAMED_NETNS_DIR, Netns, run_in};
 use weft_testbed::Testbed;
 
@@ -26,7 +27,8 @@ use common::{api_on, delete, objects_of, put};
 
 const WEFT_KUBE: &str = env!("CARGO_BIN_EXE_weft-kube");
 const CONVERGE: Duration = Duration::from_secs(30);
-const METRICS: &str = "127.0.0.1:6781";
+/// Where each host's npc serves metrics and hears of the other's new pods.
+const METRICS: &str = "0.0.0.0:6781";
 
 fn weft() -> PathBuf {
     let p = Path::new(WEFT_KUBE).with_file_name("weft");
@@ -86,7 +88,7 @@ fn metrics(rt: &tokio::runtime::Runtime, tb: &Testbed, i: usize) -> Result<BTree
     let ns = ns_of(&tb.host(i).netns)?;
     let body = rt.block_on(run_in(&ns, || async {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut s = tokio::net::TcpStream::connect(METRICS).await?;
+        let mut s = tokio::net::TcpStream::connect("127.0.0.1:6781").await?;
         s.write_all(b"GET /metrics HTTP/1.0\r\nHost: npc\r\n\r\n")
             .await?;
         let mut out = String::new();
@@ -270,6 +272,14 @@ fn world(tag: &str) -> Result<Option<World>> {
     for o in cases::cluster(&[])? {
         put(&api.api, &o)?;
     }
+    for i in 1..=2 {
+        let node = serde_json::json!({
+            "kind": "Node",
+            "metadata": {"name": format!("host{i}")},
+            "status": {"addresses": [{"type": "InternalIP", "address": tb.host(i).ip.to_string()}]},
+        });
+        put(&api.api, &node)?;
+    }
     tb.launch(1, &[])?;
     tb.launch(2, &[&tb.host(1).ip.to_string()])?;
     let mut pods = BTreeMap::new();
@@ -368,4 +378,213 @@ fn every_case_measures_as_its_table() -> Result<()> {
     }
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
     Ok(())
+}
+
+/// CNI ADD (`add`) or DEL for pod y/`name` in namespace `netns` on host `host`, through the
+/// weft binary as the `weft-net` plugin, as a Kubernetes runtime calls it; the address.
+fn cni(tb: &Testbed, host: usize, add: bool, netns: &str, name: &str) -> Result<Option<Ipv4Addr>> {
+    use std::io::Write;
+    let plugin = tb.dir().join("cni/weft-net");
+    if !plugin.exists() {
+        std::fs::create_dir_all(tb.dir().join("cni"))?;
+        std::os::unix::fs::symlink(weft(), &plugin)?;
+    }
+    let h = tb.host(host);
+    let mut c = tb
+        .cmd_in(&h.netns, plugin.to_str().context("path")?)
+        .env("CNI_COMMAND", if add { "ADD" } else { "DEL" })
+        .env("CNI_CONTAINERID", netns)
+        .env("CNI_NETNS", format!("/var/run/netns/{netns}"))
+        .env("CNI_IFNAME", "eth0")
+        .env("CNI_PATH", tb.dir().join("cni"))
+        .env(
+            "CNI_ARGS",
+            format!("IgnoreUnknown=1;K8S_POD_NAMESPACE=y;K8S_POD_NAME={name}"),
+        )
+        .env("WEFT_NPC_SOCKET", h.run_dir.join("npc.sock"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    c.stdin
+        .take()
+        .context("stdin")?
+        .write_all(br#"{"cniVersion": "1.0.0", "name": "weft", "type": "weft-net"}"#)?;
+    let out = c.wait_with_output()?;
+    if !out.status.success() {
+        bail!(
+            "CNI {name}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    if !add {
+        return Ok(None);
+    }
+    let r: Value = serde_json::from_slice(&out.stdout)?;
+    let ip = r["ips"][0]["address"].as_str().context("an address")?;
+    Ok(Some(ip.split('/').next().unwrap_or(ip).parse()?))
+}
+
+/// One try, no retransmission: a TCP connection within 900 ms (the kernel resends a lost
+/// SYN after a second), or a UDP echo within 500 ms of the first datagram.
+async fn first_packet(dst: Ipv4Addr, proto: &str) -> bool {
+    let to = SocketAddr::from((dst, 80));
+    if proto == "TCP" {
+        return matches!(
+            tokio::time::timeout(
+                Duration::from_millis(900),
+                tokio::net::TcpStream::connect(to)
+            )
+            .await,
+            Ok(Ok(_))
+        );
+    }
+    let Ok(s) = tokio::net::UdpSocket::bind("0.0.0.0:0").await else {
+        return false;
+    };
+    let mut buf = [0u8; 16];
+    s.send_to(b"first", to).await.is_ok()
+        && matches!(
+            tokio::time::timeout(Duration::from_millis(500), s.recv_from(&mut buf)).await,
+            Ok(Ok(_))
+        )
+}
+
+#[test]
+fn new_pods_meet_rules_that_know_them_and_churn_drops_nothing_allowed() -> Result<()> {
+    let Some(mut w) = world("npcchurn")? else {
+        return Ok(());
+    };
+    // x/a takes port 80 only from clients; clients may only reach x/a on port 80.
+    let policies = [
+        serde_json::json!({
+            "kind": "NetworkPolicy", "apiVersion": "networking.k8s.io/v1",
+            "metadata": {"name": "a-from-clients", "namespace": "x"},
+            "spec": {"podSelector": {"matchLabels": {"pod": "a"}},
+                     "ingress": [{"from": [{"namespaceSelector": {}, "podSelector": {"matchLabels": {"role": "client"}}}],
+                                  "ports": [{"port": 80}, {"port": 80, "protocol": "UDP"}]}]}
+        }),
+        serde_json::json!({
+            "kind": "NetworkPolicy", "apiVersion": "networking.k8s.io/v1",
+            "metadata": {"name": "clients-to-a", "namespace": "y"},
+            "spec": {"podSelector": {"matchLabels": {"role": "client"}}, "policyTypes": ["Egress"],
+                     "egress": [{"to": [{"namespaceSelector": {"matchLabels": {"ns": "x"}}, "podSelector": {"matchLabels": {"pod": "a"}}}],
+                                 "ports": [{"port": 80}, {"port": 80, "protocol": "UDP"}]}]}
+        }),
+    ];
+    for p in &policies {
+        put(&w.api.api, p)?;
+    }
+    settle(&w.rt, &w.tb, policies.len())?;
+
+    // An allowed pair across the hosts (y/c on host2 to x/c on host1), probed all along.
+    let steady = Arc::new(AtomicBool::new(false));
+    let (src, dst) = (ns_of(&w.pods["y/c"].0)?, w.pods["x/c"].1);
+    let done = steady.clone();
+    let prober = std::thread::spawn(move || -> Result<(u32, u32)> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        rt.block_on(run_in(&src, move || async move {
+            let (mut tries, mut lost) = (0, 0);
+            while !done.load(Ordering::Relaxed) {
+                tries += 1;
+                if !first_packet(dst, "TCP").await {
+                    lost += 1;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            (tries, lost)
+        }))
+        .map_err(Into::into)
+    });
+
+    let (xa, xb) = (w.pods["x/a"].1, w.pods["x/b"].1);
+    let mut live: Vec<(usize, String, String)> = Vec::new();
+    let mut failures = Vec::new();
+    let started = Instant::now();
+    const N: usize = 16;
+    for i in 0..N {
+        let host = 1 + i % 2;
+        let name = format!("client-{i}");
+        let mut pod = serde_json::json!({
+            "kind": "Pod",
+            "metadata": {"name": name, "namespace": "y", "labels": {"role": "client"}},
+            "spec": {"nodeName": format!("host{host}"), "containers": [{"name": "c", "image": "c"}]},
+        });
+        put(&w.api.api, &pod)?;
+        let netns = w.tb.container(&format!("cl{i}"))?;
+        let ip = cni(&w.tb, host, true, &netns, &name)?.context("an address")?;
+        // The pod's first packets, before the API has its address.
+        let ns = ns_of(&netns)?;
+        let (tcp, udp, denied) = w.rt.block_on(run_in(&ns, move || async move {
+            (
+                first_packet(xa, "TCP").await,
+                first_packet(xa, "UDP").await,
+                first_packet(xb, "TCP").await,
+            )
+        }))?;
+        if !tcp || !udp || denied {
+            failures.push(format!(
+                "{name} ({ip}) on host{host}: TCP to x/a {tcp}, UDP to x/a {udp}, TCP to x/b (denied) {denied}"
+            ));
+        }
+        // The kubelet reports the address.
+        pod["status"] = serde_json::json!({"phase": "Running", "podIP": ip.to_string()});
+        put(&w.api.api, &pod)?;
+        live.push((host, netns, name));
+        // Pods go too: their addresses come back for new ones.
+        if live.len() > 4 {
+            let (h, netns, name) = live.remove(0);
+            cni(&w.tb, h, false, &netns, &name)?;
+            delete(&w.api.api, &pod_ref(&name))?;
+        }
+    }
+    steady.store(true, Ordering::Relaxed);
+    let (tries, lost) = prober.join().expect("prober")?;
+    eprintln!(
+        "{N} new pods in {:?}; the steady pair: {lost} of {tries} connections lost",
+        started.elapsed()
+    );
+    let m1 = metrics(&w.rt, &w.tb, 1)?;
+    let m2 = metrics(&w.rt, &w.tb, 2)?;
+    let get = |m: &BTreeMap<String, f64>, k: &str| m.get(k).copied().unwrap_or(0.0);
+    eprintln!(
+        "host1 heard {} / told {}; host2 heard {} / told {}",
+        get(&m1, r#"weft_npc_pods_heard_total{result="taken"}"#),
+        get(&m1, r#"weft_npc_pods_told_total{result="taken"}"#),
+        get(&m2, r#"weft_npc_pods_heard_total{result="taken"}"#),
+        get(&m2, r#"weft_npc_pods_told_total{result="taken"}"#),
+    );
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    assert_eq!(lost, 0, "the steady allowed pair lost connections");
+    // The denied tries were counted and said.
+    let blocked = |m: &BTreeMap<String, f64>| {
+        get(
+            m,
+            r#"weft_npc_blocked_connections_total{direction="egress",protocol="tcp"}"#,
+        )
+    };
+    assert!(
+        blocked(&m1) + blocked(&m2) >= N as f64,
+        "blocked: {m1:?} {m2:?}"
+    );
+    Testbed::wait_for(Duration::from_secs(5), || {
+        let logs = (1..=2)
+            .map(|i| {
+                std::fs::read_to_string(w.tb.host(i).run_dir.join("npc.log")).unwrap_or_default()
+            })
+            .collect::<String>();
+        if logs.contains("blocked by weft-npc (egress policy of y/client-") {
+            Ok(())
+        } else {
+            bail!("no blocked connection logged:\n{logs}")
+        }
+    })?;
+    Ok(())
+}
+
+fn pod_ref(name: &str) -> Value {
+    serde_json::json!({"kind": "Pod", "metadata": {"name": name, "namespace": "y"}})
 }

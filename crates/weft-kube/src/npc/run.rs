@@ -1,11 +1,14 @@
 //! `weft-kube npc`: keeps this node's nftables table in step with the cluster's Pods,
 //! Namespaces and NetworkPolicies (Weave's weave-npc).
 //!
-//! Three watches feed one task that owns the [`Store`]; whenever it changed, the node's rule
+//! Four watches feed one task that owns the [`Store`]; whenever it changed, the node's rule
 //! set is compiled and applied as one nft transaction. The CNI plugin, before it hands a new
 //! pod its network, tells us the address over a unix socket and waits until a transaction
-//! that counts the pod there is applied, so the pod's first packet meets rules that know
-//! it. Until the first full listing the table is left as it is (after a restart it still
+//! that counts the pod there is applied, and until the other nodes' npc have done the same
+//! (we tell them over HTTP, on the metrics port; 2 s at most), so the pod's first packet
+//! meets rules that know it, here and at the far end. A node's word is taken only from one
+//! of its Node's addresses and only about pods scheduled on it; the API tells the rest
+//! (a pod's address from its status) a moment later anyway. Until the first full listing the table is left as it is (after a restart it still
 //! holds the last run's rules); while the API server is away the rules stay as they were.
 //! Blocked connections are counted in nftables and recorded in a set of the last minute's,
 //! which a second task turns into metrics and rate-limited log lines.
@@ -19,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Namespace, Pod as ApiPod};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod as ApiPod};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource};
@@ -37,8 +40,9 @@ use weft_api::npc::{PodAddress, Reply};
 use weft_linux::nft::Nft;
 
 use super::nft::{self as script, BLOCKED_SETS, FAMILY, TABLE};
-use super::store::{Key, Store, namespace_labels, policy_key};
+use super::store::{Key, PushError, Store, namespace_labels, policy_key};
 use crate::launch::api_backoff;
+use crate::peers::node_addresses;
 
 pub struct NpcConfig {
     pub node_name: String,
@@ -57,14 +61,47 @@ enum Update<K> {
 
 type SyncReply = oneshot::Sender<Reply>;
 
+/// Another node's npc telling us of a pod that just got its address there.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+struct NodePod {
+    node: String,
+    #[serde(flatten)]
+    pod: PodAddress,
+}
+
+/// Who told us of a new pod, to answer once the rules know it.
+enum Teller {
+    /// The CNI plugin on this node: the other nodes are told before it hears back.
+    Plugin(SyncReply),
+    /// Another node's npc, speaking from `from`.
+    Node {
+        node: String,
+        from: Ipv4Addr,
+        reply: oneshot::Sender<Result<(), String>>,
+    },
+}
+
+impl Teller {
+    fn refuse(self, why: &str) {
+        match self {
+            Teller::Plugin(r) => {
+                let _ = r.send(refuse(why));
+            }
+            Teller::Node { reply, .. } => {
+                let _ = reply.send(Err(why.into()));
+            }
+        }
+    }
+}
+
 enum Msg {
     Pods(Update<ApiPod>),
     Namespaces(Update<Namespace>),
     Policies(Update<NetworkPolicy>),
-    /// From the CNI plugin.
-    Sync(PodAddress, SyncReply),
-    /// The pod a sync named, fetched because the watch had not brought it yet.
-    Fetched(PodAddress, Result<ApiPod, String>, SyncReply),
+    Nodes(Update<Node>),
+    NewPod(PodAddress, Teller),
+    /// The pod a teller named, fetched because the watch had not brought it yet.
+    Fetched(PodAddress, Result<ApiPod, String>, Teller),
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -73,9 +110,17 @@ struct BlockedLabels {
     protocol: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: String,
+}
+
 #[derive(Default)]
 struct Metrics {
     blocked: Family<BlockedLabels, Counter>,
+    /// New pods we told other nodes of, and they told us of.
+    told: Family<ResultLabels, Counter>,
+    heard: Family<ResultLabels, Counter>,
     policies: Gauge,
     local_pods: Gauge,
     applies: Counter,
@@ -104,6 +149,16 @@ impl Metrics {
             "weft_npc_rule_updates",
             "Rule sets applied",
             self.applies.clone(),
+        );
+        r.register(
+            "weft_npc_pods_told",
+            "Other nodes told of a new pod here, by result",
+            self.told.clone(),
+        );
+        r.register(
+            "weft_npc_pods_heard",
+            "New pods other nodes told us of, by result",
+            self.heard.clone(),
         );
         r.register(
             "weft_npc_rule_update_errors",
@@ -137,6 +192,12 @@ pub async fn run(client: Client, cfg: NpcConfig) -> Result<()> {
         tx.clone(),
         Msg::Policies,
     ));
+    tokio::spawn(follow(
+        Api::<Node>::all(client.clone()),
+        "Nodes",
+        tx.clone(),
+        Msg::Nodes,
+    ));
     let listener = bind_socket(&cfg.socket)?;
     info!(socket = %cfg.socket.display(), "waiting for the CNI plugin's new pods");
     tokio::spawn(serve_plugin(listener, tx.clone()));
@@ -148,7 +209,7 @@ pub async fn run(client: Client, cfg: NpcConfig) -> Result<()> {
             .await
             .with_context(|| format!("metrics on {addr}"))?;
         info!(%addr, "metrics");
-        tokio::spawn(serve_metrics(l, metrics.clone()));
+        tokio::spawn(serve_http(l, metrics.clone(), tx.clone()));
     }
     Engine {
         node: cfg.node_name,
@@ -156,7 +217,8 @@ pub async fn run(client: Client, cfg: NpcConfig) -> Result<()> {
         nft,
         tx,
         store: Store::default(),
-        listed: [false; 3],
+        listed: [false; 4],
+        peer_port: cfg.metrics_addr.map(|a| a.port()),
         previous: None,
         dirty: false,
         generation: 0,
@@ -176,14 +238,16 @@ struct Engine {
     nft: Nft,
     tx: mpsc::Sender<Msg>,
     store: Store,
-    /// Pods, Namespaces, NetworkPolicies: listed at least once.
-    listed: [bool; 3],
+    /// Pods, Namespaces, NetworkPolicies, Nodes: listed at least once.
+    listed: [bool; 4],
+    /// Where the other nodes' npc listen (ours is the same port); none: we tell nobody.
+    peer_port: Option<u16>,
     /// The sets the last applied script left; none before the first this run.
     previous: Option<BTreeSet<String>>,
     dirty: bool,
     /// Bumped per change; a sync waits for the transaction that includes its change.
     generation: u64,
-    waiting: Vec<(u64, SyncReply)>,
+    waiting: Vec<(u64, PodAddress, Teller)>,
     metrics: Arc<Metrics>,
     names: watch::Sender<Arc<BTreeMap<Ipv4Addr, String>>>,
     last_error: Option<(String, Instant)>,
@@ -234,7 +298,7 @@ impl Engine {
                             self.store.apply_pod(p);
                         }
                         let pods = &self.store.pods;
-                        self.store.claims.retain(|_, k| pods.contains_key(k));
+                        self.store.claims.retain(|_, c| pods.contains_key(&c.pod));
                         self.listed[0] = true;
                     }
                     Update::Apply(p) => self.store.apply_pod(&p),
@@ -283,16 +347,39 @@ impl Engine {
                 }
                 self.changed();
             }
-            Msg::Sync(pa, reply) => {
+            Msg::Nodes(u) => {
+                let addrs = |n: &Node| (n.metadata.name.clone(), node_addresses(n));
+                match u {
+                    Update::Listed(all) => {
+                        self.store.nodes = all
+                            .iter()
+                            .map(addrs)
+                            .filter_map(|(n, a)| Some((n?, a)))
+                            .collect();
+                        self.listed[3] = true;
+                    }
+                    Update::Apply(n) => {
+                        if let (Some(name), a) = addrs(&n) {
+                            self.store.nodes.insert(name, a);
+                        }
+                    }
+                    Update::Delete(n) => {
+                        if let Some(name) = &n.metadata.name {
+                            self.store.nodes.remove(name);
+                        }
+                    }
+                }
+            }
+            Msg::NewPod(pa, teller) => {
                 if !self.listed.iter().all(|l| *l) {
-                    let _ = reply.send(refuse(
+                    teller.refuse(
                         "not yet in step with the API server; the pod starts under the rules in force",
-                    ));
+                    );
                     return;
                 }
                 let key: Key = (pa.namespace.clone(), pa.name.clone());
                 if self.store.pods.contains_key(&key) {
-                    self.claimed(pa, reply);
+                    self.claimed(pa, teller);
                 } else {
                     let api: Api<ApiPod> = Api::namespaced(self.client.clone(), &pa.namespace);
                     let tx = self.tx.clone();
@@ -301,33 +388,44 @@ impl Engine {
                             .await
                             .map_err(|_| "the API server did not answer in 3 s".to_string())
                             .and_then(|r| r.map_err(|e| e.to_string()));
-                        let _ = tx.send(Msg::Fetched(pa, got, reply)).await;
+                        let _ = tx.send(Msg::Fetched(pa, got, teller)).await;
                     });
                 }
             }
-            Msg::Fetched(pa, got, reply) => match got {
+            Msg::Fetched(pa, got, teller) => match got {
                 Ok(pod) => {
                     let key = (pa.namespace.clone(), pa.name.clone());
                     if !self.store.pods.contains_key(&key) {
                         self.store.apply_pod(&pod);
                     }
-                    self.claimed(pa, reply);
+                    self.claimed(pa, teller);
                 }
-                Err(e) => {
-                    let _ = reply.send(refuse(&format!(
-                        "pod {}/{} unknown: {e}",
-                        pa.namespace, pa.name
-                    )));
-                }
+                Err(e) => teller.refuse(&format!("pod {}/{} unknown: {e}", pa.namespace, pa.name)),
             },
         }
     }
 
-    fn claimed(&mut self, pa: PodAddress, reply: SyncReply) {
-        debug!(pod = %format!("{}/{}", pa.namespace, pa.name), ip = %pa.ip, "new pod from the CNI plugin");
-        self.store.claim(pa.ip, (pa.namespace, pa.name));
+    fn claimed(&mut self, pa: PodAddress, teller: Teller) {
+        let key: Key = (pa.namespace.clone(), pa.name.clone());
+        let local = match &teller {
+            Teller::Plugin(_) => true,
+            Teller::Node { node, from, .. } => {
+                if let Err(e) = self.store.check_push(&key, node, *from) {
+                    self.metrics.heard.get_or_create(&result("refused")).inc();
+                    if !matches!(e, PushError::UnknownPod(..)) {
+                        warn!("refused word from {from} of a new pod: {e}");
+                    }
+                    teller.refuse(&e.to_string());
+                    return;
+                }
+                self.metrics.heard.get_or_create(&result("taken")).inc();
+                false
+            }
+        };
+        debug!(pod = %format!("{}/{}", key.0, key.1), ip = %pa.ip, local, "new pod");
+        self.store.claim(pa.ip, key, local);
         self.changed();
-        self.waiting.push((self.generation, reply));
+        self.waiting.push((self.generation, pa, teller));
     }
 
     async fn apply(&mut self) -> Result<()> {
@@ -365,13 +463,37 @@ impl Engine {
             .send_replace(Arc::new(self.store.names(&self.node)));
         let (done, still): (Vec<_>, Vec<_>) = std::mem::take(&mut self.waiting)
             .into_iter()
-            .partition(|(g, _)| *g <= generation);
+            .partition(|(g, _, _)| *g <= generation);
         self.waiting = still;
-        for (_, reply) in done {
-            let _ = reply.send(Reply {
-                ok: true,
-                error: None,
-            });
+        for (_, pa, teller) in done {
+            match teller {
+                Teller::Node { reply, .. } => {
+                    let _ = reply.send(Ok(()));
+                }
+                Teller::Plugin(reply) => {
+                    let others = match self.peer_port {
+                        Some(port) => self
+                            .store
+                            .other_nodes(&self.node)
+                            .into_iter()
+                            .map(|(n, ip)| (n, SocketAddr::from((ip, port))))
+                            .collect(),
+                        None => Vec::new(),
+                    };
+                    let told = NodePod {
+                        node: self.node.clone(),
+                        pod: pa,
+                    };
+                    let metrics = self.metrics.clone();
+                    tokio::spawn(async move {
+                        tell_others(others, told, &metrics).await;
+                        let _ = reply.send(Reply {
+                            ok: true,
+                            error: None,
+                        });
+                    });
+                }
+            }
         }
         Ok(())
     }
@@ -464,6 +586,36 @@ async fn follow<K>(
     }
 }
 
+fn result(r: &str) -> ResultLabels {
+    ResultLabels { result: r.into() }
+}
+
+/// How long a new pod waits for the other nodes at most: one that is down or slow must not
+/// hold every pod start back; its rules learn the pod from the API a moment later.
+const TELL_WAIT: Duration = Duration::from_secs(2);
+
+/// Tells every other node's npc of our new pod, and waits (bounded) until each has it.
+async fn tell_others(others: Vec<(String, SocketAddr)>, told: NodePod, metrics: &Metrics) {
+    let calls = others.into_iter().map(|(node, addr)| {
+        let told = told.clone();
+        async move {
+            let client = weft_api::Client::new(addr);
+            let r = tokio::time::timeout(TELL_WAIT, client.post_json("/v1/pods", &told)).await;
+            match r {
+                Ok(Ok(_)) => "taken",
+                Ok(Err(e)) => {
+                    debug!(%node, "telling of a new pod: {e}");
+                    "refused"
+                }
+                Err(_) => "timeout",
+            }
+        }
+    });
+    for r in futures::future::join_all(calls).await {
+        metrics.told.get_or_create(&result(r)).inc();
+    }
+}
+
 fn bind_socket(path: &std::path::Path) -> Result<UnixListener> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -495,7 +647,7 @@ async fn serve_plugin(listener: UnixListener, tx: mpsc::Sender<Msg>) {
                 Ok(Ok(_)) => match serde_json::from_str::<PodAddress>(line.trim()) {
                     Ok(pa) => {
                         let (rtx, rrx) = oneshot::channel();
-                        if tx.send(Msg::Sync(pa, rtx)).await.is_err() {
+                        if tx.send(Msg::NewPod(pa, Teller::Plugin(rtx))).await.is_err() {
                             return;
                         }
                         rrx.await.unwrap_or_else(|_| refuse("stopping"))
@@ -647,26 +799,70 @@ async fn watch_blocked(
     }
 }
 
-async fn serve_metrics(listener: tokio::net::TcpListener, metrics: Arc<Metrics>) {
+/// Metrics, and other nodes' word of their new pods.
+async fn serve_http(
+    listener: tokio::net::TcpListener,
+    metrics: Arc<Metrics>,
+    tx: mpsc::Sender<Msg>,
+) {
+    use axum::extract::{ConnectInfo, Json, State};
+    use axum::http::StatusCode;
     let registry = Arc::new(metrics.registry());
-    let app = axum::Router::new().route(
-        "/metrics",
-        axum::routing::get(move || {
-            let registry = registry.clone();
-            async move {
-                let mut body = String::new();
-                let _ = prometheus_client::encoding::text::encode(&mut body, &registry);
-                (
-                    [(
-                        axum::http::header::CONTENT_TYPE,
-                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                    )],
-                    body,
-                )
-            }
-        }),
-    );
-    if let Err(e) = axum::serve(listener, app).await {
+    let app = axum::Router::new()
+        .route(
+            "/metrics",
+            axum::routing::get(move || {
+                let registry = registry.clone();
+                async move {
+                    let mut body = String::new();
+                    let _ = prometheus_client::encoding::text::encode(&mut body, &registry);
+                    (
+                        [(
+                            axum::http::header::CONTENT_TYPE,
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        )],
+                        body,
+                    )
+                }
+            }),
+        )
+        .route(
+            "/v1/pods",
+            axum::routing::post(
+                |State(tx): State<mpsc::Sender<Msg>>,
+                 ConnectInfo(peer): ConnectInfo<SocketAddr>,
+                 Json(told): Json<NodePod>| async move {
+                    let from = match peer.ip() {
+                        std::net::IpAddr::V4(a) => a,
+                        std::net::IpAddr::V6(a) => match a.to_ipv4_mapped() {
+                            Some(a) => a,
+                            None => return (StatusCode::FORBIDDEN, "IPv4 only".to_string()),
+                        },
+                    };
+                    let (rtx, rrx) = oneshot::channel();
+                    let teller = Teller::Node {
+                        node: told.node,
+                        from,
+                        reply: rtx,
+                    };
+                    if tx.send(Msg::NewPod(told.pod, teller)).await.is_err() {
+                        return (StatusCode::SERVICE_UNAVAILABLE, "stopping".into());
+                    }
+                    match rrx.await {
+                        Ok(Ok(())) => (StatusCode::OK, "{}".into()),
+                        Ok(Err(e)) => (StatusCode::FORBIDDEN, e),
+                        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "stopping".into()),
+                    }
+                },
+            ),
+        )
+        .with_state(tx);
+    let served = axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .await;
+    if let Err(e) = served {
         warn!("metrics server stopped: {e}");
     }
 }

@@ -1,7 +1,7 @@
-//! What a node's npc knows: Pods, Namespaces and NetworkPolicies as the watches deliver
-//! them, and the addresses the CNI plugin has just given pods on this node, which count
-//! before the API has heard of them. Pure: the watches and the plugin feed it, the rule set
-//! comes out.
+//! What a node's npc knows: Pods, Namespaces, NetworkPolicies and Nodes as the watches
+//! deliver them, and the addresses the CNI plugin has just given pods, on this node or (told
+//! by that node's npc) on another, which count before the API has heard of them. Pure: the
+//! watches, the plugin and the other nodes feed it, the rule set comes out.
 //!
 //! Pods churn, and addresses are reused: a deleted pod's address can go to a new pod before
 //! the old pod's deletion reaches us. One address stands for one pod: the one the plugin
@@ -98,8 +98,30 @@ pub struct Store {
     pub pods: BTreeMap<Key, PodEntry>,
     pub namespaces: BTreeMap<String, Labels>,
     pub policies: BTreeMap<Key, NetworkPolicy>,
-    /// Addresses the CNI plugin gave pods on this node, by address.
-    pub claims: BTreeMap<Ipv4Addr, Key>,
+    /// Each Node's addresses: a node telling us of its new pods must speak from one.
+    pub nodes: BTreeMap<String, Vec<Ipv4Addr>>,
+    /// Addresses a CNI plugin just gave pods, by address: here (local), or on another node,
+    /// whose npc told us.
+    pub claims: BTreeMap<Ipv4Addr, Claim>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Claim {
+    pub pod: Key,
+    pub local: bool,
+}
+
+/// Why another node's word on a pod is not taken.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum PushError {
+    #[error("no Node {0} is known")]
+    UnknownNode(String),
+    #[error("Node {node} has no address {from}")]
+    NotFromNode { node: String, from: Ipv4Addr },
+    #[error("pod {0}/{1} is not known")]
+    UnknownPod(String, String),
+    #[error("pod {0}/{1} is not on node {2}")]
+    ElsewhereScheduled(String, String, String),
 }
 
 impl Store {
@@ -113,20 +135,56 @@ impl Store {
     pub fn delete_pod(&mut self, p: &ApiPod) {
         if let Some((k, _)) = PodEntry::from_api(p) {
             self.pods.remove(&k);
-            self.claims.retain(|_, c| *c != k);
+            self.claims.retain(|_, c| c.pod != k);
         }
     }
 
-    /// The CNI plugin gave `ip` to pod `key` on this node.
-    pub fn claim(&mut self, ip: Ipv4Addr, key: Key) {
-        self.claims.retain(|_, c| *c != key);
-        self.claims.insert(ip, key);
+    /// The CNI plugin gave `ip` to pod `key`, on this node (`local`) or another.
+    pub fn claim(&mut self, ip: Ipv4Addr, key: Key, local: bool) {
+        self.claims.retain(|_, c| c.pod != key);
+        self.claims.insert(ip, Claim { pod: key, local });
+    }
+
+    /// Checks another node's word that pod `key` just got an address on it: it must speak
+    /// from one of its Node's addresses, and the pod must be scheduled there.
+    pub fn check_push(&self, key: &Key, node: &str, from: Ipv4Addr) -> Result<(), PushError> {
+        let addrs = self
+            .nodes
+            .get(node)
+            .ok_or_else(|| PushError::UnknownNode(node.into()))?;
+        if !addrs.contains(&from) {
+            return Err(PushError::NotFromNode {
+                node: node.into(),
+                from,
+            });
+        }
+        let pod = self
+            .pods
+            .get(key)
+            .ok_or_else(|| PushError::UnknownPod(key.0.clone(), key.1.clone()))?;
+        if pod.node.as_deref() != Some(node) {
+            return Err(PushError::ElsewhereScheduled(
+                key.0.clone(),
+                key.1.clone(),
+                node.into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The other nodes' first addresses (where their npc listens), by name.
+    pub fn other_nodes(&self, node: &str) -> Vec<(String, Ipv4Addr)> {
+        self.nodes
+            .iter()
+            .filter(|(n, _)| n.as_str() != node)
+            .filter_map(|(n, a)| Some((n.clone(), *a.first()?)))
+            .collect()
     }
 
     /// The pods policy sees, one per address, each with whether it is on node `node`.
     pub fn effective_pods(&self, node: &str) -> Vec<(Pod, bool)> {
         let claimed: BTreeMap<&Key, Ipv4Addr> =
-            self.claims.iter().map(|(ip, k)| (k, *ip)).collect();
+            self.claims.iter().map(|(ip, c)| (&c.pod, *ip)).collect();
         let mut by_ip: BTreeMap<Ipv4Addr, (&Key, &PodEntry, Ipv4Addr)> = BTreeMap::new();
         for (k, e) in &self.pods {
             if e.host_network || e.finished {
@@ -137,7 +195,7 @@ impl Store {
             };
             let rank = |k: &Key, e: &PodEntry| {
                 (
-                    self.claims.get(&ip) == Some(k),
+                    self.claims.get(&ip).is_some_and(|c| c.pod == *k),
                     !e.deleting,
                     e.created.clone(),
                 )
@@ -152,7 +210,8 @@ impl Store {
         by_ip
             .into_values()
             .map(|(k, e, ip)| {
-                let local = e.node.as_deref() == Some(node) || self.claims.get(&ip) == Some(k);
+                let local = e.node.as_deref() == Some(node)
+                    || self.claims.get(&ip).is_some_and(|c| c.pod == *k && c.local);
                 (
                     Pod {
                         ip: Some(ip),
@@ -250,7 +309,7 @@ mod tests {
         assert!(!pods[0].1, "on n2");
         // The plugin on n1 gives the address to a third pod the API shows without one yet.
         s.apply_pod(&api_pod("y", "c", "n1", None, "2026-01-01T00:02:00Z"));
-        s.claim([10, 32, 0, 5].into(), ("y".into(), "c".into()));
+        s.claim([10, 32, 0, 5].into(), ("y".into(), "c".into()), true);
         let pods = s.effective_pods("n1");
         assert_eq!(pods.len(), 1);
         assert_eq!((pods[0].0.name.as_str(), pods[0].1), ("c", true));
@@ -258,6 +317,40 @@ mod tests {
         s.delete_pod(&api_pod("y", "c", "n1", None, "2026-01-01T00:02:00Z"));
         assert!(s.claims.is_empty());
         assert_eq!(s.effective_pods("n1")[0].0.name, "new");
+    }
+
+    #[test]
+    fn another_node_is_believed_only_from_its_address_about_its_own_pods() {
+        let mut s = Store::default();
+        s.nodes.insert("n2".into(), vec![[198, 18, 0, 2].into()]);
+        s.apply_pod(&api_pod("y", "c", "n2", None, "2026-01-01T00:00:00Z"));
+        let key: Key = ("y".into(), "c".into());
+        assert_eq!(s.check_push(&key, "n2", [198, 18, 0, 2].into()), Ok(()));
+        assert!(matches!(
+            s.check_push(&key, "n2", [198, 18, 0, 9].into()),
+            Err(PushError::NotFromNode { .. })
+        ));
+        assert!(matches!(
+            s.check_push(&key, "n3", [198, 18, 0, 2].into()),
+            Err(PushError::UnknownNode(_))
+        ));
+        s.nodes.insert("n1".into(), vec![[198, 18, 0, 1].into()]);
+        assert!(matches!(
+            s.check_push(&key, "n1", [198, 18, 0, 1].into()),
+            Err(PushError::ElsewhereScheduled(..))
+        ));
+        // Believed: the pod has the address here, and is not ours.
+        s.claim([10, 32, 0, 9].into(), key, false);
+        let pods = s.effective_pods("n1");
+        assert_eq!(pods.len(), 1);
+        assert_eq!(
+            (pods[0].0.ip, pods[0].1),
+            (Some([10, 32, 0, 9].into()), false)
+        );
+        assert_eq!(
+            s.other_nodes("n1"),
+            vec![("n2".to_string(), [198, 18, 0, 2].into())]
+        );
     }
 
     #[test]

@@ -87,6 +87,7 @@ pub fn objects_of(api: &weft_kube_api::StandIn, plural: &str, version: &str) -> 
 pub fn kind_resource(o: &Value) -> Result<weft_kube_api::store::Resource> {
     let (v, p) = match o["kind"].as_str() {
         Some("Namespace") => ("v1", "namespaces"),
+        Some("Node") => ("v1", "nodes"),
         Some("Pod") => ("v1", "pods"),
         Some("NetworkPolicy") => ("networking.k8s.io/v1", "networkpolicies"),
         other => bail!("an object of kind {other:?}"),
