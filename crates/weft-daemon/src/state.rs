@@ -6,7 +6,8 @@
 //! - `containers.json`: containers attached to the overlay, for `ps`, `detach` and cleanup;
 //! - `known-peers.json`: peers exchanged data with, redialled by `--resume`;
 //! - `ipam.json`: this peer's IP allocation state (`ipam.json.<peer>`: another peer's, set
-//!   aside when the router started under a new name).
+//!   aside when the router started under a new name);
+//! - `kube-reclaim`: weft-kube's mark that this peer takes part in Kubernetes reclaim.
 //!
 //! `weft reset` removes all of them.
 //!
@@ -156,13 +157,14 @@ impl StateDir {
     /// Removes every file weft keeps here (`weft reset`), set-aside ones included; returns
     /// their names.
     pub fn remove_all(&self) -> Result<Vec<String>, StateError> {
-        const OURS: [&str; 6] = [
+        const OURS: [&str; 7] = [
             "peer-name",
             "static-key",
             "targets.json",
             "known-peers.json",
             "containers.json",
             "ipam.json",
+            "kube-reclaim",
         ];
         let mut removed = Vec::new();
         let entries = match std::fs::read_dir(&self.root) {

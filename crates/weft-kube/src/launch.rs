@@ -247,6 +247,7 @@ pub async fn launch(cfg: LaunchConfig) -> Result<i32> {
         .context("no Kubernetes configuration (in-cluster service account, or KUBECONFIG)")?;
     let api: Api<Node> = Api::all(client.clone());
     let peers = initial_peers(&api, &cfg, &own).await;
+    forget_if_reclaimed(&client, &cfg.state_dir).await;
     info!(peers = ?peers, "starting the router");
     let var = |k: &str| std::env::var(k).ok();
     let mut router = tokio::process::Command::new(&cfg.weft);
@@ -265,6 +266,9 @@ pub async fn launch(cfg: LaunchConfig) -> Result<i32> {
     let (tx, rx) = watch::channel(peers);
     let (names_tx, names_rx) = watch::channel(None);
     let follow = tokio::spawn(follow_nodes(api, cfg.node_name.clone(), own, tx, names_tx));
+    if let Some(node) = cfg.node_name.clone() {
+        tokio::spawn(network_available(client.clone(), cfg.http_addr, node));
+    }
     let reclaim = match cfg.node_name.clone() {
         Some(node) => Some(tokio::spawn(reclaimer(
             client,
@@ -299,6 +303,80 @@ pub async fn launch(cfg: LaunchConfig) -> Result<i32> {
         r.abort();
     }
     Ok(status.code().unwrap_or(1))
+}
+
+/// Marks that this state directory's peer took part in reclaim (Weave's peer-reclaim flag).
+const RECLAIM_FLAG: &str = "kube-reclaim";
+
+/// Weave's check-peer-new: a peer that registered in the reclaim list before and is no
+/// longer in it had its space taken over while it was away; its saved allocations go, so it
+/// starts as a new peer rather than claim addresses others now own. When the list cannot be
+/// read, nothing is removed (as Weave).
+async fn forget_if_reclaimed(client: &kube::Client, state_dir: &std::path::Path) {
+    let flag = state_dir.join(RECLAIM_FLAG);
+    let ipam = state_dir.join("ipam.json");
+    let name = std::fs::read_to_string(state_dir.join("peer-name")).unwrap_or_default();
+    let name = name.trim();
+    if flag.exists() && ipam.exists() && !name.is_empty() {
+        let api: Api<ConfigMap> = Api::namespaced(client.clone(), "kube-system");
+        match tokio::time::timeout(Duration::from_secs(10), read_list(&api)).await {
+            Ok(Ok((list, _))) if list.reclaimed(name) => {
+                warn!(
+                    "peer {name} is not in the reclaim list any more: another peer took its address space over; removing its persisted allocation data ({})",
+                    ipam.display()
+                );
+                if let Err(e) = std::fs::remove_file(&ipam) {
+                    warn!("removing {}: {e}", ipam.display());
+                }
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => warn!("reading the reclaim list: {e}; keeping the allocation data"),
+            Err(_) => warn!("reading the reclaim list timed out; keeping the allocation data"),
+        }
+    }
+    if let Err(e) = std::fs::create_dir_all(state_dir).and_then(|()| std::fs::write(&flag, b"ok\n"))
+    {
+        warn!("writing {}: {e}", flag.display());
+    }
+}
+
+/// Once the router answers, clears the Node's NetworkUnavailable condition (as Weave: some
+/// installers and cloud controllers set it until a network plugin says it is up).
+async fn network_available(client: kube::Client, http_addr: SocketAddr, node: String) {
+    let router = weft_api::Client::new(http_addr);
+    while router.get("/status").await.is_err() {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let api: Api<Node> = Api::all(client);
+    let now = k8s_openapi::jiff::Timestamp::now();
+    let patch = serde_json::json!({"status": {"conditions": [{
+        "type": "NetworkUnavailable",
+        "status": "False",
+        "reason": "WeftIsUp",
+        "message": "weft has set this",
+        "lastTransitionTime": now.to_string(),
+        "lastHeartbeatTime": now.to_string(),
+    }]}});
+    let mut delay = Duration::from_secs(1);
+    loop {
+        let pp = kube::api::PatchParams::default();
+        match api
+            .patch_status(&node, &pp, &kube::api::Patch::Strategic(&patch))
+            .await
+        {
+            Ok(_) => {
+                info!("node {node}: network available");
+                return;
+            }
+            Err(e) => {
+                warn!(
+                    "setting node {node}'s NetworkUnavailable condition: {e}; trying again in {delay:?}"
+                );
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(60));
+            }
+        }
+    }
 }
 
 /// Why a reclaim round stopped early.

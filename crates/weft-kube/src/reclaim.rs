@@ -94,6 +94,13 @@ impl PeerList {
         Some(l)
     }
 
+    /// Whether `me`, registered here once (as its state says), must start without its saved
+    /// allocations: it has left the list, so another peer took its space over, and claiming
+    /// it again would clash with the new owner (Weave's check-peer-new).
+    pub fn reclaimed(&self, me: &str) -> bool {
+        !self.has_peer(me)
+    }
+
     /// Peers whose node is gone, or whose node has a newer peer: their space is to be
     /// taken over.
     pub fn victims(&self, nodes: &BTreeSet<String>) -> Vec<String> {

@@ -210,10 +210,30 @@ fn a_deleted_nodes_space_is_taken_over_once() -> Result<()> {
         launched.push(Some(launch(&tb, i, &kubeconfig, 10)?));
     }
     tb.wait_full_mesh(3)?;
+    // Each node is marked as having its network, as Weave marked it.
+    let nodes = resource("v1", "nodes").context("nodes")?;
+    Testbed::wait_for(CONVERGE, || {
+        for i in 1..=3 {
+            let n = api
+                .with_store(|s| s.get(&nodes, "", &format!("node-{i}")))
+                .map_err(|e| anyhow::anyhow!("{}", e.message))?;
+            let c = &n["status"]["conditions"];
+            let ok = c.as_array().into_iter().flatten().any(|c| {
+                c["type"] == "NetworkUnavailable"
+                    && c["status"] == "False"
+                    && c["reason"] == "WeftIsUp"
+            });
+            if !ok {
+                bail!("node-{i}'s conditions: {c}");
+            }
+        }
+        Ok(())
+    })?;
     // Every node holds space: an address each.
+    let mut addrs = Vec::new();
     for i in 1..=3 {
         let c = tb.container(&format!("c{i}"))?;
-        tb.weft_ok(i, &["attach", &c])?;
+        addrs.push(tb.weft_ok(i, &["attach", &c])?.trim().to_string());
     }
     let report: serde_json::Value = serde_json::from_str(&tb.weft_ok(3, &["report"])?)?;
     let gone = report["Router"]["Name"]
@@ -256,6 +276,28 @@ fn a_deleted_nodes_space_is_taken_over_once() -> Result<()> {
             bail!("peer list after the reclaim: {l:?}")
         }
     })?;
+
+    // The node comes back with its old state: its space is another's now, so it starts
+    // without its saved allocations (Weave's check-peer-new) and takes new space.
+    create_node(&api, 3, tb.host(3).ip)?;
+    launched[2] = Some(launch(&tb, 3, &kubeconfig, 10)?);
+    tb.wait_status(&[1, 2, 3], "Peers: 3")?;
+    assert!(
+        tb.router_log(3)
+            .contains("removing its persisted allocation data"),
+        "{}",
+        tail(&tb.router_log(3))
+    );
+    let c = tb.container("c3again")?;
+    let again = tb.weft_ok(3, &["attach", &c])?.trim().to_string();
+    assert!(
+        !addrs[..2].contains(&again),
+        "{again} is held already: {addrs:?}"
+    );
+    for i in [1, 2, 3] {
+        let s = tb.status(i, &["ipam"])?;
+        assert!(!s.contains("unreachable"), "h{i}:\n{s}");
+    }
     drop(launched);
     Ok(())
 }
