@@ -267,7 +267,7 @@ pub async fn launch(cfg: LaunchConfig) -> Result<i32> {
     let (names_tx, names_rx) = watch::channel(None);
     let follow = tokio::spawn(follow_nodes(api, cfg.node_name.clone(), own, tx, names_tx));
     if let Some(node) = cfg.node_name.clone() {
-        tokio::spawn(network_available(client.clone(), cfg.http_addr, node));
+        tokio::spawn(post_start(client.clone(), cfg.http_addr, node));
     }
     let reclaim = match cfg.node_name.clone() {
         Some(node) => Some(tokio::spawn(reclaimer(
@@ -340,12 +340,28 @@ async fn forget_if_reclaimed(client: &kube::Client, state_dir: &std::path::Path)
     }
 }
 
-/// Once the router answers, clears the Node's NetworkUnavailable condition (as Weave: some
-/// installers and cloud controllers set it until a network plugin says it is up).
-async fn network_available(client: kube::Client, http_addr: SocketAddr, node: String) {
+/// Once the router answers, as Weave's launch script: exposes the host on the pod network
+/// (an address from the range, or WEAVE_EXPOSE_IP), so host processes (kubelet probes,
+/// kube-proxy's NodePorts) reach pods even before this node has one; then clears the Node's
+/// NetworkUnavailable condition (some installers and cloud controllers set it until a
+/// network plugin says it is up).
+async fn post_start(client: kube::Client, http_addr: SocketAddr, node: String) {
     let router = weft_api::Client::new(http_addr);
     while router.get("/status").await.is_err() {
         tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let expose = weft_api::types::ExposeRequest {
+        addrs: std::env::var("WEAVE_EXPOSE_IP")
+            .ok()
+            .filter(|a| !a.is_empty())
+            .into_iter()
+            .collect(),
+        hostname: None,
+        without_masquerade: false,
+    };
+    match router.post_json("/expose", &expose).await {
+        Ok(addrs) => info!("exposed the host on the pod network: {}", addrs.trim()),
+        Err(e) => warn!("exposing the host on the pod network: {e} (the first pod's gateway will)"),
     }
     let api: Api<Node> = Api::all(client);
     let now = k8s_openapi::jiff::Timestamp::now();

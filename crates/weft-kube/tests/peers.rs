@@ -229,6 +229,17 @@ fn a_deleted_nodes_space_is_taken_over_once() -> Result<()> {
         }
         Ok(())
     })?;
+    // And its host is on the pod network, as Weave's launch exposed it.
+    for i in 1..=3 {
+        Testbed::wait_for(CONVERGE, || {
+            let ps = tb.weft_ok(i, &["ps", "weave:expose"])?;
+            if ps.contains('/') {
+                Ok(())
+            } else {
+                bail!("h{i} is not exposed: {ps}")
+            }
+        })?;
+    }
     // Every node holds space: an address each.
     let mut addrs = Vec::new();
     for i in 1..=3 {
