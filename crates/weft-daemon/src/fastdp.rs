@@ -311,7 +311,8 @@ impl FastDpTask {
         }
     }
 
-    /// The MACs of containers on our bridge (learnt on their ports), and the bridge's own.
+    /// The MACs of containers on our bridge (attached, or learnt on their ports), and the
+    /// bridge's own.
     async fn container_macs(&self) -> Result<Vec<Mac>, weft_linux::Error> {
         let ours = [self.tap_index, self.devices.vx.index, self.devices.hb_index];
         let mut macs: Vec<Mac> = self
@@ -329,6 +330,16 @@ impl FastDpTask {
             .map(|r| Mac(r.mac))
             .collect();
         macs.push(Mac(self.local.to_bytes()));
+        // Our containers' MACs are known from the moment they are attached, before their
+        // first frame teaches the bridge: published with their addresses, so peers' bridges
+        // answer ARP for them (the neighbour entry needs the forwarding entry) from the start.
+        macs.extend(
+            self.attacher
+                .attachments()
+                .await
+                .iter()
+                .filter_map(|a| a.mac.parse::<Mac>().ok()),
+        );
         macs.sort();
         macs.dedup();
         Ok(macs)

@@ -208,14 +208,25 @@ fn three_hosts_use_fastdp_fall_back_when_blocked_and_recover() -> Result<()> {
             bail!("h1 has no neighbour entry for c3 ({mac3}):\n{n}")
         }
     })?;
+    // c1 forgets c3 first (a probe of an entry it still held would be unicast, and pass),
+    // then asks by broadcast.
+    tb.exec(&c1, "ip", &["neigh", "flush", "all"]);
     let sniff = tb
         .cmd_in(&c3, "timeout")
-        .args(["3", "tcpdump", "-i", "ethwe", "-n", "-l", "arp"])
+        .args([
+            "3",
+            "tcpdump",
+            "-i",
+            "ethwe",
+            "-n",
+            "-e",
+            "-l",
+            "arp and ether broadcast",
+        ])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .spawn()?;
     std::thread::sleep(Duration::from_millis(1200));
-    tb.exec(&c1, "ip", &["neigh", "flush", "all"]);
     ping_clean(&tb, &c1, "10.32.0.3", 1)?;
     let seen = String::from_utf8_lossy(&sniff.wait_with_output()?.stdout).into_owned();
     assert!(
