@@ -256,6 +256,7 @@ fn node() -> Node {
         crypto: None,
         // Small, so full states are cut into several chunks.
         gossip_chunk: 256,
+        protocol_max: weft_proto::control::PROTOCOL_MAX,
     };
     let ipam = IpamConfig::new(
         "10.32.0.0/12".parse().unwrap(),

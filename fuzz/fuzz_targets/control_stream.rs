@@ -52,6 +52,7 @@ fn node(encrypted: bool) -> Node {
         timing: Timing::default(),
         crypto: encrypted.then(crypto_settings),
         gossip_chunk: weft_proto::MAX_GOSSIP_CHUNK,
+        protocol_max: weft_proto::control::PROTOCOL_MAX,
     };
     let ipam = (!encrypted).then(|| {
         (

@@ -532,6 +532,7 @@ pub async fn run_with(
         timing: cfg.timing.clone(),
         crypto,
         gossip_chunk: weft_proto::MAX_GOSSIP_CHUNK,
+        protocol_max: weft_proto::control::PROTOCOL_MAX,
     };
     let ipam = match &cfg.ipam {
         None => None,

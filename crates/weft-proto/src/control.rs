@@ -25,7 +25,9 @@ pub const FLAG_ENCRYPTED: u8 = 1;
 pub const HANDSHAKE_MSG: u8 = 0;
 pub const HANDSHAKE_ERROR: u8 = 1;
 pub const PROTOCOL_MIN: u8 = 1;
-pub const PROTOCOL_MAX: u8 = 1;
+/// 2: topology by versions and digests ([`ControlMsg::TopologyVersions`],
+/// [`ControlMsg::TopologyDigest`]) rather than full states on every connection and tick.
+pub const PROTOCOL_MAX: u8 = 2;
 /// Largest control message accepted. A full topology of 1000 peers with 200 connections each
 /// is about 6 MB in postcard; anything larger is hostile or broken.
 pub const MAX_FRAME_LEN: usize = 16 * 1024 * 1024;
@@ -169,6 +171,26 @@ pub enum ControlMsg {
     Refused {
         reason: String,
     },
+    /// Protocol 2: the version of every topology entry the sender holds. The receiver sends
+    /// back (as topology gossip) the entries it holds newer or the sender lacks; with
+    /// `reply`, it also sends its own versions if the sender holds entries newer than its.
+    TopologyVersions {
+        versions: Vec<PeerVersion>,
+        reply: bool,
+    },
+    /// Protocol 2, periodic: a digest of the sender's topology versions. A receiver whose
+    /// own differs answers with its versions (and `reply`).
+    TopologyDigest {
+        digest: u64,
+    },
+}
+
+/// Which version of a peer's topology entry a router holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerVersion {
+    pub name: PeerName,
+    pub uid: u64,
+    pub version: u64,
 }
 
 impl ControlMsg {

@@ -187,8 +187,19 @@ pub struct Sim {
     pub fastdp: bool,
     /// Largest gossip payload of routers added from now on (full states are cut to it).
     pub gossip_chunk: usize,
+    /// Newest control protocol of routers added from now on (older ones stand in for the
+    /// previous release).
+    pub protocol_max: u8,
     /// The largest control message any router has sent so far (bytes on the wire).
     pub max_message: usize,
+    /// Control bytes all routers have written to their TCP connections so far.
+    pub tcp_bytes: u64,
+    /// Control datagrams' bytes (UDP heartbeats and their acknowledgements) so far.
+    pub udp_bytes: u64,
+    /// With [`Sim::classify`]: control bytes by kind of message (unencrypted meshes only).
+    pub by_kind: BTreeMap<String, u64>,
+    /// Whether to fill [`Sim::by_kind`] (decoding every message costs time).
+    pub classify: bool,
     /// Host pairs between which VXLAN is blocked.
     vxlan_cut: BTreeSet<(usize, usize)>,
     /// Derived keys by password: the KDF is costly, and hundreds of hosts share one.
@@ -228,7 +239,12 @@ impl Sim {
             password: None,
             fastdp: false,
             gossip_chunk: weft_proto::MAX_GOSSIP_CHUNK,
+            protocol_max: weft_proto::control::PROTOCOL_MAX,
             max_message: 0,
+            tcp_bytes: 0,
+            udp_bytes: 0,
+            by_kind: BTreeMap::new(),
+            classify: false,
             vxlan_cut: BTreeSet::new(),
             psk_cache: BTreeMap::new(),
             wire_needle: None,
@@ -356,6 +372,7 @@ impl Sim {
             timing: self.timing.clone(),
             crypto,
             gossip_chunk: self.gossip_chunk,
+            protocol_max: self.protocol_max,
         };
         let ipam = self.ipam.clone().map(|c| (c, persisted));
         let mut node = CoreNode::new(cfg, ipam, self.dns_domain.as_deref(), self.now, seed)
@@ -625,11 +642,17 @@ impl Sim {
             }
             Action::Send { conn, bytes } => {
                 self.max_message = self.max_message.max(bytes.len());
+                self.tcp_bytes += bytes.len() as u64;
+                if self.classify {
+                    let kind = kind_of(&bytes);
+                    *self.by_kind.entry(kind).or_default() += bytes.len() as u64;
+                }
                 self.pipe_send((i, conn), PipeItem::Data(bytes))
             }
             Action::Mark { conn, channel } => self.pipe_send((i, conn), PipeItem::Mark(channel)),
             Action::Close { conn } => self.close_pipe(i, conn),
             Action::SendUdp { to, peer, bytes } => {
+                self.udp_bytes += bytes.len() as u64;
                 let mut out = SimOutput::default();
                 self.nodes[i]
                     .forwarder
@@ -1343,6 +1366,26 @@ impl Output for SimOutput {
 
 /// The seed for a test: `WEFT_SIM_SEED` if set (to replay a failure), else `default`.
 /// Printed so that a failing run names it.
+/// What a control frame carries, for [`Sim::by_kind`]: the message, and the channel of gossip.
+fn kind_of(frame: &[u8]) -> String {
+    use weft_proto::control::ControlMsg;
+    let Some(body) = frame.get(4..) else {
+        return "short".into();
+    };
+    match ControlMsg::decode(body) {
+        Ok(ControlMsg::Gossip { channel, .. }) => format!("gossip/{}", channel.0),
+        Ok(ControlMsg::GossipBroadcast { channel, .. }) => format!("broadcast/{}", channel.0),
+        Ok(ControlMsg::GossipUnicast { channel, .. }) => format!("unicast/{}", channel.0),
+        Ok(ControlMsg::GossipRequest { .. }) => "request".into(),
+        Ok(ControlMsg::TopologyVersions { .. }) => "versions".into(),
+        Ok(ControlMsg::TopologyDigest { .. }) => "digest".into(),
+        Ok(ControlMsg::Hello(_)) => "hello".into(),
+        Ok(ControlMsg::Heartbeat) => "heartbeat".into(),
+        Ok(_) => "other".into(),
+        Err(_) => "header or encrypted".into(),
+    }
+}
+
 pub fn test_seed(default: u64) -> u64 {
     let seed = std::env::var("WEFT_SIM_SEED")
         .ok()

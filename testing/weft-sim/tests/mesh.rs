@@ -451,3 +451,59 @@ fn connection_limit_is_respected() {
         st.connections
     );
 }
+
+/// Routers of the previous release (protocol 1: whole topologies) and of this one (protocol
+/// 2: versions and digests) in one mesh: every pair negotiates the older protocol when one
+/// side is old, they converge, and a restart and a death reach every host either way.
+#[test]
+fn old_and_new_protocols_mix_in_one_mesh() {
+    let seed = test_seed(60);
+    let mut sim = Sim::new(seed);
+    let mut rng = Rng::new(seed);
+    let n = 40usize;
+    let mut old = Vec::new();
+    for i in 0..n {
+        let is_old = rng.below(2) == 0;
+        sim.protocol_max = if is_old { 1 } else { 2 };
+        if is_old {
+            old.push(i);
+        }
+        let targets: Vec<usize> = if i == 0 {
+            vec![]
+        } else {
+            vec![rng.below(i as u64) as usize]
+        };
+        sim.add_node(&targets, true);
+    }
+    let all = sim.all();
+    sim.run_until(Duration::from_secs(120), CHECK, |s| s.converged(&all))
+        .unwrap();
+    let names: BTreeMap<_, _> = (0..n).map(|i| (sim.nodes[i].router().name(), i)).collect();
+    let mut mixed = 0;
+    for i in 0..n {
+        for (peer, version) in sim.nodes[i].router().neighbour_protocols() {
+            let j = names[&peer];
+            let want = if old.contains(&i) || old.contains(&j) {
+                1
+            } else {
+                2
+            };
+            assert_eq!(version, want, "h{i}-h{j} negotiated {version}");
+            mixed += usize::from(want == 1);
+        }
+    }
+    assert!(mixed > 0 && !old.is_empty() && old.len() < n);
+
+    // A new host's entry reaches everyone, whichever protocol carried it.
+    let restarted = old.first().copied().unwrap();
+    sim.restart(restarted);
+    let fresh = (0..n).find(|i| !old.contains(i)).unwrap();
+    sim.crash(fresh);
+    let took = sim
+        .run_until(Duration::from_secs(60), CHECK, |s| s.converged(&all))
+        .unwrap();
+    eprintln!(
+        "{} old of {n}; restart and death known everywhere after {took:?}",
+        old.len()
+    );
+}

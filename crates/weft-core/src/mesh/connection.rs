@@ -21,7 +21,7 @@ use std::time::Instant;
 
 use tracing::info;
 use weft_proto::PeerName;
-use weft_proto::control::{self, Channel, ControlMsg, FrameReader, Hello};
+use weft_proto::control::{self, Channel, ControlMsg, FrameReader, Hello, PeerVersion};
 use weft_proto::sleeve;
 
 use super::ConnId;
@@ -184,6 +184,11 @@ pub(super) struct Connection {
     pub full_unsent: Vec<Channel>,
     /// Channels whose full state was held back meanwhile, to send once that one is out.
     pub full_held: Vec<Channel>,
+    /// The versions of the peer's last request for what it lacks that had to wait for our
+    /// previous answer to be written (protocol 2).
+    pub held_versions: Option<Vec<PeerVersion>>,
+    /// When we last answered the peer's topology digest with our versions.
+    pub last_versions_reply: Option<Instant>,
     secure: Secure,
     timers: TimerTable,
 }
@@ -223,9 +228,16 @@ impl Connection {
             last_full_reply: None,
             full_unsent: Vec::new(),
             full_held: Vec::new(),
+            held_versions: None,
+            last_versions_reply: None,
             secure: Secure::default(),
             timers,
         }
+    }
+
+    /// The negotiated protocol version (0 before the headers are exchanged).
+    pub fn version(&self) -> u8 {
+        self.version
     }
 
     /// When [`Connection::handle_timeout`] must next be called.
@@ -264,6 +276,7 @@ impl Connection {
         &mut self,
         me: &Identity,
         crypto: Option<&CryptoSettings>,
+        protocol_max: u8,
         out: &mut VecDeque<Action>,
     ) -> Result<bool, Close> {
         let Some(h) = self.reader.take_raw(control::HEADER_LEN) else {
@@ -272,9 +285,8 @@ impl Connection {
         let header: [u8; control::HEADER_LEN] = h
             .try_into()
             .expect("take_raw returns exactly HEADER_LEN bytes");
-        let (version, flags) =
-            control::negotiate(&header, control::PROTOCOL_MIN, control::PROTOCOL_MAX)
-                .map_err(|e| Close::Failure(e.to_string()))?;
+        let (version, flags) = control::negotiate(&header, control::PROTOCOL_MIN, protocol_max)
+            .map_err(|e| Close::Failure(e.to_string()))?;
         self.version = version;
         let remote_encrypted = flags & control::FLAG_ENCRYPTED != 0;
         match (crypto, remote_encrypted) {
@@ -620,13 +632,13 @@ impl Connection {
         });
     }
 
-    pub fn send_header(&self, encrypted: bool, out: &mut VecDeque<Action>) {
+    pub fn send_header(&self, encrypted: bool, protocol_max: u8, out: &mut VecDeque<Action>) {
         let flags = if encrypted {
             control::FLAG_ENCRYPTED
         } else {
             0
         };
-        let h = control::encode_header(control::PROTOCOL_MIN, control::PROTOCOL_MAX, flags);
+        let h = control::encode_header(control::PROTOCOL_MIN, protocol_max, flags);
         self.send_raw(h.to_vec(), out);
     }
 
@@ -681,6 +693,8 @@ pub(super) fn msg_name(m: &ControlMsg) -> &'static str {
         ControlMsg::GossipBroadcast { .. } => "gossip broadcast",
         ControlMsg::GossipUnicast { .. } => "gossip unicast",
         ControlMsg::GossipRequest { .. } => "gossip request",
+        ControlMsg::TopologyVersions { .. } => "topology versions",
+        ControlMsg::TopologyDigest { .. } => "topology digest",
         ControlMsg::Overlay(_) => "overlay message",
         ControlMsg::Rekey { .. } | ControlMsg::RekeyAck { .. } | ControlMsg::RekeyDone { .. } => {
             "rekey message"

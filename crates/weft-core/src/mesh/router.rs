@@ -19,7 +19,8 @@ use std::time::{Duration, Instant};
 use tracing::{debug, info, warn};
 use weft_proto::PeerName;
 use weft_proto::control::{
-    self, Channel, ConnectionSummary, ControlMsg, Hello, OverlayMsg, PeerSummary, TopologyUpdate,
+    self, Channel, ConnectionSummary, ControlMsg, Hello, OverlayMsg, PeerSummary, PeerVersion,
+    TopologyUpdate,
 };
 use weft_proto::sleeve::Datagram;
 
@@ -38,6 +39,9 @@ use crate::rng::Rng;
 
 /// A full topology is sent in answer to a neighbour's request at most this often.
 pub const FULL_REPLY_INTERVAL: Duration = Duration::from_secs(1);
+/// How many protocol-2 neighbours a topology improvement learnt by gossip is pushed to (the
+/// periodic digests repair what a push missed).
+const PUSH_FANOUT: usize = 2;
 /// Status shows our children in every source's broadcast tree up to this many peers (one
 /// search each); past it, only in our own tree.
 const STATUS_ALL_TREES: usize = 512;
@@ -127,6 +131,9 @@ pub struct RouterConfig {
     /// Full states are cut into gossip payloads of at most this many bytes
     /// ([`weft_proto::MAX_GOSSIP_CHUNK`] unless a test wants to see the cutting).
     pub gossip_chunk: usize,
+    /// The newest control protocol we offer ([`control::PROTOCOL_MAX`] unless a test stands
+    /// in for an older release).
+    pub protocol_max: u8,
 }
 
 /// What encryption needs: our static key, the accepted passwords' keys, trusted subnets.
@@ -356,6 +363,13 @@ impl Router {
         self.by_peer.keys()
     }
 
+    /// The control protocol each `Ready` connection negotiated, by peer.
+    pub fn neighbour_protocols(&self) -> impl Iterator<Item = (PeerName, u8)> + '_ {
+        self.by_peer
+            .iter()
+            .filter_map(|(name, id)| Some((*name, self.conns.get(id)?.version())))
+    }
+
     pub fn poll_action(&mut self) -> Option<Action> {
         self.actions.pop_front()
     }
@@ -454,7 +468,11 @@ impl Router {
         let conn_id = self.rng.nonzero_u64();
         let t = &self.cfg.timing;
         let c = Connection::new(id, false, remote, Phase::Header, now, conn_id, t);
-        c.send_header(self.cfg.crypto.is_some(), &mut self.actions);
+        c.send_header(
+            self.cfg.crypto.is_some(),
+            self.cfg.protocol_max,
+            &mut self.actions,
+        );
         self.conns.insert(id, c);
         self.after(now);
         Some(id)
@@ -466,7 +484,11 @@ impl Router {
             Ok(()) => {
                 if let Some(c) = self.conns.get_mut(&conn) {
                     c.handle_dialed(now, &self.cfg.timing);
-                    c.send_header(self.cfg.crypto.is_some(), &mut self.actions);
+                    c.send_header(
+                        self.cfg.crypto.is_some(),
+                        self.cfg.protocol_max,
+                        &mut self.actions,
+                    );
                 }
             }
             Err(e) => self.close(now, conn, Close::Failure(e), false),
@@ -562,15 +584,31 @@ impl Router {
         if self.next_gossip <= now {
             self.next_gossip = now + self.rng.jitter(t.gossip_interval);
             self.events.push_back(Event::GossipTick);
-            let targets = self.random_neighbours(None);
-            for payload in self.topology.full_update_chunks(self.cfg.gossip_chunk) {
-                let body = ControlMsg::Gossip {
-                    channel: Channel::TOPOLOGY,
-                    payload,
+            // Neighbours that speak protocol 2 get a digest, and ask for more only if theirs
+            // differs; older ones the whole topology, as before.
+            let (digest, full): (Vec<ConnId>, Vec<ConnId>) = self
+                .random_neighbours(None)
+                .into_iter()
+                .partition(|&id| self.speaks_versions(id));
+            if !digest.is_empty() {
+                let body = ControlMsg::TopologyDigest {
+                    digest: self.topology.digest(),
                 }
                 .encode_body();
-                for &id in &targets {
+                for id in digest {
                     self.send_body(id, body.clone());
+                }
+            }
+            if !full.is_empty() {
+                for payload in self.topology.full_update_chunks(self.cfg.gossip_chunk) {
+                    let body = ControlMsg::Gossip {
+                        channel: Channel::TOPOLOGY,
+                        payload,
+                    }
+                    .encode_body();
+                    for &id in &full {
+                        self.send_body(id, body.clone());
+                    }
                 }
             }
         }
@@ -599,7 +637,12 @@ impl Router {
             match c.phase {
                 Phase::Dialing => return Ok(()),
                 Phase::Header => {
-                    if !c.handle_header(&self.me, crypto, &mut self.actions)? {
+                    if !c.handle_header(
+                        &self.me,
+                        crypto,
+                        self.cfg.protocol_max,
+                        &mut self.actions,
+                    )? {
                         return Ok(());
                     }
                 }
@@ -705,15 +748,59 @@ impl Router {
         self.note_target_peer(id, hello.name);
         self.local_connections_changed(now);
         self.events.push_back(Event::NeighbourUp(hello.name));
-        self.send_full_topology(id);
+        if self.speaks_versions(id) {
+            // Each side says what it holds and gets what it lacks: between two routers that
+            // already agree, a list of versions each way rather than the whole topology.
+            let versions = self.topology.versions();
+            self.send_msg(
+                id,
+                &ControlMsg::TopologyVersions {
+                    versions,
+                    reply: false,
+                },
+            );
+        } else {
+            self.send_full_topology(id);
+        }
         Ok(())
     }
 
+    /// Whether connection `id` negotiated protocol 2 (topology by versions and digests).
+    pub(super) fn speaks_versions(&self, id: ConnId) -> bool {
+        self.conns.get(&id).is_some_and(|c| c.version() >= 2)
+    }
+
     pub(super) fn send_full_topology(&mut self, id: ConnId) {
+        let held = self.conns.get_mut(&id).and_then(|c| c.held_versions.take());
+        if let Some(theirs) = held {
+            self.send_newer_topology(id, theirs);
+            return;
+        }
         if !self.full_state_may_send(id, Channel::TOPOLOGY) {
             return;
         }
-        for payload in self.topology.full_update_chunks(self.cfg.gossip_chunk) {
+        let chunks = self.topology.full_update_chunks(self.cfg.gossip_chunk);
+        self.send_topology_chunks(id, chunks);
+    }
+
+    /// Sends the entries a neighbour holding `theirs` lacks; one answer at a time, as full
+    /// states are (a later request waits for the earlier answer to be written).
+    fn send_newer_topology(&mut self, id: ConnId, theirs: Vec<PeerVersion>) {
+        if !self.full_state_may_send(id, Channel::TOPOLOGY) {
+            if let Some(c) = self.conns.get_mut(&id) {
+                c.held_versions = Some(theirs);
+            }
+            return;
+        }
+        let chunks = self.topology.newer_chunks(&theirs, self.cfg.gossip_chunk);
+        self.send_topology_chunks(id, chunks);
+    }
+
+    fn send_topology_chunks(&mut self, id: ConnId, chunks: Vec<Vec<u8>>) {
+        if chunks.is_empty() {
+            return;
+        }
+        for payload in chunks {
             self.send_msg(
                 id,
                 &ControlMsg::Gossip {
@@ -737,7 +824,22 @@ impl Router {
                     TopologyUpdate::decode(&payload).map_err(|e| Close::Failure(e.to_string()))?;
                 let improved = self.apply_topology(now, id, update);
                 if !improved.peers.is_empty() {
-                    for n in self.random_neighbours(Some(id)) {
+                    // Protocol 2 neighbours repair what a push missed by digest, so a push
+                    // to two of them spreads an entry as far as one to many does, at a
+                    // fraction of the copies; older ones get it as before.
+                    let mut v2 = 0;
+                    let push: Vec<ConnId> = self
+                        .random_neighbours(Some(id))
+                        .into_iter()
+                        .filter(|&n| {
+                            if !self.speaks_versions(n) {
+                                return true;
+                            }
+                            v2 += 1;
+                            v2 <= PUSH_FANOUT
+                        })
+                        .collect();
+                    for n in push {
                         merge_entries(
                             &mut self.outbox.entry(n).or_default().gossip,
                             &improved.peers,
@@ -814,6 +916,44 @@ impl Router {
                         dst,
                         payload,
                     });
+                }
+            }
+            ControlMsg::TopologyVersions { versions, reply } => {
+                let behind = reply && self.topology.behind(&versions);
+                self.send_newer_topology(id, versions);
+                if behind {
+                    let versions = self.topology.versions();
+                    self.send_msg(
+                        id,
+                        &ControlMsg::TopologyVersions {
+                            versions,
+                            reply: false,
+                        },
+                    );
+                }
+            }
+            ControlMsg::TopologyDigest { digest } => {
+                // At most once a second per connection: the digest is periodic, and a
+                // neighbour sending it in a loop gets no more than that.
+                let due = digest != self.topology.digest()
+                    && self.conns.get_mut(&id).is_some_and(|c| {
+                        let due = c
+                            .last_versions_reply
+                            .is_none_or(|t| now >= t + FULL_REPLY_INTERVAL);
+                        if due {
+                            c.last_versions_reply = Some(now);
+                        }
+                        due
+                    });
+                if due {
+                    let versions = self.topology.versions();
+                    self.send_msg(
+                        id,
+                        &ControlMsg::TopologyVersions {
+                            versions,
+                            reply: true,
+                        },
+                    );
                 }
             }
             ControlMsg::GossipRequest { channel } => {
@@ -1454,7 +1594,7 @@ impl Router {
             uid: self.uid,
             port: self.cfg.tcp_port,
             protocol_min: control::PROTOCOL_MIN,
-            protocol_max: control::PROTOCOL_MAX,
+            protocol_max: self.cfg.protocol_max,
             discovery: self.cfg.discovery,
             conn_limit: self.cfg.conn_limit,
             encryption: self.cfg.crypto.is_some(),
@@ -1506,6 +1646,7 @@ mod admission_tests {
             timing: Timing::default(),
             crypto: None,
             gossip_chunk: weft_proto::MAX_GOSSIP_CHUNK,
+            protocol_max: control::PROTOCOL_MAX,
         };
         Router::new(cfg, Instant::now(), u64::from(last))
     }

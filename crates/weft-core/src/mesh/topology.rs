@@ -12,7 +12,7 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use weft_proto::PeerName;
-use weft_proto::control::{ConnectionSummary, PeerSummary, TopologyUpdate};
+use weft_proto::control::{ConnectionSummary, PeerSummary, PeerVersion, TopologyUpdate};
 
 /// Limits on what a peer may claim, so one bad update cannot bloat every peer's memory.
 pub const MAX_NICKNAME_LEN: usize = 255;
@@ -177,6 +177,22 @@ impl Topology {
     /// which runs after every chunk, keeps them rather than dropping what a later chunk
     /// would have linked.
     pub fn full_update_chunks(&self, max: usize) -> Vec<Vec<u8>> {
+        self.chunks_of(max, |_| true)
+    }
+
+    /// The entries newer here than in `theirs` (a neighbour's versions), or missing there,
+    /// as [`Topology::full_update_chunks`] orders and cuts them.
+    pub fn newer_chunks(&self, theirs: &[PeerVersion], max: usize) -> Vec<Vec<u8>> {
+        let theirs: BTreeMap<PeerName, (u64, u64)> = theirs
+            .iter()
+            .map(|v| (v.name, (v.version, v.uid)))
+            .collect();
+        self.chunks_of(max, |s| {
+            theirs.get(&s.name).is_none_or(|&t| (s.version, s.uid) > t)
+        })
+    }
+
+    fn chunks_of(&self, max: usize, keep: impl Fn(&PeerSummary) -> bool) -> Vec<Vec<u8>> {
         let mut order = Vec::with_capacity(self.peers.len());
         let mut seen = BTreeSet::from([self.local]);
         let mut queue = VecDeque::from([self.local]);
@@ -184,7 +200,9 @@ impl Topology {
             let Some(s) = self.peers.get(&p) else {
                 continue;
             };
-            order.push(s.clone());
+            if keep(s) {
+                order.push(s.clone());
+            }
             for c in &s.connections {
                 if self.peers.contains_key(&c.peer) && seen.insert(c.peer) {
                     queue.push_back(c.peer);
@@ -195,13 +213,55 @@ impl Topology {
         order.extend(
             self.peers
                 .values()
-                .filter(|p| !seen.contains(&p.name))
+                .filter(|p| !seen.contains(&p.name) && keep(p))
                 .cloned(),
         );
+        if order.is_empty() {
+            return Vec::new();
+        }
         weft_proto::chunk_by_size(order, max)
             .into_iter()
             .map(|peers| TopologyUpdate { peers }.encode())
             .collect()
+    }
+
+    /// The version of every entry we hold.
+    pub fn versions(&self) -> Vec<PeerVersion> {
+        self.peers
+            .values()
+            .map(|p| PeerVersion {
+                name: p.name,
+                uid: p.uid,
+                version: p.version,
+            })
+            .collect()
+    }
+
+    /// Whether `theirs` holds an entry newer than ours, or one we lack.
+    pub fn behind(&self, theirs: &[PeerVersion]) -> bool {
+        theirs.iter().any(|v| {
+            self.peers
+                .get(&v.name)
+                .is_none_or(|p| (v.version, v.uid) > (p.version, p.uid))
+        })
+    }
+
+    /// A digest of [`Topology::versions`]: two routers with the same entries have the same
+    /// digest, and different entries differ but for a 64-bit accident (which only delays
+    /// the repair to the next change or a new connection).
+    pub fn digest(&self) -> u64 {
+        fn mix(mut x: u64) -> u64 {
+            // splitmix64's finaliser: every input bit moves every output bit.
+            x ^= x >> 30;
+            x = x.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            x ^= x >> 27;
+            x = x.wrapping_mul(0x94d0_49bb_1331_11eb);
+            x ^ (x >> 31)
+        }
+        self.peers.values().fold(0u64, |acc, p| {
+            let h = mix(mix(mix(p.name.as_u64()) ^ p.uid) ^ p.version);
+            acc.wrapping_add(h)
+        })
     }
 
     /// Just our own entry: what we broadcast after our connections change.

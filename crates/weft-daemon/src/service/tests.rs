@@ -67,6 +67,7 @@ fn router(ipam: bool) -> Router {
         timing: Timing::default(),
         crypto: None,
         gossip_chunk: weft_proto::MAX_GOSSIP_CHUNK,
+        protocol_max: weft_proto::control::PROTOCOL_MAX,
     };
     let ipam_cfg = ipam.then(|| {
         (
