@@ -257,6 +257,7 @@ fn node() -> Node {
         // Small, so full states are cut into several chunks.
         gossip_chunk: 256,
         protocol_max: weft_proto::control::PROTOCOL_MAX,
+        full_mesh_peers: weft_core::mesh::FULL_MESH_PEERS,
     };
     let ipam = IpamConfig::new(
         "10.32.0.0/12".parse().unwrap(),

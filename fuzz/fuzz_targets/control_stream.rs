@@ -53,6 +53,7 @@ fn node(encrypted: bool) -> Node {
         crypto: encrypted.then(crypto_settings),
         gossip_chunk: weft_proto::MAX_GOSSIP_CHUNK,
         protocol_max: weft_proto::control::PROTOCOL_MAX,
+        full_mesh_peers: weft_core::mesh::FULL_MESH_PEERS,
     };
     let ipam = (!encrypted).then(|| {
         (

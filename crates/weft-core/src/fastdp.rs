@@ -287,8 +287,11 @@ impl FastDp {
     /// Our record and everyone else's, for periodic gossip and new neighbours, in payloads
     /// of at most `max` bytes.
     pub fn full_state(&self, max: usize) -> Vec<Vec<u8>> {
-        let mut all = vec![self.own.clone()];
-        all.extend(self.records.values().cloned());
+        // In origin order, ours among the rest: two peers that hold the same records then
+        // send the same bytes, so their state digests agree and no full state is asked for.
+        let mut all: Vec<MacRecord> = self.records.values().cloned().collect();
+        let at = all.partition_point(|r| r.origin < self.own.origin);
+        all.insert(at, self.own.clone());
         weft_proto::chunk_by_size(all, max)
             .into_iter()
             .map(|records| FastDpMsg::Records(records).encode())

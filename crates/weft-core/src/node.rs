@@ -448,15 +448,19 @@ impl Node {
     }
 
     /// Sends our full state of `channel` (other than topology) to neighbour `peer`.
-    fn send_full_state(&mut self, peer: PeerName, channel: Channel) {
+    /// Our full state of `channel`, as gossip payloads (`None`: a channel we do not hold).
+    fn full_state(&self, channel: Channel) -> Option<Vec<Vec<u8>>> {
         let chunk = self.router.gossip_chunk();
-        let payloads = match channel {
+        match channel {
             Channel::IPAM => self.ipam.as_ref().map(|i| vec![i.full_state()]),
             Channel::DNS => self.dns.as_ref().map(|d| d.full_state(chunk)),
             Channel::FASTDP => Some(self.fastdp.full_state(chunk)),
             _ => None,
-        };
-        if let Some(p) = payloads {
+        }
+    }
+
+    fn send_full_state(&mut self, peer: PeerName, channel: Channel) {
+        if let Some(p) = self.full_state(channel) {
             self.router.gossip_to(peer, channel, p);
         }
     }
@@ -487,6 +491,16 @@ impl Node {
                 self.fastdp.neighbour_up(now, p);
             }
             Event::FullStateDue { peer, channel } => self.send_full_state(peer, channel),
+            Event::StateDigest {
+                peer,
+                channel,
+                digest,
+            } => {
+                let ours = self.full_state(channel);
+                if ours.is_some_and(|p| weft_proto::control::state_digest(&p) != digest) {
+                    self.router.request_state(peer, channel);
+                }
+            }
             Event::GossipTick => {
                 let chunk = self.router.gossip_chunk();
                 if let Some(i) = &self.ipam {

@@ -533,6 +533,7 @@ pub async fn run_with(
         crypto,
         gossip_chunk: weft_proto::MAX_GOSSIP_CHUNK,
         protocol_max: weft_proto::control::PROTOCOL_MAX,
+        full_mesh_peers: weft_core::mesh::FULL_MESH_PEERS,
     };
     let ipam = match &cfg.ipam {
         None => None,

@@ -212,6 +212,46 @@ fn measure(
     Ok(t)
 }
 
+/// A probe the table allows but that measured blocked is tried again, one at a time, a few
+/// times: 288 probes at once on a loaded CI machine can lose a SYN or a datagram past its
+/// timeout, which is not a policy's doing. A probe that got through where the table blocks
+/// is never retried: no load makes a dropped packet arrive.
+fn reprobe_missed(
+    rt: &tokio::runtime::Runtime,
+    pods: &BTreeMap<String, (String, Ipv4Addr)>,
+    got: &mut Table,
+    expected: &Table,
+    case: &str,
+) -> Result<()> {
+    for ((proto, port), cells) in expected {
+        for ((src, dst), allowed) in cells {
+            let measured = got.entry((proto.clone(), *port)).or_default();
+            if !*allowed || measured.get(&(src.clone(), dst.clone())) == Some(&true) {
+                continue;
+            }
+            let ns = ns_of(&pods[src.as_str()].0)?;
+            let ip = pods[dst.as_str()].1;
+            let proto_s = proto.clone();
+            let port = *port;
+            let mut ok = false;
+            for _ in 0..3 {
+                let p = proto_s.clone();
+                ok = rt.block_on(run_in(
+                    &ns,
+                    move || async move { probe(ip, &p, port).await },
+                ))?;
+                if ok {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            eprintln!("{case}: {src} -> {dst} {proto}/{port} re-probed: {ok}");
+            measured.insert((src.clone(), dst.clone()), ok);
+        }
+    }
+    Ok(())
+}
+
 /// Until both hosts' npc count `n` policies and have applied nothing new for half a second.
 fn settle(rt: &tokio::runtime::Runtime, tb: &Testbed, n: usize) -> Result<()> {
     let mut last = (f64::NAN, f64::NAN);
@@ -336,8 +376,11 @@ fn every_case_measures_as_its_table() -> Result<()> {
         }
         settle(&w.rt, &w.tb, case.policies.len())?;
         let t0 = Instant::now();
-        let got = measure(&w.rt, &w.pods)?;
+        let mut got = measure(&w.rt, &w.pods)?;
         eprintln!("{}: measured in {:?}", case.name, t0.elapsed());
+        if got != case.expected {
+            reprobe_missed(&w.rt, &w.pods, &mut got, &case.expected, case.name.as_str())?;
+        }
         if got != case.expected {
             wrong.push(format!(
                 "{}: measured\n{}expected\n{}",

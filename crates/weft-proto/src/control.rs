@@ -26,7 +26,9 @@ pub const HANDSHAKE_MSG: u8 = 0;
 pub const HANDSHAKE_ERROR: u8 = 1;
 pub const PROTOCOL_MIN: u8 = 1;
 /// 2: topology by versions and digests ([`ControlMsg::TopologyVersions`],
-/// [`ControlMsg::TopologyDigest`]) rather than full states on every connection and tick.
+/// [`ControlMsg::TopologyDigest`]) rather than full states on every connection and tick, and
+/// digests of the other channels' states ([`ControlMsg::StateDigest`]); connections the user
+/// asked for marked [`ControlMsg::Pinned`].
 pub const PROTOCOL_MAX: u8 = 2;
 /// Largest control message accepted. A full topology of 1000 peers with 200 connections each
 /// is about 6 MB in postcard; anything larger is hostile or broken.
@@ -183,6 +185,32 @@ pub enum ControlMsg {
     TopologyDigest {
         digest: u64,
     },
+    /// Protocol 2, periodic: a digest of the sender's full state of another channel (see
+    /// [`state_digest`]). A receiver whose own differs asks for the full state
+    /// ([`ControlMsg::GossipRequest`]).
+    StateDigest {
+        channel: Channel,
+        digest: u64,
+    },
+    /// Protocol 2, once after the handshake: the sender was told to connect to the receiver
+    /// (a target on its command line or `weft connect`) and redials it whenever dropped, so a
+    /// partial view must not shed this connection as surplus.
+    Pinned,
+}
+
+/// A digest of a channel's full state as its payloads: two routers whose states encode alike
+/// digest alike, and different states differ but for a 64-bit accident (which only delays the
+/// repair to the next change or a new connection).
+pub fn state_digest(payloads: &[Vec<u8>]) -> u64 {
+    // FNV-1a over each payload, with the lengths folded in so cuts between payloads count.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for p in payloads {
+        for b in (p.len() as u64).to_le_bytes().iter().chain(p) {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+    h
 }
 
 /// Which version of a peer's topology entry a router holds.

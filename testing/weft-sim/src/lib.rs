@@ -190,6 +190,8 @@ pub struct Sim {
     /// Newest control protocol of routers added from now on (older ones stand in for the
     /// previous release).
     pub protocol_max: u8,
+    /// Routers added from now on make a full mesh up to this many peers, a partial view past.
+    pub full_mesh_peers: usize,
     /// The largest control message any router has sent so far (bytes on the wire).
     pub max_message: usize,
     /// Control bytes all routers have written to their TCP connections so far.
@@ -240,6 +242,7 @@ impl Sim {
             fastdp: false,
             gossip_chunk: weft_proto::MAX_GOSSIP_CHUNK,
             protocol_max: weft_proto::control::PROTOCOL_MAX,
+            full_mesh_peers: weft_core::mesh::FULL_MESH_PEERS,
             max_message: 0,
             tcp_bytes: 0,
             udp_bytes: 0,
@@ -373,6 +376,7 @@ impl Sim {
             crypto,
             gossip_chunk: self.gossip_chunk,
             protocol_max: self.protocol_max,
+            full_mesh_peers: self.full_mesh_peers,
         };
         let ipam = self.ipam.clone().map(|c| (c, persisted));
         let mut node = CoreNode::new(cfg, ipam, self.dns_domain.as_deref(), self.now, seed)
@@ -1364,8 +1368,6 @@ impl Output for SimOutput {
     }
 }
 
-/// The seed for a test: `WEFT_SIM_SEED` if set (to replay a failure), else `default`.
-/// Printed so that a failing run names it.
 /// What a control frame carries, for [`Sim::by_kind`]: the message, and the channel of gossip.
 fn kind_of(frame: &[u8]) -> String {
     use weft_proto::control::ControlMsg;
@@ -1376,9 +1378,10 @@ fn kind_of(frame: &[u8]) -> String {
         Ok(ControlMsg::Gossip { channel, .. }) => format!("gossip/{}", channel.0),
         Ok(ControlMsg::GossipBroadcast { channel, .. }) => format!("broadcast/{}", channel.0),
         Ok(ControlMsg::GossipUnicast { channel, .. }) => format!("unicast/{}", channel.0),
-        Ok(ControlMsg::GossipRequest { .. }) => "request".into(),
         Ok(ControlMsg::TopologyVersions { .. }) => "versions".into(),
         Ok(ControlMsg::TopologyDigest { .. }) => "digest".into(),
+        Ok(ControlMsg::StateDigest { channel, .. }) => format!("digest/{}", channel.0),
+        Ok(ControlMsg::GossipRequest { channel }) => format!("request/{}", channel.0),
         Ok(ControlMsg::Hello(_)) => "hello".into(),
         Ok(ControlMsg::Heartbeat) => "heartbeat".into(),
         Ok(_) => "other".into(),
@@ -1386,6 +1389,8 @@ fn kind_of(frame: &[u8]) -> String {
     }
 }
 
+/// The seed for a test: `WEFT_SIM_SEED` if set (to replay a failure), else `default`.
+/// Printed so that a failing run names it.
 pub fn test_seed(default: u64) -> u64 {
     let seed = std::env::var("WEFT_SIM_SEED")
         .ok()

@@ -103,9 +103,14 @@ fn a_discovered_peer_is_dialled_even_when_its_reporter_dies() {
             .unwrap();
         // h2 does not dial what it learns: only h0's discovery can bring the two together.
         sim.add_node(&[1], false);
-        let h2 = sim.name_of(2);
+        let (h1, h2) = (sim.name_of(1), sim.name_of(2));
         sim.run_until(Duration::from_secs(30), Duration::from_millis(1), |s| {
-            if s.nodes[0].router().topology().get(&h2).is_some() {
+            // h1's entry lists h2: h0 knows where h2 is (h2's own entry only names h1).
+            let t = s.nodes[0].router().topology();
+            let listed = t
+                .get(&h1)
+                .is_some_and(|p| p.connections.iter().any(|c| c.peer == h2));
+            if t.get(&h2).is_some() && listed {
                 Ok(())
             } else {
                 Err("h0 has not heard of h2".into())

@@ -17,7 +17,7 @@
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tracing::info;
 use weft_proto::PeerName;
@@ -189,6 +189,12 @@ pub(super) struct Connection {
     pub held_versions: Option<Vec<PeerVersion>>,
     /// When we last answered the peer's topology digest with our versions.
     pub last_versions_reply: Option<Instant>,
+    /// When each channel's digest from this neighbour was last compared, and when its full
+    /// state was last sent on request (each at most once a second).
+    pub last_state_digest: Vec<(Channel, Instant)>,
+    pub last_state_reply: Vec<(Channel, Instant)>,
+    /// The peer was told to connect to us and redials if dropped ([`ControlMsg::Pinned`]).
+    pub pinned: bool,
     secure: Secure,
     timers: TimerTable,
 }
@@ -230,12 +236,36 @@ impl Connection {
             full_held: Vec::new(),
             held_versions: None,
             last_versions_reply: None,
+            last_state_digest: Vec::new(),
+            last_state_reply: Vec::new(),
+            pinned: false,
             secure: Secure::default(),
             timers,
         }
     }
 
     /// The negotiated protocol version (0 before the headers are exchanged).
+    /// Whether something keyed by `channel` in `log` last happened at least `every` ago (and
+    /// notes that it happens now).
+    pub fn due(
+        log: &mut Vec<(Channel, Instant)>,
+        channel: Channel,
+        now: Instant,
+        every: Duration,
+    ) -> bool {
+        match log.iter_mut().find(|(c, _)| *c == channel) {
+            Some((_, t)) if now < *t + every => false,
+            Some((_, t)) => {
+                *t = now;
+                true
+            }
+            None => {
+                log.push((channel, now));
+                true
+            }
+        }
+    }
+
     pub fn version(&self) -> u8 {
         self.version
     }
@@ -695,6 +725,8 @@ pub(super) fn msg_name(m: &ControlMsg) -> &'static str {
         ControlMsg::GossipRequest { .. } => "gossip request",
         ControlMsg::TopologyVersions { .. } => "topology versions",
         ControlMsg::TopologyDigest { .. } => "topology digest",
+        ControlMsg::StateDigest { .. } => "state digest",
+        ControlMsg::Pinned => "pinned",
         ControlMsg::Overlay(_) => "overlay message",
         ControlMsg::Rekey { .. } | ControlMsg::RekeyAck { .. } | ControlMsg::RekeyDone { .. } => {
             "rekey message"
@@ -704,8 +736,6 @@ pub(super) fn msg_name(m: &ControlMsg) -> &'static str {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use super::*;
 
     #[test]

@@ -3,7 +3,7 @@
 //! broadcasts, unicasts and periodic gossip that the IPAM and DNS layers send through the
 //! router.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::time::Instant;
 
 use tracing::{debug, warn};
@@ -81,19 +81,23 @@ impl Router {
         if !applied.improved.is_empty() || applied.overrode_stale_self {
             self.topology_changed(now);
         }
-        // Entries that garbage collection dropped at once describe peers nobody reaches any
-        // more; relaying them would only make every other peer add and drop them in turn.
+        // Entries of peers nobody lists describe peers nobody reaches any more (garbage
+        // collection will drop them); relaying them would only make every other peer add
+        // and drop them in turn.
         let mut improved = applied.improved;
-        improved.retain(|p| {
-            self.topology
-                .get(&p.name)
-                .is_some_and(|q| q.uid == p.uid && q.version == p.version)
-        });
+        improved.retain(|p| self.topology.is_listed(&p.name));
         TopologyUpdate { peers: improved }
     }
 
     /// Our children in `src`'s gossip broadcast tree: BFS from `src` over the connections
-    /// each peer reports (any state), neighbours in name order.
+    /// each peer reports (any state), neighbours in report order; our children are those of
+    /// our connections the walk had not reached when it reached us.
+    ///
+    /// Trees must follow the topology exactly: two routers that disagree about a tree can
+    /// both leave a peer out, and it then waits for anti-entropy. So the walk runs again
+    /// after every change, and is kept cheap: it stops when it reaches us, and marks peers
+    /// in a hash set (a thousand-peer walk per source per update through ordered maps was
+    /// what a busy router spent most of its time on).
     fn gossip_children(&mut self, src: PeerName) -> Vec<PeerName> {
         let generation = self.topology.generation();
         if self.trees.0 != generation {
@@ -105,17 +109,25 @@ impl Router {
         let local = self.cfg.name;
         let mut children = Vec::new();
         if self.topology.get(&src).is_some() {
-            let mut seen = BTreeSet::from([src]);
+            let mut seen = HashSet::with_capacity(self.topology.len());
+            seen.insert(src);
             let mut queue = VecDeque::from([src]);
             while let Some(p) = queue.pop_front() {
                 let Some(summary) = self.topology.get(&p) else {
                     continue;
                 };
+                if p == local {
+                    // Our children are fixed once the walk reaches us.
+                    children.extend(
+                        summary
+                            .connections
+                            .iter()
+                            .filter_map(|c| seen.insert(c.peer).then_some(c.peer)),
+                    );
+                    break;
+                }
                 for c in &summary.connections {
                     if seen.insert(c.peer) {
-                        if p == local {
-                            children.push(c.peer);
-                        }
                         queue.push_back(c.peer);
                     }
                 }
@@ -291,8 +303,22 @@ impl Router {
     /// Sends the full state `payloads` of `channel` to a few random neighbours (periodic
     /// gossip).
     pub fn gossip_random(&mut self, channel: Channel, payloads: Vec<Vec<u8>>) {
-        let targets: Vec<ConnId> = self
+        // Protocol-2 neighbours get a digest and ask for the state only if theirs differs.
+        let (digest, full): (Vec<ConnId>, Vec<ConnId>) = self
             .random_neighbours(None)
+            .into_iter()
+            .partition(|&id| self.speaks_versions(id));
+        if !digest.is_empty() {
+            let body = ControlMsg::StateDigest {
+                channel,
+                digest: weft_proto::control::state_digest(&payloads),
+            }
+            .encode_body();
+            for id in digest {
+                self.send_body(id, body.clone());
+            }
+        }
+        let targets: Vec<ConnId> = full
             .into_iter()
             .filter(|&id| self.full_state_may_send(id, channel))
             .collect();
@@ -304,6 +330,13 @@ impl Router {
         }
         for id in targets {
             self.full_state_sent(id, channel);
+        }
+    }
+
+    /// Asks `peer` for its full state of `channel` (its digest differed from ours).
+    pub fn request_state(&mut self, peer: PeerName, channel: Channel) {
+        if let Some(&id) = self.by_peer.get(&peer) {
+            self.send_msg(id, &ControlMsg::GossipRequest { channel });
         }
     }
 

@@ -15,6 +15,7 @@
 mod connection;
 mod gossip;
 mod maker;
+mod overlay;
 mod router;
 pub mod routes;
 mod secure;
@@ -22,7 +23,9 @@ mod status;
 pub mod topology;
 
 pub use maker::{Backoff, TargetKey, TargetState};
-pub use router::{Action, CryptoSettings, DataPlaneTable, Event, Router, RouterConfig, Timing};
+pub use router::{
+    Action, CryptoSettings, DataPlaneTable, Event, FULL_MESH_PEERS, Router, RouterConfig, Timing,
+};
 pub use status::{
     ConnectionState, ConnectionStatus, PeerConnectionStatus, PeerStatus, RouterStatus,
 };

@@ -39,6 +39,9 @@ use crate::rng::Rng;
 
 /// A full topology is sent in answer to a neighbour's request at most this often.
 pub const FULL_REPLY_INTERVAL: Duration = Duration::from_secs(1);
+/// Up to this many peers discovery makes a full mesh, as Weave did; past it, a partial view
+/// (see `overlay`).
+pub const FULL_MESH_PEERS: usize = 100;
 /// How many protocol-2 neighbours a topology improvement learnt by gossip is pushed to (the
 /// periodic digests repair what a push missed).
 const PUSH_FANOUT: usize = 2;
@@ -134,6 +137,9 @@ pub struct RouterConfig {
     /// The newest control protocol we offer ([`control::PROTOCOL_MAX`] unless a test stands
     /// in for an older release).
     pub protocol_max: u8,
+    /// Discovery connects every peer to every other up to this many peers, and keeps a
+    /// partial view past it ([`FULL_MESH_PEERS`] unless a test wants it smaller).
+    pub full_mesh_peers: usize,
 }
 
 /// What encryption needs: our static key, the accepted passwords' keys, trusted subnets.
@@ -196,6 +202,13 @@ pub enum Event {
     /// The full state of `channel` last sent to neighbour `peer` is out of our queue, and a
     /// newer one was held back meanwhile: send the current full state now.
     FullStateDue { peer: PeerName, channel: Channel },
+    /// A neighbour's digest of its full state of `channel`: if ours differs, ask for its
+    /// state ([`Router::request_state`]).
+    StateDigest {
+        peer: PeerName,
+        channel: Channel,
+        digest: u64,
+    },
     /// Time for periodic gossip: send each channel's full state with [`Router::gossip_random`].
     GossipTick,
     /// Channel gossip from neighbour `from`.
@@ -257,6 +270,8 @@ pub(super) struct Stats {
     pub(super) udp_unexpected: u64,
     /// Full states not queued because an earlier one to the same neighbour was unwritten.
     pub(super) full_states_held: u64,
+    /// Connections closed because a partial view held far more than its share.
+    pub(super) shed_surplus: u64,
 }
 
 pub struct Router {
@@ -280,6 +295,8 @@ pub struct Router {
     pub(super) maker_wake: Option<Instant>,
     pub(super) discovered_gen: Option<u64>,
     pub(super) discovery_at: Option<Instant>,
+    /// When to shed a surplus connection (partial view).
+    pub(super) trim_at: Option<Instant>,
     pub(super) outbox: BTreeMap<ConnId, Outbox>,
     pub(super) outbox_at: Option<Instant>,
     /// Gossip broadcast trees by source, valid for one topology generation.
@@ -332,6 +349,7 @@ impl Router {
             maker_wake: None,
             discovered_gen: None,
             discovery_at: None,
+            trim_at: None,
             outbox: BTreeMap::new(),
             outbox_at: None,
             trees: (u64::MAX, BTreeMap::new()),
@@ -388,6 +406,7 @@ impl Router {
             self.maker_wake,
             self.discovery_at,
             self.outbox_at,
+            self.trim_at,
         ]
         .into_iter()
         .flatten()
@@ -581,6 +600,9 @@ impl Router {
             self.update_discovered(now);
             self.maker_dirty = true;
         }
+        if self.trim_at.is_some_and(|at| at <= now) {
+            self.trim(now);
+        }
         if self.next_gossip <= now {
             self.next_gossip = now + self.rng.jitter(t.gossip_interval);
             self.events.push_back(Event::GossipTick);
@@ -618,6 +640,10 @@ impl Router {
         self.after(now);
         if self.dataplane_at.is_some_and(|at| at <= now) {
             self.dataplane_at = None;
+            for gone in self.topology.garbage_collect() {
+                info!("Removed unreachable peer {gone}");
+                self.events.push_back(Event::PeerRemoved(gone));
+            }
             let table = Arc::new(self.compute_dataplane());
             if self.last_dataplane.as_deref() != Some(&table) {
                 self.last_dataplane = Some(table.clone());
@@ -759,6 +785,9 @@ impl Router {
                     reply: false,
                 },
             );
+            if self.is_direct_peer(id, hello.name) {
+                self.send_msg(id, &ControlMsg::Pinned);
+            }
         } else {
             self.send_full_topology(id);
         }
@@ -957,10 +986,41 @@ impl Router {
                 }
             }
             ControlMsg::GossipRequest { channel } => {
-                debug!(
-                    ?channel,
-                    "full-state request for a channel other than topology; ignored"
-                );
+                // Protocol 2 asks after a digest differed; at most one answer a second per
+                // channel, like topology.
+                let due = self.conns.get_mut(&id).is_some_and(|c| {
+                    c.version() >= 2
+                        && Connection::due(
+                            &mut c.last_state_reply,
+                            channel,
+                            now,
+                            FULL_REPLY_INTERVAL,
+                        )
+                });
+                if due {
+                    let peer = self.remote_name(id);
+                    self.events.push_back(Event::FullStateDue { peer, channel });
+                } else {
+                    debug!(?channel, "full-state request ignored");
+                }
+            }
+            ControlMsg::StateDigest { channel, digest } => {
+                let due = self.conns.get_mut(&id).is_some_and(|c| {
+                    Connection::due(&mut c.last_state_digest, channel, now, FULL_REPLY_INTERVAL)
+                });
+                if due {
+                    let peer = self.remote_name(id);
+                    self.events.push_back(Event::StateDigest {
+                        peer,
+                        channel,
+                        digest,
+                    });
+                }
+            }
+            ControlMsg::Pinned => {
+                if let Some(c) = self.conns.get_mut(&id) {
+                    c.pinned = true;
+                }
             }
             ControlMsg::Overlay(OverlayMsg::HeartbeatAck { conn_uid }) => {
                 let t = &self.cfg.timing;
@@ -1160,11 +1220,11 @@ impl Router {
         }
     }
 
+    /// Garbage collection of unreachable peers waits with the routes (`route_delay`): it
+    /// walks the whole topology, and a burst of updates then pays for one walk, not one
+    /// each. Entries of peers nobody lists are not relayed meanwhile (`apply_topology`).
     pub(super) fn topology_changed(&mut self, now: Instant) {
-        for gone in self.topology.garbage_collect() {
-            info!("Removed unreachable peer {gone}");
-            self.events.push_back(Event::PeerRemoved(gone));
-        }
+        self.check_surplus(now);
         if self.cfg.discovery && self.discovery_at.is_none() {
             self.discovery_at = Some(now + self.cfg.timing.discovery_interval);
         }
@@ -1221,6 +1281,21 @@ impl Router {
         self.events
             .push_back(Event::TargetsChanged(self.direct_targets()));
         self.maker_dirty = true;
+    }
+
+    /// Whether the user told us to connect to the peer on connection `id`: the connection is
+    /// to one of our direct targets, whichever side dialled it.
+    pub(super) fn is_direct_peer(&self, id: ConnId, peer: PeerName) -> bool {
+        let Some(c) = self.conns.get(&id) else {
+            return false;
+        };
+        if matches!(&c.target, Some(TargetKey::Direct(_))) {
+            return true;
+        }
+        self.targets.iter().any(|(k, t)| {
+            matches!(k, TargetKey::Direct(_))
+                && (t.peer == Some(peer) || (!c.outbound && t.addr.ip() == c.addr.ip()))
+        })
     }
 
     fn note_target_peer(&mut self, id: ConnId, peer: PeerName) {
@@ -1298,6 +1373,12 @@ impl Router {
             return;
         }
         self.discovered_gen = Some(generation);
+        let mut quota = self.discovery_quota();
+        if quota == Some(0) {
+            // A full partial view takes no one new: skip the walk over every reported
+            // connection, which a thousand-peer topology makes the costliest thing we do.
+            return;
+        }
         let direct_addrs: BTreeSet<SocketAddr> = self
             .targets
             .iter()
@@ -1334,6 +1415,10 @@ impl Router {
             }
             TargetKey::Direct(_) => true,
         });
+        let mut candidates: Vec<_> = candidates.into_iter().collect();
+        if quota.is_some() {
+            candidates = self.overlay_order(candidates);
+        }
         let backoff = &self.cfg.timing.backoff;
         let jitter = self.cfg.timing.discovery_jitter.as_micros() as u64;
         let mut discovered = self
@@ -1342,9 +1427,16 @@ impl Router {
             .filter(|k| matches!(k, TargetKey::Discovered(_)))
             .count();
         let cap = self.max_discovered();
+
         for (addr, (peer, uid)) in candidates {
             let key = TargetKey::Discovered(addr);
             if !self.targets.contains_key(&key) {
+                if let Some(q) = &mut quota {
+                    if *q == 0 {
+                        continue;
+                    }
+                    *q -= 1;
+                }
                 if discovered >= cap {
                     // Peers learned from gossip are not all dialled at once: a peer that
                     // invents thousands of them would otherwise have every router dial
@@ -1418,6 +1510,9 @@ impl Router {
                 continue;
             }
             if self.target_satisfied(t) || self.at_conn_limit() {
+                continue;
+            }
+            if matches!(key, TargetKey::Discovered(_)) && self.overlay_full() {
                 continue;
             }
             let addr = t.addr;
@@ -1622,6 +1717,7 @@ impl Router {
             over_limit: self.stats.over_limit,
             udp_unexpected: self.stats.udp_unexpected,
             full_states_held: self.stats.full_states_held,
+            shed_surplus: self.stats.shed_surplus,
             refused_pending: self.stats.refused_pending,
         }
     }
@@ -1647,6 +1743,7 @@ mod admission_tests {
             crypto: None,
             gossip_chunk: weft_proto::MAX_GOSSIP_CHUNK,
             protocol_max: control::PROTOCOL_MAX,
+            full_mesh_peers: FULL_MESH_PEERS,
         };
         Router::new(cfg, Instant::now(), u64::from(last))
     }
@@ -1802,9 +1899,15 @@ mod admission_tests {
         b.gossip_to(a.name(), Channel::DNS, vec![vec![1]]);
         b.gossip_to(a.name(), Channel::DNS, vec![vec![2]]);
         b.gossip_random(Channel::DNS, vec![vec![3]]);
-        let sent: Vec<Action> = std::iter::from_fn(|| b.poll_action()).collect();
+        // Digests are a few bytes and go regardless; full states wait.
+        let sent: Vec<Action> = std::iter::from_fn(|| b.poll_action())
+            .filter(|x| {
+                !matches!(x, Action::Send { bytes, .. }
+                    if matches!(ControlMsg::decode(&bytes[4..]), Ok(ControlMsg::StateDigest { .. })))
+            })
+            .collect();
         assert_eq!(sent.len(), 2, "one DNS full state and its mark: {sent:?}");
-        assert!(b.status(now).full_states_held >= 12);
+        assert!(b.status(now).full_states_held >= 11);
         // Once it is written, the newest goes, once.
         let later = now + FULL_REPLY_INTERVAL * 11;
         b.handle_written(later, theirs, Channel::TOPOLOGY);

@@ -50,9 +50,10 @@ impl Graph {
                 })
                 .collect(),
         };
-        let mut adj: BTreeMap<PeerName, BTreeSet<PeerName>> = BTreeMap::new();
+        // Edges gathered, sorted and then bulk-loaded: inserting them one by one into the
+        // maps cost a thousand-peer router more than anything else it did after a change.
+        let mut edges: Vec<(PeerName, PeerName)> = Vec::with_capacity(2 * topology.connections());
         for p in topology.peers() {
-            adj.entry(p.name).or_default();
             for c in &p.connections {
                 if topology.get(&c.peer).is_none() {
                     continue;
@@ -64,10 +65,19 @@ impl Graph {
                     }
                 };
                 if keep {
-                    adj.entry(p.name).or_default().insert(c.peer);
-                    adj.entry(c.peer).or_default().insert(p.name);
+                    edges.push((p.name, c.peer));
+                    edges.push((c.peer, p.name));
                 }
             }
+        }
+        edges.sort_unstable();
+        edges.dedup();
+        let mut adj: BTreeMap<PeerName, BTreeSet<PeerName>> = topology
+            .peers()
+            .map(|p| (p.name, BTreeSet::new()))
+            .collect();
+        for group in edges.chunk_by(|a, b| a.0 == b.0) {
+            adj.insert(group[0].0, group.iter().map(|e| e.1).collect());
         }
         Graph { adj }
     }

@@ -37,6 +37,8 @@ pub struct RouterStatus {
     pub udp_unexpected: u64,
     /// Full states held back: an earlier one to the same neighbour was not yet written.
     pub full_states_held: u64,
+    /// Connections shed because a partial view held far more than its share.
+    pub shed_surplus: u64,
     /// Accepted connections dropped at once: too many half-open ones.
     pub refused_pending: u64,
 }

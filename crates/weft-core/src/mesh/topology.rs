@@ -32,6 +32,39 @@ pub struct Topology {
     connections: usize,
     /// Bumped on every change so that derived data (routes) knows when to recompute.
     generation: u64,
+    /// Some peer may have become unreachable since the last garbage collection: a connection
+    /// was dropped from an entry, or a new peer came in. Most updates only add connections
+    /// or bump versions, and skipping the walk for them keeps a thousand-peer topology cheap.
+    unreachable_possible: bool,
+    /// How many entries list a connection to each peer: a peer nobody lists is surely
+    /// unreachable, which lets a router hold back such entries before the (deferred) walk.
+    listed: BTreeMap<PeerName, u32>,
+}
+
+/// Moves `listed` counts from the connections of `old` to those of `new`.
+fn relink(
+    listed: &mut BTreeMap<PeerName, u32>,
+    old: &[ConnectionSummary],
+    new: &[ConnectionSummary],
+) {
+    for c in old {
+        if let Some(n) = listed.get_mut(&c.peer) {
+            *n -= 1;
+            if *n == 0 {
+                listed.remove(&c.peer);
+            }
+        }
+    }
+    for c in new {
+        *listed.entry(c.peer).or_default() += 1;
+    }
+}
+
+/// Whether `new` drops a connection `old` listed (by peer).
+fn drops_connection(old: &[ConnectionSummary], new: &[ConnectionSummary]) -> bool {
+    let mut kept: Vec<PeerName> = new.iter().map(|c| c.peer).collect();
+    kept.sort_unstable();
+    old.iter().any(|c| kept.binary_search(&c.peer).is_err())
 }
 
 /// What applying an update did.
@@ -54,6 +87,8 @@ impl Topology {
     pub fn new(local: PeerSummary) -> Self {
         let name = local.name;
         let connections = local.connections.len();
+        let mut listed = BTreeMap::new();
+        relink(&mut listed, &[], &local.connections);
         let mut peers = BTreeMap::new();
         peers.insert(name, local);
         Topology {
@@ -61,6 +96,8 @@ impl Topology {
             peers,
             connections,
             generation: 0,
+            unreachable_possible: false,
+            listed,
         }
     }
 
@@ -82,6 +119,16 @@ impl Topology {
 
     pub fn generation(&self) -> u64 {
         self.generation
+    }
+
+    /// Connection entries over all peers.
+    pub fn connections(&self) -> usize {
+        self.connections
+    }
+
+    /// Whether some entry (ours included) lists a connection to `name`.
+    pub fn is_listed(&self, name: &PeerName) -> bool {
+        self.listed.contains_key(name)
     }
 
     pub fn get(&self, name: &PeerName) -> Option<&PeerSummary> {
@@ -107,6 +154,9 @@ impl Topology {
             return false;
         }
         self.connections = self.connections - self.local().connections.len() + connections.len();
+        self.unreachable_possible |= drops_connection(&self.local().connections, &connections);
+        let old = &self.peers[&self.local].connections;
+        relink(&mut self.listed, old, &connections);
         let local = self.local_mut();
         local.connections = connections;
         local.version = local.version.saturating_add(1);
@@ -152,6 +202,10 @@ impl Topology {
                 continue;
             }
             self.connections = connections;
+            self.unreachable_possible |=
+                existing.is_none_or(|e| drops_connection(&e.connections, &summary.connections));
+            let old = existing.map_or(&[][..], |e| &e.connections[..]);
+            relink(&mut self.listed, old, &summary.connections);
             self.peers.insert(summary.name, summary.clone());
             applied.improved.push(summary);
             self.generation += 1;
@@ -173,9 +227,9 @@ impl Topology {
 
     /// Everything we know as encoded payloads of at most `max` bytes each. Entries go in
     /// breadth-first order from us along reported connections, so each chunk's peers hang
-    /// off peers the receiver already has (us, and earlier chunks): its garbage collection,
-    /// which runs after every chunk, keeps them rather than dropping what a later chunk
-    /// would have linked.
+    /// off peers the receiver already has (us, and earlier chunks): a garbage collection
+    /// between two chunks keeps them rather than dropping what a later chunk would have
+    /// linked, and the receiver relays them (it relays only entries someone lists).
     pub fn full_update_chunks(&self, max: usize) -> Vec<Vec<u8>> {
         self.chunks_of(max, |_| true)
     }
@@ -273,6 +327,9 @@ impl Topology {
 
     /// Removes peers that no chain of reported connections links to us. Returns them.
     pub fn garbage_collect(&mut self) -> Vec<PeerName> {
+        if !std::mem::take(&mut self.unreachable_possible) {
+            return Vec::new();
+        }
         let mut reached = BTreeSet::new();
         let mut queue = VecDeque::from([self.local]);
         reached.insert(self.local);
@@ -294,6 +351,7 @@ impl Topology {
         for n in &gone {
             if let Some(s) = self.peers.remove(n) {
                 self.connections -= s.connections.len();
+                relink(&mut self.listed, &s.connections, &[]);
             }
         }
         if !gone.is_empty() {

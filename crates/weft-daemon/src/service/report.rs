@@ -207,6 +207,7 @@ impl Service {
             ("gossip_entries_over_limit", st.over_limit),
             ("control_udp_unexpected", st.udp_unexpected),
             ("control_full_states_held", st.full_states_held),
+            ("control_connections_shed_surplus", st.shed_surplus),
             ("control_refused_half_open", st.refused_pending),
         ]
         .into_iter()

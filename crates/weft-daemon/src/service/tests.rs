@@ -68,6 +68,7 @@ fn router(ipam: bool) -> Router {
         crypto: None,
         gossip_chunk: weft_proto::MAX_GOSSIP_CHUNK,
         protocol_max: weft_proto::control::PROTOCOL_MAX,
+        full_mesh_peers: weft_core::mesh::FULL_MESH_PEERS,
     };
     let ipam_cfg = ipam.then(|| {
         (

@@ -27,6 +27,8 @@ struct Args {
     one_by_one: bool,
     /// Break the bytes down by kind of message (unencrypted only; slower).
     classify: bool,
+    /// Progress every ten virtual seconds of the steady window, on stderr.
+    verbose: bool,
     targets: usize,
     conn_limit: usize,
     seed: u64,
@@ -36,7 +38,7 @@ struct Args {
 
 fn usage() -> ! {
     eprintln!(
-        "usage: weft-scale --hosts N [--encrypted] [--churn] [--one-by-one] [--classify] [--targets K] [--conn-limit L] [--seed S] [--limit-s VIRTUAL] [--max-wall-s REAL]"
+        "usage: weft-scale --hosts N [--encrypted] [--churn] [--one-by-one] [--classify] [--verbose] [--targets K] [--conn-limit L] [--seed S] [--limit-s VIRTUAL] [--max-wall-s REAL]"
     );
     std::process::exit(2)
 }
@@ -48,6 +50,7 @@ fn parse() -> Args {
         churn: false,
         one_by_one: false,
         classify: false,
+        verbose: false,
         targets: 2,
         conn_limit: 200,
         seed: 1,
@@ -68,6 +71,7 @@ fn parse() -> Args {
             "--churn" => a.churn = true,
             "--one-by-one" => a.one_by_one = true,
             "--classify" => a.classify = true,
+            "--verbose" => a.verbose = true,
             "--targets" => a.targets = num("--targets") as usize,
             "--conn-limit" => a.conn_limit = num("--conn-limit") as usize,
             "--seed" => a.seed = num("--seed"),
@@ -186,6 +190,15 @@ fn main() {
         udp as f64 / 1e6,
         sim.max_message,
     );
+    let degrees: Vec<usize> = all
+        .iter()
+        .map(|&i| sim.nodes[i].router().connected_peers().count())
+        .collect();
+    println!(
+        "connections per host: mean {:.1}, max {}",
+        degrees.iter().sum::<usize>() as f64 / degrees.len() as f64,
+        degrees.iter().max().unwrap_or(&0)
+    );
     for (kind, b) in &sim.by_kind {
         println!(
             "  {kind}: {:.2} MB per host",
@@ -196,11 +209,73 @@ fn main() {
     if converged_s.is_some() {
         let (b0, u0) = (sim.tcp_bytes, sim.udp_bytes);
         let window = Duration::from_secs(120);
-        sim.run_for(window);
+        if a.verbose {
+            let mut last = sim.tcp_bytes;
+            for k in 0..12 {
+                let kinds = sim.by_kind.clone();
+                let versions: Vec<(u64, usize)> = all
+                    .iter()
+                    .map(|&i| {
+                        let r = sim.nodes[i].router();
+                        (r.topology().local().version, r.connected_peers().count())
+                    })
+                    .collect();
+                sim.run_for(window / 12);
+                let mut changed = 0;
+                let mut bumps = 0;
+                for (k, &i) in all.iter().enumerate() {
+                    let r = sim.nodes[i].router();
+                    let v = r.topology().local().version;
+                    if v != versions[k].0 {
+                        changed += 1;
+                        bumps += v - versions[k].0;
+                        if changed <= 3 {
+                            eprintln!(
+                                "    h{i}: version +{}, connections {} -> {}",
+                                v - versions[k].0,
+                                versions[k].1,
+                                r.connected_peers().count()
+                            );
+                        }
+                    }
+                }
+                eprintln!("    {changed} hosts changed their entry, {bumps} versions in all");
+                for (kind, b) in &sim.by_kind {
+                    let d = b - kinds.get(kind).copied().unwrap_or(0);
+                    if d > 0 {
+                        eprintln!(
+                            "    {kind}: {:.0} B/s per host",
+                            d as f64 / a.hosts as f64 / 10.0
+                        );
+                    }
+                }
+                let degrees: Vec<usize> = all
+                    .iter()
+                    .map(|&i| sim.nodes[i].router().connected_peers().count())
+                    .collect();
+                eprintln!(
+                    "  +{}s: {:.0} B/s per host, connections mean {:.1} min {} max {}, wall {:.0}s",
+                    (k + 1) * 10,
+                    (sim.tcp_bytes - last) as f64 / a.hosts as f64 / 10.0,
+                    degrees.iter().sum::<usize>() as f64 / degrees.len() as f64,
+                    degrees.iter().min().unwrap_or(&0),
+                    degrees.iter().max().unwrap_or(&0),
+                    wall.elapsed().as_secs_f64()
+                );
+                last = sim.tcp_bytes;
+            }
+        } else {
+            sim.run_for(window);
+        }
         let rate = (sim.tcp_bytes - b0) as f64 / a.hosts as f64 / window.as_secs_f64();
         let udp_rate = (sim.udp_bytes - u0) as f64 / a.hosts as f64 / window.as_secs_f64();
+        let max_degree = all
+            .iter()
+            .map(|&i| sim.nodes[i].router().connected_peers().count())
+            .max()
+            .unwrap_or(0);
         println!(
-            "steady: {rate:.0} B/s of control messages per host (UDP heartbeats {udp_rate:.0} B/s more)"
+            "steady: {rate:.0} B/s of control messages per host (UDP heartbeats {udp_rate:.0} B/s more); most connections {max_degree}"
         );
         steady = Some(rate);
     }
