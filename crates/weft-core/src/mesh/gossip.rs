@@ -137,7 +137,56 @@ impl Router {
         children
     }
 
-    /// Queues topology entries for our children in `src`'s broadcast tree.
+    /// Our neighbours in the one tree that carries every source's topology updates in a
+    /// partial view: the BFS tree from the peer with the lowest name, over the connections
+    /// each peer reports (as [`Router::gossip_children`]). An update goes to every tree
+    /// neighbour but the one it came from.
+    ///
+    /// A tree per source costs a walk per source after every change: at a thousand peers,
+    /// with hundreds of sources changing at once as a mesh forms, that was all a router did.
+    /// One tree costs one walk per change. Each update still crosses each tree edge once;
+    /// only improvements are relayed, so a moment of disagreement about the tree cannot
+    /// make an update circle, and what it misses anti-entropy (digests) repairs.
+    fn shared_tree_neighbours(&mut self) -> Vec<PeerName> {
+        let generation = self.topology.generation();
+        if self.shared_tree.0 == generation {
+            return self.shared_tree.1.clone();
+        }
+        let local = self.cfg.name;
+        let mut out = Vec::new();
+        if let Some(root) = self.topology.peers().next().map(|p| p.name) {
+            let mut seen = HashSet::with_capacity(self.topology.len());
+            seen.insert(root);
+            let mut queue = VecDeque::from([root]);
+            while let Some(p) = queue.pop_front() {
+                let Some(summary) = self.topology.get(&p) else {
+                    continue;
+                };
+                for c in &summary.connections {
+                    if c.peer == local && seen.insert(local) {
+                        out.push(p);
+                        queue.push_back(local);
+                    } else if seen.insert(c.peer) {
+                        if p == local {
+                            out.push(c.peer);
+                        }
+                        queue.push_back(c.peer);
+                    }
+                }
+                if p == local {
+                    break;
+                }
+            }
+        }
+        out.dedup();
+        self.shared_tree = (generation, out.clone());
+        out
+    }
+
+    /// Queues topology entries for our children in `src`'s broadcast tree. Which neighbours
+    /// those are is settled when the outbox goes out: the tree is then walked once for all
+    /// the updates from `src` that came in meanwhile (in a busy mesh, dozens), over the
+    /// topology as it stands then.
     pub(super) fn relay_topology(
         &mut self,
         now: Instant,
@@ -145,24 +194,38 @@ impl Router {
         entries: &[PeerSummary],
         from: Option<ConnId>,
     ) {
-        for child in self.gossip_children(src) {
-            if let Some(&id) = self.by_peer.get(&child)
-                && Some(id) != from
-            {
-                let ob = self.outbox.entry(id).or_default();
-                merge_entries(ob.broadcast.entry(src).or_default(), entries);
-            }
-        }
+        merge_entries(self.relays.entry((src, from)).or_default(), entries);
         self.outbox_due(now);
     }
 
     pub(super) fn outbox_due(&mut self, now: Instant) {
-        if !self.outbox.is_empty() && self.outbox_at.is_none() {
-            self.outbox_at = Some(now + self.cfg.timing.gossip_coalesce);
+        if (!self.outbox.is_empty() || !self.relays.is_empty()) && self.outbox_at.is_none() {
+            self.outbox_at = Some(now + self.paced(self.cfg.timing.gossip_coalesce));
         }
     }
 
     pub(super) fn flush_outbox(&mut self) {
+        let relays = std::mem::take(&mut self.relays);
+        let shared = self.degree_target().is_some();
+        let mut children = (None, Vec::new());
+        for ((src, from), entries) in relays {
+            if shared {
+                if children.0.is_none() {
+                    children = (Some(src), self.shared_tree_neighbours());
+                }
+            } else if children.0 != Some(src) {
+                children = (Some(src), self.gossip_children(src));
+            }
+            let entries: Vec<PeerSummary> = entries.into_values().collect();
+            for child in &children.1 {
+                if let Some(&id) = self.by_peer.get(child)
+                    && Some(id) != from
+                {
+                    let ob = self.outbox.entry(id).or_default();
+                    merge_entries(ob.broadcast.entry(src).or_default(), &entries);
+                }
+            }
+        }
         for (id, ob) in std::mem::take(&mut self.outbox) {
             if !self.conns.get(&id).is_some_and(|c| c.phase == Phase::Ready) {
                 continue;

@@ -39,6 +39,20 @@ impl Router {
         Some((n as f64).log2().ceil() as usize + 4)
     }
 
+    /// `base` stretched in proportion to the mesh past the full-mesh size: how long routes
+    /// (with garbage collection) and relays wait to take in a burst of changes. Every
+    /// recomputation walks the whole topology, so a router of a thousand peers that kept
+    /// the small mesh's pace would spend its time walking; a few hundred milliseconds more
+    /// before a route or relay is still far inside what a change takes to cross the mesh.
+    pub(super) fn paced(&self, base: Duration) -> Duration {
+        let n = self.topology.len();
+        let full = self.cfg.full_mesh_peers.max(1);
+        if n <= full {
+            return base;
+        }
+        base.mul_f64(n as f64 / full as f64)
+    }
+
     /// Connections that count towards the target: ready ones and our dials in progress.
     pub(super) fn overlay_degree(&self) -> usize {
         self.conns
@@ -62,12 +76,19 @@ impl Router {
         self.targets.retain(|k, t| {
             !matches!(k, TargetKey::Discovered(_)) || t.conn.is_some() || t.attempts == 0
         });
-        let idle = self
+        let room = d.saturating_sub(self.overlay_degree());
+        // Targets taken while the mesh still looked small (every peer, for a full mesh) and
+        // not dialled yet: past our share they are dropped rather than dialled and shed.
+        let idle: Vec<TargetKey> = self
             .targets
             .iter()
             .filter(|(k, t)| matches!(k, TargetKey::Discovered(_)) && t.conn.is_none())
-            .count();
-        Some(d.saturating_sub(self.overlay_degree()).saturating_sub(idle))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in idle.iter().skip(room) {
+            self.targets.remove(k);
+        }
+        Some(room.saturating_sub(idle.len()))
     }
 
     /// The order a partial view tries new neighbours in: random, each pick the less connected

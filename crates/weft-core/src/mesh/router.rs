@@ -42,6 +42,7 @@ pub const FULL_REPLY_INTERVAL: Duration = Duration::from_secs(1);
 /// Up to this many peers discovery makes a full mesh, as Weave did; past it, a partial view
 /// (see `overlay`).
 pub const FULL_MESH_PEERS: usize = 100;
+
 /// How many protocol-2 neighbours a topology improvement learnt by gossip is pushed to (the
 /// periodic digests repair what a push missed).
 const PUSH_FANOUT: usize = 2;
@@ -298,9 +299,14 @@ pub struct Router {
     /// When to shed a surplus connection (partial view).
     pub(super) trim_at: Option<Instant>,
     pub(super) outbox: BTreeMap<ConnId, Outbox>,
+    /// Topology entries to relay along broadcast trees, by source and the connection they
+    /// came from (not sent back there), until the outbox goes out.
+    pub(super) relays: BTreeMap<(PeerName, Option<ConnId>), BTreeMap<PeerName, PeerSummary>>,
     pub(super) outbox_at: Option<Instant>,
     /// Gossip broadcast trees by source, valid for one topology generation.
     pub(super) trees: (u64, BTreeMap<PeerName, Vec<PeerName>>),
+    /// Our neighbours in the shared broadcast tree of a partial view, for one generation.
+    pub(super) shared_tree: (u64, Vec<PeerName>),
     /// Next hops for gossip unicasts, valid for one topology generation.
     pub(super) unicast_all: (u64, BTreeMap<PeerName, PeerName>),
     /// Inbound connections that failed recently (shown in status: they have no target).
@@ -351,8 +357,10 @@ impl Router {
             discovery_at: None,
             trim_at: None,
             outbox: BTreeMap::new(),
+            relays: BTreeMap::new(),
             outbox_at: None,
             trees: (u64::MAX, BTreeMap::new()),
+            shared_tree: (u64::MAX, Vec::new()),
             unicast_all: (u64::MAX, BTreeMap::new()),
             recent_failures: VecDeque::new(),
             stats: Stats::default(),
@@ -1220,7 +1228,7 @@ impl Router {
         }
     }
 
-    /// Garbage collection of unreachable peers waits with the routes (`route_delay`): it
+    /// Garbage collection of unreachable peers waits with the routes (`route_delay`, paced): it
     /// walks the whole topology, and a burst of updates then pays for one walk, not one
     /// each. Entries of peers nobody lists are not relayed meanwhile (`apply_topology`).
     pub(super) fn topology_changed(&mut self, now: Instant) {
@@ -1233,7 +1241,7 @@ impl Router {
 
     fn dataplane_changed(&mut self, now: Instant) {
         if self.dataplane_at.is_none() {
-            self.dataplane_at = Some(now + self.cfg.timing.route_delay);
+            self.dataplane_at = Some(now + self.paced(self.cfg.timing.route_delay));
         }
     }
 

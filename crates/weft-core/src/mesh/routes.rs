@@ -28,11 +28,17 @@ pub enum Variant {
     All,
 }
 
-/// An undirected graph over peer names with sorted adjacency lists.
+/// An undirected graph over peer names with sorted adjacency lists, held densely (peers by
+/// index in name order): routes walk it once per change for every destination or source,
+/// and at a thousand peers walks through ordered maps cost more than the rest of a change.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Graph {
-    adj: BTreeMap<PeerName, BTreeSet<PeerName>>,
+    names: Vec<PeerName>,
+    adj: Vec<Vec<u32>>,
 }
+
+/// No parent: the root, or not reached.
+const NONE: u32 = u32::MAX;
 
 impl Graph {
     pub fn from_topology(topology: &Topology, variant: Variant) -> Self {
@@ -50,14 +56,14 @@ impl Graph {
                 })
                 .collect(),
         };
-        // Edges gathered, sorted and then bulk-loaded: inserting them one by one into the
-        // maps cost a thousand-peer router more than anything else it did after a change.
-        let mut edges: Vec<(PeerName, PeerName)> = Vec::with_capacity(2 * topology.connections());
-        for p in topology.peers() {
+        let names: Vec<PeerName> = topology.peers().map(|p| p.name).collect();
+        let index = |n: &PeerName| names.binary_search(n).ok().map(|i| i as u32);
+        let mut edges: Vec<(u32, u32)> = Vec::with_capacity(2 * topology.connections());
+        for (i, p) in topology.peers().enumerate() {
             for c in &p.connections {
-                if topology.get(&c.peer).is_none() {
+                let Some(j) = index(&c.peer) else {
                     continue;
-                }
+                };
                 let keep = match variant {
                     Variant::All => true,
                     Variant::Established => {
@@ -65,81 +71,103 @@ impl Graph {
                     }
                 };
                 if keep {
-                    edges.push((p.name, c.peer));
-                    edges.push((c.peer, p.name));
+                    edges.push((i as u32, j));
+                    edges.push((j, i as u32));
                 }
             }
         }
         edges.sort_unstable();
         edges.dedup();
-        let mut adj: BTreeMap<PeerName, BTreeSet<PeerName>> = topology
-            .peers()
-            .map(|p| (p.name, BTreeSet::new()))
-            .collect();
-        for group in edges.chunk_by(|a, b| a.0 == b.0) {
-            adj.insert(group[0].0, group.iter().map(|e| e.1).collect());
+        let mut adj = vec![Vec::new(); names.len()];
+        for (a, b) in edges {
+            adj[a as usize].push(b);
         }
-        Graph { adj }
+        Graph { names, adj }
+    }
+
+    fn index(&self, p: &PeerName) -> Option<usize> {
+        self.names.binary_search(p).ok()
     }
 
     /// Every peer in the graph.
     pub fn peers(&self) -> impl Iterator<Item = PeerName> + '_ {
-        self.adj.keys().copied()
+        self.names.iter().copied()
     }
 
     pub fn neighbours(&self, p: &PeerName) -> impl Iterator<Item = &PeerName> {
-        self.adj.get(p).into_iter().flatten()
+        self.index(p)
+            .map_or(&[][..], |i| &self.adj[i][..])
+            .iter()
+            .map(|&j| &self.names[j as usize])
     }
 
-    /// BFS parents from `root`: `parent[x]` is the peer that first reached `x`.
-    fn bfs_parents(&self, root: PeerName) -> BTreeMap<PeerName, PeerName> {
-        let mut parent = BTreeMap::new();
-        if !self.adj.contains_key(&root) {
-            return parent;
-        }
-        let mut seen = BTreeSet::from([root]);
+    /// BFS parents from `root` by index: `parent[x]` is the peer that first reached `x`
+    /// ([`NONE`] for the root and peers not reached); `None` if `root` is not in the graph.
+    fn bfs_parents(&self, root: PeerName) -> Option<(usize, Vec<u32>)> {
+        let root = self.index(&root)?;
+        let mut parent = vec![NONE; self.names.len()];
+        let mut seen = vec![false; self.names.len()];
+        seen[root] = true;
         let mut queue = VecDeque::from([root]);
         while let Some(p) = queue.pop_front() {
-            for &n in self.neighbours(&p) {
-                if seen.insert(n) {
-                    parent.insert(n, p);
-                    queue.push_back(n);
+            for &n in &self.adj[p] {
+                if !std::mem::replace(&mut seen[n as usize], true) {
+                    parent[n as usize] = p as u32;
+                    queue.push_back(n as usize);
                 }
             }
         }
-        parent
+        Some((root, parent))
     }
 
     /// Next hop from `local` to every reachable peer.
     pub fn unicast_from(&self, local: PeerName) -> BTreeMap<PeerName, PeerName> {
-        let parent = self.bfs_parents(local);
-        let mut hops = BTreeMap::new();
-        for &dst in parent.keys() {
-            // Walk up to the peer whose parent is us; paths are short (hops), so this is cheap.
-            let mut hop = dst;
-            while let Some(&p) = parent.get(&hop) {
-                if p == local {
-                    break;
-                }
-                hop = p;
+        let Some((root, parent)) = self.bfs_parents(local) else {
+            return BTreeMap::new();
+        };
+        // Peers in BFS order would let each take its parent's hop; walking up is as cheap
+        // for paths of a few hops and needs no order.
+        let mut hop = vec![NONE; parent.len()];
+        for dst in 0..parent.len() {
+            if parent[dst] == NONE || hop[dst] != NONE {
+                continue;
             }
-            hops.insert(dst, hop);
+            let mut h = dst;
+            while parent[h] as usize != root {
+                h = parent[h] as usize;
+            }
+            hop[dst] = h as u32;
         }
-        hops
+        hop.iter()
+            .enumerate()
+            .filter(|&(_, &h)| h != NONE)
+            .map(|(d, &h)| (self.names[d], self.names[h as usize]))
+            .collect()
     }
 
     /// Our children in `src`'s broadcast tree.
     pub fn broadcast_children(&self, src: PeerName, local: PeerName) -> Vec<PeerName> {
-        self.bfs_parents(src)
-            .into_iter()
-            .filter(|&(_, p)| p == local)
-            .map(|(c, _)| c)
+        let (Some((_, parent)), Some(local)) = (self.bfs_parents(src), self.index(&local)) else {
+            return Vec::new();
+        };
+        parent
+            .iter()
+            .enumerate()
+            .filter(|&(_, &p)| p as usize == local)
+            .map(|(c, _)| self.names[c])
             .collect()
     }
 
     /// The peers that have children in `root`'s broadcast tree (one search).
     pub fn tree_parents(&self, root: PeerName) -> BTreeSet<PeerName> {
-        self.bfs_parents(root).into_values().collect()
+        self.bfs_parents(root)
+            .map_or_else(BTreeSet::new, |(_, parent)| {
+                parent
+                    .iter()
+                    .filter(|&&p| p != NONE)
+                    .map(|&p| self.names[p as usize])
+                    .collect()
+            })
     }
 }
 

@@ -6,8 +6,10 @@
 //! N hosts start as users start them: each given a few earlier hosts (`--targets`, 2), peer
 //! discovery on, `--conn-limit` 200; all at once, or one a second (`--one-by-one`). Prints
 //! virtual time until converged (every host knows every host, with identical entries, and has
-//! a data route to each), control bytes until then in total and per host, steady control
-//! bytes per host per second over two virtual minutes, the largest single message, the
+//! a data route to each), control bytes until then in total and per host, how long the
+//! overlay then takes to settle (hosts that start together shed surplus connections), steady
+//! control bytes per host per second over the two virtual minutes after that, the largest
+//! single message, the
 //! process's peak memory and the simulator's wall time. `--churn`: then, each minute for five
 //! minutes, 5% of the hosts restart; prints how long each wave took to converge again.
 //!
@@ -121,18 +123,77 @@ fn until_converged(
     limit: Duration,
     wall: Instant,
     max_wall: Duration,
+    verbose: bool,
 ) -> Option<Duration> {
     let start = sim.elapsed();
     let check = Duration::from_millis(500);
+    let mut k = 0u64;
     loop {
-        if converged(sim, all).is_ok() {
+        let state = converged(sim, all);
+        if state.is_ok() {
             return Some(sim.elapsed() - start);
+        }
+        k += 1;
+        if verbose && k.is_multiple_of(10) {
+            let live: Vec<usize> = all
+                .iter()
+                .copied()
+                .filter(|&i| sim.nodes[i].alive)
+                .collect();
+            let knows = live
+                .iter()
+                .filter(|&&i| sim.nodes[i].router().topology().len() == live.len())
+                .count();
+            let conns: usize = live
+                .iter()
+                .map(|&i| sim.nodes[i].router().connected_peers().count())
+                .sum();
+            eprintln!(
+                "  {:.1} virtual s: {knows} of {} hosts know every host; {:.1} connections each; {:.1} MB per host so far; wall {:.0} s; {}",
+                (sim.elapsed() - start).as_secs_f64(),
+                live.len(),
+                conns as f64 / live.len().max(1) as f64,
+                sim.tcp_bytes as f64 / live.len().max(1) as f64 / 1e6,
+                wall.elapsed().as_secs_f64(),
+                state.err().unwrap_or_default()
+            );
         }
         if sim.elapsed() - start >= limit || wall.elapsed() >= max_wall {
             return None;
         }
         sim.run_for(check);
     }
+}
+
+/// Runs until no live host has changed its own topology entry (its connections) for 10
+/// virtual seconds, or `limit`; the virtual time it took (`None`: still changing). Past the
+/// full-mesh size, hosts that started together hold more connections than their share when
+/// they first converge and shed the surplus over the next seconds: that is settling, not
+/// the steady state.
+fn until_settled(sim: &mut Sim, all: &[usize], limit: Duration) -> Option<Duration> {
+    let start = sim.elapsed();
+    let versions = |sim: &Sim| -> Vec<u64> {
+        all.iter()
+            .map(|&i| sim.nodes[i].router().topology().local().version)
+            .collect()
+    };
+    let mut last = versions(sim);
+    let mut quiet = Duration::ZERO;
+    let step = Duration::from_secs(1);
+    while quiet < Duration::from_secs(10) {
+        if sim.elapsed() - start >= limit {
+            return None;
+        }
+        sim.run_for(step);
+        let now = versions(sim);
+        quiet = if now == last {
+            quiet + step
+        } else {
+            Duration::ZERO
+        };
+        last = now;
+    }
+    Some(sim.elapsed() - start - quiet)
 }
 
 fn main() {
@@ -166,7 +227,7 @@ fn main() {
     }
     let all = sim.all();
     let started_at = Duration::ZERO;
-    let took = until_converged(&mut sim, &all, a.limit, wall, a.max_wall);
+    let took = until_converged(&mut sim, &all, a.limit, wall, a.max_wall, a.verbose);
     let converged_s = took.map(|_| (sim.elapsed() - started_at).as_secs_f64());
     let bytes = sim.tcp_bytes;
     let udp = sim.udp_bytes;
@@ -207,6 +268,16 @@ fn main() {
     }
     let mut steady = None;
     if converged_s.is_some() {
+        let b0 = sim.tcp_bytes;
+        let settled = until_settled(&mut sim, &all, Duration::from_secs(120));
+        println!(
+            "settled (no host changed its connections for 10 s) {} after converging; {:.2} MB per host meanwhile",
+            settled.map_or("not within 120 s".into(), |t| format!(
+                "{:.1} s",
+                t.as_secs_f64()
+            )),
+            (sim.tcp_bytes - b0) as f64 / a.hosts as f64 / 1e6
+        );
         let (b0, u0) = (sim.tcp_bytes, sim.udp_bytes);
         let window = Duration::from_secs(120);
         if a.verbose {
@@ -298,7 +369,14 @@ fn main() {
             for &i in &restarted {
                 sim.restart(i);
             }
-            let t = until_converged(&mut sim, &all, Duration::from_secs(60), wall, a.max_wall);
+            let t = until_converged(
+                &mut sim,
+                &all,
+                Duration::from_secs(60),
+                wall,
+                a.max_wall,
+                a.verbose,
+            );
             match t {
                 Some(t) => {
                     println!(

@@ -14,6 +14,10 @@
 //!
 //! `weft-bench dns [SECONDS]`: weftDNS queries per second with the router pinned to one core
 //! and the load generator on the other.
+//!
+//! `weft-bench mesh [N]`: N real routers (default 50) on Docker-like hosts, launched together
+//! as users start them (each given two earlier hosts), one container each: the time until
+//! every container pings a random other, then each router's CPU while idle and its memory.
 
 use anyhow::{Context, Result, bail};
 use weft_testbed::{Posture, Testbed, measure};
@@ -238,6 +242,9 @@ fn main() -> Result<()> {
         Some("dns-client") => return dns_client(&args[2..]),
         Some("dns") => {
             return dns_bench(args.get(2).map(|s| s.parse()).transpose()?.unwrap_or(5));
+        }
+        Some("mesh") => {
+            return mesh_bench(args.get(2).map(|s| s.parse()).transpose()?.unwrap_or(50));
         }
         _ => {}
     }
@@ -512,6 +519,111 @@ fn dns_client(args: &[String]) -> Result<()> {
     println!(
         "{threads} closed-loop clients, {secs} s: {:.0} answered queries/s ({lost} unanswered)",
         ok as f64 / secs as f64
+    );
+    Ok(())
+}
+
+fn mesh_bench(n: usize) -> Result<()> {
+    if !weft_testbed::available() {
+        bail!("the benchmark builds network namespaces and needs root");
+    }
+    if n < 2 {
+        bail!("a mesh needs at least 2 routers");
+    }
+    let weft = weft_testbed::weft_binary()?;
+    let mut tb = Testbed::with_posture("meshb", n, &weft, Posture::Docker)?;
+    let mut rng: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut pick = |below: usize| {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        (rng % below as u64) as usize
+    };
+    let start = std::time::Instant::now();
+    for i in 1..=n {
+        let mut targets: Vec<String> = Vec::new();
+        while targets.len() < (i - 1).min(2) {
+            let ip = tb.host(1 + pick(i - 1)).ip.to_string();
+            if !targets.contains(&ip) {
+                targets.push(ip);
+            }
+        }
+        let mut args = vec!["--log-level=warning"];
+        args.extend(targets.iter().map(String::as_str));
+        tb.launch(i, &args)?;
+    }
+    let launched = start.elapsed();
+    tb.wait_status(
+        &(1..=n).rev().collect::<Vec<_>>(),
+        &format!("Peers: {n} (with"),
+    )?;
+    let known = start.elapsed();
+    let mut addrs = Vec::new();
+    let mut containers = Vec::new();
+    for i in 1..=n {
+        let c = tb.container(&format!("{i}"))?;
+        let addr = tb.attach(i, &[], &c)?;
+        addrs.push(addr.split('/').next().unwrap_or(&addr).to_string());
+        containers.push(c);
+    }
+    let attached = start.elapsed();
+    for (i, container) in containers.iter().enumerate() {
+        let j = (i + 1 + pick(n - 1)) % n;
+        let took = tb.wait_ping(container, &addrs[j], std::time::Duration::from_secs(300))?;
+        // A slow first reply is worth its connections' state, to see which path it took.
+        if took > std::time::Duration::from_secs(3) {
+            eprintln!(
+                "host {} -> host {} ({}) took {:.1} s:\n{}",
+                i + 1,
+                j + 1,
+                addrs[j],
+                took.as_secs_f64(),
+                tb.status(i + 1, &["connections"]).unwrap_or_default()
+            );
+        }
+    }
+    let reachable = start.elapsed();
+    // Idle: a few seconds for the last gossip to settle, then CPU over 20 s.
+    std::thread::sleep(std::time::Duration::from_secs(5));
+    let pids: Vec<u32> = (1..=n).filter_map(|i| tb.our_router_pid(i)).collect();
+    let before: Vec<f64> = pids
+        .iter()
+        .map(|&p| measure::cpu_seconds(p).unwrap_or(0.0))
+        .collect();
+    let window = 20.0;
+    std::thread::sleep(std::time::Duration::from_secs_f64(window));
+    let cpu: Vec<f64> = pids
+        .iter()
+        .zip(&before)
+        .map(|(&p, b)| (measure::cpu_seconds(p).unwrap_or(0.0) - b) / window * 100.0)
+        .collect();
+    let rss: Vec<f64> = (1..=n)
+        .filter_map(|i| tb.router_rss_kib(i).ok())
+        .map(|k| k as f64 / 1024.0)
+        .collect();
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
+    let max = |v: &[f64]| v.iter().copied().fold(0.0, f64::max);
+    println!(
+        "{n} routers: launched in {:.1} s, every router knew every other at {:.1} s, containers attached at {:.1} s, every container reached a random other at {:.1} s",
+        launched.as_secs_f64(),
+        known.as_secs_f64(),
+        attached.as_secs_f64(),
+        reachable.as_secs_f64()
+    );
+    println!(
+        "idle CPU per router: mean {:.2}% of a core, max {:.2}%; memory (RSS) mean {:.1} MB, max {:.1} MB",
+        mean(&cpu),
+        max(&cpu),
+        mean(&rss),
+        max(&rss)
+    );
+    println!(
+        "routers={n} reachable_s={:.1} idle_cpu_pct_mean={:.2} idle_cpu_pct_max={:.2} rss_mb_mean={:.1} rss_mb_max={:.1}",
+        reachable.as_secs_f64(),
+        mean(&cpu),
+        max(&cpu),
+        mean(&rss),
+        max(&rss)
     );
     Ok(())
 }
