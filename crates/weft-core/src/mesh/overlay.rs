@@ -29,6 +29,9 @@ use weft_proto::PeerName;
 /// still being made in a start-up burst are shed in the same go.
 pub(super) const TRIM_INTERVAL: Duration = Duration::from_secs(5);
 
+/// The most [`Router::paced`] stretches a delay (reached at ten times the full-mesh size).
+const MAX_PACE: f64 = 10.0;
+
 impl Router {
     /// How many connections discovery aims for; `None`: every known peer (a full mesh).
     pub(super) fn degree_target(&self) -> Option<usize> {
@@ -44,13 +47,16 @@ impl Router {
     /// recomputation walks the whole topology, so a router of a thousand peers that kept
     /// the small mesh's pace would spend its time walking; a few hundred milliseconds more
     /// before a route or relay is still far inside what a change takes to cross the mesh.
+    ///
+    /// At most ten times `base`: the topology counts peers before garbage collection, and a
+    /// hostile peer that invents thousands must not hold back everyone's routes for seconds.
     pub(super) fn paced(&self, base: Duration) -> Duration {
         let n = self.topology.len();
         let full = self.cfg.full_mesh_peers.max(1);
         if n <= full {
             return base;
         }
-        base.mul_f64(n as f64 / full as f64)
+        base.mul_f64((n as f64 / full as f64).min(MAX_PACE))
     }
 
     /// Connections that count towards the target: ready ones and our dials in progress.
