@@ -648,10 +648,7 @@ impl Router {
         self.after(now);
         if self.dataplane_at.is_some_and(|at| at <= now) {
             self.dataplane_at = None;
-            for gone in self.topology.garbage_collect() {
-                info!("Removed unreachable peer {gone}");
-                self.events.push_back(Event::PeerRemoved(gone));
-            }
+            self.collect_garbage();
             let table = Arc::new(self.compute_dataplane());
             if self.last_dataplane.as_deref() != Some(&table) {
                 self.last_dataplane = Some(table.clone());
@@ -1228,15 +1225,28 @@ impl Router {
         }
     }
 
-    /// Garbage collection of unreachable peers waits with the routes (`route_delay`, paced): it
-    /// walks the whole topology, and a burst of updates then pays for one walk, not one
-    /// each. Entries of peers nobody lists are not relayed meanwhile (`apply_topology`).
+    /// In a partial view, garbage collection of unreachable peers waits with the routes
+    /// (`route_delay`, paced): it walks the whole topology, and a burst of updates then pays
+    /// for one walk, not one each. Entries of peers nobody lists are not relayed meanwhile
+    /// (`apply_topology`).
     pub(super) fn topology_changed(&mut self, now: Instant) {
+        if self.degree_target().is_none() {
+            // A full mesh is small: collect at once, as Weave did, so a peer that went is
+            // forgotten (its names, records) before a new incarnation of it can arrive.
+            self.collect_garbage();
+        }
         self.check_surplus(now);
         if self.cfg.discovery && self.discovery_at.is_none() {
             self.discovery_at = Some(now + self.cfg.timing.discovery_interval);
         }
         self.dataplane_changed(now);
+    }
+
+    fn collect_garbage(&mut self) {
+        for gone in self.topology.garbage_collect() {
+            info!("Removed unreachable peer {gone}");
+            self.events.push_back(Event::PeerRemoved(gone));
+        }
     }
 
     fn dataplane_changed(&mut self, now: Instant) {
