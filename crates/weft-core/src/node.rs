@@ -522,8 +522,13 @@ impl Node {
                 payload,
             } if channel == Channel::DNS => {
                 let topology = self.router.topology();
+                // The neighbour that sent it counts as known: with protocol 2 its welcome full
+                // state can come before its topology entry (which follows the version
+                // exchange), and refusing its own names then left them out until the next
+                // periodic gossip, half a minute later.
+                let known = |p: PeerName| p == from || topology.get(&p).is_some();
                 if let Some(d) = &mut self.dns
-                    && let Err(e) = d.handle_message(now, &payload, |p| topology.get(&p).is_some())
+                    && let Err(e) = d.handle_message(now, &payload, known)
                 {
                     warn!("DNS gossip from {from} refused: {e}");
                 }
@@ -535,8 +540,9 @@ impl Node {
                 payload,
             } if channel == Channel::DNS => {
                 let topology = self.router.topology();
+                let known = |p: PeerName| p == from || topology.get(&p).is_some();
                 if let Some(d) = &mut self.dns {
-                    match d.handle_message(now, &payload, |p| topology.get(&p).is_some()) {
+                    match d.handle_message(now, &payload, known) {
                         Ok(true) => self
                             .router
                             .relay_broadcast(channel, src, payload, Some(from)),
