@@ -23,6 +23,42 @@ pub(super) struct Outbox {
     pub broadcast: BTreeMap<PeerName, BTreeMap<PeerName, PeerSummary>>,
 }
 
+/// `local`'s links in the BFS tree from `root` over the connections each peer reports: the
+/// peer that first reached it, and its children (its connections the walk had not reached
+/// when it reached `local`; the walk stops there).
+fn tree_links(
+    topology: &super::topology::Topology,
+    root: PeerName,
+    local: PeerName,
+) -> (Option<PeerName>, Vec<PeerName>) {
+    let mut parent = None;
+    let mut seen = HashSet::with_capacity(topology.len());
+    seen.insert(root);
+    let mut queue = VecDeque::from([root]);
+    while let Some(p) = queue.pop_front() {
+        let Some(summary) = topology.get(&p) else {
+            continue;
+        };
+        if p == local {
+            let children = summary
+                .connections
+                .iter()
+                .filter_map(|c| seen.insert(c.peer).then_some(c.peer))
+                .collect();
+            return (parent, children);
+        }
+        for c in &summary.connections {
+            if seen.insert(c.peer) {
+                if c.peer == local {
+                    parent = Some(p);
+                }
+                queue.push_back(c.peer);
+            }
+        }
+    }
+    (parent, Vec::new())
+}
+
 /// Adds `entries` to `pending`, keeping the newer of two entries for one peer.
 pub(super) fn merge_entries(
     pending: &mut BTreeMap<PeerName, PeerSummary>,
@@ -106,33 +142,11 @@ impl Router {
         if let Some(c) = self.trees.1.get(&src) {
             return c.clone();
         }
-        let local = self.cfg.name;
-        let mut children = Vec::new();
-        if self.topology.get(&src).is_some() {
-            let mut seen = HashSet::with_capacity(self.topology.len());
-            seen.insert(src);
-            let mut queue = VecDeque::from([src]);
-            while let Some(p) = queue.pop_front() {
-                let Some(summary) = self.topology.get(&p) else {
-                    continue;
-                };
-                if p == local {
-                    // Our children are fixed once the walk reaches us.
-                    children.extend(
-                        summary
-                            .connections
-                            .iter()
-                            .filter_map(|c| seen.insert(c.peer).then_some(c.peer)),
-                    );
-                    break;
-                }
-                for c in &summary.connections {
-                    if seen.insert(c.peer) {
-                        queue.push_back(c.peer);
-                    }
-                }
-            }
-        }
+        let children = if self.topology.get(&src).is_some() {
+            tree_links(&self.topology, src, self.cfg.name).1
+        } else {
+            Vec::new()
+        };
         self.trees.1.insert(src, children.clone());
         children
     }
@@ -152,33 +166,13 @@ impl Router {
         if self.shared_tree.0 == generation {
             return self.shared_tree.1.clone();
         }
-        let local = self.cfg.name;
-        let mut out = Vec::new();
-        if let Some(root) = self.topology.peers().next().map(|p| p.name) {
-            let mut seen = HashSet::with_capacity(self.topology.len());
-            seen.insert(root);
-            let mut queue = VecDeque::from([root]);
-            while let Some(p) = queue.pop_front() {
-                let Some(summary) = self.topology.get(&p) else {
-                    continue;
-                };
-                for c in &summary.connections {
-                    if c.peer == local && seen.insert(local) {
-                        out.push(p);
-                        queue.push_back(local);
-                    } else if seen.insert(c.peer) {
-                        if p == local {
-                            out.push(c.peer);
-                        }
-                        queue.push_back(c.peer);
-                    }
-                }
-                if p == local {
-                    break;
-                }
+        let out: Vec<PeerName> = match self.topology.peers().next().map(|p| p.name) {
+            Some(root) => {
+                let (parent, children) = tree_links(&self.topology, root, self.cfg.name);
+                parent.into_iter().chain(children).collect()
             }
-        }
-        out.dedup();
+            None => Vec::new(),
+        };
         self.shared_tree = (generation, out.clone());
         out
     }
