@@ -29,7 +29,8 @@ pub const PROTOCOL_MIN: u8 = 1;
 /// [`ControlMsg::TopologyDigest`]) rather than full states on every connection and tick, and
 /// digests of the other channels' states ([`ControlMsg::StateDigest`]); connections the user
 /// asked for marked [`ControlMsg::Pinned`].
-pub const PROTOCOL_MAX: u8 = 2;
+/// 3: what the topology broadcast tree missed repaired at once ([`ControlMsg::TopologyHave`]).
+pub const PROTOCOL_MAX: u8 = 3;
 /// Largest control message accepted. A full topology of 1000 peers with 200 connections each
 /// is about 6 MB in postcard; anything larger is hostile or broken.
 pub const MAX_FRAME_LEN: usize = 16 * 1024 * 1024;
@@ -196,6 +197,15 @@ pub enum ControlMsg {
     /// (a target on its command line or `weft connect`) and redials it whenever dropped, so a
     /// partial view must not shed this connection as surplus.
     Pinned,
+    /// Protocol 3. Without `want`: the versions of topology entries the sender just relayed
+    /// along the broadcast tree, told to a few neighbours off the tree (Plumtree's lazy
+    /// push). A receiver still behind on one of them a moment later (the tree missed it) asks
+    /// back with `want`, giving the versions it holds (zero for entries it lacks), and gets
+    /// the newer entries as topology gossip.
+    TopologyHave {
+        versions: Vec<PeerVersion>,
+        want: bool,
+    },
 }
 
 /// A digest of a channel's full state as its payloads: two routers whose states encode alike

@@ -1080,6 +1080,17 @@ impl Sim {
                 ));
             }
             if v != reference {
+                // Name an entry that is behind its owner's, to tell what did not spread.
+                for &j in &live {
+                    let n = &self.nodes[j];
+                    let own = n.router().topology().local().version;
+                    if v[&n.name].1 != own {
+                        return Err(format!(
+                            "h{i} holds h{j}'s entry at version {}, h{j} is at {own}",
+                            v[&n.name].1
+                        ));
+                    }
+                }
                 return Err(format!("h{i}'s view differs from h{first}'s"));
             }
             // Each peer's entry must be its own current one.
@@ -1375,7 +1386,17 @@ fn kind_of(frame: &[u8]) -> String {
         return "short".into();
     };
     match ControlMsg::decode(body) {
-        Ok(ControlMsg::Gossip { channel, .. }) => format!("gossip/{}", channel.0),
+        // By size too: a relayed change is a few entries, a reply to a neighbour's versions
+        // or request can be most of the topology.
+        Ok(ControlMsg::Gossip { channel, .. }) => format!(
+            "gossip/{} {}",
+            channel.0,
+            match frame.len() {
+                0..1024 => "<1K",
+                1024..65536 => "<64K",
+                _ => ">=64K",
+            }
+        ),
         Ok(ControlMsg::GossipBroadcast { channel, .. }) => format!("broadcast/{}", channel.0),
         Ok(ControlMsg::GossipUnicast { channel, .. }) => format!("unicast/{}", channel.0),
         Ok(ControlMsg::TopologyVersions { .. }) => "versions".into(),

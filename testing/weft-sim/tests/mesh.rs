@@ -457,20 +457,23 @@ fn connection_limit_is_respected() {
     );
 }
 
-/// Routers of the previous release (protocol 1: whole topologies) and of this one (protocol
-/// 2: versions and digests) in one mesh: every pair negotiates the older protocol when one
-/// side is old, they converge, and a restart and a death reach every host either way.
+/// Routers of earlier releases (protocol 1: whole topologies; 2: versions and digests) and
+/// of this one (3: lazy-push repair of the broadcast tree) in one mesh: every pair
+/// negotiates the older side's protocol, they converge, and a restart and a death reach
+/// every host either way.
 #[test]
 fn old_and_new_protocols_mix_in_one_mesh() {
     let seed = test_seed(60);
     let mut sim = Sim::new(seed);
     let mut rng = Rng::new(seed);
     let n = 40usize;
+    let mut protocol = Vec::new();
     let mut old = Vec::new();
     for i in 0..n {
-        let is_old = rng.below(2) == 0;
-        sim.protocol_max = if is_old { 1 } else { 2 };
-        if is_old {
+        let p = 1 + rng.below(3) as u8;
+        sim.protocol_max = p;
+        protocol.push(p);
+        if p == 1 {
             old.push(i);
         }
         let targets: Vec<usize> = if i == 0 {
@@ -488,11 +491,7 @@ fn old_and_new_protocols_mix_in_one_mesh() {
     for i in 0..n {
         for (peer, version) in sim.nodes[i].router().neighbour_protocols() {
             let j = names[&peer];
-            let want = if old.contains(&i) || old.contains(&j) {
-                1
-            } else {
-                2
-            };
+            let want = protocol[i].min(protocol[j]);
             assert_eq!(version, want, "h{i}-h{j} negotiated {version}");
             mixed += usize::from(want == 1);
         }

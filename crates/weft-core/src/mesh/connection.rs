@@ -195,6 +195,8 @@ pub(super) struct Connection {
     pub last_state_reply: Vec<(Channel, Instant)>,
     /// The peer was told to connect to us and redials if dropped ([`ControlMsg::Pinned`]).
     pub pinned: bool,
+    /// Entries sent in answer to [`ControlMsg::TopologyHave`] wants since the instant.
+    pub want_sent: Option<(Instant, usize)>,
     secure: Secure,
     timers: TimerTable,
 }
@@ -238,6 +240,7 @@ impl Connection {
             last_versions_reply: None,
             last_state_digest: Vec::new(),
             last_state_reply: Vec::new(),
+            want_sent: None,
             pinned: false,
             secure: Secure::default(),
             timers,
@@ -727,6 +730,7 @@ pub(super) fn msg_name(m: &ControlMsg) -> &'static str {
         ControlMsg::TopologyDigest { .. } => "topology digest",
         ControlMsg::StateDigest { .. } => "state digest",
         ControlMsg::Pinned => "pinned",
+        ControlMsg::TopologyHave { .. } => "topology have",
         ControlMsg::Overlay(_) => "overlay message",
         ControlMsg::Rekey { .. } | ControlMsg::RekeyAck { .. } | ControlMsg::RekeyDone { .. } => {
             "rekey message"

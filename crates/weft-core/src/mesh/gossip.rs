@@ -4,16 +4,25 @@
 //! router.
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tracing::{debug, warn};
 use weft_proto::PeerName;
-use weft_proto::control::{Channel, ControlMsg, PeerSummary, TopologyUpdate};
+use weft_proto::control::{Channel, ControlMsg, PeerSummary, PeerVersion, TopologyUpdate};
 
 use super::ConnId;
 use super::connection::Phase;
 use super::router::{Action, Event, Router};
 use super::routes::{Graph, Variant};
+
+/// Neighbours off the shared tree told the versions of each batch relayed along it
+/// (Plumtree's lazy push): a peer the tree missed (two routers briefly disagreeing about the
+/// tree, a connection just shed) hears of it from one of them within a moment instead of
+/// at the next anti-entropy round, for a few bytes per entry.
+const LAZY_FANOUT: usize = 3;
+
+/// The most entries lazy pushes may have us wait for, however many they name.
+const MAX_LAZY_WANTED: usize = 4096;
 
 /// Topology entries waiting to be sent to one neighbour.
 #[derive(Debug, Default)]
@@ -177,6 +186,23 @@ impl Router {
         out
     }
 
+    /// Topology entries asked for because the broadcast tree missed them.
+    pub fn tree_repairs(&self) -> u64 {
+        self.stats.tree_repairs
+    }
+
+    /// Our neighbours in the shared broadcast tree (for diagnostics: the scale bench names
+    /// them when an entry does not spread).
+    pub fn tree_neighbours(&self) -> Vec<PeerName> {
+        match self.topology.peers().next().map(|p| p.name) {
+            Some(root) => {
+                let (parent, children) = tree_links(&self.topology, root, self.cfg.name);
+                parent.into_iter().chain(children).collect()
+            }
+            None => Vec::new(),
+        }
+    }
+
     /// Queues topology entries for our children in `src`'s broadcast tree. Which neighbours
     /// those are is settled when the outbox goes out: the tree is then walked once for all
     /// the updates from `src` that came in meanwhile (in a busy mesh, dozens), over the
@@ -202,6 +228,7 @@ impl Router {
         let relays = std::mem::take(&mut self.relays);
         let shared = self.degree_target().is_some();
         let mut children = (None, Vec::new());
+        let mut lazy: BTreeMap<ConnId, BTreeMap<PeerName, PeerVersion>> = BTreeMap::new();
         for ((src, from), entries) in relays {
             if shared {
                 if children.0.is_none() {
@@ -211,6 +238,36 @@ impl Router {
                 children = (Some(src), self.gossip_children(src));
             }
             let entries: Vec<PeerSummary> = entries.into_values().collect();
+            if shared {
+                let mut off: Vec<ConnId> = self
+                    .by_peer
+                    .iter()
+                    .filter(|&(name, id)| {
+                        !children.1.contains(name)
+                            && Some(*id) != from
+                            && self.conns.get(id).is_some_and(|c| c.version() >= 3)
+                    })
+                    .map(|(_, &id)| id)
+                    .collect();
+                self.rng.shuffle(&mut off);
+                off.truncate(LAZY_FANOUT);
+                for id in off {
+                    let told = lazy.entry(id).or_default();
+                    for e in &entries {
+                        let v = PeerVersion {
+                            name: e.name,
+                            uid: e.uid,
+                            version: e.version,
+                        };
+                        match told.get(&e.name) {
+                            Some(t) if (t.version, t.uid) >= (v.version, v.uid) => {}
+                            _ => {
+                                told.insert(e.name, v);
+                            }
+                        }
+                    }
+                }
+            }
             for child in &children.1 {
                 if let Some(&id) = self.by_peer.get(child)
                     && Some(id) != from
@@ -250,6 +307,127 @@ impl Router {
                     );
                 }
             }
+        }
+        for (id, told) in lazy {
+            if self.conns.get(&id).is_some_and(|c| c.phase == Phase::Ready) {
+                self.send_msg(
+                    id,
+                    &ControlMsg::TopologyHave {
+                        versions: told.into_values().collect(),
+                        want: false,
+                    },
+                );
+            }
+        }
+    }
+
+    /// How long an entry a lazy push told us of may take to come along the tree before we
+    /// ask for it: a few coalescing delays (each hop holds relays that long) and a margin.
+    fn lazy_wait(&self) -> Duration {
+        self.paced(self.cfg.timing.gossip_coalesce) * 4 + Duration::from_millis(250)
+    }
+
+    /// A neighbour relayed entries of these versions along the tree; we wait a moment for
+    /// those we are behind on.
+    pub(super) fn note_lazy_push(&mut self, now: Instant, id: ConnId, versions: &[PeerVersion]) {
+        let deadline = now + self.lazy_wait();
+        let mut noted = false;
+        for v in versions {
+            let told = (v.version, v.uid);
+            if v.name == self.cfg.name
+                || self
+                    .topology
+                    .get(&v.name)
+                    .is_some_and(|p| (p.version, p.uid) >= told)
+            {
+                continue;
+            }
+            let at = match self.lazy_wanted.get(&v.name) {
+                Some(&(version, uid, _, _)) if (version, uid) >= told => continue,
+                Some(w) => w.3,
+                None if self.lazy_wanted.len() >= MAX_LAZY_WANTED => continue,
+                None => deadline,
+            };
+            self.lazy_wanted.insert(v.name, (v.version, v.uid, id, at));
+            noted = true;
+        }
+        if noted && self.lazy_at.is_none_or(|a| a > deadline) {
+            self.lazy_at = Some(deadline);
+        }
+    }
+
+    /// Asks the neighbours that told us of entries the tree has not brought since.
+    pub(super) fn ask_for_missed(&mut self, now: Instant) {
+        let mut asks: BTreeMap<ConnId, Vec<PeerVersion>> = BTreeMap::new();
+        let mut next: Option<Instant> = None;
+        for (name, (version, uid, id, at)) in std::mem::take(&mut self.lazy_wanted) {
+            let held = self.topology.get(&name).map(|p| (p.version, p.uid));
+            if held.is_some_and(|h| h >= (version, uid)) {
+                continue;
+            }
+            if at > now {
+                self.lazy_wanted.insert(name, (version, uid, id, at));
+                next = Some(next.map_or(at, |n| n.min(at)));
+                continue;
+            }
+            let (version, uid) = held.unwrap_or((0, 0));
+            asks.entry(id)
+                .or_default()
+                .push(PeerVersion { name, uid, version });
+        }
+        self.lazy_at = next;
+        for (id, versions) in asks {
+            if !self.conns.get(&id).is_some_and(|c| c.phase == Phase::Ready) {
+                continue;
+            }
+            debug!(count = versions.len(), "asking for entries the tree missed");
+            self.stats.tree_repairs += versions.len() as u64;
+            self.send_msg(
+                id,
+                &ControlMsg::TopologyHave {
+                    versions,
+                    want: true,
+                },
+            );
+        }
+    }
+
+    /// Answers a neighbour's want: our entries newer than the versions it holds. At most a
+    /// topology's worth a second per neighbour, so that asking in a loop gets no more than
+    /// asking for the full state would.
+    pub(super) fn send_wanted(&mut self, now: Instant, id: ConnId, theirs: &[PeerVersion]) {
+        let budget = self.topology.len();
+        let Some(c) = self.conns.get_mut(&id) else {
+            return;
+        };
+        let window = c.want_sent.get_or_insert((now, 0));
+        if now >= window.0 + super::router::FULL_REPLY_INTERVAL {
+            *window = (now, 0);
+        }
+        let room = budget.saturating_sub(window.1);
+        let mut newer: Vec<PeerSummary> = Vec::new();
+        let mut taken: HashSet<PeerName> = HashSet::new();
+        for v in theirs {
+            if newer.len() >= room {
+                break;
+            }
+            if let Some(p) = self.topology.get(&v.name)
+                && (p.version, p.uid) > (v.version, v.uid)
+                && taken.insert(p.name)
+            {
+                newer.push(p.clone());
+            }
+        }
+        window.1 += newer.len();
+        for peers in weft_proto::chunk_by_size(newer, self.cfg.gossip_chunk) {
+            let payload = TopologyUpdate { peers }.encode();
+            self.send_msg(
+                id,
+                &ControlMsg::Gossip {
+                    channel: Channel::TOPOLOGY,
+                    payload,
+                },
+            );
         }
     }
 

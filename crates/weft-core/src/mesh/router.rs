@@ -43,6 +43,17 @@ pub const FULL_REPLY_INTERVAL: Duration = Duration::from_secs(1);
 /// (see `overlay`).
 pub const FULL_MESH_PEERS: usize = 100;
 
+/// At most this many dials of discovered peers are under way at once. Hosts that start
+/// together each learn of dozens of others within a few round trips; dialling all of them at
+/// once gives every host a hundred connections (and the topology a hundred entries per host)
+/// before anyone sees the mesh is too large for a full mesh. A few at a time, each finished
+/// dial brings the peer's topology, so the size is known after a handful.
+const MAX_PENDING_DIALS: usize = 8;
+
+/// A dial stops counting against [`MAX_PENDING_DIALS`] after this, so that addresses that
+/// swallow SYNs do not hold discovery up until the handshake timeout.
+const PENDING_DIAL_WINDOW: Duration = Duration::from_secs(1);
+
 /// How many protocol-2 neighbours a topology improvement learnt by gossip is pushed to (the
 /// periodic digests repair what a push missed).
 const PUSH_FANOUT: usize = 2;
@@ -273,6 +284,8 @@ pub(super) struct Stats {
     pub(super) full_states_held: u64,
     /// Connections closed because a partial view held far more than its share.
     pub(super) shed_surplus: u64,
+    /// Topology entries the broadcast tree missed, asked for after a lazy push told of them.
+    pub(super) tree_repairs: u64,
 }
 
 pub struct Router {
@@ -303,6 +316,10 @@ pub struct Router {
     /// came from (not sent back there), until the outbox goes out.
     pub(super) relays: BTreeMap<(PeerName, Option<ConnId>), BTreeMap<PeerName, PeerSummary>>,
     pub(super) outbox_at: Option<Instant>,
+    /// Entries lazy pushes told us of that we lack: the version told, the neighbour that
+    /// told us, and when to ask it if the tree has not brought them by then.
+    pub(super) lazy_wanted: BTreeMap<PeerName, (u64, u64, ConnId, Instant)>,
+    pub(super) lazy_at: Option<Instant>,
     /// Gossip broadcast trees by source, valid for one topology generation.
     pub(super) trees: (u64, BTreeMap<PeerName, Vec<PeerName>>),
     /// Our neighbours in the shared broadcast tree of a partial view, for one generation.
@@ -359,6 +376,8 @@ impl Router {
             outbox: BTreeMap::new(),
             relays: BTreeMap::new(),
             outbox_at: None,
+            lazy_wanted: BTreeMap::new(),
+            lazy_at: None,
             trees: (u64::MAX, BTreeMap::new()),
             shared_tree: (u64::MAX, Vec::new()),
             unicast_all: (u64::MAX, BTreeMap::new()),
@@ -415,6 +434,7 @@ impl Router {
             self.discovery_at,
             self.outbox_at,
             self.trim_at,
+            self.lazy_at,
         ]
         .into_iter()
         .flatten()
@@ -603,6 +623,10 @@ impl Router {
             self.outbox_at = None;
             self.flush_outbox();
         }
+        if self.lazy_at.is_some_and(|at| at <= now) {
+            self.lazy_at = None;
+            self.ask_for_missed(now);
+        }
         if self.discovery_at.is_some_and(|at| at <= now) {
             self.discovery_at = None;
             self.update_discovered(now);
@@ -777,6 +801,8 @@ impl Router {
         }
         self.by_peer.insert(hello.name, id);
         self.note_target_peer(id, hello.name);
+        // A dial that finished makes room for the next (see MAX_PENDING_DIALS).
+        self.maker_dirty = true;
         self.local_connections_changed(now);
         self.events.push_back(Event::NeighbourUp(hello.name));
         if self.speaks_versions(id) {
@@ -857,7 +883,13 @@ impl Router {
                 let update =
                     TopologyUpdate::decode(&payload).map_err(|e| Close::Failure(e.to_string()))?;
                 let improved = self.apply_topology(now, id, update);
-                if !improved.peers.is_empty() {
+                if !improved.peers.is_empty() && self.degree_target().is_some() {
+                    // A partial view: whatever is new to us goes along the shared tree, however
+                    // it came (an answer to versions or a want, a push), so that the tree
+                    // carries every change to everyone; random pushes would leave hosts out.
+                    let src = self.cfg.name;
+                    self.relay_topology(now, src, &improved.peers, Some(id));
+                } else if !improved.peers.is_empty() {
                     // Protocol 2 neighbours repair what a push missed by digest, so a push
                     // to two of them spreads an entry as far as one to many does, at a
                     // fraction of the copies; older ones get it as before.
@@ -1020,6 +1052,13 @@ impl Router {
                         channel,
                         digest,
                     });
+                }
+            }
+            ControlMsg::TopologyHave { versions, want } => {
+                if want {
+                    self.send_wanted(now, id, &versions);
+                } else {
+                    self.note_lazy_push(now, id, &versions);
                 }
             }
             ControlMsg::Pinned => {
@@ -1515,8 +1554,27 @@ impl Router {
         })
     }
 
+    /// When each dial of a discovered peer that still counts against [`MAX_PENDING_DIALS`]
+    /// started, earliest first: not ready yet and younger than [`PENDING_DIAL_WINDOW`].
+    fn pending_discovered_dials(&self, now: Instant) -> Vec<Instant> {
+        let mut started: Vec<Instant> = self
+            .conns
+            .values()
+            .filter(|c| {
+                c.outbound
+                    && c.phase != Phase::Ready
+                    && matches!(c.target, Some(TargetKey::Discovered(_)))
+                    && now.saturating_duration_since(c.ready_at) < PENDING_DIAL_WINDOW
+            })
+            .map(|c| c.ready_at)
+            .collect();
+        started.sort();
+        started
+    }
+
     fn run_maker(&mut self, now: Instant) {
         let mut wake: Option<Instant> = None;
+        let mut pending = self.pending_discovered_dials(now);
         let keys: Vec<TargetKey> = self.targets.keys().cloned().collect();
         for key in keys {
             let t = &self.targets[&key];
@@ -1530,8 +1588,20 @@ impl Router {
             if self.target_satisfied(t) || self.at_conn_limit() {
                 continue;
             }
-            if matches!(key, TargetKey::Discovered(_)) && self.overlay_full() {
-                continue;
+            if matches!(key, TargetKey::Discovered(_)) {
+                if self.overlay_full() {
+                    continue;
+                }
+                if let Some(free_at) = pending
+                    .first()
+                    .filter(|_| pending.len() >= MAX_PENDING_DIALS)
+                {
+                    // Enough dials of discovered peers are under way: the next waits for one to
+                    // finish (or for a slow one to stop counting).
+                    let at = *free_at + PENDING_DIAL_WINDOW;
+                    wake = Some(wake.map_or(at, |w| w.min(at)));
+                    continue;
+                }
             }
             let addr = t.addr;
             let id = self.alloc_conn();
@@ -1547,6 +1617,9 @@ impl Router {
             );
             c.target = Some(key.clone());
             self.conns.insert(id, c);
+            if matches!(key, TargetKey::Discovered(_)) {
+                pending.push(now);
+            }
             self.targets.get_mut(&key).expect("key from map").conn = Some(id);
             debug!(%addr, "dialling");
             self.actions.push_back(Action::Dial { conn: id, addr });
@@ -1736,6 +1809,7 @@ impl Router {
             udp_unexpected: self.stats.udp_unexpected,
             full_states_held: self.stats.full_states_held,
             shed_surplus: self.stats.shed_surplus,
+            tree_repairs: self.stats.tree_repairs,
             refused_pending: self.stats.refused_pending,
         }
     }

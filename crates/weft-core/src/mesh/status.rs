@@ -39,6 +39,7 @@ pub struct RouterStatus {
     pub full_states_held: u64,
     /// Connections shed because a partial view held far more than its share.
     pub shed_surplus: u64,
+    pub tree_repairs: u64,
     /// Accepted connections dropped at once: too many half-open ones.
     pub refused_pending: u64,
 }

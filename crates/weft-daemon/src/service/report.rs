@@ -208,6 +208,7 @@ impl Service {
             ("control_udp_unexpected", st.udp_unexpected),
             ("control_full_states_held", st.full_states_held),
             ("control_connections_shed_surplus", st.shed_surplus),
+            ("topology_tree_repairs", st.tree_repairs),
             ("control_refused_half_open", st.refused_pending),
         ]
         .into_iter()

@@ -18,8 +18,10 @@
 //! (`converged_s=none` when it did not converge within `--limit-s` of virtual time or
 //! `--max-wall-s` of real time).
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use weft_proto::PeerName;
 use weft_sim::Sim;
 
 struct Args {
@@ -116,6 +118,62 @@ fn converged(sim: &Sim, all: &[usize]) -> Result<(), String> {
     sim.converged(all)
 }
 
+/// Why an entry does not spread: for the first host that lacks an entry most hosts hold,
+/// its neighbours (`+` holds the entry, `-` not, `!` does not list us back) and its
+/// neighbours in the shared broadcast tree.
+fn explain_stale(sim: &Sim, all: &[usize]) {
+    let live: Vec<usize> = all
+        .iter()
+        .copied()
+        .filter(|&i| sim.nodes[i].alive)
+        .collect();
+    let index: BTreeMap<PeerName, usize> = live
+        .iter()
+        .map(|&i| (sim.nodes[i].router().name(), i))
+        .collect();
+    for &j in &live {
+        let name = sim.nodes[j].router().name();
+        let own = sim.nodes[j].router().topology().local().version;
+        let has = |i: usize| {
+            sim.nodes[i]
+                .router()
+                .topology()
+                .get(&name)
+                .is_some_and(|p| p.version == own)
+        };
+        let holders = live.iter().filter(|&&i| has(i)).count();
+        if holders < live.len() / 2 || holders == live.len() {
+            continue;
+        }
+        let Some(&i) = live.iter().find(|&&i| !has(i)) else {
+            continue;
+        };
+        let r = sim.nodes[i].router();
+        let neighbours: Vec<String> = r
+            .connected_peers()
+            .filter_map(|n| index.get(n))
+            .map(|&x| {
+                let back = sim.nodes[x]
+                    .router()
+                    .connected_peers()
+                    .any(|m| *m == r.name());
+                let mark = if has(x) { "+" } else { "-" };
+                format!("h{x}{mark}{}", if back { "" } else { "!" })
+            })
+            .collect();
+        let tree: Vec<usize> = r
+            .tree_neighbours()
+            .iter()
+            .filter_map(|n| index.get(n).copied())
+            .collect();
+        eprintln!(
+            "    h{i} lacks h{j}'s v{own} ({holders} hosts hold it); neighbours {neighbours:?}; tree {tree:?}; tree repairs asked {}",
+            r.tree_repairs()
+        );
+        return;
+    }
+}
+
 /// Runs until converged, or the virtual or wall limit; the virtual time it took.
 fn until_converged(
     sim: &mut Sim,
@@ -157,6 +215,9 @@ fn until_converged(
                 wall.elapsed().as_secs_f64(),
                 state.err().unwrap_or_default()
             );
+        }
+        if verbose && k.is_multiple_of(10) {
+            explain_stale(sim, all);
         }
         if sim.elapsed() - start >= limit || wall.elapsed() >= max_wall {
             return None;
