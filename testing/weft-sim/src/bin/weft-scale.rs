@@ -413,6 +413,7 @@ fn main() {
     }
     if a.churn && converged_s.is_some() {
         let wave = (a.hosts / 20).max(1);
+        let (churn_bytes, churn_start) = (sim.tcp_bytes, sim.elapsed());
         let mut worst = Duration::ZERO;
         let mut all_ok = true;
         for minute in 0..5 {
@@ -457,12 +458,15 @@ fn main() {
             }
         }
         println!(
-            "churn: worst reconvergence {}",
+            "churn: worst reconvergence {}; {:.0} B/s of control messages per host meanwhile",
             if all_ok {
                 format!("{:.1} s", worst.as_secs_f64())
             } else {
                 "over 60 s".into()
-            }
+            },
+            (sim.tcp_bytes - churn_bytes) as f64
+                / a.hosts as f64
+                / (sim.elapsed() - churn_start).as_secs_f64().max(1.0)
         );
     }
     let wall_s = wall.elapsed().as_secs_f64();

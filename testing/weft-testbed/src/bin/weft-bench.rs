@@ -569,6 +569,109 @@ fn mesh_bench(n: usize) -> Result<()> {
     let attached = start.elapsed();
     for (i, container) in containers.iter().enumerate() {
         let j = (i + 1 + pick(n - 1)) % n;
+        if std::env::var_os("WEFT_BENCH_DIAG").is_some() {
+            // One ping first; if it fails, what each side's kernel holds for the other.
+            let dump = |ns: &str, dev: &str| {
+                tb.cmd_in(ns, "timeout")
+                    .args(["5", "tcpdump", "-nei", dev, "-l", "icmp or arp"])
+                    .stdout(std::process::Stdio::piped())
+                    .stderr(std::process::Stdio::null())
+                    .spawn()
+            };
+            let (hs, hd) = (tb.host(i + 1).netns.clone(), tb.host(j + 1).netns.clone());
+            let cap = [
+                dump(&hs, "weft-vx")?,
+                dump(&hd, "weft-vx")?,
+                dump(&hd, "weft")?,
+                dump(&hs, "weft")?,
+            ];
+            std::thread::sleep(std::time::Duration::from_millis(500));
+            let out = tb.exec(container, "ping", &["-c", "1", "-W", "2", &addrs[j]]);
+            let caps: Vec<String> = cap
+                .into_iter()
+                .map(|c| {
+                    c.wait_with_output()
+                        .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
+                        .unwrap_or_default()
+                })
+                .collect();
+            if !out.status.success() {
+                eprintln!(
+                    "DIAG capture src weft-vx:\n{}\nDIAG dst weft-vx:\n{}\nDIAG dst weft:\n{}\nDIAG src weft:\n{}",
+                    caps[0], caps[1], caps[2], caps[3]
+                );
+            }
+            if !out.status.success() {
+                let show = |ns: &str, prog: &str, args: &[&str]| {
+                    let o = tb.exec(ns, prog, args);
+                    format!(
+                        "$ {prog} {}\n{}{}",
+                        args.join(" "),
+                        String::from_utf8_lossy(&o.stdout),
+                        String::from_utf8_lossy(&o.stderr)
+                    )
+                };
+                eprintln!(
+                    "DIAG host {} -> host {} ({}) failed:\n{}{}{}{}{}{}",
+                    i + 1,
+                    j + 1,
+                    addrs[j],
+                    String::from_utf8_lossy(&out.stdout),
+                    show(container, "ip", &["neigh"]),
+                    show(container, "ip", &["-br", "addr"]),
+                    show(
+                        &hs,
+                        "ip",
+                        &["neigh", "show", "dev", "weft", "to", &addrs[j]]
+                    ),
+                    show(
+                        &hd,
+                        "ip",
+                        &["neigh", "show", "dev", "weft", "to", &addrs[i]]
+                    ),
+                    show(&containers[j], "ip", &["-br", "link"]),
+                );
+                // Bridge ports not forwarding (a container's port still learning, or gone).
+                eprintln!(
+                    "DIAG src bridge ports not forwarding: {:?}",
+                    show(&hs, "bridge", &["link", "show"])
+                        .lines()
+                        .filter(|l| l.contains("master weft") && !l.contains("state forwarding"))
+                        .collect::<Vec<_>>()
+                );
+                let dst_mac = String::from_utf8_lossy(
+                    &tb.exec(&containers[j], "cat", &["/sys/class/net/ethwe/address"])
+                        .stdout,
+                )
+                .trim()
+                .to_string();
+                let src_mac = String::from_utf8_lossy(
+                    &tb.exec(container, "cat", &["/sys/class/net/ethwe/address"])
+                        .stdout,
+                )
+                .trim()
+                .to_string();
+                let fdb_s = show(&hs, "bridge", &["fdb", "show", "br", "weft"]);
+                let fdb_d = show(&hd, "bridge", &["fdb", "show", "br", "weft"]);
+                eprintln!(
+                    "DIAG src fdb for dst mac {dst_mac}: {:?}\nDIAG dst fdb for src mac {src_mac}: {:?}\nDIAG vxlan fdb src->{}: {:?}",
+                    fdb_s
+                        .lines()
+                        .filter(|l| l.contains(&dst_mac))
+                        .collect::<Vec<_>>(),
+                    fdb_d
+                        .lines()
+                        .filter(|l| l.contains(&src_mac))
+                        .collect::<Vec<_>>(),
+                    tb.host(j + 1).ip,
+                    show(&hs, "bridge", &["fdb", "show", "dev", "weft-vx"])
+                        .lines()
+                        .filter(|l| l.contains(&tb.host(j + 1).ip.to_string())
+                            && (l.starts_with("00:00") || l.contains(&dst_mac)))
+                        .collect::<Vec<_>>(),
+                );
+            }
+        }
         let took = tb.wait_ping(container, &addrs[j], std::time::Duration::from_secs(300))?;
         // A slow first reply is worth its connections' state, to see which path it took.
         if took > std::time::Duration::from_secs(3) {
