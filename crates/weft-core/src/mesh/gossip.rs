@@ -298,16 +298,7 @@ impl Router {
                 }
             }
             if !ob.gossip.is_empty() {
-                for peers in weft_proto::chunk_by_size(ob.gossip.into_values().collect(), chunk) {
-                    let payload = TopologyUpdate { peers }.encode();
-                    self.send_msg(
-                        id,
-                        &ControlMsg::Gossip {
-                            channel: Channel::TOPOLOGY,
-                            payload,
-                        },
-                    );
-                }
+                self.send_topology_gossip(id, ob.gossip.into_values().collect());
             }
         }
         for (id, told) in lazy {
@@ -421,7 +412,12 @@ impl Router {
             }
         }
         window.1 += newer.len();
-        for peers in weft_proto::chunk_by_size(newer, self.cfg.gossip_chunk) {
+        self.send_topology_gossip(id, newer);
+    }
+
+    /// Sends `entries` to neighbour `id` as topology gossip, cut to the gossip chunk size.
+    fn send_topology_gossip(&mut self, id: ConnId, entries: Vec<PeerSummary>) {
+        for peers in weft_proto::chunk_by_size(entries, self.cfg.gossip_chunk) {
             let payload = TopologyUpdate { peers }.encode();
             self.send_msg(
                 id,
