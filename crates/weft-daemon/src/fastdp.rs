@@ -447,6 +447,7 @@ impl Reconciler {
         if fresh.len() <= FRESH_ANNOUNCE_MAX {
             moved.extend(fresh);
         }
+        let mut failed = BTreeSet::new();
         for (ip, mac) in &plan.neighbours {
             if actual.get(ip) != Some(&mac.0)
                 && let Err(e) = self
@@ -458,8 +459,12 @@ impl Reconciler {
                     .await
             {
                 warn!(%ip, "adding a neighbour entry failed: {e}");
+                failed.insert(*ip);
             }
         }
+        // An entry that did not go in is tried again next round: announcing it now would
+        // repeat the announcement every round for as long as the kernel refuses it.
+        moved.retain(|(ip, _)| !failed.contains(ip));
         if grace {
             return moved;
         }
@@ -724,6 +729,28 @@ mod tests {
         assert!(ready.is_empty());
         // The rest is programmed all the same.
         assert!(host.fdb_entries().iter().any(|e| e.mac == CONTAINER_MAC.0));
+    }
+
+    #[tokio::test]
+    async fn a_neighbour_entry_the_kernel_refuses_is_not_announced_until_it_goes_in() {
+        // A full neighbour table refuses the entry every round: announcing it each time
+        // would send our containers a gratuitous ARP every round for as long as that lasts.
+        let (host, r) = bed();
+        let full = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let refusing = full.clone();
+        host.fail_when(move |_, op| {
+            refusing.load(std::sync::atomic::Ordering::SeqCst)
+                && matches!(op, Op::ArpReplaceStatic { ip, .. } if *ip == CONTAINER)
+        });
+        for _ in 0..3 {
+            let (_, moved) = r.reconcile(&plan(), &BTreeSet::new(), None).await;
+            assert!(moved.is_empty(), "{moved:?}");
+        }
+        full.store(false, std::sync::atomic::Ordering::SeqCst);
+        let (_, moved) = r.reconcile(&plan(), &BTreeSet::new(), None).await;
+        assert_eq!(moved, vec![(CONTAINER, CONTAINER_MAC)]);
+        let (_, moved) = r.reconcile(&plan(), &BTreeSet::new(), None).await;
+        assert!(moved.is_empty(), "announced once: {moved:?}");
     }
 
     #[tokio::test]

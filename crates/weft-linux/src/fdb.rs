@@ -308,6 +308,10 @@ fn arp_message(ifindex: u32, ip: Ipv4Addr, mac: Option<[u8; 6]>) -> NeighbourMes
     m.header.family = AddressFamily::Inet;
     m.header.ifindex = ifindex;
     m.header.state = NeighbourState::Noarp;
+    // Externally learned: exempt from the kernel's neighbour garbage collection and from its
+    // table limit (gc_thresh3, 1024 by default), which would otherwise refuse entries once a
+    // cluster holds about a thousand containers behind other hosts.
+    m.header.flags = NeighbourFlags::ExtLearned;
     m.attributes
         .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)));
     if let Some(mac) = mac {

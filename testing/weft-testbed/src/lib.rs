@@ -325,6 +325,35 @@ impl Testbed {
         Ok(())
     }
 
+    /// Fixes every host's underlay neighbours (permanent entries, which the kernel neither
+    /// ages nor counts against its neighbour table limit). Real hosts each have their own
+    /// table, but all namespaces on one machine share one limit (gc_thresh3, 1024 by default),
+    /// and a mesh of N hosts needs N×(N-1) underlay entries: past about 30 hosts the kernel
+    /// would refuse new ones machine-wide, which is this machine's limit, not weft's.
+    pub fn pin_underlay_neighbours(&self) -> Result<()> {
+        let mut macs = Vec::new();
+        for h in &self.hosts {
+            let out = run(self
+                .cmd_in(&h.netns, "cat")
+                .arg("/sys/class/net/eth0/address"))?;
+            macs.push((
+                h.ip,
+                String::from_utf8_lossy(&out.stdout).trim().to_string(),
+            ));
+        }
+        for h in &self.hosts {
+            let batch: String = macs
+                .iter()
+                .filter(|(ip, _)| *ip != h.ip)
+                .map(|(ip, mac)| {
+                    format!("neigh replace {ip} lladdr {mac} dev eth0 nud permanent\n")
+                })
+                .collect();
+            self.feed(&h.netns, "ip", &["-batch", "-"], &batch)?;
+        }
+        Ok(())
+    }
+
     /// Feeds `rules` to `iptables-restore --noflush` in namespace `ns`.
     pub fn iptables_restore(&self, ns: &str, rules: &str) -> Result<()> {
         self.feed(ns, "iptables-restore", &["--noflush"], rules)

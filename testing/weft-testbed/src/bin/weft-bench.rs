@@ -532,6 +532,7 @@ fn mesh_bench(n: usize) -> Result<()> {
     }
     let weft = weft_testbed::weft_binary()?;
     let mut tb = Testbed::with_posture("meshb", n, &weft, Posture::Docker)?;
+    tb.pin_underlay_neighbours()?;
     let mut rng: u64 = 0x9e37_79b9_7f4a_7c15;
     let mut pick = |below: usize| {
         rng ^= rng << 13;
