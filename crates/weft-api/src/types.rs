@@ -204,6 +204,21 @@ pub struct RouterReport {
     pub mtu: u32,
     /// weft's own: data-plane and protocol counters.
     pub stats: BTreeMap<String, u64>,
+    /// weft's own: data paths to peers that are not neighbours, made while their containers
+    /// and ours exchange traffic.
+    #[serde(default)]
+    pub direct_paths: Vec<DirectPathReport>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct DirectPathReport {
+    pub name: String,
+    pub nick_name: String,
+    /// fastdp | sleeve (not yet, or not possible: then the relay carries the traffic)
+    pub overlay: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overlay_reason: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]

@@ -30,6 +30,12 @@ pub struct FastDpConfig {
     pub report_interval: Duration,
     /// Size of the large heartbeat, as the overlay MTU (IP packet) it proves.
     pub mtu: u32,
+    /// Peers that are not neighbours get a direct fast path of their own when our containers
+    /// exchange traffic with theirs (off when data is encrypted: the kernel's VXLAN carries
+    /// it in the clear).
+    pub on_demand: bool,
+    /// A direct path to a peer that is not a neighbour goes after this long unused.
+    pub demand_idle: Duration,
 }
 
 impl Default for FastDpConfig {
@@ -39,6 +45,8 @@ impl Default for FastDpConfig {
             heartbeat_timeout: Duration::from_millis(3500),
             report_interval: Duration::from_secs(10),
             mtu: 1450,
+            on_demand: true,
+            demand_idle: DEMAND_IDLE,
         }
     }
 }
@@ -48,6 +56,8 @@ pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
 /// A fast neighbour whose connection dropped keeps its kernel entries this long: its kernel
 /// goes on forwarding while its router restarts, so the containers' traffic need not stop.
 pub const LINGER: Duration = Duration::from_secs(20);
+/// How long a direct path to a peer that is not a neighbour outlives its last use.
+pub const DEMAND_IDLE: Duration = Duration::from_secs(300);
 /// How long a record whose origin the topology does not show is kept.
 pub const UNVERIFIED_TTL: Duration = Duration::from_secs(60);
 /// Records (and early reports) held for peers the topology does not show.
@@ -219,11 +229,18 @@ pub struct FastDp {
     own: MacRecord,
     records: BTreeMap<PeerName, MacRecord>,
     links: BTreeMap<PeerName, Link>,
+    /// The data plane's neighbours (control connections).
+    neighbours: BTreeSet<PeerName>,
+    /// Peers that are not neighbours but exchange traffic with us: their address (as the
+    /// topology shows it) and when the traffic was last seen.
+    demand: BTreeMap<PeerName, (SocketAddr, Instant)>,
     encrypted: BTreeSet<PeerName>,
     /// Removed from the topology while their link lingers: forget their records after.
     departed: BTreeSet<PeerName>,
     /// Reports from peers that are not (yet) data-plane neighbours.
     early_reports: BTreeMap<PeerName, (bool, bool)>,
+    /// Peers without a link that sent us a report: they try a direct path with us.
+    asked: BTreeSet<PeerName>,
     /// Records taken before the topology showed their origin, and when: kept while the
     /// topology catches up, dropped if it never does.
     unverified: BTreeMap<PeerName, Instant>,
@@ -261,9 +278,12 @@ impl FastDp {
             own,
             records: BTreeMap::new(),
             links: BTreeMap::new(),
+            neighbours: BTreeSet::new(),
+            demand: BTreeMap::new(),
             encrypted: BTreeSet::new(),
             departed: BTreeSet::new(),
             early_reports: BTreeMap::new(),
+            asked: BTreeSet::new(),
             unverified: BTreeMap::new(),
             over_limit: 0,
             plan: Arc::default(),
@@ -361,8 +381,14 @@ impl FastDp {
 
     /// The data plane's neighbours (established, with their sleeve address) changed.
     pub fn set_neighbours(&mut self, now: Instant, neighbours: &BTreeMap<PeerName, SocketAddr>) {
+        self.neighbours = neighbours.keys().copied().collect();
+        let demand = &self.demand;
         self.links.retain(|p, l| {
             if neighbours.contains_key(p) {
+                return true;
+            }
+            if let Some((addr, _)) = demand.get(p) {
+                l.addr = *addr;
                 return true;
             }
             if l.mode == Mode::Fast {
@@ -372,28 +398,94 @@ impl FastDp {
             false
         });
         for (&p, &addr) in neighbours {
-            let early = self.early_reports.remove(&p);
-            let l = self.links.entry(p).or_insert_with(|| Link {
-                addr,
-                since: now,
-                last_small: None,
-                last_big: None,
-                their_report: early,
-                our_report: None,
-                mode: Mode::Sleeve,
-                reason: Some(SleeveReason::Waiting),
-                gone: None,
-            });
-            if l.gone.take().is_some() {
-                // Back (a restarted router): the path worked when it left, so stay fast while
-                // its heartbeats have a fair chance to resume.
-                l.last_small = Some(now);
-                l.last_big = Some(now);
-                l.our_report = None;
-            }
-            l.addr = addr;
+            self.open_link(now, p, addr);
         }
         self.evaluate(now);
+    }
+
+    fn open_link(&mut self, now: Instant, p: PeerName, addr: SocketAddr) {
+        let early = self.early_reports.remove(&p);
+        let l = self.links.entry(p).or_insert_with(|| Link {
+            addr,
+            since: now,
+            last_small: None,
+            last_big: None,
+            their_report: early,
+            our_report: None,
+            mode: Mode::Sleeve,
+            reason: Some(SleeveReason::Waiting),
+            gone: None,
+        });
+        if l.gone.take().is_some() {
+            // Back (a restarted router): the path worked when it left, so stay fast while
+            // its heartbeats have a fair chance to resume.
+            l.last_small = Some(now);
+            l.last_big = Some(now);
+            l.our_report = None;
+        }
+        l.addr = addr;
+    }
+
+    /// Our containers exchange traffic with `peer`'s, which is not a neighbour (or it sends
+    /// us VXLAN heartbeats, wanting the same): a direct path to it at `addr`, as the topology
+    /// shows it, is tried and kept while in use, so that traffic stops taking the sleeve
+    /// through relays. Heartbeats decide, as for neighbours; without them it stays relayed.
+    pub fn want_direct(&mut self, now: Instant, peer: PeerName, addr: SocketAddr) {
+        if !self.cfg.enabled || !self.cfg.on_demand || peer == self.local {
+            return;
+        }
+        self.demand.insert(peer, (addr, now));
+        if self.neighbours.contains(&peer) {
+            return;
+        }
+        if self.links.get(&peer).is_none_or(|l| l.gone.is_some()) {
+            info!(%peer, "trying a direct data path to a peer that is not a neighbour");
+            self.open_link(now, peer, addr);
+            // Told at once (over the mesh), so the peer opens its side (and its firewall)
+            // now rather than when our first heartbeat would have been refused.
+            if let (Some(r), Some(l)) = (self.records.get(&peer), self.links.get_mut(&peer)) {
+                let rx = (false, false);
+                l.our_report = Some((rx, now));
+                self.out.push_back(FastDpOutput::Unicast {
+                    dst: peer,
+                    payload: FastDpMsg::Rx {
+                        uid: r.uid,
+                        small: rx.0,
+                        big: rx.1,
+                    }
+                    .encode(),
+                });
+            }
+            self.evaluate(now);
+        }
+    }
+
+    /// Peers without a link that reported on our heartbeats since the last call: each tries
+    /// a direct path with us, which [`FastDp::want_direct`] answers.
+    pub fn take_asked(&mut self) -> Vec<PeerName> {
+        std::mem::take(&mut self.asked).into_iter().collect()
+    }
+
+    /// Whether a data-plane link to `peer` exists (a neighbour's, or a direct one on demand).
+    pub fn has_link(&self, peer: PeerName) -> bool {
+        self.links.get(&peer).is_some_and(|l| l.gone.is_none())
+    }
+
+    /// Peers with a direct data path that are not neighbours, with their link's state.
+    pub fn direct_paths(&self) -> Vec<(PeerName, LinkStatus)> {
+        self.links
+            .iter()
+            .filter(|(p, l)| !self.neighbours.contains(p) && l.gone.is_none())
+            .map(|(p, l)| {
+                (
+                    *p,
+                    LinkStatus {
+                        mode: l.mode,
+                        reason: l.reason,
+                    },
+                )
+            })
+            .collect()
     }
 
     /// Whether data with `peer` is encrypted (then it never takes the fast path).
@@ -418,6 +510,7 @@ impl FastDp {
 
     pub fn peer_removed(&mut self, now: Instant, peer: PeerName) {
         self.early_reports.remove(&peer);
+        self.demand.remove(&peer);
         self.unverified.remove(&peer);
         // A lingering link still needs the peer's MACs; they go with the link.
         match self.links.get_mut(&peer) {
@@ -534,6 +627,9 @@ impl FastDp {
                     }
                     None => {
                         self.early_reports.insert(src, (small, big));
+                        if self.cfg.enabled && self.cfg.on_demand {
+                            self.asked.insert(src);
+                        }
                     }
                 }
             }
@@ -558,6 +654,30 @@ impl FastDp {
         let mut fast = BTreeMap::new();
         let mut next: Option<Instant> = None;
         let mut soonest = |t: Instant| next = Some(next.map_or(t, |n: Instant| n.min(t)));
+        // Direct paths to peers that are not neighbours go when unused for a while: a fast
+        // one lingers like a departed neighbour's, so traffic that resumes meanwhile keeps
+        // it, and then falls back to the relay until it asks for the path again.
+        let idle = self.cfg.demand_idle;
+        let neighbours = &self.neighbours;
+        let links = &mut self.links;
+        self.demand.retain(|p, (_, last)| {
+            if now.saturating_duration_since(*last) < idle {
+                soonest(*last + idle);
+                return true;
+            }
+            if !neighbours.contains(p) {
+                match links.get_mut(p) {
+                    Some(l) if l.mode == Mode::Fast => {
+                        l.gone.get_or_insert(now);
+                    }
+                    Some(_) => {
+                        links.remove(p);
+                    }
+                    None => {}
+                }
+            }
+            false
+        });
         let mut expired = Vec::new();
         for (&p, l) in &mut self.links {
             let record = self.records.get(&p);
@@ -607,7 +727,13 @@ impl FastDp {
             } else if their.is_none() && young {
                 Some(SleeveReason::Waiting)
             } else if !their.is_some_and(|r| r.0) {
-                Some(SleeveReason::TheyGetNoHeartbeats)
+                // A young link's report may predate our first heartbeat (a direct path's
+                // opening report always does).
+                if young {
+                    Some(SleeveReason::Waiting)
+                } else {
+                    Some(SleeveReason::TheyGetNoHeartbeats)
+                }
             } else if !rx.1 || !their.is_some_and(|r| r.1) {
                 if young {
                     Some(SleeveReason::Waiting)
@@ -775,7 +901,11 @@ mod tests {
     }
 
     fn mode(f: &FastDp) -> (Mode, String) {
-        let s = f.link_status(pn(2)).unwrap();
+        mode_of(f, 2)
+    }
+
+    fn mode_of(f: &FastDp, peer: u64) -> (Mode, String) {
+        let s = f.link_status(pn(peer)).unwrap();
         (s.mode, s.reason.map(|r| r.to_string()).unwrap_or_default())
     }
 
@@ -878,6 +1008,87 @@ mod tests {
         assert!(f.plan().fast.is_empty());
         assert!(f.link_status(pn(2)).is_none());
         assert!(f.records.is_empty());
+    }
+
+    #[test]
+    fn a_peer_that_is_not_a_neighbour_gets_a_direct_path_while_it_is_used() {
+        let t0 = Instant::now();
+        let mut f = FastDp::new(pn(1), 100, FastDpConfig::default());
+        f.set_neighbours(t0, &BTreeMap::from([(pn(2), addr(2))]));
+        f.handle_message(t0, pn(3), &record(3, 300, 1, true, &[9]), |_| Some(300))
+            .unwrap();
+        assert!(!f.has_link(pn(3)));
+        // Our containers' frames to 3 went through a relay.
+        f.want_direct(t0, pn(3), addr(3));
+        assert!(f.has_link(pn(3)));
+        // 3 is told at once, so it opens its side; its own opening report, saying it sees
+        // no heartbeats of ours yet, does not count against a young link.
+        let outs = drain(&mut f);
+        assert!(outs.iter().any(|o| matches!(o, FastDpOutput::Unicast { dst, payload }
+            if *dst == pn(3) && FastDpMsg::decode(payload).unwrap() == FastDpMsg::Rx { uid: 300, small: false, big: false })));
+        f.handle_message(t0, pn(3), &rx(100, false, false), |_| Some(300))
+            .unwrap();
+        assert_eq!(mode_of(&f, 3).1, "waiting for VXLAN heartbeats");
+        // A report from a peer we have no link with: it asks for a direct path.
+        f.handle_message(t0, pn(4), &rx(100, false, false), |_| Some(400))
+            .unwrap();
+        assert_eq!(f.take_asked(), vec![pn(4)]);
+        assert!(f.take_asked().is_empty());
+        assert_eq!(
+            f.plan().heartbeat.get(&pn(3)),
+            Some(&Ipv4Addr::new(198, 18, 0, 3))
+        );
+        assert_eq!(f.direct_paths().len(), 1);
+        f.heartbeat(t0, pn(3), f.big_len());
+        f.handle_message(t0, pn(3), &rx(100, true, true), |_| Some(300))
+            .unwrap();
+        assert_eq!(f.link_status(pn(3)).unwrap().mode, Mode::Fast);
+        assert!(f.plan().fast.contains_key(&pn(3)));
+        // The neighbours change without it: the direct path stays.
+        f.set_neighbours(t0, &BTreeMap::new());
+        assert!(f.plan().fast.contains_key(&pn(3)));
+        // Used (the kernel says so) a minute later: kept past the first idle deadline.
+        let t1 = t0 + Duration::from_secs(60);
+        f.want_direct(t1, pn(3), addr(3));
+        let mut t = t1;
+        while t < t0 + DEMAND_IDLE + Duration::from_secs(30) {
+            t += Duration::from_secs(1);
+            f.heartbeat(t, pn(3), f.big_len());
+            f.handle_message(t, pn(3), &rx(100, true, true), |_| Some(300))
+                .unwrap();
+        }
+        assert_eq!(f.link_status(pn(3)).unwrap().mode, Mode::Fast);
+        // Unused: it lingers like a departed neighbour's, then goes, record kept.
+        let idle = t1 + DEMAND_IDLE;
+        f.handle_timeout(idle);
+        assert!(!f.has_link(pn(3)));
+        assert!(f.plan().fast.contains_key(&pn(3)), "lingers");
+        f.handle_timeout(idle + LINGER);
+        assert!(f.plan().fast.is_empty());
+        assert!(f.plan().heartbeat.is_empty());
+        assert!(f.records.contains_key(&pn(3)));
+        // Wanted again: back.
+        f.want_direct(idle + LINGER, pn(3), addr(3));
+        assert!(f.plan().heartbeat.contains_key(&pn(3)));
+    }
+
+    #[test]
+    fn no_direct_paths_on_demand_when_off_or_to_ourselves() {
+        let t0 = Instant::now();
+        let cfg = FastDpConfig {
+            on_demand: false,
+            ..Default::default()
+        };
+        let mut f = FastDp::new(pn(1), 100, cfg);
+        f.want_direct(t0, pn(3), addr(3));
+        assert!(!f.has_link(pn(3)));
+        let mut f = FastDp::new(pn(1), 100, FastDpConfig::default());
+        f.want_direct(t0, pn(1), addr(1));
+        assert!(f.links.is_empty());
+        // An unused direct path that never worked just goes.
+        f.want_direct(t0, pn(3), addr(3));
+        f.handle_timeout(t0 + DEMAND_IDLE);
+        assert!(f.links.is_empty());
     }
 
     #[test]

@@ -208,6 +208,12 @@ impl Node {
                 c.overlay_reason = reason.filter(|r| !r.chosen()).map(|r| r.to_string());
             }
         }
+        st.direct_paths = self
+            .fastdp
+            .direct_paths()
+            .into_iter()
+            .map(|(p, s)| (p, s.mode.as_str(), s.reason.map(|r| r.to_string())))
+            .collect();
         st
     }
 
@@ -232,8 +238,28 @@ impl Node {
 
     /// A VXLAN heartbeat of `len` bytes from `sender` arrived.
     pub fn fastdp_heartbeat(&mut self, now: Instant, sender: PeerName, len: usize) {
+        // From a peer that is not a neighbour: it wants a direct path, which takes both ends.
+        if !self.fastdp.has_link(sender) {
+            self.fastdp_want(now, &[sender]);
+        }
         self.fastdp.heartbeat(now, sender, len);
         self.pump(now);
+    }
+
+    /// Our containers exchange traffic with these peers' (seen relayed by the sleeve, or on
+    /// the kernel's direct path): keep, or try, a direct data path to each.
+    pub fn fastdp_want(&mut self, now: Instant, peers: &[PeerName]) {
+        self.want_direct(now, peers);
+        self.pump(now);
+    }
+
+    fn want_direct(&mut self, now: Instant, peers: &[PeerName]) {
+        for &p in peers {
+            let Some(addr) = self.router.topology().address_of(&p) else {
+                continue;
+            };
+            self.fastdp.want_direct(now, p, addr);
+        }
     }
 
     /// The container MACs on our bridge.
@@ -444,7 +470,14 @@ impl Node {
     ) -> Result<bool, weft_proto::DecodeError> {
         let topology = self.router.topology();
         let uid_of = |p: PeerName| topology.get(&p).map(|s| s.uid);
-        self.fastdp.handle_message(now, src, payload, uid_of)
+        let r = self.fastdp.handle_message(now, src, payload, uid_of);
+        // A peer that is not a neighbour reported on our heartbeats: it tries a direct path,
+        // which needs ours (our firewall takes VXLAN only from peers we have a link with).
+        let asked = self.fastdp.take_asked();
+        if !asked.is_empty() {
+            self.want_direct(now, &asked);
+        }
+        r
     }
 
     /// Sends our full state of `channel` (other than topology) to neighbour `peer`.

@@ -84,6 +84,9 @@ pub enum ControlInput {
         sender: PeerName,
         len: usize,
     },
+    /// Peers our containers exchange traffic with (relayed by the sleeve, or carried by the
+    /// kernel's direct path): each gets, or keeps, a direct data path.
+    DataWanted(Vec<PeerName>),
     /// The container MACs on our bridge.
     LocalMacs(Vec<weft_proto::Mac>),
     /// Our containers' addresses and MACs (from the attachments), for peers' ARP answers.
@@ -386,6 +389,7 @@ impl Control {
             ControlInput::FastDpHeartbeat { sender, len } => {
                 self.node.fastdp_heartbeat(now, sender, len)
             }
+            ControlInput::DataWanted(peers) => self.node.fastdp_want(now, &peers),
             ControlInput::LocalMacs(macs) => self.node.fastdp_local_macs(now, macs),
             ControlInput::LocalNeighbours(n) => self.node.fastdp_local_neighbours(now, n),
         }

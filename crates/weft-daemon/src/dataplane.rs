@@ -158,6 +158,12 @@ pub async fn run(
                         fwd.handle_local_frame(Instant::now(), frame, &mut out);
                     }
                     out_buf = out.buf;
+                    if fwd.has_wanted() {
+                        let peers = fwd.drain_wanted(Instant::now());
+                        if !peers.is_empty() {
+                            let _ = control.try_send(ControlInput::DataWanted(peers));
+                        }
+                    }
                 }
                 Ok(_) => io.tap_bad_offload += 1,
                 Err(e) => {

@@ -45,6 +45,9 @@ const MAC_POLL: Duration = Duration::from_secs(2);
 /// How often the kernel is checked against the plan even when the plan did not change: a
 /// failed or lost update heals within this.
 const RECONCILE: Duration = Duration::from_secs(2);
+/// How often the kernel is asked which fast peers its VXLAN device carried frames to (which
+/// keeps direct paths to peers that are not neighbours while they are used).
+const IN_USE_POLL: Duration = Duration::from_secs(30);
 
 pub fn vxlan_name(bridge: &str) -> String {
     format!("{bridge}-vx")
@@ -227,6 +230,7 @@ impl FastDpTask {
         let mut hb_tick = tokio::time::interval(HEARTBEAT_INTERVAL);
         let mut mac_tick = tokio::time::interval(MAC_POLL);
         let mut fdb_tick = tokio::time::interval(RECONCILE);
+        let mut use_tick = tokio::time::interval(IN_USE_POLL);
         let mut fast: BTreeSet<PeerName> = BTreeSet::new();
         // Heartbeats go only to peers whose entries are in: without them the bridge would
         // flood the heartbeat to every port.
@@ -276,6 +280,13 @@ impl FastDpTask {
                         return;
                     }
                 },
+                _ = use_tick.tick() => {
+                    let plan = self.plan.borrow().clone();
+                    let peers = self.kernel.peers_in_use(&plan, IN_USE_POLL * 2).await;
+                    if !peers.is_empty() {
+                        let _ = self.control.try_send(ControlInput::DataWanted(peers));
+                    }
+                }
                 _ = mac_tick.tick() => {
                     self.publish_local(&mut local_macs, &mut local_neighbours).await;
                 }
@@ -412,6 +423,38 @@ impl FastDpTask {
 }
 
 impl Reconciler {
+    /// Fast peers the kernel's VXLAN device carried our containers' frames to within
+    /// `within` (by their container MACs' entries; floods and heartbeats do not count).
+    pub async fn peers_in_use(&self, plan: &FastDpPlan, within: Duration) -> Vec<PeerName> {
+        let by_ip: BTreeMap<Ipv4Addr, PeerName> =
+            plan.fast.iter().map(|(p, ip)| (*ip, *p)).collect();
+        let heartbeat: BTreeSet<[u8; 6]> = plan
+            .heartbeat
+            .keys()
+            .map(|p| fastdp::heartbeat_mac(*p).0)
+            .collect();
+        let records = match self.host.fdb(Some(self.vx_index)).await {
+            Ok(r) => r,
+            Err(e) => {
+                debug!("reading the VXLAN forwarding database failed: {e}");
+                return Vec::new();
+            }
+        };
+        let mut peers: BTreeSet<PeerName> = BTreeSet::new();
+        for r in records {
+            let (Some(dst), Some(used)) = (r.dst, r.used) else {
+                continue;
+            };
+            if r.master || r.mac == [0; 6] || heartbeat.contains(&r.mac) || used > within {
+                continue;
+            }
+            if let Some(p) = by_ip.get(&dst) {
+                peers.insert(*p);
+            }
+        }
+        peers.into_iter().collect()
+    }
+
     /// The bridge device's ARP entries for containers behind fast peers: what it answers for
     /// them (the VXLAN port has `neigh_suppress`). Only entries in state NOARP are ours.
     /// Returns the addresses to announce to our containers (moved, or new in small numbers).

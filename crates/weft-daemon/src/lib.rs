@@ -650,6 +650,9 @@ pub async fn run_with(
             weft_core::fastdp::FastDpConfig {
                 enabled: true,
                 mtu,
+                // Whether a pair that is not connected may exchange plaintext is for its
+                // connection to settle (trusted subnets): with a password, none is assumed.
+                on_demand: cfg.passwords.is_empty(),
                 ..Default::default()
             },
         );

@@ -35,6 +35,8 @@ pub struct FdbRecord {
     /// The bridge, for entries of a bridge's table.
     pub bridge: Option<u32>,
     pub state: FdbState,
+    /// Since the kernel last forwarded a frame by this entry, where it says.
+    pub used: Option<std::time::Duration>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -157,6 +159,7 @@ impl Netlink {
             let mut mac = None;
             let mut dst = None;
             let mut bridge = None;
+            let mut used = None;
             for a in &m.attributes {
                 match a {
                     NeighbourAttribute::LinkLayerAddress(b) if b.len() == 6 => {
@@ -168,6 +171,10 @@ impl Netlink {
                         dst = Some(Ipv4Addr::new(b[0], b[1], b[2], b[3]))
                     }
                     NeighbourAttribute::Controller(i) => bridge = Some(*i),
+                    // In clock ticks of USER_HZ, which is 100 on Linux.
+                    NeighbourAttribute::CacheInfo(c) => {
+                        used = Some(std::time::Duration::from_millis(u64::from(c.used) * 10))
+                    }
                     _ => {}
                 }
             }
@@ -184,6 +191,7 @@ impl Netlink {
                     NeighbourState::Permanent => FdbState::Permanent,
                     _ => FdbState::Learned,
                 },
+                used,
             });
         }
         Ok(out)

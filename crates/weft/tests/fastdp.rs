@@ -577,3 +577,84 @@ fn vxlan_from_a_host_that_is_not_a_neighbour_is_dropped() -> Result<()> {
     ping_clean(&tb, &c1, "10.32.0.2", 3)?;
     Ok(())
 }
+
+/// h1 and h3 are not neighbours (no discovery: they know each other only through h2). Once
+/// their containers talk, they get a direct fast path of their own instead of the relay, shown
+/// in the report but not among the connections (Weave's layout lists connections only).
+#[test]
+fn peers_that_are_not_neighbours_get_a_direct_fast_path_when_their_containers_talk() -> Result<()> {
+    let Some(mut tb) = weft_testbed::for_test("fdd", 3, Path::new(WEFT)) else {
+        return Ok(());
+    };
+    let h1 = tb.host(1).ip.to_string();
+    let h2 = tb.host(2).ip.to_string();
+    tb.launch(1, &["--no-discovery"])?;
+    tb.launch(2, &["--no-discovery", &h1])?;
+    tb.launch(3, &["--no-discovery", &h2])?;
+    wait_peers(&tb, 3, 4)?;
+    wait_overlay(&tb, 1, 2, "fastdp", CONVERGE)?;
+    wait_overlay(&tb, 2, 3, "fastdp", CONVERGE)?;
+    let c1 = container(&mut tb, 1)?;
+    let c3 = container(&mut tb, 3)?;
+    // The first packets take the relay through h2.
+    ping_clean_or_dump(&tb, &c1, "10.32.0.3", 3, &[1, 2, 3])?;
+    let direct = |i: usize, nick: &str| -> Result<String> {
+        let r: serde_json::Value = serde_json::from_str(&tb.weft_ok(i, &["report"])?)?;
+        let paths = &r["Router"]["DirectPaths"];
+        let overlay = paths
+            .as_array()
+            .and_then(|a| a.iter().find(|p| p["NickName"] == nick))
+            .map(|p| p["Overlay"].as_str().unwrap_or_default().to_string());
+        match overlay {
+            Some(o) if o == "fastdp" => Ok(o),
+            _ => bail!("h{i} direct paths: {paths}"),
+        }
+    };
+    Testbed::wait_for(CONVERGE, || {
+        direct(1, "host3")?;
+        direct(3, "host1")
+    })
+    .inspect_err(|_| dump(&tb, &[1, 3]))?;
+    // h1's kernel sends c3's frames straight to h3.
+    let mac3 = tb.exec(&c3, "cat", &["/sys/class/net/ethwe/address"]);
+    let mac3 = String::from_utf8_lossy(&mac3.stdout).trim().to_string();
+    let h3 = tb.host(3).ip.to_string();
+    Testbed::wait_for(Duration::from_secs(10), || {
+        let fdb = tb.exec(
+            &tb.host(1).netns,
+            "bridge",
+            &["fdb", "show", "dev", "weft-vx"],
+        );
+        let fdb = String::from_utf8_lossy(&fdb.stdout).into_owned();
+        if fdb.contains(&format!("{mac3} dst {h3} ")) {
+            Ok(())
+        } else {
+            bail!("no direct entry for c3 ({mac3}) on h1:\n{fdb}")
+        }
+    })?;
+    // And h2 relays none of their traffic any more.
+    let relayed = |i: usize| -> Result<u64> {
+        let r: serde_json::Value = serde_json::from_str(&tb.weft_ok(i, &["report"])?)?;
+        Ok(r["Router"]["Stats"]["frames_relayed"]
+            .as_u64()
+            .unwrap_or_default())
+    };
+    let before = relayed(2)?;
+    ping_clean_or_dump(&tb, &c1, "10.32.0.3", 10, &[1, 2, 3])?;
+    assert_eq!(relayed(2)?, before, "h2 still relays");
+    let conns = connections(&tb, 1)?;
+    assert!(!conns.contains("(host3)"), "{conns}");
+    // Broadcasts still arrive once: by the direct path, not again through the relay.
+    let c2 = container(&mut tb, 2)?;
+    for (src, others) in [(&c1, [&c2, &c3]), (&c3, [&c1, &c2])] {
+        let others: Vec<&str> = others.iter().map(|c| c.as_str()).collect();
+        let counts = broadcast_counts(&tb, src, &others, 10)?;
+        for (o, n) in others.iter().zip(&counts) {
+            assert!(
+                (10..=13).contains(n),
+                "{src} → {o}: {n} packets for 10 broadcasts"
+            );
+        }
+    }
+    Ok(())
+}

@@ -1811,6 +1811,7 @@ impl Router {
             shed_surplus: self.stats.shed_surplus,
             tree_repairs: self.stats.tree_repairs,
             refused_pending: self.stats.refused_pending,
+            direct_paths: Vec::new(),
         }
     }
 }

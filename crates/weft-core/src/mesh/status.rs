@@ -42,6 +42,9 @@ pub struct RouterStatus {
     pub tree_repairs: u64,
     /// Accepted connections dropped at once: too many half-open ones.
     pub refused_pending: u64,
+    /// Data paths to peers that are not neighbours (made on demand): the peer, its overlay
+    /// ("fastdp" or "sleeve") and, while sleeve, why.
+    pub direct_paths: Vec<(PeerName, &'static str, Option<String>)>,
 }
 
 #[derive(Clone, Debug)]

@@ -131,6 +131,20 @@ impl Topology {
         self.listed.contains_key(name)
     }
 
+    /// The address `name` is reached at, as a peer connected to it reports it (the port is
+    /// its control port only when that connection was dialled to it).
+    pub fn address_of(&self, name: &PeerName) -> Option<std::net::SocketAddr> {
+        let reporters = self.peers.values().filter(|p| p.name != *name);
+        let seen: Vec<_> = reporters
+            .flat_map(|p| p.connections.iter())
+            .filter(|c| c.peer == *name)
+            .collect();
+        seen.iter()
+            .find(|c| c.outbound)
+            .or(seen.first())
+            .map(|c| c.addr)
+    }
+
     pub fn get(&self, name: &PeerName) -> Option<&PeerSummary> {
         self.peers.get(name)
     }

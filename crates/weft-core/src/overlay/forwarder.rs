@@ -204,7 +204,17 @@ pub struct Forwarder {
     pmtu: Option<PathMtus>,
     reasm: Reassembler,
     last_reasm_expiry: Option<Instant>,
+    /// Peers that are not neighbours our containers sent frames to since the last
+    /// [`Forwarder::drain_wanted`]: candidates for a direct path.
+    wanted: HashSet<PeerName>,
+    /// When each was last handed out.
+    wanted_told: HashMap<PeerName, Instant>,
 }
+
+/// A peer our containers keep sending to through relays is named again after this long.
+const WANTED_REPEAT: std::time::Duration = std::time::Duration::from_secs(10);
+/// At most this many peers are remembered as wanted between two drains.
+const MAX_WANTED: usize = 1024;
 
 impl std::fmt::Debug for Forwarder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -249,7 +259,29 @@ impl Forwarder {
             },
             reasm: Reassembler::default(),
             last_reasm_expiry: None,
+            wanted: HashSet::new(),
+            wanted_told: HashMap::new(),
         }
+    }
+
+    /// Whether [`Forwarder::drain_wanted`] may have something.
+    pub fn has_wanted(&self) -> bool {
+        !self.wanted.is_empty()
+    }
+
+    /// Peers that are not neighbours our containers sent frames to (through relays) and
+    /// that were not named in the last [`WANTED_REPEAT`].
+    pub fn drain_wanted(&mut self, now: Instant) -> Vec<PeerName> {
+        self.wanted_told
+            .retain(|_, at| now.saturating_duration_since(*at) < WANTED_REPEAT);
+        let mut due = Vec::new();
+        for p in self.wanted.drain() {
+            if let std::collections::hash_map::Entry::Vacant(e) = self.wanted_told.entry(p) {
+                e.insert(now);
+                due.push(p);
+            }
+        }
+        due
     }
 
     /// The largest UDP payload one underlay packet carries (underlay MTU − 28 for IPv4): larger
@@ -729,6 +761,14 @@ impl Forwarder {
         self.macs.learn(now, eth.src(), MacOwner::Peer(src));
         if relay_only {
             self.stats.relay_only += 1;
+        } else if dst == BROADCAST_PEER
+            && self.fast.contains(&src)
+            && !self.table.neighbours.contains_key(&src)
+        {
+            // A peer with a direct fast path that is not a neighbour: its kernel flooded this
+            // to us by VXLAN already, and the senders on the tree cannot know to mark it
+            // relay-only for us.
+            self.stats.fast_path_skipped += 1;
         } else {
             self.stats.injected += 1;
             match &gso {
@@ -821,7 +861,12 @@ impl Forwarder {
     ) {
         let hop = self.table.unicast.get(&dst).copied();
         match hop.and_then(|h| Some((h, *self.table.neighbours.get(&h)?))) {
-            Some((hop, to)) => self.send_frame(hop, to, src, dst, gso, frame, out),
+            Some((hop, to)) => {
+                if hop != dst && src == self.table.local && self.wanted.len() < MAX_WANTED {
+                    self.wanted.insert(dst);
+                }
+                self.send_frame(hop, to, src, dst, gso, frame, out)
+            }
             None => self.stats.dropped_no_route += 1,
         }
     }
@@ -1048,6 +1093,16 @@ mod tests {
         assert!(
             matches!(Datagram::decode(pkt).unwrap(), Datagram::Frame { dst, .. } if dst == pn(3))
         );
+        // 3 is not a neighbour: named once as a candidate for a direct path, then not again
+        // for a while however many frames follow; floods and neighbours never are.
+        assert_eq!(f.drain_wanted(now), vec![pn(3)]);
+        f.handle_local_frame(now, &frame(b, a), &mut out);
+        assert!(
+            f.drain_wanted(now + std::time::Duration::from_secs(1))
+                .is_empty()
+        );
+        f.handle_local_frame(now, &frame(b, a), &mut out);
+        assert_eq!(f.drain_wanted(now + WANTED_REPEAT), vec![pn(3)]);
     }
 
     #[test]
@@ -1112,6 +1167,27 @@ mod tests {
         f.handle_datagram(now, addr(1), &mut d, &mut out);
         assert_eq!(out.injected.len(), 1);
         assert_eq!(out.sent.len(), 2);
+    }
+
+    #[test]
+    fn a_broadcast_from_a_direct_fast_peer_that_is_not_a_neighbour_is_not_delivered_twice() {
+        let now = Instant::now();
+        // Peer 1 in 1 - 2 - 3, with a direct fast path to 3: 3's kernel floods to us itself.
+        let mut f = Forwarder::new(pn(1));
+        f.set_table(table_for_1());
+        f.set_fast(BTreeSet::from([pn(3)]));
+        let mut out = Rec::default();
+        let mut d = sleeve::frame_header(pn(2), pn(3), BROADCAST_PEER).to_vec();
+        d.extend(frame([0xff; 6], [4; 6]));
+        f.handle_datagram(now, addr(2), &mut d, &mut out);
+        assert!(out.injected.is_empty());
+        assert_eq!(f.stats().fast_path_skipped, 1);
+        // Without the direct path it is delivered.
+        f.set_fast(BTreeSet::new());
+        let mut d = sleeve::frame_header(pn(2), pn(3), BROADCAST_PEER).to_vec();
+        d.extend(frame([0xff; 6], [4; 6]));
+        f.handle_datagram(now, addr(2), &mut d, &mut out);
+        assert_eq!(out.injected.len(), 1);
     }
 
     fn keys(seed: u8) -> (Arc<Secret>, Arc<Secret>) {

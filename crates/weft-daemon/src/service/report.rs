@@ -253,6 +253,16 @@ impl Service {
                 macs,
                 mtu: app.mtu,
                 stats,
+                direct_paths: st
+                    .direct_paths
+                    .iter()
+                    .map(|(p, overlay, reason)| DirectPathReport {
+                        name: p.to_string(),
+                        nick_name: nick_of(p),
+                        overlay: overlay.to_string(),
+                        overlay_reason: reason.clone(),
+                    })
+                    .collect(),
             },
             ipam: ipam_st.map(|i| ipam_report(&st, i)),
             dns: match &app.dns {

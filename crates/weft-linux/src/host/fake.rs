@@ -204,6 +204,7 @@ impl State {
                 master: false,
                 bridge: None,
                 state: FdbState::Permanent,
+                used: None,
             }),
             Op::FdbReplaceStatic { index, mac } => {
                 self.fdb
@@ -215,6 +216,7 @@ impl State {
                     master: true,
                     bridge: None,
                     state: FdbState::Static,
+                    used: None,
                 });
             }
             Op::FdbDel {
