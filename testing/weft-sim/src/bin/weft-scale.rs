@@ -449,9 +449,16 @@ fn main() {
                     sim.run_for(Duration::from_secs(60).saturating_sub(t));
                 }
                 None => {
-                    println!(
-                        "churn minute {minute}: {wave} hosts restarted, not converged within 60 s"
-                    );
+                    // The wall-time cap is the simulator's limit, not the protocol's: say which.
+                    let why = if wall.elapsed() >= a.max_wall {
+                        format!(
+                            "stopped by the wall-time cap ({} s, --max-wall-s) before converging",
+                            a.max_wall.as_secs()
+                        )
+                    } else {
+                        "not converged within 60 s".to_string()
+                    };
+                    println!("churn minute {minute}: {wave} hosts restarted, {why}");
                     all_ok = false;
                     break;
                 }
@@ -461,6 +468,8 @@ fn main() {
             "churn: worst reconvergence {}; {:.0} B/s of control messages per host meanwhile",
             if all_ok {
                 format!("{:.1} s", worst.as_secs_f64())
+            } else if wall.elapsed() >= a.max_wall {
+                format!("{:.1} s until the wall-time cap", worst.as_secs_f64())
             } else {
                 "over 60 s".into()
             },
