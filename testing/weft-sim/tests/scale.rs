@@ -12,17 +12,22 @@ use weft_sim::{Sim, test_seed};
 
 const CHECK: Duration = Duration::from_millis(250);
 
+/// Two hosts before host `i` (fewer for the first two), as users give a new host peers.
+fn earlier_hosts(i: usize, rng: &mut Rng) -> Vec<usize> {
+    let mut targets = Vec::new();
+    while targets.len() < 2.min(i) {
+        let j = rng.below(i as u64) as usize;
+        if !targets.contains(&j) {
+            targets.push(j);
+        }
+    }
+    targets
+}
+
 /// Hosts started together, each given two earlier hosts, as users start them.
 fn start_together(sim: &mut Sim, n: usize, rng: &mut Rng) {
     for i in 0..n {
-        let mut targets = Vec::new();
-        while i > 0 && targets.len() < 2.min(i) {
-            let j = rng.below(i as u64) as usize;
-            if !targets.contains(&j) {
-                targets.push(j);
-            }
-        }
-        sim.add_node(&targets, true);
+        sim.add_node(&earlier_hosts(i, rng), true);
     }
 }
 
@@ -100,14 +105,7 @@ fn a_thousand_hosts_joining_in_waves_converge_within_bounds() {
     let mut rng = Rng::new(seed);
     let n = 1000;
     for i in 0..n {
-        let mut targets = Vec::new();
-        while i > 0 && targets.len() < 2.min(i) {
-            let j = rng.below(i as u64) as usize;
-            if !targets.contains(&j) {
-                targets.push(j);
-            }
-        }
-        sim.add_node(&targets, true);
+        sim.add_node(&earlier_hosts(i, &mut rng), true);
         if (i + 1) % 100 == 0 && i + 1 < n {
             sim.run_for(Duration::from_secs(1));
         }
