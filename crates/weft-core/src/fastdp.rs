@@ -211,6 +211,15 @@ struct Link {
     gone: Option<Instant>,
 }
 
+impl Link {
+    fn status(&self) -> LinkStatus {
+        LinkStatus {
+            mode: self.mode,
+            reason: self.reason,
+        }
+    }
+}
+
 #[derive(Debug)]
 pub enum FastDpOutput {
     /// Broadcast on the fast-path channel.
@@ -231,9 +240,9 @@ pub struct FastDp {
     links: BTreeMap<PeerName, Link>,
     /// The data plane's neighbours (control connections).
     neighbours: BTreeSet<PeerName>,
-    /// Peers that are not neighbours but exchange traffic with us: their address (as the
-    /// topology shows it) and when the traffic was last seen.
-    demand: BTreeMap<PeerName, (SocketAddr, Instant)>,
+    /// Peers our containers exchange traffic with, and when it was last seen: their links
+    /// stay while that is recent, neighbours or not.
+    demand: BTreeMap<PeerName, Instant>,
     encrypted: BTreeSet<PeerName>,
     /// Removed from the topology while their link lingers: forget their records after.
     departed: BTreeSet<PeerName>,
@@ -249,6 +258,14 @@ pub struct FastDp {
     plan: Arc<FastDpPlan>,
     out: VecDeque<FastDpOutput>,
     next_eval: Option<Instant>,
+}
+
+/// Our report to `dst` of the heartbeats of its that arrive (`uid`: its incarnation).
+fn rx_report(dst: PeerName, uid: u64, (small, big): (bool, bool)) -> FastDpOutput {
+    FastDpOutput::Unicast {
+        dst,
+        payload: FastDpMsg::Rx { uid, small, big }.encode(),
+    }
 }
 
 /// What our record may carry: no multicast MACs (peers refuse those), sorted, unique, and
@@ -345,10 +362,7 @@ impl FastDp {
     }
 
     pub fn link_status(&self, peer: PeerName) -> Option<LinkStatus> {
-        self.links.get(&peer).map(|l| LinkStatus {
-            mode: l.mode,
-            reason: l.reason,
-        })
+        self.links.get(&peer).map(Link::status)
     }
 
     /// The container MACs on our bridge changed.
@@ -387,8 +401,7 @@ impl FastDp {
             if neighbours.contains_key(p) {
                 return true;
             }
-            if let Some((addr, _)) = demand.get(p) {
-                l.addr = *addr;
+            if demand.contains_key(p) {
                 return true;
             }
             if l.mode == Mode::Fast {
@@ -434,11 +447,8 @@ impl FastDp {
         if !self.cfg.enabled || !self.cfg.on_demand || peer == self.local {
             return;
         }
-        self.demand.insert(peer, (addr, now));
-        if self.neighbours.contains(&peer) {
-            return;
-        }
-        if self.links.get(&peer).is_none_or(|l| l.gone.is_some()) {
+        self.demand.insert(peer, now);
+        if !self.has_link(peer) {
             info!(%peer, "trying a direct data path to a peer that is not a neighbour");
             self.open_link(now, peer, addr);
             // Told at once (over the mesh), so the peer opens its side (and its firewall)
@@ -446,15 +456,7 @@ impl FastDp {
             if let (Some(r), Some(l)) = (self.records.get(&peer), self.links.get_mut(&peer)) {
                 let rx = (false, false);
                 l.our_report = Some((rx, now));
-                self.out.push_back(FastDpOutput::Unicast {
-                    dst: peer,
-                    payload: FastDpMsg::Rx {
-                        uid: r.uid,
-                        small: rx.0,
-                        big: rx.1,
-                    }
-                    .encode(),
-                });
+                self.out.push_back(rx_report(peer, r.uid, rx));
             }
             self.evaluate(now);
         }
@@ -471,20 +473,20 @@ impl FastDp {
         self.links.get(&peer).is_some_and(|l| l.gone.is_none())
     }
 
+    /// The address of our link to `peer`, while there is one.
+    pub fn link_addr(&self, peer: PeerName) -> Option<SocketAddr> {
+        self.links
+            .get(&peer)
+            .filter(|l| l.gone.is_none())
+            .map(|l| l.addr)
+    }
+
     /// Peers with a direct data path that are not neighbours, with their link's state.
     pub fn direct_paths(&self) -> Vec<(PeerName, LinkStatus)> {
         self.links
             .iter()
             .filter(|(p, l)| !self.neighbours.contains(p) && l.gone.is_none())
-            .map(|(p, l)| {
-                (
-                    *p,
-                    LinkStatus {
-                        mode: l.mode,
-                        reason: l.reason,
-                    },
-                )
-            })
+            .map(|(p, l)| (*p, l.status()))
             .collect()
     }
 
@@ -660,7 +662,7 @@ impl FastDp {
         let idle = self.cfg.demand_idle;
         let neighbours = &self.neighbours;
         let links = &mut self.links;
-        self.demand.retain(|p, (_, last)| {
+        self.demand.retain(|p, last| {
             if now.saturating_duration_since(*last) < idle {
                 soonest(*last + idle);
                 return true;
@@ -781,15 +783,7 @@ impl FastDp {
                 if due {
                     l.our_report = Some((rx, now));
                     let uid = record.map_or(0, |r| r.uid);
-                    self.out.push_back(FastDpOutput::Unicast {
-                        dst: p,
-                        payload: FastDpMsg::Rx {
-                            uid,
-                            small: rx.0,
-                            big: rx.1,
-                        }
-                        .encode(),
-                    });
+                    self.out.push_back(rx_report(p, uid, rx));
                 }
                 if let Some((_, at)) = l.our_report {
                     soonest(at + self.cfg.report_interval);

@@ -255,7 +255,10 @@ impl Node {
 
     fn want_direct(&mut self, now: Instant, peers: &[PeerName]) {
         for &p in peers {
-            let Some(addr) = self.router.topology().address_of(&p) else {
+            // A peer we have a link with (most of those the kernel reports in use) needs no
+            // walk of the topology for its address.
+            let addr = self.fastdp.link_addr(p);
+            let Some(addr) = addr.or_else(|| self.router.topology().address_of(&p)) else {
                 continue;
             };
             self.fastdp.want_direct(now, p, addr);

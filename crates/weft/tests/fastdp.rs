@@ -599,7 +599,7 @@ fn peers_that_are_not_neighbours_get_a_direct_fast_path_when_their_containers_ta
     // The first packets take the relay through h2.
     ping_clean_or_dump(&tb, &c1, "10.32.0.3", 3, &[1, 2, 3])?;
     let direct = |i: usize, nick: &str| -> Result<String> {
-        let r: serde_json::Value = serde_json::from_str(&tb.weft_ok(i, &["report"])?)?;
+        let r = tb.report_json(i)?;
         let paths = &r["Router"]["DirectPaths"];
         let overlay = paths
             .as_array()
@@ -634,7 +634,7 @@ fn peers_that_are_not_neighbours_get_a_direct_fast_path_when_their_containers_ta
     })?;
     // And h2 relays none of their traffic any more.
     let relayed = |i: usize| -> Result<u64> {
-        let r: serde_json::Value = serde_json::from_str(&tb.weft_ok(i, &["report"])?)?;
+        let r = tb.report_json(i)?;
         Ok(r["Router"]["Stats"]["frames_relayed"]
             .as_u64()
             .unwrap_or_default())

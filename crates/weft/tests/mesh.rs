@@ -186,7 +186,7 @@ fn relays_through_a_third_host_when_the_direct_path_is_blocked() -> Result<()> {
     let out = tb.exec(&c1, "ping", &["-c", "3", "-i", "0.2", "10.32.0.3"]);
     assert!(out.status.success());
     // The frames went through h2.
-    let report: serde_json::Value = serde_json::from_str(&tb.weft_ok(2, &["report"])?)?;
+    let report = tb.report_json(2)?;
     let relayed = report["Router"]["Stats"]["frames_relayed"]
         .as_u64()
         .unwrap();
@@ -431,7 +431,7 @@ fn garbage_on_the_wire_is_dropped_and_counted() -> Result<()> {
         String::from_utf8_lossy(&out.stderr)
     );
     std::thread::sleep(Duration::from_millis(500));
-    let report: serde_json::Value = serde_json::from_str(&tb.weft_ok(1, &["report"])?)?;
+    let report = tb.report_json(1)?;
     let stats = &report["Router"]["Stats"];
     let dropped = stats["dropped_malformed"].as_u64().unwrap()
         + stats["control_udp_unexpected"].as_u64().unwrap();

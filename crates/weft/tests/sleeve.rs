@@ -55,7 +55,7 @@ fn lossy(tb: &Testbed, i: usize, percent: u32) -> Result<()> {
 }
 
 fn stats(tb: &Testbed, i: usize) -> Result<serde_json::Value> {
-    let r: serde_json::Value = serde_json::from_str(&tb.weft_ok(i, &["report"])?)?;
+    let r = tb.report_json(i)?;
     Ok(r["Router"]["Stats"].clone())
 }
 

@@ -508,6 +508,11 @@ impl Testbed {
     }
 
     /// Runs `weft ARGS` on host `i`; fails unless it exits 0. Returns stdout.
+    /// Host `i`'s `weft report`, as JSON.
+    pub fn report_json(&self, i: usize) -> Result<serde_json::Value> {
+        Ok(serde_json::from_str(&self.weft_ok(i, &["report"])?)?)
+    }
+
     pub fn weft_ok(&self, i: usize, args: &[&str]) -> Result<String> {
         let out = run(&mut self.weft_cmd(i, args))?;
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
