@@ -353,6 +353,15 @@ impl TopologyUpdate {
         postcard::to_extend(self, Vec::new()).expect("postcard encoding of TopologyUpdate")
     }
 
+    /// Updates carrying `entries`, encoded, each at most `max` bytes (see
+    /// [`crate::encode_chunks`]; an update is its list of peers on the wire).
+    pub fn encode_chunks<'a>(
+        entries: impl IntoIterator<Item = &'a PeerSummary>,
+        max: usize,
+    ) -> Vec<Vec<u8>> {
+        crate::encode_chunks(entries, max)
+    }
+
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
         postcard::from_bytes(bytes).map_err(|e| DecodeError::Malformed {
             what: "topology update",
@@ -404,6 +413,35 @@ mod tests {
             }
         }
         assert_eq!(got, msgs);
+    }
+
+    #[test]
+    fn chunked_updates_decode_to_every_entry_in_order() {
+        let peers: Vec<PeerSummary> = (0..50u64)
+            .map(|n| PeerSummary {
+                name: PeerName::from_u64(n + 1),
+                nickname: format!("host-{n}"),
+                uid: n * 7,
+                version: n,
+                tcp_port: 6783,
+                connections: (0..n % 5)
+                    .map(|c| ConnectionSummary {
+                        peer: PeerName::from_u64(c + 100),
+                        addr: "198.18.0.1:6783".parse().unwrap(),
+                        outbound: c % 2 == 0,
+                        established: true,
+                    })
+                    .collect(),
+            })
+            .collect();
+        let chunks = TopologyUpdate::encode_chunks(&peers, 300);
+        assert!(chunks.len() > 1);
+        let mut back = Vec::new();
+        for c in &chunks {
+            assert!(c.len() <= 300);
+            back.extend(TopologyUpdate::decode(c).unwrap().peers);
+        }
+        assert_eq!(back, peers);
     }
 
     #[test]

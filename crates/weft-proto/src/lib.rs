@@ -48,6 +48,41 @@ pub fn chunk_by_size<T: Serialize>(items: Vec<T>, max: usize) -> Vec<Vec<T>> {
     }
     runs
 }
+/// The postcard encodings of `items` as sequences (what a `Vec<T>`, or a struct holding just
+/// one, encodes to), cut as [`chunk_by_size`] cuts them, each item encoded once and never
+/// cloned: full states are sent from entries a router holds, often to many neighbours.
+pub fn encode_chunks<T: Serialize>(items: impl IntoIterator<Item = T>, max: usize) -> Vec<Vec<u8>> {
+    let budget = max.saturating_sub(8);
+    let mut out = Vec::new();
+    let mut body = Vec::new();
+    let mut count = 0usize;
+    for item in items {
+        let item_start = body.len();
+        body = postcard::to_extend(&item, body).expect("postcard encoding to a Vec");
+        if count > 0 && body.len() > budget {
+            out.push(sequence(count, &body[..item_start]));
+            body.drain(..item_start);
+            count = 0;
+        }
+        count += 1;
+    }
+    out.push(sequence(count, &body));
+    out
+}
+
+/// A postcard sequence: the item count as a varint, then the items.
+fn sequence(count: usize, items: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(items.len() + 10);
+    let mut n = count as u64;
+    while n >= 0x80 {
+        v.push((n as u8) | 0x80);
+        n >>= 7;
+    }
+    v.push(n as u8);
+    v.extend_from_slice(items);
+    v
+}
+
 pub use peer::{BROADCAST_PEER, PeerName, PeerNameError};
 
 /// Why a sequence of bytes from a peer or the kernel was refused.
@@ -88,6 +123,18 @@ mod tests {
             }
             let back: Vec<Vec<u8>> = runs.into_iter().flatten().collect();
             prop_assert_eq!(back, items);
+        }
+
+        #[test]
+        fn encoded_chunks_are_the_chunks_encoded(
+            items in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..40), 0..300),
+            max in 64usize..400,
+        ) {
+            let expected: Vec<Vec<u8>> = chunk_by_size(items.clone(), max)
+                .iter()
+                .map(|r| postcard::to_allocvec(r).unwrap())
+                .collect();
+            prop_assert_eq!(encode_chunks(&items, max), expected);
         }
     }
 }

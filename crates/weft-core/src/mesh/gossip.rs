@@ -4,6 +4,7 @@
 //! router.
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tracing::{debug, warn};
@@ -29,9 +30,9 @@ const MAX_LAZY_WANTED: usize = 4096;
 /// Topology entries waiting to be sent to one neighbour.
 #[derive(Debug, Default)]
 pub(super) struct Outbox {
-    pub gossip: BTreeMap<PeerName, PeerSummary>,
+    pub gossip: BTreeMap<PeerName, Arc<PeerSummary>>,
     /// Per broadcast source.
-    pub broadcast: BTreeMap<PeerName, BTreeMap<PeerName, PeerSummary>>,
+    pub broadcast: BTreeMap<PeerName, BTreeMap<PeerName, Arc<PeerSummary>>>,
 }
 
 /// `local`'s links in the BFS tree from `root` over the connections each peer reports: the
@@ -72,8 +73,8 @@ fn tree_links(
 
 /// Adds `entries` to `pending`, keeping the newer of two entries for one peer.
 pub(super) fn merge_entries(
-    pending: &mut BTreeMap<PeerName, PeerSummary>,
-    entries: &[PeerSummary],
+    pending: &mut BTreeMap<PeerName, Arc<PeerSummary>>,
+    entries: &[Arc<PeerSummary>],
 ) {
     for e in entries {
         match pending.get(&e.name) {
@@ -92,7 +93,7 @@ impl Router {
         now: Instant,
         from: ConnId,
         update: TopologyUpdate,
-    ) -> TopologyUpdate {
+    ) -> Vec<Arc<PeerSummary>> {
         let applied = self.topology.apply(update);
         if applied.invalid > 0 {
             self.stats.invalid_entries += applied.invalid as u64;
@@ -133,7 +134,7 @@ impl Router {
         // and drop them in turn.
         let mut improved = applied.improved;
         improved.retain(|p| self.topology.is_listed(&p.name));
-        TopologyUpdate { peers: improved }
+        improved
     }
 
     /// Our children in `src`'s gossip broadcast tree: BFS from `src` over the connections
@@ -213,7 +214,7 @@ impl Router {
         &mut self,
         now: Instant,
         src: PeerName,
-        entries: &[PeerSummary],
+        entries: &[Arc<PeerSummary>],
         from: Option<ConnId>,
     ) {
         merge_entries(self.relays.entry((src, from)).or_default(), entries);
@@ -239,7 +240,7 @@ impl Router {
             } else if children.0 != Some(src) {
                 children = (Some(src), self.gossip_children(src));
             }
-            let entries: Vec<PeerSummary> = entries.into_values().collect();
+            let entries: Vec<Arc<PeerSummary>> = entries.into_values().collect();
             if shared {
                 let mut off: Vec<ConnId> = self
                     .by_peer
@@ -285,8 +286,8 @@ impl Router {
             }
             let chunk = self.cfg.gossip_chunk;
             for (src, entries) in ob.broadcast {
-                for peers in weft_proto::chunk_by_size(entries.into_values().collect(), chunk) {
-                    let payload = TopologyUpdate { peers }.encode();
+                for payload in TopologyUpdate::encode_chunks(entries.values().map(|e| &**e), chunk)
+                {
                     self.send_msg(
                         id,
                         &ControlMsg::GossipBroadcast {
@@ -398,13 +399,13 @@ impl Router {
             *window = (now, 0);
         }
         let room = budget.saturating_sub(window.1);
-        let mut newer: Vec<PeerSummary> = Vec::new();
+        let mut newer: Vec<Arc<PeerSummary>> = Vec::new();
         let mut taken: HashSet<PeerName> = HashSet::new();
         for v in theirs {
             if newer.len() >= room {
                 break;
             }
-            if let Some(p) = self.topology.get(&v.name)
+            if let Some(p) = self.topology.get_shared(&v.name)
                 && (p.version, p.uid) > (v.version, v.uid)
                 && taken.insert(p.name)
             {
@@ -416,9 +417,9 @@ impl Router {
     }
 
     /// Sends `entries` to neighbour `id` as topology gossip, cut to the gossip chunk size.
-    fn send_topology_gossip(&mut self, id: ConnId, entries: Vec<PeerSummary>) {
-        for peers in weft_proto::chunk_by_size(entries, self.cfg.gossip_chunk) {
-            let payload = TopologyUpdate { peers }.encode();
+    fn send_topology_gossip(&mut self, id: ConnId, entries: Vec<Arc<PeerSummary>>) {
+        let entries = entries.iter().map(|e| &**e);
+        for payload in TopologyUpdate::encode_chunks(entries, self.cfg.gossip_chunk) {
             self.send_msg(
                 id,
                 &ControlMsg::Gossip {

@@ -314,7 +314,7 @@ pub struct Router {
     pub(super) outbox: BTreeMap<ConnId, Outbox>,
     /// Topology entries to relay along broadcast trees, by source and the connection they
     /// came from (not sent back there), until the outbox goes out.
-    pub(super) relays: BTreeMap<(PeerName, Option<ConnId>), BTreeMap<PeerName, PeerSummary>>,
+    pub(super) relays: BTreeMap<(PeerName, Option<ConnId>), BTreeMap<PeerName, Arc<PeerSummary>>>,
     pub(super) outbox_at: Option<Instant>,
     /// Entries lazy pushes told us of that we lack: the version told, the neighbour that
     /// told us, and when to ask it if the tree has not brought them by then.
@@ -616,7 +616,7 @@ impl Router {
         }
         if self.broadcast_at.is_some_and(|at| at <= now) {
             self.broadcast_at = None;
-            let local = self.topology.local().clone();
+            let local = self.topology.local_shared();
             self.relay_topology(now, self.cfg.name, &[local], None);
         }
         if self.outbox_at.is_some_and(|at| at <= now) {
@@ -883,13 +883,13 @@ impl Router {
                 let update =
                     TopologyUpdate::decode(&payload).map_err(|e| Close::Failure(e.to_string()))?;
                 let improved = self.apply_topology(now, id, update);
-                if !improved.peers.is_empty() && self.degree_target().is_some() {
+                if !improved.is_empty() && self.degree_target().is_some() {
                     // A partial view: whatever is new to us goes along the shared tree, however
                     // it came (an answer to versions or a want, a push), so that the tree
                     // carries every change to everyone; random pushes would leave hosts out.
                     let src = self.cfg.name;
-                    self.relay_topology(now, src, &improved.peers, Some(id));
-                } else if !improved.peers.is_empty() {
+                    self.relay_topology(now, src, &improved, Some(id));
+                } else if !improved.is_empty() {
                     // Protocol 2 neighbours repair what a push missed by digest, so a push
                     // to two of them spreads an entry as far as one to many does, at a
                     // fraction of the copies; older ones get it as before.
@@ -906,10 +906,7 @@ impl Router {
                         })
                         .collect();
                     for n in push {
-                        merge_entries(
-                            &mut self.outbox.entry(n).or_default().gossip,
-                            &improved.peers,
-                        );
+                        merge_entries(&mut self.outbox.entry(n).or_default().gossip, &improved);
                     }
                     self.outbox_due(now);
                 }
@@ -922,8 +919,8 @@ impl Router {
                 let update =
                     TopologyUpdate::decode(&payload).map_err(|e| Close::Failure(e.to_string()))?;
                 let improved = self.apply_topology(now, id, update);
-                if !improved.peers.is_empty() {
-                    self.relay_topology(now, src, &improved.peers, Some(id));
+                if !improved.is_empty() {
+                    self.relay_topology(now, src, &improved, Some(id));
                 }
             }
             ControlMsg::GossipRequest { channel } if channel == Channel::TOPOLOGY => {

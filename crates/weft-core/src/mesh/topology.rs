@@ -10,6 +10,7 @@
 //!   collected, so departed peers vanish instead of lingering.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
 
 use weft_proto::PeerName;
 use weft_proto::control::{ConnectionSummary, PeerSummary, PeerVersion, TopologyUpdate};
@@ -27,7 +28,9 @@ pub const MAX_TOTAL_CONNECTIONS: usize = 1 << 19;
 #[derive(Debug)]
 pub struct Topology {
     local: PeerName,
-    peers: BTreeMap<PeerName, PeerSummary>,
+    /// Entries are shared: what a router relays, queues for neighbours and holds are the
+    /// same entry, so a thousand-peer topology is not copied per neighbour and per update.
+    peers: BTreeMap<PeerName, Arc<PeerSummary>>,
     /// Connection entries over all peers (kept in step with `peers`).
     connections: usize,
     /// Bumped on every change so that derived data (routes) knows when to recompute.
@@ -71,7 +74,7 @@ fn drops_connection(old: &[ConnectionSummary], new: &[ConnectionSummary]) -> boo
 #[derive(Debug, Default)]
 pub struct Applied {
     /// Entries that were new or newer than ours: the part worth relaying.
-    pub improved: Vec<PeerSummary>,
+    pub improved: Vec<Arc<PeerSummary>>,
     /// Some accepted entry lists a connection to a peer we know nothing about.
     pub unknown_referenced: bool,
     /// Entries refused as invalid (bad name, oversize fields).
@@ -90,7 +93,7 @@ impl Topology {
         let mut listed = BTreeMap::new();
         relink(&mut listed, &[], &local.connections);
         let mut peers = BTreeMap::new();
-        peers.insert(name, local);
+        peers.insert(name, Arc::new(local));
         Topology {
             local: name,
             peers,
@@ -111,10 +114,18 @@ impl Topology {
             .expect("local peer is never removed")
     }
 
+    /// Our entry, copied first if a relay or a queue still shares it.
     fn local_mut(&mut self) -> &mut PeerSummary {
-        self.peers
-            .get_mut(&self.local)
-            .expect("local peer is never removed")
+        Arc::make_mut(
+            self.peers
+                .get_mut(&self.local)
+                .expect("local peer is never removed"),
+        )
+    }
+
+    /// Our entry as held, to relay without a copy.
+    pub fn local_shared(&self) -> Arc<PeerSummary> {
+        self.peers[&self.local].clone()
     }
 
     pub fn generation(&self) -> u64 {
@@ -146,11 +157,16 @@ impl Topology {
     }
 
     pub fn get(&self, name: &PeerName) -> Option<&PeerSummary> {
+        self.peers.get(name).map(|p| &**p)
+    }
+
+    /// An entry as held, to relay or queue without a copy.
+    pub fn get_shared(&self, name: &PeerName) -> Option<&Arc<PeerSummary>> {
         self.peers.get(name)
     }
 
     pub fn peers(&self) -> impl Iterator<Item = &PeerSummary> {
-        self.peers.values()
+        self.peers.values().map(|p| &**p)
     }
 
     pub fn len(&self) -> usize {
@@ -220,6 +236,7 @@ impl Topology {
                 existing.is_none_or(|e| drops_connection(&e.connections, &summary.connections));
             let old = existing.map_or(&[][..], |e| &e.connections[..]);
             relink(&mut self.listed, old, &summary.connections);
+            let summary = Arc::new(summary);
             self.peers.insert(summary.name, summary.clone());
             applied.improved.push(summary);
             self.generation += 1;
@@ -235,7 +252,7 @@ impl Topology {
     /// Everything we know, for a neighbour that needs it all.
     pub fn full_update(&self) -> TopologyUpdate {
         TopologyUpdate {
-            peers: self.peers.values().cloned().collect(),
+            peers: self.peers().cloned().collect(),
         }
     }
 
@@ -261,6 +278,10 @@ impl Topology {
     }
 
     fn chunks_of(&self, max: usize, keep: impl Fn(&PeerSummary) -> bool) -> Vec<Vec<u8>> {
+        // Between routers that agree (most answers to versions), no walk at all.
+        if !self.peers().any(&keep) {
+            return Vec::new();
+        }
         let mut order = Vec::with_capacity(self.peers.len());
         let mut seen = BTreeSet::from([self.local]);
         let mut queue = VecDeque::from([self.local]);
@@ -269,7 +290,7 @@ impl Topology {
                 continue;
             };
             if keep(s) {
-                order.push(s.clone());
+                order.push(&**s);
             }
             for c in &s.connections {
                 if self.peers.contains_key(&c.peer) && seen.insert(c.peer) {
@@ -278,19 +299,8 @@ impl Topology {
             }
         }
         // Not reached from us (only between a change and its garbage collection).
-        order.extend(
-            self.peers
-                .values()
-                .filter(|p| !seen.contains(&p.name) && keep(p))
-                .cloned(),
-        );
-        if order.is_empty() {
-            return Vec::new();
-        }
-        weft_proto::chunk_by_size(order, max)
-            .into_iter()
-            .map(|peers| TopologyUpdate { peers }.encode())
-            .collect()
+        order.extend(self.peers().filter(|p| !seen.contains(&p.name) && keep(p)));
+        TopologyUpdate::encode_chunks(order, max)
     }
 
     /// The version of every entry we hold.
