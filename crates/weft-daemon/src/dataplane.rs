@@ -6,6 +6,12 @@
 //! Sends never wait: a full socket or TAP queue drops the packet and counts it, as a switch
 //! would.
 //!
+//! Small packets come and go in batches: a wakeup reads every frame queued on the TAP (up to
+//! [`BATCH`]) and their datagrams leave in one `sendmmsg`; the socket is drained with
+//! `recvmmsg`, [`BATCH`] datagrams per call. Within a batch datagrams keep the order their
+//! frames came in, and a segmentation-offload train first flushes what is queued, so a flow
+//! leaves in order.
+//!
 //! The TAP runs with segmentation offload: reads come with a `virtio_net_hdr`, and a TCP
 //! stream arrives as 64 KiB super-frames that cross the sleeve whole (see
 //! `weft_proto::offload`). A small frame whose checksum the kernel left to "hardware" gets it
@@ -21,34 +27,43 @@ use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 use tun_rs::AsyncDevice;
 use weft_core::overlay::{Forwarder, Output};
+use weft_linux::udp::{RecvBatch, SendBatch};
 use weft_proto::PeerName;
 use weft_proto::offload::{self, GSO_LEN, Gso};
 
 use crate::control::ControlInput;
 pub use crate::dataplane_msg::{DataPlaneMsg, DataPlaneSnapshot, IoStats};
 
+/// Frames read from the TAP per wakeup, and datagrams per `recvmmsg`/`sendmmsg`: enough
+/// that a burst of small packets costs a syscall per batch on the socket side, few enough
+/// that the other direction and the control messages get their turn.
+const BATCH: usize = 64;
+
 struct Out<'a> {
     udp: &'a Arc<UdpSocket>,
     tap: &'a AsyncDevice,
     control: &'a mpsc::Sender<ControlInput>,
-    buf: Vec<u8>,
+    sends: &'a mut SendBatch,
     io: &'a mut IoStats,
+}
+
+impl Out<'_> {
+    /// Sends the queued datagrams; called once per batch of input, before the task waits.
+    fn flush(&mut self) {
+        if self.sends.is_empty() {
+            return;
+        }
+        let done = self.sends.flush(&**self.udp);
+        self.io.udp_send_errors += done.dropped as u64;
+        self.io.send_batches += 1;
+    }
 }
 
 impl Output for Out<'_> {
     fn send(&mut self, to: SocketAddr, parts: &[&[u8]]) {
-        let bytes: &[u8] = if let [one] = parts {
-            one
-        } else {
-            self.buf.clear();
-            for p in parts {
-                self.buf.extend_from_slice(p);
-            }
-            &self.buf
-        };
-        if let Err(e) = self.udp.try_send_to(bytes, to) {
-            self.io.udp_send_errors += 1;
-            debug!(%to, "sleeve send failed: {e}");
+        self.sends.push(to, parts);
+        if self.sends.is_full() {
+            self.flush();
         }
     }
 
@@ -65,6 +80,8 @@ impl Output for Out<'_> {
     }
 
     fn send_train(&mut self, to: SocketAddr, train: &[u8], stride: usize) {
+        // What was queued before goes first: a flow's datagrams leave in order.
+        self.flush();
         // One segmentation-offload send carries at most one IP packet's worth.
         let per_send = (weft_proto::sleeve::MAX_DATAGRAM / stride).max(1) * stride;
         for part in train.chunks(per_send) {
@@ -97,6 +114,28 @@ impl Output for Out<'_> {
     }
 }
 
+/// One frame the bridge handed to the TAP, offload header first.
+fn local_frame(fwd: &mut Forwarder, buf: &mut [u8], out: &mut Out<'_>) {
+    if buf.len() < GSO_LEN {
+        out.io.tap_bad_offload += 1;
+        return;
+    }
+    let (head, frame) = buf.split_at_mut(GSO_LEN);
+    let gso = Gso(head.try_into().expect("split at GSO_LEN"));
+    let complete = gso.is_gso()
+        || !gso.needs_csum()
+        || offload::finish_checksum(frame, gso.csum_start().into(), gso.csum_offset().into());
+    if !complete {
+        out.io.tap_bad_offload += 1;
+        return;
+    }
+    if gso.is_gso() {
+        fwd.handle_local_gso(Instant::now(), &gso, frame, out);
+    } else {
+        fwd.handle_local_frame(Instant::now(), frame, out);
+    }
+}
+
 /// `path_payload`: the largest UDP payload one underlay packet carries; larger datagrams go
 /// as weft fragments (`None`: left to the kernel's IP fragmentation).
 pub async fn run(
@@ -117,9 +156,21 @@ pub async fn run(
     }
     let mut io = IoStats::default();
     let mut tap_buf = vec![0u8; GSO_LEN + 65536];
-    let mut udp_buf = vec![0u8; 65536 + 4096];
-    let mut out_buf = Vec::with_capacity(65536);
+    // With receive offload a slot may hold a coalesced train of up to 64 KiB.
+    let mut received = RecvBatch::new(BATCH, 65536 + 4096);
+    let mut sends = SendBatch::new(BATCH);
     let mut expire = tokio::time::interval(Duration::from_secs(60));
+    macro_rules! out {
+        () => {
+            Out {
+                udp: &udp,
+                tap: &tap,
+                control: &control,
+                sends: &mut sends,
+                io: &mut io,
+            }
+        };
+    }
     loop {
         let probe_at = fwd.poll_timeout();
         tokio::select! {
@@ -129,9 +180,9 @@ pub async fn run(
                     None => std::future::pending().await,
                 }
             } => {
-                let mut out = Out { udp: &udp, tap: &tap, control: &control, buf: std::mem::take(&mut out_buf), io: &mut io };
+                let mut out = out!();
                 fwd.handle_timeout(Instant::now(), &mut out);
-                out_buf = out.buf;
+                out.flush();
                 for (peer, old, new) in fwd.drain_path_changes() {
                     if new < old {
                         warn!(%peer, "the path to {peer} carries datagrams of at most {new} bytes (not {old}): larger ones go as fragments of that size");
@@ -140,57 +191,55 @@ pub async fn run(
                     }
                 }
             }
-            r = tap.recv(&mut tap_buf) => match r {
-                Ok(n) if n >= GSO_LEN => {
-                    let (head, frame) = tap_buf[..n].split_at_mut(GSO_LEN);
-                    let gso = Gso(head.try_into().expect("split at GSO_LEN"));
-                    let complete = gso.is_gso()
-                        || !gso.needs_csum()
-                        || offload::finish_checksum(frame, gso.csum_start().into(), gso.csum_offset().into());
-                    if !complete {
-                        io.tap_bad_offload += 1;
-                        continue;
-                    }
-                    let mut out = Out { udp: &udp, tap: &tap, control: &control, buf: std::mem::take(&mut out_buf), io: &mut io };
-                    if gso.is_gso() {
-                        fwd.handle_local_gso(Instant::now(), &gso, frame, &mut out);
-                    } else {
-                        fwd.handle_local_frame(Instant::now(), frame, &mut out);
-                    }
-                    out_buf = out.buf;
-                    if fwd.has_wanted() {
-                        let peers = fwd.drain_wanted(Instant::now());
-                        if !peers.is_empty() {
-                            let _ = control.try_send(ControlInput::DataWanted(peers));
+            r = tap.recv(&mut tap_buf) => {
+                let mut out = out!();
+                let mut r = r;
+                // The first frame woke us; what queued behind it is read without waiting,
+                // and the datagrams they make leave together.
+                for _ in 0..BATCH {
+                    match r {
+                        Ok(n) => local_frame(&mut fwd, &mut tap_buf[..n], &mut out),
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                        Err(e) => {
+                            warn!("reading the TAP device failed: {e}; data plane stopping");
+                            return;
                         }
                     }
+                    r = tap.try_recv(&mut tap_buf);
                 }
-                Ok(_) => io.tap_bad_offload += 1,
-                Err(e) => {
-                    warn!("reading the TAP device failed: {e}; data plane stopping");
-                    return;
+                out.flush();
+                if fwd.has_wanted() {
+                    let peers = fwd.drain_wanted(Instant::now());
+                    if !peers.is_empty() {
+                        let _ = control.try_send(ControlInput::DataWanted(peers));
+                    }
                 }
-            },
+            }
             r = udp.readable() => {
                 if let Err(e) = r {
                     warn!("sleeve socket failed: {e}; data plane stopping");
                     return;
                 }
-                // Drain what is queued, a bounded amount at a time so the TAP gets its turn.
-                for _ in 0..64 {
-                    let r = udp.try_io(tokio::io::Interest::READABLE, || {
-                        weft_linux::udp::recv(&*udp, &mut udp_buf)
-                    });
+                let mut out = out!();
+                // Drain what is queued, a bounded number of batches so the TAP gets its turn.
+                for _ in 0..4 {
+                    let r = udp.try_io(tokio::io::Interest::READABLE, || received.recv(&*udp));
                     match r {
-                        Ok((n, from, stride)) => {
-                            let mut out = Out { udp: &udp, tap: &tap, control: &control, buf: std::mem::take(&mut out_buf), io: &mut io };
+                        Ok(count) => {
+                            out.io.recv_batches += 1;
+                            out.io.recv_datagrams += count as u64;
                             let now = Instant::now();
-                            // Coalesced datagrams sit back to back, `stride` bytes each.
-                            let stride = stride.unwrap_or(n).max(1);
-                            for d in udp_buf[..n].chunks_mut(stride) {
-                                fwd.handle_datagram(now, from, d, &mut out);
+                            for i in 0..count {
+                                let (got, bytes) = received.datagram(i);
+                                // Coalesced datagrams sit back to back, `stride` bytes each.
+                                let stride = got.stride.unwrap_or(got.len).max(1);
+                                for d in bytes.chunks_mut(stride) {
+                                    fwd.handle_datagram(now, got.from, d, &mut out);
+                                }
                             }
-                            out_buf = out.buf;
+                            if count < BATCH {
+                                break;
+                            }
                         }
                         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                         // ICMP errors for earlier sends surface here (e.g. port unreachable);
@@ -198,23 +247,24 @@ pub async fn run(
                         Err(e) => debug!("sleeve receive error: {e}"),
                     }
                 }
+                out.flush();
             },
             m = rx.recv() => match m {
                 Some(DataPlaneMsg::Table(t)) => {
                     fwd.set_table(t);
                     // New neighbours' paths are probed from now on.
-                    let mut out = Out { udp: &udp, tap: &tap, control: &control, buf: std::mem::take(&mut out_buf), io: &mut io };
+                    let mut out = out!();
                     fwd.handle_timeout(Instant::now(), &mut out);
-                    out_buf = out.buf;
+                    out.flush();
                 }
                 Some(DataPlaneMsg::ForgetPeer(p)) => fwd.forget_peer(p),
                 Some(DataPlaneMsg::Keys(p, k)) => fwd.set_keys(p, &k),
                 Some(DataPlaneMsg::Fast(f)) => fwd.set_fast(f),
                 Some(DataPlaneMsg::Proxied(m)) => fwd.set_proxied(m),
                 Some(DataPlaneMsg::SendControl { to, peer, bytes }) => {
-                    let mut out = Out { udp: &udp, tap: &tap, control: &control, buf: std::mem::take(&mut out_buf), io: &mut io };
+                    let mut out = out!();
                     fwd.send_control(to, peer, &bytes, &mut out);
-                    out_buf = out.buf;
+                    out.flush();
                 }
                 Some(DataPlaneMsg::Snapshot(reply)) => {
                     let now = Instant::now();

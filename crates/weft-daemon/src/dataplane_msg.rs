@@ -50,4 +50,10 @@ pub struct IoStats {
     pub heartbeats_dropped: u64,
     /// Frames from the TAP with an offload header that did not fit them.
     pub tap_bad_offload: u64,
+    /// `recvmmsg` calls that returned datagrams, and the datagrams they returned (their
+    /// ratio is the receive batch size under load).
+    pub recv_batches: u64,
+    pub recv_datagrams: u64,
+    /// `sendmmsg` batches flushed.
+    pub send_batches: u64,
 }

@@ -3,7 +3,8 @@
 //! tools), sysctls and process control.
 //!
 //! This is the only crate allowed `unsafe`, in three small modules at the OS boundary:
-//! [`process`] (setsid between fork and exec), [`udp`] (a socket option) and [`arp`] (a packet
+//! [`process`] (setsid between fork and exec), [`udp`] (a socket option, and batch headers
+//! moved between threads) and [`arp`] (a packet
 //! socket for gratuitous ARP);
 //! everything else is built on rtnetlink, nix, tun-rs and socket2.
 #![deny(unsafe_code)]

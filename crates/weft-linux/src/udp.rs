@@ -133,3 +133,211 @@ pub fn recv(
         .ok_or_else(|| std::io::Error::other("datagram without an IP source address"))?;
     Ok((msg.bytes, from, stride))
 }
+
+/// The source address of a received datagram, as a std address.
+fn socket_addr(a: &SockaddrStorage) -> Option<SocketAddr> {
+    match a.family() {
+        Some(nix::sys::socket::AddressFamily::Inet) => a
+            .as_sockaddr_in()
+            .map(|v| SocketAddr::V4(SocketAddrV4::new(v.ip(), v.port()))),
+        Some(nix::sys::socket::AddressFamily::Inet6) => a
+            .as_sockaddr_in6()
+            .map(|v| SocketAddr::V6(SocketAddrV6::new(v.ip(), v.port(), 0, 0))),
+        _ => None,
+    }
+}
+
+/// `sendmmsg` headers, kept from call to call (each call sets every field it uses).
+struct Headers(nix::sys::socket::MultiHeaders<SockaddrStorage>);
+
+// SAFETY: `MultiHeaders` is not `Send` only because it holds raw pointers: into heap buffers
+// it owns (source addresses, control-message space), which move with it, and into the
+// caller's buffers, which each call sets before the syscall and nothing reads after it.
+// Nothing in it is shared, so moving it to another thread (a tokio task does) is sound.
+#[allow(unsafe_code)]
+unsafe impl Send for Headers {}
+
+/// One received datagram in a [`RecvBatch`]: its length, sender and, when the kernel
+/// coalesced several of one flow, their size (all but the last are exactly that long).
+#[derive(Clone, Copy, Debug)]
+pub struct Received {
+    pub len: usize,
+    pub from: SocketAddr,
+    pub stride: Option<usize>,
+}
+
+/// Buffers for receiving many datagrams in one `recvmmsg`, allocated once: a busy sleeve
+/// pays one syscall (and one wakeup) per batch instead of per packet.
+pub struct RecvBatch {
+    bufs: Vec<Vec<u8>>,
+    got: Vec<Received>,
+}
+
+impl RecvBatch {
+    /// Room for `slots` datagrams of up to `slot_len` bytes each (with receive offload, a
+    /// coalesced train is up to 64 KiB).
+    pub fn new(slots: usize, slot_len: usize) -> Self {
+        let slots = slots.max(1);
+        RecvBatch {
+            bufs: vec![vec![0; slot_len]; slots],
+            got: Vec::with_capacity(slots),
+        }
+    }
+
+    /// Receives what is queued, up to the batch's size, without waiting; `WouldBlock` when
+    /// nothing is. Returns how many datagrams arrived (see [`RecvBatch::datagram`]).
+    pub fn recv(&mut self, sock: &impl AsRawFd) -> std::io::Result<usize> {
+        // Fresh headers per call: the kernel shrinks each header's address and control
+        // lengths to what a datagram used, and nix does not restore them, so reused headers
+        // would truncate the next batch's receive-offload segment sizes. (A few KiB per
+        // batch, not per datagram.)
+        let mut headers = nix::sys::socket::MultiHeaders::<SockaddrStorage>::preallocate(
+            self.bufs.len(),
+            Some(nix::cmsg_space!(i32)),
+        );
+        let mut iovs: Vec<[IoSliceMut<'_>; 1]> =
+            self.bufs.iter_mut().map(|b| [IoSliceMut::new(b)]).collect();
+        let results = nix::sys::socket::recvmmsg(
+            sock.as_raw_fd(),
+            &mut headers,
+            iovs.iter_mut(),
+            MsgFlags::MSG_DONTWAIT,
+            None,
+        )
+        .map_err(std::io::Error::from)?;
+        self.got.clear();
+        for msg in results {
+            let mut stride = None;
+            if let Ok(cmsgs) = msg.cmsgs() {
+                for c in cmsgs {
+                    if let ControlMessageOwned::UdpGroSegments(s) = c {
+                        stride = usize::try_from(s).ok().filter(|&s| s > 0);
+                    }
+                }
+            }
+            // A datagram without an IP source cannot be answered or attributed: skipped,
+            // keeping its slot so that indices match the buffers.
+            let from = msg
+                .address
+                .as_ref()
+                .and_then(socket_addr)
+                .unwrap_or(SocketAddr::V4(SocketAddrV4::new(
+                    std::net::Ipv4Addr::UNSPECIFIED,
+                    0,
+                )));
+            self.got.push(Received {
+                len: msg.bytes,
+                from,
+                stride,
+            });
+        }
+        Ok(self.got.len())
+    }
+
+    /// The `i`th datagram of the last [`RecvBatch::recv`], with its bytes (writable: the
+    /// sleeve decrypts in place).
+    pub fn datagram(&mut self, i: usize) -> (Received, &mut [u8]) {
+        let r = self.got[i];
+        (r, &mut self.bufs[i][..r.len])
+    }
+}
+
+/// Datagrams queued to leave in one `sendmmsg`. Bytes are copied into one arena as they are
+/// queued (a sealed frame is built in a scratch buffer anyway), and the arena and the
+/// headers are reused from batch to batch.
+pub struct SendBatch {
+    arena: Vec<u8>,
+    msgs: Vec<(SocketAddr, usize, usize)>,
+    headers: Headers,
+    slots: usize,
+}
+
+/// What a [`SendBatch::flush`] did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Flushed {
+    pub sent: usize,
+    /// Datagrams not sent: the socket's buffer was full (sends never wait), or the kernel
+    /// refused them (an unreachable destination).
+    pub dropped: usize,
+}
+
+impl SendBatch {
+    pub fn new(slots: usize) -> Self {
+        let slots = slots.max(1);
+        SendBatch {
+            arena: Vec::with_capacity(slots * 1600),
+            msgs: Vec::with_capacity(slots),
+            headers: Headers(nix::sys::socket::MultiHeaders::preallocate(slots, None)),
+            slots,
+        }
+    }
+
+    /// Queues one datagram made of `parts` concatenated.
+    pub fn push(&mut self, to: SocketAddr, parts: &[&[u8]]) {
+        let start = self.arena.len();
+        for p in parts {
+            self.arena.extend_from_slice(p);
+        }
+        self.msgs.push((to, start, self.arena.len()));
+    }
+
+    pub fn len(&self) -> usize {
+        self.msgs.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.msgs.is_empty()
+    }
+
+    /// Whether the batch holds as many datagrams as one `sendmmsg` takes.
+    pub fn is_full(&self) -> bool {
+        self.msgs.len() >= self.slots
+    }
+
+    /// Sends everything queued, in order, without waiting, and empties the batch.
+    pub fn flush(&mut self, sock: &impl AsRawFd) -> Flushed {
+        let mut done = Flushed::default();
+        let mut next = 0;
+        while next < self.msgs.len() {
+            let end = self.msgs.len().min(next + self.slots);
+            let batch = &self.msgs[next..end];
+            let iovs: Vec<[IoSlice<'_>; 1]> = batch
+                .iter()
+                .map(|&(_, a, b)| [IoSlice::new(&self.arena[a..b])])
+                .collect();
+            let addrs: Vec<Option<SockaddrStorage>> = batch
+                .iter()
+                .map(|&(to, _, _)| Some(SockaddrStorage::from(to)))
+                .collect();
+            let r = nix::sys::socket::sendmmsg(
+                sock.as_raw_fd(),
+                &mut self.headers.0,
+                &iovs,
+                &addrs,
+                [],
+                MsgFlags::MSG_DONTWAIT,
+            );
+            match r {
+                Ok(results) => {
+                    let n = results.count().max(1);
+                    done.sent += n.min(batch.len());
+                    next += n;
+                }
+                // The socket's buffer is full: the rest would meet the same.
+                Err(nix::errno::Errno::EAGAIN) => {
+                    done.dropped += self.msgs.len() - next;
+                    break;
+                }
+                // The first datagram was refused (e.g. an ICMP error pending for its
+                // destination): it alone is lost.
+                Err(_) => {
+                    done.dropped += 1;
+                    next += 1;
+                }
+            }
+        }
+        self.msgs.clear();
+        self.arena.clear();
+        done
+    }
+}

@@ -774,6 +774,34 @@ impl Testbed {
         self.nft_in(&self.underlay, &rules)
     }
 
+    /// Reorders the sleeve's datagrams leaving host `a`: `percent` % of them, at random, wait
+    /// in a slow queue (2 Mbit/s, 64 packets) while the rest go straight on, so they arrive
+    /// late, after later ones, or (when the slow queue is full) not at all.
+    pub fn reorder(&self, a: usize, percent: u32) -> Result<()> {
+        let ns = &self.host(a).netns;
+        for args in [
+            "qdisc add dev eth0 root handle 1: htb default 10",
+            "class add dev eth0 parent 1: classid 1:10 htb rate 10gbit",
+            "class add dev eth0 parent 1: classid 1:20 htb rate 2mbit",
+            "qdisc add dev eth0 parent 1:20 pfifo limit 64",
+        ] {
+            run(self.cmd_in(ns, "tc").args(args.split_whitespace()))
+                .context("setting up a slow queue with tc (htb)")?;
+        }
+        self.nft(
+            a,
+            &format!(
+                // (nft takes a class id only at the end of a line, not before a `;`.)
+                "table inet weftreorder {{
+                   chain output {{
+                     type filter hook output priority 0;
+                     udp dport 6783 numgen random mod 100 < {percent} meta priority set 1:20
+                   }}
+                 }}"
+            ),
+        )
+    }
+
     /// Drops UDP to and from `port` in host `a`'s firewall (e.g. VXLAN's 6784), both ways.
     pub fn block_udp(&self, a: usize, port: u16) -> Result<()> {
         self.nft(
@@ -1029,6 +1057,38 @@ pub mod measure {
         Ok(bps / 1e9)
     }
 
+    /// Small-packet rate: UDP datagrams of `len` bytes sent as fast as iperf3 can from
+    /// `client_ns` to a server in `server_ns` at `dst`; the datagrams the server received per
+    /// second.
+    pub fn iperf3_udp_pps(
+        tb: &mut Testbed,
+        server_ns: &str,
+        client_ns: &str,
+        dst: &str,
+        secs: u32,
+        len: u32,
+    ) -> Result<f64> {
+        let port = iperf3_server(tb, server_ns)?.to_string();
+        let (secs, len) = (secs.to_string(), len.to_string());
+        let args = [
+            "-c", dst, "-p", &port, "-u", "-l", &len, "-b", "0", "-t", &secs, "-J",
+        ];
+        let out = tb.exec(client_ns, "iperf3", &args);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        if !out.status.success() || v["error"].is_string() {
+            bail!(
+                "iperf3 -u to {dst} failed: {}",
+                v["error"].as_str().unwrap_or("no JSON output")
+            );
+        }
+        let got = &v["end"]["sum_received"];
+        let (bytes, seconds) = (got["bytes"].as_f64(), got["seconds"].as_f64());
+        let (Some(bytes), Some(seconds)) = (bytes, seconds) else {
+            bail!("iperf3 JSON without end.sum_received");
+        };
+        Ok(bytes / len.parse::<f64>()? / seconds.max(1e-9))
+    }
+
     /// Average ping RTT in milliseconds over `count` pings at 50 ms intervals.
     pub fn ping_rtt(tb: &Testbed, ns: &str, dst: &str, count: u32) -> Result<f64> {
         let out = tb.exec(
@@ -1072,6 +1132,21 @@ pub fn ps_only_the_host(ps: &str) -> std::result::Result<(), String> {
 }
 
 /// Finds the `weft` binary: `$WEFT_BIN`, else next to the running executable.
+/// Runs `f` on a new thread inside network namespace `ns` (a name `ip netns` knows, such as
+/// a container's), for a test's own sockets there.
+pub fn in_netns<T: Send + 'static>(
+    ns: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> std::thread::JoinHandle<Result<T>> {
+    let path = format!("/run/netns/{ns}");
+    std::thread::spawn(move || {
+        let file = std::fs::File::open(&path).with_context(|| format!("opening {path}"))?;
+        nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
+            .with_context(|| format!("entering {path}"))?;
+        Ok(f())
+    })
+}
+
 pub fn weft_binary() -> Result<PathBuf> {
     if let Ok(p) = std::env::var("WEFT_BIN") {
         return Ok(PathBuf::from(p));

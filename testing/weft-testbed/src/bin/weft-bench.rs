@@ -1,11 +1,14 @@
-//! Data-plane benchmark: in one run, on one test bed, TCP throughput (iperf3, 1 and 4 streams)
-//! and ping RTT for the underlay itself, for raw kernel VXLAN set up by hand (a bridge with an
-//! address on each host, static flood and MAC entries: the limit a fast path can reach; and
-//! again with the addresses in namespaces behind veths, as containers are), and
+//! Data-plane benchmark: in one run, on one test bed, TCP throughput (iperf3, 1, 4 and 8
+//! streams) and ping RTT for the underlay itself, for raw kernel VXLAN set up by hand (a bridge
+//! with an address on each host, static flood and MAC entries: the limit a fast path can reach;
+//! and again with the addresses in namespaces behind veths, as containers are), and
 //! between containers over weft: the VXLAN fast path (hosts 1 and 2), the sleeve (hosts 3 and
-//! 4, `--no-fastdp`) and the encrypted sleeve (hosts 5 and 6, with a password). Each figure is
-//! also given as a ratio of the underlay's and of raw VXLAN's, with the routers' CPU cost per
-//! Gbit/s.
+//! 4, `--no-fastdp`) and the encrypted sleeve (hosts 5 and 6, with a password); and, when it is
+//! installed, wireguard-go between hosts 7 and 8. Each figure is also given as a ratio of the
+//! underlay's and of raw VXLAN's, with the routers' CPU cost per Gbit/s. A second table has
+//! small packets: 64-byte UDP datagrams received per second (iperf3 -u -l 64 -b 0) with the
+//! data plane's CPU per packet, and a TCP request/response ping-pong of 64-byte messages
+//! (rate, p50 and p99 latency).
 //!
 //! Usage: weft-bench [SECONDS] (default 10). Needs root, iperf3 and ping.
 //!
@@ -26,7 +29,10 @@ struct Row {
     name: &'static str,
     tcp1: f64,
     tcp4: f64,
+    tcp8: f64,
     rtt_ms: f64,
+    /// Small packets and request/response (not measured for the raw VXLAN rows).
+    small: Option<Small>,
     /// Both routers' CPU seconds per second of transfer, per Gbit/s (1-stream run).
     cpu_per_gbit: Option<f64>,
     /// The larger router's resident memory (VmRSS) right after the transfers, in MB.
@@ -49,10 +55,251 @@ fn rss_mb(pid: u32) -> Option<f64> {
 }
 
 fn routers_cpu(tb: &Testbed, hosts: [usize; 2]) -> f64 {
-    hosts
-        .iter()
-        .filter_map(|&i| tb.our_router_pid(i).and_then(measure::cpu_seconds))
-        .sum()
+    pids_cpu(&router_pids(tb, hosts))
+}
+
+fn router_pids(tb: &Testbed, hosts: [usize; 2]) -> Vec<u32> {
+    hosts.iter().filter_map(|&i| tb.our_router_pid(i)).collect()
+}
+
+fn pids_cpu(pids: &[u32]) -> f64 {
+    pids.iter().filter_map(|&p| measure::cpu_seconds(p)).sum()
+}
+
+/// Small-packet figures for one path.
+struct Small {
+    /// 64-byte UDP datagrams received per second (iperf3 -u -l 64 -b 0).
+    pps: f64,
+    /// The data plane's CPU (both ends, in cores) during that run, when it is a process.
+    cpu_cores: Option<f64>,
+    /// 64-byte TCP request/response round trips per second on one connection, and their
+    /// latency percentiles in microseconds.
+    rr_per_s: f64,
+    rr_p50_us: f64,
+    rr_p99_us: f64,
+}
+
+/// Small-packet rate (with the CPU of `pids` meanwhile) and request/response from
+/// `client` to `server` at `dst`.
+fn small(
+    tb: &mut Testbed,
+    server: &str,
+    client: &str,
+    dst: &str,
+    secs: u32,
+    pids: &[u32],
+) -> Result<Small> {
+    let cpu0 = pids_cpu(pids);
+    let t0 = std::time::Instant::now();
+    let pps = measure::iperf3_udp_pps(tb, server, client, dst, secs, 64)?;
+    let cpu_cores =
+        (!pids.is_empty()).then(|| (pids_cpu(pids) - cpu0) / t0.elapsed().as_secs_f64());
+    let (rr_per_s, rr_p50_us, rr_p99_us) = request_response(tb, server, client, dst, secs)?;
+    Ok(Small {
+        pps,
+        cpu_cores,
+        rr_per_s,
+        rr_p50_us,
+        rr_p99_us,
+    })
+}
+
+/// A TCP_RR-style ping-pong of 64-byte messages between this program run as `rr-server` in
+/// `server` and as `rr-client` in `client`: (round trips per second, p50 µs, p99 µs).
+fn request_response(
+    tb: &mut Testbed,
+    server: &str,
+    client: &str,
+    dst: &str,
+    secs: u32,
+) -> Result<(f64, f64, f64)> {
+    static PORT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(7100);
+    let port = PORT
+        .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+        .to_string();
+    let exe = std::env::current_exe()?.to_string_lossy().into_owned();
+    tb.spawn(server, "env", &[&exe, "rr-server", &port])?;
+    let out = tb.exec(client, &exe, &["rr-client", dst, &port, &secs.to_string()]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let field = |k: &str| -> Result<f64> {
+        text.split_whitespace()
+            .find_map(|w| w.strip_prefix(k)?.strip_prefix('='))
+            .with_context(|| {
+                format!(
+                    "no {k} from rr-client: {text}{}",
+                    String::from_utf8_lossy(&out.stderr)
+                )
+            })?
+            .parse()
+            .context("rr-client figure")
+    };
+    Ok((field("per_s")?, field("p50_us")?, field("p99_us")?))
+}
+
+/// `rr-server PORT`: on one TCP connection, answers every 64-byte message with 64 bytes.
+fn rr_server(args: &[String]) -> Result<()> {
+    use std::io::{Read, Write};
+    let port: u16 = args.first().context("rr-server PORT")?.parse()?;
+    let listener = std::net::TcpListener::bind(("0.0.0.0", port))?;
+    let (mut s, _) = listener.accept()?;
+    s.set_nodelay(true)?;
+    let mut buf = [0u8; 64];
+    while s.read_exact(&mut buf).is_ok() {
+        s.write_all(&buf)?;
+    }
+    Ok(())
+}
+
+/// `rr-client DST PORT SECS`: one message in flight at a time for SECS seconds; prints
+/// `per_s=… p50_us=… p99_us=…`.
+fn rr_client(args: &[String]) -> Result<()> {
+    use std::io::{Read, Write};
+    let [dst, port, secs] = args else {
+        bail!("rr-client DST PORT SECS");
+    };
+    let addr = format!("{dst}:{port}");
+    let start = std::time::Instant::now();
+    let mut s = loop {
+        match std::net::TcpStream::connect(&addr) {
+            Ok(s) => break s,
+            Err(_) if start.elapsed() < std::time::Duration::from_secs(5) => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(e) => bail!("connecting to {addr}: {e}"),
+        }
+    };
+    s.set_nodelay(true)?;
+    let run = std::time::Duration::from_secs(secs.parse()?);
+    let mut buf = [7u8; 64];
+    let mut rtts = Vec::new();
+    let t0 = std::time::Instant::now();
+    while t0.elapsed() < run {
+        let t = std::time::Instant::now();
+        s.write_all(&buf)?;
+        s.read_exact(&mut buf)?;
+        rtts.push(t.elapsed().as_nanos() as u64);
+    }
+    let total = t0.elapsed().as_secs_f64();
+    rtts.sort_unstable();
+    let pct = |p: f64| rtts[((rtts.len() - 1) as f64 * p) as usize] as f64 / 1000.0;
+    println!(
+        "per_s={:.0} p50_us={:.1} p99_us={:.1}",
+        rtts.len() as f64 / total,
+        pct(0.5),
+        pct(0.99)
+    );
+    Ok(())
+}
+
+/// wireguard-go between the host namespaces of `a` and `b` (10.40.1.x/24 on its TUN, MTU
+/// 1420, as ../shared/bench runs it), when `wireguard-go` and `wg` are on PATH; `None`
+/// otherwise. Put Debian 13's build first on PATH for the current one:
+/// `PATH="$(../shared/bench/modern-peers.sh):$PATH"`.
+fn wireguard_go(tb: &mut Testbed, [a, b]: [usize; 2], secs: u32) -> Result<Option<Row>> {
+    let has = |p: &str| {
+        std::process::Command::new(p)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if !has("wireguard-go") || !has("wg") {
+        eprintln!("wireguard-go or wg not installed: no wireguard-go row");
+        return Ok(None);
+    }
+    eprintln!("wireguard-go: iperf3 {secs}s x3, UDP, request/response, ping...");
+    let key = |args: &[&str], input: Option<&str>| -> Result<String> {
+        use std::io::Write;
+        let mut c = std::process::Command::new("wg")
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()?;
+        if let Some(i) = input {
+            c.stdin
+                .take()
+                .context("wg stdin")?
+                .write_all(i.as_bytes())?;
+        }
+        let o = c.wait_with_output()?;
+        Ok(String::from_utf8(o.stdout)?.trim().to_string())
+    };
+    let mut keys = Vec::new();
+    for _ in 0..2 {
+        let private = key(&["genkey"], None)?;
+        let public = key(&["pubkey"], Some(&private))?;
+        keys.push((private, public));
+    }
+    // Interface names are global to wireguard-go's control sockets (/var/run/wireguard):
+    // unique per run.
+    let dev = |i: usize| format!("wtw{}x{i}", std::process::id() % 100_000);
+    let mut pids = Vec::new();
+    for i in [a, b] {
+        let ns = tb.host(i).netns.clone();
+        let d = dev(i);
+        pids.push(tb.spawn(
+            &ns,
+            "env",
+            &["WG_PROCESS_FOREGROUND=1", "wireguard-go", "-f", &d],
+        )?);
+        let sock = format!("/var/run/wireguard/{d}.sock");
+        Testbed::wait_for(std::time::Duration::from_secs(5), || {
+            if std::path::Path::new(&sock).exists() {
+                Ok(())
+            } else {
+                bail!("wireguard-go {d} did not start")
+            }
+        })?;
+    }
+    for (k, (i, j)) in [(a, b), (b, a)].into_iter().enumerate() {
+        let ns = tb.host(i).netns.clone();
+        let keyfile = tb.dir().join(format!("wg{i}.key"));
+        std::fs::write(&keyfile, &keys[k].0)?;
+        let endpoint = format!("{}:51820", tb.host(j).ip);
+        let allowed = format!("10.40.1.{j}/32");
+        let d = dev(i);
+        let keypath = keyfile.to_string_lossy().into_owned();
+        let peer_pub = keys[1 - k].1.clone();
+        let addr = format!("10.40.1.{i}/24");
+        let cmds: [Vec<&str>; 3] = [
+            vec![
+                "wg",
+                "set",
+                &d,
+                "listen-port",
+                "51820",
+                "private-key",
+                &keypath,
+                "peer",
+                &peer_pub,
+                "endpoint",
+                &endpoint,
+                "allowed-ips",
+                &allowed,
+            ],
+            vec!["ip", "addr", "add", &addr, "dev", &d],
+            vec!["ip", "link", "set", &d, "mtu", "1420", "up"],
+        ];
+        for c in cmds {
+            weft_testbed::run(tb.cmd_in(&ns, c[0]).args(&c[1..]))?;
+        }
+    }
+    let (na, nb) = (tb.host(a).netns.clone(), tb.host(b).netns.clone());
+    let dst = format!("10.40.1.{b}");
+    tb.wait_ping(&na, &dst, std::time::Duration::from_secs(10))?;
+    let cpu0 = pids_cpu(&pids);
+    let t0 = std::time::Instant::now();
+    let tcp1 = measure::iperf3(tb, &nb, &na, &dst, secs, 1)?;
+    let cpu = (pids_cpu(&pids) - cpu0) / t0.elapsed().as_secs_f64();
+    Ok(Some(Row {
+        name: "wireguard-go",
+        tcp1,
+        tcp4: measure::iperf3(tb, &nb, &na, &dst, secs, 4)?,
+        tcp8: measure::iperf3(tb, &nb, &na, &dst, secs, 8)?,
+        small: Some(small(tb, &nb, &na, &dst, secs, &pids)?),
+        rtt_ms: measure::ping_rtt(tb, &na, &dst, 50)?,
+        cpu_per_gbit: Some(cpu / tcp1.max(1e-9)),
+        rss_mb: pids.iter().filter_map(|&p| rss_mb(p)).reduce(f64::max),
+    }))
 }
 
 /// Launches routers on hosts `a` and `b` with `extra` flags, attaches a container to each, and
@@ -64,7 +311,7 @@ fn weft_pair(
     extra: &[&str],
     secs: u32,
 ) -> Result<Row> {
-    eprintln!("{name}: launching, iperf3 {secs}s x2, ping...");
+    eprintln!("{name}: launching, iperf3 {secs}s x3, UDP, request/response, ping...");
     let aip = tb.host(a).ip.to_string();
     tb.launch(a, extra)?;
     let mut with_peer = extra.to_vec();
@@ -83,6 +330,9 @@ fn weft_pair(
     let tcp1 = measure::iperf3(tb, &cb, &ca, &dst, secs, 1)?;
     let cpu = (routers_cpu(tb, [a, b]) - cpu0) / t0.elapsed().as_secs_f64();
     let tcp4 = measure::iperf3(tb, &cb, &ca, &dst, secs, 4)?;
+    let tcp8 = measure::iperf3(tb, &cb, &ca, &dst, secs, 8)?;
+    let pids = router_pids(tb, [a, b]);
+    let small = small(tb, &cb, &ca, &dst, secs, &pids)?;
     let rss_mb = [a, b]
         .iter()
         .filter_map(|&i| tb.our_router_pid(i).and_then(rss_mb))
@@ -92,6 +342,8 @@ fn weft_pair(
         name,
         tcp1,
         tcp4,
+        tcp8,
+        small: Some(small),
         rtt_ms,
         cpu_per_gbit: Some(cpu / tcp1.max(1e-9)),
         rss_mb,
@@ -219,6 +471,8 @@ fn raw_vxlan(tb_mut: &mut Testbed, [a, b]: [usize; 2], secs: u32, veth: bool) ->
         },
         tcp1: measure::iperf3(tb_mut, &nb, &na, &dst, secs, 1)?,
         tcp4: measure::iperf3(tb_mut, &nb, &na, &dst, secs, 4)?,
+        tcp8: measure::iperf3(tb_mut, &nb, &na, &dst, secs, 8)?,
+        small: None,
         rtt_ms: measure::ping_rtt(tb_mut, &na, &dst, 50)?,
         cpu_per_gbit: None,
         rss_mb: None,
@@ -243,6 +497,8 @@ fn main() -> Result<()> {
         Some("dns") => {
             return dns_bench(args.get(2).map(|s| s.parse()).transpose()?.unwrap_or(5));
         }
+        Some("rr-server") => return rr_server(&args[2..]),
+        Some("rr-client") => return rr_client(&args[2..]),
         Some("mesh") => {
             return mesh_bench(args.get(2).map(|s| s.parse()).transpose()?.unwrap_or(50));
         }
@@ -257,16 +513,18 @@ fn main() -> Result<()> {
         .transpose()?
         .unwrap_or(10);
     let weft = weft_testbed::weft_binary()?;
-    let mut tb = Testbed::with_posture("bench", 6, &weft, Posture::Bare)?;
+    let mut tb = Testbed::with_posture("bench", 8, &weft, Posture::Bare)?;
     let (h1, h2) = (tb.host(1).netns.clone(), tb.host(2).netns.clone());
     let h2ip = tb.host(2).ip.to_string();
     let mut rows = Vec::new();
 
-    eprintln!("underlay: iperf3 {secs}s x2, ping...");
+    eprintln!("underlay: iperf3 {secs}s x3, UDP, request/response, ping...");
     rows.push(Row {
         name: "underlay (veth+bridge)",
         tcp1: measure::iperf3(&mut tb, &h2, &h1, &h2ip, secs, 1)?,
         tcp4: measure::iperf3(&mut tb, &h2, &h1, &h2ip, secs, 4)?,
+        tcp8: measure::iperf3(&mut tb, &h2, &h1, &h2ip, secs, 8)?,
+        small: Some(small(&mut tb, &h2, &h1, &h2ip, secs, &[])?),
         rtt_ms: measure::ping_rtt(&tb, &h1, &h2ip, 50)?,
         cpu_per_gbit: None,
         rss_mb: None,
@@ -295,6 +553,9 @@ fn main() -> Result<()> {
         &["--password=benchmark"],
         secs,
     )?);
+    if let Some(r) = wireguard_go(&mut tb, [7, 8], secs)? {
+        rows.push(r);
+    }
     let fast = tb.weft_ok(1, &["status", "connections"])?;
     if !fast.contains(" fastdp ") {
         bail!("the fast-path row did not use the fast path:\n{fast}");
@@ -302,12 +563,12 @@ fn main() -> Result<()> {
 
     let (base, vx) = (&rows[0], &rows[1]);
     println!(
-        "\n| path | TCP 1 stream Gbit/s | x underlay | x kernel VXLAN | TCP 4 streams Gbit/s | x underlay | x kernel VXLAN | RTT ms | vs underlay | router CPU cores per Gbit/s | router RSS after load MB |"
+        "\n| path | TCP 1 stream Gbit/s | x underlay | x kernel VXLAN | TCP 4 streams Gbit/s | x underlay | x kernel VXLAN | TCP 8 streams Gbit/s | x kernel VXLAN | RTT ms | vs underlay | router CPU cores per Gbit/s | router RSS after load MB |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for r in &rows {
         println!(
-            "| {} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:+.3} ms | {} | {} |",
+            "| {} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:+.3} ms | {} | {} |",
             r.name,
             r.tcp1,
             r.tcp1 / base.tcp1,
@@ -315,11 +576,45 @@ fn main() -> Result<()> {
             r.tcp4,
             r.tcp4 / base.tcp4,
             r.tcp4 / vx.tcp4,
+            r.tcp8,
+            r.tcp8 / vx.tcp8,
             r.rtt_ms,
             r.rtt_ms - base.rtt_ms,
             r.cpu_per_gbit
                 .map_or("-".to_string(), |c| format!("{c:.2}")),
             r.rss_mb.map_or("-".to_string(), |m| format!("{m:.1}"))
+        );
+    }
+    let wg = rows
+        .iter()
+        .find(|r| r.name == "wireguard-go")
+        .and_then(|r| r.small.as_ref().map(|s| s.pps));
+    let base_pps = base.small.as_ref().map_or(f64::NAN, |s| s.pps);
+    println!(
+        "\n| path | UDP 64 B received kpps | x underlay | x wireguard-go | data-plane CPU, cores | kpps per data-plane core | data-plane CPU s per M packets | TCP 64 B request/response per s | p50 µs | p99 µs |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    for r in &rows {
+        let Some(s) = &r.small else { continue };
+        let cores = s.cpu_cores;
+        println!(
+            "| {} | {:.1} | {:.3} | {} | {} | {} | {} | {:.0} | {:.1} | {:.1} |",
+            r.name,
+            s.pps / 1e3,
+            s.pps / base_pps,
+            wg.map_or("-".to_string(), |w| format!("{:.2}", s.pps / w)),
+            cores.map_or("-".to_string(), |c| format!("{c:.2}")),
+            cores.map_or("-".to_string(), |c| format!(
+                "{:.1}",
+                s.pps / 1e3 / c.max(1e-9)
+            )),
+            cores.map_or("-".to_string(), |c| format!(
+                "{:.2}",
+                c / (s.pps / 1e6).max(1e-9)
+            )),
+            s.rr_per_s,
+            s.rr_p50_us,
+            s.rr_p99_us
         );
     }
     let (vx_veth, fast) = (&rows[2], &rows[3]);
@@ -331,6 +626,16 @@ fn main() -> Result<()> {
         fast.tcp4 / vx_veth.tcp4,
     );
     let (plain, enc) = (&rows[4], &rows[5]);
+    let pps = |r: &Row| r.small.as_ref().map_or(f64::NAN, |s| s.pps);
+    println!(
+        "\ntargets (issue 20): encrypted sleeve 64 B packets/s {} wireguard-go's (want >= 3); sleeve 4 streams {:.2}x kernel VXLAN (want >= 0.5); encrypted sleeve 1 stream {:.2}x kernel VXLAN (want >= 0.6)",
+        wg.map_or("- (no wireguard-go)".to_string(), |w| format!(
+            "{:.2}x",
+            pps(enc) / w
+        )),
+        plain.tcp4 / vx.tcp4,
+        enc.tcp1 / vx.tcp1
+    );
     println!(
         "\nencrypted / unencrypted sleeve: TCP 1 stream {:.2}x, 4 streams {:.2}x, RTT {:.2}x",
         enc.tcp1 / plain.tcp1,
