@@ -56,6 +56,7 @@ impl Out<'_> {
         let done = self.sends.flush(&**self.udp);
         self.io.udp_send_errors += done.dropped as u64;
         self.io.send_batches += 1;
+        self.io.send_trains += done.trains as u64;
     }
 }
 

@@ -54,6 +54,8 @@ pub struct IoStats {
     /// ratio is the receive batch size under load).
     pub recv_batches: u64,
     pub recv_datagrams: u64,
-    /// `sendmmsg` batches flushed.
+    /// Send batches flushed, and the segmentation-offload trains among their sends (runs of
+    /// datagrams to one peer, of one size, sent and carried through the host as one).
     pub send_batches: u64,
+    pub send_trains: u64,
 }

@@ -250,12 +250,16 @@ pub struct SendBatch {
     msgs: Vec<(SocketAddr, usize, usize)>,
     headers: Headers,
     slots: usize,
+    /// Segmentation offload works on this socket (until a send says otherwise).
+    gso: bool,
 }
 
 /// What a [`SendBatch::flush`] did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Flushed {
     pub sent: usize,
+    /// Offload sends among them (each carrying several datagrams).
+    pub trains: usize,
     /// Datagrams not sent: the socket's buffer was full (sends never wait), or the kernel
     /// refused them (an unreachable destination).
     pub dropped: usize,
@@ -269,6 +273,7 @@ impl SendBatch {
             msgs: Vec::with_capacity(slots),
             headers: Headers(nix::sys::socket::MultiHeaders::preallocate(slots, None)),
             slots,
+            gso: true,
         }
     }
 
@@ -295,11 +300,89 @@ impl SendBatch {
     }
 
     /// Sends everything queued, in order, without waiting, and empties the batch.
+    ///
+    /// Runs of datagrams to one peer of one size (a flow of small packets sealed one after
+    /// another) leave as segmentation-offload trains: one `sendmsg` and, more to the point,
+    /// one trip through the host's network stack and firewall for the whole run, which the
+    /// receiving kernel hands over in one piece too (see [`enable_gro`]). The rest go in
+    /// `sendmmsg` batches.
     pub fn flush(&mut self, sock: &impl AsRawFd) -> Flushed {
         let mut done = Flushed::default();
-        let mut next = 0;
-        while next < self.msgs.len() {
-            let end = self.msgs.len().min(next + self.slots);
+        let n = self.msgs.len();
+        let (mut i, mut singles) = (0, 0);
+        while i < n {
+            let end = self.train_end(i);
+            if end - i < 2 || !self.gso {
+                i = end;
+                continue;
+            }
+            if !self.send_each(sock, singles, i, &mut done) {
+                done.dropped += n - i;
+                singles = n;
+                break;
+            }
+            let (to, a, _) = self.msgs[i];
+            let (stride, b) = (self.msgs[i].2 - a, self.msgs[end - 1].2);
+            match send_train(sock, to, &self.arena[a..b], stride) {
+                Ok(_) => {
+                    done.sent += end - i;
+                    done.trains += 1;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    done.dropped += n - i;
+                    singles = n;
+                    break;
+                }
+                // No segmentation offload on this path: one by one from now on.
+                Err(_) => {
+                    self.gso = false;
+                    singles = i;
+                    continue;
+                }
+            }
+            (i, singles) = (end, end);
+        }
+        if singles < n {
+            self.send_each(sock, singles, n, &mut done);
+        }
+        self.msgs.clear();
+        self.arena.clear();
+        done
+    }
+
+    /// The end (exclusive) of the train starting at datagram `i`: the datagrams after it to
+    /// the same peer, of its length (a last one may be shorter), within one offload send.
+    fn train_end(&self, i: usize) -> usize {
+        let (to, a, b) = self.msgs[i];
+        let stride = b - a;
+        let (mut j, mut bytes) = (i + 1, stride);
+        while j < self.msgs.len() && j - i < MAX_TRAIN_SEGMENTS {
+            let (next_to, next_a, next_b) = self.msgs[j];
+            let len = next_b - next_a;
+            if next_to != to || len > stride || len == 0 || bytes + len > MAX_TRAIN_BYTES {
+                break;
+            }
+            bytes += len;
+            j += 1;
+            if len < stride {
+                break;
+            }
+        }
+        j
+    }
+
+    /// Sends datagrams `from..to` with `sendmmsg`; false if the socket's buffer filled (the
+    /// datagrams not sent are counted as dropped).
+    fn send_each(
+        &mut self,
+        sock: &impl AsRawFd,
+        from: usize,
+        to: usize,
+        done: &mut Flushed,
+    ) -> bool {
+        let mut next = from;
+        while next < to {
+            let end = to.min(next + self.slots);
             let batch = &self.msgs[next..end];
             let iovs: Vec<[IoSlice<'_>; 1]> = batch
                 .iter()
@@ -319,14 +402,14 @@ impl SendBatch {
             );
             match r {
                 Ok(results) => {
-                    let n = results.count().max(1);
-                    done.sent += n.min(batch.len());
+                    let n = results.count().clamp(1, batch.len());
+                    done.sent += n;
                     next += n;
                 }
                 // The socket's buffer is full: the rest would meet the same.
                 Err(nix::errno::Errno::EAGAIN) => {
-                    done.dropped += self.msgs.len() - next;
-                    break;
+                    done.dropped += to - next;
+                    return false;
                 }
                 // The first datagram was refused (e.g. an ICMP error pending for its
                 // destination): it alone is lost.
@@ -336,8 +419,52 @@ impl SendBatch {
                 }
             }
         }
-        self.msgs.clear();
-        self.arena.clear();
-        done
+        true
+    }
+}
+
+/// Segments one offload send may carry (the kernel's UDP_MAX_SEGMENTS, in older kernels).
+const MAX_TRAIN_SEGMENTS: usize = 64;
+/// Bytes one offload send may carry: one IPv6 datagram's payload, with room to spare.
+const MAX_TRAIN_BYTES: usize = 65_000;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trains_are_runs_to_one_peer_of_one_size_a_shorter_one_last() {
+        let (a, b): (SocketAddr, SocketAddr) = (
+            "198.18.0.1:6783".parse().unwrap(),
+            "198.18.0.2:6783".parse().unwrap(),
+        );
+        let mut batch = SendBatch::new(64);
+        for (to, len) in [
+            (a, 100),
+            (a, 100),
+            (a, 100),
+            (a, 60),
+            (a, 100),
+            (b, 80),
+            (b, 80),
+        ] {
+            batch.push(to, &[&vec![0u8; len]]);
+        }
+        assert_eq!(
+            batch.train_end(0),
+            4,
+            "three of 100, then a shorter one ends it"
+        );
+        assert_eq!(batch.train_end(4), 5, "the next peer starts a new train");
+        assert_eq!(batch.train_end(5), 7);
+        let mut big = SendBatch::new(64);
+        for _ in 0..70 {
+            big.push(a, &[&[1u8; 1400]]);
+        }
+        let end = big.train_end(0);
+        assert!(
+            end * 1400 <= MAX_TRAIN_BYTES && end <= MAX_TRAIN_SEGMENTS,
+            "{end}"
+        );
     }
 }

@@ -322,6 +322,11 @@ fn small_packets_in_batches_arrive_once_in_order_plain_and_encrypted() -> Result
             datagrams > batches,
             "no receive batch held more than one datagram: {s}"
         );
+        let sender = stats(&tb, 1)?;
+        assert!(
+            sender["udp_send_trains"].as_u64().unwrap_or(0) > 0,
+            "no run of datagrams left as one offload send: {sender}"
+        );
 
         lossy(&tb, 2, 10)?;
         let (seqs, damaged) = small_datagrams(&c1, &c2, count)?;
