@@ -7,7 +7,8 @@
 //!
 //! Large sleeve datagrams leave as trains of equal-size fragments: [`send_train`] hands a
 //! whole train to the kernel in one `sendmsg` with UDP segmentation offload (`UDP_SEGMENT`),
-//! and with [`enable_gro`] the receiving kernel hands it back in one [`recv`] (`UDP_GRO`),
+//! and with [`enable_gro`] the receiving kernel hands it back in one receive (`UDP_GRO`, see
+//! [`RecvBatch`]),
 //! with the segment size, so a 64 KiB super-frame costs one syscall on each side and travels
 //! the host's network stack as one packet.
 
@@ -16,7 +17,7 @@ use std::net::{SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::AsRawFd;
 
 use nix::sys::socket::{
-    ControlMessage, ControlMessageOwned, MsgFlags, SockaddrLike, SockaddrStorage, recvmsg, sendmsg,
+    ControlMessage, ControlMessageOwned, MsgFlags, SockaddrLike, SockaddrStorage, sendmsg,
     setsockopt, sockopt,
 };
 use socket2::{Domain, Protocol, Socket, Type};
@@ -93,45 +94,6 @@ pub fn send_train(
         Some(&addr),
     )
     .map_err(std::io::Error::from)
-}
-
-/// One non-blocking receive: the bytes, who sent them, and, when the kernel coalesced several
-/// datagrams, their size (all but the last are exactly that long).
-pub fn recv(
-    sock: &impl AsRawFd,
-    buf: &mut [u8],
-) -> std::io::Result<(usize, SocketAddr, Option<usize>)> {
-    let mut space = nix::cmsg_space!(i32);
-    let mut iov = [IoSliceMut::new(buf)];
-    let msg = recvmsg::<SockaddrStorage>(
-        sock.as_raw_fd(),
-        &mut iov,
-        Some(&mut space),
-        MsgFlags::MSG_DONTWAIT,
-    )
-    .map_err(std::io::Error::from)?;
-    let mut stride = None;
-    if let Ok(cmsgs) = msg.cmsgs() {
-        for c in cmsgs {
-            if let ControlMessageOwned::UdpGroSegments(s) = c {
-                stride = usize::try_from(s).ok().filter(|&s| s > 0);
-            }
-        }
-    }
-    let from = msg
-        .address
-        .as_ref()
-        .and_then(|a| match a.family() {
-            Some(nix::sys::socket::AddressFamily::Inet) => a
-                .as_sockaddr_in()
-                .map(|v| SocketAddr::V4(SocketAddrV4::new(v.ip(), v.port()))),
-            Some(nix::sys::socket::AddressFamily::Inet6) => a
-                .as_sockaddr_in6()
-                .map(|v| SocketAddr::V6(SocketAddrV6::new(v.ip(), v.port(), 0, 0))),
-            _ => None,
-        })
-        .ok_or_else(|| std::io::Error::other("datagram without an IP source address"))?;
-    Ok((msg.bytes, from, stride))
 }
 
 /// The source address of a received datagram, as a std address.
@@ -215,8 +177,8 @@ impl RecvBatch {
                     }
                 }
             }
-            // A datagram without an IP source cannot be answered or attributed: skipped,
-            // keeping its slot so that indices match the buffers.
+            // A datagram without an IP source cannot be attributed: it gets the unspecified
+            // address, which no peer has, and the sleeve drops it as from an unknown sender.
             let from = msg
                 .address
                 .as_ref()
