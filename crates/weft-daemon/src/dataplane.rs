@@ -10,7 +10,10 @@
 //! [`BATCH`]) and their datagrams leave in one `sendmmsg`; the socket is drained with
 //! `recvmmsg`, [`BATCH`] datagrams per call. Within a batch datagrams keep the order their
 //! frames came in, and a segmentation-offload train first flushes what is queued, so a flow
-//! leaves in order.
+//! leaves in order. Runs of one peer's datagrams of one size leave as one offload send
+//! (`weft_linux::udp::SendBatch`), and runs of one UDP flow's frames reach the bridge as one
+//! super-frame (`weft_proto::coalesce`): the kernel's stack, not the syscalls, is what a small
+//! packet costs, and this way it runs once per run.
 //!
 //! The TAP runs with segmentation offload: reads come with a `virtio_net_hdr`, and a TCP
 //! stream arrives as 64 KiB super-frames that cross the sleeve whole (see
@@ -29,6 +32,7 @@ use tun_rs::AsyncDevice;
 use weft_core::overlay::{Forwarder, Output};
 use weft_linux::udp::{RecvBatch, SendBatch};
 use weft_proto::PeerName;
+use weft_proto::coalesce::UdpCoalescer;
 use weft_proto::offload::{self, GSO_LEN, Gso};
 
 use crate::control::ControlInput;
@@ -44,12 +48,17 @@ struct Out<'a> {
     tap: &'a AsyncDevice,
     control: &'a mpsc::Sender<ControlInput>,
     sends: &'a mut SendBatch,
+    /// Frames for the TAP being merged into one super-frame (`None`: the TAP takes no UDP
+    /// segmentation offload, so every frame is written as it is).
+    run: Option<&'a mut UdpCoalescer>,
     io: &'a mut IoStats,
 }
 
 impl Out<'_> {
-    /// Sends the queued datagrams; called once per batch of input, before the task waits.
+    /// Writes the frames being merged and sends the queued datagrams; called once per batch
+    /// of input, before the task waits.
     fn flush(&mut self) {
+        self.flush_run();
         if self.sends.is_empty() {
             return;
         }
@@ -57,6 +66,25 @@ impl Out<'_> {
         self.io.udp_send_errors += done.dropped as u64;
         self.io.send_batches += 1;
         self.io.send_trains += done.trains as u64;
+    }
+
+    fn flush_run(&mut self) {
+        if let Some(run) = self.run.as_deref_mut()
+            && let Some((gso, frame)) = run.take()
+        {
+            if gso.is_gso() {
+                self.io.tap_super_frames += 1;
+            }
+            write_tap(self.tap, self.io, &gso, frame);
+        }
+    }
+}
+
+fn write_tap(tap: &AsyncDevice, io: &mut IoStats, gso: &Gso, frame: &[u8]) {
+    let parts = [IoSlice::new(&gso.0), IoSlice::new(frame)];
+    if let Err(e) = tap.try_send_vectored(&parts) {
+        io.tap_write_errors += 1;
+        debug!("TAP write failed: {e}");
     }
 }
 
@@ -69,15 +97,23 @@ impl Output for Out<'_> {
     }
 
     fn inject(&mut self, frame: &[u8]) {
-        self.inject_gso(&Gso::default(), frame);
+        // A datagram of the flow being merged joins it; anything else writes the run out
+        // first, so frames reach the bridge in the order they came.
+        if let Some(run) = self.run.as_deref_mut() {
+            if run.offer(frame) {
+                return;
+            }
+            self.flush_run();
+            if self.run.as_deref_mut().is_some_and(|run| run.offer(frame)) {
+                return;
+            }
+        }
+        write_tap(self.tap, self.io, &Gso::default(), frame);
     }
 
     fn inject_gso(&mut self, gso: &Gso, frame: &[u8]) {
-        let parts = [IoSlice::new(&gso.0), IoSlice::new(frame)];
-        if let Err(e) = self.tap.try_send_vectored(&parts) {
-            self.io.tap_write_errors += 1;
-            debug!("TAP write failed: {e}");
-        }
+        self.flush_run();
+        write_tap(self.tap, self.io, gso, frame);
     }
 
     fn send_train(&mut self, to: SocketAddr, train: &[u8], stride: usize) {
@@ -160,6 +196,8 @@ pub async fn run(
     // With receive offload a slot may hold a coalesced train of up to 64 KiB.
     let mut received = RecvBatch::new(BATCH, 65536 + 4096);
     let mut sends = SendBatch::new(BATCH);
+    // Kernels before 6.2 take no UDP segmentation offload through a TAP.
+    let mut run = tap.udp_gso().then(UdpCoalescer::default);
     let mut expire = tokio::time::interval(Duration::from_secs(60));
     macro_rules! out {
         () => {
@@ -168,6 +206,7 @@ pub async fn run(
                 tap: &tap,
                 control: &control,
                 sends: &mut sends,
+                run: run.as_mut(),
                 io: &mut io,
             }
         };

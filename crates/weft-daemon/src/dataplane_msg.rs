@@ -58,4 +58,6 @@ pub struct IoStats {
     /// datagrams to one peer, of one size, sent and carried through the host as one).
     pub send_batches: u64,
     pub send_trains: u64,
+    /// TAP writes that carried a run of one flow's datagrams as one super-frame.
+    pub tap_super_frames: u64,
 }

@@ -5,6 +5,7 @@
 //! panic on any input; each has a property test (and later a fuzz target) proving it.
 #![forbid(unsafe_code)]
 
+pub mod coalesce;
 pub mod control;
 pub mod dns;
 pub mod ether;

@@ -287,8 +287,9 @@ fn small_datagrams(c1: &str, c2: &str, count: u32) -> Result<(Vec<u32>, usize)> 
     Ok(receiver.join().expect("receiver thread")??)
 }
 
-/// Small datagrams in bursts cross the batched sleeve once each, undamaged and, over an
-/// underlay that keeps order, in order, plain and encrypted: with loss on the underlay too;
+/// Small datagrams in bursts cross the batched sleeve (offload trains between the routers,
+/// super-frames into the receiving bridge) once each, undamaged and, over an underlay that
+/// keeps order, in order, plain and encrypted: with loss on the underlay too;
 /// and with reordering on the underlay, still once each and undamaged (the replay window
 /// takes late datagrams).
 #[test]
@@ -321,6 +322,10 @@ fn small_packets_in_batches_arrive_once_in_order_plain_and_encrypted() -> Result
         assert!(
             datagrams > batches,
             "no receive batch held more than one datagram: {s}"
+        );
+        assert!(
+            s["tap_super_frames_written"].as_u64().unwrap_or(0) > 0,
+            "no run of datagrams reached the bridge as one super-frame: {s}"
         );
         let sender = stats(&tb, 1)?;
         assert!(

@@ -188,6 +188,7 @@ impl Service {
             ("udp_recv_datagrams", dp.io.recv_datagrams),
             ("udp_send_batches", dp.io.send_batches),
             ("udp_send_trains", dp.io.send_trains),
+            ("tap_super_frames_written", dp.io.tap_super_frames),
             ("frames_fast_path_skipped", s.fast_path_skipped),
             ("frames_relay_only", s.relay_only),
             ("dropped_proxy_arp", s.dropped_proxy_arp),
