@@ -147,8 +147,11 @@ fn serve(rt: &tokio::runtime::Runtime, netns: &str, stop: Arc<AtomicBool>) -> Re
     Ok(())
 }
 
-/// Whether a new connection from the pod whose namespace this runs in gets through.
-async fn probe(dst: Ipv4Addr, proto: &str, port: u16) -> bool {
+/// Whether a new connection from the pod whose namespace this runs in gets through. A UDP
+/// probe sends from `sport` (0: any): the firewall lets established flows pass, so a probe
+/// that reused the source port of a flow an earlier case allowed would ride that flow's
+/// conntrack entry (UDP's lasts 30 s) through a policy that now blocks it.
+async fn probe(dst: Ipv4Addr, proto: &str, port: u16, sport: u16) -> bool {
     let to = SocketAddr::from((dst, port));
     if proto == "TCP" {
         return matches!(
@@ -156,7 +159,7 @@ async fn probe(dst: Ipv4Addr, proto: &str, port: u16) -> bool {
             Ok(Ok(_))
         );
     }
-    let Ok(s) = tokio::net::UdpSocket::bind("0.0.0.0:0").await else {
+    let Ok(s) = tokio::net::UdpSocket::bind(("0.0.0.0", sport)).await else {
         return false;
     };
     let mut buf = [0u8; 16];
@@ -173,11 +176,18 @@ async fn probe(dst: Ipv4Addr, proto: &str, port: u16) -> bool {
     false
 }
 
-/// Every pair, every port: the table as measured.
+/// Below the kernel's ephemeral range (32768 on), so no other socket holds these.
+const PROBE_PORT_BASE: u16 = 20_000;
+
+/// Every pair, every port: the table as measured. The `case`th case sends its UDP probes
+/// from source ports no other case uses.
 fn measure(
     rt: &tokio::runtime::Runtime,
     pods: &BTreeMap<String, (String, Ipv4Addr)>,
+    case: usize,
 ) -> Result<Table> {
+    let per_case = (PODS.len() * PORTS.len()) as u16;
+    let first_port = PROBE_PORT_BASE + case as u16 * per_case;
     let mut runs = Vec::new();
     for src in PODS {
         let ns = ns_of(&pods[src].0)?;
@@ -189,12 +199,15 @@ fn measure(
         runs.push(async move {
             let r = run_in(&ns, move || async move {
                 let mut probes = Vec::new();
+                let mut sport = first_port;
                 for (d, ip) in targets {
                     for (proto, port) in PORTS {
                         let d = d.clone();
                         probes.push(async move {
-                            ((proto.to_string(), port), d, probe(ip, proto, port).await)
+                            let ok = probe(ip, proto, port, sport).await;
+                            ((proto.to_string(), port), d, ok)
                         });
+                        sport += 1;
                     }
                 }
                 futures::future::join_all(probes).await
@@ -238,7 +251,7 @@ fn reprobe_missed(
                 let p = proto_s.clone();
                 ok = rt.block_on(run_in(
                     &ns,
-                    move || async move { probe(ip, &p, port).await },
+                    move || async move { probe(ip, &p, port, 0).await },
                 ))?;
                 if ok {
                     break;
@@ -367,7 +380,7 @@ fn every_case_measures_as_its_table() -> Result<()> {
     let started = Instant::now();
     let all = cases::cases()?;
     let mut wrong = Vec::new();
-    for case in &all {
+    for (i, case) in all.iter().enumerate() {
         for o in &case.replacements {
             put(&w.api.api, o)?;
         }
@@ -376,7 +389,7 @@ fn every_case_measures_as_its_table() -> Result<()> {
         }
         settle(&w.rt, &w.tb, case.policies.len())?;
         let t0 = Instant::now();
-        let mut got = measure(&w.rt, &w.pods)?;
+        let mut got = measure(&w.rt, &w.pods, i)?;
         eprintln!("{}: measured in {:?}", case.name, t0.elapsed());
         if got != case.expected {
             reprobe_missed(&w.rt, &w.pods, &mut got, &case.expected, case.name.as_str())?;
