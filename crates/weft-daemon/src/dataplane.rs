@@ -1,5 +1,13 @@
-//! The sleeve data plane: one task moving frames between the bridge's TAP port and the sleeve
+//! The sleeve data plane: workers moving frames between the bridge's TAP port and the sleeve
 //! UDP socket, with every decision made by `weft_core::overlay::Forwarder`.
+//!
+//! Each worker is a task with a TAP queue and a socket of its own (`SO_REUSEPORT` on the
+//! sleeve's port) and a forwarder that shares the router's keys, MAC cache and path limits
+//! with the others. The kernel keeps each flow on one TAP queue and each peer's datagrams on
+//! one socket, so what a worker reads, it reads in order; local flows spread over the
+//! workers, and so does what arrives from different peers. A supervisor hands the control
+//! task's messages on: tables and settings to every worker, keys (shared) and heartbeats to
+//! the first, which also drives path-MTU probes and MAC expiry.
 //!
 //! UDP heartbeats share the socket: the forwarder decrypts them like frames and they are handed
 //! to the control task; the control task's heartbeats go out through here to be encrypted.
@@ -26,7 +34,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::net::UdpSocket;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
 use tun_rs::AsyncDevice;
 use weft_core::overlay::{Forwarder, Output};
@@ -174,21 +182,117 @@ fn local_frame(fwd: &mut Forwarder, buf: &mut [u8], out: &mut Out<'_>) {
 }
 
 /// `path_payload`: the largest UDP payload one underlay packet carries; larger datagrams go
-/// as weft fragments (`None`: left to the kernel's IP fragmentation).
+/// as weft fragments (`None`: left to the kernel's IP fragmentation). One worker per TAP
+/// queue, paired with the sockets in order.
 pub async fn run(
     local: PeerName,
+    taps: Vec<AsyncDevice>,
+    udps: Vec<Arc<UdpSocket>>,
+    path_payload: Option<usize>,
+    mut rx: mpsc::Receiver<DataPlaneMsg>,
+    control: mpsc::Sender<ControlInput>,
+    shutdown: watch::Receiver<bool>,
+) {
+    let mut first = Forwarder::new(local);
+    if let Some(p) = path_payload {
+        first.set_path_payload(p);
+    }
+    let mut forwarders: Vec<Forwarder> = (1..taps.len()).map(|_| first.worker()).collect();
+    forwarders.insert(0, first);
+    let count = forwarders.len();
+    let mut workers = tokio::task::JoinSet::new();
+    let mut inboxes = Vec::with_capacity(count);
+    for (index, ((fwd, tap), udp)) in forwarders.into_iter().zip(taps).zip(udps).enumerate() {
+        let (tx, wrx) = mpsc::channel(64);
+        inboxes.push(tx);
+        workers.spawn(worker(
+            index,
+            fwd,
+            tap,
+            udp,
+            wrx,
+            control.clone(),
+            shutdown.clone(),
+        ));
+    }
+    info!("sleeve data plane: {count} worker(s)");
+    loop {
+        tokio::select! {
+            m = rx.recv() => match m {
+                Some(m) => {
+                    if !dispatch(m, &inboxes).await {
+                        return;
+                    }
+                }
+                None => return,
+            },
+            // A worker that stops (shutdown, or its TAP or socket failed) stops the data
+            // plane: the rest would leave some flows and peers without one.
+            _ = workers.join_next() => return,
+        }
+    }
+}
+
+/// Hands a message to the workers that need it; false once a worker is gone.
+async fn dispatch(m: DataPlaneMsg, inboxes: &[mpsc::Sender<DataPlaneMsg>]) -> bool {
+    let every = 0..inboxes.len();
+    let msgs: Vec<DataPlaneMsg> = match m {
+        DataPlaneMsg::Table(t) => every.map(|_| DataPlaneMsg::Table(t.clone())).collect(),
+        DataPlaneMsg::ForgetPeer(p) => every.map(|_| DataPlaneMsg::ForgetPeer(p)).collect(),
+        DataPlaneMsg::Fast(f) => every.map(|_| DataPlaneMsg::Fast(f.clone())).collect(),
+        DataPlaneMsg::Proxied(m) => every.map(|_| DataPlaneMsg::Proxied(m.clone())).collect(),
+        // Keys are shared by the workers; heartbeats are few.
+        m @ (DataPlaneMsg::Keys(..) | DataPlaneMsg::SendControl { .. }) => vec![m],
+        DataPlaneMsg::Snapshot(reply) => {
+            let mut parts = Vec::with_capacity(inboxes.len());
+            for inbox in inboxes {
+                let (tx, rx) = oneshot::channel();
+                if inbox.send(DataPlaneMsg::Snapshot(tx)).await.is_err() {
+                    return false;
+                }
+                parts.push(rx);
+            }
+            // Gathered apart, so a busy worker does not hold up the others' messages.
+            tokio::spawn(async move {
+                let mut all: Option<DataPlaneSnapshot> = None;
+                for part in parts {
+                    let Ok(p) = part.await else { return };
+                    match &mut all {
+                        None => all = Some(p),
+                        Some(a) => {
+                            a.stats.add(&p.stats);
+                            a.io.add(&p.io);
+                        }
+                    }
+                }
+                if let Some(all) = all {
+                    let _ = reply.send(all);
+                }
+            });
+            return true;
+        }
+    };
+    for (inbox, m) in inboxes.iter().zip(msgs) {
+        if inbox.send(m).await.is_err() {
+            return false;
+        }
+    }
+    true
+}
+
+/// One worker: its TAP queue, its socket, its forwarder. The first (`index` 0) also drives
+/// path-MTU probes and MAC expiry, and takes keys and heartbeats.
+async fn worker(
+    index: usize,
+    mut fwd: Forwarder,
     tap: AsyncDevice,
     udp: Arc<UdpSocket>,
-    path_payload: Option<usize>,
     mut rx: mpsc::Receiver<DataPlaneMsg>,
     control: mpsc::Sender<ControlInput>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let mut fwd = Forwarder::new(local);
-    if let Some(p) = path_payload {
-        fwd.set_path_payload(p);
-    }
-    if !weft_linux::udp::enable_gro(&*udp) {
+    let first = index == 0;
+    if !weft_linux::udp::enable_gro(&*udp) && first {
         debug!("UDP receive offload unavailable: fragments arrive one by one");
     }
     let mut io = IoStats::default();
@@ -212,7 +316,7 @@ pub async fn run(
         };
     }
     loop {
-        let probe_at = fwd.poll_timeout();
+        let probe_at = if first { fwd.poll_timeout() } else { None };
         tokio::select! {
             _ = async {
                 match probe_at {
@@ -293,9 +397,11 @@ pub async fn run(
                 Some(DataPlaneMsg::Table(t)) => {
                     fwd.set_table(t);
                     // New neighbours' paths are probed from now on.
-                    let mut out = out!();
-                    fwd.handle_timeout(Instant::now(), &mut out);
-                    out.flush();
+                    if first {
+                        let mut out = out!();
+                        fwd.handle_timeout(Instant::now(), &mut out);
+                        out.flush();
+                    }
                 }
                 Some(DataPlaneMsg::ForgetPeer(p)) => fwd.forget_peer(p),
                 Some(DataPlaneMsg::Keys(p, k)) => fwd.set_keys(p, &k),
@@ -307,15 +413,19 @@ pub async fn run(
                     out.flush();
                 }
                 Some(DataPlaneMsg::Snapshot(reply)) => {
-                    let now = Instant::now();
-                    let macs = fwd.macs().entries().map(|(m, o, seen)| (m, o, now.saturating_duration_since(seen))).collect();
-                    let encrypted_peers = fwd.encrypted_peers();
-                    let path_limits = fwd.path_limits();
-                    let _ = reply.send(DataPlaneSnapshot { stats: fwd.stats(), io, macs, encrypted_peers, path_limits });
+                    // What the workers share is told by the first.
+                    let mut snap = DataPlaneSnapshot { stats: fwd.stats(), io, ..Default::default() };
+                    if first {
+                        let now = Instant::now();
+                        snap.macs = fwd.macs().entries().map(|(m, o, seen)| (m, o, now.saturating_duration_since(seen))).collect();
+                        snap.encrypted_peers = fwd.encrypted_peers();
+                        snap.path_limits = fwd.path_limits();
+                    }
+                    let _ = reply.send(snap);
                 }
                 None => return,
             },
-            _ = expire.tick() => { fwd.expire(Instant::now()); }
+            _ = expire.tick(), if first => { fwd.expire(Instant::now()); }
             _ = shutdown.changed() => return,
         }
     }

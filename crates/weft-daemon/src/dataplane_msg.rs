@@ -61,3 +61,18 @@ pub struct IoStats {
     /// TAP writes that carried a run of one flow's datagrams as one super-frame.
     pub tap_super_frames: u64,
 }
+
+impl IoStats {
+    /// Adds another worker's counters.
+    pub fn add(&mut self, other: &IoStats) {
+        self.udp_send_errors += other.udp_send_errors;
+        self.tap_write_errors += other.tap_write_errors;
+        self.heartbeats_dropped += other.heartbeats_dropped;
+        self.tap_bad_offload += other.tap_bad_offload;
+        self.recv_batches += other.recv_batches;
+        self.recv_datagrams += other.recv_datagrams;
+        self.send_batches += other.send_batches;
+        self.send_trains += other.send_trains;
+        self.tap_super_frames += other.tap_super_frames;
+    }
+}

@@ -91,7 +91,8 @@ pub async fn setup(
     bridge_name: &str,
     name: PeerName,
     mtu: u32,
-) -> Result<(HostNet, tun_rs::AsyncDevice), DaemonError> {
+    queues: usize,
+) -> Result<(HostNet, Vec<tun_rs::AsyncDevice>), DaemonError> {
     let existed = nl.link_by_name(bridge_name).await?.is_some();
     let bridge = nl.ensure_bridge(bridge_name).await?;
     sysctl::disable_ipv6(bridge_name)?;
@@ -117,7 +118,7 @@ pub async fn setup(
         nl.delete_link(old.index).await?;
     }
     let tap_mtu = u16::try_from(mtu).unwrap_or(u16::MAX);
-    let dev = tap::open(&tap_name, tap_mtu, true)?;
+    let dev = tap::open_queues(&tap_name, tap_mtu, true, queues)?;
     let tap_link = nl.require_link(&tap_name).await?;
     // A super-frame must fit one sleeve datagram with its headers (and a tag when sealed).
     nl.set_gso_max_size(tap_link.index, GSO_MAX_SIZE).await;

@@ -91,6 +91,28 @@ pub struct Config {
     pub fastdp: bool,
     /// The Docker proxy and plugin; `None`: no Docker integration (`--docker-api ""`).
     pub docker: Option<engine::DockerSettings>,
+    /// Sleeve data-plane workers, each with a TAP queue and a socket of its own; 0: one per
+    /// core (`--sleeve-workers`).
+    pub sleeve_workers: usize,
+}
+
+/// The most sleeve workers one may ask for (a TAP has at most 256 queues).
+const MAX_WORKERS: usize = 64;
+
+/// The most sleeve workers "one per core" gives: beyond this, a host's other work needs the
+/// cores more than the sleeve does.
+const MAX_AUTO_WORKERS: usize = 8;
+
+impl Config {
+    /// How many sleeve workers run: as asked, or one per core up to [`MAX_AUTO_WORKERS`].
+    pub fn workers(&self) -> usize {
+        match self.sleeve_workers {
+            0 => std::thread::available_parallelism()
+                .map_or(1, |n| n.get())
+                .min(MAX_AUTO_WORKERS),
+            n => n,
+        }
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -170,6 +192,12 @@ impl Config {
                 "--mtu {m} is out of range; use {}..{}",
                 hostnet::MIN_MTU,
                 hostnet::MAX_MTU
+            ));
+        }
+        if self.sleeve_workers > MAX_WORKERS {
+            problems.push(format!(
+                "--sleeve-workers {} is too many; use 1..{MAX_WORKERS}, or 0 for one per core",
+                self.sleeve_workers
             ));
         }
         if self.bridge.is_empty() || self.bridge.len() > 11 {
@@ -308,7 +336,8 @@ impl Valid {
 /// (tests running routers side by side).
 pub struct Listeners {
     control: TcpListener,
-    sleeve: Arc<UdpSocket>,
+    /// One per sleeve worker, all on the sleeve's port.
+    sleeve: Vec<Arc<UdpSocket>>,
     http: TcpListener,
     /// `--status-addr` and `--metrics-addr` (true: metrics only).
     extra_http: Vec<(TcpListener, bool)>,
@@ -326,10 +355,15 @@ impl Listeners {
             )))?;
         // The sleeve shares the control port's number, as Weave's did (6783 on TCP and UDP).
         let sleeve_addr = control.local_addr().unwrap_or(control_addr);
-        let udp = weft_linux::udp::bind_sleeve(sleeve_addr)?;
-        let sleeve = Arc::new(
-            UdpSocket::from_std(udp).map_err(io_err(format!("registering UDP {sleeve_addr}")))?,
-        );
+        let workers = cfg.workers();
+        let mut sleeve = Vec::with_capacity(workers);
+        for _ in 0..workers {
+            let udp = weft_linux::udp::bind_sleeve(sleeve_addr, workers > 1)?;
+            sleeve.push(Arc::new(
+                UdpSocket::from_std(udp)
+                    .map_err(io_err(format!("registering UDP {sleeve_addr}")))?,
+            ));
+        }
         let http = TcpListener::bind(cfg.http_addr)
             .await
             .map_err(io_err(format!("listening on HTTP {}", cfg.http_addr)))?;
@@ -453,7 +487,7 @@ pub async fn run_with(
             m
         }
     };
-    let (host, tap) = hostnet::setup(nl.clone(), &cfg.bridge, name, mtu).await?;
+    let (host, tap) = hostnet::setup(nl.clone(), &cfg.bridge, name, mtu, udp.len()).await?;
     // Before anything is attached: on a host whose FORWARD policy is DROP (Docker's), nothing
     // crosses the bridge until these rules are in.
     let (mut firewall_task, firewall) = host::FirewallTask::start(
@@ -987,6 +1021,7 @@ mod validate_tests {
             trusted_subnets: Vec::new(),
             fastdp: true,
             docker: None,
+            sleeve_workers: 0,
         }
     }
 

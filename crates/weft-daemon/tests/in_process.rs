@@ -33,6 +33,7 @@ fn config(host: &weft_testbed::Host, peers: Vec<String>) -> Config {
         trusted_subnets: Vec::new(),
         fastdp: true,
         docker: None,
+        sleeve_workers: 2,
     }
 }
 

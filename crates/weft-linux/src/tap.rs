@@ -12,11 +12,27 @@ use crate::{Error, Result};
 
 /// Creates (or, if a stale one is left, re-opens) the TAP `name`; must run inside tokio.
 pub fn open(name: &str, mtu: u16, offload: bool) -> Result<AsyncDevice> {
-    DeviceBuilder::new()
+    let mut queues = open_queues(name, mtu, offload, 1)?;
+    Ok(queues.remove(0))
+}
+
+/// Creates the TAP `name` with `queues` queues (at least one), each read and written on its
+/// own: the kernel hands each flow's frames to one queue, so workers reading different
+/// queues see every flow in order.
+pub fn open_queues(name: &str, mtu: u16, offload: bool, queues: usize) -> Result<Vec<AsyncDevice>> {
+    let what = || format!("creating TAP device {name}");
+    let first = DeviceBuilder::new()
         .name(name)
         .layer(Layer::L2)
         .mtu(mtu)
         .offload(offload)
+        .multi_queue(queues > 1)
         .build_async()
-        .map_err(|e| Error::io(format!("creating TAP device {name}"), e))
+        .map_err(|e| Error::io(what(), e))?;
+    let mut all = Vec::with_capacity(queues);
+    for _ in 1..queues {
+        all.push(first.try_clone().map_err(|e| Error::io(what(), e))?);
+    }
+    all.insert(0, first);
+    Ok(all)
 }

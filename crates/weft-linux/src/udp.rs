@@ -26,11 +26,17 @@ use crate::{Error, Result};
 
 pub const BUFFER_BYTES: usize = 4 * 1024 * 1024;
 
-/// Binds the sleeve socket at `addr` (non-blocking, ready for tokio).
-pub fn bind_sleeve(addr: SocketAddr) -> Result<std::net::UdpSocket> {
+/// Binds the sleeve socket at `addr` (non-blocking, ready for tokio). With `shared`, more
+/// sockets may bind the same address (`SO_REUSEPORT`, same user only): the kernel spreads
+/// datagrams over them by their addresses and ports, so one peer's datagrams all reach one.
+pub fn bind_sleeve(addr: SocketAddr, shared: bool) -> Result<std::net::UdpSocket> {
     let what = |op: &str| format!("{op} UDP {addr}");
     let sock = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))
         .map_err(|e| Error::io(what("creating"), e))?;
+    if shared {
+        setsockopt(&sock, sockopt::ReusePort, &true)
+            .map_err(|e| Error::io(what("configuring"), e.into()))?;
+    }
     // Root may exceed net.core.rmem_max; fall back to the capped variant otherwise.
     if setsockopt(&sock, sockopt::RcvBufForce, &BUFFER_BYTES).is_err() {
         let _ = sock.set_recv_buffer_size(BUFFER_BYTES);

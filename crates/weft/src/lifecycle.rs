@@ -227,6 +227,7 @@ pub fn router(cli: &Cli, args: &RouterArgs) -> Result<()> {
         passwords: args.passwords()?,
         trusted_subnets: args.trusted_subnets()?,
         fastdp: !args.no_fastdp(),
+        sleeve_workers: args.sleeve_workers,
         docker: args.docker(&cli.run_dir)?,
         dns: (!args.no_dns).then(|| weft_daemon::DnsSettings {
             domain: args.dns_domain.clone(),

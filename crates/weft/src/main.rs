@@ -266,6 +266,10 @@ pub struct RouterArgs {
     /// or Weave's WEAVE_NO_FASTDP).
     #[arg(long, env = "WEFT_NO_FASTDP")]
     no_fastdp: bool,
+    /// Sleeve data-plane workers, each with a TAP queue and a socket of its own (0: one per
+    /// core, at most 8; also WEFT_SLEEVE_WORKERS).
+    #[arg(long, env = "WEFT_SLEEVE_WORKERS", default_value_t = 0)]
+    sleeve_workers: usize,
     /// The DNS domain containers' names live in.
     #[arg(long, default_value = "weave.local.")]
     dns_domain: String,
@@ -421,6 +425,10 @@ impl RouterArgs {
             Some(self.dns_fallback_timeout.to_string()),
         );
         opt("log-level", Some(self.log_level.clone()));
+        opt(
+            "sleeve-workers",
+            (self.sleeve_workers != 0).then(|| self.sleeve_workers.to_string()),
+        );
         if !self.trusted_subnets.is_empty() {
             opt("trusted-subnets", Some(self.trusted_subnets.clone()));
         }

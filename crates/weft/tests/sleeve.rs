@@ -295,7 +295,11 @@ fn small_datagrams(c1: &str, c2: &str, count: u32) -> Result<(Vec<u32>, usize)> 
 #[test]
 fn small_packets_in_batches_arrive_once_in_order_plain_and_encrypted() -> Result<()> {
     let count = 6000;
-    for (tag, extra) in [("sbp", vec![]), ("sbe", vec!["--password=batch-test"])] {
+    // Three workers each: a flow's datagrams must stay in order across them.
+    for (tag, extra) in [
+        ("sbp", vec!["--sleeve-workers=3"]),
+        ("sbe", vec!["--sleeve-workers=3", "--password=batch-test"]),
+    ] {
         let Some(mut tb) = weft_testbed::for_test(tag, 2, Path::new(WEFT)) else {
             return Ok(());
         };
@@ -355,5 +359,64 @@ fn small_packets_in_batches_arrive_once_in_order_plain_and_encrypted() -> Result
         assert!(once_each(&seqs), "a datagram arrived twice");
         assert!(!seqs.is_empty());
     }
+    Ok(())
+}
+
+#[test]
+fn a_replayed_datagram_is_dropped_whichever_worker_reads_it() -> Result<()> {
+    let Some(mut tb) = weft_testbed::for_test("srp", 2, Path::new(WEFT)) else {
+        return Ok(());
+    };
+    let (c1, _c2) = pair(&mut tb, &["--sleeve-workers=3", "--password=replay-test"])?;
+    let (h1, h2) = (tb.host(1).ip, tb.host(2).ip);
+    // Encrypted echo requests on their way to host 2 (heartbeats are smaller).
+    let cap = tb.capture(&format!(
+        "udp and dst host {h2} and dst port 6783 and greater 300"
+    ))?;
+    let out = tb.exec(
+        &c1,
+        "ping",
+        &["-c", "5", "-i", "0.2", "-s", "300", "10.32.0.2"],
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(" 0% packet loss"),
+        "every request arrived, so every copy of one is a replay: {out:?}"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let datagrams: Vec<Vec<u8>> = weft_testbed::pcap::packets(&cap)?
+        .iter()
+        .filter(|f| weft_testbed::pcap::is_ip_port(f, 17, 6783))
+        .filter_map(|f| {
+            let l4 = 14 + usize::from(f[14] & 0x0f) * 4;
+            let len = usize::from(u16::from_be_bytes([f[l4 + 4], f[l4 + 5]]));
+            // One datagram per packet (not a receive-offload train).
+            (f.len() == l4 + len).then(|| f[l4 + 8..].to_vec())
+        })
+        .collect();
+    assert!(datagrams.len() >= 5, "captured {}", datagrams.len());
+    let before = stats(&tb, 2)?["dropped_replay"].as_u64().unwrap_or(0);
+    // From a dozen source ports: the kernel spreads them over host 2's three sockets.
+    let ports: Vec<u16> = (41000..41012).collect();
+    let sent = datagrams.len() * ports.len();
+    let to = std::net::SocketAddr::from((h2, 6783));
+    weft_testbed::in_netns(&tb.host(1).netns, move || -> std::io::Result<()> {
+        for port in ports {
+            let s = std::net::UdpSocket::bind((h1, port))?;
+            for d in &datagrams {
+                s.send_to(d, to)?;
+            }
+        }
+        Ok(())
+    })
+    .join()
+    .expect("the replaying thread")??;
+    Testbed::wait_for(CONVERGE, || {
+        let replays = stats(&tb, 2)?["dropped_replay"].as_u64().unwrap_or(0) - before;
+        if replays as usize == sent {
+            Ok(())
+        } else {
+            bail!("{replays} of {sent} copies dropped as replays")
+        }
+    })?;
     Ok(())
 }

@@ -28,13 +28,24 @@
 //! fragments by [`super::fragment`] and put back together by the receiver before anything
 //! else looks at it (so a sealed super-frame is one AEAD, checked after reassembly).
 //!
+//! Several workers may forward for one router, each with its own [`Forwarder`] made by
+//! [`Forwarder::worker`] (the daemon gives each a TAP queue and a socket of its own). They
+//! share what must be one per router: the MAC cache, the path limits and the keys — with
+//! each key's send counter and replay window, so every worker seals with a fresh nonce and a
+//! datagram is accepted once, whichever worker reads it. The rest (statistics, scratch space,
+//! fragment reassembly, fragment ids from a range of its own) is each worker's. A flow's
+//! frames stay in order because the kernel keeps a flow on one TAP queue and a peer's
+//! datagrams on one socket; across workers a peer's counters may arrive out of order, which
+//! the replay window's 4,096 slots absorb.
+//!
 //! Datagrams from peers we have no established connection with, frames that claim to come
 //! from us, undecodable, unauthentic, replayed and (from a keyed peer) plaintext datagrams
 //! are dropped and counted.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Instant;
 
 use weft_proto::offload::{GSO_LEN, Gso};
@@ -118,18 +129,57 @@ pub struct ForwarderStats {
     pub macs_refused: u64,
 }
 
+impl ForwarderStats {
+    /// Adds another worker's counters (the MAC cache's, shared, are counted once).
+    pub fn add(&mut self, other: &ForwarderStats) {
+        self.local_frames += other.local_frames;
+        self.remote_frames += other.remote_frames;
+        self.relayed += other.relayed;
+        self.injected += other.injected;
+        self.sent_datagrams += other.sent_datagrams;
+        self.encrypted += other.encrypted;
+        self.decrypted += other.decrypted;
+        self.heartbeats_in += other.heartbeats_in;
+        self.dropped_malformed += other.dropped_malformed;
+        self.dropped_unknown_sender += other.dropped_unknown_sender;
+        self.dropped_wrong_source += other.dropped_wrong_source;
+        self.dropped_no_route += other.dropped_no_route;
+        self.dropped_loop += other.dropped_loop;
+        self.dropped_stp += other.dropped_stp;
+        self.dropped_local_dst += other.dropped_local_dst;
+        self.dropped_too_big += other.dropped_too_big;
+        self.dropped_no_key += other.dropped_no_key;
+        self.dropped_auth += other.dropped_auth;
+        self.dropped_replay += other.dropped_replay;
+        self.dropped_plaintext += other.dropped_plaintext;
+        self.fast_path_skipped += other.fast_path_skipped;
+        self.relay_only += other.relay_only;
+        self.dropped_proxy_arp += other.dropped_proxy_arp;
+        self.fragmented += other.fragmented;
+        self.fragments_sent += other.fragments_sent;
+        self.fragments_received += other.fragments_received;
+        self.reassembled += other.reassembled;
+        self.dropped_fragments_incomplete += other.dropped_fragments_incomplete;
+        self.dropped_fragments_inconsistent += other.dropped_fragments_inconsistent;
+        self.macs_refused = self.macs_refused.max(other.macs_refused);
+    }
+}
+
 struct SendKey {
     epoch: u8,
     secret: Arc<Secret>,
     key: DataKey,
-    counter: u64,
+    /// The next nonce; workers take theirs with one atomic add, so none is used twice.
+    counter: AtomicU64,
 }
 
 struct RecvKey {
     epoch: u8,
     secret: Arc<Secret>,
     key: DataKey,
-    window: ReplayWindow,
+    /// Checked before opening (cheap rejection) and updated after: a copy that two workers
+    /// opened at once is accepted by the first update only.
+    window: Mutex<ReplayWindow>,
 }
 
 /// One neighbour's data keys.
@@ -138,6 +188,37 @@ struct PeerCrypto {
     send: Option<SendKey>,
     recv: Vec<RecvKey>,
 }
+
+/// What a router's workers share (see the module's description).
+#[derive(Default)]
+struct Shared {
+    crypto: RwLock<HashMap<PeerName, PeerCrypto>>,
+    macs: Mutex<MacCache>,
+    /// Each neighbour's path limit, once the interface's is known.
+    pmtu: Mutex<Option<PathMtus>>,
+    /// Moves whenever a path limit may have changed; each worker copies the limits it sends
+    /// by when it sees it move.
+    limits_gen: AtomicU64,
+    workers: AtomicU32,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // The guarded state stays consistent between statements; a panicking worker leaves
+    // nothing half-done that the others could not use.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn read<T>(m: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    m.read().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn write<T>(m: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
+    m.write().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Fragment ids carry the worker's index in their top byte: two workers sending fragments
+/// to one peer at once never use the same id.
+const FRAGMENT_ID_BITS: u32 = 24;
 
 /// Scratch space for building one datagram; reused so forwarding does not allocate.
 #[derive(Default)]
@@ -149,6 +230,8 @@ struct Fragmenter {
     max: usize,
     /// Less, towards neighbours whose path carries less (path MTU discovery).
     per_dest: HashMap<SocketAddr, usize>,
+    /// The worker's range of fragment ids (its top byte).
+    id_base: u32,
     next_id: u32,
     whole: Vec<u8>,
     train: Vec<u8>,
@@ -179,7 +262,8 @@ impl Fragmenter {
             }
             &self.whole
         };
-        self.next_id = self.next_id.wrapping_add(1);
+        self.next_id =
+            self.id_base | (self.next_id.wrapping_add(1) & ((1 << FRAGMENT_ID_BITS) - 1));
         let stride = fragment::fragment(local, self.next_id, whole, max, &mut self.train);
         self.datagrams += 1;
         self.fragments += self.train.len().div_ceil(stride) as u64;
@@ -189,9 +273,8 @@ impl Fragmenter {
 
 pub struct Forwarder {
     table: Arc<DataPlaneTable>,
-    macs: MacCache,
+    shared: Arc<Shared>,
     stats: ForwarderStats,
-    crypto: HashMap<PeerName, PeerCrypto>,
     scratch: Scratch,
     /// Largest frame that fits one datagram (encrypted or not).
     max_frame: usize,
@@ -200,8 +283,8 @@ pub struct Forwarder {
     /// MACs of containers behind fast peers, whose ARP our bridge answers itself.
     proxied: HashSet<Mac>,
     frag: Fragmenter,
-    /// Each neighbour's path limit, once the interface's is known.
-    pmtu: Option<PathMtus>,
+    /// The `Shared::limits_gen` whose limits `frag` holds.
+    limits_gen: u64,
     reasm: Reassembler,
     last_reasm_expiry: Option<Instant>,
     /// Peers that are not neighbours our containers sent frames to since the last
@@ -221,7 +304,7 @@ impl std::fmt::Debug for Forwarder {
         f.debug_struct("Forwarder")
             .field("local", &self.table.local)
             .field("stats", &self.stats)
-            .field("keyed_peers", &self.crypto.len())
+            .field("keyed_peers", &read(&self.shared.crypto).len())
             .finish_non_exhaustive()
     }
 }
@@ -235,23 +318,47 @@ pub const MAX_FRAME: usize =
 
 impl Forwarder {
     pub fn new(local: PeerName) -> Self {
+        let table = Arc::new(DataPlaneTable {
+            local,
+            ..Default::default()
+        });
+        let shared = Arc::new(Shared {
+            workers: AtomicU32::new(1),
+            ..Default::default()
+        });
+        Self::with_shared(table, shared, 0)
+    }
+
+    /// Another worker for the same router, sharing this one's keys, MAC cache and path
+    /// limits, with the same table and settings (later changes to those reach only the
+    /// forwarder they are made on: give them to every worker). At most 256 workers.
+    pub fn worker(&self) -> Forwarder {
+        let index = self.shared.workers.fetch_add(1, Ordering::Relaxed);
+        assert!(index < 256, "at most 256 data-plane workers");
+        let mut w = Self::with_shared(self.table.clone(), self.shared.clone(), index);
+        w.max_frame = self.max_frame;
+        w.fast = self.fast.clone();
+        w.proxied = self.proxied.clone();
+        w.frag.max = self.frag.max;
+        w
+    }
+
+    fn with_shared(table: Arc<DataPlaneTable>, shared: Arc<Shared>, index: u32) -> Self {
+        let id_base = index << FRAGMENT_ID_BITS;
         Forwarder {
-            table: Arc::new(DataPlaneTable {
-                local,
-                ..Default::default()
-            }),
-            macs: MacCache::default(),
+            table,
+            shared,
             stats: ForwarderStats::default(),
-            crypto: HashMap::new(),
             scratch: Scratch::default(),
             max_frame: MAX_FRAME,
             fast: BTreeSet::new(),
             proxied: HashSet::new(),
-            pmtu: None,
+            limits_gen: 0,
             frag: Fragmenter {
                 max: usize::MAX,
                 per_dest: HashMap::new(),
-                next_id: 0,
+                id_base,
+                next_id: id_base,
                 whole: Vec::new(),
                 train: Vec::new(),
                 datagrams: 0,
@@ -288,23 +395,27 @@ impl Forwarder {
     /// datagrams are sent as fragments. Unset, nothing is cut (the kernel fragments, if it must).
     pub fn set_path_payload(&mut self, max: usize) {
         self.frag.max = max.max(sleeve::FRAGMENT_HEADER_LEN + 64);
-        self.pmtu = Some(PathMtus::new(self.frag.max));
+        lock(&self.shared.pmtu).get_or_insert_with(|| PathMtus::new(self.frag.max));
     }
 
     /// When [`Forwarder::handle_timeout`] wants to be called (path MTU probes). Call it also
-    /// after [`Forwarder::set_table`], so new neighbours' paths are probed.
+    /// after [`Forwarder::set_table`], so new neighbours' paths are probed. One worker of a
+    /// router is enough to drive the probes.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.pmtu.as_ref()?.poll_timeout()
+        lock(&self.shared.pmtu).as_ref()?.poll_timeout()
     }
 
     /// Sends the path MTU probes that are due.
     pub fn handle_timeout(&mut self, now: Instant, out: &mut impl Output) {
-        let Some(pmtu) = &mut self.pmtu else {
-            return;
-        };
-        pmtu.set_neighbours(now, &self.table.neighbours);
         let mut probes = Vec::new();
-        pmtu.handle_timeout(now, &mut probes);
+        {
+            let mut pmtu = lock(&self.shared.pmtu);
+            let Some(pmtu) = pmtu.as_mut() else {
+                return;
+            };
+            pmtu.set_neighbours(now, &self.table.neighbours);
+            pmtu.handle_timeout(now, &mut probes);
+        }
         for p in probes {
             let size = u16::try_from(p.size).unwrap_or(u16::MAX);
             self.send_probe(p.peer, p.to, false, p.seq, size, out);
@@ -314,7 +425,7 @@ impl Forwarder {
 
     /// Each neighbour's path limit (largest UDP payload it is sent in one datagram).
     pub fn path_limits(&self) -> Vec<(PeerName, usize)> {
-        self.pmtu
+        lock(&self.shared.pmtu)
             .as_ref()
             .map(|m| m.limits().map(|(p, _, l)| (p, l)).collect())
             .unwrap_or_default()
@@ -322,20 +433,45 @@ impl Forwarder {
 
     /// Path limit changes since the last call: (peer, old, new).
     pub fn drain_path_changes(&mut self) -> Vec<(PeerName, usize, usize)> {
-        self.pmtu
+        lock(&self.shared.pmtu)
             .as_mut()
             .map(PathMtus::drain_changes)
             .unwrap_or_default()
     }
 
+    /// Copies the path limits, and tells the other workers to.
     fn refresh_limits(&mut self) {
-        if let Some(pmtu) = &self.pmtu {
-            self.frag.per_dest = pmtu
-                .limits()
-                .filter(|&(_, _, l)| l < self.frag.max)
-                .map(|(_, to, l)| (to, l))
-                .collect();
+        let limits = self.limits();
+        if limits != self.frag.per_dest {
+            self.frag.per_dest = limits;
+            self.limits_gen = self.shared.limits_gen.fetch_add(1, Ordering::AcqRel) + 1;
         }
+    }
+
+    fn limits(&self) -> HashMap<SocketAddr, usize> {
+        lock(&self.shared.pmtu)
+            .as_ref()
+            .map(|pmtu| {
+                pmtu.limits()
+                    .filter(|&(_, _, l)| l < self.frag.max)
+                    .map(|(_, to, l)| (to, l))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Takes up limits another worker found: one atomic load when there are none.
+    fn sync_limits(&mut self) {
+        let g = self.shared.limits_gen.load(Ordering::Acquire);
+        if g != self.limits_gen {
+            self.frag.per_dest = self.limits();
+            self.limits_gen = g;
+        }
+    }
+
+    /// Whether `peer` has keys (and must send only encrypted datagrams).
+    fn keyed(&self, peer: PeerName) -> bool {
+        read(&self.shared.crypto).contains_key(&peer)
     }
 
     /// A probe of `size` bytes (or, with `ack`, the answer to one) to neighbour `peer` at
@@ -381,7 +517,7 @@ impl Forwarder {
             return;
         };
         if ack {
-            if let Some(pmtu) = &mut self.pmtu {
+            if let Some(pmtu) = lock(&self.shared.pmtu).as_mut() {
                 pmtu.handle_ack(sender, seq, usize::from(size));
             }
             return;
@@ -422,12 +558,14 @@ impl Forwarder {
     /// Installs a neighbour's data keys from the control plane; empty keys mean the peer
     /// sends and receives plaintext (no password, or a trusted pair) or is gone. Keys that did
     /// not change keep their counters and replay windows.
+    /// Shared by all workers: give them to one.
     pub fn set_keys(&mut self, peer: PeerName, keys: &PeerKeys) {
+        let mut crypto = write(&self.shared.crypto);
         if keys.send.is_none() && keys.recv.is_empty() {
-            self.crypto.remove(&peer);
+            crypto.remove(&peer);
             return;
         }
-        let pc = self.crypto.entry(peer).or_default();
+        let pc = crypto.entry(peer).or_default();
         pc.send = match (&keys.send, pc.send.take()) {
             (Some((e, s)), Some(cur)) if cur.epoch == *e && Arc::ptr_eq(s, &cur.secret) => {
                 Some(cur)
@@ -436,7 +574,7 @@ impl Forwarder {
                 epoch: *e,
                 secret: s.clone(),
                 key: DataKey::new(*e, s),
-                counter: 0,
+                counter: AtomicU64::new(0),
             }),
             (None, _) => None,
         };
@@ -451,7 +589,7 @@ impl Forwarder {
                     epoch: *e,
                     secret: s.clone(),
                     key: DataKey::new(*e, s),
-                    window: ReplayWindow::default(),
+                    window: Mutex::new(ReplayWindow::default()),
                 }),
             }
         }
@@ -459,23 +597,25 @@ impl Forwarder {
 
     /// Whether traffic with `peer` is encrypted.
     pub fn is_encrypted(&self, peer: PeerName) -> bool {
-        self.crypto.contains_key(&peer)
+        self.keyed(peer)
     }
 
     /// The neighbours whose traffic is encrypted, sorted.
     pub fn encrypted_peers(&self) -> Vec<PeerName> {
-        let mut v: Vec<PeerName> = self.crypto.keys().copied().collect();
+        let mut v: Vec<PeerName> = read(&self.shared.crypto).keys().copied().collect();
         v.sort();
         v
     }
 
+    /// Give it to every worker: each holds its own fragments.
     pub fn forget_peer(&mut self, peer: PeerName) {
-        self.macs.forget_peer(peer);
+        lock(&self.shared.macs).forget_peer(peer);
         self.reasm.forget(peer);
     }
 
+    /// Shared by all workers: one is enough.
     pub fn expire(&mut self, now: Instant) -> usize {
-        self.macs.expire(now)
+        lock(&self.shared.macs).expire(now)
     }
 
     pub fn stats(&self) -> ForwarderStats {
@@ -487,13 +627,14 @@ impl Forwarder {
             reassembled: r.reassembled,
             dropped_fragments_incomplete: r.incomplete,
             dropped_fragments_inconsistent: r.inconsistent,
-            macs_refused: self.macs.refused,
+            macs_refused: lock(&self.shared.macs).refused,
             ..self.stats
         }
     }
 
-    pub fn macs(&self) -> &MacCache {
-        &self.macs
+    /// The MAC cache all workers share; held locked while the guard lives.
+    pub fn macs(&self) -> impl std::ops::Deref<Target = MacCache> + '_ {
+        lock(&self.shared.macs)
     }
 
     /// A frame from the local bridge.
@@ -539,13 +680,17 @@ impl Forwarder {
             self.stats.dropped_proxy_arp += 1;
             return;
         }
-        self.macs.learn(now, eth.src(), MacOwner::Local);
-        let local = self.table.local;
-        let dst_peer = if dst.is_multicast() {
-            None
-        } else {
-            self.macs.lookup(&dst)
+        self.sync_limits();
+        let dst_peer = {
+            let mut macs = lock(&self.shared.macs);
+            macs.learn(now, eth.src(), MacOwner::Local);
+            if dst.is_multicast() {
+                None
+            } else {
+                macs.lookup(&dst)
+            }
         };
+        let local = self.table.local;
         match dst_peer {
             Some(MacOwner::Local) => self.stats.dropped_local_dst += 1,
             // The bridge only hands us such a frame when flooding (VXLAN got it as well) or
@@ -584,6 +729,7 @@ impl Forwarder {
         datagram: &mut [u8],
         out: &mut impl Output,
     ) {
+        self.sync_limits();
         if let Ok(Datagram::Fragment {
             sender,
             id,
@@ -622,7 +768,7 @@ impl Forwarder {
                     gso,
                     ..
                 }) => {
-                    if self.crypto.contains_key(&sender) {
+                    if self.keyed(sender) {
                         self.stats.dropped_plaintext += 1;
                         return;
                     }
@@ -634,7 +780,7 @@ impl Forwarder {
                     (sender, src, dst, relay_only, gso, at, datagram.len())
                 }
                 Ok(Datagram::Heartbeat { sender, .. }) => {
-                    if self.crypto.contains_key(&sender) {
+                    if self.keyed(sender) {
                         self.stats.dropped_plaintext += 1;
                         return;
                     }
@@ -648,7 +794,7 @@ impl Forwarder {
                     seq,
                     size,
                 }) => {
-                    if self.crypto.contains_key(&sender) {
+                    if self.keyed(sender) {
                         self.stats.dropped_plaintext += 1;
                         return;
                     }
@@ -758,7 +904,7 @@ impl Forwarder {
             return;
         }
         let eth = EtherFrame::from_bytes(frame).expect("length checked above");
-        self.macs.learn(now, eth.src(), MacOwner::Peer(src));
+        lock(&self.shared.macs).learn(now, eth.src(), MacOwner::Peer(src));
         if relay_only {
             self.stats.relay_only += 1;
         } else if dst == BROADCAST_PEER
@@ -808,13 +954,14 @@ impl Forwarder {
         inner: &[&[u8]],
         out: &mut impl Output,
     ) {
-        match self.crypto.get_mut(&peer) {
+        let crypto = read(&self.shared.crypto);
+        match crypto.get(&peer) {
             None => out.send(to, &[plain]),
             Some(pc) => {
                 match seal(self.table.local, pc, &mut self.scratch.0, inner) {
                     Ok(d) => out.send(to, &[d]),
                     Err(reason) => {
-                        self.count(reason);
+                        count(&mut self.stats, reason);
                         return;
                     }
                 }
@@ -827,15 +974,15 @@ impl Forwarder {
     /// Authenticates and decrypts an encrypted datagram in place; false (counted) if it must
     /// be dropped.
     fn open(&mut self, sender: PeerName, epoch: u8, counter: u64, datagram: &mut [u8]) -> bool {
-        let Some(k) = self
-            .crypto
-            .get_mut(&sender)
-            .and_then(|pc| pc.recv.iter_mut().find(|k| k.epoch == epoch))
+        let crypto = read(&self.shared.crypto);
+        let Some(k) = crypto
+            .get(&sender)
+            .and_then(|pc| pc.recv.iter().find(|k| k.epoch == epoch))
         else {
             self.stats.dropped_no_key += 1;
             return false;
         };
-        if !k.window.check(counter) {
+        if !lock(&k.window).check(counter) {
             self.stats.dropped_replay += 1;
             return false;
         }
@@ -845,7 +992,11 @@ impl Forwarder {
             self.stats.dropped_auth += 1;
             return false;
         }
-        k.window.accept(counter);
+        // Another worker may have accepted the same copy while this one opened it.
+        if !lock(&k.window).accept(counter) {
+            self.stats.dropped_replay += 1;
+            return false;
+        }
         self.stats.decrypted += 1;
         true
     }
@@ -914,7 +1065,8 @@ impl Forwarder {
         out: &mut impl Output,
     ) {
         let local = self.table.local;
-        match self.crypto.get_mut(&hop) {
+        let crypto = read(&self.shared.crypto);
+        match crypto.get(&hop) {
             None => match gso {
                 None => {
                     let header = sleeve::frame_header(local, src, dst);
@@ -934,7 +1086,7 @@ impl Forwarder {
                 match seal(local, pc, &mut self.scratch.0, &inner) {
                     Ok(d) => self.frag.send(local, to, &[d], out),
                     Err(reason) => {
-                        self.count(reason);
+                        count(&mut self.stats, reason);
                         return;
                     }
                 }
@@ -943,12 +1095,12 @@ impl Forwarder {
         }
         self.stats.sent_datagrams += 1;
     }
+}
 
-    fn count(&mut self, reason: SealError) {
-        match reason {
-            SealError::NoKey => self.stats.dropped_no_key += 1,
-            SealError::TooBig => self.stats.dropped_too_big += 1,
-        }
+fn count(stats: &mut ForwarderStats, reason: SealError) {
+    match reason {
+        SealError::NoKey => stats.dropped_no_key += 1,
+        SealError::TooBig => stats.dropped_too_big += 1,
     }
 }
 
@@ -960,29 +1112,29 @@ enum SealError {
 /// Builds an encrypted datagram of `inner` (concatenated) in `buf` with `pc`'s send key.
 fn seal<'b>(
     local: PeerName,
-    pc: &mut PeerCrypto,
+    pc: &PeerCrypto,
     buf: &'b mut Vec<u8>,
     inner: &[&[u8]],
 ) -> Result<&'b [u8], SealError> {
-    let Some(sk) = pc.send.as_mut() else {
+    let Some(sk) = pc.send.as_ref() else {
         return Err(SealError::NoKey);
     };
-    if sk.counter >= crypto::MAX_PACKETS_PER_KEY {
-        // Rekeying replaces keys long before this; never reuse a nonce.
-        return Err(SealError::NoKey);
-    }
     let len = inner.iter().map(|p| p.len()).sum::<usize>();
     if sleeve::ENCRYPTED_HEADER_LEN + len + crypto::TAG_LEN > sleeve::MAX_DATAGRAM {
         return Err(SealError::TooBig);
     }
+    let counter = sk.counter.fetch_add(1, Ordering::Relaxed);
+    if counter >= crypto::MAX_PACKETS_PER_KEY {
+        // Rekeying replaces keys long before this; never reuse a nonce.
+        return Err(SealError::NoKey);
+    }
     buf.clear();
-    buf.extend_from_slice(&sleeve::encrypted_header(local, sk.epoch, sk.counter));
+    buf.extend_from_slice(&sleeve::encrypted_header(local, sk.epoch, counter));
     for p in inner {
         buf.extend_from_slice(p);
     }
     let (aad, body) = buf.split_at_mut(sleeve::ENCRYPTED_HEADER_LEN);
-    let tag = sk.key.seal(sk.counter, aad, body);
-    sk.counter += 1;
+    let tag = sk.key.seal(counter, aad, body);
     buf.extend_from_slice(&tag);
     Ok(buf)
 }
@@ -1397,6 +1549,83 @@ mod tests {
         assert_eq!(s.dropped_plaintext, 2);
     }
 
+    #[test]
+    fn a_replayed_datagram_is_dropped_whichever_worker_reads_it() {
+        let now = Instant::now();
+        let (mut a, b) = two_peers();
+        // Workers made after the keys were set share them: keys are given to one worker.
+        let mut workers = [b.worker(), b.worker(), b.worker()];
+        let mut out = Rec::default();
+        for _ in 0..3 {
+            a.handle_local_frame(now, &marked_frame(), &mut out);
+        }
+        let mut got = Rec::default();
+        for (w, (_, d)) in workers.iter_mut().zip(&out.sent) {
+            w.handle_datagram(now, addr(1), &mut d.clone(), &mut got);
+        }
+        assert_eq!(got.injected.len(), 3, "each worker opens a fresh datagram");
+        // Every datagram again, at every worker: none gets through a second time.
+        for w in workers.iter_mut() {
+            for (_, d) in &out.sent {
+                w.handle_datagram(now, addr(1), &mut d.clone(), &mut got);
+            }
+        }
+        assert_eq!(got.injected.len(), 3);
+        let mut total = ForwarderStats::default();
+        for w in &workers {
+            total.add(&w.stats());
+        }
+        assert_eq!((total.decrypted, total.dropped_replay), (3, 9));
+    }
+
+    #[test]
+    fn workers_seal_with_distinct_counters_and_fragment_ids() {
+        let now = Instant::now();
+        let (a, mut b) = two_peers();
+        let mut senders = [a.worker(), a.worker()];
+        for s in senders.iter_mut() {
+            s.set_path_payload(1400);
+        }
+        // Small frames and super-frames cut into fragments, from both workers at once: their
+        // datagrams arrive interleaved.
+        let (gso, big) = super_frame();
+        let mut sent = Vec::new();
+        for _ in 0..3 {
+            let mut outs = [Rec::default(), Rec::default()];
+            for (s, out) in senders.iter_mut().zip(&mut outs) {
+                s.handle_local_frame(now, &marked_frame(), out);
+                s.handle_local_gso(now, &gso, &big, out);
+            }
+            let [x, y] = outs;
+            assert!(x.sent.len() > 2, "the super-frame went as fragments");
+            for (p, q) in x.sent.into_iter().zip(y.sent) {
+                sent.extend([p, q]);
+            }
+        }
+        let counters: HashSet<u64> = sent
+            .iter()
+            .filter_map(|(_, d)| match Datagram::decode(d) {
+                Ok(Datagram::Encrypted { counter, .. }) => Some(counter),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            counters.len(),
+            6,
+            "the small frames' nonces are all different"
+        );
+        let mut got = Rec::default();
+        for (_, mut d) in sent {
+            b.handle_datagram(now, addr(1), &mut d, &mut got);
+        }
+        let s = b.stats();
+        assert_eq!((s.decrypted, s.dropped_replay, s.dropped_auth), (12, 0, 0));
+        assert_eq!(s.dropped_fragments_inconsistent, 0);
+        assert_eq!(got.injected.len(), 6);
+        assert_eq!(got.gso_injected.len(), 6);
+        assert!(got.gso_injected.iter().all(|(_, f)| *f == big));
+    }
+
     /// A 60 KB TCP super-frame with its offload header.
     fn super_frame() -> (Gso, Vec<u8>) {
         let mut f = frame([2, 0, 0, 0, 0, 0xb], [2, 0, 0, 0, 0, 0xa]);
@@ -1546,7 +1775,9 @@ mod tests {
         // Both move to epoch 1; b still accepts epoch 0 for a while.
         let (x1, y1) = keys(9);
         let (mut ka, mut kb) = pair(1, &x1, &y1);
-        let kb_old = b.crypto.get(&pn(1)).unwrap().recv[0].secret.clone();
+        let kb_old = read(&b.shared.crypto).get(&pn(1)).unwrap().recv[0]
+            .secret
+            .clone();
         kb.recv.insert(0, (0, kb_old));
         ka.recv.clear();
         ka.recv.push((1, y1.clone()));

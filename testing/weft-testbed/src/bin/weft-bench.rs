@@ -4,7 +4,8 @@
 //! and again with the addresses in namespaces behind veths, as containers are), and
 //! between containers over weft: the VXLAN fast path (hosts 1 and 2), the sleeve (hosts 3 and
 //! 4, `--no-fastdp`) and the encrypted sleeve (hosts 5 and 6, with a password); and, when it is
-//! installed, wireguard-go between hosts 7 and 8. Each figure is also given as a ratio of the
+//! installed, wireguard-go between hosts 7 and 8. The sleeve rows run weft's default of one
+//! worker per core; hosts 9 to 12 repeat them with one worker, for the ratio. Each figure is also given as a ratio of the
 //! underlay's and of raw VXLAN's, with the routers' CPU cost per Gbit/s. A second table has
 //! small packets: 64-byte UDP datagrams received per second (iperf3 -u -l 64 -b 0) with the
 //! data plane's CPU per packet, and a TCP request/response ping-pong of 64-byte messages
@@ -513,7 +514,7 @@ fn main() -> Result<()> {
         .transpose()?
         .unwrap_or(10);
     let weft = weft_testbed::weft_binary()?;
-    let mut tb = Testbed::with_posture("bench", 8, &weft, Posture::Bare)?;
+    let mut tb = Testbed::with_posture("bench", 12, &weft, Posture::Bare)?;
     let (h1, h2) = (tb.host(1).netns.clone(), tb.host(2).netns.clone());
     let h2ip = tb.host(2).ip.to_string();
     let mut rows = Vec::new();
@@ -556,6 +557,22 @@ fn main() -> Result<()> {
     if let Some(r) = wireguard_go(&mut tb, [7, 8], secs)? {
         rows.push(r);
     }
+    // The sleeve rows above run one worker per core (weft's default); these pin one.
+    let one = rows.len();
+    rows.push(weft_pair(
+        &mut tb,
+        "weft sleeve, 1 worker",
+        [9, 10],
+        &["--no-fastdp", "--sleeve-workers=1"],
+        secs,
+    )?);
+    rows.push(weft_pair(
+        &mut tb,
+        "weft sleeve, encrypted, 1 worker",
+        [11, 12],
+        &["--password=benchmark", "--sleeve-workers=1"],
+        secs,
+    )?);
     let fast = tb.weft_ok(1, &["status", "connections"])?;
     if !fast.contains(" fastdp ") {
         bail!("the fast-path row did not use the fast path:\n{fast}");
@@ -596,7 +613,8 @@ fn main() -> Result<()> {
     println!("|---|---|---|---|---|---|---|---|---|---|");
     for r in &rows {
         let Some(s) = &r.small else { continue };
-        let cores = s.cpu_cores;
+        // The fast path's data plane is the kernel: its router's CPU says nothing per packet.
+        let cores = s.cpu_cores.filter(|&c| c >= 0.01);
         println!(
             "| {} | {:.1} | {:.3} | {} | {} | {} | {} | {:.0} | {:.1} | {:.1} |",
             r.name,
@@ -636,6 +654,25 @@ fn main() -> Result<()> {
         plain.tcp4 / vx.tcp4,
         enc.tcp1 / vx.tcp1
     );
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
+    for (many, single) in [(plain, &rows[one]), (enc, &rows[one + 1])] {
+        let cpu_per_m = |r: &Row| {
+            r.small
+                .as_ref()
+                .and_then(|s| Some(s.cpu_cores? / (s.pps / 1e6).max(1e-9)))
+                .unwrap_or(f64::NAN)
+        };
+        println!(
+            "\n{} with {workers} workers / 1 worker: TCP 1 stream {:.2}x, 4 streams {:.2}x, 8 streams {:.2}x, 64 B packets/s {:.2}x, data-plane CPU per packet {:.2}x, router CPU per Gbit/s {:.2}x",
+            many.name,
+            many.tcp1 / single.tcp1,
+            many.tcp4 / single.tcp4,
+            many.tcp8 / single.tcp8,
+            pps(many) / pps(single),
+            cpu_per_m(many) / cpu_per_m(single),
+            many.cpu_per_gbit.unwrap_or(f64::NAN) / single.cpu_per_gbit.unwrap_or(f64::NAN),
+        );
+    }
     println!(
         "\nencrypted / unencrypted sleeve: TCP 1 stream {:.2}x, 4 streams {:.2}x, RTT {:.2}x",
         enc.tcp1 / plain.tcp1,
