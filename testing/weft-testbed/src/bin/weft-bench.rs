@@ -4,7 +4,8 @@
 //! and again with the addresses in namespaces behind veths, as containers are), and
 //! between containers over weft: the VXLAN fast path (hosts 1 and 2), the sleeve (hosts 3 and
 //! 4, `--no-fastdp`) and the encrypted sleeve (hosts 5 and 6, with a password); and, when it is
-//! installed, wireguard-go between hosts 7 and 8. The sleeve rows run weft's default of one
+//! installed, wireguard-go between hosts 7 and 8 and boringtun (`boringtun-cli`) between
+//! hosts 13 and 14. The sleeve rows run weft's default of one
 //! worker per core; hosts 9 to 12 repeat them with one worker, for the ratio. Each figure is also given as a ratio of the
 //! underlay's and of raw VXLAN's, with the routers' CPU cost per Gbit/s. A second table has
 //! small packets: 64-byte UDP datagrams received per second (iperf3 -u -l 64 -b 0) with the
@@ -196,18 +197,74 @@ fn rr_client(args: &[String]) -> Result<()> {
 /// 1420, as ../shared/bench runs it), when `wireguard-go` and `wg` are on PATH; `None`
 /// otherwise. Put Debian 13's build first on PATH for the current one:
 /// `PATH="$(../shared/bench/modern-peers.sh):$PATH"`.
-fn wireguard_go(tb: &mut Testbed, [a, b]: [usize; 2], secs: u32) -> Result<Option<Row>> {
+fn wireguard_go(tb: &mut Testbed, hosts: [usize; 2], secs: u32) -> Result<Option<Row>> {
+    userspace_wireguard(tb, Wireguard::Go, hosts, secs)
+}
+
+/// The userspace WireGuards the bench runs next to weft, both configured with `wg`.
+#[derive(Clone, Copy)]
+enum Wireguard {
+    Go,
+    /// Cloudflare's, in Rust (`cargo install boringtun-cli`), with two threads as
+    /// ../shared/bench runs it.
+    Boringtun,
+}
+
+impl Wireguard {
+    fn name(self) -> &'static str {
+        match self {
+            Wireguard::Go => "wireguard-go",
+            Wireguard::Boringtun => "boringtun",
+        }
+    }
+
+    fn program(self) -> &'static str {
+        match self {
+            Wireguard::Go => "wireguard-go",
+            Wireguard::Boringtun => "boringtun-cli",
+        }
+    }
+
+    /// The command that runs the device `dev` in the foreground.
+    fn command(self, dev: &str) -> Vec<String> {
+        let v: Vec<&str> = match self {
+            Wireguard::Go => vec!["env", "WG_PROCESS_FOREGROUND=1", "wireguard-go", "-f", dev],
+            Wireguard::Boringtun => vec![
+                "boringtun-cli",
+                "--foreground",
+                "--disable-drop-privileges",
+                "--threads",
+                "2",
+                dev,
+            ],
+        };
+        v.into_iter().map(String::from).collect()
+    }
+}
+
+/// boringtun between hosts `a` and `b`, as [`wireguard_go`], when `boringtun-cli` is on PATH.
+fn boringtun(tb: &mut Testbed, hosts: [usize; 2], secs: u32) -> Result<Option<Row>> {
+    userspace_wireguard(tb, Wireguard::Boringtun, hosts, secs)
+}
+
+fn userspace_wireguard(
+    tb: &mut Testbed,
+    wg: Wireguard,
+    [a, b]: [usize; 2],
+    secs: u32,
+) -> Result<Option<Row>> {
     let has = |p: &str| {
         std::process::Command::new(p)
             .arg("--version")
             .output()
             .is_ok_and(|o| o.status.success())
     };
-    if !has("wireguard-go") || !has("wg") {
-        eprintln!("wireguard-go or wg not installed: no wireguard-go row");
+    let name = wg.name();
+    if !has(wg.program()) || !has("wg") {
+        eprintln!("{} or wg not installed: no {name} row", wg.program());
         return Ok(None);
     }
-    eprintln!("wireguard-go: iperf3 {secs}s x3, UDP, request/response, ping...");
+    eprintln!("{name}: iperf3 {secs}s x3, UDP, request/response, ping...");
     let key = |args: &[&str], input: Option<&str>| -> Result<String> {
         use std::io::Write;
         let mut c = std::process::Command::new("wg")
@@ -230,24 +287,26 @@ fn wireguard_go(tb: &mut Testbed, [a, b]: [usize; 2], secs: u32) -> Result<Optio
         let public = key(&["pubkey"], Some(&private))?;
         keys.push((private, public));
     }
-    // Interface names are global to wireguard-go's control sockets (/var/run/wireguard):
-    // unique per run.
-    let dev = |i: usize| format!("wtw{}x{i}", std::process::id() % 100_000);
+    // Interface names are global to the control sockets (/var/run/wireguard): unique per
+    // run and per kind.
+    let tag = match wg {
+        Wireguard::Go => 'w',
+        Wireguard::Boringtun => 'b',
+    };
+    let dev = |i: usize| format!("wt{tag}{}x{i}", std::process::id() % 100_000);
     let mut pids = Vec::new();
     for i in [a, b] {
         let ns = tb.host(i).netns.clone();
         let d = dev(i);
-        pids.push(tb.spawn(
-            &ns,
-            "env",
-            &["WG_PROCESS_FOREGROUND=1", "wireguard-go", "-f", &d],
-        )?);
+        let cmd = wg.command(&d);
+        let args: Vec<&str> = cmd[1..].iter().map(String::as_str).collect();
+        pids.push(tb.spawn(&ns, &cmd[0], &args)?);
         let sock = format!("/var/run/wireguard/{d}.sock");
         Testbed::wait_for(std::time::Duration::from_secs(5), || {
             if std::path::Path::new(&sock).exists() {
                 Ok(())
             } else {
-                bail!("wireguard-go {d} did not start")
+                bail!("{name} {d} did not start")
             }
         })?;
     }
@@ -292,7 +351,7 @@ fn wireguard_go(tb: &mut Testbed, [a, b]: [usize; 2], secs: u32) -> Result<Optio
     let tcp1 = measure::iperf3(tb, &nb, &na, &dst, secs, 1)?;
     let cpu = (pids_cpu(&pids) - cpu0) / t0.elapsed().as_secs_f64();
     Ok(Some(Row {
-        name: "wireguard-go",
+        name,
         tcp1,
         tcp4: measure::iperf3(tb, &nb, &na, &dst, secs, 4)?,
         tcp8: measure::iperf3(tb, &nb, &na, &dst, secs, 8)?,
@@ -514,7 +573,7 @@ fn main() -> Result<()> {
         .transpose()?
         .unwrap_or(10);
     let weft = weft_testbed::weft_binary()?;
-    let mut tb = Testbed::with_posture("bench", 12, &weft, Posture::Bare)?;
+    let mut tb = Testbed::with_posture("bench", 14, &weft, Posture::Bare)?;
     let (h1, h2) = (tb.host(1).netns.clone(), tb.host(2).netns.clone());
     let h2ip = tb.host(2).ip.to_string();
     let mut rows = Vec::new();
@@ -555,6 +614,9 @@ fn main() -> Result<()> {
         secs,
     )?);
     if let Some(r) = wireguard_go(&mut tb, [7, 8], secs)? {
+        rows.push(r);
+    }
+    if let Some(r) = boringtun(&mut tb, [13, 14], secs)? {
         rows.push(r);
     }
     // The sleeve rows above run one worker per core (weft's default); these pin one.
@@ -602,10 +664,12 @@ fn main() -> Result<()> {
             r.rss_mb.map_or("-".to_string(), |m| format!("{m:.1}"))
         );
     }
-    let wg = rows
-        .iter()
-        .find(|r| r.name == "wireguard-go")
-        .and_then(|r| r.small.as_ref().map(|s| s.pps));
+    let pps_of = |name: &str| {
+        rows.iter()
+            .find(|r| r.name == name)
+            .and_then(|r| r.small.as_ref().map(|s| s.pps))
+    };
+    let (wg, bt) = (pps_of("wireguard-go"), pps_of("boringtun"));
     let base_pps = base.small.as_ref().map_or(f64::NAN, |s| s.pps);
     println!(
         "\n| path | UDP 64 B received kpps | x underlay | x wireguard-go | data-plane CPU, cores | kpps per data-plane core | data-plane CPU s per M packets | TCP 64 B request/response per s | p50 µs | p99 µs |"
@@ -646,10 +710,14 @@ fn main() -> Result<()> {
     let (plain, enc) = (&rows[4], &rows[5]);
     let pps = |r: &Row| r.small.as_ref().map_or(f64::NAN, |s| s.pps);
     println!(
-        "\ntargets (issue 20): encrypted sleeve 64 B packets/s {} wireguard-go's (want >= 3); sleeve 4 streams {:.2}x kernel VXLAN (want >= 0.5); encrypted sleeve 1 stream {:.2}x kernel VXLAN (want >= 0.6)",
+        "\ntargets (issue 20): encrypted sleeve 64 B packets/s {} wireguard-go's (want >= 3; {} boringtun's); sleeve 4 streams {:.2}x kernel VXLAN (want >= 0.5); encrypted sleeve 1 stream {:.2}x kernel VXLAN (want >= 0.6)",
         wg.map_or("- (no wireguard-go)".to_string(), |w| format!(
             "{:.2}x",
             pps(enc) / w
+        )),
+        bt.map_or("- (no boringtun)".to_string(), |b| format!(
+            "{:.2}x",
+            pps(enc) / b
         )),
         plain.tcp4 / vx.tcp4,
         enc.tcp1 / vx.tcp1
