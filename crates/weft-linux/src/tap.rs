@@ -29,10 +29,10 @@ pub fn open_queues(name: &str, mtu: u16, offload: bool, queues: usize) -> Result
         .multi_queue(queues > 1)
         .build_async()
         .map_err(|e| Error::io(what(), e))?;
-    let mut all = Vec::with_capacity(queues);
+    let mut all = vec![first];
     for _ in 1..queues {
-        all.push(first.try_clone().map_err(|e| Error::io(what(), e))?);
+        let queue = all[0].try_clone().map_err(|e| Error::io(what(), e))?;
+        all.push(queue);
     }
-    all.insert(0, first);
     Ok(all)
 }

@@ -45,7 +45,7 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
 use weft_proto::offload::{GSO_LEN, Gso};
@@ -182,23 +182,24 @@ struct RecvKey {
     window: Mutex<ReplayWindow>,
 }
 
-/// One neighbour's data keys.
-#[derive(Default)]
+/// One neighbour's data keys. A key is one object, counter and window included, for every
+/// worker holding it.
+#[derive(Clone, Default)]
 struct PeerCrypto {
-    send: Option<SendKey>,
-    recv: Vec<RecvKey>,
+    send: Option<Arc<SendKey>>,
+    recv: Vec<Arc<RecvKey>>,
 }
 
 /// What a router's workers share (see the module's description).
 #[derive(Default)]
 struct Shared {
-    crypto: RwLock<HashMap<PeerName, PeerCrypto>>,
+    crypto: Mutex<HashMap<PeerName, PeerCrypto>>,
     macs: Mutex<MacCache>,
     /// Each neighbour's path limit, once the interface's is known.
     pmtu: Mutex<Option<PathMtus>>,
-    /// Moves whenever a path limit may have changed; each worker copies the limits it sends
-    /// by when it sees it move.
-    limits_gen: AtomicU64,
+    /// Moves whenever the keys or a path limit may have changed; each worker copies them
+    /// when it sees it move, so the data path reads its own copies, unlocked.
+    generation: AtomicU64,
     workers: AtomicU32,
 }
 
@@ -206,14 +207,6 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // The guarded state stays consistent between statements; a panicking worker leaves
     // nothing half-done that the others could not use.
     m.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-fn read<T>(m: &RwLock<T>) -> RwLockReadGuard<'_, T> {
-    m.read().unwrap_or_else(PoisonError::into_inner)
-}
-
-fn write<T>(m: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
-    m.write().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Fragment ids carry the worker's index in their top byte: two workers sending fragments
@@ -274,6 +267,8 @@ impl Fragmenter {
 pub struct Forwarder {
     table: Arc<DataPlaneTable>,
     shared: Arc<Shared>,
+    /// This worker's copy of the shared keys.
+    crypto: HashMap<PeerName, PeerCrypto>,
     stats: ForwarderStats,
     scratch: Scratch,
     /// Largest frame that fits one datagram (encrypted or not).
@@ -283,8 +278,8 @@ pub struct Forwarder {
     /// MACs of containers behind fast peers, whose ARP our bridge answers itself.
     proxied: HashSet<Mac>,
     frag: Fragmenter,
-    /// The `Shared::limits_gen` whose limits `frag` holds.
-    limits_gen: u64,
+    /// The `Shared::generation` whose keys and limits this worker holds (`u64::MAX`: none).
+    generation: u64,
     reasm: Reassembler,
     last_reasm_expiry: Option<Instant>,
     /// Peers that are not neighbours our containers sent frames to since the last
@@ -304,7 +299,7 @@ impl std::fmt::Debug for Forwarder {
         f.debug_struct("Forwarder")
             .field("local", &self.table.local)
             .field("stats", &self.stats)
-            .field("keyed_peers", &read(&self.shared.crypto).len())
+            .field("keyed_peers", &lock(&self.shared.crypto).len())
             .finish_non_exhaustive()
     }
 }
@@ -346,6 +341,7 @@ impl Forwarder {
     fn with_shared(table: Arc<DataPlaneTable>, shared: Arc<Shared>, index: u32) -> Self {
         let id_base = index << FRAGMENT_ID_BITS;
         Forwarder {
+            crypto: HashMap::new(),
             table,
             shared,
             stats: ForwarderStats::default(),
@@ -353,7 +349,8 @@ impl Forwarder {
             max_frame: MAX_FRAME,
             fast: BTreeSet::new(),
             proxied: HashSet::new(),
-            limits_gen: 0,
+            // None held yet: the first packet copies keys and limits.
+            generation: u64::MAX,
             frag: Fragmenter {
                 max: usize::MAX,
                 per_dest: HashMap::new(),
@@ -407,6 +404,7 @@ impl Forwarder {
 
     /// Sends the path MTU probes that are due.
     pub fn handle_timeout(&mut self, now: Instant, out: &mut impl Output) {
+        self.sync();
         let mut probes = Vec::new();
         {
             let mut pmtu = lock(&self.shared.pmtu);
@@ -439,13 +437,17 @@ impl Forwarder {
             .unwrap_or_default()
     }
 
-    /// Copies the path limits, and tells the other workers to.
+    /// Has every worker copy the path limits when they changed.
     fn refresh_limits(&mut self) {
-        let limits = self.limits();
-        if limits != self.frag.per_dest {
-            self.frag.per_dest = limits;
-            self.limits_gen = self.shared.limits_gen.fetch_add(1, Ordering::AcqRel) + 1;
+        if self.limits() != self.frag.per_dest {
+            self.changed();
         }
+    }
+
+    /// Tells every worker, this one too, to copy the keys and limits again before its next
+    /// packet: a rare event, and no change another worker made meanwhile is missed.
+    fn changed(&self) {
+        self.shared.generation.fetch_add(1, Ordering::AcqRel);
     }
 
     fn limits(&self) -> HashMap<SocketAddr, usize> {
@@ -460,18 +462,14 @@ impl Forwarder {
             .unwrap_or_default()
     }
 
-    /// Takes up limits another worker found: one atomic load when there are none.
-    fn sync_limits(&mut self) {
-        let g = self.shared.limits_gen.load(Ordering::Acquire);
-        if g != self.limits_gen {
+    /// Takes up keys and limits another worker changed: one atomic load when nothing did.
+    fn sync(&mut self) {
+        let g = self.shared.generation.load(Ordering::Acquire);
+        if g != self.generation {
+            self.crypto = lock(&self.shared.crypto).clone();
             self.frag.per_dest = self.limits();
-            self.limits_gen = g;
+            self.generation = g;
         }
-    }
-
-    /// Whether `peer` has keys (and must send only encrypted datagrams).
-    fn keyed(&self, peer: PeerName) -> bool {
-        read(&self.shared.crypto).contains_key(&peer)
     }
 
     /// A probe of `size` bytes (or, with `ack`, the answer to one) to neighbour `peer` at
@@ -560,49 +558,24 @@ impl Forwarder {
     /// not change keep their counters and replay windows.
     /// Shared by all workers: give them to one.
     pub fn set_keys(&mut self, peer: PeerName, keys: &PeerKeys) {
-        let mut crypto = write(&self.shared.crypto);
+        let mut crypto = lock(&self.shared.crypto);
         if keys.send.is_none() && keys.recv.is_empty() {
             crypto.remove(&peer);
-            return;
+        } else {
+            update_keys(crypto.entry(peer).or_default(), keys);
         }
-        let pc = crypto.entry(peer).or_default();
-        pc.send = match (&keys.send, pc.send.take()) {
-            (Some((e, s)), Some(cur)) if cur.epoch == *e && Arc::ptr_eq(s, &cur.secret) => {
-                Some(cur)
-            }
-            (Some((e, s)), _) => Some(SendKey {
-                epoch: *e,
-                secret: s.clone(),
-                key: DataKey::new(*e, s),
-                counter: AtomicU64::new(0),
-            }),
-            (None, _) => None,
-        };
-        let mut old = std::mem::take(&mut pc.recv);
-        for (e, s) in &keys.recv {
-            match old
-                .iter()
-                .position(|k| k.epoch == *e && Arc::ptr_eq(&k.secret, s))
-            {
-                Some(i) => pc.recv.push(old.swap_remove(i)),
-                None => pc.recv.push(RecvKey {
-                    epoch: *e,
-                    secret: s.clone(),
-                    key: DataKey::new(*e, s),
-                    window: Mutex::new(ReplayWindow::default()),
-                }),
-            }
-        }
+        drop(crypto);
+        self.changed();
     }
 
     /// Whether traffic with `peer` is encrypted.
     pub fn is_encrypted(&self, peer: PeerName) -> bool {
-        self.keyed(peer)
+        lock(&self.shared.crypto).contains_key(&peer)
     }
 
     /// The neighbours whose traffic is encrypted, sorted.
     pub fn encrypted_peers(&self) -> Vec<PeerName> {
-        let mut v: Vec<PeerName> = read(&self.shared.crypto).keys().copied().collect();
+        let mut v: Vec<PeerName> = lock(&self.shared.crypto).keys().copied().collect();
         v.sort();
         v
     }
@@ -680,7 +653,7 @@ impl Forwarder {
             self.stats.dropped_proxy_arp += 1;
             return;
         }
-        self.sync_limits();
+        self.sync();
         let dst_peer = {
             let mut macs = lock(&self.shared.macs);
             macs.learn(now, eth.src(), MacOwner::Local);
@@ -729,7 +702,7 @@ impl Forwarder {
         datagram: &mut [u8],
         out: &mut impl Output,
     ) {
-        self.sync_limits();
+        self.sync();
         if let Ok(Datagram::Fragment {
             sender,
             id,
@@ -768,7 +741,7 @@ impl Forwarder {
                     gso,
                     ..
                 }) => {
-                    if self.keyed(sender) {
+                    if self.crypto.contains_key(&sender) {
                         self.stats.dropped_plaintext += 1;
                         return;
                     }
@@ -780,7 +753,7 @@ impl Forwarder {
                     (sender, src, dst, relay_only, gso, at, datagram.len())
                 }
                 Ok(Datagram::Heartbeat { sender, .. }) => {
-                    if self.keyed(sender) {
+                    if self.crypto.contains_key(&sender) {
                         self.stats.dropped_plaintext += 1;
                         return;
                     }
@@ -794,7 +767,7 @@ impl Forwarder {
                     seq,
                     size,
                 }) => {
-                    if self.keyed(sender) {
+                    if self.crypto.contains_key(&sender) {
                         self.stats.dropped_plaintext += 1;
                         return;
                     }
@@ -936,6 +909,7 @@ impl Forwarder {
         datagram: &[u8],
         out: &mut impl Output,
     ) {
+        self.sync();
         let Ok(Datagram::Heartbeat { conn_uid, .. }) = Datagram::decode(datagram) else {
             self.stats.dropped_malformed += 1;
             return;
@@ -954,8 +928,7 @@ impl Forwarder {
         inner: &[&[u8]],
         out: &mut impl Output,
     ) {
-        let crypto = read(&self.shared.crypto);
-        match crypto.get(&peer) {
+        match self.crypto.get(&peer) {
             None => out.send(to, &[plain]),
             Some(pc) => {
                 match seal(self.table.local, pc, &mut self.scratch.0, inner) {
@@ -974,8 +947,8 @@ impl Forwarder {
     /// Authenticates and decrypts an encrypted datagram in place; false (counted) if it must
     /// be dropped.
     fn open(&mut self, sender: PeerName, epoch: u8, counter: u64, datagram: &mut [u8]) -> bool {
-        let crypto = read(&self.shared.crypto);
-        let Some(k) = crypto
+        let Some(k) = self
+            .crypto
             .get(&sender)
             .and_then(|pc| pc.recv.iter().find(|k| k.epoch == epoch))
         else {
@@ -1065,8 +1038,7 @@ impl Forwarder {
         out: &mut impl Output,
     ) {
         let local = self.table.local;
-        let crypto = read(&self.shared.crypto);
-        match crypto.get(&hop) {
+        match self.crypto.get(&hop) {
             None => match gso {
                 None => {
                     let header = sleeve::frame_header(local, src, dst);
@@ -1094,6 +1066,35 @@ impl Forwarder {
             }
         }
         self.stats.sent_datagrams += 1;
+    }
+}
+
+/// Keys that did not change stay the same objects: their counters and replay windows go on.
+fn update_keys(pc: &mut PeerCrypto, keys: &PeerKeys) {
+    pc.send = match (&keys.send, pc.send.take()) {
+        (Some((e, s)), Some(cur)) if cur.epoch == *e && Arc::ptr_eq(s, &cur.secret) => Some(cur),
+        (Some((e, s)), _) => Some(Arc::new(SendKey {
+            epoch: *e,
+            secret: s.clone(),
+            key: DataKey::new(*e, s),
+            counter: AtomicU64::new(0),
+        })),
+        (None, _) => None,
+    };
+    let mut old = std::mem::take(&mut pc.recv);
+    for (e, s) in &keys.recv {
+        match old
+            .iter()
+            .position(|k| k.epoch == *e && Arc::ptr_eq(&k.secret, s))
+        {
+            Some(i) => pc.recv.push(old.swap_remove(i)),
+            None => pc.recv.push(Arc::new(RecvKey {
+                epoch: *e,
+                secret: s.clone(),
+                key: DataKey::new(*e, s),
+                window: Mutex::new(ReplayWindow::default()),
+            })),
+        }
     }
 }
 
@@ -1775,7 +1776,7 @@ mod tests {
         // Both move to epoch 1; b still accepts epoch 0 for a while.
         let (x1, y1) = keys(9);
         let (mut ka, mut kb) = pair(1, &x1, &y1);
-        let kb_old = read(&b.shared.crypto).get(&pn(1)).unwrap().recv[0]
+        let kb_old = lock(&b.shared.crypto).get(&pn(1)).unwrap().recv[0]
             .secret
             .clone();
         kb.recv.insert(0, (0, kb_old));
