@@ -36,6 +36,7 @@ fn crypto_settings() -> CryptoSettings {
         psks: vec![psk],
         trusted: Vec::new(),
         rekey_interval: crypto::REKEY_INTERVAL,
+        offer_aes_gcm: true,
         entropy: e,
     }
 }

@@ -341,6 +341,7 @@ mod tests {
                         info: "sleeve aa:00:00:00:00:02(host2)".into(),
                         attrs: [("mtu".to_string(), "1438".to_string())].into(),
                         key_epoch: None,
+                        cipher: None,
                         overlay_reason: Some("fast path disabled on the peer".into()),
                     },
                     ConnectionReport {
@@ -350,6 +351,7 @@ mod tests {
                         info: "connect: connection refused, retry: 2026-11-24 10:00:00".into(),
                         attrs: Default::default(),
                         key_epoch: None,
+                        cipher: None,
                         overlay_reason: None,
                     },
                 ],

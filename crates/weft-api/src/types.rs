@@ -269,6 +269,9 @@ pub struct ConnectionReport {
     /// With encrypted data: the key epoch in use (it advances with every rekey, mod 256).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_epoch: Option<u8>,
+    /// With encrypted data: the AEAD sealing it, `aes-256-gcm` or `chacha20-poly1305`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cipher: Option<String>,
     /// Why data goes by sleeve although the fast path could be used (e.g. VXLAN blocked).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub overlay_reason: Option<String>,

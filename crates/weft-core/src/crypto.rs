@@ -14,8 +14,11 @@
 //!   new ephemeral exchange (`Noise_NNpsk0`, keyed by the current chaining key) inside the
 //!   encrypted control channel, giving the data plane a fresh epoch; old and new receive keys
 //!   overlap for [`KEY_OVERLAP`] so nothing in flight is lost.
-//! - Data packets: ChaCha20-Poly1305 with the 64-bit packet counter as nonce, the clear header
-//!   as associated data, a sliding window that rejects replays and very old packets.
+//! - Data packets: an AEAD with the 64-bit packet counter as nonce, the clear header as
+//!   associated data, a sliding window that rejects replays and very old packets. The AEAD
+//!   is AES-256-GCM when both routers' CPUs have AES instructions (about 3.5 times faster
+//!   there), else ChaCha20-Poly1305 (see [`DataCipher`]). Both headers, which carry that
+//!   choice, are bound into the handshake's prologue, so a changed header fails it.
 //! - Every secret we hold (PSKs, keys, chaining keys) is wiped on drop (`zeroize`). The
 //!   control channel's AEAD is RustCrypto's `chacha20poly1305` (its key state is wiped on drop
 //!   too); the data plane's is ring's, which does not wipe its key copy (see [`DataKey`]).
@@ -41,10 +44,85 @@ pub const TAG_LEN: usize = 16;
 
 const HANDSHAKE: &str = "Noise_XXpsk0_25519_ChaChaPoly_BLAKE2s";
 const REKEY: &str = "Noise_NNpsk0_25519_ChaChaPoly_BLAKE2s";
+/// The prologue of protocol versions 1 to 3.
 const PROLOGUE: &[u8] = b"weft control v1";
+/// From version 4 the prologue continues with the initiator's and the responder's headers.
+const PROLOGUE_BOUND: &[u8] = b"weft control v4";
 const PSK_SALT: &[u8] = b"weft overlay network psk v1";
 
 pub type Secret = Zeroizing<[u8; 32]>;
+
+/// The Noise prologue of a connection that negotiated `version`, whose dialling side sent
+/// `initiator_header` and whose accepting side sent `responder_header`. From version 4 it
+/// holds both headers: a header changed in transit (a flag stripped to steer the cipher, a
+/// version range narrowed) makes the two sides' prologues differ, and the handshake fails.
+pub fn prologue(version: u8, initiator_header: &[u8], responder_header: &[u8]) -> Vec<u8> {
+    if version < weft_proto::control::VERSION_BOUND_HEADERS {
+        return PROLOGUE.to_vec();
+    }
+    [PROLOGUE_BOUND, initiator_header, responder_header].concat()
+}
+
+/// The data plane's AEAD on one connection.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum DataCipher {
+    /// RFC 8439, the only cipher of routers before protocol version 4, and the choice
+    /// whenever either side lacks AES instructions (constant time in software).
+    #[default]
+    ChaCha20Poly1305,
+    /// AES-256-GCM: on CPUs with AES and carry-less multiply instructions (every x86-64
+    /// server since 2010, ARMv8 with the crypto extension) ring seals 1400-byte packets
+    /// about 3 times and 64 KB super-frames about 3.7 times faster than ChaCha20-Poly1305.
+    Aes256Gcm,
+}
+
+impl DataCipher {
+    pub fn name(self) -> &'static str {
+        match self {
+            DataCipher::ChaCha20Poly1305 => "chacha20-poly1305",
+            DataCipher::Aes256Gcm => "aes-256-gcm",
+        }
+    }
+
+    /// Whether this CPU runs AES-GCM in hardware. Without it ring's AES is a slow
+    /// (bit-sliced) fallback, so such a router does not offer it.
+    pub fn aes_in_hardware() -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            std::arch::is_x86_feature_detected!("aes")
+                && std::arch::is_x86_feature_detected!("pclmulqdq")
+        }
+        #[cfg(target_arch = "aarch64")]
+        {
+            std::arch::is_aarch64_feature_detected!("aes")
+                && std::arch::is_aarch64_feature_detected!("pmull")
+        }
+        #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+        {
+            false
+        }
+    }
+
+    /// The cipher two routers use: AES-256-GCM when the negotiated version binds the
+    /// headers and both offered it.
+    pub fn negotiate(version: u8, ours: bool, theirs: bool) -> DataCipher {
+        if version >= weft_proto::control::VERSION_BOUND_HEADERS && ours && theirs {
+            DataCipher::Aes256Gcm
+        } else {
+            DataCipher::ChaCha20Poly1305
+        }
+    }
+}
+
+impl std::str::FromStr for DataCipher {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        [DataCipher::ChaCha20Poly1305, DataCipher::Aes256Gcm]
+            .into_iter()
+            .find(|c| c.name() == s)
+            .ok_or_else(|| format!("unknown cipher {s:?}: use aes-256-gcm or chacha20-poly1305"))
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CryptoError {
@@ -219,12 +297,13 @@ impl Handshake {
     pub fn initiator(
         static_key: &[u8; 32],
         psk: &[u8; 32],
+        prologue: &[u8],
         entropy: &SharedEntropy,
     ) -> Result<(Handshake, Vec<u8>), CryptoError> {
         let mut hs = builder(entropy)
             .local_private_key(static_key)
             .and_then(|b| b.psk(0, psk))
-            .and_then(|b| b.prologue(PROLOGUE))
+            .and_then(|b| b.prologue(prologue))
             .and_then(|b| b.build_initiator())
             .map_err(internal)?;
         let mut msg = vec![0u8; 256];
@@ -243,6 +322,7 @@ impl Handshake {
     pub fn responder(
         static_key: &[u8; 32],
         psks: &[Secret],
+        prologue: &[u8],
         entropy: &SharedEntropy,
     ) -> Result<Handshake, CryptoError> {
         let mut states = Vec::new();
@@ -250,7 +330,7 @@ impl Handshake {
             let hs = builder(entropy)
                 .local_private_key(static_key)
                 .and_then(|b| b.psk(0, psk))
-                .and_then(|b| b.prologue(PROLOGUE))
+                .and_then(|b| b.prologue(prologue))
                 .and_then(|b| b.build_responder())
                 .map_err(internal)?;
             states.push((i, hs));
@@ -518,11 +598,15 @@ impl ReplayWindow {
 
 /// A data-plane key for one direction of one epoch.
 ///
-/// Sealed with ring's ChaCha20-Poly1305 (the same RFC 8439 construction and nonce layout as
-/// the control channel's RustCrypto cipher, so the wire format is unchanged): on these
-/// machines it is about three times faster, and the AEAD was half of an encrypted sleeve's
-/// CPU. ring does not wipe its key copy when dropped; the secret it is made from is wiped,
-/// and data keys last two minutes (see the README's encryption section for the trade).
+/// Sealed with ring's AEADs: its ChaCha20-Poly1305 is the same RFC 8439 construction and
+/// nonce layout as the control channel's RustCrypto cipher and about three times faster;
+/// its AES-256-GCM runs on the CPU's AES instructions, three to four times faster again.
+/// ring does not wipe its key copy when dropped; the secret it is made from is wiped, and
+/// data keys last two minutes (see the README's encryption section for the trade).
+///
+/// AES-GCM's 96-bit nonce is the same 4 zero bytes and 64-bit counter, unique per key. Its
+/// bound on the data one key may seal (confidentiality lost with probability about
+/// blocks² / 2¹²⁸) stays below 2⁻⁶⁰ at 10 Gbit/s for the two minutes a key lives.
 pub struct DataKey {
     pub epoch: u8,
     key: ring::aead::LessSafeKey,
@@ -535,9 +619,18 @@ fn ring_nonce(counter: u64) -> ring::aead::Nonce {
 }
 
 impl DataKey {
-    pub fn new(epoch: u8, key: &[u8; 32]) -> Self {
-        let unbound = ring::aead::UnboundKey::new(&ring::aead::CHACHA20_POLY1305, key)
-            .expect("a 32-byte key is a ChaCha20-Poly1305 key");
+    pub fn new(epoch: u8, cipher: DataCipher, key: &[u8; 32]) -> Self {
+        let unbound = match cipher {
+            DataCipher::ChaCha20Poly1305 => {
+                ring::aead::UnboundKey::new(&ring::aead::CHACHA20_POLY1305, key)
+            }
+            // A key of its own, so no secret ever keys two algorithms.
+            DataCipher::Aes256Gcm => ring::aead::UnboundKey::new(
+                &ring::aead::AES_256_GCM,
+                kdf(key, b"weft data aes-256-gcm").as_ref(),
+            ),
+        }
+        .expect("a 32-byte key fits both AEADs");
         DataKey {
             epoch,
             key: ring::aead::LessSafeKey::new(unbound),
@@ -549,7 +642,7 @@ impl DataKey {
         let tag = self
             .key
             .seal_in_place_separate_tag(ring_nonce(counter), ring::aead::Aad::from(aad), buf)
-            .expect("ChaCha20-Poly1305 encrypts any datagram");
+            .expect("the AEADs seal any datagram (up to 256 GB)");
         let mut out = [0u8; TAG_LEN];
         out.copy_from_slice(tag.as_ref());
         out
@@ -577,17 +670,19 @@ impl DataKey {
 }
 
 /// Key material shared from the control plane to the data plane: which epoch to send with,
-/// which epochs to accept.
+/// which epochs to accept, and the AEAD the connection negotiated.
 #[derive(Clone, Default)]
 pub struct PeerKeys {
     pub send: Option<(u8, Arc<Secret>)>,
     pub recv: Vec<(u8, Arc<Secret>)>,
+    pub cipher: DataCipher,
 }
 
 impl std::fmt::Debug for PeerKeys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Never print key material.
         f.debug_struct("PeerKeys")
+            .field("cipher", &self.cipher)
             .field("send_epoch", &self.send.as_ref().map(|s| s.0))
             .field(
                 "recv_epochs",
@@ -606,7 +701,7 @@ impl PartialEq for PeerKeys {
                 .map(|(e, k)| (*e, Arc::as_ptr(k)))
                 .collect::<Vec<_>>()
         };
-        s(self) == s(other) && r(self) == r(other)
+        s(self) == s(other) && r(self) == r(other) && self.cipher == other.cipher
     }
 }
 
@@ -680,8 +775,8 @@ mod tests {
         let e = SeededEntropy::new(1);
         let (si, sr) = (keys(&e), keys(&e));
         let r_psks: Vec<Secret> = r_psks.iter().map(|p| cheap_psk(p)).collect();
-        let (mut i, m1) = Handshake::initiator(&si, &cheap_psk(i_psk), &e)?;
-        let mut r = Handshake::responder(&sr, &r_psks, &e)?;
+        let (mut i, m1) = Handshake::initiator(&si, &cheap_psk(i_psk), PROLOGUE, &e)?;
+        let mut r = Handshake::responder(&sr, &r_psks, PROLOGUE, &e)?;
         let m2 = r.read(&m1)?.expect("responder answers");
         let m3 = i.read(&m2)?.expect("initiator sends the last message");
         assert!(r.read(&m3)?.is_none());
@@ -725,7 +820,7 @@ mod tests {
         let e = SeededEntropy::new(2);
         let (si, sr) = (keys(&e), keys(&e));
         let psk = cheap_psk("p");
-        let (_, m1) = Handshake::initiator(&si, &psk, &e).unwrap();
+        let (_, m1) = Handshake::initiator(&si, &psk, PROLOGUE, &e).unwrap();
         for bad in [
             m1[..m1.len() - 1].to_vec(),
             {
@@ -735,13 +830,14 @@ mod tests {
             },
             vec![],
         ] {
-            let mut r = Handshake::responder(&sr, std::slice::from_ref(&psk), &e).unwrap();
+            let mut r =
+                Handshake::responder(&sr, std::slice::from_ref(&psk), PROLOGUE, &e).unwrap();
             assert!(r.read(&bad).is_err());
         }
         // A replayed first message gets a fresh answer, but the replayer cannot finish.
-        let mut r = Handshake::responder(&sr, std::slice::from_ref(&psk), &e).unwrap();
+        let mut r = Handshake::responder(&sr, std::slice::from_ref(&psk), PROLOGUE, &e).unwrap();
         let m2 = r.read(&m1).unwrap().unwrap();
-        let mut r2 = Handshake::responder(&sr, &[psk], &e).unwrap();
+        let mut r2 = Handshake::responder(&sr, &[psk], PROLOGUE, &e).unwrap();
         let m2b = r2.read(&m1).unwrap().unwrap();
         assert_ne!(m2, m2b, "fresh ephemeral keys each time");
         assert!(
@@ -787,8 +883,9 @@ mod tests {
         let t = std::time::Instant::now();
         let n = 200;
         for _ in 0..n {
-            let (mut i, m1) = Handshake::initiator(&si, &psk, &e).unwrap();
-            let mut r = Handshake::responder(&sr, std::slice::from_ref(&psk), &e).unwrap();
+            let (mut i, m1) = Handshake::initiator(&si, &psk, PROLOGUE, &e).unwrap();
+            let mut r =
+                Handshake::responder(&sr, std::slice::from_ref(&psk), PROLOGUE, &e).unwrap();
             let m2 = r.read(&m1).unwrap().unwrap();
             let m3 = i.read(&m2).unwrap().unwrap();
             r.read(&m3).unwrap();
@@ -847,22 +944,100 @@ mod tests {
 
     #[test]
     fn data_keys_round_trip_and_reject_tampering() {
-        let k = DataKey::new(0, &[9u8; 32]);
-        let mut buf = b"a frame".to_vec();
-        let tag = k.seal(5, b"hdr", &mut buf);
-        let mut bad = buf.clone();
-        bad[0] ^= 1;
-        assert!(k.open(5, b"hdr", &mut bad, &tag).is_err());
-        assert!(
-            k.open(6, b"hdr", &mut buf.clone(), &tag).is_err(),
-            "wrong counter"
+        for cipher in [DataCipher::ChaCha20Poly1305, DataCipher::Aes256Gcm] {
+            let k = DataKey::new(0, cipher, &[9u8; 32]);
+            let mut buf = b"a frame".to_vec();
+            let tag = k.seal(5, b"hdr", &mut buf);
+            let mut bad = buf.clone();
+            bad[0] ^= 1;
+            assert!(k.open(5, b"hdr", &mut bad, &tag).is_err(), "{cipher:?}");
+            assert!(
+                k.open(6, b"hdr", &mut buf.clone(), &tag).is_err(),
+                "{cipher:?}: wrong counter"
+            );
+            assert!(
+                k.open(5, b"hdX", &mut buf.clone(), &tag).is_err(),
+                "{cipher:?}: header is authenticated"
+            );
+            let mut bad_tag = tag;
+            bad_tag[15] ^= 0x80;
+            assert!(k.open(5, b"hdr", &mut buf.clone(), &bad_tag).is_err());
+            k.open(5, b"hdr", &mut buf, &tag).unwrap();
+            assert_eq!(buf, b"a frame");
+        }
+    }
+
+    /// One secret under the two ciphers gives unrelated keys: neither opens the other's
+    /// datagrams, and AES-GCM is not keyed with the ChaCha20 key itself.
+    #[test]
+    fn the_two_ciphers_never_share_a_key() {
+        let secret = [5u8; 32];
+        let chacha = DataKey::new(0, DataCipher::ChaCha20Poly1305, &secret);
+        let aes = DataKey::new(0, DataCipher::Aes256Gcm, &secret);
+        let raw_aes = ring::aead::LessSafeKey::new(
+            ring::aead::UnboundKey::new(&ring::aead::AES_256_GCM, &secret).unwrap(),
         );
+        let plain = b"sixty-four bytes or so of a frame, sealed by one and opened by other";
+        let mut a = plain.to_vec();
+        let tag = aes.seal(9, b"h", &mut a);
+        assert!(chacha.open(9, b"h", &mut a.clone(), &tag).is_err());
+        let mut c = plain.to_vec();
+        let ctag = chacha.seal(9, b"h", &mut c);
+        assert!(aes.open(9, b"h", &mut c.clone(), &ctag).is_err());
+        let mut r = plain.to_vec();
+        let rtag = raw_aes
+            .seal_in_place_separate_tag(ring_nonce(9), ring::aead::Aad::from(b"h"), &mut r)
+            .unwrap();
+        assert_ne!((r, rtag.as_ref().to_vec()), (a, tag.to_vec()));
+    }
+
+    #[test]
+    fn cipher_is_aes_only_when_both_offer_it_on_a_bound_version() {
+        use DataCipher::*;
+        let v = weft_proto::control::VERSION_BOUND_HEADERS;
+        assert_eq!(DataCipher::negotiate(v, true, true), Aes256Gcm);
+        assert_eq!(DataCipher::negotiate(v, true, false), ChaCha20Poly1305);
+        assert_eq!(DataCipher::negotiate(v, false, true), ChaCha20Poly1305);
+        assert_eq!(DataCipher::negotiate(v - 1, true, true), ChaCha20Poly1305);
+        for c in [ChaCha20Poly1305, Aes256Gcm] {
+            assert_eq!(c.name().parse::<DataCipher>(), Ok(c));
+        }
+        assert!("aes".parse::<DataCipher>().is_err());
+    }
+
+    /// From version 4 the prologue holds both headers: a header changed in transit makes
+    /// the handshake fail; before it, the prologue is what older routers use.
+    #[test]
+    fn a_header_changed_in_transit_fails_the_handshake() {
+        use weft_proto::control::{FLAG_AES_GCM, FLAG_ENCRYPTED, encode_header};
+        let e: SharedEntropy = SeededEntropy::new(11);
+        let psk = cheap_psk("pw");
+        let (si, sr) = (keys(&e), keys(&e));
+        let both = FLAG_ENCRYPTED | FLAG_AES_GCM;
+        let (hi, hr) = (encode_header(1, 4, both), encode_header(1, 4, both));
+        let stripped = encode_header(1, 4, FLAG_ENCRYPTED);
+        assert_eq!(prologue(3, &hi, &hr), PROLOGUE);
+        let run = |pi: Vec<u8>, pr: Vec<u8>| -> Result<(), CryptoError> {
+            let (mut i, m1) = Handshake::initiator(&si, &psk, &pi, &e)?;
+            let mut r = Handshake::responder(&sr, std::slice::from_ref(&psk), &pr, &e)?;
+            let m2 = r.read(&m1)?.expect("message 2");
+            let m3 = i.read(&m2)?.expect("message 3");
+            r.read(&m3)?;
+            i.finish()?;
+            r.finish()?;
+            Ok(())
+        };
+        run(prologue(4, &hi, &hr), prologue(4, &hi, &hr)).unwrap();
+        // The responder saw the initiator's AES flag stripped.
+        assert!(run(prologue(4, &hi, &hr), prologue(4, &stripped, &hr)).is_err());
+        // The initiator saw the responder's version range narrowed to 3.
         assert!(
-            k.open(5, b"hdX", &mut buf.clone(), &tag).is_err(),
-            "header is authenticated"
+            run(
+                prologue(3, &hi, &encode_header(1, 3, both)),
+                prologue(4, &hi, &hr)
+            )
+            .is_err()
         );
-        k.open(5, b"hdr", &mut buf, &tag).unwrap();
-        assert_eq!(buf, b"a frame");
     }
 
     /// Routers from before the switch to ring sealed data with RustCrypto: both directions
@@ -871,7 +1046,7 @@ mod tests {
     fn data_keys_interoperate_with_the_rustcrypto_construction() {
         let key = [7u8; 32];
         let rc = ChaCha20Poly1305::new(Key::from_slice(&key));
-        let k = DataKey::new(1, &key);
+        let k = DataKey::new(1, DataCipher::ChaCha20Poly1305, &key);
         for len in [0usize, 1, 63, 64, 1400, 65_000] {
             let plain: Vec<u8> = (0..len).map(|i| (i * 31 % 251) as u8).collect();
             let counter = 0x0102_0304_0506 + len as u64;

@@ -94,6 +94,9 @@ pub struct Config {
     /// Sleeve data-plane workers, each with a TAP queue and a socket of its own; 0: one per
     /// core (`--sleeve-workers`).
     pub sleeve_workers: usize,
+    /// The data cipher to offer with a password (`--data-cipher`); `None`: AES-256-GCM if
+    /// this CPU has AES instructions, else ChaCha20-Poly1305.
+    pub data_cipher: Option<weft_core::crypto::DataCipher>,
 }
 
 /// The most sleeve workers one may ask for (a TAP has at most 256 queues).
@@ -553,6 +556,10 @@ pub async fn run_with(
             trusted: cfg.trusted_subnets.clone(),
             rekey_interval: weft_core::crypto::REKEY_INTERVAL,
             entropy,
+            offer_aes_gcm: match cfg.data_cipher {
+                None => weft_core::crypto::DataCipher::aes_in_hardware(),
+                Some(c) => c == weft_core::crypto::DataCipher::Aes256Gcm,
+            },
         })
     };
     let router_cfg = RouterConfig {
@@ -1022,6 +1029,7 @@ mod validate_tests {
             fastdp: true,
             docker: None,
             sleeve_workers: 0,
+            data_cipher: None,
         }
     }
 

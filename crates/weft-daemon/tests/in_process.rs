@@ -34,6 +34,7 @@ fn config(host: &weft_testbed::Host, peers: Vec<String>) -> Config {
         fastdp: true,
         docker: None,
         sleeve_workers: 2,
+        data_cipher: None,
     }
 }
 

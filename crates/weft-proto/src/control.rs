@@ -21,6 +21,10 @@ pub const MAGIC: &[u8; 4] = b"weft";
 pub const HEADER_LEN: usize = 7;
 /// Header flag: this side requires an encrypted (password) connection.
 pub const FLAG_ENCRYPTED: u8 = 1;
+/// Header flag (version 4 on): this side seals data with AES-256-GCM fast (its CPU has AES
+/// instructions). Data is sealed with AES-256-GCM when both headers carry it, else with
+/// ChaCha20-Poly1305.
+pub const FLAG_AES_GCM: u8 = 2;
 /// Handshake frame types.
 pub const HANDSHAKE_MSG: u8 = 0;
 pub const HANDSHAKE_ERROR: u8 = 1;
@@ -30,7 +34,11 @@ pub const PROTOCOL_MIN: u8 = 1;
 /// digests of the other channels' states ([`ControlMsg::StateDigest`]); connections the user
 /// asked for marked [`ControlMsg::Pinned`].
 /// 3: what the topology broadcast tree missed repaired at once ([`ControlMsg::TopologyHave`]).
-pub const PROTOCOL_MAX: u8 = 3;
+/// 4: both headers are bound into the encryption handshake (so a header changed in transit
+/// fails it), and the data cipher is chosen by [`FLAG_AES_GCM`].
+pub const PROTOCOL_MAX: u8 = 4;
+/// The first version whose handshake binds the headers and whose headers choose the cipher.
+pub const VERSION_BOUND_HEADERS: u8 = 4;
 /// Largest control message accepted. A full topology of 1000 peers with 200 connections each
 /// is about 6 MB in postcard; anything larger is hostile or broken.
 pub const MAX_FRAME_LEN: usize = 16 * 1024 * 1024;

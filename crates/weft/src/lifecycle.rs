@@ -228,6 +228,7 @@ pub fn router(cli: &Cli, args: &RouterArgs) -> Result<()> {
         trusted_subnets: args.trusted_subnets()?,
         fastdp: !args.no_fastdp(),
         sleeve_workers: args.sleeve_workers,
+        data_cipher: args.data_cipher.0,
         docker: args.docker(&cli.run_dir)?,
         dns: (!args.no_dns).then(|| weft_daemon::DnsSettings {
             domain: args.dns_domain.clone(),

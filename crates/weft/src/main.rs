@@ -208,6 +208,19 @@ enum Cmd {
     },
 }
 
+/// `--data-cipher`: `auto` (`None`) offers AES-256-GCM where the CPU runs it in hardware.
+#[derive(Clone, Copy, Debug)]
+pub struct DataCipherChoice(Option<weft_core::crypto::DataCipher>);
+
+fn parse_data_cipher(s: &str) -> Result<DataCipherChoice, String> {
+    match s {
+        "auto" => Ok(DataCipherChoice(None)),
+        _ => s.parse().map(|c| DataCipherChoice(Some(c))).map_err(|_| {
+            format!("unknown cipher {s:?}: use auto, aes-256-gcm or chacha20-poly1305")
+        }),
+    }
+}
+
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum PasswordAction {
     Add,
@@ -270,6 +283,11 @@ pub struct RouterArgs {
     /// core, at most 8; also WEFT_SLEEVE_WORKERS).
     #[arg(long, env = "WEFT_SLEEVE_WORKERS", default_value_t = 0)]
     sleeve_workers: usize,
+    /// With a password, the cipher this router offers for data: auto (AES-256-GCM if the CPU
+    /// has AES instructions), aes-256-gcm or chacha20-poly1305. A connection uses
+    /// AES-256-GCM when both ends offer it, else ChaCha20-Poly1305 (also WEFT_DATA_CIPHER).
+    #[arg(long, env = "WEFT_DATA_CIPHER", default_value = "auto", value_parser = parse_data_cipher)]
+    data_cipher: DataCipherChoice,
     /// The DNS domain containers' names live in.
     #[arg(long, default_value = "weave.local.")]
     dns_domain: String,
@@ -428,6 +446,10 @@ impl RouterArgs {
         opt(
             "sleeve-workers",
             (self.sleeve_workers != 0).then(|| self.sleeve_workers.to_string()),
+        );
+        opt(
+            "data-cipher",
+            self.data_cipher.0.map(|c| c.name().to_string()),
         );
         if !self.trusted_subnets.is_empty() {
             opt("trusted-subnets", Some(self.trusted_subnets.clone()));

@@ -356,6 +356,72 @@ fn rolling_password_change_keeps_pings_flowing() -> Result<()> {
     Ok(())
 }
 
+/// Each connection seals data with the cipher both ends offer: AES-256-GCM between routers
+/// that offer it, ChaCha20-Poly1305 with one that does not (`--data-cipher`, as on a CPU
+/// without AES instructions). Every pairing carries container traffic, never in clear, and
+/// `weft report` says which cipher each connection uses.
+#[test]
+fn each_connection_seals_with_the_cipher_both_ends_offer() -> Result<()> {
+    let Some(mut tb) = weft_testbed::for_test("ciph", 3, Path::new(WEFT)) else {
+        return Ok(());
+    };
+    let cap = tb.capture("udp port 6783")?;
+    let (h1, h2) = (tb.host(1).ip.to_string(), tb.host(2).ip.to_string());
+    tb.launch(1, &["--password=pw", "--data-cipher=aes-256-gcm"])?;
+    tb.launch(2, &["--password=pw", "--data-cipher=aes-256-gcm", &h1])?;
+    tb.launch(
+        3,
+        &["--password=pw", "--data-cipher=chacha20-poly1305", &h1, &h2],
+    )?;
+    let mut cs = Vec::new();
+    for i in 1..=3 {
+        wait_established(&tb, i, 2)?;
+        wait_direct_routes(&tb, i, 2)?;
+        let c = tb.container(&format!("c{i}"))?;
+        tb.weft_ok(i, &["attach", &format!("10.32.0.{i}/12"), &c])?;
+        cs.push(c);
+    }
+    for (a, b) in [(0, 1), (1, 2), (2, 0)] {
+        let dst = format!("10.32.0.{}", b + 1);
+        tb.wait_ping(&cs[a], &dst, CONVERGE)?;
+        ping_marker(&tb, &cs[a], &dst, 3)?;
+    }
+    let hosts: Vec<String> = (1..=3).map(|i| format!("{}:", tb.host(i).ip)).collect();
+    for i in 1..=3 {
+        let r = report(&tb, i)?;
+        assert_eq!(
+            r.router.connections.len(),
+            2,
+            "h{i}: {:?}",
+            r.router.connections
+        );
+        for c in &r.router.connections {
+            // Inbound or outbound, the address is the peer's underlay address.
+            let peer = 1 + hosts
+                .iter()
+                .position(|h| c.address.starts_with(h.as_str()))
+                .context("a connection to a host of the bed")?;
+            let want = if i != 3 && peer != 3 {
+                "aes-256-gcm"
+            } else {
+                "chacha20-poly1305"
+            };
+            assert_eq!(c.cipher.as_deref(), Some(want), "h{i}: {c:?}");
+        }
+        assert_eq!(r.router.stats["dropped_auth_failed"], 0, "h{i}");
+        assert!(r.router.stats["datagrams_decrypted"] >= 6, "h{i}");
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let packets = pcap::packets(&cap)?;
+    assert!(packets.len() >= 18, "the pings crossed the capture");
+    assert_eq!(
+        pcap::count_containing(&packets, MARKER),
+        0,
+        "nothing in clear"
+    );
+    Ok(())
+}
+
 /// Peers that trust each other's underlay addresses exchange data in clear (control traffic
 /// stays encrypted); a peer that trusts nobody still gets encrypted data.
 #[test]

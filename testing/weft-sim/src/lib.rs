@@ -190,6 +190,8 @@ pub struct Sim {
     /// Newest control protocol of routers added from now on (older ones stand in for the
     /// previous release).
     pub protocol_max: u8,
+    /// Whether routers added from now on offer AES-256-GCM for encrypted data.
+    pub offer_aes_gcm: bool,
     /// Routers added from now on make a full mesh up to this many peers, a partial view past.
     pub full_mesh_peers: usize,
     /// The largest control message any router has sent so far (bytes on the wire).
@@ -242,6 +244,7 @@ impl Sim {
             fastdp: false,
             gossip_chunk: weft_proto::MAX_GOSSIP_CHUNK,
             protocol_max: weft_proto::control::PROTOCOL_MAX,
+            offer_aes_gcm: true,
             full_mesh_peers: weft_core::mesh::FULL_MESH_PEERS,
             max_message: 0,
             tcp_bytes: 0,
@@ -362,6 +365,7 @@ impl Sim {
             psks: self.psks(passwords),
             trusted: Vec::new(),
             rekey_interval: crypto::REKEY_INTERVAL,
+            offer_aes_gcm: self.offer_aes_gcm,
             entropy: SeededEntropy::new(seed ^ 0xc0ffee),
         });
         let cfg = RouterConfig {

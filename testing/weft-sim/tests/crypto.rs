@@ -229,6 +229,61 @@ fn rekeying_loses_no_traffic() {
     );
 }
 
+/// Each connection picks its data cipher from both ends' headers: AES-256-GCM only between
+/// routers that both offer it and speak version 4; ChaCha20-Poly1305 with a router that does
+/// not offer it (no AES instructions) or an older release. Frames cross every pairing, and
+/// a relay re-seals each hop with that hop's cipher.
+#[test]
+fn each_connection_chooses_its_cipher_and_mixed_meshes_carry_frames() {
+    use weft_core::crypto::DataCipher;
+    let mut sim = Sim::new(test_seed(58));
+    sim.password = Some("pw".into());
+    // 0 and 1: current, with AES; 2: current, without; 3: the previous release.
+    sim.add_node(&[], false);
+    sim.add_node(&[0], false);
+    sim.offer_aes_gcm = false;
+    sim.add_node(&[0, 1], false);
+    sim.offer_aes_gcm = true;
+    sim.protocol_max = weft_proto::control::VERSION_BOUND_HEADERS - 1;
+    sim.add_node(&[0, 1, 2], false);
+    let all = sim.all();
+    sim.run_until(Duration::from_secs(30), CHECK, |s| s.converged(&all))
+        .unwrap();
+    let now = sim.now();
+    for i in 0..4 {
+        let st = sim.nodes[i].node.status(now);
+        let mut seen = 0;
+        for c in st
+            .connections
+            .iter()
+            .filter(|c| c.state == ConnectionState::Established)
+        {
+            let (peer, _) = c.peer.clone().unwrap();
+            let j = (0..4).find(|&j| sim.name_of(j) == peer).unwrap();
+            let want = if i.max(j) <= 1 {
+                DataCipher::Aes256Gcm
+            } else {
+                DataCipher::ChaCha20Poly1305
+            };
+            assert_eq!(c.cipher, Some(want.name()), "h{i} to h{j}");
+            seen += 1;
+        }
+        assert_eq!(seen, 3, "h{i} connects to every other");
+    }
+    for src in 0..4 {
+        sim.send_frame(src, &frame([0xff; 6], mac(src), src as u32));
+    }
+    sim.run_for(Duration::from_secs(2));
+    for (i, n) in sim.nodes.iter().enumerate() {
+        let mut got: Vec<u32> = n.injected.iter().map(|f| seq_of(f)).collect();
+        got.sort_unstable();
+        let want: Vec<u32> = (0..4u32).filter(|&s| s as usize != i).collect();
+        assert_eq!(got, want, "h{i} got each flood once");
+        let s = n.forwarder.stats();
+        assert_eq!((s.dropped_auth, s.dropped_no_key), (0, 0), "h{i}");
+    }
+}
+
 /// Moving three hosts from one password to another, one host at a time, with traffic flowing
 /// the whole time: accept both, dial with the new one, drop the old one. No frame is lost, the
 /// old password then no longer lets anyone in, and the new one does.

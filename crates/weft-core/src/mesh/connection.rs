@@ -165,6 +165,8 @@ pub(super) struct Connection {
     pub phase: Phase,
     /// Negotiated protocol version, once headers are exchanged.
     version: u8,
+    /// The header we sent.
+    sent_header: [u8; control::HEADER_LEN],
     reader: FrameReader,
     pub our_conn_id: u64,
     pub remote: Option<Remote>,
@@ -224,6 +226,7 @@ impl Connection {
             addr,
             phase,
             version: 0,
+            sent_header: [0; control::HEADER_LEN],
             reader: FrameReader::default(),
             our_conn_id: conn_id,
             remote: None,
@@ -322,6 +325,16 @@ impl Connection {
             .map_err(|e| Close::Failure(e.to_string()))?;
         self.version = version;
         let remote_encrypted = flags & control::FLAG_ENCRYPTED != 0;
+        self.secure.data_cipher = crate::crypto::DataCipher::negotiate(
+            version,
+            self.sent_header[6] & control::FLAG_AES_GCM != 0,
+            flags & control::FLAG_AES_GCM != 0,
+        );
+        let prologue = if self.outbound {
+            crate::crypto::prologue(version, &self.sent_header, &header)
+        } else {
+            crate::crypto::prologue(version, &header, &self.sent_header)
+        };
         match (crypto, remote_encrypted) {
             (Some(_), false) => Err(Close::Failure(
                 "password specified, but the peer requested an unencrypted connection".into(),
@@ -341,15 +354,20 @@ impl Connection {
                     let (hs, m1) = crate::crypto::Handshake::initiator(
                         &cr.static_key,
                         &cr.psks[0],
+                        &prologue,
                         &cr.entropy,
                     )
                     .map_err(failed)?;
                     self.secure.handshake = Some(hs);
                     self.send_handshake(control::HANDSHAKE_MSG, &m1, out);
                 } else {
-                    let hs =
-                        crate::crypto::Handshake::responder(&cr.static_key, &cr.psks, &cr.entropy)
-                            .map_err(failed)?;
+                    let hs = crate::crypto::Handshake::responder(
+                        &cr.static_key,
+                        &cr.psks,
+                        &prologue,
+                        &cr.entropy,
+                    )
+                    .map_err(failed)?;
                     self.secure.handshake = Some(hs);
                 }
                 Ok(true)
@@ -665,14 +683,21 @@ impl Connection {
         });
     }
 
-    pub fn send_header(&self, encrypted: bool, protocol_max: u8, out: &mut VecDeque<Action>) {
-        let flags = if encrypted {
-            control::FLAG_ENCRYPTED
-        } else {
-            0
+    /// Our header: the versions we speak, whether we encrypt and (if so) whether we offer
+    /// AES-256-GCM for data. Kept: from version 4 the handshake binds it.
+    pub fn send_header(
+        &mut self,
+        crypto: Option<&CryptoSettings>,
+        protocol_max: u8,
+        out: &mut VecDeque<Action>,
+    ) {
+        let flags = match crypto {
+            None => 0,
+            Some(c) if c.offer_aes_gcm => control::FLAG_ENCRYPTED | control::FLAG_AES_GCM,
+            Some(_) => control::FLAG_ENCRYPTED,
         };
-        let h = control::encode_header(control::PROTOCOL_MIN, protocol_max, flags);
-        self.send_raw(h.to_vec(), out);
+        self.sent_header = control::encode_header(control::PROTOCOL_MIN, protocol_max, flags);
+        self.send_raw(self.sent_header.to_vec(), out);
     }
 
     /// Frames a message body, encrypting it first on encrypted connections.

@@ -165,6 +165,9 @@ pub struct CryptoSettings {
     pub trusted: Vec<ipnet::Ipv4Net>,
     pub rekey_interval: Duration,
     pub entropy: crate::crypto::SharedEntropy,
+    /// Offer AES-256-GCM for data (this CPU has AES instructions): used with peers that
+    /// offer it too, ChaCha20-Poly1305 with the rest.
+    pub offer_aes_gcm: bool,
 }
 
 impl std::fmt::Debug for CryptoSettings {
@@ -174,6 +177,7 @@ impl std::fmt::Debug for CryptoSettings {
             .field("passwords", &self.psks.len())
             .field("trusted", &self.trusted)
             .field("rekey_interval", &self.rekey_interval)
+            .field("offer_aes_gcm", &self.offer_aes_gcm)
             .finish_non_exhaustive()
     }
 }
@@ -514,9 +518,9 @@ impl Router {
         let id = self.alloc_conn();
         let conn_id = self.rng.nonzero_u64();
         let t = &self.cfg.timing;
-        let c = Connection::new(id, false, remote, Phase::Header, now, conn_id, t);
+        let mut c = Connection::new(id, false, remote, Phase::Header, now, conn_id, t);
         c.send_header(
-            self.cfg.crypto.is_some(),
+            self.cfg.crypto.as_ref(),
             self.cfg.protocol_max,
             &mut self.actions,
         );
@@ -532,7 +536,7 @@ impl Router {
                 if let Some(c) = self.conns.get_mut(&conn) {
                     c.handle_dialed(now, &self.cfg.timing);
                     c.send_header(
-                        self.cfg.crypto.is_some(),
+                        self.cfg.crypto.as_ref(),
                         self.cfg.protocol_max,
                         &mut self.actions,
                     );
@@ -1724,6 +1728,10 @@ impl Router {
                 mtu: Some(self.cfg.mtu),
                 encrypted: self.cfg.crypto.as_ref().map(|_| c.secure().data_encrypted),
                 key_epoch: c.secure().data_encrypted.then(|| c.secure().epoch()),
+                cipher: c
+                    .secure()
+                    .data_encrypted
+                    .then(|| c.secure().data_cipher.name()),
                 error: None,
                 retry_in: None,
             });
@@ -1740,6 +1748,7 @@ impl Router {
                     mtu: None,
                     encrypted: None,
                     key_epoch: None,
+                    cipher: None,
                     error: Some(why.clone()),
                     retry_in: None,
                 });
@@ -1764,6 +1773,7 @@ impl Router {
                 mtu: None,
                 encrypted: None,
                 key_epoch: None,
+                cipher: None,
                 error: t.last_error.clone(),
                 retry_in: (state == ConnectionState::Failed && !t.suspended)
                     .then(|| t.retry_at.saturating_duration_since(now)),

@@ -33,6 +33,8 @@ pub(super) struct Secure {
     session: Option<SessionKeys>,
     /// Data is encrypted on this connection (not a trusted pair).
     pub data_encrypted: bool,
+    /// The AEAD the headers chose for data (see [`crypto::DataCipher::negotiate`]).
+    pub data_cipher: crypto::DataCipher,
     chaining: Option<Secret>,
     epoch: u8,
     keys: PeerKeys,
@@ -50,6 +52,7 @@ impl std::fmt::Debug for Secure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Secure")
             .field("data_encrypted", &self.data_encrypted)
+            .field("data_cipher", &self.data_cipher)
             .finish_non_exhaustive()
     }
 }
@@ -80,6 +83,7 @@ impl Secure {
         self.keys = PeerKeys {
             send: Some((0, Arc::new(s.data_send))),
             recv: vec![(0, Arc::new(s.data_recv))],
+            cipher: self.data_cipher,
         };
         if outbound {
             self.next_rekey = Some(now + interval);
@@ -213,8 +217,8 @@ mod tests {
         let e: SharedEntropy = SeededEntropy::new(3);
         let psk = derive_psk_with(b"secret", 64, 1);
         let (si, sr) = (generate_static_key(&e).0, generate_static_key(&e).0);
-        let (mut i, m1) = Handshake::initiator(&si, &psk, &e).unwrap();
-        let mut r = Handshake::responder(&sr, std::slice::from_ref(&psk), &e).unwrap();
+        let (mut i, m1) = Handshake::initiator(&si, &psk, b"test", &e).unwrap();
+        let mut r = Handshake::responder(&sr, std::slice::from_ref(&psk), b"test", &e).unwrap();
         let m2 = r.read(&m1).unwrap().unwrap();
         let m3 = i.read(&m2).unwrap().unwrap();
         r.read(&m3).unwrap();

@@ -82,6 +82,8 @@ pub struct ConnectionStatus {
     pub encrypted: Option<bool>,
     /// The data-key epoch in use (rekeys so far, modulo 256).
     pub key_epoch: Option<u8>,
+    /// With encrypted data: the AEAD the two routers chose.
+    pub cipher: Option<&'static str>,
     pub error: Option<String>,
     /// For failed targets: when the next attempt is due, relative to the snapshot.
     pub retry_in: Option<Duration>,

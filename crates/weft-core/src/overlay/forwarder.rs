@@ -1076,7 +1076,7 @@ fn update_keys(pc: &mut PeerCrypto, keys: &PeerKeys) {
         (Some((e, s)), _) => Some(Arc::new(SendKey {
             epoch: *e,
             secret: s.clone(),
-            key: DataKey::new(*e, s),
+            key: DataKey::new(*e, keys.cipher, s),
             counter: AtomicU64::new(0),
         })),
         (None, _) => None,
@@ -1091,7 +1091,7 @@ fn update_keys(pc: &mut PeerCrypto, keys: &PeerKeys) {
             None => pc.recv.push(Arc::new(RecvKey {
                 epoch: *e,
                 secret: s.clone(),
-                key: DataKey::new(*e, s),
+                key: DataKey::new(*e, keys.cipher, s),
                 window: Mutex::new(ReplayWindow::default()),
             })),
         }
@@ -1147,6 +1147,7 @@ fn peer_at(b: &[u8], at: usize) -> PeerName {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::crypto::DataCipher;
     use crate::mesh::routes::BroadcastTrees;
     use std::collections::BTreeMap;
 
@@ -1351,15 +1352,22 @@ mod tests {
     }
 
     /// Keys for a pair: `a` sends with `x`, receives with `y`; `b` the other way round.
-    fn pair(epoch: u8, x: &Arc<Secret>, y: &Arc<Secret>) -> (PeerKeys, PeerKeys) {
+    fn pair(
+        epoch: u8,
+        cipher: DataCipher,
+        x: &Arc<Secret>,
+        y: &Arc<Secret>,
+    ) -> (PeerKeys, PeerKeys) {
         (
             PeerKeys {
                 send: Some((epoch, x.clone())),
                 recv: vec![(epoch, y.clone())],
+                cipher,
             },
             PeerKeys {
                 send: Some((epoch, y.clone())),
                 recv: vec![(epoch, x.clone())],
+                cipher,
             },
         )
     }
@@ -1388,7 +1396,7 @@ mod tests {
             ..Default::default()
         }));
         let (x, y) = keys(7);
-        let (ka, kb) = pair(0, &x, &y);
+        let (ka, kb) = pair(0, DataCipher::Aes256Gcm, &x, &y);
         a.set_keys(pn(2), &ka);
         b.set_keys(pn(1), &kb);
         (a, b)
@@ -1775,7 +1783,7 @@ mod tests {
         let (_, mut old) = out.sent.pop().unwrap();
         // Both move to epoch 1; b still accepts epoch 0 for a while.
         let (x1, y1) = keys(9);
-        let (mut ka, mut kb) = pair(1, &x1, &y1);
+        let (mut ka, mut kb) = pair(1, DataCipher::Aes256Gcm, &x1, &y1);
         let kb_old = lock(&b.shared.crypto).get(&pn(1)).unwrap().recv[0]
             .secret
             .clone();
@@ -1830,9 +1838,10 @@ mod tests {
             ..Default::default()
         }));
         let (x, y) = keys(1);
-        let (k12, k21) = pair(0, &x, &y);
+        // Each hop seals with its own pair's cipher.
+        let (k12, k21) = pair(0, DataCipher::ChaCha20Poly1305, &x, &y);
         let (x, y) = keys(2);
-        let (k23, k32) = pair(0, &x, &y);
+        let (k23, k32) = pair(0, DataCipher::Aes256Gcm, &x, &y);
         f1.set_keys(pn(2), &k12);
         f2.set_keys(pn(1), &k21);
         f2.set_keys(pn(3), &k23);

@@ -120,6 +120,7 @@ impl Service {
                     info,
                     attrs,
                     key_epoch: c.key_epoch,
+                    cipher: c.cipher.map(str::to_string),
                     overlay_reason: c.overlay_reason.clone(),
                 }
             })

@@ -410,6 +410,35 @@ fn weft_pair(
     })
 }
 
+/// `weft-bench hold [LAUNCH ARGS...]`: two weft hosts launched with the given arguments, a
+/// container on each (10.32.0.1 and 10.32.0.2), left up for profiling by hand until the file
+/// it prints is removed; then everything is taken down.
+fn hold(extra: &[String]) -> Result<()> {
+    let weft = weft_testbed::weft_binary()?;
+    let mut tb = Testbed::with_posture("hold", 2, &weft, Posture::Bare)?;
+    let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+    let aip = tb.host(1).ip.to_string();
+    tb.launch(1, &extra)?;
+    let mut with_peer = extra.clone();
+    with_peer.push(&aip);
+    tb.launch(2, &with_peer)?;
+    let (c1, c2) = (tb.container("c1")?, tb.container("c2")?);
+    tb.weft_ok(1, &["attach", "10.32.0.1/12", &c1])?;
+    tb.weft_ok(2, &["attach", "10.32.0.2/12", &c2])?;
+    tb.wait_ping(&c1, "10.32.0.2", std::time::Duration::from_secs(30))?;
+    let flag = std::env::temp_dir().join(format!("weft-hold-{}", std::process::id()));
+    std::fs::write(&flag, "")?;
+    println!(
+        "containers {c1} (10.32.0.1) and {c2} (10.32.0.2); routers {:?}; remove {} to end",
+        router_pids(&tb, [1, 2]),
+        flag.display()
+    );
+    while flag.exists() {
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    Ok(())
+}
+
 /// Kernel VXLAN between the host namespaces of `a` and `b`, as in the shared baseline
 /// (../shared/bench): VNI 4242, port 4789, bridge `bvbr0` holding 10.40.0.<i>/24. With
 /// `veth`, the address is instead in a container namespace plugged into the bridge by a veth
@@ -559,6 +588,7 @@ fn main() -> Result<()> {
         }
         Some("rr-server") => return rr_server(&args[2..]),
         Some("rr-client") => return rr_client(&args[2..]),
+        Some("hold") => return hold(&args[2..]),
         Some("mesh") => {
             return mesh_bench(args.get(2).map(|s| s.parse()).transpose()?.unwrap_or(50));
         }
