@@ -160,7 +160,7 @@ impl Output for Out<'_> {
 }
 
 /// One frame the bridge handed to the TAP, offload header first.
-fn local_frame(fwd: &mut Forwarder, buf: &mut [u8], out: &mut Out<'_>) {
+fn local_frame(fwd: &mut Forwarder, now: Instant, buf: &mut [u8], out: &mut Out<'_>) {
     if buf.len() < GSO_LEN {
         out.io.tap_bad_offload += 1;
         return;
@@ -175,9 +175,9 @@ fn local_frame(fwd: &mut Forwarder, buf: &mut [u8], out: &mut Out<'_>) {
         return;
     }
     if gso.is_gso() {
-        fwd.handle_local_gso(Instant::now(), &gso, frame, out);
+        fwd.handle_local_gso(now, &gso, frame, out);
     } else {
-        fwd.handle_local_frame(Instant::now(), frame, out);
+        fwd.handle_local_frame(now, frame, out);
     }
 }
 
@@ -339,10 +339,12 @@ async fn worker(
                 let mut out = out!();
                 let mut r = r;
                 // The first frame woke us; what queued behind it is read without waiting,
-                // and the datagrams they make leave together.
+                // and the datagrams they make leave together. One clock reading serves the
+                // batch, which takes microseconds (it dates what the forwarder learns).
+                let now = Instant::now();
                 for _ in 0..BATCH {
                     match r {
-                        Ok(n) => local_frame(&mut fwd, &mut tap_buf[..n], &mut out),
+                        Ok(n) => local_frame(&mut fwd, now, &mut tap_buf[..n], &mut out),
                         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                         Err(e) => {
                             warn!("reading the TAP device failed: {e}; data plane stopping");

@@ -20,6 +20,10 @@
 //! `weft-bench dns [SECONDS]`: weftDNS queries per second with the router pinned to one core
 //! and the load generator on the other.
 //!
+//! `weft-bench hold [LAUNCH ARGS...]`: two routers launched with those arguments and a
+//! container on each, left up for profiling by hand (`perf record -p`, iperf3) until a file
+//! it names is removed.
+//!
 //! `weft-bench mesh [N]`: N real routers (default 50) on Docker-like hosts, launched together
 //! as users start them (each given two earlier hosts), one container each: the time until
 //! every container pings a random other, then each router's CPU while idle and its memory.
