@@ -60,7 +60,7 @@ fn real_peers_shrug_off_a_hostile_one() -> Result<()> {
         .build()?;
     let router = SocketAddr::from((tb.host(1).ip, 6783));
     let started = Instant::now();
-    let (held, mut peer) =
+    let (held, mut peer, udp) =
         rt.block_on(weft_linux::netns::run_in(&stranger, move || async move {
             let mut rng = Rng::new(7);
             let any = std::net::IpAddr::from([0, 0, 0, 0]);
@@ -71,19 +71,34 @@ fn real_peers_shrug_off_a_hostile_one() -> Result<()> {
             let mut p = Peer::join(router, rng.name(), port)?;
             let held = weft_hostile::silent_connections(router, 300);
             p.invent_peers(&mut rng, 20_000, 1)?;
-            p.establish(&udp)?;
-            std::thread::sleep(Duration::from_millis(500));
-            p.frames_with_random_macs(&udp, &mut rng, 20_000)?;
-            weft_hostile::fragments(&udp, router, &mut rng, Some(h2_name), 30_000)?;
-            weft_hostile::dns_queries(
-                &udp,
-                SocketAddr::new(router.ip(), 53),
-                &mut rng,
-                "weave.local",
-                20_000,
-            )?;
-            anyhow::Ok((held, p))
+            anyhow::Ok((held, p, udp))
         }))??;
+    // The router takes the hostile peer's frames once their connection is established, which
+    // under load (20,000 invented peers to digest, a parallel test suite) takes longer than
+    // any fixed pause; its heartbeat is sent again until then. Sockets keep their namespace.
+    Testbed::wait_for(CONVERGE, || {
+        peer.establish(&udp)?;
+        std::thread::sleep(Duration::from_millis(200));
+        let s = tb.status(1, &["connections"])?;
+        if s.lines()
+            .any(|l| l.contains("(hostile)") && l.contains(" established "))
+        {
+            Ok(())
+        } else {
+            bail!("the hostile peer is not established at h1:\n{s}")
+        }
+    })?;
+    std::thread::sleep(Duration::from_millis(300));
+    let mut rng = Rng::new(8);
+    peer.frames_with_random_macs(&udp, &mut rng, 20_000)?;
+    weft_hostile::fragments(&udp, router, &mut rng, Some(h2_name), 30_000)?;
+    weft_hostile::dns_queries(
+        &udp,
+        SocketAddr::new(router.ip(), 53),
+        &mut rng,
+        "weave.local",
+        20_000,
+    )?;
     // Asks for everything and never reads, for the rest of the test: the router's queue to
     // it fills, and stays full.
     let asker = std::thread::spawn(move || {
