@@ -9,7 +9,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use libfuzzer_sys::fuzz_target;
-use weft_core::crypto::{PeerKeys, Secret};
+use weft_core::crypto::{DataCipher, PeerKeys, Secret};
 use weft_core::mesh::DataPlaneTable;
 use weft_core::mesh::routes::BroadcastTrees;
 use weft_core::overlay::{Forwarder, Output};
@@ -50,6 +50,7 @@ fn forwarder() -> Forwarder {
         &PeerKeys {
             send: Some((1, k(1))),
             recv: vec![(0, k(2)), (1, k(3))],
+            cipher: DataCipher::Aes256Gcm,
         },
     );
     f
