@@ -46,6 +46,11 @@ impl Service {
     async fn attach_locked(&self, engine: &engine::Engine, id: &str) -> Result<bool, String> {
         let c = match engine.inspect(id).await {
             Ok(c) => c,
+            // Started, ran and removed (`docker run --rm` of a quick command) before we
+            // looked: nothing to attach, and nothing to stop.
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => return Ok(false),
             Err(e) => return Err(format!("inspecting container {id}: {e}")),
         };
         let c = match Container::from_inspect(c) {
