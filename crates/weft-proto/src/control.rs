@@ -48,6 +48,11 @@ pub fn encode_header(min: u8, max: u8, flags: u8) -> [u8; HEADER_LEN] {
     [MAGIC[0], MAGIC[1], MAGIC[2], MAGIC[3], min, max, flags]
 }
 
+/// The flags of a header (ours or the remote's).
+pub fn header_flags(header: &[u8; HEADER_LEN]) -> u8 {
+    header[6]
+}
+
 /// A length-prefixed frame around `body`.
 pub fn frame(body: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(4 + body.len());
@@ -91,7 +96,7 @@ pub fn negotiate(
             our_max,
         });
     }
-    Ok((version, header[6]))
+    Ok((version, header_flags(header)))
 }
 
 /// A gossip channel. Each channel carries its own payload format; unknown channels are relayed

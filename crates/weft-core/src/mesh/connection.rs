@@ -327,7 +327,7 @@ impl Connection {
         let remote_encrypted = flags & control::FLAG_ENCRYPTED != 0;
         self.secure.data_cipher = crate::crypto::DataCipher::negotiate(
             version,
-            self.sent_header[6] & control::FLAG_AES_GCM != 0,
+            control::header_flags(&self.sent_header) & control::FLAG_AES_GCM != 0,
             flags & control::FLAG_AES_GCM != 0,
         );
         let prologue = if self.outbound {

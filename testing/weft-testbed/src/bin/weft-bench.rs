@@ -376,19 +376,7 @@ fn weft_pair(
     secs: u32,
 ) -> Result<Row> {
     eprintln!("{name}: launching, iperf3 {secs}s x3, UDP, request/response, ping...");
-    let aip = tb.host(a).ip.to_string();
-    tb.launch(a, extra)?;
-    let mut with_peer = extra.to_vec();
-    with_peer.push(&aip);
-    tb.launch(b, &with_peer)?;
-    let (ca, cb) = (
-        tb.container(&format!("c{a}"))?,
-        tb.container(&format!("c{b}"))?,
-    );
-    let dst = format!("10.32.0.{b}");
-    tb.weft_ok(a, &["attach", &format!("10.32.0.{a}/12"), &ca])?;
-    tb.weft_ok(b, &["attach", &format!("{dst}/12"), &cb])?;
-    tb.wait_ping(&ca, &dst, std::time::Duration::from_secs(30))?;
+    let (ca, cb, dst) = launch_pair(tb, [a, b], extra)?;
     let cpu0 = routers_cpu(tb, [a, b]);
     let t0 = std::time::Instant::now();
     let tcp1 = measure::iperf3(tb, &cb, &ca, &dst, secs, 1)?;
@@ -414,6 +402,30 @@ fn weft_pair(
     })
 }
 
+/// Routers on hosts `a` and `b` launched with `extra` (`b` given `a`), and a container on
+/// each at 10.32.0.`a` and 10.32.0.`b` that reach each other: (container a, container b,
+/// b's address).
+fn launch_pair(
+    tb: &mut Testbed,
+    [a, b]: [usize; 2],
+    extra: &[&str],
+) -> Result<(String, String, String)> {
+    let aip = tb.host(a).ip.to_string();
+    tb.launch(a, extra)?;
+    let mut with_peer = extra.to_vec();
+    with_peer.push(&aip);
+    tb.launch(b, &with_peer)?;
+    let (ca, cb) = (
+        tb.container(&format!("c{a}"))?,
+        tb.container(&format!("c{b}"))?,
+    );
+    let dst = format!("10.32.0.{b}");
+    tb.weft_ok(a, &["attach", &format!("10.32.0.{a}/12"), &ca])?;
+    tb.weft_ok(b, &["attach", &format!("{dst}/12"), &cb])?;
+    tb.wait_ping(&ca, &dst, std::time::Duration::from_secs(30))?;
+    Ok((ca, cb, dst))
+}
+
 /// `weft-bench hold [LAUNCH ARGS...]`: two weft hosts launched with the given arguments, a
 /// container on each (10.32.0.1 and 10.32.0.2), left up for profiling by hand until the file
 /// it prints is removed; then everything is taken down.
@@ -421,15 +433,7 @@ fn hold(extra: &[String]) -> Result<()> {
     let weft = weft_testbed::weft_binary()?;
     let mut tb = Testbed::with_posture("hold", 2, &weft, Posture::Bare)?;
     let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
-    let aip = tb.host(1).ip.to_string();
-    tb.launch(1, &extra)?;
-    let mut with_peer = extra.clone();
-    with_peer.push(&aip);
-    tb.launch(2, &with_peer)?;
-    let (c1, c2) = (tb.container("c1")?, tb.container("c2")?);
-    tb.weft_ok(1, &["attach", "10.32.0.1/12", &c1])?;
-    tb.weft_ok(2, &["attach", "10.32.0.2/12", &c2])?;
-    tb.wait_ping(&c1, "10.32.0.2", std::time::Duration::from_secs(30))?;
+    let (c1, c2, _) = launch_pair(&mut tb, [1, 2], &extra)?;
     let flag = std::env::temp_dir().join(format!("weft-hold-{}", std::process::id()));
     std::fs::write(&flag, "")?;
     println!(
@@ -756,7 +760,13 @@ fn main() -> Result<()> {
         plain.tcp4 / vx.tcp4,
         enc.tcp1 / vx.tcp1
     );
-    let workers = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
+    // As many as the sleeve row's router says it runs (its default).
+    let log = tb.router_log(3);
+    let workers = log
+        .split("sleeve data plane: ")
+        .nth(1)
+        .and_then(|t| t.split_whitespace().next())
+        .unwrap_or("?");
     for (many, single) in [(plain, &rows[one]), (enc, &rows[one + 1])] {
         let cpu_per_m = |r: &Row| {
             r.small
